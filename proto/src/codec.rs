@@ -1,0 +1,448 @@
+//! Framing: the 8-byte header, compression, and a sans-I/O decoder fed with raw bytes.
+
+use crate::{Frame, ProtoError};
+use rkyv::util::AlignedVec;
+
+/// Bytes in a frame header.
+pub const HEADER_LEN: usize = 8;
+/// Header flag: the payload is zstd-compressed.
+pub const FLAG_ZSTD: u8 = 0x01;
+/// Payloads larger than this are compressed when that makes them smaller.
+pub const COMPRESS_THRESHOLD: usize = 1024;
+/// No configuration may raise the maximum frame size above this (16 MiB).
+pub const HARD_MAX_FRAME: usize = 16 * 1024 * 1024;
+/// zstd level used for outgoing payloads: fast, as frames are mostly already-encrypted bytes.
+const ZSTD_LEVEL: i32 = 1;
+
+/// A parsed frame header.
+///
+/// Layout (big-endian): `len: u32` (payload bytes that follow), `kind: u8`, `flags: u8`,
+/// `reserved: u16` (must be zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Payload length in bytes (compressed length when `FLAG_ZSTD` is set).
+    pub len: u32,
+    /// Frame kind (see `Frame::kind`).
+    pub kind: u8,
+    /// Flag bits.
+    pub flags: u8,
+}
+
+impl Header {
+    /// Parses and checks a header against `max_frame` before any payload is read or allocated.
+    pub fn parse(bytes: &[u8; HEADER_LEN], max_frame: usize) -> Result<Self, ProtoError> {
+        let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let kind = bytes[4];
+        let flags = bytes[5];
+        if bytes[6] != 0 || bytes[7] != 0 {
+            return Err(ProtoError::ReservedBits);
+        }
+        if flags & !FLAG_ZSTD != 0 {
+            return Err(ProtoError::UnknownFlags(flags));
+        }
+        if Frame::kind_name(kind).is_none() {
+            return Err(ProtoError::UnknownKind(kind));
+        }
+        let max = max_frame.min(HARD_MAX_FRAME);
+        if len as usize > max {
+            return Err(ProtoError::TooLarge {
+                len: len as usize,
+                max,
+            });
+        }
+        Ok(Self { len, kind, flags })
+    }
+
+    /// Serialises the header.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let l = self.len.to_be_bytes();
+        [l[0], l[1], l[2], l[3], self.kind, self.flags, 0, 0]
+    }
+}
+
+/// Appends the encoded `frame` (header and payload) to `out`.
+///
+/// Payloads above [`COMPRESS_THRESHOLD`] are zstd-compressed when that saves bytes.
+pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    let archived = frame
+        .archive()
+        .map_err(|e| ProtoError::Encode(e.to_string()))?;
+    let mut flags = 0u8;
+    let compressed;
+    let payload: &[u8] = if archived.len() > COMPRESS_THRESHOLD {
+        compressed = zstd::bulk::compress(&archived, ZSTD_LEVEL)
+            .map_err(|e| ProtoError::Encode(e.to_string()))?;
+        if compressed.len() < archived.len() {
+            flags |= FLAG_ZSTD;
+            &compressed
+        } else {
+            &archived
+        }
+    } else {
+        &archived
+    };
+    if payload.len() > HARD_MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len: payload.len(),
+            max: HARD_MAX_FRAME,
+        });
+    }
+    let header = Header {
+        len: payload.len() as u32,
+        kind: frame.kind(),
+        flags,
+    };
+    out.reserve(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Encodes one frame into a fresh buffer.
+pub fn encode_to_vec(frame: &Frame) -> Result<Vec<u8>, ProtoError> {
+    let mut out = Vec::new();
+    encode(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Validates and decodes one payload whose header was already parsed.
+///
+/// Compressed payloads are inflated with a hard cap of `max_frame` bytes, so a small
+/// compressed frame cannot expand into a large allocation.
+pub fn decode_payload(
+    header: &Header,
+    payload: &[u8],
+    max_frame: usize,
+) -> Result<Frame, ProtoError> {
+    let max = max_frame.min(HARD_MAX_FRAME);
+    let mut aligned = AlignedVec::<16>::new();
+    if header.flags & FLAG_ZSTD != 0 {
+        let inflated = zstd::bulk::decompress(payload, max)
+            .map_err(|e| ProtoError::Decompress(e.to_string()))?;
+        aligned.extend_from_slice(&inflated);
+    } else {
+        aligned.extend_from_slice(payload);
+    }
+    Frame::from_archive(header.kind, &aligned)
+}
+
+/// Sans-I/O frame decoder: feed it bytes as they arrive, take frames out.
+///
+/// `next_frame` returns `Ok(None)` while a frame is incomplete and `Err` for a bad one; after
+/// an error the connection must be closed (the stream position is no longer trustworthy).
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+    max_frame: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder refusing payloads larger than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            max_frame: max_frame.min(HARD_MAX_FRAME),
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered but not yet consumed as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Takes the next complete frame, if any.
+    ///
+    /// The header is checked (including the size limit) as soon as its 8 bytes are present,
+    /// so an oversized frame is refused before its payload is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtoError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER_LEN {
+            self.compact();
+            return Ok(None);
+        }
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&avail[..HEADER_LEN]);
+        let header = Header::parse(&head, self.max_frame)?;
+        let total = HEADER_LEN + header.len as usize;
+        if avail.len() < total {
+            self.compact();
+            return Ok(None);
+        }
+        let frame = decode_payload(&header, &avail[HEADER_LEN..total], self.max_frame)?;
+        self.start += total;
+        Ok(Some(frame))
+    }
+
+    fn compact(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::*;
+
+    fn all_frames() -> Vec<Frame> {
+        let id = ClientMsgId([7; 16]);
+        vec![
+            Hello {
+                min_version: 1,
+                max_version: 3,
+                client: "test".into(),
+            }
+            .into(),
+            Register {
+                user: "alice".into(),
+                device: DeviceId(1),
+                device_key: [1; 32],
+                invite: Some("tok".into()),
+                signature: [2; 64],
+            }
+            .into(),
+            Login {
+                user: "bob".into(),
+                device: DeviceId(2),
+                signature: [3; 64],
+            }
+            .into(),
+            Send {
+                client_msg_id: id,
+                to: "bob".into(),
+                envelope: vec![9; 100],
+            }
+            .into(),
+            AckDelivery {
+                up_to: ServerSeq(42),
+            }
+            .into(),
+            SetPresenceVisibility {
+                visibility: Visibility::Nobody,
+            }
+            .into(),
+            SubscribePresence { user: "bob".into() }.into(),
+            Typing {
+                to: "bob".into(),
+                typing: true,
+            }
+            .into(),
+            Ping { nonce: 5 }.into(),
+            Pong { nonce: 5 }.into(),
+            Bye {}.into(),
+            ServerHello {
+                version: 1,
+                challenge: [4; 32],
+                max_frame: 1 << 20,
+            }
+            .into(),
+            Welcome {
+                user: "alice".into(),
+                device: DeviceId(1),
+                server_time_ms: 123,
+            }
+            .into(),
+            Sent {
+                client_msg_id: id,
+                server_ts_ms: 99,
+                duplicate: true,
+            }
+            .into(),
+            Rejected {
+                client_msg_id: id,
+                code: ErrorCode::RateLimited.as_u16(),
+                message: "slow down".into(),
+            }
+            .into(),
+            Deliver {
+                seq: ServerSeq(3),
+                from: "alice".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id,
+                server_ts_ms: 5,
+                payload: Payload::Envelope(vec![1, 2, 3]),
+            }
+            .into(),
+            Deliver {
+                seq: ServerSeq(4),
+                from: "bob".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id,
+                server_ts_ms: 6,
+                payload: Payload::Delivered,
+            }
+            .into(),
+            Presence {
+                user: "bob".into(),
+                state: PresenceState::LastSeen(77),
+            }
+            .into(),
+            TypingNotice {
+                from: "alice".into(),
+                typing: false,
+            }
+            .into(),
+            Error::new(ErrorCode::AuthFailed, "nope").into(),
+            Goaway {
+                reconnect_after_ms: 500,
+            }
+            .into(),
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let frames = all_frames();
+        // Every kind declared in the frame table appears in the test list.
+        let kinds: std::collections::BTreeSet<u8> = frames.iter().map(Frame::kind).collect();
+        let declared: std::collections::BTreeSet<u8> =
+            (0..=255u8).filter(|k| Frame::kind_name(*k).is_some()).collect();
+        assert_eq!(kinds, declared);
+        let mut wire = Vec::new();
+        for f in &frames {
+            encode(f, &mut wire).unwrap();
+        }
+        let mut dec = FrameDecoder::new(1 << 20);
+        // Feed byte by byte: every prefix must be "incomplete", never an error.
+        let mut out = Vec::new();
+        for b in &wire {
+            dec.feed(std::slice::from_ref(b));
+            while let Some(f) = dec.next_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames);
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_round_trip() {
+        let f: Frame = Send {
+            client_msg_id: ClientMsgId([1; 16]),
+            to: "bob".into(),
+            envelope: vec![b'a'; 64 * 1024],
+        }
+        .into();
+        let wire = encode_to_vec(&f).unwrap();
+        assert_eq!(wire[5] & FLAG_ZSTD, FLAG_ZSTD);
+        assert!(wire.len() < 4096, "compressible payload was not compressed");
+        let mut dec = FrameDecoder::new(1 << 20);
+        dec.feed(&wire);
+        assert_eq!(dec.next_frame().unwrap(), Some(f));
+    }
+
+    #[test]
+    fn oversized_frame_refused_from_header_alone() {
+        let mut dec = FrameDecoder::new(1024);
+        dec.feed(&Header { len: 1025, kind: 4, flags: 0 }.to_bytes());
+        assert_eq!(
+            dec.next_frame(),
+            Err(ProtoError::TooLarge { len: 1025, max: 1024 })
+        );
+        assert_eq!(dec.next_frame().unwrap_err().code(), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn decompression_bomb_is_capped() {
+        // 1 MiB of zeros compresses to a few hundred bytes; a 64 KiB receiver must refuse it.
+        let raw = vec![0u8; 1 << 20];
+        let comp = zstd::bulk::compress(&raw, 1).unwrap();
+        let mut wire = Header { len: comp.len() as u32, kind: 4, flags: FLAG_ZSTD }
+            .to_bytes()
+            .to_vec();
+        wire.extend_from_slice(&comp);
+        let mut dec = FrameDecoder::new(64 * 1024);
+        dec.feed(&wire);
+        assert!(matches!(dec.next_frame(), Err(ProtoError::Decompress(_))));
+    }
+
+    #[test]
+    fn bad_headers_are_errors() {
+        let mut h = Header { len: 0, kind: 1, flags: 0 }.to_bytes();
+        h[6] = 1;
+        assert_eq!(Header::parse(&h, 1024), Err(ProtoError::ReservedBits));
+        let h = Header { len: 0, kind: 200, flags: 0 }.to_bytes();
+        assert_eq!(Header::parse(&h, 1024), Err(ProtoError::UnknownKind(200)));
+        let h = Header { len: 0, kind: 1, flags: 0x80 }.to_bytes();
+        assert_eq!(Header::parse(&h, 1024), Err(ProtoError::UnknownFlags(0x80)));
+    }
+
+    #[test]
+    fn truncated_streams_are_incomplete_not_frames() {
+        for f in all_frames() {
+            let wire = encode_to_vec(&f).unwrap();
+            for cut in 0..wire.len() {
+                let mut dec = FrameDecoder::new(1 << 20);
+                dec.feed(&wire[..cut]);
+                assert_eq!(dec.next_frame(), Ok(None), "{} cut to {cut}", f.name());
+            }
+        }
+    }
+
+    #[test]
+    fn shortened_payloads_under_a_lying_header_never_panic() {
+        // rkyv keeps the root at the end, so a suffix can occasionally be a valid (different)
+        // archive; what matters is no panic and never the original frame back.
+        for f in all_frames() {
+            let wire = encode_to_vec(&f).unwrap();
+            let body = &wire[HEADER_LEN..];
+            for skip in 1..body.len() {
+                let h = Header { len: (body.len() - skip) as u32, kind: f.kind(), flags: 0 };
+                let r = decode_payload(&h, &body[skip..], 1 << 20);
+                assert_ne!(r.as_ref().ok(), Some(&f));
+                let r = decode_payload(&h, &body[..body.len() - skip], 1 << 20);
+                assert_ne!(r.as_ref().ok(), Some(&f));
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // Deterministic xorshift so the test is reproducible.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut errors = 0;
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len + HEADER_LEN).map(|_| next() as u8).collect();
+            // Make about half the headers plausible so payload validation is exercised too.
+            if next() % 2 == 0 {
+                bytes[..HEADER_LEN].copy_from_slice(
+                    &Header { len: len as u32, kind: [1, 2, 3, 4, 5, 68][(next() % 6) as usize], flags: 0 }
+                        .to_bytes(),
+                );
+            }
+            let mut dec = FrameDecoder::new(1 << 20);
+            dec.feed(&bytes);
+            if dec.next_frame().is_err() {
+                errors += 1;
+            }
+        }
+        assert!(errors > 10_000, "garbage mostly decoded: {errors}");
+    }
+
+    #[test]
+    fn wrong_kind_for_payload_is_refused() {
+        let wire = encode_to_vec(&Ping { nonce: 1 }.into()).unwrap();
+        let h = Header { len: (wire.len() - HEADER_LEN) as u32, kind: 4, flags: 0 };
+        assert!(decode_payload(&h, &wire[HEADER_LEN..], 1 << 20).is_err());
+    }
+}

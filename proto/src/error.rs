@@ -1,0 +1,141 @@
+//! Decoding errors and the wire's stable error codes.
+
+/// Stable error codes carried in [`crate::Error`] and [`crate::Rejected`] frames.
+///
+/// A code never changes meaning once shipped; new codes are only appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The peer sent bytes that are not a valid frame (bad header, failed validation).
+    MalformedFrame = 1,
+    /// A frame's declared length exceeds the receiver's maximum frame size.
+    FrameTooLarge = 2,
+    /// No protocol version is shared by both peers.
+    UnsupportedVersion = 3,
+    /// A valid frame arrived in a state where it is not allowed (e.g. `Send` before login).
+    ProtocolViolation = 4,
+    /// Login or registration failed: unknown device, wrong signature, or replayed login.
+    AuthFailed = 5,
+    /// Registration named a user that already exists.
+    UserTaken = 6,
+    /// Registration needs a valid invite token on this server.
+    InviteRequired = 7,
+    /// The recipient of a send does not exist.
+    UnknownRecipient = 8,
+    /// The connection exceeded its send rate; the rejected send may be retried later.
+    RateLimited = 9,
+    /// The server is at its connection limit.
+    TooManyConnections = 10,
+    /// The connection was idle for longer than the server's idle timeout.
+    IdleTimeout = 11,
+    /// The server failed internally (storage). The request may be retried.
+    Internal = 12,
+    /// A user name is not acceptable (see `validate_user_name`).
+    InvalidName = 13,
+    /// The server is shutting down; reconnect (possibly elsewhere).
+    ShuttingDown = 14,
+    /// Too many requests are in flight on this connection; wait for acks before sending more.
+    TooManyInFlight = 15,
+    /// The account is disabled by an administrator.
+    AccountDisabled = 16,
+}
+
+impl ErrorCode {
+    /// Maps a raw wire value back to a code; unknown values (from a newer peer) give `None`.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => MalformedFrame,
+            2 => FrameTooLarge,
+            3 => UnsupportedVersion,
+            4 => ProtocolViolation,
+            5 => AuthFailed,
+            6 => UserTaken,
+            7 => InviteRequired,
+            8 => UnknownRecipient,
+            9 => RateLimited,
+            10 => TooManyConnections,
+            11 => IdleTimeout,
+            12 => Internal,
+            13 => InvalidName,
+            14 => ShuttingDown,
+            15 => TooManyInFlight,
+            16 => AccountDisabled,
+            _ => return None,
+        })
+    }
+
+    /// The wire value.
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    /// A short stable name, used in logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedFrame => "malformed_frame",
+            FrameTooLarge => "frame_too_large",
+            UnsupportedVersion => "unsupported_version",
+            ProtocolViolation => "protocol_violation",
+            AuthFailed => "auth_failed",
+            UserTaken => "user_taken",
+            InviteRequired => "invite_required",
+            UnknownRecipient => "unknown_recipient",
+            RateLimited => "rate_limited",
+            TooManyConnections => "too_many_connections",
+            IdleTimeout => "idle_timeout",
+            Internal => "internal",
+            InvalidName => "invalid_name",
+            ShuttingDown => "shutting_down",
+            TooManyInFlight => "too_many_in_flight",
+            AccountDisabled => "account_disabled",
+        }
+    }
+}
+
+/// Why bytes could not become a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The header's reserved bytes were not zero.
+    #[error("reserved header bytes must be zero")]
+    ReservedBits,
+    /// The header set a flag this version does not know.
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// The header named a frame kind this version does not know.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// The declared payload is longer than the receiver accepts.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Declared (or decompressed) payload length.
+        len: usize,
+        /// The receiver's limit.
+        max: usize,
+    },
+    /// The payload failed rkyv/bytecheck validation for its kind.
+    #[error("invalid {kind} payload: {reason}")]
+    Invalid {
+        /// The frame kind's name.
+        kind: &'static str,
+        /// What the validator reported.
+        reason: String,
+    },
+    /// A compressed payload could not be decompressed within the size limit.
+    #[error("bad compressed payload: {0}")]
+    Decompress(String),
+    /// Serialising a frame failed (only on the sending side).
+    #[error("cannot encode frame: {0}")]
+    Encode(String),
+}
+
+impl ProtoError {
+    /// The stable wire code to send before closing the connection.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            _ => ErrorCode::MalformedFrame,
+        }
+    }
+}

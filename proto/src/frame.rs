@@ -1,0 +1,333 @@
+//! Every frame of the protocol. `PROTOCOL.md` explains when each may be sent.
+//!
+//! Kinds 1..=63 travel client → server, 64..=127 server → client; `Ping`, `Pong` and `Bye`
+//! may go both ways.
+
+use crate::ids::{ClientMsgId, DeviceId, ServerSeq};
+use rkyv::{Archive, Deserialize, Serialize};
+
+macro_rules! frames {
+    ($( $(#[$doc:meta])* $kind:literal => $name:ident ),* $(,)?) => {
+        /// One decoded frame of any kind.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Frame {
+            $( $(#[$doc])* $name($name), )*
+        }
+
+        impl Frame {
+            /// The kind byte carried in the header.
+            pub fn kind(&self) -> u8 {
+                match self { $( Self::$name(_) => $kind, )* }
+            }
+
+            /// A stable name for logs and metrics.
+            pub fn name(&self) -> &'static str {
+                match self { $( Self::$name(_) => stringify!($name), )* }
+            }
+
+            /// The name of a kind byte, or `None` for an unknown kind.
+            pub fn kind_name(kind: u8) -> Option<&'static str> {
+                match kind { $( $kind => Some(stringify!($name)), )* _ => None }
+            }
+
+            pub(crate) fn archive(&self) -> Result<rkyv::util::AlignedVec, rkyv::rancor::Error> {
+                match self { $( Self::$name(f) => rkyv::to_bytes::<rkyv::rancor::Error>(f), )* }
+            }
+
+            /// Validates `bytes` (aligned) as the archive of `kind` and deserialises it.
+            pub(crate) fn from_archive(kind: u8, bytes: &[u8]) -> Result<Self, crate::ProtoError> {
+                match kind {
+                    $( $kind => rkyv::from_bytes::<$name, rkyv::rancor::Error>(bytes)
+                        .map(Self::$name)
+                        .map_err(|e| crate::ProtoError::Invalid {
+                            kind: stringify!($name),
+                            reason: e.to_string(),
+                        }), )*
+                    other => Err(crate::ProtoError::UnknownKind(other)),
+                }
+            }
+        }
+
+        $(
+            impl From<$name> for Frame {
+                fn from(f: $name) -> Self { Self::$name(f) }
+            }
+        )*
+    };
+}
+
+frames! {
+    /// Client's opening frame: the versions it speaks.
+    1 => Hello,
+    /// Bind a new user name to this device's public key.
+    2 => Register,
+    /// Authenticate as an existing device.
+    3 => Login,
+    /// Store and forward an opaque envelope to every device of a user.
+    4 => Send,
+    /// Cumulative acknowledgement of deliveries up to a mailbox sequence.
+    5 => AckDelivery,
+    /// Who may see this user's online / last-seen state.
+    6 => SetPresenceVisibility,
+    /// Receive `Presence` updates about a user.
+    7 => SubscribePresence,
+    /// Ephemeral typing indicator towards a user; never stored.
+    8 => Typing,
+    /// Liveness probe; answered with `Pong`.
+    9 => Ping,
+    /// Orderly close: the receiver answers `Bye` once everything sent before it is processed.
+    10 => Bye,
+    /// Answer to `Ping`.
+    11 => Pong,
+    /// Server's answer to `Hello`: chosen version and the login challenge.
+    64 => ServerHello,
+    /// Login or registration succeeded.
+    65 => Welcome,
+    /// A `Send` is durably stored (fsync'd); the sender may show "sent".
+    66 => Sent,
+    /// A `Send` was refused; the connection stays open.
+    67 => Rejected,
+    /// An item from this device's mailbox: a message or a delivery receipt.
+    68 => Deliver,
+    /// Presence state of a subscribed user.
+    69 => Presence,
+    /// Typing indicator from another user.
+    70 => TypingNotice,
+    /// Fatal error; the server closes the connection after sending it.
+    71 => Error,
+    /// The server is going away; reconnect after the given delay.
+    72 => Goaway,
+}
+
+/// Client → server, first frame on every connection.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Lowest protocol version the client speaks.
+    pub min_version: u16,
+    /// Highest protocol version the client speaks.
+    pub max_version: u16,
+    /// Free-form client name and version, for logs only (max 64 bytes honoured).
+    pub client: String,
+}
+
+/// Server → client, answer to `Hello`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ServerHello {
+    /// The version both sides now speak.
+    pub version: u16,
+    /// Fresh random challenge for this connection's login signature.
+    pub challenge: [u8; 32],
+    /// Largest frame payload the server accepts, in bytes.
+    pub max_frame: u32,
+}
+
+/// Client → server: create an account bound to this device key, and log in.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    /// Requested user name (see `validate_user_name`).
+    pub user: String,
+    /// The registering device's id (the first device is usually 1).
+    pub device: DeviceId,
+    /// Ed25519 public key of the device.
+    pub device_key: [u8; 32],
+    /// Invite token, required when the server runs with invites.
+    pub invite: Option<String>,
+    /// Ed25519 signature over `login_transcript(challenge, exporter, user, device)`.
+    pub signature: [u8; 64],
+}
+
+/// Client → server: log in as a registered device.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// User name.
+    pub user: String,
+    /// Device id.
+    pub device: DeviceId,
+    /// Ed25519 signature over `login_transcript(challenge, exporter, user, device)`.
+    pub signature: [u8; 64],
+}
+
+/// Server → client: authenticated.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The authenticated user.
+    pub user: String,
+    /// The authenticated device.
+    pub device: DeviceId,
+    /// Server wall clock, milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+}
+
+/// Client → server: deliver `envelope` to every device of `to`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Send {
+    /// Sender-chosen id; a retry with the same id is stored once.
+    pub client_msg_id: ClientMsgId,
+    /// Recipient user name.
+    pub to: String,
+    /// Opaque bytes (end-to-end encrypted by the client). The server never reads them.
+    pub envelope: Vec<u8>,
+}
+
+/// Server → client: the send with this id is on disk.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The acknowledged send.
+    pub client_msg_id: ClientMsgId,
+    /// When the server stored it, ms since the Unix epoch.
+    pub server_ts_ms: u64,
+    /// True when this id had been stored before (a retry); nothing was stored twice.
+    pub duplicate: bool,
+}
+
+/// Server → client: a request was refused; the connection stays open.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// The refused send.
+    pub client_msg_id: ClientMsgId,
+    /// Stable code (`ErrorCode`).
+    pub code: u16,
+    /// Human-readable reason.
+    pub message: String,
+}
+
+/// What a delivered mailbox item carries.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A message: the sender's opaque envelope.
+    Envelope(Vec<u8>),
+    /// A delivery receipt generated by the server: the recipient's device acknowledged the
+    /// message `client_msg_id` of `Deliver`.
+    Delivered,
+}
+
+/// Server → client: one item from this device's mailbox. Acknowledge with `AckDelivery`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Deliver {
+    /// Position in this device's mailbox (strictly increasing).
+    pub seq: ServerSeq,
+    /// Sender user (for `Delivered`, the user whose device received the message).
+    pub from: String,
+    /// Sender device.
+    pub from_device: DeviceId,
+    /// The message id (for `Delivered`, the id of the message that was delivered).
+    pub client_msg_id: ClientMsgId,
+    /// When the server stored the item, ms since the Unix epoch.
+    pub server_ts_ms: u64,
+    /// The item.
+    pub payload: Payload,
+}
+
+/// Client → server: every item with `seq <= up_to` was processed; the server deletes them.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AckDelivery {
+    /// Highest processed sequence.
+    pub up_to: ServerSeq,
+}
+
+/// Who may see a user's presence.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every subscriber sees online / last seen.
+    Everyone,
+    /// Nobody does; subscribers get `PresenceState::Hidden`.
+    Nobody,
+}
+
+/// Client → server: set this user's presence visibility (persisted).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SetPresenceVisibility {
+    /// The new setting.
+    pub visibility: Visibility,
+}
+
+/// Client → server: send me `Presence` for `user` now and whenever it changes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SubscribePresence {
+    /// The watched user.
+    pub user: String,
+}
+
+/// A user's presence as a subscriber sees it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceState {
+    /// At least one device has a live session.
+    Online,
+    /// Offline; last seen at this time (ms since the Unix epoch).
+    LastSeen(u64),
+    /// Offline and never seen since the server started keeping track.
+    Offline,
+    /// The user does not share presence.
+    Hidden,
+}
+
+/// Server → client: presence of a subscribed user.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    /// The watched user.
+    pub user: String,
+    /// Current state.
+    pub state: PresenceState,
+}
+
+/// Client → server: I am (not) typing to `to`. Ephemeral: dropped if `to` is offline.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Typing {
+    /// The user being typed to.
+    pub to: String,
+    /// Started (true) or stopped (false).
+    pub typing: bool,
+}
+
+/// Server → client: `from` is (not) typing to you.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TypingNotice {
+    /// Who is typing.
+    pub from: String,
+    /// Started (true) or stopped (false).
+    pub typing: bool,
+}
+
+/// Either direction: liveness probe.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Ping {
+    /// Echoed in `Pong`.
+    pub nonce: u64,
+}
+
+/// Either direction: answer to `Ping`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Pong {
+    /// The `Ping`'s nonce.
+    pub nonce: u64,
+}
+
+/// Either direction: orderly close (see `PROTOCOL.md`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Bye {}
+
+/// Server → client: fatal error; the connection is closed after this frame.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// Stable code (`ErrorCode`).
+    pub code: u16,
+    /// Human-readable reason (never message content).
+    pub message: String,
+}
+
+/// Server → client: this server is draining; reconnect after `reconnect_after_ms`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Goaway {
+    /// Suggested delay before reconnecting.
+    pub reconnect_after_ms: u32,
+}
+
+impl Error {
+    /// Builds an error frame from a code and a reason.
+    pub fn new(code: crate::ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.as_u16(),
+            message: message.into(),
+        }
+    }
+}

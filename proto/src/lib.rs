@@ -1,0 +1,60 @@
+//! Missive wire format.
+//!
+//! Every frame on a Missive connection (the QUIC control stream or the TCP+TLS fallback)
+//! is an 8-byte [`Header`] followed by a payload: the rkyv archive of one frame struct,
+//! optionally zstd-compressed (flag bit [`FLAG_ZSTD`]). The header carries the payload
+//! length, which is checked against the receiver's maximum *before* anything is
+//! allocated, and the frame kind, which selects the archived type to validate.
+//!
+//! Design rules kept here:
+//! - network bytes become typed [`Frame`]s only through [`FrameDecoder`] /
+//!   [`decode_payload`], which validate with bytecheck (never unchecked access);
+//! - an incomplete frame (`Ok(None)`) is distinct from a bad one (`Err`);
+//! - every error maps to a stable [`ErrorCode`] that never changes meaning once shipped.
+//!
+//! `PROTOCOL.md` in this crate is the wire contract.
+
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod ids;
+
+pub use codec::{
+    decode_payload, encode, encode_to_vec, FrameDecoder, Header, COMPRESS_THRESHOLD, FLAG_ZSTD,
+    HARD_MAX_FRAME, HEADER_LEN,
+};
+pub use error::{ErrorCode, ProtoError};
+pub use frame::*;
+pub use ids::{validate_user_name, ClientMsgId, DeviceId, ServerSeq, MAX_USER_NAME};
+
+/// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest protocol version this build still accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// ALPN identifier used on both QUIC and TCP+TLS.
+pub const ALPN: &[u8] = b"missive/1";
+/// Label for the TLS exporter that binds a login signature to one connection (RFC 5705/8446).
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-missive-login";
+/// Length of the exported keying material mixed into the login signature.
+pub const EXPORTER_LEN: usize = 32;
+
+/// The bytes a device signs to register or log in: a domain-separation tag, the server's
+/// challenge, the TLS exporter of this connection, the user name and the device id.
+///
+/// Binding the exporter means a signature captured on one connection is useless on any
+/// other; binding name and device means it cannot be moved to another account.
+pub fn login_transcript(
+    challenge: &[u8; 32],
+    exporter: &[u8; EXPORTER_LEN],
+    user: &str,
+    device: DeviceId,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 32 + EXPORTER_LEN + user.len() + 8);
+    out.extend_from_slice(b"missive-login-v1");
+    out.extend_from_slice(challenge);
+    out.extend_from_slice(exporter);
+    out.extend_from_slice(&(user.len() as u32).to_be_bytes());
+    out.extend_from_slice(user.as_bytes());
+    out.extend_from_slice(&device.0.to_be_bytes());
+    out
+}

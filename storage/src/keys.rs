@@ -1,0 +1,134 @@
+//! Key layout of the single sled tree. Every key starts with a one-byte space tag; user names
+//! (validated: no NUL) end with a NUL so that prefixes never collide, and numbers are
+//! big-endian so that range scans walk them in order.
+//!
+//! | space | key | value |
+//! | --- | --- | --- |
+//! | `m` | `m user\0 device:u32 seq:u64` | rkyv [`crate::StoredItem`] |
+//! | `s` | `s user\0 device:u32` | next seq, u64 |
+//! | `d` | `d user\0 device:u32 client_msg_id:[16]` | stored-at ms, u64 (dedup) |
+//! | `u` | `u user` | rkyv [`crate::UserRecord`] |
+//! | `k` | `k user\0 device:u32` | Ed25519 public key, 32 bytes |
+//! | `i` | `i token` | created-at ms, u64 (invite) |
+
+use crate::MailboxId;
+use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
+
+pub(crate) const MAILBOX: u8 = b'm';
+pub(crate) const SEQ: u8 = b's';
+pub(crate) const DEDUP: u8 = b'd';
+pub(crate) const USER: u8 = b'u';
+pub(crate) const DEVICE: u8 = b'k';
+pub(crate) const INVITE: u8 = b'i';
+
+fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
+    k.push(tag);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&device.0.to_be_bytes());
+    k
+}
+
+/// Prefix of every item of one mailbox.
+pub(crate) fn mailbox_prefix(mb: &MailboxId) -> Vec<u8> {
+    user_device(MAILBOX, &mb.user, mb.device, 8)
+}
+
+/// Key of one mailbox item.
+pub(crate) fn mailbox_item(mb: &MailboxId, seq: ServerSeq) -> Vec<u8> {
+    let mut k = mailbox_prefix(mb);
+    k.extend_from_slice(&seq.0.to_be_bytes());
+    k
+}
+
+/// Splits a mailbox item key back into (mailbox, seq); `None` for a foreign or damaged key.
+pub(crate) fn parse_mailbox_item(key: &[u8]) -> Option<(MailboxId, ServerSeq)> {
+    let rest = key.strip_prefix(&[MAILBOX])?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let user = std::str::from_utf8(&rest[..nul]).ok()?.to_owned();
+    let tail = &rest[nul + 1..];
+    if tail.len() != 12 {
+        return None;
+    }
+    let device = u32::from_be_bytes(tail[..4].try_into().ok()?);
+    let seq = u64::from_be_bytes(tail[4..].try_into().ok()?);
+    Some((
+        MailboxId {
+            user,
+            device: DeviceId(device),
+        },
+        ServerSeq(seq),
+    ))
+}
+
+/// Key of a mailbox's next-seq counter.
+pub(crate) fn seq_counter(mb: &MailboxId) -> Vec<u8> {
+    user_device(SEQ, &mb.user, mb.device, 0)
+}
+
+/// Key remembering that a sender's message id was stored.
+pub(crate) fn dedup(user: &str, device: DeviceId, id: &ClientMsgId) -> Vec<u8> {
+    let mut k = user_device(DEDUP, user, device, 16);
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Key of a user record.
+pub(crate) fn user(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(USER);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Key of a device's public key.
+pub(crate) fn device(name: &str, device: DeviceId) -> Vec<u8> {
+    user_device(DEVICE, name, device, 0)
+}
+
+/// Prefix of every device key of a user.
+pub(crate) fn devices_of(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + name.len());
+    k.push(DEVICE);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Key of an invite token.
+pub(crate) fn invite(token: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + token.len());
+    k.push(INVITE);
+    k.extend_from_slice(token.as_bytes());
+    k
+}
+
+/// Reads a big-endian u64 value; `None` when the stored value has the wrong size.
+pub(crate) fn be_u64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_keys_round_trip_and_sort_by_seq() {
+        let mb = MailboxId {
+            user: "al".into(),
+            device: DeviceId(3),
+        };
+        let a = mailbox_item(&mb, ServerSeq(2));
+        let b = mailbox_item(&mb, ServerSeq(256));
+        assert!(a < b);
+        assert_eq!(parse_mailbox_item(&b), Some((mb.clone(), ServerSeq(256))));
+        // "al" must not be a prefix of "alice"'s items.
+        let other = MailboxId {
+            user: "alice".into(),
+            device: DeviceId(3),
+        };
+        assert!(!mailbox_item(&other, ServerSeq(1)).starts_with(&mailbox_prefix(&mb)));
+        assert_eq!(parse_mailbox_item(b"mxx"), None);
+    }
+}

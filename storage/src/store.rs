@@ -1,0 +1,486 @@
+//! The public face of storage: [`Store`], its configuration and the outcomes of each write.
+
+use crate::group_commit::{self, Op, Request};
+use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
+use crate::{keys, MailboxId};
+use missive_proto::{ClientMsgId, DeviceId, ServerSeq, Visibility};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Storage failures. Callers map them to `ErrorCode::Internal` on the wire.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database engine reported an I/O or internal error.
+    #[error("database error: {0}")]
+    Db(String),
+    /// A value on disk failed validation (damaged or foreign data).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// The store was shut down; no more writes are accepted.
+    #[error("store is closed")]
+    Closed,
+}
+
+impl From<sled::Error> for StorageError {
+    fn from(e: sled::Error) -> Self {
+        Self::Db(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for StorageError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Db(e.to_string())
+    }
+}
+
+/// Tuning of the store; every field has a default that suits one edge on one machine.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// sled page cache in bytes. Default 256 MiB: sled's own default (1 GiB) made a 1M-envelope
+    /// queue cost 540 MiB of RSS on the reference machine.
+    pub cache_capacity_bytes: u64,
+    /// Most operations folded into one group commit (one flush + fsync). Default 4096.
+    pub max_batch: usize,
+    /// Undelivered items and dedup keys older than this are swept. Default 30 days.
+    pub retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 256 * 1024 * 1024,
+            max_batch: 4096,
+            retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Called by the committer, after the fsync, for every item it appended, in sequence order
+/// per mailbox. It runs on the committer thread: it must only hand the item off (e.g.
+/// `try_send` to a session), never block.
+pub type CommitListener = Arc<dyn Fn(&MailboxId, ServerSeq, &StoredItem) + Send + Sync>;
+
+/// Result of appending a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored durably in `devices` mailboxes (one per recipient device).
+    Stored {
+        /// Storage time, ms since the Unix epoch.
+        server_ts_ms: u64,
+        /// How many device mailboxes got a copy.
+        devices: usize,
+    },
+    /// This sender had already stored this message id; nothing was written.
+    Duplicate {
+        /// When the first copy was stored.
+        server_ts_ms: u64,
+    },
+    /// The recipient user has no registered device.
+    UnknownRecipient,
+}
+
+/// Result of acknowledging a mailbox range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AckOutcome {
+    /// Items removed from the mailbox.
+    pub deleted: usize,
+    /// Delivery receipts appended to senders' mailboxes.
+    pub receipts: usize,
+}
+
+/// Result of a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// The user and its first device were created.
+    Created,
+    /// The name is taken.
+    Taken,
+    /// Invites are required and the token is missing or unknown.
+    InviteInvalid,
+}
+
+/// Result of one expiry sweep step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SweepOutcome {
+    /// Expired mailbox items removed.
+    pub items: usize,
+    /// Expired dedup keys removed.
+    pub dedup_keys: usize,
+    /// The step hit its work limit; call again to continue.
+    pub more: bool,
+}
+
+/// Counters kept by the committer (exported as metrics by the edge).
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Group commits done (each one flush + fsync).
+    pub commits: AtomicU64,
+    /// Operations completed across all commits.
+    pub ops: AtomicU64,
+    /// Items appended to mailboxes (messages per device, and receipts).
+    pub items_appended: AtomicU64,
+    /// Items deleted by acks and expiry.
+    pub items_deleted: AtomicU64,
+    /// Total time spent in flush + fsync, in microseconds.
+    pub flush_micros_total: AtomicU64,
+    /// Largest batch seen.
+    pub max_batch_seen: AtomicU64,
+}
+
+impl StoreStats {
+    /// Mean operations per group commit so far.
+    pub fn mean_batch(&self) -> f64 {
+        let c = self.commits.load(Ordering::Relaxed);
+        if c == 0 {
+            0.0
+        } else {
+            self.ops.load(Ordering::Relaxed) as f64 / c as f64
+        }
+    }
+}
+
+/// Handle to the durable store. Cheap to clone; every clone talks to the same committer.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    ops: mpsc::Sender<Request>,
+    stats: Arc<StoreStats>,
+    committer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its committer thread.
+    ///
+    /// `listener` sees every durably appended item (see [`CommitListener`]).
+    pub fn open(
+        dir: &Path,
+        config: StoreConfig,
+        listener: Option<CommitListener>,
+    ) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_capacity_bytes)
+            // We flush (and fsync) ourselves once per group commit; sled's timer flush would
+            // only add contention.
+            .flush_every_ms(None)
+            .open()?;
+        let db_file = std::fs::File::open(dir.join("db"))?;
+        let stats = Arc::new(StoreStats::default());
+        let (tx, rx) = mpsc::channel(64 * 1024);
+        let handle = group_commit::spawn(
+            db.clone(),
+            db_file,
+            rx,
+            config.max_batch.max(1),
+            config.retention,
+            listener,
+            stats.clone(),
+        )?;
+        Ok(Self {
+            db,
+            ops: tx,
+            stats,
+            committer: Arc::new(Mutex::new(Some(handle))),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    async fn submit<T>(
+        &self,
+        op: Op,
+        take: impl FnOnce(group_commit::Reply) -> Option<T>,
+    ) -> Result<T, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.ops
+            .send(Request { op, reply })
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        let r = rx.await.map_err(|_| StorageError::Closed)??;
+        take(r).ok_or_else(|| StorageError::Db("committer answered with the wrong reply".into()))
+    }
+
+    /// Appends `envelope` from (`from`, `from_device`) to every device mailbox of `to`.
+    ///
+    /// Resolves only after the batch holding it is flushed and fsync'd. A second call with the
+    /// same sender and `client_msg_id` (also after a restart) stores nothing and returns
+    /// [`AppendOutcome::Duplicate`].
+    pub async fn append_message(
+        &self,
+        from: &str,
+        from_device: DeviceId,
+        client_msg_id: ClientMsgId,
+        to: &str,
+        envelope: Vec<u8>,
+        now_ms: u64,
+    ) -> Result<AppendOutcome, StorageError> {
+        let op = Op::Append {
+            from: from.to_owned(),
+            from_device,
+            client_msg_id,
+            to: to.to_owned(),
+            envelope,
+            now_ms,
+        };
+        self.submit(op, |r| match r {
+            group_commit::Reply::Append(o) => Some(o),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Deletes every item of `mailbox` with seq `<= up_to` and, for each deleted message,
+    /// appends a `Delivered` receipt to every device of its sender — in one atomic batch.
+    pub async fn ack(
+        &self,
+        mailbox: MailboxId,
+        up_to: ServerSeq,
+        now_ms: u64,
+    ) -> Result<AckOutcome, StorageError> {
+        self.submit(
+            Op::Ack {
+                mailbox,
+                up_to,
+                now_ms,
+            },
+            |r| match r {
+                group_commit::Reply::Ack(o) => Some(o),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Creates `user` with its first `device` and public key. When `require_invite`, the
+    /// `invite` token must exist and is consumed in the same batch.
+    pub async fn register(
+        &self,
+        user: &str,
+        device: DeviceId,
+        key: [u8; 32],
+        invite: Option<String>,
+        require_invite: bool,
+        now_ms: u64,
+    ) -> Result<RegisterOutcome, StorageError> {
+        self.submit(
+            Op::Register {
+                user: user.to_owned(),
+                device,
+                key,
+                invite,
+                require_invite,
+                now_ms,
+            },
+            |r| match r {
+                group_commit::Reply::Register(o) => Some(o),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Sets who may see `user`'s presence. Returns false when the user does not exist.
+    pub async fn set_visibility(
+        &self,
+        user: &str,
+        visibility: Visibility,
+    ) -> Result<bool, StorageError> {
+        self.update_user(user, group_commit::UserUpdate::Visibility(visibility))
+            .await
+    }
+
+    /// Records when a device of `user` was last online. Returns false for an unknown user.
+    pub async fn set_last_seen(&self, user: &str, at_ms: u64) -> Result<bool, StorageError> {
+        self.update_user(user, group_commit::UserUpdate::LastSeen(at_ms))
+            .await
+    }
+
+    /// Enables or disables an account. Returns false for an unknown user.
+    pub async fn set_disabled(&self, user: &str, disabled: bool) -> Result<bool, StorageError> {
+        self.update_user(user, group_commit::UserUpdate::Disabled(disabled))
+            .await
+    }
+
+    async fn update_user(
+        &self,
+        user: &str,
+        update: group_commit::UserUpdate,
+    ) -> Result<bool, StorageError> {
+        self.submit(
+            Op::UpdateUser {
+                user: user.to_owned(),
+                update,
+            },
+            |r| match r {
+                group_commit::Reply::Updated(found) => Some(found),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// Stores an invite token that one registration may consume.
+    pub async fn add_invite(&self, token: &str, now_ms: u64) -> Result<(), StorageError> {
+        self.submit(
+            Op::AddInvite {
+                token: token.to_owned(),
+                now_ms,
+            },
+            |r| matches!(r, group_commit::Reply::Done).then_some(()),
+        )
+        .await
+    }
+
+    /// Links another device (with its public key) to an existing user. Returns false when the
+    /// user does not exist or already has that device id.
+    pub async fn add_device(
+        &self,
+        user: &str,
+        device: DeviceId,
+        key: [u8; 32],
+    ) -> Result<bool, StorageError> {
+        self.submit(
+            Op::AddDevice {
+                user: user.to_owned(),
+                device,
+                key,
+            },
+            |r| match r {
+                group_commit::Reply::Updated(ok) => Some(ok),
+                _ => None,
+            },
+        )
+        .await
+    }
+
+    /// One bounded step of the expiry sweep: removes items and dedup keys older than the
+    /// configured retention. Call again while `more` is true.
+    pub async fn sweep(&self, now_ms: u64) -> Result<SweepOutcome, StorageError> {
+        self.submit(Op::Sweep { now_ms }, |r| match r {
+            group_commit::Reply::Sweep(o) => Some(o),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Reads up to `limit` items of `mailbox` with seq `>= from`, in order.
+    pub fn read_mailbox(
+        &self,
+        mailbox: &MailboxId,
+        from: ServerSeq,
+        limit: usize,
+    ) -> Result<Vec<(ServerSeq, StoredItem)>, StorageError> {
+        let start = keys::mailbox_item(mailbox, from);
+        let end = keys::mailbox_item(mailbox, ServerSeq(u64::MAX));
+        let mut out = Vec::new();
+        for kv in self.db.range(start..=end).take(limit) {
+            let (k, v) = kv?;
+            let (_, seq) = keys::parse_mailbox_item(&k)
+                .ok_or_else(|| StorageError::Corrupt("mailbox key".into()))?;
+            out.push((seq, decode_item(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Number of items waiting in `mailbox` (a scan: for stats, not hot paths).
+    pub fn mailbox_depth(&self, mailbox: &MailboxId) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for kv in self.db.scan_prefix(keys::mailbox_prefix(mailbox)) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Total items waiting in all mailboxes (a full scan: for admin stats).
+    pub fn total_queued(&self) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for kv in self.db.scan_prefix([keys::MAILBOX]) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The account record of `name`, if registered.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StorageError> {
+        match self.db.get(keys::user(name))? {
+            Some(v) => Ok(Some(decode_user(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Number of registered users (a scan: for admin stats).
+    pub fn user_count(&self) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for kv in self.db.scan_prefix([keys::USER]) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The Ed25519 public key of a device, if registered.
+    pub fn device_key(
+        &self,
+        name: &str,
+        device: DeviceId,
+    ) -> Result<Option<[u8; 32]>, StorageError> {
+        match self.db.get(keys::device(name, device))? {
+            Some(v) => Ok(Some(v.as_ref().try_into().map_err(|_| {
+                StorageError::Corrupt(format!("device key of {name}/{}", device.0))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every registered device of `name`.
+    pub fn devices(&self, name: &str) -> Result<Vec<DeviceId>, StorageError> {
+        group_commit::devices_on_disk(&self.db, name)
+    }
+
+    /// Counters of the committer.
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Stops accepting writes, lets the committer finish every queued operation (each one
+    /// flushed and fsync'd), and waits for it. Safe to call more than once.
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .ops
+            .send(Request {
+                op: Op::Shutdown,
+                reply,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}

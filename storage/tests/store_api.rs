@@ -1,0 +1,268 @@
+//! Behaviour of the storage API on a real sled directory.
+
+use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
+use missive_storage::{
+    AppendOutcome, MailboxId, RegisterOutcome, StoredItem, Store, StoreConfig,
+};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn id(n: u64) -> ClientMsgId {
+    let mut b = [0u8; 16];
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    ClientMsgId(b)
+}
+
+async fn with_users(store: &Store, names: &[&str]) {
+    for n in names {
+        let r = store
+            .register(n, DeviceId(1), [1; 32], None, false, 1)
+            .await
+            .unwrap();
+        assert_eq!(r, RegisterOutcome::Created);
+    }
+}
+
+#[tokio::test]
+async fn append_read_ack_and_delivery_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Arc<Mutex<Vec<(MailboxId, ServerSeq, StoredItem)>>> = Default::default();
+    let ev = events.clone();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig::default(),
+        Some(Arc::new(move |mb: &MailboxId, seq, item: &StoredItem| {
+            ev.lock().unwrap().push((mb.clone(), seq, item.clone()))
+        })),
+    )
+    .unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    for n in 0..5 {
+        let r = store
+            .append_message("alice", DeviceId(1), id(n), "bob", vec![n as u8; 10], 1000 + n)
+            .await
+            .unwrap();
+        assert!(matches!(r, AppendOutcome::Stored { devices: 1, .. }));
+    }
+    let bob = MailboxId::new("bob", DeviceId(1));
+    let items = store.read_mailbox(&bob, ServerSeq(0), 100).unwrap();
+    let seqs: Vec<u64> = items.iter().map(|(s, _)| s.0).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!(items[2].1.payload, Payload::Envelope(vec![2; 10]));
+    assert_eq!(store.read_mailbox(&bob, ServerSeq(4), 100).unwrap().len(), 2);
+    assert_eq!(store.read_mailbox(&bob, ServerSeq(1), 2).unwrap().len(), 2);
+    // The listener saw every append, in order, only after it was durable.
+    assert_eq!(events.lock().unwrap().len(), 5);
+
+    let out = store.ack(bob.clone(), ServerSeq(3), 2000).await.unwrap();
+    assert_eq!((out.deleted, out.receipts), (3, 3));
+    assert_eq!(store.mailbox_depth(&bob).unwrap(), 2);
+    let alice = MailboxId::new("alice", DeviceId(1));
+    let receipts = store.read_mailbox(&alice, ServerSeq(0), 100).unwrap();
+    assert_eq!(receipts.len(), 3);
+    for (i, (_, r)) in receipts.iter().enumerate() {
+        assert_eq!(r.payload, Payload::Delivered);
+        assert_eq!(r.client_msg_id, id(i as u64));
+        assert_eq!(r.from, "bob");
+    }
+    // Acking the same range again changes nothing and makes no second receipt.
+    let again = store.ack(bob.clone(), ServerSeq(3), 2001).await.unwrap();
+    assert_eq!((again.deleted, again.receipts), (0, 0));
+    // Acking receipts makes no receipts of receipts.
+    let r = store.ack(alice.clone(), ServerSeq(10), 2002).await.unwrap();
+    assert_eq!((r.deleted, r.receipts), (3, 0));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_recipient_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    with_users(&store, &["alice"]).await;
+    let r = store
+        .append_message("alice", DeviceId(1), id(1), "nobody", vec![1], 1)
+        .await
+        .unwrap();
+    assert_eq!(r, AppendOutcome::UnknownRecipient);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn dedup_and_seq_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let bob = MailboxId::new("bob", DeviceId(1));
+    {
+        let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+        with_users(&store, &["alice", "bob"]).await;
+        for n in 0..3 {
+            store
+                .append_message("alice", DeviceId(1), id(n), "bob", vec![1], 10)
+                .await
+                .unwrap();
+        }
+        // Same id in the same batch window: stored once.
+        let (a, b) = tokio::join!(
+            store.append_message("alice", DeviceId(1), id(9), "bob", vec![1], 11),
+            store.append_message("alice", DeviceId(1), id(9), "bob", vec![1], 11)
+        );
+        let outcomes = [a.unwrap(), b.unwrap()];
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| matches!(o, AppendOutcome::Stored { .. }))
+                .count(),
+            1
+        );
+        // Drain the whole mailbox so only the persisted counter remembers the seq.
+        store.ack(bob.clone(), ServerSeq(u64::MAX), 12).await.unwrap();
+        store.shutdown().await;
+    }
+    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    let r = store
+        .append_message("alice", DeviceId(1), id(1), "bob", vec![1], 20)
+        .await
+        .unwrap();
+    assert_eq!(r, AppendOutcome::Duplicate { server_ts_ms: 10 });
+    store
+        .append_message("alice", DeviceId(1), id(100), "bob", vec![1], 20)
+        .await
+        .unwrap();
+    let items = store.read_mailbox(&bob, ServerSeq(0), 10).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].0, ServerSeq(5), "seq must keep increasing after a full drain");
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_device_of_the_recipient_gets_a_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    assert!(store.add_device("bob", DeviceId(2), [9; 32]).await.unwrap());
+    assert!(!store.add_device("bob", DeviceId(2), [9; 32]).await.unwrap());
+    assert!(!store.add_device("nobody", DeviceId(2), [9; 32]).await.unwrap());
+    assert_eq!(store.devices("bob").unwrap(), vec![DeviceId(1), DeviceId(2)]);
+    let r = store
+        .append_message("alice", DeviceId(1), id(1), "bob", vec![7], 1)
+        .await
+        .unwrap();
+    assert!(matches!(r, AppendOutcome::Stored { devices: 2, .. }));
+    for d in [1, 2] {
+        let mb = MailboxId::new("bob", DeviceId(d));
+        let items = store.read_mailbox(&mb, ServerSeq(0), 10).unwrap();
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].1.payload, Payload::Envelope(vec![7]));
+    }
+    // Each device's ack makes its own receipt, naming that device.
+    store.ack(MailboxId::new("bob", DeviceId(2)), ServerSeq(1), 2).await.unwrap();
+    let receipts = store
+        .read_mailbox(&MailboxId::new("alice", DeviceId(1)), ServerSeq(0), 10)
+        .unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].1.from_device, DeviceId(2));
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn registration_names_and_invites() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    with_users(&store, &["alice"]).await;
+    let again = store
+        .register("alice", DeviceId(1), [2; 32], None, false, 2)
+        .await
+        .unwrap();
+    assert_eq!(again, RegisterOutcome::Taken);
+    assert_eq!(store.device_key("alice", DeviceId(1)).unwrap(), Some([1; 32]));
+    let no_invite = store
+        .register("carol", DeviceId(1), [3; 32], None, true, 3)
+        .await
+        .unwrap();
+    assert_eq!(no_invite, RegisterOutcome::InviteInvalid);
+    store.add_invite("tok-1", 3).await.unwrap();
+    let ok = store
+        .register("carol", DeviceId(1), [3; 32], Some("tok-1".into()), true, 4)
+        .await
+        .unwrap();
+    assert_eq!(ok, RegisterOutcome::Created);
+    let reused = store
+        .register("dave", DeviceId(1), [4; 32], Some("tok-1".into()), true, 5)
+        .await
+        .unwrap();
+    assert_eq!(reused, RegisterOutcome::InviteInvalid, "an invite is single-use");
+    assert!(store.set_visibility("carol", Visibility::Nobody).await.unwrap());
+    assert!(store.set_last_seen("carol", 77).await.unwrap());
+    let rec = store.user("carol").unwrap().unwrap();
+    assert_eq!((rec.visibility, rec.last_seen_ms), (Visibility::Nobody, 77));
+    assert!(!store.set_last_seen("nobody", 1).await.unwrap());
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn expiry_sweep_removes_only_old_items_and_dedup_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        retention: Duration::from_millis(1000),
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir.path(), config, None).unwrap();
+    with_users(&store, &["alice", "bob", "carol"]).await;
+    for n in 0..4 {
+        store
+            .append_message("alice", DeviceId(1), id(n), "bob", vec![1], 100 + n)
+            .await
+            .unwrap();
+    }
+    store
+        .append_message("alice", DeviceId(1), id(10), "bob", vec![1], 5000)
+        .await
+        .unwrap();
+    store
+        .append_message("alice", DeviceId(1), id(11), "carol", vec![1], 100)
+        .await
+        .unwrap();
+    let out = store.sweep(5500).await.unwrap();
+    assert_eq!(out.items, 5);
+    assert_eq!(out.dedup_keys, 5);
+    assert!(!out.more);
+    let left = store
+        .read_mailbox(&MailboxId::new("bob", DeviceId(1)), ServerSeq(0), 10)
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.client_msg_id, id(10));
+    assert_eq!(store.mailbox_depth(&MailboxId::new("carol", DeviceId(1))).unwrap(), 0);
+    store.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    let mut tasks = Vec::new();
+    for w in 0..32u64 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50u64 {
+                s.append_message("alice", DeviceId(1), id(w * 1000 + n), "bob", vec![0; 100], 1)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let items = store
+        .read_mailbox(&MailboxId::new("bob", DeviceId(1)), ServerSeq(0), 10_000)
+        .unwrap();
+    assert_eq!(items.len(), 32 * 50);
+    assert!(items.windows(2).all(|w| w[0].0 < w[1].0));
+    let stats = store.stats();
+    assert!(
+        stats.mean_batch() > 1.0,
+        "32 concurrent writers never shared a commit (mean batch {})",
+        stats.mean_batch()
+    );
+    store.shutdown().await;
+}
