@@ -1,1 +1,32 @@
-//! wip
+//! The Missive edge server.
+//!
+//! One process terminates QUIC (and a TCP+TLS 1.3 fallback carrying the same frames),
+//! authenticates devices, stores envelopes durably (group commit in `missive-storage`), and
+//! delivers them live or on reconnect.
+//!
+//! Structure, one concern per module:
+//! - [`session`]: the per-connection protocol as a sans-I/O state machine (login, sends in
+//!   flight, delivery window, rate limit, idle timeout);
+//! - [`connection`]: the async driver that feeds a session from a transport;
+//! - [`listener`]: QUIC and TCP accept loops (connection limit, handshake timeout);
+//! - [`registry`]: live sessions per device and presence subscriptions;
+//! - [`notifier`]: push wake-ups for offline devices;
+//! - [`config`], [`tls`], [`server`]: configuration, certificates, wiring and lifecycle.
+//!
+//! Data flow of one message: a `Send` frame becomes `Action::Store`; the store appends it to
+//! every recipient device's mailbox in one group commit (flush + fsync); then the commit
+//! listener hands it to each live session ([`registry::Registry::push`]) or wakes the device
+//! via push, and the sender gets `Sent`. The recipient's `AckDelivery` deletes it and queues
+//! `Delivered` receipts for the sender's devices in the same batch.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod notifier;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod shared;
+pub mod tls;

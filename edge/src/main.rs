@@ -1,1 +1,214 @@
-fn main(){}
+//! `missive-edge`: the server binary.
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use missive_edge::config::{Config, LogFormat, RegistrationMode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Missive edge server: QUIC + TCP/TLS messaging with durable delivery.
+#[derive(Parser, Debug)]
+#[command(name = "missive-edge", version)]
+struct Cli {
+    /// TOML config file; flags below override its values.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (database, generated dev certificate).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// QUIC (UDP) listen address, e.g. 127.0.0.1:4433 (port 0 picks a free one).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TCP+TLS fallback listen address (default: same as --listen; "" disables).
+    #[arg(long)]
+    tcp_listen: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Require invite tokens for registration.
+    #[arg(long)]
+    invite_only: bool,
+    /// Push gateway URL (http://host:port/path); enables push wake-ups.
+    #[arg(long)]
+    push_url: Option<String>,
+    /// Idle timeout in seconds.
+    #[arg(long)]
+    idle_timeout_secs: Option<u64>,
+    /// Maximum frame payload in bytes.
+    #[arg(long)]
+    max_frame_bytes: Option<u32>,
+    /// Maximum concurrent connections.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Sends per second allowed per connection.
+    #[arg(long)]
+    send_rate: Option<u32>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Administration of a stopped edge's data directory.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminAction {
+    /// Create an invite token (prints it) for servers with `registration.mode = "invite"`.
+    Invite,
+    /// Print users, queued envelopes and disk use.
+    Stats,
+    /// Disable (or with --enable, re-enable) a user's logins.
+    UserDisable {
+        /// The user.
+        name: String,
+        /// Re-enable instead.
+        #[arg(long)]
+        enable: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("missive-edge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    apply_flags(&cli, &mut config);
+    if let Err(e) = config.validate() {
+        eprintln!("missive-edge: {e}");
+        return ExitCode::from(2);
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("missive-edge: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => missive_edge::server::run(config)
+                .await
+                .map_err(|e| e.to_string()),
+            Some(Command::Admin { action }) => admin(config, action).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("missive-edge: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn apply_flags(cli: &Cli, config: &mut Config) {
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = cli.listen {
+        config.listen = l;
+    }
+    if let Some(t) = &cli.tcp_listen {
+        config.tcp_listen = Some(t.clone());
+    }
+    if let Some(f) = cli.log_format {
+        config.log.format = f;
+    }
+    if cli.invite_only {
+        config.registration.mode = RegistrationMode::Invite;
+    }
+    if let Some(u) = &cli.push_url {
+        config.push.gateway_url = Some(u.clone());
+    }
+    if let Some(s) = cli.idle_timeout_secs {
+        config.limits.idle_timeout_secs = s;
+    }
+    if let Some(m) = cli.max_frame_bytes {
+        config.limits.max_frame_bytes = m;
+    }
+    if let Some(m) = cli.max_connections {
+        config.limits.max_connections = m;
+    }
+    if let Some(r) = cli.send_rate {
+        config.limits.send_rate_per_sec = r;
+        config.limits.send_burst = config.limits.send_burst.max(r);
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+async fn admin(config: Config, action: AdminAction) -> Result<(), String> {
+    use missive_edge::notifier::Notifier;
+    use missive_edge::registry::Registry;
+    use missive_edge::shared::now_ms;
+    let store = missive_edge::server::open_store(
+        &config,
+        std::sync::Arc::new(Registry::default()),
+        Notifier::disabled(),
+    )
+    .map_err(|e| e.to_string())?;
+    let result = match action {
+        AdminAction::Invite => {
+            use rand::RngCore;
+            let mut raw = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut raw);
+            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            store
+                .add_invite(&token, now_ms())
+                .await
+                .map_err(|e| e.to_string())
+                .map(|()| println!("{token}"))
+        }
+        AdminAction::Stats => (|| {
+            println!("users: {}", store.user_count().map_err(|e| e.to_string())?);
+            println!(
+                "queued envelopes: {}",
+                store.total_queued().map_err(|e| e.to_string())?
+            );
+            println!(
+                "disk bytes: {}",
+                store.size_on_disk().map_err(|e| e.to_string())?
+            );
+            Ok(())
+        })(),
+        AdminAction::UserDisable { name, enable } => {
+            match store.set_disabled(&name, !enable).await {
+                Ok(true) => {
+                    println!("{name}: {}", if enable { "enabled" } else { "disabled" });
+                    Ok(())
+                }
+                Ok(false) => Err(format!("no such user: {name}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    store.shutdown().await;
+    result
+}

@@ -308,8 +308,9 @@ mod tests {
         let frames = all_frames();
         // Every kind declared in the frame table appears in the test list.
         let kinds: std::collections::BTreeSet<u8> = frames.iter().map(Frame::kind).collect();
-        let declared: std::collections::BTreeSet<u8> =
-            (0..=255u8).filter(|k| Frame::kind_name(*k).is_some()).collect();
+        let declared: std::collections::BTreeSet<u8> = (0..=255u8)
+            .filter(|k| Frame::kind_name(*k).is_some())
+            .collect();
         assert_eq!(kinds, declared);
         let mut wire = Vec::new();
         for f in &frames {
@@ -347,12 +348,25 @@ mod tests {
     #[test]
     fn oversized_frame_refused_from_header_alone() {
         let mut dec = FrameDecoder::new(1024);
-        dec.feed(&Header { len: 1025, kind: 4, flags: 0 }.to_bytes());
+        dec.feed(
+            &Header {
+                len: 1025,
+                kind: 4,
+                flags: 0,
+            }
+            .to_bytes(),
+        );
         assert_eq!(
             dec.next_frame(),
-            Err(ProtoError::TooLarge { len: 1025, max: 1024 })
+            Err(ProtoError::TooLarge {
+                len: 1025,
+                max: 1024
+            })
         );
-        assert_eq!(dec.next_frame().unwrap_err().code(), ErrorCode::FrameTooLarge);
+        assert_eq!(
+            dec.next_frame().unwrap_err().code(),
+            ErrorCode::FrameTooLarge
+        );
     }
 
     #[test]
@@ -360,9 +374,13 @@ mod tests {
         // 1 MiB of zeros compresses to a few hundred bytes; a 64 KiB receiver must refuse it.
         let raw = vec![0u8; 1 << 20];
         let comp = zstd::bulk::compress(&raw, 1).unwrap();
-        let mut wire = Header { len: comp.len() as u32, kind: 4, flags: FLAG_ZSTD }
-            .to_bytes()
-            .to_vec();
+        let mut wire = Header {
+            len: comp.len() as u32,
+            kind: 4,
+            flags: FLAG_ZSTD,
+        }
+        .to_bytes()
+        .to_vec();
         wire.extend_from_slice(&comp);
         let mut dec = FrameDecoder::new(64 * 1024);
         dec.feed(&wire);
@@ -371,12 +389,27 @@ mod tests {
 
     #[test]
     fn bad_headers_are_errors() {
-        let mut h = Header { len: 0, kind: 1, flags: 0 }.to_bytes();
+        let mut h = Header {
+            len: 0,
+            kind: 1,
+            flags: 0,
+        }
+        .to_bytes();
         h[6] = 1;
         assert_eq!(Header::parse(&h, 1024), Err(ProtoError::ReservedBits));
-        let h = Header { len: 0, kind: 200, flags: 0 }.to_bytes();
+        let h = Header {
+            len: 0,
+            kind: 200,
+            flags: 0,
+        }
+        .to_bytes();
         assert_eq!(Header::parse(&h, 1024), Err(ProtoError::UnknownKind(200)));
-        let h = Header { len: 0, kind: 1, flags: 0x80 }.to_bytes();
+        let h = Header {
+            len: 0,
+            kind: 1,
+            flags: 0x80,
+        }
+        .to_bytes();
         assert_eq!(Header::parse(&h, 1024), Err(ProtoError::UnknownFlags(0x80)));
     }
 
@@ -400,7 +433,11 @@ mod tests {
             let wire = encode_to_vec(&f).unwrap();
             let body = &wire[HEADER_LEN..];
             for skip in 1..body.len() {
-                let h = Header { len: (body.len() - skip) as u32, kind: f.kind(), flags: 0 };
+                let h = Header {
+                    len: (body.len() - skip) as u32,
+                    kind: f.kind(),
+                    flags: 0,
+                };
                 let r = decode_payload(&h, &body[skip..], 1 << 20);
                 assert_ne!(r.as_ref().ok(), Some(&f));
                 let r = decode_payload(&h, &body[..body.len() - skip], 1 << 20);
@@ -426,8 +463,12 @@ mod tests {
             // Make about half the headers plausible so payload validation is exercised too.
             if next() % 2 == 0 {
                 bytes[..HEADER_LEN].copy_from_slice(
-                    &Header { len: len as u32, kind: [1, 2, 3, 4, 5, 68][(next() % 6) as usize], flags: 0 }
-                        .to_bytes(),
+                    &Header {
+                        len: len as u32,
+                        kind: [1, 2, 3, 4, 5, 68][(next() % 6) as usize],
+                        flags: 0,
+                    }
+                    .to_bytes(),
                 );
             }
             let mut dec = FrameDecoder::new(1 << 20);
@@ -442,7 +483,11 @@ mod tests {
     #[test]
     fn wrong_kind_for_payload_is_refused() {
         let wire = encode_to_vec(&Ping { nonce: 1 }.into()).unwrap();
-        let h = Header { len: (wire.len() - HEADER_LEN) as u32, kind: 4, flags: 0 };
+        let h = Header {
+            len: (wire.len() - HEADER_LEN) as u32,
+            kind: 4,
+            flags: 0,
+        };
         assert!(decode_payload(&h, &wire[HEADER_LEN..], 1 << 20).is_err());
     }
 }

@@ -6,15 +6,21 @@ use rkyv::{Archive, Deserialize, Serialize};
 pub const MAX_USER_NAME: usize = 32;
 
 /// A device of a user (phone, later web/desktop). Mailboxes are keyed by (user, device).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct DeviceId(pub u32);
 
 /// Position of an envelope in one device's mailbox; strictly increasing per mailbox.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct ServerSeq(pub u64);
 
 /// Sender-chosen id of one message; retries reuse it so the edge stores the message once.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct ClientMsgId(pub [u8; 16]);
 
 impl ClientMsgId {

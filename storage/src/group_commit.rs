@@ -91,7 +91,7 @@ pub(crate) struct Request {
 pub(crate) fn spawn(
     db: sled::Db,
     db_file: std::fs::File,
-    rx: mpsc::Receiver<Request>,
+    rx: mpsc::UnboundedReceiver<Request>,
     max_batch: usize,
     retention: Duration,
     listener: Option<CommitListener>,
@@ -150,7 +150,7 @@ struct Pending {
 }
 
 impl Committer {
-    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         let mut shutting_down = false;
         while !shutting_down {
             let Some(first) = rx.blocking_recv() else {
@@ -259,7 +259,9 @@ impl Committer {
                 mailbox,
                 up_to,
                 now_ms,
-            } => self.ack(batch, pending, &mailbox, up_to, now_ms).map(Reply::Ack),
+            } => self
+                .ack(batch, pending, &mailbox, up_to, now_ms)
+                .map(Reply::Ack),
             Op::Register {
                 user,
                 device,
@@ -339,7 +341,11 @@ impl Committer {
         Ok(devs)
     }
 
-    fn next_seq(&mut self, batch: &mut sled::Batch, mb: &MailboxId) -> Result<ServerSeq, StorageError> {
+    fn next_seq(
+        &mut self,
+        batch: &mut sled::Batch,
+        mb: &MailboxId,
+    ) -> Result<ServerSeq, StorageError> {
         let next = match self.seqs.get(mb) {
             Some(n) => *n,
             None => match self.db.get(keys::seq_counter(mb))? {
@@ -497,7 +503,11 @@ impl Committer {
         batch.insert(keys::user(user), encode(&rec)?);
         batch.insert(keys::device(user, device), &key[..]);
         pending.users.insert(user.to_owned(), rec);
-        pending.devices.entry(user.to_owned()).or_default().push(device);
+        pending
+            .devices
+            .entry(user.to_owned())
+            .or_default()
+            .push(device);
         Ok(RegisterOutcome::Created)
     }
 
@@ -513,7 +523,9 @@ impl Committer {
         // young item of a mailbox we jump to the next mailbox.
         let mut from: Bound<Vec<u8>> = Bound::Included(vec![keys::MAILBOX]);
         'mailboxes: loop {
-            let mut iter = self.db.range::<Vec<u8>, _>((from.clone(), Bound::Unbounded));
+            let mut iter = self
+                .db
+                .range::<Vec<u8>, _>((from.clone(), Bound::Unbounded));
             loop {
                 let Some(kv) = iter.next() else {
                     break 'mailboxes;
@@ -525,7 +537,9 @@ impl Committer {
                 let Some((mb, _)) = keys::parse_mailbox_item(&k) else {
                     continue;
                 };
-                let expired = decode_item(&v).map(|i| i.server_ts_ms < cutoff).unwrap_or(true);
+                let expired = decode_item(&v)
+                    .map(|i| i.server_ts_ms < cutoff)
+                    .unwrap_or(true);
                 if expired {
                     if pending.deleted.insert(k.to_vec()) {
                         batch.remove(k);

@@ -146,7 +146,7 @@ impl StoreStats {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    ops: mpsc::Sender<Request>,
+    ops: mpsc::UnboundedSender<Request>,
     stats: Arc<StoreStats>,
     committer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     dir: PathBuf,
@@ -177,7 +177,9 @@ impl Store {
             .open()?;
         let db_file = std::fs::File::open(dir.join("db"))?;
         let stats = Arc::new(StoreStats::default());
-        let (tx, rx) = mpsc::channel(64 * 1024);
+        // Unbounded: callers are bounded by protocol limits (in-flight sends per connection,
+        // connections), and an eager, non-blocking enqueue keeps each caller's order.
+        let (tx, rx) = mpsc::unbounded_channel();
         let handle = group_commit::spawn(
             db.clone(),
             db_file,
@@ -196,18 +198,26 @@ impl Store {
         })
     }
 
-    async fn submit<T>(
+    /// Enqueues `op` now (so operations keep the order of the calls that made them) and
+    /// returns a future that resolves once the committer has made it durable.
+    fn submit<T>(
         &self,
         op: Op,
-        take: impl FnOnce(group_commit::Reply) -> Option<T>,
-    ) -> Result<T, StorageError> {
+        take: impl FnOnce(group_commit::Reply) -> Option<T> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static
+    where
+        T: Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        self.ops
-            .send(Request { op, reply })
-            .await
-            .map_err(|_| StorageError::Closed)?;
-        let r = rx.await.map_err(|_| StorageError::Closed)??;
-        take(r).ok_or_else(|| StorageError::Db("committer answered with the wrong reply".into()))
+        let queued = self.ops.send(Request { op, reply }).is_ok();
+        async move {
+            if !queued {
+                return Err(StorageError::Closed);
+            }
+            let r = rx.await.map_err(|_| StorageError::Closed)??;
+            take(r)
+                .ok_or_else(|| StorageError::Db("committer answered with the wrong reply".into()))
+        }
     }
 
     /// Appends `envelope` from (`from`, `from_device`) to every device mailbox of `to`.
@@ -215,7 +225,7 @@ impl Store {
     /// Resolves only after the batch holding it is flushed and fsync'd. A second call with the
     /// same sender and `client_msg_id` (also after a restart) stores nothing and returns
     /// [`AppendOutcome::Duplicate`].
-    pub async fn append_message(
+    pub fn append_message(
         &self,
         from: &str,
         from_device: DeviceId,
@@ -223,7 +233,8 @@ impl Store {
         to: &str,
         envelope: Vec<u8>,
         now_ms: u64,
-    ) -> Result<AppendOutcome, StorageError> {
+    ) -> impl std::future::Future<Output = Result<AppendOutcome, StorageError>> + Send + 'static
+    {
         let op = Op::Append {
             from: from.to_owned(),
             from_device,
@@ -236,17 +247,16 @@ impl Store {
             group_commit::Reply::Append(o) => Some(o),
             _ => None,
         })
-        .await
     }
 
     /// Deletes every item of `mailbox` with seq `<= up_to` and, for each deleted message,
     /// appends a `Delivered` receipt to every device of its sender — in one atomic batch.
-    pub async fn ack(
+    pub fn ack(
         &self,
         mailbox: MailboxId,
         up_to: ServerSeq,
         now_ms: u64,
-    ) -> Result<AckOutcome, StorageError> {
+    ) -> impl std::future::Future<Output = Result<AckOutcome, StorageError>> + Send + 'static {
         self.submit(
             Op::Ack {
                 mailbox,
@@ -258,12 +268,11 @@ impl Store {
                 _ => None,
             },
         )
-        .await
     }
 
     /// Creates `user` with its first `device` and public key. When `require_invite`, the
     /// `invite` token must exist and is consumed in the same batch.
-    pub async fn register(
+    pub fn register(
         &self,
         user: &str,
         device: DeviceId,
@@ -271,7 +280,8 @@ impl Store {
         invite: Option<String>,
         require_invite: bool,
         now_ms: u64,
-    ) -> Result<RegisterOutcome, StorageError> {
+    ) -> impl std::future::Future<Output = Result<RegisterOutcome, StorageError>> + Send + 'static
+    {
         self.submit(
             Op::Register {
                 user: user.to_owned(),
@@ -286,36 +296,40 @@ impl Store {
                 _ => None,
             },
         )
-        .await
     }
 
     /// Sets who may see `user`'s presence. Returns false when the user does not exist.
-    pub async fn set_visibility(
+    pub fn set_visibility(
         &self,
         user: &str,
         visibility: Visibility,
-    ) -> Result<bool, StorageError> {
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
         self.update_user(user, group_commit::UserUpdate::Visibility(visibility))
-            .await
     }
 
     /// Records when a device of `user` was last online. Returns false for an unknown user.
-    pub async fn set_last_seen(&self, user: &str, at_ms: u64) -> Result<bool, StorageError> {
+    pub fn set_last_seen(
+        &self,
+        user: &str,
+        at_ms: u64,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
         self.update_user(user, group_commit::UserUpdate::LastSeen(at_ms))
-            .await
     }
 
     /// Enables or disables an account. Returns false for an unknown user.
-    pub async fn set_disabled(&self, user: &str, disabled: bool) -> Result<bool, StorageError> {
+    pub fn set_disabled(
+        &self,
+        user: &str,
+        disabled: bool,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
         self.update_user(user, group_commit::UserUpdate::Disabled(disabled))
-            .await
     }
 
-    async fn update_user(
+    fn update_user(
         &self,
         user: &str,
         update: group_commit::UserUpdate,
-    ) -> Result<bool, StorageError> {
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
         self.submit(
             Op::UpdateUser {
                 user: user.to_owned(),
@@ -326,11 +340,14 @@ impl Store {
                 _ => None,
             },
         )
-        .await
     }
 
     /// Stores an invite token that one registration may consume.
-    pub async fn add_invite(&self, token: &str, now_ms: u64) -> Result<(), StorageError> {
+    pub fn add_invite(
+        &self,
+        token: &str,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send + 'static {
         self.submit(
             Op::AddInvite {
                 token: token.to_owned(),
@@ -338,17 +355,16 @@ impl Store {
             },
             |r| matches!(r, group_commit::Reply::Done).then_some(()),
         )
-        .await
     }
 
     /// Links another device (with its public key) to an existing user. Returns false when the
     /// user does not exist or already has that device id.
-    pub async fn add_device(
+    pub fn add_device(
         &self,
         user: &str,
         device: DeviceId,
         key: [u8; 32],
-    ) -> Result<bool, StorageError> {
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
         self.submit(
             Op::AddDevice {
                 user: user.to_owned(),
@@ -360,17 +376,19 @@ impl Store {
                 _ => None,
             },
         )
-        .await
     }
 
     /// One bounded step of the expiry sweep: removes items and dedup keys older than the
     /// configured retention. Call again while `more` is true.
-    pub async fn sweep(&self, now_ms: u64) -> Result<SweepOutcome, StorageError> {
+    pub fn sweep(
+        &self,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<SweepOutcome, StorageError>> + Send + 'static
+    {
         self.submit(Op::Sweep { now_ms }, |r| match r {
             group_commit::Reply::Sweep(o) => Some(o),
             _ => None,
         })
-        .await
     }
 
     /// Reads up to `limit` items of `mailbox` with seq `>= from`, in order.
@@ -469,7 +487,6 @@ impl Store {
                 op: Op::Shutdown,
                 reply,
             })
-            .await
             .is_ok()
         {
             let _ = rx.await;

@@ -81,13 +81,21 @@ fn kill9_loses_no_acked_append() {
             acked.insert(id.to_owned());
         }
     }
-    assert!(acked.len() >= 100, "child acked only {} appends", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "child acked only {} appends",
+        acked.len()
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
         let items = store
-            .read_mailbox(&MailboxId::new("bob", DeviceId(1)), ServerSeq(0), usize::MAX)
+            .read_mailbox(
+                &MailboxId::new("bob", DeviceId(1)),
+                ServerSeq(0),
+                usize::MAX,
+            )
             .unwrap();
         let mut seen = HashSet::new();
         let mut seqs = HashSet::new();
@@ -97,7 +105,12 @@ fn kill9_loses_no_acked_append() {
             assert_eq!(item.payload, Payload::Envelope(vec![7; 100]));
         }
         let lost: Vec<_> = acked.iter().filter(|id| !seen.contains(*id)).collect();
-        assert!(lost.is_empty(), "{} acked appends lost, e.g. {:?}", lost.len(), lost.first());
+        assert!(
+            lost.is_empty(),
+            "{} acked appends lost, e.g. {:?}",
+            lost.len(),
+            lost.first()
+        );
         store.shutdown().await;
     });
 }

@@ -1,9 +1,7 @@
 //! Behaviour of the storage API on a real sled directory.
 
 use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
-use missive_storage::{
-    AppendOutcome, MailboxId, RegisterOutcome, StoredItem, Store, StoreConfig,
-};
+use missive_storage::{AppendOutcome, MailboxId, RegisterOutcome, Store, StoreConfig, StoredItem};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +37,14 @@ async fn append_read_ack_and_delivery_receipts() {
     with_users(&store, &["alice", "bob"]).await;
     for n in 0..5 {
         let r = store
-            .append_message("alice", DeviceId(1), id(n), "bob", vec![n as u8; 10], 1000 + n)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(n),
+                "bob",
+                vec![n as u8; 10],
+                1000 + n,
+            )
             .await
             .unwrap();
         assert!(matches!(r, AppendOutcome::Stored { devices: 1, .. }));
@@ -49,7 +54,10 @@ async fn append_read_ack_and_delivery_receipts() {
     let seqs: Vec<u64> = items.iter().map(|(s, _)| s.0).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     assert_eq!(items[2].1.payload, Payload::Envelope(vec![2; 10]));
-    assert_eq!(store.read_mailbox(&bob, ServerSeq(4), 100).unwrap().len(), 2);
+    assert_eq!(
+        store.read_mailbox(&bob, ServerSeq(4), 100).unwrap().len(),
+        2
+    );
     assert_eq!(store.read_mailbox(&bob, ServerSeq(1), 2).unwrap().len(), 2);
     // The listener saw every append, in order, only after it was durable.
     assert_eq!(events.lock().unwrap().len(), 5);
@@ -114,7 +122,10 @@ async fn dedup_and_seq_survive_reopen() {
             1
         );
         // Drain the whole mailbox so only the persisted counter remembers the seq.
-        store.ack(bob.clone(), ServerSeq(u64::MAX), 12).await.unwrap();
+        store
+            .ack(bob.clone(), ServerSeq(u64::MAX), 12)
+            .await
+            .unwrap();
         store.shutdown().await;
     }
     let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
@@ -129,7 +140,11 @@ async fn dedup_and_seq_survive_reopen() {
         .unwrap();
     let items = store.read_mailbox(&bob, ServerSeq(0), 10).unwrap();
     assert_eq!(items.len(), 1);
-    assert_eq!(items[0].0, ServerSeq(5), "seq must keep increasing after a full drain");
+    assert_eq!(
+        items[0].0,
+        ServerSeq(5),
+        "seq must keep increasing after a full drain"
+    );
     store.shutdown().await;
 }
 
@@ -140,8 +155,14 @@ async fn every_device_of_the_recipient_gets_a_copy() {
     with_users(&store, &["alice", "bob"]).await;
     assert!(store.add_device("bob", DeviceId(2), [9; 32]).await.unwrap());
     assert!(!store.add_device("bob", DeviceId(2), [9; 32]).await.unwrap());
-    assert!(!store.add_device("nobody", DeviceId(2), [9; 32]).await.unwrap());
-    assert_eq!(store.devices("bob").unwrap(), vec![DeviceId(1), DeviceId(2)]);
+    assert!(!store
+        .add_device("nobody", DeviceId(2), [9; 32])
+        .await
+        .unwrap());
+    assert_eq!(
+        store.devices("bob").unwrap(),
+        vec![DeviceId(1), DeviceId(2)]
+    );
     let r = store
         .append_message("alice", DeviceId(1), id(1), "bob", vec![7], 1)
         .await
@@ -154,7 +175,10 @@ async fn every_device_of_the_recipient_gets_a_copy() {
         assert_eq!(items[0].1.payload, Payload::Envelope(vec![7]));
     }
     // Each device's ack makes its own receipt, naming that device.
-    store.ack(MailboxId::new("bob", DeviceId(2)), ServerSeq(1), 2).await.unwrap();
+    store
+        .ack(MailboxId::new("bob", DeviceId(2)), ServerSeq(1), 2)
+        .await
+        .unwrap();
     let receipts = store
         .read_mailbox(&MailboxId::new("alice", DeviceId(1)), ServerSeq(0), 10)
         .unwrap();
@@ -173,7 +197,10 @@ async fn registration_names_and_invites() {
         .await
         .unwrap();
     assert_eq!(again, RegisterOutcome::Taken);
-    assert_eq!(store.device_key("alice", DeviceId(1)).unwrap(), Some([1; 32]));
+    assert_eq!(
+        store.device_key("alice", DeviceId(1)).unwrap(),
+        Some([1; 32])
+    );
     let no_invite = store
         .register("carol", DeviceId(1), [3; 32], None, true, 3)
         .await
@@ -189,8 +216,15 @@ async fn registration_names_and_invites() {
         .register("dave", DeviceId(1), [4; 32], Some("tok-1".into()), true, 5)
         .await
         .unwrap();
-    assert_eq!(reused, RegisterOutcome::InviteInvalid, "an invite is single-use");
-    assert!(store.set_visibility("carol", Visibility::Nobody).await.unwrap());
+    assert_eq!(
+        reused,
+        RegisterOutcome::InviteInvalid,
+        "an invite is single-use"
+    );
+    assert!(store
+        .set_visibility("carol", Visibility::Nobody)
+        .await
+        .unwrap());
     assert!(store.set_last_seen("carol", 77).await.unwrap());
     let rec = store.user("carol").unwrap().unwrap();
     assert_eq!((rec.visibility, rec.last_seen_ms), (Visibility::Nobody, 77));
@@ -230,7 +264,12 @@ async fn expiry_sweep_removes_only_old_items_and_dedup_keys() {
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1.client_msg_id, id(10));
-    assert_eq!(store.mailbox_depth(&MailboxId::new("carol", DeviceId(1))).unwrap(), 0);
+    assert_eq!(
+        store
+            .mailbox_depth(&MailboxId::new("carol", DeviceId(1)))
+            .unwrap(),
+        0
+    );
     store.shutdown().await;
 }
 
@@ -244,9 +283,16 @@ async fn concurrent_writers_are_group_committed() {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..50u64 {
-                s.append_message("alice", DeviceId(1), id(w * 1000 + n), "bob", vec![0; 100], 1)
-                    .await
-                    .unwrap();
+                s.append_message(
+                    "alice",
+                    DeviceId(1),
+                    id(w * 1000 + n),
+                    "bob",
+                    vec![0; 100],
+                    1,
+                )
+                .await
+                .unwrap();
             }
         }));
     }

@@ -1,0 +1,423 @@
+//! The edge's configuration: one TOML file (`--config`), overridden by CLI flags. Every key has
+//! a default; every value is checked at start and a bad one is refused naming its key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `limits.max_frame_bytes`.
+        key: &'static str,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+}
+
+/// Everything the edge reads from its config file. See `systemd/missive-edge.toml` for a
+/// commented example with every key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the database and the generated dev certificate. Default `./data`.
+    pub data_dir: PathBuf,
+    /// QUIC (UDP) listen address. Default `127.0.0.1:4433`: loopback until you choose otherwise.
+    pub listen: SocketAddr,
+    /// TCP+TLS fallback listen address. Default: the same address as `listen` (UDP and TCP can
+    /// share a port number). Empty string disables the fallback.
+    pub tcp_listen: Option<String>,
+    /// TLS settings.
+    pub tls: TlsConfig,
+    /// Per-connection and global limits.
+    pub limits: LimitsConfig,
+    /// Who may register.
+    pub registration: RegistrationConfig,
+    /// Storage tuning.
+    pub storage: StorageConfig,
+    /// Push notifications for offline devices.
+    pub push: PushConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// TLS certificate settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Empty: a self-signed development certificate is generated in
+    /// `<data_dir>/tls/` on first start and reused afterwards.
+    pub cert: Option<PathBuf>,
+    /// PEM private key matching `cert`.
+    pub key: Option<PathBuf>,
+    /// Names put in the generated development certificate. Default `["localhost", "127.0.0.1", "::1"]`.
+    pub dev_cert_names: Vec<String>,
+}
+
+/// Limits; exceeding any gives the client a typed error, never a crash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Concurrent connections (both transports). Default 100000; raise `LimitNOFILE` with it.
+    pub max_connections: usize,
+    /// Largest frame payload in bytes. Default 1 MiB (media travels on its own streams);
+    /// 1 KiB..=16 MiB.
+    pub max_frame_bytes: u32,
+    /// Sustained sends per second per connection. Default 2000: far above a human, low enough
+    /// that one client cannot monopolise the committer.
+    pub send_rate_per_sec: u32,
+    /// Extra sends allowed in a burst. Default 4000.
+    pub send_burst: u32,
+    /// Sends awaiting their ack per connection. Default 1024.
+    pub max_in_flight_sends: usize,
+    /// Unacknowledged deliveries per connection. Default 256: enough to keep a mobile link
+    /// busy, small enough to bound per-connection memory.
+    pub delivery_window: usize,
+    /// Seconds without a client frame before the connection is closed. Default 60.
+    pub idle_timeout_secs: u64,
+    /// Seconds a TLS/QUIC handshake plus login may take. Default 10.
+    pub handshake_timeout_secs: u64,
+}
+
+/// Registration policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// `open` (default: anyone may register a free name) or `invite` (a token made with
+    /// `missive-edge admin invite` is required and consumed).
+    pub mode: RegistrationMode,
+}
+
+/// Registration policy values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationMode {
+    /// Anyone may register a free name.
+    Open,
+    /// An invite token is required.
+    Invite,
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Database page cache in MiB. Default 256 (sled's own default of 1 GiB costs RSS).
+    pub cache_mb: u64,
+    /// Most operations per group commit. Default 4096.
+    pub max_batch: usize,
+    /// Days an undelivered envelope (and a dedup key) is kept. Default 30.
+    pub retention_days: u64,
+    /// Seconds between expiry sweeps. Default 3600.
+    pub sweep_interval_secs: u64,
+}
+
+/// Push notifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// `http://host:port/path` of a push gateway that receives a content-free JSON wake-up
+    /// (`{"user":..,"device":..,"reason":"message"}`) when a device without a live session
+    /// gets a message. Empty (default): push is off.
+    pub gateway_url: Option<String>,
+    /// Attempts per wake-up (with exponential backoff from 200 ms). Default 4.
+    pub max_attempts: u32,
+    /// Per-request timeout in milliseconds. Default 5000.
+    pub timeout_ms: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `human` (default) or `json`.
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set. Default `info`.
+    pub filter: String,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            tcp_listen: None,
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            registration: RegistrationConfig::default(),
+            storage: StorageConfig::default(),
+            push: PushConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            dev_cert_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_frame_bytes: 1024 * 1024,
+            send_rate_per_sec: 2000,
+            send_burst: 4000,
+            max_in_flight_sends: 1024,
+            delivery_window: 256,
+            idle_timeout_secs: 60,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            mode: RegistrationMode::Open,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            cache_mb: 256,
+            max_batch: 4096,
+            retention_days: 30,
+            sweep_interval_secs: 3600,
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            gateway_url: None,
+            max_attempts: 4,
+            timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// A parsed push gateway address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayUrl {
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// Request path, starting with `/`.
+    pub path: String,
+}
+
+impl GatewayUrl {
+    /// Parses `http://host[:port]/path`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or("must start with http:// (put a TLS-terminating proxy in front for https)")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() {
+            return Err("has no host".into());
+        }
+        let authority = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Self {
+            authority,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Config {
+    /// Reads `path` (TOML); `None` gives the defaults.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every value; the first bad one is reported with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        let l = &self.limits;
+        if !(1024..=missive_proto::HARD_MAX_FRAME as u32).contains(&l.max_frame_bytes) {
+            return bad(
+                "limits.max_frame_bytes",
+                format!("must be 1024..=16777216, got {}", l.max_frame_bytes),
+            );
+        }
+        if l.max_connections == 0 {
+            return bad("limits.max_connections", "must be at least 1");
+        }
+        if l.send_rate_per_sec == 0 {
+            return bad("limits.send_rate_per_sec", "must be at least 1");
+        }
+        if l.max_in_flight_sends == 0 {
+            return bad("limits.max_in_flight_sends", "must be at least 1");
+        }
+        if !(1..=65536).contains(&l.delivery_window) {
+            return bad("limits.delivery_window", "must be 1..=65536");
+        }
+        if !(1..=86400).contains(&l.idle_timeout_secs) {
+            return bad("limits.idle_timeout_secs", "must be 1..=86400");
+        }
+        if !(1..=600).contains(&l.handshake_timeout_secs) {
+            return bad("limits.handshake_timeout_secs", "must be 1..=600");
+        }
+        if self.storage.cache_mb < 8 {
+            return bad("storage.cache_mb", "must be at least 8");
+        }
+        if self.storage.max_batch == 0 {
+            return bad("storage.max_batch", "must be at least 1");
+        }
+        if self.storage.retention_days == 0 {
+            return bad("storage.retention_days", "must be at least 1");
+        }
+        if self.storage.sweep_interval_secs == 0 {
+            return bad("storage.sweep_interval_secs", "must be at least 1");
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return bad("tls.cert", "tls.cert and tls.key must be given together");
+        }
+        if let Some(url) = self.push.gateway_url.as_deref().filter(|u| !u.is_empty()) {
+            if let Err(e) = GatewayUrl::parse(url) {
+                return bad("push.gateway_url", e);
+            }
+        }
+        if self.push.max_attempts == 0 {
+            return bad("push.max_attempts", "must be at least 1");
+        }
+        if let Err(e) = self.tcp_listen_addr() {
+            return bad("tcp_listen", e);
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The TCP fallback address: `None` when disabled.
+    pub fn tcp_listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.tcp_listen.as_deref() {
+            None => Ok(Some(self.listen)),
+            Some("") => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("not an address ({e}): {s:?}")),
+        }
+    }
+
+    /// Idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.idle_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+        let c = parse("").unwrap();
+        assert_eq!(c.limits.delivery_window, 256);
+        assert_eq!(c.tcp_listen_addr().unwrap(), Some(c.listen));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = parse("[limits]\nmax_frame_bytes = 5\n").unwrap_err();
+        assert!(e.contains("limits.max_frame_bytes"), "{e}");
+        let e = parse("[limits]\nmax_frame_byts = 5000\n").unwrap_err();
+        assert!(e.contains("max_frame_byts"), "{e}");
+        let e = parse("listen = \"nope\"\n").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse("[push]\ngateway_url = \"ftp://x\"\n").unwrap_err();
+        assert!(e.contains("push.gateway_url"), "{e}");
+        let e = parse("[registration]\nmode = \"closed\"\n").unwrap_err();
+        assert!(e.contains("mode") || e.contains("closed"), "{e}");
+        let e = parse("tcp_listen = \"x:y\"\n").unwrap_err();
+        assert!(e.contains("tcp_listen"), "{e}");
+    }
+
+    #[test]
+    fn gateway_urls() {
+        let g = GatewayUrl::parse("http://127.0.0.1:9/push").unwrap();
+        assert_eq!(g.authority, "127.0.0.1:9");
+        assert_eq!(g.path, "/push");
+        assert_eq!(GatewayUrl::parse("http://h").unwrap().authority, "h:80");
+        assert!(GatewayUrl::parse("https://h").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! Accept loops for QUIC and TCP+TLS. Each accepted connection runs in its own task, holding
+//! a connection-limit permit and a drop guard the server waits on at shutdown.
+
+use crate::connection::{serve, Transport};
+use crate::shared::Shared;
+use missive_proto::{encode_to_vec, Error, ErrorCode, EXPORTER_LABEL, EXPORTER_LEN};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+/// Everything an accept loop needs.
+#[derive(Clone)]
+pub struct ListenerCtx {
+    /// Shared state for connection tasks.
+    pub shared: Arc<Shared>,
+    /// Caps concurrent connections across both transports.
+    pub limit: Arc<Semaphore>,
+    /// Flips to true when the server starts draining.
+    pub shutdown: watch::Receiver<bool>,
+    /// Dropped by each connection task when it ends; the server waits for all of them.
+    pub done_guard: mpsc::Sender<()>,
+    /// Time allowed for the TLS handshake and the first stream.
+    pub handshake_timeout: Duration,
+}
+
+/// How long a refused or finished QUIC connection waits for the peer to read our last bytes.
+const QUIC_LINGER: Duration = Duration::from_secs(3);
+
+/// Accepts QUIC connections until shutdown.
+pub async fn run_quic(endpoint: quinn::Endpoint, ctx: ListenerCtx) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let guard = ctx.done_guard.clone();
+                    let permit = ctx.limit.clone().try_acquire_owned().ok();
+                    if let Err(e) = handle_quic(incoming, permit, &ctx).await {
+                        tracing::debug!(error = %e, "quic connection ended with an error");
+                    }
+                    drop(guard);
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    // New connections are refused from here on; live ones drain on their own.
+    endpoint.set_server_config(None);
+}
+
+async fn handle_quic(
+    incoming: quinn::Incoming,
+    permit: Option<OwnedSemaphorePermit>,
+    ctx: &ListenerCtx,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let conn = tokio::time::timeout(ctx.handshake_timeout, incoming).await??;
+    let (mut send, recv) = tokio::time::timeout(ctx.handshake_timeout, conn.accept_bi()).await??;
+    let Some(_permit) = permit else {
+        let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
+        send.write_all(&encode_to_vec(&frame.into())?).await?;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
+        return Ok(());
+    };
+    let mut exporter = [0u8; EXPORTER_LEN];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .map_err(|_| "TLS exporter unavailable")?;
+    serve(
+        ctx.shared.clone(),
+        recv,
+        send,
+        exporter,
+        Transport::Quic,
+        ctx.shutdown.clone(),
+    )
+    .await;
+    // Give the peer a moment to read the final frames and close first.
+    let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
+    conn.close(0u32.into(), b"bye");
+    Ok(())
+}
+
+/// Accepts TCP+TLS connections until shutdown. Accept errors (e.g. out of file descriptors)
+/// back off instead of spinning.
+pub async fn run_tcp(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    ctx: ListenerCtx,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => {
+                    backoff = Duration::from_millis(10);
+                    let (ctx, tls) = (ctx.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        let guard = ctx.done_guard.clone();
+                        let permit = ctx.limit.clone().try_acquire_owned().ok();
+                        if let Err(e) = handle_tcp(stream, tls, permit, &ctx).await {
+                            tracing::debug!(error = %e, "tcp connection ended with an error");
+                        }
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn handle_tcp(
+    stream: tokio::net::TcpStream,
+    tls: tokio_rustls::TlsAcceptor,
+    permit: Option<OwnedSemaphorePermit>,
+    ctx: &ListenerCtx,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    stream.set_nodelay(true)?;
+    let mut tls_stream = tokio::time::timeout(ctx.handshake_timeout, tls.accept(stream)).await??;
+    let Some(_permit) = permit else {
+        let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
+        tls_stream.write_all(&encode_to_vec(&frame.into())?).await?;
+        let _ = tls_stream.shutdown().await;
+        return Ok(());
+    };
+    let mut exporter = [0u8; EXPORTER_LEN];
+    tls_stream
+        .get_ref()
+        .1
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
+        .map_err(|e| format!("TLS exporter unavailable: {e}"))?;
+    let (r, w) = tokio::io::split(tls_stream);
+    serve(
+        ctx.shared.clone(),
+        r,
+        w,
+        exporter,
+        Transport::Tcp,
+        ctx.shutdown.clone(),
+    )
+    .await;
+    Ok(())
+}

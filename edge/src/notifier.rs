@@ -1,0 +1,221 @@
+//! Push notifications for devices without a live session: a content-free JSON wake-up POSTed
+//! to a configured gateway, retried with backoff, coalesced per device while one is pending.
+
+use crate::config::GatewayUrl;
+use dashmap::DashSet;
+use missive_storage::MailboxId;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Wake-ups waiting to be sent before new ones are dropped (and counted).
+const QUEUE: usize = 10_000;
+/// Concurrent requests to the gateway.
+const CONCURRENCY: usize = 32;
+
+/// Counters of the notifier.
+#[derive(Debug, Default)]
+pub struct PushStats {
+    /// Wake-ups the gateway accepted (2xx).
+    pub delivered: AtomicU64,
+    /// Wake-ups given up after the last attempt or a permanent (4xx) refusal.
+    pub failed: AtomicU64,
+    /// Wake-ups dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Wake-ups skipped because one for the same device was already pending.
+    pub coalesced: AtomicU64,
+}
+
+/// Hands wake-ups to the push gateway; a no-op when push is off.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    tx: Option<mpsc::Sender<MailboxId>>,
+    pending: Arc<DashSet<MailboxId>>,
+    /// Counters, shared with the worker.
+    pub stats: Arc<PushStats>,
+}
+
+impl Notifier {
+    /// A notifier that sends nothing (push off).
+    pub fn disabled() -> Self {
+        Self {
+            tx: None,
+            pending: Arc::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Starts the worker that POSTs to `gateway`.
+    pub fn start(gateway: GatewayUrl, max_attempts: u32, timeout: Duration) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let pending: Arc<DashSet<MailboxId>> = Arc::default();
+        let stats: Arc<PushStats> = Arc::default();
+        tokio::spawn(worker(
+            rx,
+            Arc::new(gateway),
+            max_attempts,
+            timeout,
+            pending.clone(),
+            stats.clone(),
+        ));
+        Self {
+            tx: Some(tx),
+            pending,
+            stats,
+        }
+    }
+
+    /// Asks the gateway to wake `mailbox`'s device. Never blocks; never carries content.
+    pub fn wake(&self, mailbox: &MailboxId) {
+        let Some(tx) = &self.tx else { return };
+        if !self.pending.insert(mailbox.clone()) {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if tx.try_send(mailbox.clone()).is_err() {
+            self.pending.remove(mailbox);
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn worker(
+    mut rx: mpsc::Receiver<MailboxId>,
+    gateway: Arc<GatewayUrl>,
+    max_attempts: u32,
+    timeout: Duration,
+    pending: Arc<DashSet<MailboxId>>,
+    stats: Arc<PushStats>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
+    while let Some(mb) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (gateway, pending, stats) = (gateway.clone(), pending.clone(), stats.clone());
+        tokio::spawn(async move {
+            let ok = deliver_with_retries(&gateway, &mb, max_attempts, timeout).await;
+            pending.remove(&mb);
+            if ok {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Accepted,
+    /// 4xx other than 408/429: retrying cannot help.
+    Refused(u16),
+    /// Network error, timeout, 5xx, 408 or 429.
+    Retry(String),
+}
+
+async fn deliver_with_retries(
+    gateway: &GatewayUrl,
+    mb: &MailboxId,
+    max_attempts: u32,
+    timeout: Duration,
+) -> bool {
+    let body = wake_body(mb);
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1..=max_attempts {
+        let outcome = match tokio::time::timeout(timeout, post(gateway, &body)).await {
+            Ok(o) => o,
+            Err(_) => Attempt::Retry("timeout".into()),
+        };
+        match outcome {
+            Attempt::Accepted => return true,
+            Attempt::Refused(status) => {
+                tracing::warn!(user = %mb.user, device = mb.device.0, status, "push gateway refused wake-up");
+                return false;
+            }
+            Attempt::Retry(why) => {
+                tracing::debug!(user = %mb.user, device = mb.device.0, attempt, %why, "push attempt failed");
+                if attempt < max_attempts {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+    tracing::warn!(user = %mb.user, device = mb.device.0, "push wake-up given up");
+    false
+}
+
+/// The JSON body of a wake-up: who to wake, never what arrived.
+pub fn wake_body(mb: &MailboxId) -> String {
+    serde_json::json!({ "user": mb.user, "device": mb.device.0, "reason": "message" }).to_string()
+}
+
+async fn post(gateway: &GatewayUrl, body: &str) -> Attempt {
+    let mut stream = match tokio::net::TcpStream::connect(&gateway.authority).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Retry(e.to_string()),
+    };
+    let request = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: missive-edge\r\n\r\n{}",
+        gateway.path,
+        gateway.authority,
+        body.len(),
+        body
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()).await {
+        return Attempt::Retry(e.to_string());
+    }
+    // Only the status line matters; read a bounded prefix of the response.
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        match stream.read(&mut head[n..]).await {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Attempt::Retry(e.to_string()),
+        }
+    }
+    match parse_status(&head[..n]) {
+        Some(s) if (200..300).contains(&s) => Attempt::Accepted,
+        Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => Attempt::Refused(s),
+        Some(s) => Attempt::Retry(format!("status {s}")),
+        None => Attempt::Retry("no HTTP status line".into()),
+    }
+}
+
+/// Status code of an `HTTP/1.x NNN` status line.
+fn parse_status(head: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut parts = text.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.get(..3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use missive_proto::DeviceId;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
+        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
+        assert_eq!(parse_status(b"SSH-2.0"), None);
+        assert_eq!(parse_status(b""), None);
+    }
+
+    #[test]
+    fn body_has_no_content() {
+        let b = wake_body(&MailboxId::new("bob", DeviceId(2)));
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["user"], "bob");
+        assert_eq!(v["device"], 2);
+        assert_eq!(v.as_object().unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,191 @@
+//! Who is connected here: live sessions by device mailbox, and presence subscriptions.
+//!
+//! The store's commit listener calls [`Registry::push`] for every durable item; a session that
+//! cannot keep up has its queue marked overflowed and re-reads from storage instead.
+
+use dashmap::DashMap;
+use missive_proto::{Frame, ServerSeq};
+use missive_storage::{MailboxId, StoredItem};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Items a session's live queue holds before overflowing to storage reads.
+pub const SESSION_QUEUE: usize = 1024;
+
+/// Something delivered to a session task from outside its connection.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// A durable item for this device's mailbox.
+    Pushed(ServerSeq, StoredItem),
+    /// A frame to forward as is (presence, typing).
+    Forward(Frame),
+    /// The same device logged in on another connection: go away.
+    Replaced,
+}
+
+/// Handle to a live session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// Unique connection id.
+    pub conn_id: u64,
+    tx: mpsc::Sender<SessionEvent>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl SessionHandle {
+    /// A handle and the receiving end the session task reads.
+    pub fn new(conn_id: u64) -> (Self, mpsc::Receiver<SessionEvent>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                conn_id,
+                tx,
+                overflowed: overflowed.clone(),
+            },
+            rx,
+            overflowed,
+        )
+    }
+
+    /// Queues an event without waiting; a full queue marks the session overflowed (so it
+    /// reads storage) and a closed one is ignored.
+    pub fn offer(&self, ev: SessionEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(ev) {
+            self.overflowed.store(true, Ordering::Release);
+            // Wake the session even though the queue is full: a Forward is dropped, which is
+            // acceptable for ephemeral frames.
+        }
+    }
+}
+
+/// Presence change of a user, for subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnlineChange {
+    /// First device came online.
+    CameOnline,
+    /// Last device went offline.
+    WentOffline,
+    /// No change in the user's overall state.
+    Unchanged,
+}
+
+/// Sessions and presence subscriptions of this edge.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: DashMap<MailboxId, SessionHandle>,
+    /// user → devices with a live session here.
+    online_devices: DashMap<String, Vec<missive_proto::DeviceId>>,
+    /// watched user → (subscriber conn id → handle).
+    subscribers: DashMap<String, Vec<SessionHandle>>,
+    next_conn_id: AtomicU64,
+}
+
+impl Registry {
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a logged-in session; a previous session of the same device is told to go.
+    pub fn register(&self, mb: MailboxId, handle: SessionHandle) -> OnlineChange {
+        let (user, device) = (mb.user.clone(), mb.device);
+        let previous = self.sessions.insert(mb, handle);
+        if let Some(prev) = previous {
+            prev.offer(SessionEvent::Replaced);
+            return OnlineChange::Unchanged;
+        }
+        let mut devices = self.online_devices.entry(user).or_default();
+        devices.push(device);
+        if devices.len() == 1 {
+            OnlineChange::CameOnline
+        } else {
+            OnlineChange::Unchanged
+        }
+    }
+
+    /// Removes a session (only if it is still the registered one for its device).
+    pub fn unregister(&self, mb: &MailboxId, conn_id: u64) -> OnlineChange {
+        let removed = self
+            .sessions
+            .remove_if(mb, |_, h| h.conn_id == conn_id)
+            .is_some();
+        if !removed {
+            return OnlineChange::Unchanged;
+        }
+        let gone = {
+            let mut devices = self.online_devices.entry(mb.user.clone()).or_default();
+            devices.retain(|d| *d != mb.device);
+            devices.is_empty()
+        };
+        if gone {
+            self.online_devices.remove_if(&mb.user, |_, d| d.is_empty());
+            OnlineChange::WentOffline
+        } else {
+            OnlineChange::Unchanged
+        }
+    }
+
+    /// True when any device of `user` has a live session here.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.online_devices.get(user).is_some_and(|d| !d.is_empty())
+    }
+
+    /// Live sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Hands a durable item to the device's live session. Returns false when the device
+    /// has no session here (the caller may then wake it with a push notification).
+    pub fn push(&self, mb: &MailboxId, seq: ServerSeq, item: &StoredItem) -> bool {
+        match self.sessions.get(mb) {
+            Some(h) => {
+                h.offer(SessionEvent::Pushed(seq, item.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forwards a frame to every live session of `user`.
+    pub fn forward_to_user(&self, user: &str, frame: &Frame) {
+        let devices = match self.online_devices.get(user) {
+            Some(d) => d.clone(),
+            None => return,
+        };
+        for device in devices {
+            if let Some(h) = self.sessions.get(&MailboxId::new(user, device)) {
+                h.offer(SessionEvent::Forward(frame.clone()));
+            }
+        }
+    }
+
+    /// Subscribes a session to `watched`'s presence.
+    pub fn subscribe(&self, watched: &str, handle: SessionHandle) {
+        let mut subs = self.subscribers.entry(watched.to_owned()).or_default();
+        if !subs.iter().any(|h| h.conn_id == handle.conn_id) {
+            subs.push(handle);
+        }
+    }
+
+    /// Removes every subscription of a closing session.
+    pub fn unsubscribe_all(&self, watched: &[String], conn_id: u64) {
+        for w in watched {
+            if let Some(mut subs) = self.subscribers.get_mut(w) {
+                subs.retain(|h| h.conn_id != conn_id);
+            }
+            self.subscribers.remove_if(w, |_, v| v.is_empty());
+        }
+    }
+
+    /// Sends a presence frame to everyone subscribed to `watched`.
+    pub fn notify_subscribers(&self, watched: &str, frame: &Frame) {
+        if let Some(subs) = self.subscribers.get(watched) {
+            for h in subs.iter() {
+                h.offer(SessionEvent::Forward(frame.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! Wiring: open storage, bind listeners, announce readiness, run until SIGTERM/SIGINT, drain.
+
+use crate::config::{Config, GatewayUrl, RegistrationMode};
+use crate::listener::{run_quic, run_tcp, ListenerCtx};
+use crate::notifier::Notifier;
+use crate::registry::Registry;
+use crate::session::SessionConfig;
+use crate::shared::{now_ms, Shared};
+use crate::tls;
+use missive_storage::{Store, StoreConfig};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// UDP socket buffer size requested for QUIC (see DESIGN.md "Performance notes": at the
+/// 208 KB default the edge dropped packets under load). The kernel caps it at
+/// `net.core.rmem_max`/`wmem_max`; `systemd/` ships a sysctl drop-in raising those.
+const UDP_BUFFER: usize = 4 * 1024 * 1024;
+/// How long a draining server waits for connections to finish before closing storage.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failure that stops the edge from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS material could not be loaded or made.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Storage could not be opened.
+    #[error(
+        "cannot open storage in {dir}: {source} (is another missive-edge using this data dir?)"
+    )]
+    Storage {
+        /// The data directory.
+        dir: String,
+        /// Why.
+        source: missive_storage::StorageError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        /// `quic` or `tcp`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Addresses actually bound (ports resolved when 0 was asked for).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// QUIC (UDP).
+    pub quic: SocketAddr,
+    /// TCP+TLS, when enabled.
+    pub tcp: Option<SocketAddr>,
+}
+
+/// Opens the store with a commit listener that pushes to live sessions or wakes offline
+/// devices.
+pub fn open_store(
+    config: &Config,
+    registry: Arc<Registry>,
+    notifier: Notifier,
+) -> Result<Store, StartError> {
+    let store_config = StoreConfig {
+        cache_capacity_bytes: config.storage.cache_mb * 1024 * 1024,
+        max_batch: config.storage.max_batch,
+        retention: Duration::from_secs(config.storage.retention_days * 24 * 3600),
+    };
+    let listener: missive_storage::CommitListener = Arc::new(move |mb, seq, item| {
+        let is_message = matches!(item.payload, missive_proto::Payload::Envelope(_));
+        if !registry.push(mb, seq, item) && is_message {
+            notifier.wake(mb);
+        }
+    });
+    Store::open(&config.data_dir.join("db"), store_config, Some(listener)).map_err(|source| {
+        StartError::Storage {
+            dir: config.data_dir.display().to_string(),
+            source,
+        }
+    })
+}
+
+fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: the kernel clamps to its maximum; we log what we got.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    if got < UDP_BUFFER {
+        tracing::warn!(
+            requested = UDP_BUFFER,
+            got,
+            "UDP receive buffer capped by net.core.rmem_max; install systemd/99-missive.conf"
+        );
+    }
+    Ok(socket.into())
+}
+
+/// Binds the UDP socket and the TCP listener. When the QUIC port is 0 and TCP shares the
+/// address, the TCP listener takes the same port number as the UDP socket got.
+fn bind(config: &Config) -> Result<(UdpSocket, Option<std::net::TcpListener>, Bound), StartError> {
+    let tcp_addr = config.tcp_listen_addr().ok().flatten();
+    let same_port = tcp_addr == Some(config.listen) && config.listen.port() == 0;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let udp = udp_socket(config.listen).map_err(|source| StartError::Bind {
+            what: "quic",
+            addr: config.listen,
+            source,
+        })?;
+        let quic = udp.local_addr().map_err(|source| StartError::Bind {
+            what: "quic",
+            addr: config.listen,
+            source,
+        })?;
+        let Some(mut tcp_at) = tcp_addr else {
+            return Ok((udp, None, Bound { quic, tcp: None }));
+        };
+        if same_port {
+            tcp_at.set_port(quic.port());
+        }
+        match std::net::TcpListener::bind(tcp_at) {
+            Ok(l) => {
+                let tcp = l.local_addr().ok();
+                return Ok((udp, Some(l), Bound { quic, tcp }));
+            }
+            Err(_) if same_port && attempts < 20 => continue,
+            Err(source) => {
+                return Err(StartError::Bind {
+                    what: "tcp",
+                    addr: tcp_at,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Runs the edge until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    config.validate()?;
+    let material = tls::load_or_generate(&config)?;
+    let rustls_config = tls::server_config(&material)?;
+
+    let registry = Arc::new(Registry::default());
+    let notifier = match config.push.gateway_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let gw =
+                GatewayUrl::parse(url).map_err(|message| crate::config::ConfigError::Invalid {
+                    key: "push.gateway_url",
+                    message,
+                })?;
+            Notifier::start(
+                gw,
+                config.push.max_attempts,
+                Duration::from_millis(config.push.timeout_ms),
+            )
+        }
+        None => Notifier::disabled(),
+    };
+    let store = open_store(&config, registry.clone(), notifier.clone())?;
+
+    let (udp, tcp, bound) = bind(&config)?;
+    let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from((*rustls_config).clone())
+        .map_err(|e| tls::TlsError::Config(e.to_string()))?;
+    let mut quic_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // One control stream per connection; media streams come with their own issue.
+    transport.max_concurrent_bidi_streams(1u8.into());
+    transport.max_concurrent_uni_streams(0u8.into());
+    let idle = config.idle_timeout() + Duration::from_secs(15);
+    transport.max_idle_timeout(Some(
+        idle.try_into()
+            .map_err(|_| tls::TlsError::Config("idle timeout too large".into()))?,
+    ));
+    quic_config.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic_config),
+        udp,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| StartError::Bind {
+        what: "quic",
+        addr: bound.quic,
+        source,
+    })?;
+
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        registry,
+        notifier,
+        session: SessionConfig {
+            max_frame: config.limits.max_frame_bytes,
+            delivery_window: config.limits.delivery_window,
+            max_in_flight_sends: config.limits.max_in_flight_sends,
+            send_rate_per_sec: config.limits.send_rate_per_sec,
+            send_burst: config.limits.send_burst,
+            idle_timeout: config.idle_timeout(),
+            require_invite: config.registration.mode == RegistrationMode::Invite,
+        },
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (done_guard, mut all_done) = mpsc::channel::<()>(1);
+    let ctx = ListenerCtx {
+        shared: shared.clone(),
+        limit: Arc::new(Semaphore::new(config.limits.max_connections)),
+        shutdown: shutdown_rx.clone(),
+        done_guard,
+        handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
+    };
+    let quic_task = tokio::spawn(run_quic(endpoint.clone(), ctx.clone()));
+    let tcp_task = match tcp {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(|source| StartError::Bind {
+                what: "tcp",
+                addr: bound.tcp.unwrap_or(config.listen),
+                source,
+            })?;
+            let listener =
+                tokio::net::TcpListener::from_std(l).map_err(|source| StartError::Bind {
+                    what: "tcp",
+                    addr: bound.tcp.unwrap_or(config.listen),
+                    source,
+                })?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(rustls_config.clone());
+            Some(tokio::spawn(run_tcp(listener, acceptor, ctx.clone())))
+        }
+        None => None,
+    };
+    let sweeper = tokio::spawn(sweep_loop(
+        store.clone(),
+        Duration::from_secs(config.storage.sweep_interval_secs),
+    ));
+    drop(ctx);
+
+    let tcp_text = bound
+        .tcp
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "off".into());
+    tracing::info!(quic = %bound.quic, tcp = %tcp_text, cert = %material.trust_path.display(), "missive-edge ready");
+    // A stable, greppable line on stdout for scripts and tests.
+    println!(
+        "missive-edge ready quic={} tcp={} cert={}",
+        bound.quic,
+        tcp_text,
+        material.trust_path.display()
+    );
+    if material.generated {
+        println!(
+            "clients must trust this development certificate: {}",
+            material.trust_path.display()
+        );
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: refusing new connections, draining");
+    let _ = shutdown_tx.send(true);
+    let _ = quic_task.await;
+    if let Some(t) = tcp_task {
+        let _ = t.await;
+    }
+    sweeper.abort();
+    // Every connection task holds a guard clone; recv() returns None once all are gone.
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout: closing remaining connections");
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    store.shutdown().await;
+    endpoint.wait_idle().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Expires old envelopes and dedup keys, in bounded steps, every `interval`.
+async fn sweep_loop(store: Store, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match store.sweep(now_ms()).await {
+                Ok(out) => {
+                    if out.items > 0 || out.dedup_keys > 0 {
+                        tracing::info!(items = out.items, dedup_keys = out.dedup_keys, "expired");
+                    }
+                    if !out.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}

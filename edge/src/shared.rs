@@ -1,0 +1,53 @@
+//! State shared by every connection task: one owner per concern.
+
+use crate::notifier::Notifier;
+use crate::registry::Registry;
+use crate::session::SessionConfig;
+use missive_proto::{Frame, Presence, PresenceState, Visibility};
+use missive_storage::Store;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What every connection task needs.
+#[derive(Debug)]
+pub struct Shared {
+    /// The durable store.
+    pub store: Store,
+    /// Live sessions and presence subscriptions.
+    pub registry: Arc<Registry>,
+    /// Push wake-ups for offline devices.
+    pub notifier: Notifier,
+    /// Limits each session enforces.
+    pub session: SessionConfig,
+}
+
+/// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// `user`'s presence as a subscriber may see it.
+    pub fn presence_of(&self, user: &str) -> PresenceState {
+        let record = self.store.user(user).ok().flatten();
+        match record {
+            Some(r) if r.visibility == Visibility::Nobody => PresenceState::Hidden,
+            _ if self.registry.is_online(user) => PresenceState::Online,
+            Some(r) if r.last_seen_ms > 0 => PresenceState::LastSeen(r.last_seen_ms),
+            _ => PresenceState::Offline,
+        }
+    }
+
+    /// Tells `user`'s subscribers its current presence.
+    pub fn announce_presence(&self, user: &str, state: PresenceState) {
+        let frame: Frame = Presence {
+            user: user.to_owned(),
+            state,
+        }
+        .into();
+        self.registry.notify_subscribers(user, &frame);
+    }
+}
