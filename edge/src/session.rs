@@ -695,3 +695,611 @@ fn phase_name(p: &Phase) -> &'static str {
         Phase::Closed => "closed",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, SigningKey};
+    use missive_proto::{Bye, Hello, Login, Ping, Register};
+
+    const CHALLENGE: [u8; 32] = [5; 32];
+    const EXPORTER: [u8; 32] = [6; 32];
+
+    fn config() -> SessionConfig {
+        SessionConfig {
+            max_frame: 1 << 20,
+            delivery_window: 4,
+            max_in_flight_sends: 3,
+            send_rate_per_sec: 10,
+            send_burst: 5,
+            idle_timeout: Duration::from_secs(60),
+            require_invite: false,
+        }
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    fn sign(k: &SigningKey, exporter: &[u8; 32], user: &str) -> [u8; 64] {
+        k.sign(&login_transcript(&CHALLENGE, exporter, user, DeviceId(1)))
+            .to_bytes()
+    }
+
+    fn drain(s: &mut Session) -> Vec<Action> {
+        std::iter::from_fn(|| s.poll_action()).collect()
+    }
+
+    fn frames(actions: &[Action]) -> Vec<&Frame> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn error_code(actions: &[Action]) -> Option<u16> {
+        frames(actions).iter().find_map(|f| match f {
+            Frame::Error(e) => Some(e.code),
+            _ => None,
+        })
+    }
+
+    fn hello(s: &mut Session, now: Instant) {
+        s.handle_frame(
+            now,
+            Hello {
+                min_version: 1,
+                max_version: 1,
+                client: "t".into(),
+            }
+            .into(),
+        );
+        let a = drain(s);
+        assert!(matches!(frames(&a)[0], Frame::ServerHello(h) if h.challenge == CHALLENGE));
+    }
+
+    fn item(n: u64) -> StoredItem {
+        StoredItem {
+            from: "alice".into(),
+            from_device: DeviceId(1),
+            client_msg_id: ClientMsgId([n as u8; 16]),
+            server_ts_ms: n,
+            payload: Payload::Envelope(vec![n as u8]),
+        }
+    }
+
+    /// A session logged in as bob; returns it with the first ReadMailbox limit checked.
+    fn active(now: Instant) -> Session {
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        let k = key();
+        s.handle_frame(
+            now,
+            Login {
+                user: "bob".into(),
+                device: DeviceId(1),
+                signature: sign(&k, &EXPORTER, "bob"),
+            }
+            .into(),
+        );
+        assert_eq!(
+            drain(&mut s),
+            vec![Action::LookupDevice {
+                user: "bob".into(),
+                device: DeviceId(1)
+            }]
+        );
+        s.handle_device_key(
+            42,
+            DeviceLookup::Found {
+                key: k.verifying_key().to_bytes(),
+                disabled: false,
+            },
+        );
+        let a = drain(&mut s);
+        assert!(matches!(&a[0], Action::Send(Frame::Welcome(w)) if w.server_time_ms == 42));
+        assert_eq!(
+            a[1],
+            Action::Online {
+                user: "bob".into(),
+                device: DeviceId(1)
+            }
+        );
+        assert_eq!(
+            a[2],
+            Action::ReadMailbox {
+                from: ServerSeq(0),
+                limit: 4
+            }
+        );
+        s
+    }
+
+    fn delivered_seqs(actions: &[Action]) -> Vec<u64> {
+        frames(actions)
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Deliver(d) => Some(d.seq.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn version_mismatch_is_refused() {
+        let now = Instant::now();
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        s.handle_frame(
+            now,
+            Hello {
+                min_version: 7,
+                max_version: 9,
+                client: "future".into(),
+            }
+            .into(),
+        );
+        let a = drain(&mut s);
+        assert_eq!(error_code(&a), Some(ErrorCode::UnsupportedVersion.as_u16()));
+        assert_eq!(a.last(), Some(&Action::Close));
+    }
+
+    #[test]
+    fn frames_out_of_order_are_protocol_violations() {
+        let now = Instant::now();
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        s.handle_frame(
+            now,
+            Send {
+                client_msg_id: ClientMsgId([1; 16]),
+                to: "bob".into(),
+                envelope: vec![],
+            }
+            .into(),
+        );
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::ProtocolViolation.as_u16())
+        );
+        assert!(s.is_closed());
+        // Nothing happens after close.
+        s.handle_frame(now, Ping { nonce: 1 }.into());
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn wrong_signature_and_replayed_login_are_refused() {
+        let now = Instant::now();
+        let k = key();
+        let stored = DeviceLookup::Found {
+            key: k.verifying_key().to_bytes(),
+            disabled: false,
+        };
+        // Signed by another key.
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        let other = SigningKey::from_bytes(&[8; 32]);
+        s.handle_frame(
+            now,
+            Login {
+                user: "bob".into(),
+                device: DeviceId(1),
+                signature: sign(&other, &EXPORTER, "bob"),
+            }
+            .into(),
+        );
+        drain(&mut s);
+        s.handle_device_key(0, stored);
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::AuthFailed.as_u16())
+        );
+        // Right key, but signed for another connection's exporter (a replay).
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(
+            now,
+            Login {
+                user: "bob".into(),
+                device: DeviceId(1),
+                signature: sign(&k, &[9; 32], "bob"),
+            }
+            .into(),
+        );
+        drain(&mut s);
+        s.handle_device_key(0, stored);
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::AuthFailed.as_u16())
+        );
+        // Unknown device.
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(
+            now,
+            Login {
+                user: "bob".into(),
+                device: DeviceId(1),
+                signature: sign(&k, &EXPORTER, "bob"),
+            }
+            .into(),
+        );
+        drain(&mut s);
+        s.handle_device_key(0, DeviceLookup::Unknown);
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::AuthFailed.as_u16())
+        );
+    }
+
+    #[test]
+    fn disabled_account_cannot_log_in() {
+        let now = Instant::now();
+        let k = key();
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(
+            now,
+            Login {
+                user: "bob".into(),
+                device: DeviceId(1),
+                signature: sign(&k, &EXPORTER, "bob"),
+            }
+            .into(),
+        );
+        drain(&mut s);
+        s.handle_device_key(
+            0,
+            DeviceLookup::Found {
+                key: k.verifying_key().to_bytes(),
+                disabled: true,
+            },
+        );
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::AccountDisabled.as_u16())
+        );
+    }
+
+    fn register_frame(user: &str, invite: Option<&str>, exporter: &[u8; 32]) -> Frame {
+        let k = key();
+        Register {
+            user: user.into(),
+            device: DeviceId(1),
+            device_key: k.verifying_key().to_bytes(),
+            invite: invite.map(str::to_owned),
+            signature: sign(&k, exporter, user),
+        }
+        .into()
+    }
+
+    #[test]
+    fn registration_checks_name_signature_and_invite() {
+        let now = Instant::now();
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(now, register_frame("Bad Name", None, &EXPORTER));
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::InvalidName.as_u16())
+        );
+
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(now, register_frame("carol", None, &[0; 32]));
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::AuthFailed.as_u16())
+        );
+
+        let mut cfg = config();
+        cfg.require_invite = true;
+        let mut s = Session::new(now, cfg, CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(now, register_frame("carol", None, &EXPORTER));
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::InviteRequired.as_u16())
+        );
+
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(now, register_frame("carol", None, &EXPORTER));
+        assert!(matches!(drain(&mut s)[0], Action::Register { .. }));
+        s.handle_register_result(1, Some(RegisterOutcome::Taken));
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::UserTaken.as_u16())
+        );
+
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(now, register_frame("carol", None, &EXPORTER));
+        drain(&mut s);
+        s.handle_register_result(1, Some(RegisterOutcome::Created));
+        let a = drain(&mut s);
+        assert!(matches!(&a[0], Action::Send(Frame::Welcome(w)) if w.user == "carol"));
+        assert_eq!(s.identity(), Some(("carol", DeviceId(1))));
+    }
+
+    #[test]
+    fn delivery_window_paces_mailbox_reads() {
+        let now = Instant::now();
+        let mut s = active(now);
+        s.handle_mailbox_read(4, Ok((1..=4).map(|n| (ServerSeq(n), item(n))).collect()));
+        let a = drain(&mut s);
+        assert_eq!(delivered_seqs(&a), vec![1, 2, 3, 4]);
+        // Window full: no further read even though storage may hold more.
+        assert!(!a.iter().any(|x| matches!(x, Action::ReadMailbox { .. })));
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(2),
+            }
+            .into(),
+        );
+        let a = drain(&mut s);
+        assert_eq!(
+            a[0],
+            Action::Ack {
+                up_to: ServerSeq(2)
+            }
+        );
+        assert_eq!(
+            a[1],
+            Action::ReadMailbox {
+                from: ServerSeq(5),
+                limit: 2
+            }
+        );
+        // A short read means caught up; later pushes are delivered directly.
+        s.handle_mailbox_read(2, Ok(vec![(ServerSeq(5), item(5))]));
+        assert_eq!(delivered_seqs(&drain(&mut s)), vec![5]);
+        s.handle_pushed(ServerSeq(6), item(6));
+        assert_eq!(delivered_seqs(&drain(&mut s)), vec![6]);
+        // Window full again (3,4,5,6 unacked): a push is left to storage.
+        s.handle_pushed(ServerSeq(7), item(7));
+        assert!(delivered_seqs(&drain(&mut s)).is_empty());
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(6),
+            }
+            .into(),
+        );
+        let a = drain(&mut s);
+        assert!(a.contains(&Action::ReadMailbox {
+            from: ServerSeq(7),
+            limit: 4
+        }));
+    }
+
+    #[test]
+    fn pushes_during_a_read_are_held_and_deduplicated() {
+        let now = Instant::now();
+        let mut s = active(now);
+        // While the first read is outstanding, 2 and 3 are pushed.
+        s.handle_pushed(ServerSeq(2), item(2));
+        s.handle_pushed(ServerSeq(3), item(3));
+        assert!(drain(&mut s).is_empty());
+        // The read saw 1 and 2 (2 was committed before the read ran).
+        s.handle_mailbox_read(
+            4,
+            Ok(vec![(ServerSeq(1), item(1)), (ServerSeq(2), item(2))]),
+        );
+        assert_eq!(delivered_seqs(&drain(&mut s)), vec![1, 2, 3]);
+        // A stale push is ignored.
+        s.handle_pushed(ServerSeq(2), item(2));
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn acks_are_clamped_to_what_was_delivered() {
+        let now = Instant::now();
+        let mut s = active(now);
+        // Nothing delivered yet: an ack is ignored, not trusted.
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(100),
+            }
+            .into(),
+        );
+        assert!(drain(&mut s).is_empty());
+        s.handle_mailbox_read(4, Ok(vec![(ServerSeq(1), item(1))]));
+        drain(&mut s);
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(100),
+            }
+            .into(),
+        );
+        assert_eq!(
+            drain(&mut s)[0],
+            Action::Ack {
+                up_to: ServerSeq(1)
+            }
+        );
+    }
+
+    fn send(n: u8) -> Frame {
+        Send {
+            client_msg_id: ClientMsgId([n; 16]),
+            to: "alice".into(),
+            envelope: vec![n],
+        }
+        .into()
+    }
+
+    fn rejected(actions: &[Action]) -> Vec<u16> {
+        frames(actions)
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Rejected(r) => Some(r.code),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_flight_sends_are_capped_and_answered() {
+        let now = Instant::now();
+        let mut s = active(now);
+        drain(&mut s);
+        for n in 0..4 {
+            s.handle_frame(now, send(n));
+        }
+        let a = drain(&mut s);
+        assert_eq!(
+            a.iter()
+                .filter(|x| matches!(x, Action::Store { .. }))
+                .count(),
+            3
+        );
+        assert_eq!(rejected(&a), vec![ErrorCode::TooManyInFlight.as_u16()]);
+        s.handle_send_result(
+            ClientMsgId([0; 16]),
+            Ok(AppendOutcome::Stored {
+                server_ts_ms: 9,
+                devices: 1,
+            }),
+            9,
+        );
+        s.handle_send_result(
+            ClientMsgId([1; 16]),
+            Ok(AppendOutcome::Duplicate { server_ts_ms: 3 }),
+            9,
+        );
+        s.handle_send_result(ClientMsgId([2; 16]), Ok(AppendOutcome::UnknownRecipient), 9);
+        let a = drain(&mut s);
+        let f = frames(&a);
+        assert!(matches!(f[0], Frame::Sent(x) if !x.duplicate && x.server_ts_ms == 9));
+        assert!(matches!(f[1], Frame::Sent(x) if x.duplicate && x.server_ts_ms == 3));
+        assert_eq!(rejected(&a), vec![ErrorCode::UnknownRecipient.as_u16()]);
+    }
+
+    #[test]
+    fn send_rate_is_limited_by_a_token_bucket() {
+        let now = Instant::now();
+        let mut cfg = config();
+        cfg.max_in_flight_sends = 100;
+        let mut s = Session::new(now, cfg, CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        let k = key();
+        s.handle_frame(
+            now,
+            Login {
+                user: "bob".into(),
+                device: DeviceId(1),
+                signature: sign(&k, &EXPORTER, "bob"),
+            }
+            .into(),
+        );
+        drain(&mut s);
+        s.handle_device_key(
+            0,
+            DeviceLookup::Found {
+                key: k.verifying_key().to_bytes(),
+                disabled: false,
+            },
+        );
+        drain(&mut s);
+        for n in 0..7 {
+            s.handle_frame(now, send(n));
+        }
+        // Burst of 5, then two refusals.
+        assert_eq!(rejected(&drain(&mut s)).len(), 2);
+        // 10/s: after 300 ms, 3 more tokens.
+        let later = now + Duration::from_millis(300);
+        for n in 10..14 {
+            s.handle_frame(later, send(n));
+        }
+        assert_eq!(
+            rejected(&drain(&mut s)),
+            vec![ErrorCode::RateLimited.as_u16()]
+        );
+    }
+
+    #[test]
+    fn idle_connections_time_out() {
+        let now = Instant::now();
+        let mut s = active(now);
+        drain(&mut s);
+        let deadline = s.poll_timeout().unwrap();
+        assert_eq!(deadline, now + Duration::from_secs(60));
+        s.handle_timeout(now + Duration::from_secs(30));
+        assert!(drain(&mut s).is_empty());
+        // Any client frame pushes the deadline out.
+        let t = now + Duration::from_secs(50);
+        s.handle_frame(t, Ping { nonce: 3 }.into());
+        assert!(matches!(frames(&drain(&mut s))[0], Frame::Pong(p) if p.nonce == 3));
+        s.handle_timeout(now + Duration::from_secs(61));
+        assert!(drain(&mut s).is_empty());
+        s.handle_timeout(t + Duration::from_secs(60));
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::IdleTimeout.as_u16())
+        );
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn bye_waits_for_sends_in_flight() {
+        let now = Instant::now();
+        let mut s = active(now);
+        drain(&mut s);
+        s.handle_frame(now, send(1));
+        s.handle_frame(now, Bye {}.into());
+        let a = drain(&mut s);
+        assert!(!a.contains(&Action::Close));
+        s.handle_send_result(
+            ClientMsgId([1; 16]),
+            Ok(AppendOutcome::Stored {
+                server_ts_ms: 1,
+                devices: 1,
+            }),
+            1,
+        );
+        let a = drain(&mut s);
+        let f = frames(&a);
+        assert!(matches!(f[0], Frame::Sent(_)));
+        assert!(matches!(f[1], Frame::Bye(_)));
+        assert_eq!(a.last(), Some(&Action::Close));
+        assert_eq!(s.close_reason(), Some(CloseReason::Bye));
+    }
+
+    #[test]
+    fn goaway_tells_the_client_and_refuses_new_sends() {
+        let now = Instant::now();
+        let mut s = active(now);
+        drain(&mut s);
+        s.handle_frame(now, send(1));
+        drain(&mut s);
+        s.handle_goaway(500);
+        let a = drain(&mut s);
+        assert!(matches!(frames(&a)[0], Frame::Goaway(g) if g.reconnect_after_ms == 500));
+        assert!(!a.contains(&Action::Close));
+        s.handle_frame(now, send(2));
+        assert_eq!(
+            rejected(&drain(&mut s)),
+            vec![ErrorCode::ShuttingDown.as_u16()]
+        );
+        s.handle_send_result(ClientMsgId([1; 16]), Err(()), 1);
+        let a = drain(&mut s);
+        assert_eq!(rejected(&a), vec![ErrorCode::Internal.as_u16()]);
+        assert_eq!(a.last(), Some(&Action::Close));
+    }
+
+    #[test]
+    fn decode_errors_close_with_their_code() {
+        let now = Instant::now();
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        s.handle_decode_error(&ProtoError::TooLarge { len: 9, max: 1 });
+        let a = drain(&mut s);
+        assert_eq!(error_code(&a), Some(ErrorCode::FrameTooLarge.as_u16()));
+        assert_eq!(a.last(), Some(&Action::Close));
+    }
+}
