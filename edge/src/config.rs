@@ -413,6 +413,18 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_config_is_valid_and_matches_defaults() {
+        let c = parse(include_str!("../../systemd/missive-edge.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, d.listen);
+        assert_eq!(c.limits.max_frame_bytes, d.limits.max_frame_bytes);
+        assert_eq!(c.limits.delivery_window, d.limits.delivery_window);
+        assert_eq!(c.storage.cache_mb, d.storage.cache_mb);
+        assert_eq!(c.push.max_attempts, d.push.max_attempts);
+        assert_eq!(c.registration.mode, d.registration.mode);
+    }
+
+    #[test]
     fn gateway_urls() {
         let g = GatewayUrl::parse("http://127.0.0.1:9/push").unwrap();
         assert_eq!(g.authority, "127.0.0.1:9");

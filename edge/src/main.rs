@@ -54,23 +54,7 @@ enum Command {
     /// Administration of a stopped edge's data directory.
     Admin {
         #[command(subcommand)]
-        action: AdminAction,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum AdminAction {
-    /// Create an invite token (prints it) for servers with `registration.mode = "invite"`.
-    Invite,
-    /// Print users, queued envelopes and disk use.
-    Stats,
-    /// Disable (or with --enable, re-enable) a user's logins.
-    UserDisable {
-        /// The user.
-        name: String,
-        /// Re-enable instead.
-        #[arg(long)]
-        enable: bool,
+        action: missive_edge::admin::AdminAction,
     },
 }
 
@@ -104,7 +88,7 @@ fn main() -> ExitCode {
             None => missive_edge::server::run(config)
                 .await
                 .map_err(|e| e.to_string()),
-            Some(Command::Admin { action }) => admin(config, action).await,
+            Some(Command::Admin { action }) => missive_edge::admin::run(config, action).await,
         }
     });
     match result {
@@ -162,53 +146,4 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
     }
-}
-
-async fn admin(config: Config, action: AdminAction) -> Result<(), String> {
-    use missive_edge::notifier::Notifier;
-    use missive_edge::registry::Registry;
-    use missive_edge::shared::now_ms;
-    let store = missive_edge::server::open_store(
-        &config,
-        std::sync::Arc::new(Registry::default()),
-        Notifier::disabled(),
-    )
-    .map_err(|e| e.to_string())?;
-    let result = match action {
-        AdminAction::Invite => {
-            use rand::RngCore;
-            let mut raw = [0u8; 16];
-            rand::thread_rng().fill_bytes(&mut raw);
-            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            store
-                .add_invite(&token, now_ms())
-                .await
-                .map_err(|e| e.to_string())
-                .map(|()| println!("{token}"))
-        }
-        AdminAction::Stats => (|| {
-            println!("users: {}", store.user_count().map_err(|e| e.to_string())?);
-            println!(
-                "queued envelopes: {}",
-                store.total_queued().map_err(|e| e.to_string())?
-            );
-            println!(
-                "disk bytes: {}",
-                store.size_on_disk().map_err(|e| e.to_string())?
-            );
-            Ok(())
-        })(),
-        AdminAction::UserDisable { name, enable } => {
-            match store.set_disabled(&name, !enable).await {
-                Ok(true) => {
-                    println!("{name}: {}", if enable { "enabled" } else { "disabled" });
-                    Ok(())
-                }
-                Ok(false) => Err(format!("no such user: {name}")),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    };
-    store.shutdown().await;
-    result
 }

@@ -1,0 +1,267 @@
+//! Test harness: runs the real `missive-edge` binary on a temp data dir and real sockets.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running edge process.
+pub struct Edge {
+    child: Child,
+    pub quic: SocketAddr,
+    pub tcp: Option<SocketAddr>,
+    pub cert: PathBuf,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+}
+
+pub fn edge_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_missive-edge")
+}
+
+impl Edge {
+    /// Starts an edge on `127.0.0.1:0` (UDP and TCP on the same free port) with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(data_dir, args)
+    }
+
+    fn spawn(data_dir: &Path, args: Vec<String>) -> Self {
+        let mut child = Command::new(edge_bin())
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn missive-edge");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log_path = data_dir.join(format!("edge-{}.log", child.id()));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(log_path).ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = f.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("missive-edge ready ") => break line,
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("edge did not become ready: {:?}", child.wait());
+                }
+            }
+        };
+        let field = |name: &str| -> String {
+            ready
+                .split(' ')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("ready line lacks {name}: {ready}"))
+                .to_owned()
+        };
+        let quic: SocketAddr = field("quic").parse().unwrap();
+        let tcp = field("tcp").parse().ok();
+        let cert = PathBuf::from(field("cert"));
+        Self {
+            child,
+            quic,
+            tcp,
+            cert,
+            data_dir: data_dir.to_owned(),
+            args,
+        }
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(&self.cert).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "edge did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the edge again on the same data dir and the same ports.
+    pub fn restart(&mut self) {
+        let mut args = self.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--listen") {
+            args[i + 1] = self.quic.to_string();
+        }
+        if let Some(tcp) = self.tcp {
+            args.push("--tcp-listen".into());
+            args.push(tcp.to_string());
+        }
+        let fresh = Self::spawn(&self.data_dir, args);
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+    }
+
+    /// Everything the edge logged so far (stderr), across restarts.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(&self.data_dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("edge-") {
+                    out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `cond` with a timeout, polling (no sleeps as synchronisation elsewhere).
+pub async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut cond: F) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raw protocol connection (for tests that must send what a well-behaved SDK never would).
+pub struct Raw {
+    pub reader: missive_client::transport::TransportReader,
+    pub writer: missive_client::transport::TransportWriter,
+    pub closer: missive_client::transport::TransportCloser,
+    pub exporter: [u8; 32],
+    decoder: missive_proto::FrameDecoder,
+}
+
+impl Raw {
+    pub async fn connect(edge: &Edge, force_tcp: bool) -> Self {
+        let cfg = missive_client::transport::TransportConfig {
+            server: if force_tcp {
+                edge.tcp.unwrap()
+            } else {
+                edge.quic
+            },
+            server_name: "localhost".into(),
+            ca_pem: edge.ca_pem(),
+            quic_timeout: Duration::from_secs(3),
+            force_tcp,
+        };
+        let t = missive_client::transport::Transport::connect(&cfg)
+            .await
+            .expect("raw connect");
+        let exporter = t.exporter();
+        let (reader, writer, closer) = t.into_parts();
+        Self {
+            reader,
+            writer,
+            closer,
+            exporter,
+            decoder: missive_proto::FrameDecoder::new(16 << 20),
+        }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.writer.write_all(bytes).await.unwrap();
+        self.writer.flush().await.unwrap();
+    }
+
+    pub async fn send(&mut self, frame: missive_proto::Frame) {
+        let bytes = missive_proto::encode_to_vec(&frame).unwrap();
+        self.send_bytes(&bytes).await;
+    }
+
+    /// Next frame, or `None` when the server closed the connection (or 10 s passed).
+    pub async fn recv(&mut self) -> Option<missive_proto::Frame> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(f) = self.decoder.next_frame().expect("server sent a bad frame") {
+                return Some(f);
+            }
+            match tokio::time::timeout(Duration::from_secs(10), self.reader.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(n)) => self.decoder.feed(&buf[..n]),
+            }
+        }
+    }
+
+    /// Sends Hello and returns the challenge.
+    pub async fn hello(&mut self) -> [u8; 32] {
+        self.send(
+            missive_proto::Hello {
+                min_version: 1,
+                max_version: 1,
+                client: "raw-test".into(),
+            }
+            .into(),
+        )
+        .await;
+        match self.recv().await {
+            Some(missive_proto::Frame::ServerHello(h)) => h.challenge,
+            other => panic!("expected ServerHello, got {other:?}"),
+        }
+    }
+
+    /// Reads until an `Error` frame and returns its code; asserts the connection then closes.
+    pub async fn expect_error_then_close(&mut self) -> missive_proto::ErrorCode {
+        loop {
+            match self.recv().await {
+                Some(missive_proto::Frame::Error(e)) => {
+                    assert!(
+                        self.recv().await.is_none(),
+                        "connection stayed open after Error"
+                    );
+                    return missive_proto::ErrorCode::from_u16(e.code).expect("known code");
+                }
+                Some(_) => continue,
+                None => panic!("connection closed without an Error frame"),
+            }
+        }
+    }
+}
