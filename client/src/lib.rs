@@ -1,1 +1,127 @@
-//! wip
+//! Missive client SDK: what a messaging app embeds to talk to a Missive edge.
+//!
+//! # Public API
+//!
+//! ```text
+//! // Who we are
+//! pub struct Identity { pub user: String, pub device: DeviceId, pub signing_key: SigningKey }
+//! impl Identity {
+//!     pub fn generate(user: impl Into<String>, device: DeviceId) -> Identity;
+//!     pub fn public_key(&self) -> [u8; 32];
+//!     pub fn sign_login(&self, challenge: &[u8; 32], exporter: &[u8; 32]) -> [u8; 64];
+//! }
+//!
+//! // Connecting
+//! pub struct ClientConfig { pub server: SocketAddr, pub server_name: String, pub ca_pem: Vec<u8>,
+//!     pub identity: Identity, pub quic_timeout: Duration, pub force_tcp: bool,
+//!     pub reconnect: ReconnectPolicy, pub auto_ack: bool, pub client_name: String,
+//!     pub seen: SeenSet }
+//! impl ClientConfig { pub fn new(server: SocketAddr, ca_pem: impl Into<Vec<u8>>, identity: Identity) -> Self; }
+//! pub struct ReconnectPolicy { pub initial: Duration, pub max: Duration, pub jitter: f64 }
+//! pub async fn register(config: impl Borrow<ClientConfig>, invite: Option<String>) -> Result<(), ClientError>;
+//!
+//! // The handle (Clone) and its events
+//! impl Client {
+//!     pub async fn connect(config: ClientConfig) -> Result<(Client, EventStream), ClientError>;
+//!     pub async fn send(&self, to: impl Into<String>, content: Content) -> Result<SendReceipt, ClientError>;
+//!     pub async fn send_with_id(&self, id: ClientMsgId, to: impl Into<String>, content: Content) -> Result<SendReceipt, ClientError>;
+//!     pub async fn mark_read(&self, to_user: impl Into<String>, ids: Vec<ClientMsgId>) -> Result<SendReceipt, ClientError>;
+//!     pub fn subscribe_presence(&self, user: impl Into<String>) -> Result<(), ClientError>;
+//!     pub fn set_visibility(&self, visibility: Visibility) -> Result<(), ClientError>;
+//!     pub fn typing(&self, to: impl Into<String>, typing: bool) -> Result<(), ClientError>;
+//!     pub fn ack(&self, seq: ServerSeq) -> Result<(), ClientError>;
+//!     pub async fn close(&self) -> Result<(), ClientError>;
+//! }
+//! pub struct SendReceipt { pub client_msg_id: ClientMsgId, pub server_ts_ms: u64, pub duplicate: bool }
+//! impl EventStream {
+//!     pub async fn next(&mut self) -> Option<Event>;
+//!     pub fn try_next(&mut self) -> Option<Event>;
+//!     pub fn delivery_pending(&self, seq: ServerSeq) -> bool;
+//! }
+//! pub enum Event {
+//!     Message { from, from_device, client_msg_id, server_seq, server_ts_ms, text: String },
+//!     Receipt { from, client_msg_id, status: ReceiptStatus, server_seq, server_ts_ms, envelope_id },
+//!     Presence { user, state: PresenceState },
+//!     Typing { from, typing: bool },
+//!     Connected { transport: TransportKind },
+//!     Disconnected { reason: String },
+//! }
+//! impl Event { pub fn server_seq(&self) -> Option<ServerSeq>; pub fn delivery_key(&self) -> Option<DeliveryKey>; }
+//! pub enum ReceiptStatus { Delivered, Read }
+//!
+//! // Envelope content and the end-to-end encryption seam
+//! pub enum Content { Text(String), Read { ids: Vec<ClientMsgId> } }
+//! impl Content { pub fn encode(&self) -> Vec<u8>; pub fn decode(bytes: &[u8]) -> Result<Content, ClientError>; }
+//! pub fn seal(content: &Content) -> Result<Vec<u8>, ClientError>;
+//! pub fn open(envelope: &[u8]) -> Result<Content, ClientError>;
+//!
+//! // Lower layers, usable on their own
+//! pub struct Transport;  // Transport::connect(&TransportConfig), kind(), exporter(), reader(), writer(), into_parts()
+//! pub enum TransportKind { Quic, Tcp }
+//! pub struct SeenSet; pub struct DeliveryKey { pub from, pub client_msg_id, pub kind: DeliveryKind }
+//! pub struct Profile;    // the CLI's profile directory (profile.toml, device.key, ca.pem, seen.txt)
+//! pub enum ClientError;  // one error type; `is_fatal()`, `code()`
+//! // Re-exported from missive_proto: ClientMsgId, DeviceId, PresenceState, ServerSeq, Visibility
+//! ```
+//!
+//! # How it fits together
+//!
+//! - **Transport** ([`transport`]): QUIC first (one bidirectional stream carries every
+//!   frame), TCP+TLS 1.3 when the QUIC handshake does not finish within `quic_timeout`. Both
+//!   trust only the CA given as PEM and use ALPN `missive/1`.
+//! - **Login** (`login`, a socket-free state machine): `Hello` → `ServerHello` →
+//!   `Login`/`Register` signed over the login transcript, which includes this connection's
+//!   TLS exporter, so a signature cannot be replayed on another connection → `Welcome`.
+//! - **Session** (`session`, socket- and clock-free): the state that outlives connections —
+//!   the outbox of unanswered sends (resent with the same `client_msg_id` after every
+//!   reconnect, which the edge stores once), presence subscriptions, the bounded duplicate
+//!   filter, and cumulative acknowledgements that never cover a delivery the app has not
+//!   acknowledged.
+//! - **Driver** (`driver`, a tokio task per [`Client`]): moves frames, commands and timers
+//!   in and out of the session, writes through a batching writer task (one flush per batch:
+//!   TLS records are not emitted per frame), reconnects with [`ReconnectPolicy`] or after the
+//!   delay a `Goaway` asks for, and stops on fatal errors (bad key, account disabled...).
+//! - **Content** ([`content`]): envelope bytes are the rkyv archive of a [`Content`],
+//!   validated on receipt. [`seal`]/[`open`] are the seam where end-to-end encryption will
+//!   wrap exactly these bytes; nothing else touches envelope bytes.
+//!
+//! - **Read receipts** are ordinary messages (`Content::Read`), so the edge answers them with
+//!   `Delivered` receipts like any message. Their ids are tagged with this device's key
+//!   (`receipt_id`), which lets the session drop those `Delivered` receipts without keeping
+//!   state across runs.
+//! - **Acknowledgements** are cumulative (`AckDelivery{up_to}`). With `auto_ack` the driver
+//!   acks a delivery once its events are in the [`EventStream`]; without it the app calls
+//!   [`Client::ack`], and deliveries the client handled itself (duplicates, undecodable
+//!   envelopes) are acked only once everything below them was acked by the app.
+//!
+//! Logs never carry message content or keys.
+
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+mod client;
+mod connection;
+pub mod content;
+pub mod dedup;
+mod driver;
+mod error;
+pub mod event;
+mod frame_io;
+pub mod identity;
+mod login;
+pub mod profile;
+mod receipt_id;
+mod session;
+pub mod transport;
+
+pub use backoff::ReconnectPolicy;
+pub use client::{register, Client, ClientConfig, SendReceipt};
+pub use content::{open, seal, Content};
+pub use dedup::{DeliveryKey, DeliveryKind, SeenSet};
+pub use error::ClientError;
+pub use event::{Event, EventStream, ReceiptStatus};
+pub use identity::Identity;
+pub use profile::Profile;
+pub use transport::{Transport, TransportConfig, TransportKind};
+
+pub use missive_proto::{ClientMsgId, DeviceId, PresenceState, ServerSeq, Visibility};

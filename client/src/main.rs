@@ -1,1 +1,616 @@
-fn main(){}
+//! `missive`: the command-line client. Scripts rely on its commands, output and exit codes:
+//!
+//! ```text
+//! missive --profile PDIR --server HOST:PORT --ca CERT register NAME [--invite TOKEN] [--device N]
+//! missive --profile PDIR send NAME TEXT          # prints the client_msg_id once the server stored it
+//! missive --profile PDIR recv --wait SECS [--json] [--no-read]
+//! missive --profile PDIR presence NAME --wait SECS [--json]
+//! missive --profile PDIR visibility everyone|nobody
+//! ```
+//!
+//! Exit status 0 on success, 1 on any error (with a message on stderr).
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand, ValueEnum};
+use missive_client::profile::resolve;
+use missive_client::{
+    register, Client, ClientConfig, ClientError, ClientMsgId, Content, DeviceId, Event,
+    EventStream, Identity, PresenceState, Profile, ServerSeq, Visibility,
+};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Deliveries remembered in the profile's `seen.txt`.
+const SEEN_CAPACITY: usize = 10_000;
+/// How long `send` waits for the server to store the message.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
+/// Missive command-line client.
+#[derive(Debug, Parser)]
+#[command(name = "missive", version, about)]
+struct Cli {
+    /// Profile directory (identity, server, CA; created by `register`).
+    #[arg(long, global = true, env = "MISSIVE_PROFILE")]
+    profile: Option<PathBuf>,
+    /// Edge address HOST:PORT (required by `register`; overrides the profile otherwise).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// PEM certificate to trust for the edge (required by `register`; overrides the profile).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Name on the edge's certificate [default: the profile's, or "localhost"].
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+    /// Use TCP+TLS only, never QUIC.
+    #[arg(long, global = true)]
+    force_tcp: bool,
+    /// How long to wait for QUIC before falling back to TCP+TLS, in milliseconds.
+    #[arg(long, global = true, default_value_t = 1500)]
+    quic_timeout_ms: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create the account NAME bound to a new device key, and save the profile.
+    Register {
+        /// User name (a-z, 0-9, '_', '.', '-'; at most 32 bytes).
+        name: String,
+        /// Invite token, when the server requires one.
+        #[arg(long)]
+        invite: Option<String>,
+        /// Device id of this device.
+        #[arg(long, default_value_t = 1)]
+        device: u32,
+    },
+    /// Send TEXT to NAME; prints the message id once the server has stored it.
+    Send {
+        /// Recipient user.
+        name: String,
+        /// Message text.
+        text: String,
+    },
+    /// Print incoming events for a while, acknowledge them, send read receipts.
+    Recv {
+        /// Seconds to listen.
+        #[arg(long, default_value_t = 5.0)]
+        wait: f64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Do not send read receipts for the printed messages.
+        #[arg(long)]
+        no_read: bool,
+    },
+    /// Subscribe to NAME's presence and print presence events for a while.
+    Presence {
+        /// Watched user.
+        name: String,
+        /// Seconds to listen.
+        #[arg(long, default_value_t = 5.0)]
+        wait: f64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set who may see this user's presence.
+    Visibility {
+        /// everyone or nobody.
+        value: VisibilityArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VisibilityArg {
+    Everyone,
+    Nobody,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("missive: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("missive: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let dir = cli
+        .profile
+        .clone()
+        .ok_or("--profile PDIR is required (or MISSIVE_PROFILE)")?;
+    match &cli.command {
+        Cmd::Register {
+            name,
+            invite,
+            device,
+        } => cmd_register(&cli, &dir, name, invite.clone(), *device).await,
+        Cmd::Send { name, text } => cmd_send(&cli, &dir, name, text).await,
+        Cmd::Recv {
+            wait,
+            json,
+            no_read,
+        } => cmd_recv(&cli, &dir, secs(*wait)?, *json, *no_read).await,
+        Cmd::Presence { name, wait, json } => {
+            cmd_presence(&cli, &dir, name, secs(*wait)?, *json).await
+        }
+        Cmd::Visibility { value } => {
+            let v = match value {
+                VisibilityArg::Everyone => Visibility::Everyone,
+                VisibilityArg::Nobody => Visibility::Nobody,
+            };
+            cmd_visibility(&cli, &dir, v).await
+        }
+    }
+}
+
+fn secs(wait: f64) -> CliResult<Duration> {
+    Duration::try_from_secs_f64(wait)
+        .map_err(|_| format!("--wait must be a non-negative number of seconds, not {wait}").into())
+}
+
+/// The SDK configuration for `profile`, with command-line overrides applied.
+fn client_config(cli: &Cli, profile: &Profile) -> CliResult<ClientConfig> {
+    let server = match &cli.server {
+        Some(s) => resolve(s)?,
+        None => profile.server_addr()?,
+    };
+    let ca_pem = match &cli.ca {
+        Some(path) => read_ca(path)?,
+        None => profile.ca_pem()?,
+    };
+    let mut cfg = ClientConfig::new(server, ca_pem, profile.identity.clone());
+    cfg.server_name = cli
+        .server_name
+        .clone()
+        .unwrap_or_else(|| profile.server_name.clone());
+    cfg.quic_timeout = Duration::from_millis(cli.quic_timeout_ms);
+    cfg.force_tcp = cli.force_tcp;
+    // The CLI acknowledges only what it has printed.
+    cfg.auto_ack = false;
+    Ok(cfg)
+}
+
+fn read_ca(path: &Path) -> CliResult<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| format!("cannot read CA certificate {}: {e}", path.display()).into())
+}
+
+async fn cmd_register(
+    cli: &Cli,
+    dir: &Path,
+    name: &str,
+    invite: Option<String>,
+    device: u32,
+) -> CliResult {
+    missive_proto::validate_user_name(name).map_err(|e| ClientError::InvalidName(e.to_string()))?;
+    let server = cli
+        .server
+        .as_deref()
+        .ok_or("register needs --server HOST:PORT")?;
+    let ca_path = cli.ca.as_deref().ok_or("register needs --ca CERT")?;
+    let ca_pem = read_ca(ca_path)?;
+    let server_name = cli.server_name.as_deref().unwrap_or("localhost");
+    let identity = Identity::generate(name, DeviceId(device));
+    let profile = Profile::create(dir, server, server_name, &ca_pem, &identity)?;
+    let cfg = match client_config(cli, &profile) {
+        Ok(c) => c,
+        Err(e) => {
+            profile.remove_files();
+            return Err(e);
+        }
+    };
+    match register(&cfg, invite).await {
+        Ok(()) => {
+            println!("registered {name} (device {device})");
+            Ok(())
+        }
+        Err(e) => {
+            let ambiguous = matches!(
+                e,
+                ClientError::Timeout(_) | ClientError::ConnectionClosed(_) | ClientError::Io(_)
+            );
+            if ambiguous {
+                // The server may have created the account before the connection failed: keep
+                // the key so the account is not orphaned.
+                eprintln!(
+                    "missive: registration outcome unknown; profile kept in {}",
+                    dir.display()
+                );
+            } else {
+                profile.remove_files();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+async fn connect(cli: &Cli, profile: &Profile) -> CliResult<(Client, EventStream)> {
+    let cfg = client_config(cli, profile)?;
+    Ok(Client::connect(cfg).await?)
+}
+
+async fn close(client: &Client) {
+    if let Err(e) = client.close().await {
+        eprintln!("missive: warning: closing the connection: {e}");
+    }
+}
+
+async fn cmd_send(cli: &Cli, dir: &Path, to: &str, text: &str) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    let sent = tokio::time::timeout(SEND_TIMEOUT, client.send(to, Content::Text(text.into())))
+        .await
+        .map_err(|_| ClientError::Timeout("waiting for the server to store the message"))?;
+    let receipt = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            close(&client).await;
+            return Err(e.into());
+        }
+    };
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", receipt.client_msg_id.to_hex())?;
+    out.flush()?;
+    close(&client).await;
+    Ok(())
+}
+
+async fn cmd_visibility(cli: &Cli, dir: &Path, v: Visibility) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    client.set_visibility(v)?;
+    // Bye is answered only after the server applied everything before it.
+    client.close().await?;
+    Ok(())
+}
+
+async fn cmd_presence(cli: &Cli, dir: &Path, user: &str, wait: Duration, json: bool) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, mut events) = connect(cli, &profile).await?;
+    client.subscribe_presence(user)?;
+    let deadline = Instant::now() + wait;
+    let mut out = std::io::stdout();
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.next()).await {
+        match &ev {
+            Event::Presence { .. } => {
+                writeln!(out, "{}", render(&ev, json))?;
+                out.flush()?;
+            }
+            Event::Disconnected { reason } => eprintln!("missive: disconnected: {reason}"),
+            _ => {}
+        }
+    }
+    close(&client).await;
+    Ok(())
+}
+
+async fn cmd_recv(cli: &Cli, dir: &Path, wait: Duration, json: bool, no_read: bool) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let mut seen = profile.load_seen(SEEN_CAPACITY)?;
+    let mut cfg = client_config(cli, &profile)?;
+    // Deliveries printed by an earlier run but not acknowledged are dropped (and acked).
+    cfg.seen = seen.clone();
+    let (client, mut events) = Client::connect(cfg).await?;
+    let deadline = Instant::now() + wait;
+    let mut out = std::io::stdout();
+    let mut to_mark_read: BTreeMap<String, Vec<ClientMsgId>> = BTreeMap::new();
+    let mut acked: Option<ServerSeq> = None;
+    while let Ok(Some(first)) = tokio::time::timeout_at(deadline, events.next()).await {
+        // Print everything that is ready, then record and acknowledge it as one batch. A
+        // delivery's events enter the stream together, so the batch never splits one.
+        let mut batch_max: Option<ServerSeq> = None;
+        let mut new_keys = false;
+        let mut ev = Some(first);
+        while let Some(e) = ev.take().or_else(|| events.try_next()) {
+            match &e {
+                Event::Connected { transport } if !json => {
+                    eprintln!("missive: connected over {transport}")
+                }
+                Event::Disconnected { reason } => eprintln!("missive: disconnected: {reason}"),
+                Event::Connected { .. } => {}
+                _ => writeln!(out, "{}", render(&e, json))?,
+            }
+            if let Event::Message {
+                from,
+                client_msg_id,
+                ..
+            } = &e
+            {
+                to_mark_read
+                    .entry(from.clone())
+                    .or_default()
+                    .push(*client_msg_id);
+            }
+            if let Some(key) = e.delivery_key() {
+                new_keys |= seen.insert(key);
+            }
+            batch_max = batch_max.max(e.server_seq());
+        }
+        out.flush()?;
+        if new_keys {
+            profile.save_seen(&seen)?;
+        }
+        if let Some(seq) = batch_max {
+            if Some(seq) > acked {
+                client.ack(seq)?;
+                acked = Some(seq);
+            }
+        }
+    }
+    let mut result: CliResult = Ok(());
+    if !no_read {
+        for (from, ids) in to_mark_read {
+            let sent =
+                tokio::time::timeout(SEND_TIMEOUT, client.mark_read(from.clone(), ids)).await;
+            match sent {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    result = Err(format!("sending the read receipt to {from}: {e}").into())
+                }
+                Err(_) => {
+                    result = Err(format!("sending the read receipt to {from}: timed out").into())
+                }
+            }
+        }
+    }
+    close(&client).await;
+    result
+}
+
+/// One output line for an event.
+fn render(ev: &Event, json: bool) -> String {
+    if json {
+        render_json(ev).to_string()
+    } else {
+        render_text(ev)
+    }
+}
+
+fn render_json(ev: &Event) -> serde_json::Value {
+    use serde_json::json;
+    match ev {
+        Event::Message {
+            from,
+            from_device,
+            client_msg_id,
+            server_seq,
+            server_ts_ms,
+            text,
+        } => json!({
+            "type": "message",
+            "from": from,
+            "text": text,
+            "server_seq": server_seq.0,
+            "client_msg_id": client_msg_id.to_hex(),
+            "server_ts_ms": server_ts_ms,
+            "from_device": from_device.0,
+        }),
+        Event::Receipt {
+            from,
+            client_msg_id,
+            status,
+            server_seq,
+            server_ts_ms,
+            ..
+        } => json!({
+            "type": "receipt",
+            "from": from,
+            "client_msg_id": client_msg_id.to_hex(),
+            "status": status.as_str(),
+            "server_seq": server_seq.0,
+            "server_ts_ms": server_ts_ms,
+        }),
+        Event::Presence { user, state } => {
+            let (name, last_seen) = presence_parts(state);
+            let mut v = json!({ "type": "presence", "user": user, "state": name });
+            if let Some(ms) = last_seen {
+                v["last_seen_ms"] = json!(ms);
+            }
+            v
+        }
+        Event::Typing { from, typing } => {
+            json!({ "type": "typing", "from": from, "typing": typing })
+        }
+        Event::Connected { transport } => {
+            json!({ "type": "connected", "transport": transport.as_str() })
+        }
+        Event::Disconnected { reason } => json!({ "type": "disconnected", "reason": reason }),
+    }
+}
+
+fn presence_parts(state: &PresenceState) -> (&'static str, Option<u64>) {
+    match state {
+        PresenceState::Online => ("online", None),
+        PresenceState::LastSeen(ms) => ("offline", Some(*ms)),
+        PresenceState::Offline => ("offline", None),
+        PresenceState::Hidden => ("hidden", None),
+    }
+}
+
+fn render_text(ev: &Event) -> String {
+    match ev {
+        Event::Message {
+            from,
+            text,
+            server_seq,
+            ..
+        } => format!("[{}] {from}: {text}", server_seq.0),
+        Event::Receipt {
+            from,
+            client_msg_id,
+            status,
+            ..
+        } => format!("{} by {from}: {client_msg_id}", status.as_str()),
+        Event::Presence { user, state } => match presence_parts(state) {
+            (_, Some(ms)) => format!("{user} is offline, last seen {ms} ms after the epoch"),
+            (name, None) => format!("{user} is {name}"),
+        },
+        Event::Typing { from, typing: true } => format!("{from} is typing"),
+        Event::Typing {
+            from,
+            typing: false,
+        } => format!("{from} stopped typing"),
+        Event::Connected { transport } => format!("connected over {transport}"),
+        Event::Disconnected { reason } => format!("disconnected: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use missive_client::ReceiptStatus;
+
+    #[test]
+    fn json_shapes_match_the_script_contract() {
+        let id = ClientMsgId([0xab; 16]);
+        let m = render_json(&Event::Message {
+            from: "alice".into(),
+            from_device: DeviceId(1),
+            client_msg_id: id,
+            server_seq: ServerSeq(7),
+            server_ts_ms: 99,
+            text: "hi".into(),
+        });
+        assert_eq!(m["type"], "message");
+        assert_eq!(m["from"], "alice");
+        assert_eq!(m["text"], "hi");
+        assert_eq!(m["server_seq"], 7);
+        assert_eq!(m["client_msg_id"], "ab".repeat(16));
+        assert_eq!(m["server_ts_ms"], 99);
+        let r = render_json(&Event::Receipt {
+            from: "bob".into(),
+            client_msg_id: id,
+            status: ReceiptStatus::Read,
+            server_seq: ServerSeq(8),
+            server_ts_ms: 1,
+            envelope_id: ClientMsgId([1; 16]),
+        });
+        assert_eq!(r["type"], "receipt");
+        assert_eq!(r["status"], "read");
+        assert_eq!(r["client_msg_id"], "ab".repeat(16));
+        let p = render_json(&Event::Presence {
+            user: "bob".into(),
+            state: PresenceState::LastSeen(123),
+        });
+        assert_eq!(
+            p.to_string(),
+            r#"{"last_seen_ms":123,"state":"offline","type":"presence","user":"bob"}"#
+        );
+        let h = render_json(&Event::Presence {
+            user: "bob".into(),
+            state: PresenceState::Hidden,
+        });
+        assert_eq!(h["state"], "hidden");
+        let t = render_json(&Event::Typing {
+            from: "alice".into(),
+            typing: true,
+        });
+        assert_eq!(
+            t.to_string(),
+            r#"{"from":"alice","type":"typing","typing":true}"#
+        );
+    }
+
+    #[test]
+    fn cli_parses_the_documented_commands() {
+        let c = Cli::try_parse_from([
+            "missive",
+            "--profile",
+            "/p",
+            "--server",
+            "127.0.0.1:4433",
+            "--ca",
+            "c.pem",
+            "register",
+            "alice",
+            "--invite",
+            "tok",
+            "--device",
+            "2",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, Cmd::Register { ref name, device: 2, .. } if name == "alice"));
+        let c = Cli::try_parse_from([
+            "missive",
+            "--profile",
+            "/p",
+            "recv",
+            "--wait",
+            "2",
+            "--json",
+            "--no-read",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Cmd::Recv {
+                json: true,
+                no_read: true,
+                ..
+            }
+        ));
+        let c =
+            Cli::try_parse_from(["missive", "--profile", "/p", "visibility", "nobody"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Cmd::Visibility {
+                value: VisibilityArg::Nobody
+            }
+        ));
+        // Global options may also follow the subcommand.
+        let c = Cli::try_parse_from([
+            "missive",
+            "send",
+            "bob",
+            "hi",
+            "--profile",
+            "/p",
+            "--force-tcp",
+        ])
+        .unwrap();
+        assert!(c.force_tcp);
+        assert!(
+            Cli::try_parse_from(["missive", "--profile", "/p", "visibility", "friends"]).is_err()
+        );
+    }
+}

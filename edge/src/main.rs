@@ -42,7 +42,7 @@ struct Cli {
     /// Maximum concurrent connections.
     #[arg(long)]
     max_connections: Option<usize>,
-    /// Sends per second allowed per connection.
+    /// Sends per second allowed per connection (the burst becomes twice this).
     #[arg(long)]
     send_rate: Option<u32>,
     #[command(subcommand)]
@@ -130,7 +130,8 @@ fn apply_flags(cli: &Cli, config: &mut Config) {
     }
     if let Some(r) = cli.send_rate {
         config.limits.send_rate_per_sec = r;
-        config.limits.send_burst = config.limits.send_burst.max(r);
+        // Same shape as the defaults: a burst of twice the sustained rate.
+        config.limits.send_burst = r.saturating_mul(2);
     }
 }
 

@@ -265,3 +265,65 @@ impl Raw {
         }
     }
 }
+
+/// Registers `name` (device 1) and connects it with the SDK.
+pub async fn sdk_user(
+    edge: &Edge,
+    name: &str,
+) -> (missive_client::Client, missive_client::EventStream, missive_client::ClientConfig) {
+    let identity = missive_client::Identity::generate(name, missive_proto::DeviceId(1));
+    let cfg = missive_client::ClientConfig::new(edge.quic, edge.ca_pem(), identity);
+    missive_client::register(&cfg, None).await.expect("register");
+    let (client, events) = missive_client::Client::connect(cfg.clone())
+        .await
+        .expect("connect");
+    (client, events, cfg)
+}
+
+/// Waits (bounded) for the first event matching `pred`, skipping others.
+pub async fn next_matching<F>(
+    events: &mut missive_client::EventStream,
+    timeout: Duration,
+    mut pred: F,
+) -> missive_client::Event
+where
+    F: FnMut(&missive_client::Event) -> bool,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(e)) if pred(&e) => return e,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("event stream ended"),
+            Err(_) => panic!("no matching event within {timeout:?}"),
+        }
+    }
+}
+
+/// Collects `n` text messages (skipping other events), bounded by `timeout`.
+pub async fn collect_messages(
+    events: &mut missive_client::EventStream,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(String, missive_proto::ClientMsgId, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let missive_client::Event::Message {
+            from,
+            client_msg_id,
+            text,
+            ..
+        } = next_matching(events, timeout, |e| {
+            matches!(e, missive_client::Event::Message { .. })
+        })
+        .await
+        {
+            out.push((from, client_msg_id, text));
+        }
+    }
+    out
+}
+
+pub fn text(s: &str) -> missive_client::Content {
+    missive_client::Content::Text(s.to_owned())
+}

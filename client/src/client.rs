@@ -1,0 +1,236 @@
+//! The SDK handle an app embeds: [`Client`], its [`ClientConfig`], and [`register`].
+
+use crate::backoff::ReconnectPolicy;
+use crate::connection::establish;
+use crate::content::{seal, Content};
+use crate::dedup::SeenSet;
+use crate::driver::{Command, Driver};
+use crate::event::EventStream;
+use crate::login::LoginMode;
+use crate::receipt_id::ReceiptIds;
+use crate::transport::TransportConfig;
+use crate::{ClientError, Identity};
+use missive_proto::{validate_user_name, ClientMsgId, ServerSeq, Visibility};
+use std::borrow::Borrow;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+/// Everything needed to connect as one device.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The edge's address (QUIC and TCP+TLS).
+    pub server: SocketAddr,
+    /// Name the server certificate must carry (default `"localhost"`).
+    pub server_name: String,
+    /// PEM certificate(s) to trust for the edge.
+    pub ca_pem: Vec<u8>,
+    /// Who to log in as.
+    pub identity: Identity,
+    /// How long to wait for QUIC before falling back to TCP+TLS (default 1.5 s).
+    pub quic_timeout: Duration,
+    /// Use TCP+TLS only (default false).
+    pub force_tcp: bool,
+    /// Reconnect schedule (default 200 ms doubling to 10 s, 30 % jitter).
+    pub reconnect: ReconnectPolicy,
+    /// Acknowledge each delivery as soon as its events are in the [`EventStream`] (default
+    /// true). Turn off to ack with [`Client::ack`] after the app has stored what it got.
+    pub auto_ack: bool,
+    /// Sent in `Hello` for the server's logs (default `missive-client/<version>`).
+    pub client_name: String,
+    /// Deliveries already handled (e.g. loaded from disk by an app that records the
+    /// [`crate::Event::delivery_key`] of every event it processed); they are dropped, and
+    /// acknowledged, if delivered again. Bounded by its own capacity (default 10 000).
+    pub seen: SeenSet,
+}
+
+impl ClientConfig {
+    /// A configuration with every default.
+    pub fn new(server: SocketAddr, ca_pem: impl Into<Vec<u8>>, identity: Identity) -> Self {
+        Self {
+            server,
+            server_name: "localhost".into(),
+            ca_pem: ca_pem.into(),
+            identity,
+            quic_timeout: Duration::from_millis(1500),
+            force_tcp: false,
+            reconnect: ReconnectPolicy::default(),
+            auto_ack: true,
+            client_name: concat!("missive-client/", env!("CARGO_PKG_VERSION")).into(),
+            seen: SeenSet::default(),
+        }
+    }
+
+    pub(crate) fn transport(&self) -> TransportConfig {
+        TransportConfig {
+            server: self.server,
+            server_name: self.server_name.clone(),
+            ca_pem: self.ca_pem.clone(),
+            quic_timeout: self.quic_timeout,
+            force_tcp: self.force_tcp,
+        }
+    }
+}
+
+/// The server's answer to a send: the message is durably stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The message's id (what receipts will refer to).
+    pub client_msg_id: ClientMsgId,
+    /// When the server stored it, ms since the Unix epoch.
+    pub server_ts_ms: u64,
+    /// True when the server had already stored this id (a retry); it was not stored twice.
+    pub duplicate: bool,
+}
+
+/// A connected client. Cheap to clone; every clone drives the same connection.
+///
+/// A background task owns the connection: it reconnects with backoff, logs in again,
+/// resends unanswered sends with their original ids, answers pings and hands events to the
+/// [`EventStream`]. When every clone is dropped the task closes the connection; prefer
+/// [`Client::close`], which waits until the server has applied everything sent before it.
+#[derive(Debug, Clone)]
+pub struct Client {
+    cmd: mpsc::UnboundedSender<Command>,
+    receipt_ids: ReceiptIds,
+}
+
+impl Client {
+    /// Connects and logs in; fails if the first connection cannot be made or is refused.
+    /// Later connection losses are handled in the background (see [`crate::Event`]).
+    pub async fn connect(config: ClientConfig) -> Result<(Self, EventStream), ClientError> {
+        validate_user_name(&config.identity.user)
+            .map_err(|e| ClientError::InvalidName(e.to_string()))?;
+        let conn = establish(
+            &config.transport(),
+            &config.identity,
+            LoginMode::Login,
+            &config.client_name,
+        )
+        .await?;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let receipt_ids = ReceiptIds::new(&config.identity.signing_key);
+        let driver = Driver::new(config, cmd_rx, ev_tx);
+        let span = tracing::info_span!(
+            "client",
+            user = %config_user(&conn),
+            device = conn.welcome.device.0
+        );
+        tokio::spawn(driver.run(conn).instrument(span));
+        let client = Self {
+            cmd: cmd_tx,
+            receipt_ids,
+        };
+        Ok((client, EventStream::new(ev_rx)))
+    }
+
+    /// Sends `content` to every device of `to` under a fresh random id; returns once the
+    /// server has stored it (`Sent`). Survives reconnects: the send is repeated with the same
+    /// id until answered, so it waits as long as the server is unreachable (wrap it in a
+    /// timeout if needed).
+    pub async fn send(
+        &self,
+        to: impl Into<String>,
+        content: Content,
+    ) -> Result<SendReceipt, ClientError> {
+        self.send_with_id(ClientMsgId(rand::random()), to, content)
+            .await
+    }
+
+    /// Like [`Client::send`] with a caller-chosen id. Sending an id again (e.g. after a crash)
+    /// is answered `duplicate: true` and stored once.
+    pub async fn send_with_id(
+        &self,
+        id: ClientMsgId,
+        to: impl Into<String>,
+        content: Content,
+    ) -> Result<SendReceipt, ClientError> {
+        let envelope = seal(&content)?;
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::Send {
+            id,
+            to: to.into(),
+            envelope,
+            reply,
+        })?;
+        rx.await.map_err(|_| ClientError::ClientClosed)?
+    }
+
+    /// Tells `to_user` that these of their messages were read (a `Content::Read` message).
+    ///
+    /// Its id is marked as this device's read receipt, so the `Delivered` receipt the edge
+    /// generates for it is dropped instead of reaching the app.
+    pub async fn mark_read(
+        &self,
+        to_user: impl Into<String>,
+        ids: Vec<ClientMsgId>,
+    ) -> Result<SendReceipt, ClientError> {
+        let id = self.receipt_ids.generate();
+        self.send_with_id(id, to_user, Content::Read { ids }).await
+    }
+
+    /// Watches `user`'s presence: an event now and on every change, also after reconnects.
+    pub fn subscribe_presence(&self, user: impl Into<String>) -> Result<(), ClientError> {
+        self.command(Command::Subscribe(user.into()))
+    }
+
+    /// Who may see this user's presence (kept across reconnects).
+    pub fn set_visibility(&self, visibility: Visibility) -> Result<(), ClientError> {
+        self.command(Command::Visibility(visibility))
+    }
+
+    /// Typing indicator towards `to`; dropped while disconnected.
+    pub fn typing(&self, to: impl Into<String>, typing: bool) -> Result<(), ClientError> {
+        self.command(Command::Typing(to.into(), typing))
+    }
+
+    /// Acknowledges every delivery up to `seq` (only needed without `auto_ack`). Ack only
+    /// what the app has durably processed: the server deletes it.
+    pub fn ack(&self, seq: ServerSeq) -> Result<(), ClientError> {
+        self.command(Command::Ack(seq))
+    }
+
+    /// Closes orderly: sends `Bye` and waits (at most 5 s) for the server's `Bye`, so acks and
+    /// sends made before are applied by the server. Sends still unanswered fail with
+    /// [`ClientError::ClientClosed`]. Closing a closed client is a no-op.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        if self.cmd.send(Command::Close(reply)).is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+
+    fn command(&self, cmd: Command) -> Result<(), ClientError> {
+        self.cmd.send(cmd).map_err(|_| ClientError::ClientClosed)
+    }
+}
+
+fn config_user(conn: &crate::connection::LiveConnection) -> &str {
+    &conn.welcome.user
+}
+
+/// Creates the account `config.identity.user` bound to its device key, on one connection
+/// that registers and then says `Bye`. Takes the configuration by value or by reference.
+pub async fn register(
+    config: impl Borrow<ClientConfig>,
+    invite: Option<String>,
+) -> Result<(), ClientError> {
+    let config = config.borrow();
+    validate_user_name(&config.identity.user)
+        .map_err(|e| ClientError::InvalidName(e.to_string()))?;
+    let conn = establish(
+        &config.transport(),
+        &config.identity,
+        LoginMode::Register { invite },
+        &config.client_name,
+    )
+    .await?;
+    // Welcome means the account exists; a failed goodbye does not undo that.
+    if let Err(e) = conn.bye().await {
+        tracing::warn!(error = %e, "registered, but the closing Bye exchange failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! What travels inside an envelope, and the end-to-end encryption seam.
+//!
+//! The server forwards envelopes as opaque bytes. Today an envelope is exactly the rkyv
+//! archive of a [`Content`]; when end-to-end encryption lands it will wrap these bytes in
+//! [`seal`] and unwrap them in [`open`], and nothing else in the SDK has to change.
+
+use crate::ClientError;
+use missive_proto::HARD_MAX_FRAME;
+
+pub use wire::{ArchivedContent, Content};
+
+// rkyv's derive generates helper types for the `Read { ids }` variant that carry no docs;
+// the allow is scoped to this module, which holds nothing but the documented `Content`.
+#[allow(missing_docs)]
+mod wire {
+    use missive_proto::ClientMsgId;
+    use rkyv::{Archive, Deserialize, Serialize};
+
+    /// The plaintext of one message.
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub enum Content {
+        /// A text message.
+        Text(String),
+        /// A read receipt: the recipient has read these messages of the sender.
+        Read {
+            /// The `client_msg_id`s of the messages that were read.
+            ids: Vec<ClientMsgId>,
+        },
+    }
+}
+
+/// Bytes of archive overhead allowed on top of the variable-length parts when checking size.
+const ARCHIVE_OVERHEAD: usize = 64;
+
+impl Content {
+    /// An upper bound on the encoded size, computed without encoding.
+    pub fn encoded_size_hint(&self) -> usize {
+        ARCHIVE_OVERHEAD
+            + match self {
+                Self::Text(t) => t.len(),
+                Self::Read { ids } => ids.len().saturating_mul(16),
+            }
+    }
+
+    /// The rkyv archive of this content.
+    ///
+    /// # Panics
+    /// Only when the content is larger than rkyv's 32-bit relative pointers can address
+    /// (about 2 GiB); [`seal`] refuses anything above the 16 MiB frame cap before getting here.
+    pub fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .expect("archiving a Content below 2 GiB into a growable buffer cannot fail")
+            .into_vec()
+    }
+
+    /// Validates (bytecheck) and decodes an archive produced by [`Content::encode`].
+    ///
+    /// The bytes are first copied into a 16-byte-aligned buffer, as rkyv requires; they are
+    /// never accessed unchecked.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ClientError> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        rkyv::from_bytes::<Self, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| ClientError::InvalidContent(e.to_string()))
+    }
+}
+
+/// Turns content into the envelope bytes handed to the server.
+///
+/// **End-to-end encryption seam.** Today this is the plain [`Content::encode`]; the E2EE layer
+/// will encrypt exactly these bytes for the recipient's devices here, and [`open`] will
+/// decrypt them. Nothing outside this pair may look at envelope bytes.
+pub fn seal(content: &Content) -> Result<Vec<u8>, ClientError> {
+    let size = content.encoded_size_hint();
+    if size > HARD_MAX_FRAME {
+        return Err(ClientError::TooLarge {
+            size,
+            max: HARD_MAX_FRAME,
+        });
+    }
+    Ok(content.encode())
+}
+
+/// Turns envelope bytes received from the server back into content (the inverse of [`seal`];
+/// the decryption half of the E2EE seam).
+pub fn open(envelope: &[u8]) -> Result<Content, ClientError> {
+    Content::decode(envelope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use missive_proto::ClientMsgId;
+
+    #[test]
+    fn content_round_trips() {
+        for c in [
+            Content::Text(String::new()),
+            Content::Text("hello, wörld 👋".into()),
+            Content::Text("x".repeat(100_000)),
+            Content::Read { ids: vec![] },
+            Content::Read {
+                ids: vec![ClientMsgId([1; 16]), ClientMsgId([0xfe; 16])],
+            },
+        ] {
+            let bytes = seal(&c).unwrap();
+            assert!(bytes.len() <= c.encoded_size_hint(), "size hint too small");
+            assert_eq!(open(&bytes).unwrap(), c);
+            // Unaligned input must work too (decode copies into an aligned buffer).
+            let mut shifted = vec![0u8];
+            shifted.extend_from_slice(&bytes);
+            assert_eq!(Content::decode(&shifted[1..]).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn garbage_is_rejected_not_panicking() {
+        assert!(Content::decode(&[]).is_err());
+        assert!(Content::decode(&[0xff; 3]).is_err());
+        // Layout of an out-of-line text: [bytes][tag u8 + pad][len u32][rel ptr i32] (root last).
+        let long = Content::Text("hello world, long".into()).encode();
+        let n = long.len();
+        let mut bad_ptr = long.clone();
+        bad_ptr[n - 4..].copy_from_slice(&0x7fff_fff0i32.to_le_bytes());
+        assert!(Content::decode(&bad_ptr).is_err(), "pointer out of bounds");
+        let mut bad_tag = long.clone();
+        bad_tag[n - 12] = 7;
+        assert!(Content::decode(&bad_tag).is_err(), "unknown variant tag");
+        let mut truncated = long.clone();
+        truncated.drain(..4);
+        assert!(Content::decode(&truncated).is_err(), "string bytes cut off");
+        // Layout of Read: [ids][tag + pad][rel ptr i32][len u32].
+        let read = Content::Read {
+            ids: vec![ClientMsgId([1; 16])],
+        }
+        .encode();
+        let n = read.len();
+        let mut bad_len = read.clone();
+        bad_len[n - 4..].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(
+            Content::decode(&bad_len).is_err(),
+            "length beyond the buffer"
+        );
+        // Deterministic pseudo-random inputs: never a panic.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for len in 0..2000usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let bytes: Vec<u8> = (0..len % 48).map(|i| (x >> ((i % 8) * 8)) as u8).collect();
+            let _ = Content::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_text_is_rejected() {
+        let mut bytes = Content::Text("hello world, long".into()).encode();
+        assert_eq!(&bytes[..5], b"hello");
+        bytes[0] = 0xff;
+        bytes[1] = 0xfe;
+        assert!(Content::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn oversized_content_is_refused_before_encoding() {
+        let big = Content::Text("a".repeat(HARD_MAX_FRAME + 1));
+        assert!(matches!(seal(&big), Err(ClientError::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,1091 @@
+//! What the client decides once logged in, as a plain state machine (no sockets, no clocks).
+//!
+//! The [`Session`] outlives connections: it holds the outbox of unacknowledged sends, the
+//! presence subscriptions, the duplicate filter and the acknowledgement state, and is told
+//! when a connection comes and goes.
+//!
+//! Inputs: [`Session::connected`] / [`Session::disconnected`] around each logged-in
+//! connection; [`Session::handle_frame`] for every frame received; the command methods
+//! ([`Session::send`], [`Session::ack`], ...) for the app's requests;
+//! [`Session::handle_timeout`] when [`Session::poll_timeout`]'s instant has passed.
+//!
+//! Outputs: after each input (or batch of frame inputs followed by
+//! [`Session::flush_acks`]), the caller drains [`Session::poll_output`] until `None` and acts
+//! on each [`Output`] **in order**: an `Events` output must reach the app before a later
+//! `Transmit(AckDelivery)` is written, which is what "ack after handing to the app" relies on.
+
+use crate::content::{open, Content};
+use crate::dedup::{DeliveryKey, DeliveryKind, SeenSet};
+use crate::event::{Event, ReceiptStatus};
+use crate::receipt_id::ReceiptIds;
+use crate::{ClientError, SendReceipt};
+use missive_proto::{
+    AckDelivery, ClientMsgId, Deliver, ErrorCode, Frame, Payload, Ping, Pong, ServerSeq,
+    SetPresenceVisibility, SubscribePresence, Typing, Visibility,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// The client pings the server this often (the edge's idle timeout is 60 s).
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A connection with no frame from the server for this long is considered dead.
+pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(45);
+/// How long a send refused with `RateLimited` / `TooManyInFlight` waits before going again.
+pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// Sends on the wire without an answer, per connection (the edge refuses above 1024).
+pub(crate) const MAX_IN_FLIGHT: usize = 512;
+/// Bytes of `Send` frame overhead on top of the envelope and recipient name.
+const SEND_OVERHEAD: usize = 64;
+
+/// Something the caller must do.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// Write this frame to the connection.
+    Transmit(Frame),
+    /// Hand these events to the app, together (they came from one frame).
+    Events(Vec<Event>),
+    /// Complete the waiters of this send.
+    SendDone {
+        /// The send.
+        id: ClientMsgId,
+        /// Receipt or failure.
+        result: Result<SendReceipt, ClientError>,
+    },
+    /// End this connection and reconnect (after `retry_after`, or the backoff schedule).
+    Disconnect {
+        /// Why.
+        reason: String,
+        /// The server asked for this delay (`Goaway`).
+        retry_after: Option<Duration>,
+    },
+    /// End this connection and stop for good: reconnecting cannot help.
+    Fatal(ClientError),
+    /// Our `Bye` was answered; close the connection and stop.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Offline,
+    Ready,
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    Queued,
+    InFlight,
+    Retry,
+}
+
+#[derive(Debug)]
+struct Pending {
+    to: String,
+    envelope: Vec<u8>,
+    order: u64,
+    state: SendState,
+}
+
+/// Sends not yet answered by `Sent`, in the order the app made them.
+#[derive(Debug, Default)]
+struct Outbox {
+    entries: HashMap<ClientMsgId, Pending>,
+    /// Ids waiting to be transmitted on the current connection, in order.
+    queue: VecDeque<ClientMsgId>,
+    /// Refused sends waiting for their retry time.
+    retries: BTreeMap<(Instant, u64), ClientMsgId>,
+    in_flight: usize,
+    next_order: u64,
+}
+
+impl Outbox {
+    fn add(&mut self, id: ClientMsgId, to: String, envelope: Vec<u8>) -> bool {
+        if self.entries.contains_key(&id) {
+            return false;
+        }
+        let order = self.next_order;
+        self.next_order += 1;
+        self.entries.insert(
+            id,
+            Pending {
+                to,
+                envelope,
+                order,
+                state: SendState::Queued,
+            },
+        );
+        self.queue.push_back(id);
+        true
+    }
+
+    fn remove(&mut self, id: &ClientMsgId) -> Option<Pending> {
+        let p = self.entries.remove(id)?;
+        if p.state == SendState::InFlight {
+            self.in_flight -= 1;
+        }
+        Some(p)
+    }
+
+    fn retry_later(&mut self, id: ClientMsgId, at: Instant) -> bool {
+        let Some(p) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        if p.state == SendState::InFlight {
+            self.in_flight -= 1;
+        }
+        p.state = SendState::Retry;
+        self.retries.insert((at, p.order), id);
+        true
+    }
+
+    fn release_due(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        while let Some(entry) = self.retries.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            due.push(entry.remove());
+        }
+        // Retries go before newer sends, oldest first.
+        for id in due.into_iter().rev() {
+            if let Some(p) = self.entries.get_mut(&id) {
+                p.state = SendState::Queued;
+                self.queue.push_front(id);
+            }
+        }
+    }
+
+    fn next_retry(&self) -> Option<Instant> {
+        self.retries.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Everything unanswered goes again, in the original order, on the next connection.
+    fn requeue_all(&mut self) {
+        self.in_flight = 0;
+        self.retries.clear();
+        let mut all: Vec<(u64, ClientMsgId)> = self
+            .entries
+            .iter_mut()
+            .map(|(id, p)| {
+                p.state = SendState::Queued;
+                (p.order, *id)
+            })
+            .collect();
+        all.sort_unstable();
+        self.queue = all.into_iter().map(|(_, id)| id).collect();
+    }
+}
+
+/// Acknowledgement bookkeeping. Acks are cumulative, so a seq may be acked only when every
+/// seq below it that the app was given has been acked by the app.
+#[derive(Debug, Default)]
+struct Acks {
+    /// Highest seq that may be acknowledged.
+    target: Option<ServerSeq>,
+    /// Handed to the app (manual ack mode) and not yet acked by it.
+    outstanding: BTreeSet<ServerSeq>,
+    /// Processed without the app (duplicates, undecodable, auto-acked) but blocked behind an
+    /// outstanding lower seq.
+    blocked: BTreeSet<ServerSeq>,
+    /// Highest seq received on the current connection: never ack beyond what it delivered.
+    received: Option<ServerSeq>,
+    /// Highest ack written on the current connection.
+    sent: Option<ServerSeq>,
+}
+
+impl Acks {
+    fn raise_target(&mut self, seq: ServerSeq) {
+        self.target = self.target.max(Some(seq));
+    }
+
+    /// The client is done with `seq` without the app having to ack it.
+    fn processed(&mut self, seq: ServerSeq) {
+        self.blocked.insert(seq);
+        self.unblock();
+    }
+
+    /// The app now owns `seq` and will ack it.
+    fn handed(&mut self, seq: ServerSeq) {
+        if self.target < Some(seq) {
+            self.outstanding.insert(seq);
+        }
+    }
+
+    fn app_ack(&mut self, up_to: ServerSeq) {
+        self.raise_target(up_to);
+        self.outstanding = self
+            .outstanding
+            .split_off(&ServerSeq(up_to.0.saturating_add(1)));
+        self.unblock();
+    }
+
+    fn unblock(&mut self) {
+        let limit = self.outstanding.first().copied();
+        let releasable: Vec<ServerSeq> = match limit {
+            Some(l) => self.blocked.range(..l).copied().collect(),
+            None => self.blocked.iter().copied().collect(),
+        };
+        for s in releasable {
+            self.blocked.remove(&s);
+            self.raise_target(s);
+        }
+    }
+
+    fn received(&mut self, seq: ServerSeq) {
+        self.received = self.received.max(Some(seq));
+    }
+
+    fn new_connection(&mut self) {
+        self.received = None;
+        self.sent = None;
+    }
+
+    /// The `AckDelivery` to write now, if any.
+    fn flush(&mut self) -> Option<ServerSeq> {
+        let up = self.target?.min(self.received?);
+        if Some(up) > self.sent {
+            self.sent = Some(up);
+            Some(up)
+        } else {
+            None
+        }
+    }
+}
+
+/// The client's state across connections. See the module doc for the input/output contract.
+#[derive(Debug)]
+pub(crate) struct Session {
+    auto_ack: bool,
+    phase: Phase,
+    max_frame: usize,
+    outbox: Outbox,
+    subscriptions: BTreeSet<String>,
+    visibility: Option<Visibility>,
+    seen: SeenSet,
+    receipt_ids: ReceiptIds,
+    acks: Acks,
+    next_ping: Option<Instant>,
+    last_rx: Instant,
+    ping_nonce: u64,
+    out: VecDeque<Output>,
+}
+
+impl Session {
+    /// A session; `auto_ack` acknowledges every delivery once its events are handed out;
+    /// `seen` holds deliveries already handled; `receipt_ids` recognises our read receipts.
+    pub(crate) fn new(
+        auto_ack: bool,
+        seen: SeenSet,
+        receipt_ids: ReceiptIds,
+        now: Instant,
+    ) -> Self {
+        Self {
+            auto_ack,
+            phase: Phase::Offline,
+            max_frame: crate::frame_io::MIN_RECV_FRAME,
+            outbox: Outbox::default(),
+            subscriptions: BTreeSet::new(),
+            visibility: None,
+            seen,
+            receipt_ids,
+            acks: Acks::default(),
+            next_ping: None,
+            last_rx: now,
+            ping_nonce: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// A connection is logged in: restore subscriptions and resend every unanswered send.
+    pub(crate) fn connected(&mut self, now: Instant, max_frame: u32) {
+        self.phase = Phase::Ready;
+        self.max_frame = max_frame as usize;
+        self.acks.new_connection();
+        self.last_rx = now;
+        self.next_ping = Some(now + PING_INTERVAL);
+        if let Some(visibility) = self.visibility {
+            self.transmit(SetPresenceVisibility { visibility }.into());
+        }
+        let subs: Vec<String> = self.subscriptions.iter().cloned().collect();
+        for user in subs {
+            self.transmit(SubscribePresence { user }.into());
+        }
+        self.outbox.requeue_all();
+        self.pump();
+    }
+
+    /// The connection ended; everything unanswered waits for the next one.
+    pub(crate) fn disconnected(&mut self) {
+        self.phase = Phase::Offline;
+        self.next_ping = None;
+        self.outbox.requeue_all();
+    }
+
+    /// True when logged in and not closing.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
+
+    /// Queues a send. Returns false when this id is already waiting for its `Sent` (the caller
+    /// then just waits for the same outcome).
+    pub(crate) fn send(&mut self, id: ClientMsgId, to: String, envelope: Vec<u8>) -> bool {
+        let added = self.outbox.add(id, to, envelope);
+        if added {
+            self.pump();
+        }
+        added
+    }
+
+    /// Watches `user`'s presence, now and after every reconnect.
+    pub(crate) fn subscribe_presence(&mut self, user: String) {
+        if self.subscriptions.insert(user.clone()) && self.is_ready() {
+            self.transmit(SubscribePresence { user }.into());
+        }
+    }
+
+    /// Sets (and remembers, for reconnects) this user's presence visibility.
+    pub(crate) fn set_visibility(&mut self, visibility: Visibility) {
+        self.visibility = Some(visibility);
+        if self.is_ready() {
+            self.transmit(SetPresenceVisibility { visibility }.into());
+        }
+    }
+
+    /// A typing indicator; dropped when not connected (it is ephemeral anyway).
+    pub(crate) fn typing(&mut self, to: String, typing: bool) {
+        if self.is_ready() {
+            self.transmit(Typing { to, typing }.into());
+        }
+    }
+
+    /// The app has processed every delivery up to `up_to`. Call [`Session::flush_acks`] after.
+    pub(crate) fn ack(&mut self, up_to: ServerSeq) {
+        self.acks.app_ack(up_to);
+    }
+
+    /// Starts an orderly close. Returns true when a `Bye` was queued and its answer is
+    /// awaited (`Output::Closed`), false when there is no connection to close.
+    pub(crate) fn close(&mut self) -> bool {
+        match self.phase {
+            Phase::Ready => {
+                // Acks the app made must reach the server before the Bye.
+                self.flush_acks();
+                self.transmit(missive_proto::Bye {}.into());
+                self.phase = Phase::Closing;
+                true
+            }
+            Phase::Closing => true,
+            Phase::Offline => false,
+        }
+    }
+
+    /// Writes an `AckDelivery` if something new may be acknowledged. Call after a batch of
+    /// frames or an app ack, so acks are coalesced.
+    pub(crate) fn flush_acks(&mut self) {
+        if self.phase == Phase::Offline {
+            return;
+        }
+        if let Some(up_to) = self.acks.flush() {
+            self.transmit(AckDelivery { up_to }.into());
+        }
+    }
+
+    /// Handles one frame from the server.
+    pub(crate) fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        self.last_rx = now;
+        match frame {
+            Frame::Sent(s) => {
+                if self.outbox.remove(&s.client_msg_id).is_some() {
+                    self.out.push_back(Output::SendDone {
+                        id: s.client_msg_id,
+                        result: Ok(SendReceipt {
+                            client_msg_id: s.client_msg_id,
+                            server_ts_ms: s.server_ts_ms,
+                            duplicate: s.duplicate,
+                        }),
+                    });
+                }
+                self.pump();
+            }
+            Frame::Rejected(r) => {
+                let code = ErrorCode::from_u16(r.code);
+                if matches!(
+                    code,
+                    Some(ErrorCode::RateLimited | ErrorCode::TooManyInFlight)
+                ) {
+                    tracing::debug!(code = r.code, "send refused for now; retrying");
+                    self.outbox.retry_later(r.client_msg_id, now + RETRY_DELAY);
+                } else if self.outbox.remove(&r.client_msg_id).is_some() {
+                    self.out.push_back(Output::SendDone {
+                        id: r.client_msg_id,
+                        result: Err(ClientError::Rejected {
+                            code: r.code,
+                            message: r.message,
+                        }),
+                    });
+                }
+                self.pump();
+            }
+            Frame::Deliver(d) => self.on_deliver(d),
+            Frame::Presence(p) => self.out.push_back(Output::Events(vec![Event::Presence {
+                user: p.user,
+                state: p.state,
+            }])),
+            Frame::TypingNotice(t) => self.out.push_back(Output::Events(vec![Event::Typing {
+                from: t.from,
+                typing: t.typing,
+            }])),
+            Frame::Ping(p) => self.transmit(Pong { nonce: p.nonce }.into()),
+            Frame::Pong(_) => {}
+            Frame::Bye(_) => {
+                if self.phase == Phase::Closing {
+                    self.out.push_back(Output::Closed);
+                } else {
+                    self.out.push_back(Output::Disconnect {
+                        reason: "server closed the session (Bye)".into(),
+                        retry_after: None,
+                    });
+                }
+            }
+            Frame::Goaway(g) => self.out.push_back(Output::Disconnect {
+                reason: "server is going away (Goaway)".into(),
+                retry_after: Some(Duration::from_millis(u64::from(g.reconnect_after_ms))),
+            }),
+            Frame::Error(e) => {
+                let err = ClientError::from_error_frame(e.code, &e.message);
+                if err.is_fatal() {
+                    self.out.push_back(Output::Fatal(err));
+                } else {
+                    self.out.push_back(Output::Disconnect {
+                        reason: err.to_string(),
+                        retry_after: None,
+                    });
+                }
+            }
+            other => {
+                // A frame the server should not send now (or a client→server kind): the
+                // protocol has no answer for it; ignore it rather than drop the connection.
+                tracing::warn!(
+                    frame = other.name(),
+                    "ignoring unexpected frame from server"
+                );
+            }
+        }
+    }
+
+    fn on_deliver(&mut self, d: Deliver) {
+        self.acks.received(d.seq);
+        let kind = match d.payload {
+            Payload::Envelope(_) => DeliveryKind::Message,
+            Payload::Delivered => DeliveryKind::Delivered,
+        };
+        let key = DeliveryKey {
+            from: d.from.clone(),
+            client_msg_id: d.client_msg_id,
+            kind,
+        };
+        if kind == DeliveryKind::Delivered && self.receipt_ids.is_ours(&d.client_msg_id) {
+            // "Delivered" for one of our read receipts: nobody asked about that.
+            self.acks.processed(d.seq);
+            return;
+        }
+        if self.seen.contains(&key) {
+            tracing::debug!(seq = d.seq.0, "dropping duplicate delivery");
+            self.acks.processed(d.seq);
+            return;
+        }
+        let events = match d.payload {
+            Payload::Delivered => vec![Event::Receipt {
+                from: d.from.clone(),
+                client_msg_id: d.client_msg_id,
+                status: ReceiptStatus::Delivered,
+                server_seq: d.seq,
+                server_ts_ms: d.server_ts_ms,
+                envelope_id: d.client_msg_id,
+            }],
+            Payload::Envelope(bytes) => match open(&bytes) {
+                Ok(Content::Text(text)) => vec![Event::Message {
+                    from: d.from.clone(),
+                    from_device: d.from_device,
+                    client_msg_id: d.client_msg_id,
+                    server_seq: d.seq,
+                    server_ts_ms: d.server_ts_ms,
+                    text,
+                }],
+                Ok(Content::Read { ids }) => ids
+                    .into_iter()
+                    .map(|id| Event::Receipt {
+                        from: d.from.clone(),
+                        client_msg_id: id,
+                        status: ReceiptStatus::Read,
+                        server_seq: d.seq,
+                        server_ts_ms: d.server_ts_ms,
+                        envelope_id: d.client_msg_id,
+                    })
+                    .collect(),
+                Err(e) => {
+                    // Nothing the app could do with it; acknowledge so it does not block the
+                    // mailbox forever.
+                    tracing::warn!(seq = d.seq.0, from = %d.from, error = %e, "dropping undecodable envelope");
+                    Vec::new()
+                }
+            },
+        };
+        self.seen.insert(key);
+        if events.is_empty() {
+            self.acks.processed(d.seq);
+            return;
+        }
+        self.out.push_back(Output::Events(events));
+        if self.auto_ack {
+            self.acks.processed(d.seq);
+        } else {
+            self.acks.handed(d.seq);
+        }
+    }
+
+    /// Handles the passing of time: due retries, pings, dead-connection detection.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if self.phase == Phase::Offline {
+            return;
+        }
+        self.outbox.release_due(now);
+        self.pump();
+        if now.saturating_duration_since(self.last_rx) >= DEAD_AFTER {
+            self.out.push_back(Output::Disconnect {
+                reason: format!("no frame from the server for {} s", DEAD_AFTER.as_secs()),
+                retry_after: None,
+            });
+            return;
+        }
+        if let Some(at) = self.next_ping {
+            if now >= at {
+                self.ping_nonce = self.ping_nonce.wrapping_add(1);
+                self.transmit(
+                    Ping {
+                        nonce: self.ping_nonce,
+                    }
+                    .into(),
+                );
+                self.next_ping = Some(now + PING_INTERVAL);
+            }
+        }
+    }
+
+    /// When [`Session::handle_timeout`] must be called next.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase == Phase::Offline {
+            return None;
+        }
+        [
+            self.next_ping,
+            self.outbox.next_retry(),
+            Some(self.last_rx + DEAD_AFTER),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The next thing to do, in order.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Unanswered sends (queued, in flight or waiting for a retry).
+    pub(crate) fn pending_sends(&self) -> usize {
+        self.outbox.entries.len()
+    }
+
+    fn transmit(&mut self, frame: Frame) {
+        self.out.push_back(Output::Transmit(frame));
+    }
+
+    fn pump(&mut self) {
+        if self.phase != Phase::Ready {
+            return;
+        }
+        while self.outbox.in_flight < MAX_IN_FLIGHT {
+            let Some(id) = self.outbox.queue.pop_front() else {
+                break;
+            };
+            let Some(p) = self.outbox.entries.get_mut(&id) else {
+                continue;
+            };
+            if p.state != SendState::Queued {
+                continue;
+            }
+            let size = p.envelope.len() + p.to.len() + SEND_OVERHEAD;
+            if size > self.max_frame {
+                let max = self.max_frame;
+                self.outbox.remove(&id);
+                self.out.push_back(Output::SendDone {
+                    id,
+                    result: Err(ClientError::TooLarge { size, max }),
+                });
+                continue;
+            }
+            p.state = SendState::InFlight;
+            let frame = missive_proto::Send {
+                client_msg_id: id,
+                to: p.to.clone(),
+                envelope: p.envelope.clone(),
+            };
+            self.outbox.in_flight += 1;
+            self.out.push_back(Output::Transmit(frame.into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::seal;
+    use missive_proto::{DeviceId, Goaway, Presence, PresenceState, Rejected, Sent};
+
+    fn test_ids() -> ReceiptIds {
+        ReceiptIds::new(&ed25519_dalek::SigningKey::from_bytes(&[7; 32]))
+    }
+
+    fn id(n: u8) -> ClientMsgId {
+        ClientMsgId([n; 16])
+    }
+
+    fn drain(s: &mut Session) -> Vec<Output> {
+        std::iter::from_fn(|| s.poll_output()).collect()
+    }
+
+    fn transmitted(outs: &[Output]) -> Vec<&Frame> {
+        outs.iter()
+            .filter_map(|o| match o {
+                Output::Transmit(f) => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn deliver_text(seq: u64, from: &str, msg: u8, text: &str) -> Frame {
+        Deliver {
+            seq: ServerSeq(seq),
+            from: from.into(),
+            from_device: DeviceId(1),
+            client_msg_id: id(msg),
+            server_ts_ms: 1000 + seq,
+            payload: Payload::Envelope(seal(&Content::Text(text.into())).unwrap()),
+        }
+        .into()
+    }
+
+    fn acks_in(outs: &[Output]) -> Vec<u64> {
+        transmitted(outs)
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::AckDelivery(a) => Some(a.up_to.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn ready(auto_ack: bool) -> (Session, Instant) {
+        let now = Instant::now();
+        let mut s = Session::new(auto_ack, SeenSet::new(100), test_ids(), now);
+        s.connected(now, 1 << 20);
+        drain(&mut s);
+        (s, now)
+    }
+
+    #[test]
+    fn sends_are_resent_with_the_same_id_after_reconnect() {
+        let (mut s, now) = ready(true);
+        assert!(s.send(id(1), "bob".into(), vec![1]));
+        assert!(s.send(id(2), "bob".into(), vec![2]));
+        assert!(
+            !s.send(id(1), "bob".into(), vec![1]),
+            "same id is one pending send"
+        );
+        let outs = drain(&mut s);
+        assert_eq!(transmitted(&outs).len(), 2);
+        s.handle_frame(
+            now,
+            Sent {
+                client_msg_id: id(2),
+                server_ts_ms: 5,
+                duplicate: false,
+            }
+            .into(),
+        );
+        assert!(
+            matches!(&drain(&mut s)[..], [Output::SendDone { id: i, result: Ok(_) }] if *i == id(2))
+        );
+        s.disconnected();
+        assert!(s.send(id(3), "carol".into(), vec![3]));
+        assert!(drain(&mut s).is_empty(), "nothing goes out while offline");
+        s.connected(now, 1 << 20);
+        let outs = drain(&mut s);
+        let ids: Vec<ClientMsgId> = transmitted(&outs)
+            .into_iter()
+            .map(|f| match f {
+                Frame::Send(x) => x.client_msg_id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![id(1), id(3)], "unanswered sends again, in order");
+        assert_eq!(s.pending_sends(), 2);
+    }
+
+    #[test]
+    fn rate_limited_sends_retry_after_a_pause_and_others_fail() {
+        let (mut s, now) = ready(true);
+        s.send(id(1), "bob".into(), vec![1]);
+        s.send(id(2), "nobody".into(), vec![2]);
+        drain(&mut s);
+        s.handle_frame(
+            now,
+            Rejected {
+                client_msg_id: id(1),
+                code: ErrorCode::RateLimited.as_u16(),
+                message: "slow".into(),
+            }
+            .into(),
+        );
+        s.handle_frame(
+            now,
+            Rejected {
+                client_msg_id: id(2),
+                code: ErrorCode::UnknownRecipient.as_u16(),
+                message: "who".into(),
+            }
+            .into(),
+        );
+        let outs = drain(&mut s);
+        assert!(matches!(
+            &outs[..],
+            [Output::SendDone { id: i, result: Err(ClientError::Rejected { code: 8, .. }) }] if *i == id(2)
+        ));
+        assert_eq!(s.poll_timeout(), Some(now + RETRY_DELAY));
+        s.handle_timeout(now + RETRY_DELAY / 2);
+        assert!(transmitted(&drain(&mut s)).is_empty());
+        s.handle_timeout(now + RETRY_DELAY);
+        let outs = drain(&mut s);
+        assert!(matches!(transmitted(&outs)[..], [Frame::Send(ref x)] if x.client_msg_id == id(1)));
+    }
+
+    #[test]
+    fn in_flight_sends_are_capped() {
+        let (mut s, now) = ready(true);
+        for i in 0..(MAX_IN_FLIGHT as u32 + 10) {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            s.send(ClientMsgId(b), "bob".into(), vec![]);
+        }
+        assert_eq!(transmitted(&drain(&mut s)).len(), MAX_IN_FLIGHT);
+        s.handle_frame(
+            now,
+            Sent {
+                client_msg_id: ClientMsgId([0; 16]),
+                server_ts_ms: 1,
+                duplicate: false,
+            }
+            .into(),
+        );
+        assert_eq!(transmitted(&drain(&mut s)).len(), 1);
+    }
+
+    #[test]
+    fn oversized_sends_fail_instead_of_killing_the_connection() {
+        let now = Instant::now();
+        let mut s = Session::new(true, SeenSet::new(10), test_ids(), now);
+        s.connected(now, 1000);
+        s.send(id(1), "bob".into(), vec![0; 2000]);
+        assert!(matches!(
+            &drain(&mut s)[..],
+            [Output::SendDone {
+                result: Err(ClientError::TooLarge { .. }),
+                ..
+            }]
+        ));
+        assert_eq!(s.pending_sends(), 0);
+    }
+
+    #[test]
+    fn duplicates_are_dropped_but_acked() {
+        let (mut s, now) = ready(true);
+        s.handle_frame(now, deliver_text(1, "alice", 1, "hi"));
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert!(
+            matches!(&outs[0], Output::Events(e) if matches!(&e[..], [Event::Message { text, .. }] if text == "hi"))
+        );
+        assert_eq!(acks_in(&outs), vec![1], "auto-ack after the event");
+        // Redelivered on a new connection: no event, still acked.
+        s.disconnected();
+        s.connected(now, 1 << 20);
+        drain(&mut s);
+        s.handle_frame(now, deliver_text(1, "alice", 1, "hi"));
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert!(!outs.iter().any(|o| matches!(o, Output::Events(_))));
+        assert_eq!(acks_in(&outs), vec![1]);
+        // Same id from another sender, and a delivery receipt with the same id, are not dups.
+        s.handle_frame(now, deliver_text(2, "bob", 1, "yo"));
+        s.handle_frame(
+            now,
+            Deliver {
+                seq: ServerSeq(3),
+                from: "alice".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id(1),
+                server_ts_ms: 1,
+                payload: Payload::Delivered,
+            }
+            .into(),
+        );
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert_eq!(
+            outs.iter()
+                .filter(|o| matches!(o, Output::Events(_)))
+                .count(),
+            2
+        );
+        assert_eq!(acks_in(&outs), vec![3], "one coalesced ack per batch");
+    }
+
+    #[test]
+    fn manual_acks_never_cover_what_the_app_has_not_acked() {
+        let (mut s, now) = ready(false);
+        s.handle_frame(now, deliver_text(1, "alice", 1, "a"));
+        s.handle_frame(now, deliver_text(2, "alice", 2, "b"));
+        s.handle_frame(now, deliver_text(3, "alice", 1, "a")); // duplicate of seq 1's message
+        s.handle_frame(now, deliver_text(4, "alice", 3, "c"));
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert!(acks_in(&outs).is_empty(), "the app acked nothing yet");
+        s.ack(ServerSeq(1));
+        s.flush_acks();
+        assert_eq!(acks_in(&drain(&mut s)), vec![1]);
+        s.ack(ServerSeq(2));
+        s.flush_acks();
+        // 3 was a duplicate: released once 2 is acked, but 4 is still the app's.
+        assert_eq!(acks_in(&drain(&mut s)), vec![3]);
+        s.ack(ServerSeq(4));
+        s.flush_acks();
+        assert_eq!(acks_in(&drain(&mut s)), vec![4]);
+    }
+
+    #[test]
+    fn acks_after_reconnect_stay_within_what_was_redelivered() {
+        let (mut s, now) = ready(false);
+        s.handle_frame(now, deliver_text(5, "alice", 5, "a"));
+        s.handle_frame(now, deliver_text(6, "alice", 6, "b"));
+        drain(&mut s);
+        s.disconnected();
+        s.ack(ServerSeq(6));
+        s.flush_acks();
+        assert!(
+            acks_in(&drain(&mut s)).is_empty(),
+            "offline: nothing written"
+        );
+        s.connected(now, 1 << 20);
+        s.flush_acks();
+        assert!(
+            acks_in(&drain(&mut s)).is_empty(),
+            "nothing redelivered yet"
+        );
+        s.handle_frame(now, deliver_text(5, "alice", 5, "a"));
+        s.flush_acks();
+        assert_eq!(acks_in(&drain(&mut s)), vec![5]);
+        s.handle_frame(now, deliver_text(6, "alice", 6, "b"));
+        s.flush_acks();
+        assert_eq!(acks_in(&drain(&mut s)), vec![6]);
+    }
+
+    #[test]
+    fn read_receipts_become_one_event_per_id() {
+        let (mut s, now) = ready(true);
+        s.handle_frame(
+            now,
+            Deliver {
+                seq: ServerSeq(9),
+                from: "bob".into(),
+                from_device: DeviceId(2),
+                client_msg_id: id(50),
+                server_ts_ms: 1,
+                payload: Payload::Envelope(
+                    seal(&Content::Read {
+                        ids: vec![id(1), id(2)],
+                    })
+                    .unwrap(),
+                ),
+            }
+            .into(),
+        );
+        let outs = drain(&mut s);
+        let Output::Events(events) = &outs[0] else {
+            panic!("{outs:?}")
+        };
+        assert_eq!(events.len(), 2);
+        for (e, want) in events.iter().zip([id(1), id(2)]) {
+            assert!(
+                matches!(e, Event::Receipt { client_msg_id, status: ReceiptStatus::Read, server_seq: ServerSeq(9), envelope_id, .. } if *client_msg_id == want && *envelope_id == id(50))
+            );
+        }
+    }
+
+    #[test]
+    fn delivered_receipts_for_our_read_receipts_are_dropped() {
+        let (mut s, now) = ready(true);
+        let ours = test_ids().generate();
+        for (seq, msg_id) in [(1, ours), (2, id(3))] {
+            s.handle_frame(
+                now,
+                Deliver {
+                    seq: ServerSeq(seq),
+                    from: "bob".into(),
+                    from_device: DeviceId(1),
+                    client_msg_id: msg_id,
+                    server_ts_ms: 1,
+                    payload: Payload::Delivered,
+                }
+                .into(),
+            );
+        }
+        s.flush_acks();
+        let outs = drain(&mut s);
+        let events: Vec<&Event> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(
+            matches!(events[..], [Event::Receipt { client_msg_id, .. }] if *client_msg_id == id(3))
+        );
+        assert_eq!(acks_in(&outs), vec![2]);
+    }
+
+    #[test]
+    fn garbage_envelopes_are_acked_not_emitted() {
+        let (mut s, now) = ready(false);
+        s.handle_frame(
+            now,
+            Deliver {
+                seq: ServerSeq(1),
+                from: "mallory".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id(1),
+                server_ts_ms: 1,
+                payload: Payload::Envelope(vec![0xff; 7]),
+            }
+            .into(),
+        );
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert!(!outs.iter().any(|o| matches!(o, Output::Events(_))));
+        assert_eq!(acks_in(&outs), vec![1]);
+    }
+
+    #[test]
+    fn subscriptions_and_visibility_are_restored_on_reconnect() {
+        let (mut s, now) = ready(true);
+        s.subscribe_presence("bob".into());
+        s.set_visibility(Visibility::Nobody);
+        assert_eq!(transmitted(&drain(&mut s)).len(), 2);
+        s.handle_frame(
+            now,
+            Presence {
+                user: "bob".into(),
+                state: PresenceState::Online,
+            }
+            .into(),
+        );
+        assert!(matches!(&drain(&mut s)[..], [Output::Events(_)]));
+        s.disconnected();
+        s.typing("bob".into(), true);
+        assert!(drain(&mut s).is_empty(), "typing is dropped while offline");
+        s.connected(now, 1 << 20);
+        let outs = drain(&mut s);
+        let frames = transmitted(&outs);
+        assert!(matches!(
+            frames[..],
+            [Frame::SetPresenceVisibility(_), Frame::SubscribePresence(_)]
+        ));
+    }
+
+    #[test]
+    fn pings_on_schedule_and_gives_up_on_a_silent_server() {
+        let (mut s, now) = ready(true);
+        assert_eq!(s.poll_timeout(), Some(now + PING_INTERVAL));
+        s.handle_timeout(now + PING_INTERVAL);
+        assert!(matches!(transmitted(&drain(&mut s))[..], [Frame::Ping(_)]));
+        s.handle_frame(now + PING_INTERVAL, Pong { nonce: 1 }.into());
+        s.handle_frame(now, Ping { nonce: 77 }.into());
+        assert!(matches!(
+            transmitted(&drain(&mut s))[..],
+            [Frame::Pong(Pong { nonce: 77 })]
+        ));
+        let silent = now + PING_INTERVAL + DEAD_AFTER;
+        s.handle_timeout(silent);
+        assert!(drain(&mut s).iter().any(|o| matches!(
+            o,
+            Output::Disconnect {
+                retry_after: None,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn close_goaway_and_errors() {
+        let (mut s, now) = ready(false);
+        s.handle_frame(now, deliver_text(1, "alice", 1, "a"));
+        drain(&mut s);
+        s.ack(ServerSeq(1));
+        assert!(s.close());
+        let outs = drain(&mut s);
+        let frames = transmitted(&outs);
+        assert!(
+            matches!(frames[..], [Frame::AckDelivery(_), Frame::Bye(_)]),
+            "ack before Bye"
+        );
+        s.handle_frame(now, missive_proto::Bye {}.into());
+        assert!(matches!(&drain(&mut s)[..], [Output::Closed]));
+
+        let (mut s, now) = ready(true);
+        s.handle_frame(
+            now,
+            Goaway {
+                reconnect_after_ms: 750,
+            }
+            .into(),
+        );
+        assert!(
+            matches!(&drain(&mut s)[..], [Output::Disconnect { retry_after: Some(d), .. }] if *d == Duration::from_millis(750))
+        );
+        s.handle_frame(
+            now,
+            missive_proto::Error::new(ErrorCode::IdleTimeout, "idle").into(),
+        );
+        assert!(matches!(
+            &drain(&mut s)[..],
+            [Output::Disconnect {
+                retry_after: None,
+                ..
+            }]
+        ));
+        s.handle_frame(
+            now,
+            missive_proto::Error::new(ErrorCode::AuthFailed, "no").into(),
+        );
+        assert!(matches!(
+            &drain(&mut s)[..],
+            [Output::Fatal(ClientError::AuthFailed(_))]
+        ));
+
+        let now = Instant::now();
+        let mut offline = Session::new(true, SeenSet::new(10), test_ids(), now);
+        assert!(!offline.close(), "nothing to wait for when offline");
+    }
+}

@@ -1,0 +1,277 @@
+//! Getting a TLS 1.3 byte stream to the edge: QUIC first, TCP+TLS when UDP gets no answer.
+//!
+//! Both transports carry the same frames. On QUIC they travel on the one bidirectional
+//! stream the client opens (the server sees the stream only once data is written to it, so
+//! the caller must send `Hello` right after [`Transport::connect`]). Each transport also
+//! yields the TLS exporter that login signatures are bound to.
+
+use crate::ClientError;
+use missive_proto::{ALPN, EXPORTER_LABEL, EXPORTER_LEN};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// How long a TCP connect plus TLS handshake may take before giving up.
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC keep-alive: keeps NAT bindings open; does not count as client activity for the edge.
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// QUIC idle timeout: above the 15 s application ping so a live connection never hits it.
+const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long closing a QUIC connection waits for the close to reach the peer.
+const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// Which transport a connection uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// QUIC over UDP (preferred).
+    Quic,
+    /// TCP + TLS 1.3 fallback.
+    Tcp,
+}
+
+impl TransportKind {
+    /// `"quic"` or `"tcp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// The edge's address (QUIC and TCP use the same one).
+    pub server: SocketAddr,
+    /// Name checked against the server certificate (default `"localhost"`).
+    pub server_name: String,
+    /// PEM of the certificate(s) to trust (the edge's self-signed certificate in development).
+    pub ca_pem: Vec<u8>,
+    /// How long to wait for the QUIC handshake before falling back to TCP (default 1.5 s).
+    pub quic_timeout: Duration,
+    /// Skip QUIC and connect with TCP+TLS directly (for tests and UDP-hostile networks).
+    pub force_tcp: bool,
+}
+
+/// The read half of a transport.
+pub type TransportReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The write half of a transport.
+pub type TransportWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// An established, TLS-authenticated byte stream to the edge.
+pub struct Transport {
+    kind: TransportKind,
+    exporter: [u8; EXPORTER_LEN],
+    reader: TransportReader,
+    writer: TransportWriter,
+    closer: TransportCloser,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keeps the QUIC endpoint and connection alive while the halves are in use, and closes
+/// them. Dropping it without [`TransportCloser::close`] closes the connection abruptly.
+pub struct TransportCloser {
+    quic: Option<(quinn::Endpoint, quinn::Connection)>,
+}
+
+impl TransportCloser {
+    /// Closes the connection (QUIC: CONNECTION_CLOSE and a short wait for it to be sent; TCP:
+    /// nothing beyond the write half's shutdown and dropping the halves).
+    pub async fn close(self) {
+        if let Some((endpoint, conn)) = self.quic {
+            conn.close(0u32.into(), b"bye");
+            let _ = tokio::time::timeout(QUIC_CLOSE_WAIT, endpoint.wait_idle()).await;
+        }
+    }
+}
+
+impl Transport {
+    /// Connects: QUIC first (unless `force_tcp`), then TCP+TLS if the QUIC handshake does not
+    /// complete within `quic_timeout` or fails.
+    pub async fn connect(cfg: &TransportConfig) -> Result<Self, ClientError> {
+        let tls = client_tls_config(&cfg.ca_pem)?;
+        let quic_err = if cfg.force_tcp {
+            None
+        } else {
+            match tokio::time::timeout(cfg.quic_timeout, connect_quic(cfg, tls.clone())).await {
+                Ok(Ok(t)) => return Ok(t),
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!(
+                    "no QUIC handshake within {} ms",
+                    cfg.quic_timeout.as_millis()
+                )),
+            }
+        };
+        if let Some(e) = &quic_err {
+            tracing::debug!(server = %cfg.server, error = %e, "QUIC failed, falling back to TCP");
+        }
+        match tokio::time::timeout(TCP_TIMEOUT, connect_tcp(cfg, tls)).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(ClientError::Tls(e))) => Err(ClientError::Tls(e)),
+            Ok(Err(e)) => Err(connect_error(cfg.server, quic_err, e.to_string())),
+            Err(_) => Err(connect_error(
+                cfg.server,
+                quic_err,
+                format!("no TCP+TLS handshake within {} s", TCP_TIMEOUT.as_secs()),
+            )),
+        }
+    }
+
+    /// Which transport this is.
+    pub fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    /// The TLS exporter of this connection (label `EXPORTER_LABEL`, empty context, 32 bytes).
+    pub fn exporter(&self) -> [u8; EXPORTER_LEN] {
+        self.exporter
+    }
+
+    /// The read half (frames from the server).
+    pub fn reader(&mut self) -> &mut TransportReader {
+        &mut self.reader
+    }
+
+    /// The write half (frames to the server).
+    pub fn writer(&mut self) -> &mut TransportWriter {
+        &mut self.writer
+    }
+
+    /// Splits into the two halves and the closer that keeps the connection alive.
+    pub fn into_parts(self) -> (TransportReader, TransportWriter, TransportCloser) {
+        (self.reader, self.writer, self.closer)
+    }
+}
+
+fn connect_error(addr: SocketAddr, quic: Option<String>, tcp: String) -> ClientError {
+    let reason = match quic {
+        Some(q) => format!("quic: {q}; tcp: {tcp}"),
+        None => tcp,
+    };
+    ClientError::Connect { addr, reason }
+}
+
+/// The rustls client configuration shared by both transports: TLS 1.3 only, the given CA as
+/// the only trust anchor, ALPN `missive/1`.
+fn client_tls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let mut found = 0usize;
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        let cert = cert.map_err(|e| ClientError::Tls(format!("cannot parse CA PEM: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ClientError::Tls(format!("unusable CA certificate: {e}")))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(ClientError::Tls(
+            "no certificate found in the CA PEM".into(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(tls)
+}
+
+async fn connect_quic(
+    cfg: &TransportConfig,
+    tls: rustls::ClientConfig,
+) -> Result<Transport, String> {
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(QUIC_IDLE_TIMEOUT).map_err(|e| e.to_string())?,
+    ));
+    // The server never opens streams towards the client (yet); do not pre-size tables for it.
+    transport.max_concurrent_bidi_streams(0u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    client_config.transport_config(Arc::new(transport));
+
+    let bind: SocketAddr = if cfg.server.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    let conn = endpoint
+        .connect_with(client_config, cfg.server, &cfg.server_name)
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut exporter = [0u8; EXPORTER_LEN];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .map_err(|_| "TLS exporter unavailable".to_string())?;
+    Ok(Transport {
+        kind: TransportKind::Quic,
+        exporter,
+        reader: Box::new(recv),
+        writer: Box::new(send),
+        closer: TransportCloser {
+            quic: Some((endpoint, conn)),
+        },
+    })
+}
+
+async fn connect_tcp(
+    cfg: &TransportConfig,
+    tls: rustls::ClientConfig,
+) -> Result<Transport, ClientError> {
+    let name = rustls::pki_types::ServerName::try_from(cfg.server_name.clone())
+        .map_err(|e| ClientError::Tls(format!("bad server name {:?}: {e}", cfg.server_name)))?;
+    let tcp = tokio::net::TcpStream::connect(cfg.server).await?;
+    // Frames are batched by the writer task; Nagle would only add latency.
+    tcp.set_nodelay(true)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let stream = connector.connect(name, tcp).await?;
+    let exporter = stream
+        .get_ref()
+        .1
+        .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, Some(b""))
+        .map_err(|e| ClientError::Tls(format!("TLS exporter unavailable: {e}")))?;
+    let (reader, writer) = tokio::io::split(stream);
+    Ok(Transport {
+        kind: TransportKind::Tcp,
+        exporter,
+        reader: Box::new(reader),
+        writer: Box::new(writer),
+        closer: TransportCloser { quic: None },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_pem_without_certificates_is_a_tls_error() {
+        assert!(matches!(client_tls_config(b""), Err(ClientError::Tls(_))));
+        assert!(matches!(
+            client_tls_config(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+            Err(ClientError::Tls(_))
+        ));
+    }
+}

@@ -1,0 +1,129 @@
+//! The README quickstart as a script would run it, with the real `missive` CLI: register
+//! alice and bob, chat both ways, queue ten messages for an offline bob, SIGKILL and restart
+//! the edge; bob gets all ten once each in order, alice sees delivered then read.
+
+mod common;
+
+use common::Edge;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The `missive` binary beside `missive-edge` (built by `cargo test --workspace`; built here
+/// when only this package's tests run).
+fn cli_bin() -> PathBuf {
+    let edge = PathBuf::from(common::edge_bin());
+    let bin = edge.with_file_name(format!("missive{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "missive-client", "--bin", "missive"]);
+        if edge.components().any(|c| c.as_os_str() == "release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building the missive CLI failed");
+    }
+    bin
+}
+
+fn missive(profile: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cli_bin())
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn recv(profile: &Path, secs: &str) -> Vec<Value> {
+    let (ok, out, err) = missive(profile, &["recv", "--wait", secs, "--json"]);
+    assert!(ok, "recv failed: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+#[test]
+fn cli_quickstart_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut edge = Edge::start(&dir.path().join("edge"), &[]);
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    let server = edge.quic.to_string();
+    let ca = edge.cert.display().to_string();
+    for (p, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let (ok, _, err) = missive(p, &["--server", &server, "--ca", &ca, "register", name]);
+        assert!(ok, "register {name}: {err}");
+    }
+    // Registering a taken name fails with exit code 1 and a message.
+    let (ok, _, err) = missive(
+        &dir.path().join("mallory"),
+        &["--server", &server, "--ca", &ca, "register", "alice"],
+    );
+    assert!(!ok && !err.is_empty());
+
+    // Both ways, live-ish.
+    let (ok, hello_id, err) = missive(&alice, &["send", "bob", "hello bob"]);
+    assert!(ok, "send: {err}");
+    let hello_id = hello_id.trim().to_owned();
+    assert_eq!(hello_id.len(), 32, "send prints the client_msg_id: {hello_id:?}");
+    let got = recv(&bob, "2");
+    let msgs = of_type(&got, "message");
+    assert_eq!(msgs.len(), 1, "{got:?}");
+    assert_eq!(msgs[0]["from"], "alice");
+    assert_eq!(msgs[0]["text"], "hello bob");
+    assert_eq!(msgs[0]["client_msg_id"], hello_id.as_str());
+    assert!(msgs[0]["server_seq"].as_u64().unwrap() >= 1);
+    let (ok, _, err) = missive(&bob, &["send", "alice", "hi alice"]);
+    assert!(ok, "{err}");
+    let got = recv(&alice, "2");
+    let msgs = of_type(&got, "message");
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["text"], "hi alice");
+    let statuses: Vec<&str> = of_type(&got, "receipt")
+        .iter()
+        .filter(|r| r["client_msg_id"] == hello_id.as_str())
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, vec!["delivered", "read"], "{got:?}");
+
+    // Bob is offline (no recv running); alice sends ten, each acked.
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let (ok, id, err) = missive(&alice, &["send", "bob", &format!("offline {i}")]);
+        assert!(ok, "{err}");
+        ids.push(id.trim().to_owned());
+    }
+    edge.kill9();
+    edge.restart();
+
+    let got = recv(&bob, "3");
+    let texts: Vec<&str> = of_type(&got, "message")
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (0..10).map(|i| format!("offline {i}")).collect();
+    assert_eq!(texts, want, "lost, duplicated or reordered after kill -9");
+    // Nothing is delivered twice.
+    assert!(of_type(&recv(&bob, "1"), "message").is_empty());
+
+    // Alice sees every one of the ten go delivered, then read.
+    let got = recv(&alice, "3");
+    for id in &ids {
+        let statuses: Vec<&str> = of_type(&got, "receipt")
+            .iter()
+            .filter(|r| r["client_msg_id"] == id.as_str())
+            .map(|r| r["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(statuses, vec!["delivered", "read"], "receipts for {id}: {got:?}");
+    }
+}

@@ -1,0 +1,108 @@
+//! Connection limit, idle timeout and send rate: each gives a typed error, never a crash, and
+//! other clients keep working.
+
+mod common;
+
+use common::{Edge, Raw};
+use ed25519_dalek::{Signer, SigningKey};
+use missive_proto::{
+    login_transcript, ClientMsgId, DeviceId, ErrorCode, Frame, Register, Send,
+};
+use std::time::Duration;
+
+#[tokio::test]
+async fn connection_limit_and_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(
+        dir.path(),
+        &["--max-connections", "2", "--idle-timeout-secs", "1"],
+    );
+    let mut a = Raw::connect(&edge, false).await;
+    a.hello().await;
+    let mut b = Raw::connect(&edge, true).await;
+    b.hello().await;
+    // Third connection: over the limit, on either transport.
+    let mut c = Raw::connect(&edge, false).await;
+    c.send(
+        missive_proto::Hello {
+            min_version: 1,
+            max_version: 1,
+            client: "c".into(),
+        }
+        .into(),
+    )
+    .await;
+    assert_eq!(c.expect_error_then_close().await, ErrorCode::TooManyConnections);
+    // a and b say nothing more: both are closed for idleness after ~1 s.
+    assert_eq!(a.expect_error_then_close().await, ErrorCode::IdleTimeout);
+    assert_eq!(b.expect_error_then_close().await, ErrorCode::IdleTimeout);
+    // Their slots are free again.
+    let mut d = Raw::connect(&edge, false).await;
+    d.hello().await;
+}
+
+#[tokio::test]
+async fn send_rate_limit_rejects_only_the_excess() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &["--send-rate", "20"]);
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let mut c = Raw::connect(&edge, false).await;
+    let ch = c.hello().await;
+    c.send(
+        Register {
+            user: "rita".into(),
+            device: DeviceId(1),
+            device_key: key.verifying_key().to_bytes(),
+            invite: None,
+            signature: key
+                .sign(&login_transcript(&ch, &c.exporter, "rita", DeviceId(1)))
+                .to_bytes(),
+        }
+        .into(),
+    )
+    .await;
+    assert!(matches!(c.recv().await, Some(Frame::Welcome(_))));
+    // Rate 20/s, burst 40: send far more than that at once.
+    let total = 2000u32;
+    let mut bytes = Vec::new();
+    for i in 0..total {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        missive_proto::encode(
+            &Send {
+                client_msg_id: ClientMsgId(id),
+                to: "rita".into(),
+                envelope: vec![0; 10],
+            }
+            .into(),
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    c.send_bytes(&bytes).await;
+    let (mut sent, mut limited, mut other) = (0, 0, 0);
+    while sent + limited + other < total {
+        match tokio::time::timeout(Duration::from_secs(20), c.recv()).await {
+            Ok(Some(Frame::Sent(_))) => sent += 1,
+            Ok(Some(Frame::Rejected(r))) if r.code == ErrorCode::RateLimited.as_u16() => limited += 1,
+            Ok(Some(Frame::Rejected(_))) => other += 1,
+            Ok(Some(Frame::Deliver(_))) => {}
+            x => panic!("unexpected {x:?} after {sent} sent, {limited} limited"),
+        }
+    }
+    assert!((40..=100).contains(&sent), "{sent} sends got through a 40-burst limit");
+    assert_eq!(other, 0, "sends refused for another reason than the rate");
+    assert_eq!(sent + limited, total);
+    // The connection is still usable after being rate limited.
+    c.send(missive_proto::Ping { nonce: 9 }.into()).await;
+    loop {
+        match c.recv().await {
+            Some(Frame::Pong(p)) => {
+                assert_eq!(p.nonce, 9);
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("connection closed after rate limiting"),
+        }
+    }
+}
