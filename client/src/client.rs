@@ -126,49 +126,51 @@ impl Client {
         Ok((client, EventStream::new(ev_rx)))
     }
 
-    /// Sends `content` to every device of `to` under a fresh random id; returns once the
-    /// server has stored it (`Sent`). Survives reconnects: the send is repeated with the same
-    /// id until answered, so it waits as long as the server is unreachable (wrap it in a
-    /// timeout if needed).
-    pub async fn send(
+    /// Sends `content` to every device of `to` under a fresh random id; resolves once the
+    /// server has stored it (`Sent`). The send is queued when this is *called* (not when the
+    /// future is first polled), so messages go out in call order. Survives reconnects: the
+    /// send is repeated with the same id until answered, so it waits as long as the server is
+    /// unreachable (wrap it in a timeout if needed).
+    pub fn send(
         &self,
         to: impl Into<String>,
         content: Content,
-    ) -> Result<SendReceipt, ClientError> {
+    ) -> impl std::future::Future<Output = Result<SendReceipt, ClientError>> + Send + 'static {
         self.send_with_id(ClientMsgId(rand::random()), to, content)
-            .await
     }
 
     /// Like [`Client::send`] with a caller-chosen id. Sending an id again (e.g. after a crash)
     /// is answered `duplicate: true` and stored once.
-    pub async fn send_with_id(
+    pub fn send_with_id(
         &self,
         id: ClientMsgId,
         to: impl Into<String>,
         content: Content,
-    ) -> Result<SendReceipt, ClientError> {
-        let envelope = seal(&content)?;
-        let (reply, rx) = oneshot::channel();
-        self.command(Command::Send {
-            id,
-            to: to.into(),
-            envelope,
-            reply,
-        })?;
-        rx.await.map_err(|_| ClientError::ClientClosed)?
+    ) -> impl std::future::Future<Output = Result<SendReceipt, ClientError>> + Send + 'static {
+        let queued = seal(&content).and_then(|envelope| {
+            let (reply, rx) = oneshot::channel();
+            self.command(Command::Send {
+                id,
+                to: to.into(),
+                envelope,
+                reply,
+            })?;
+            Ok(rx)
+        });
+        async move { queued?.await.map_err(|_| ClientError::ClientClosed)? }
     }
 
     /// Tells `to_user` that these of their messages were read (a `Content::Read` message).
     ///
     /// Its id is marked as this device's read receipt, so the `Delivered` receipt the edge
     /// generates for it is dropped instead of reaching the app.
-    pub async fn mark_read(
+    pub fn mark_read(
         &self,
         to_user: impl Into<String>,
         ids: Vec<ClientMsgId>,
-    ) -> Result<SendReceipt, ClientError> {
+    ) -> impl std::future::Future<Output = Result<SendReceipt, ClientError>> + Send + 'static {
         let id = self.receipt_ids.generate();
-        self.send_with_id(id, to_user, Content::Read { ids }).await
+        self.send_with_id(id, to_user, Content::Read { ids })
     }
 
     /// Watches `user`'s presence: an event now and on every change, also after reconnects.

@@ -23,9 +23,9 @@
 //! // The handle (Clone) and its events
 //! impl Client {
 //!     pub async fn connect(config: ClientConfig) -> Result<(Client, EventStream), ClientError>;
-//!     pub async fn send(&self, to: impl Into<String>, content: Content) -> Result<SendReceipt, ClientError>;
-//!     pub async fn send_with_id(&self, id: ClientMsgId, to: impl Into<String>, content: Content) -> Result<SendReceipt, ClientError>;
-//!     pub async fn mark_read(&self, to_user: impl Into<String>, ids: Vec<ClientMsgId>) -> Result<SendReceipt, ClientError>;
+//!     pub fn send(&self, to: impl Into<String>, content: Content) -> impl Future<Output = Result<SendReceipt, ClientError>>; // queued at call time
+//!     pub fn send_with_id(&self, id: ClientMsgId, to: impl Into<String>, content: Content) -> impl Future<Output = Result<SendReceipt, ClientError>>;
+//!     pub fn mark_read(&self, to_user: impl Into<String>, ids: Vec<ClientMsgId>) -> impl Future<Output = Result<SendReceipt, ClientError>>;
 //!     pub fn subscribe_presence(&self, user: impl Into<String>) -> Result<(), ClientError>;
 //!     pub fn set_visibility(&self, visibility: Visibility) -> Result<(), ClientError>;
 //!     pub fn typing(&self, to: impl Into<String>, typing: bool) -> Result<(), ClientError>;

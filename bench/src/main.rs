@@ -1,0 +1,190 @@
+//! `missive-bench`: load scenarios against a Missive edge.
+//!
+//! ```text
+//! missive-bench SCENARIO [--spawn [--edge-bin PATH] | --server HOST:PORT --ca CERT]
+//!               [--clients N] [--messages M | --seconds S] [--rate R] [--size BYTES]
+//!               [--window W] [--json FILE] [--svg FILE]
+//! ```
+//!
+//! Scenarios: `chat`, `offline`, `crash` (needs `--spawn`), `connections`. The harness checks
+//! loss, duplicates and per-sender order itself; it exits 1 when an acknowledged message was
+//! lost or duplicated.
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, ValueEnum};
+use missive_bench::edge_process::{find_edge_bin, SpawnedEdge};
+use missive_bench::fleet::Target;
+use missive_bench::scenario::{self, lock, Knobs, Under};
+use missive_bench::{report, tracker};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Load scenarios against a Missive edge.
+#[derive(Debug, Parser)]
+#[command(name = "missive-bench", version, about)]
+struct Cli {
+    /// What to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Start a fresh missive-edge on a temp data dir (and stop it afterwards).
+    #[arg(long, conflicts_with = "server")]
+    spawn: bool,
+    /// The missive-edge binary for --spawn [default: next to missive-bench, then PATH].
+    #[arg(long)]
+    edge_bin: Option<PathBuf>,
+    /// A running edge to target.
+    #[arg(long, requires = "ca")]
+    server: Option<SocketAddr>,
+    /// PEM certificate of --server.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Clients (pairs are two clients; for `connections`, idle connections).
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Total messages to send.
+    #[arg(long, default_value_t = 20_000, conflicts_with = "seconds")]
+    messages: u64,
+    /// Send for this many seconds instead of a fixed count (`connections`: how long to hold).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Total offered rate, msgs/s (default: as fast as the window allows).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Unacknowledged sends per sender.
+    #[arg(long, default_value_t = 10)]
+    window: usize,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw latency over time as SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scenario {
+    Chat,
+    Offline,
+    Crash,
+    Connections,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("missive-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("missive-bench: acknowledged messages were lost or duplicated");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("missive-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<bool, String> {
+    let mut spawned = if cli.spawn || cli.server.is_none() {
+        let bin = find_edge_bin(cli.edge_bin.as_deref());
+        Some(SpawnedEdge::start(&bin, &[])?)
+    } else {
+        None
+    };
+    let target = match (&spawned, cli.server, &cli.ca) {
+        (Some(e), _, _) => Target {
+            addr: e.addr,
+            ca_pem: std::fs::read(&e.cert).map_err(|err| err.to_string())?,
+        },
+        (None, Some(addr), Some(ca)) => Target {
+            addr,
+            ca_pem: std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?,
+        },
+        _ => return Err("give --spawn, or --server with --ca".into()),
+    };
+    let knobs = Knobs {
+        clients: cli.clients,
+        messages: cli.messages,
+        seconds: cli.seconds,
+        rate: cli.rate,
+        size: cli.size,
+        window: cli.window,
+    };
+    let cpu_start = spawned.as_ref().map(|e| e.cpu_seconds());
+    let tracker = std::sync::Arc::new(std::sync::Mutex::new(tracker::Tracker::default()));
+    let progress = spawn_progress(tracker.clone());
+    let mut under = Under {
+        target,
+        spawned: spawned.as_mut(),
+    };
+    let result = match cli.scenario {
+        Scenario::Chat => scenario::chat::run(&mut under, &knobs, tracker, false).await,
+        Scenario::Crash => scenario::chat::run(&mut under, &knobs, tracker, true).await,
+        Scenario::Offline => scenario::offline::run(&mut under, &knobs, tracker).await,
+        Scenario::Connections => scenario::connections::run(&mut under, &knobs, tracker).await,
+    };
+    progress.abort();
+    let run = result?;
+    let cpu = spawned
+        .as_ref()
+        .zip(cpu_start)
+        .map(|(e, start)| e.cpu_seconds() - start);
+    let rss = spawned.as_ref().map(|e| e.peak_rss());
+    let name = format!("{:?}", cli.scenario).to_lowercase();
+    let report = report::Report::new(&name, cli.clients, &run, cpu, rss);
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    print!("{}", report.table());
+    if let Some(path) = &cli.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.svg {
+        std::fs::write(path, report.svg()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(report.correct())
+}
+
+/// A one-line progress display on stderr (sent / acked / delivered and the current rate), only
+/// when stderr is a terminal.
+fn spawn_progress(tracker: Arc<Mutex<tracker::Tracker>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !std::io::stderr().is_terminal() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut last = 0u64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (sent, acked, delivered) = {
+                let t = lock(&tracker);
+                (t.sent, t.acked(), t.delivered)
+            };
+            eprint!(
+                "\r{:>6.1} s  sent {sent:>9}  acked {acked:>9}  delivered {delivered:>9}  {:>8.0} msgs/s ",
+                started.elapsed().as_secs_f64(),
+                (delivered - last) as f64 * 2.0,
+            );
+            last = delivered;
+        }
+    })
+}

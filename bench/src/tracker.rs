@@ -1,0 +1,130 @@
+//! Checks what arrived against what was acknowledged, by id: loss, duplicates, order; and
+//! records send→deliver latency. Trusts nothing the server reports.
+
+use crate::payload::Stamp;
+use hdrhistogram::Histogram;
+use std::collections::{HashMap, HashSet};
+
+/// Per-stream bookkeeping.
+#[derive(Debug, Default)]
+struct Stream {
+    acked: HashSet<u64>,
+    delivered: HashSet<u64>,
+    highest_delivered: Option<u64>,
+}
+
+/// Everything observed during a run.
+#[derive(Debug)]
+pub struct Tracker {
+    streams: HashMap<u32, Stream>,
+    /// Send → deliver latency in µs.
+    pub latency_us: Histogram<u64>,
+    /// Latency per one-second bucket of the run, for the SVG.
+    pub per_second: Vec<Histogram<u64>>,
+    /// Sends attempted.
+    pub sent: u64,
+    /// Deliveries seen more than once.
+    pub duplicates: u64,
+    /// Deliveries that arrived after a later one of the same stream.
+    pub out_of_order: u64,
+    /// Deliveries (unique).
+    pub delivered: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 h, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Self {
+            streams: HashMap::new(),
+            latency_us: histogram(),
+            per_second: Vec::new(),
+            sent: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            delivered: 0,
+        }
+    }
+}
+
+impl Tracker {
+    /// A send was attempted.
+    pub fn on_sent(&mut self) {
+        self.sent += 1;
+    }
+
+    /// The server acknowledged (stored) this message: it must arrive.
+    pub fn on_acked(&mut self, stream: u32, seq: u64) {
+        self.streams.entry(stream).or_default().acked.insert(seq);
+    }
+
+    /// A message arrived at `now_us` (µs since the run's start).
+    pub fn on_delivered(&mut self, stamp: Stamp, now_us: u64) {
+        let s = self.streams.entry(stamp.stream).or_default();
+        if !s.delivered.insert(stamp.seq) {
+            self.duplicates += 1;
+            return;
+        }
+        self.delivered += 1;
+        if s.highest_delivered.is_some_and(|h| stamp.seq < h) {
+            self.out_of_order += 1;
+        }
+        s.highest_delivered = Some(s.highest_delivered.map_or(stamp.seq, |h| h.max(stamp.seq)));
+        let lat = now_us.saturating_sub(stamp.sent_us).max(1);
+        let _ = self.latency_us.record(lat);
+        let bucket = (now_us / 1_000_000) as usize;
+        while self.per_second.len() <= bucket {
+            self.per_second.push(histogram());
+        }
+        let _ = self.per_second[bucket].record(lat);
+    }
+
+    /// Acknowledged messages.
+    pub fn acked(&self) -> u64 {
+        self.streams.values().map(|s| s.acked.len() as u64).sum()
+    }
+
+    /// Acknowledged messages that never arrived.
+    pub fn lost(&self) -> u64 {
+        self.streams
+            .values()
+            .map(|s| s.acked.difference(&s.delivered).count() as u64)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(stream: u32, seq: u64) -> Stamp {
+        Stamp {
+            stream,
+            seq,
+            sent_us: 10,
+        }
+    }
+
+    #[test]
+    fn counts_loss_duplicates_and_reordering() {
+        let mut t = Tracker::default();
+        for seq in 0..4 {
+            t.on_sent();
+            t.on_acked(1, seq);
+        }
+        t.on_delivered(st(1, 0), 100);
+        t.on_delivered(st(1, 2), 200);
+        t.on_delivered(st(1, 1), 300);
+        t.on_delivered(st(1, 1), 400);
+        assert_eq!(t.acked(), 4);
+        assert_eq!(t.delivered, 3);
+        assert_eq!(t.duplicates, 1);
+        assert_eq!(t.out_of_order, 1);
+        assert_eq!(t.lost(), 1);
+        assert_eq!(t.latency_us.len(), 3);
+        assert_eq!(t.per_second.len(), 1);
+    }
+}
