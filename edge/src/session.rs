@@ -21,8 +21,8 @@
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
     login_transcript, validate_user_name, AckDelivery, ClientMsgId, Deliver, DeviceId, Error,
-    ErrorCode, Frame, Goaway, Payload, Pong, ProtoError, Rejected, Send, Sent, ServerHello,
-    ServerSeq, Visibility, Welcome, EXPORTER_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ErrorCode, Frame, Goaway, Pong, ProtoError, Rejected, Send, Sent, ServerHello, ServerSeq,
+    Visibility, Welcome, EXPORTER_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use missive_storage::{AppendOutcome, RegisterOutcome, StoredItem};
 use std::collections::VecDeque;
@@ -640,10 +640,7 @@ impl Session {
         }
         self.next_deliver = ServerSeq(seq.0 + 1);
         self.unacked.push_back(seq);
-        let payload = match item.payload {
-            Payload::Envelope(e) => Payload::Envelope(e),
-            Payload::Delivered => Payload::Delivered,
-        };
+        let payload = item.payload;
         self.send(Deliver {
             seq,
             from: item.from,
@@ -700,7 +697,7 @@ fn phase_name(p: &Phase) -> &'static str {
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
-    use missive_proto::{Bye, Hello, Login, Ping, Register};
+    use missive_proto::{Bye, Hello, Login, Payload, Ping, Register};
 
     const CHALLENGE: [u8; 32] = [5; 32];
     const EXPORTER: [u8; 32] = [6; 32];
