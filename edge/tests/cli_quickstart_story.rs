@@ -21,7 +21,10 @@ fn cli_bin() -> PathBuf {
         if edge.components().any(|c| c.as_os_str() == "release") {
             cmd.arg("--release");
         }
-        assert!(cmd.status().unwrap().success(), "building the missive CLI failed");
+        assert!(
+            cmd.status().unwrap().success(),
+            "building the missive CLI failed"
+        );
     }
     bin
 }
@@ -75,7 +78,11 @@ fn cli_quickstart_story() {
     let (ok, hello_id, err) = missive(&alice, &["send", "bob", "hello bob"]);
     assert!(ok, "send: {err}");
     let hello_id = hello_id.trim().to_owned();
-    assert_eq!(hello_id.len(), 32, "send prints the client_msg_id: {hello_id:?}");
+    assert_eq!(
+        hello_id.len(),
+        32,
+        "send prints the client_msg_id: {hello_id:?}"
+    );
     let got = recv(&bob, "2");
     let msgs = of_type(&got, "message");
     assert_eq!(msgs.len(), 1, "{got:?}");
@@ -124,6 +131,10 @@ fn cli_quickstart_story() {
             .filter(|r| r["client_msg_id"] == id.as_str())
             .map(|r| r["status"].as_str().unwrap())
             .collect();
-        assert_eq!(statuses, vec!["delivered", "read"], "receipts for {id}: {got:?}");
+        assert_eq!(
+            statuses,
+            vec!["delivered", "read"],
+            "receipts for {id}: {got:?}"
+        );
     }
 }

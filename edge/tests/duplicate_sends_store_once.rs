@@ -19,7 +19,10 @@ async fn same_client_msg_id_is_delivered_once() {
     let first = alice.send_with_id(id, "bob", text("once")).await.unwrap();
     assert!(!first.duplicate);
     let second = alice.send_with_id(id, "bob", text("once")).await.unwrap();
-    assert!(second.duplicate, "a retry with the same id was stored again");
+    assert!(
+        second.duplicate,
+        "a retry with the same id was stored again"
+    );
     alice.close().await.unwrap();
 
     edge.kill9();

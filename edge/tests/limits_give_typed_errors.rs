@@ -5,9 +5,7 @@ mod common;
 
 use common::{Edge, Raw};
 use ed25519_dalek::{Signer, SigningKey};
-use missive_proto::{
-    login_transcript, ClientMsgId, DeviceId, ErrorCode, Frame, Register, Send,
-};
+use missive_proto::{login_transcript, ClientMsgId, DeviceId, ErrorCode, Frame, Register, Send};
 use std::time::Duration;
 
 #[tokio::test]
@@ -32,7 +30,10 @@ async fn connection_limit_and_idle_timeout() {
         .into(),
     )
     .await;
-    assert_eq!(c.expect_error_then_close().await, ErrorCode::TooManyConnections);
+    assert_eq!(
+        c.expect_error_then_close().await,
+        ErrorCode::TooManyConnections
+    );
     // a and b say nothing more: both are closed for idleness after ~1 s.
     assert_eq!(a.expect_error_then_close().await, ErrorCode::IdleTimeout);
     assert_eq!(b.expect_error_then_close().await, ErrorCode::IdleTimeout);
@@ -84,13 +85,18 @@ async fn send_rate_limit_rejects_only_the_excess() {
     while sent + limited + other < total {
         match tokio::time::timeout(Duration::from_secs(20), c.recv()).await {
             Ok(Some(Frame::Sent(_))) => sent += 1,
-            Ok(Some(Frame::Rejected(r))) if r.code == ErrorCode::RateLimited.as_u16() => limited += 1,
+            Ok(Some(Frame::Rejected(r))) if r.code == ErrorCode::RateLimited.as_u16() => {
+                limited += 1
+            }
             Ok(Some(Frame::Rejected(_))) => other += 1,
             Ok(Some(Frame::Deliver(_))) => {}
             x => panic!("unexpected {x:?} after {sent} sent, {limited} limited"),
         }
     }
-    assert!((40..=100).contains(&sent), "{sent} sends got through a 40-burst limit");
+    assert!(
+        (40..=100).contains(&sent),
+        "{sent} sends got through a 40-burst limit"
+    );
     assert_eq!(other, 0, "sends refused for another reason than the rate");
     assert_eq!(sent + limited, total);
     // The connection is still usable after being rate limited.

@@ -42,7 +42,9 @@ async fn exchange(
     })
     .await;
     // The recipient reads it: the sender gets "read".
-    to.mark_read(from_name, vec![id]).await.expect("read receipt sent");
+    to.mark_read(from_name, vec![id])
+        .await
+        .expect("read receipt sent");
     next_matching(from_ev, T, |e| {
         matches!(e, Event::Receipt { status: ReceiptStatus::Read, client_msg_id, .. }
             if *client_msg_id == id)
@@ -57,21 +59,43 @@ async fn live_chat_both_ways_with_receipts() {
     let (alice, mut alice_ev, _) = sdk_user(&edge, "alice").await;
     let (bob, mut bob_ev, _) = sdk_user(&edge, "bob").await;
 
-    exchange(&alice, &mut alice_ev, &bob, &mut bob_ev, "alice", "bob", "secret-text-from-alice").await;
-    exchange(&bob, &mut bob_ev, &alice, &mut alice_ev, "bob", "alice", "secret-text-from-bob").await;
+    exchange(
+        &alice,
+        &mut alice_ev,
+        &bob,
+        &mut bob_ev,
+        "alice",
+        "bob",
+        "secret-text-from-alice",
+    )
+    .await;
+    exchange(
+        &bob,
+        &mut bob_ev,
+        &alice,
+        &mut alice_ev,
+        "bob",
+        "alice",
+        "secret-text-from-bob",
+    )
+    .await;
 
     // Typing is forwarded live.
     alice.typing("bob", true).unwrap();
-    next_matching(&mut bob_ev, T, |e| {
-        matches!(e, Event::Typing { from, typing: true } if from == "alice")
-    })
+    next_matching(
+        &mut bob_ev,
+        T,
+        |e| matches!(e, Event::Typing { from, typing: true } if from == "alice"),
+    )
     .await;
 
     // Presence: bob watches alice; alice online, then last seen after she leaves.
     bob.subscribe_presence("alice").unwrap();
-    next_matching(&mut bob_ev, T, |e| {
-        matches!(e, Event::Presence { user, state: PresenceState::Online } if user == "alice")
-    })
+    next_matching(
+        &mut bob_ev,
+        T,
+        |e| matches!(e, Event::Presence { user, state: PresenceState::Online } if user == "alice"),
+    )
     .await;
     alice.close().await.unwrap();
     next_matching(&mut bob_ev, T, |e| {
@@ -87,10 +111,19 @@ async fn live_chat_both_ways_with_receipts() {
     loop {
         carol.subscribe_presence("bob").unwrap();
         let e = next_matching(&mut carol_ev, T, |e| matches!(e, Event::Presence { .. })).await;
-        if matches!(e, Event::Presence { state: PresenceState::Hidden, .. }) {
+        if matches!(
+            e,
+            Event::Presence {
+                state: PresenceState::Hidden,
+                ..
+            }
+        ) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "bob never became hidden");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never became hidden"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -98,5 +131,8 @@ async fn live_chat_both_ways_with_receipts() {
     carol.close().await.unwrap();
     let logs = edge.logs();
     assert!(logs.contains("logged in"), "edge logs were not captured");
-    assert!(!logs.contains("secret-text"), "message content reached the edge's logs");
+    assert!(
+        !logs.contains("secret-text"),
+        "message content reached the edge's logs"
+    );
 }

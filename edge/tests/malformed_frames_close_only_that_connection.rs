@@ -18,7 +18,10 @@ async fn bad_input_closes_only_that_connection() {
     const N: usize = 200;
     let sender = tokio::spawn(async move {
         for i in 0..N {
-            alice.send("bob", text(&format!("n{i}"))).await.expect("send acked");
+            alice
+                .send("bob", text(&format!("n{i}")))
+                .await
+                .expect("send acked");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         alice
@@ -33,7 +36,15 @@ async fn bad_input_closes_only_that_connection() {
         // 2. Oversized: a header announcing more than the 64 KiB limit.
         let mut c = Raw::connect(&edge, force_tcp).await;
         c.hello().await;
-        c.send_bytes(&Header { len: 10_000_000, kind: 4, flags: 0 }.to_bytes()).await;
+        c.send_bytes(
+            &Header {
+                len: 10_000_000,
+                kind: 4,
+                flags: 0,
+            }
+            .to_bytes(),
+        )
+        .await;
         assert_eq!(c.expect_error_then_close().await, ErrorCode::FrameTooLarge);
 
         // 3. Truncated: an honest header over a payload cut short.
@@ -41,7 +52,13 @@ async fn bad_input_closes_only_that_connection() {
         c.hello().await;
         let full = encode_to_vec(&Ping { nonce: 7 }.into()).unwrap();
         let payload = &full[HEADER_LEN..HEADER_LEN + 3];
-        let mut bytes = Header { len: 3, kind: full[4], flags: 0 }.to_bytes().to_vec();
+        let mut bytes = Header {
+            len: 3,
+            kind: full[4],
+            flags: 0,
+        }
+        .to_bytes()
+        .to_vec();
         bytes.extend_from_slice(payload);
         c.send_bytes(&bytes).await;
         assert_eq!(c.expect_error_then_close().await, ErrorCode::MalformedFrame);
@@ -49,7 +66,13 @@ async fn bad_input_closes_only_that_connection() {
         // 4. Unknown frame kind and random bytes after a valid Hello.
         let mut c = Raw::connect(&edge, force_tcp).await;
         c.hello().await;
-        let mut bytes = Header { len: 4, kind: 250, flags: 0 }.to_bytes().to_vec();
+        let mut bytes = Header {
+            len: 4,
+            kind: 250,
+            flags: 0,
+        }
+        .to_bytes()
+        .to_vec();
         bytes.extend_from_slice(&[1, 2, 3, 4]);
         c.send_bytes(&bytes).await;
         assert_eq!(c.expect_error_then_close().await, ErrorCode::MalformedFrame);
@@ -66,7 +89,10 @@ async fn bad_input_closes_only_that_connection() {
             .into(),
         )
         .await;
-        assert_eq!(c.expect_error_then_close().await, ErrorCode::ProtocolViolation);
+        assert_eq!(
+            c.expect_error_then_close().await,
+            ErrorCode::ProtocolViolation
+        );
     }
 
     let alice = sender.await.unwrap();

@@ -20,7 +20,10 @@ async fn offline_delivery_survives_kill9() {
 
     let mut sent = Vec::new();
     for i in 0..50 {
-        let r = alice.send("bob", text(&format!("m{i:02}"))).await.expect("acked");
+        let r = alice
+            .send("bob", text(&format!("m{i:02}")))
+            .await
+            .expect("acked");
         sent.push(r.client_msg_id);
     }
     // Every send above was acked (fsync'd) before this point; now crash the edge.
@@ -51,7 +54,13 @@ async fn offline_delivery_survives_kill9() {
     let mut delivered = HashSet::new();
     while delivered.len() < 50 {
         if let Event::Receipt { client_msg_id, .. } = next_matching(&mut alice_ev, T, |e| {
-            matches!(e, Event::Receipt { status: ReceiptStatus::Delivered, .. })
+            matches!(
+                e,
+                Event::Receipt {
+                    status: ReceiptStatus::Delivered,
+                    ..
+                }
+            )
         })
         .await
         {

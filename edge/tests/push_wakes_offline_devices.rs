@@ -21,7 +21,11 @@ async fn serve_one(listener: &TcpListener, status: &str) -> String {
         if let Some(end) = text.find("\r\n\r\n") {
             let len: usize = text
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
                 let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
@@ -47,9 +51,12 @@ async fn offline_recipient_gets_a_content_free_wake_up() {
     let first = tokio::time::timeout(Duration::from_secs(10), serve_one(&gateway, "503 Busy"))
         .await
         .expect("no wake-up POST");
-    let second = tokio::time::timeout(Duration::from_secs(10), serve_one(&gateway, "204 No Content"))
-        .await
-        .expect("no retry after 503");
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        serve_one(&gateway, "204 No Content"),
+    )
+    .await
+    .expect("no retry after 503");
     for req in [&first, &second] {
         assert!(req.starts_with("POST /wake HTTP/1.1\r\n"), "{req}");
         let body = &req[req.find("\r\n\r\n").unwrap() + 4..];

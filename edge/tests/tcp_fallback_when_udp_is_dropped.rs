@@ -20,16 +20,30 @@ async fn client_falls_back_to_tcp_and_chats() {
 
     let mut cfg = ClientConfig::new(tcp, edge.ca_pem(), Identity::generate("tess", DeviceId(1)));
     cfg.quic_timeout = Duration::from_millis(700);
-    register(&cfg, None).await.expect("register over the fallback");
-    let (tess, mut tess_ev) = Client::connect(cfg).await.expect("connect over the fallback");
+    register(&cfg, None)
+        .await
+        .expect("register over the fallback");
+    let (tess, mut tess_ev) = Client::connect(cfg)
+        .await
+        .expect("connect over the fallback");
     next_matching(&mut tess_ev, T, |e| {
-        matches!(e, Event::Connected { transport: TransportKind::Tcp })
+        matches!(
+            e,
+            Event::Connected {
+                transport: TransportKind::Tcp
+            }
+        )
     })
     .await;
 
     let (quinn_user, mut q_ev, _) = common::sdk_user(&edge, "quincy").await;
     next_matching(&mut q_ev, T, |e| {
-        matches!(e, Event::Connected { transport: TransportKind::Quic })
+        matches!(
+            e,
+            Event::Connected {
+                transport: TransportKind::Quic
+            }
+        )
     })
     .await;
 

@@ -270,10 +270,16 @@ impl Raw {
 pub async fn sdk_user(
     edge: &Edge,
     name: &str,
-) -> (missive_client::Client, missive_client::EventStream, missive_client::ClientConfig) {
+) -> (
+    missive_client::Client,
+    missive_client::EventStream,
+    missive_client::ClientConfig,
+) {
     let identity = missive_client::Identity::generate(name, missive_proto::DeviceId(1));
     let cfg = missive_client::ClientConfig::new(edge.quic, edge.ca_pem(), identity);
-    missive_client::register(&cfg, None).await.expect("register");
+    missive_client::register(&cfg, None)
+        .await
+        .expect("register");
     let (client, events) = missive_client::Client::connect(cfg.clone())
         .await
         .expect("connect");
