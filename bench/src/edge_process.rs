@@ -48,6 +48,8 @@ impl SpawnedEdge {
             dir.path().display().to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
             // Bench clients legitimately exceed a human's send rate.
             "--send-rate".into(),
             "10000000".into(),

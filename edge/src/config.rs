@@ -1,6 +1,7 @@
 //! The edge's configuration: one TOML file (`--config`), overridden by CLI flags. Every key has
 //! a default; every value is checked at start and a bad one is refused naming its key.
 
+use missive_storage::Engine;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,12 @@ pub struct Config {
     /// TCP+TLS fallback listen address. Default: the same address as `listen` (UDP and TCP can
     /// share a port number). Empty string disables the fallback.
     pub tcp_listen: Option<String>,
+    /// Address of the operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`). Default
+    /// `127.0.0.1:9464` (loopback: scrapers run on the host). Empty string disables it.
+    pub metrics_listen: Option<String>,
+    /// Seconds a SIGTERM'd edge waits for connections to finish their in-flight work before
+    /// closing them and flushing storage. Default 10 (well inside systemd's 90 s stop timeout).
+    pub drain_timeout_secs: u64,
     /// TLS settings.
     pub tls: TlsConfig,
     /// Per-connection and global limits.
@@ -118,18 +125,50 @@ pub enum RegistrationMode {
     Invite,
 }
 
-/// Storage tuning.
+/// Storage engine and tuning.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// Database page cache in MiB. Default 256 (sled's own default of 1 GiB costs RSS).
+    /// Embedded database engine: `"sled"` (default, the design card's engine) or `"fjall"`
+    /// (an LSM tree: on the reference machine less disk per queued envelope and faster acks,
+    /// see the README's benchmarks). A data directory opens only with the engine that wrote
+    /// it; switch with `missive-edge admin migrate --from sled --to fjall` on a stopped edge.
+    #[serde(deserialize_with = "engine_by_name")]
+    pub engine: Engine,
+    /// Database cache in MiB: sled's page cache or fjall's block cache. Default 256 (sled's
+    /// own default of 1 GiB costs RSS).
     pub cache_mb: u64,
+    /// fjall only: the in-memory write buffer (memtable) in MiB, flushed to a table when full.
+    /// Default 32: it bounds the journal fjall replays after a crash (reopen time) and the
+    /// memory it holds, while keeping flushes rare. 1..=1024.
+    pub memtable_mb: u64,
     /// Most operations per group commit. Default 4096.
     pub max_batch: usize,
     /// Days an undelivered envelope (and a dedup key) is kept. Default 30.
     pub retention_days: u64,
     /// Seconds between expiry sweeps. Default 3600.
     pub sweep_interval_secs: u64,
+}
+
+impl StorageConfig {
+    /// These settings as the store takes them (engine, cache, memtable, batch, retention).
+    pub fn store_config(&self) -> missive_storage::StoreConfig {
+        const MIB: u64 = 1024 * 1024;
+        missive_storage::StoreConfig {
+            engine: self.engine,
+            cache_capacity_bytes: self.cache_mb * MIB,
+            memtable_bytes: self.memtable_mb * MIB,
+            max_batch: self.max_batch,
+            retention: Duration::from_secs(self.retention_days * 24 * 3600),
+        }
+    }
+}
+
+/// Reads `storage.engine` by name ("sled", "fjall"); an unknown name is refused with the
+/// names that are accepted.
+fn engine_by_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Engine, D::Error> {
+    let name = String::deserialize(d)?;
+    name.parse().map_err(serde::de::Error::custom)
 }
 
 /// Push notifier.
@@ -172,6 +211,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             tcp_listen: None,
+            metrics_listen: None,
+            drain_timeout_secs: 10,
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
@@ -218,7 +259,9 @@ impl Default for RegistrationConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
+            engine: Engine::Sled,
             cache_mb: 256,
+            memtable_mb: 32,
             max_batch: 4096,
             retention_days: 30,
             sweep_interval_secs: 3600,
@@ -331,6 +374,12 @@ impl Config {
         if self.storage.cache_mb < 8 {
             return bad("storage.cache_mb", "must be at least 8");
         }
+        if !(1..=1024).contains(&self.storage.memtable_mb) {
+            return bad(
+                "storage.memtable_mb",
+                format!("must be 1..=1024, got {}", self.storage.memtable_mb),
+            );
+        }
         if self.storage.max_batch == 0 {
             return bad("storage.max_batch", "must be at least 1");
         }
@@ -354,6 +403,12 @@ impl Config {
         if let Err(e) = self.tcp_listen_addr() {
             return bad("tcp_listen", e);
         }
+        if let Err(e) = self.metrics_listen_addr() {
+            return bad("metrics_listen", e);
+        }
+        if !(1..=3600).contains(&self.drain_timeout_secs) {
+            return bad("drain_timeout_secs", "must be 1..=3600");
+        }
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
@@ -364,6 +419,18 @@ impl Config {
     pub fn tcp_listen_addr(&self) -> Result<Option<SocketAddr>, String> {
         match self.tcp_listen.as_deref() {
             None => Ok(Some(self.listen)),
+            Some("") => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("not an address ({e}): {s:?}")),
+        }
+    }
+
+    /// The operations HTTP address: `None` when disabled.
+    pub fn metrics_listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.metrics_listen.as_deref() {
+            None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9464)))),
             Some("") => Ok(None),
             Some(s) => s
                 .parse()
@@ -420,8 +487,28 @@ mod tests {
         assert_eq!(c.limits.max_frame_bytes, d.limits.max_frame_bytes);
         assert_eq!(c.limits.delivery_window, d.limits.delivery_window);
         assert_eq!(c.storage.cache_mb, d.storage.cache_mb);
+        assert_eq!(c.storage.engine, d.storage.engine);
+        assert_eq!(c.storage.memtable_mb, d.storage.memtable_mb);
         assert_eq!(c.push.max_attempts, d.push.max_attempts);
         assert_eq!(c.registration.mode, d.registration.mode);
+    }
+
+    #[test]
+    fn storage_engine_and_its_tuning() {
+        let c = parse("").unwrap();
+        assert_eq!(c.storage.engine, Engine::Sled);
+        let c = parse("[storage]\nengine = \"fjall\"\nmemtable_mb = 16\n").unwrap();
+        assert_eq!(
+            (c.storage.engine, c.storage.memtable_mb),
+            (Engine::Fjall, 16)
+        );
+        let e = parse("[storage]\nengine = \"rocksdb\"\n").unwrap_err();
+        assert!(e.contains("engine") && e.contains("rocksdb"), "{e}");
+        assert!(e.contains("\"sled\" or \"fjall\""), "{e}");
+        let e = parse("[storage]\nmemtable_mb = 0\n").unwrap_err();
+        assert!(e.contains("storage.memtable_mb"), "{e}");
+        let e = parse("[storage]\nmemtable_mb = 4096\n").unwrap_err();
+        assert!(e.contains("storage.memtable_mb"), "{e}");
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let conn_id = shared.registry.next_conn_id();
+    shared.metrics.connection_opened(transport);
+    let metrics_shared = shared.clone();
     let span = tracing::info_span!(
         "conn",
         id = conn_id,
@@ -72,7 +74,8 @@ pub async fn serve<R, W>(
     Driver::new(shared, conn_id, exporter, writer)
         .run(reader, shutdown)
         .instrument(span)
-        .await
+        .await;
+    metrics_shared.metrics.connection_closed(transport);
 }
 
 struct Driver {
@@ -96,7 +99,7 @@ impl Driver {
     {
         let mut challenge = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut challenge);
-        let session = Session::new(Instant::now(), shared.session.clone(), challenge, exporter);
+        let session = Session::new(Instant::now(), shared.session_config(), challenge, exporter);
         let (handle, events, overflowed) = SessionHandle::new(conn_id);
         let (out, out_rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(writer, out_rx).in_current_span());
@@ -121,7 +124,7 @@ impl Driver {
         mut reader: R,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut decoder = FrameDecoder::new(self.shared.session.max_frame as usize);
+        let mut decoder = FrameDecoder::new(self.session.max_frame() as usize);
         let mut buf = vec![0u8; 16 * 1024];
         let mut draining = *shutdown.borrow();
         if draining {
@@ -143,7 +146,10 @@ impl Driver {
                         let now = Instant::now();
                         loop {
                             match decoder.next_frame() {
-                                Ok(Some(f)) => self.session.handle_frame(now, f),
+                                Ok(Some(f)) => {
+                                    self.shared.metrics.frame_in(&f);
+                                    self.session.handle_frame(now, f)
+                                }
                                 Ok(None) => break,
                                 Err(e) => {
                                     tracing::info!(error = %e, "malformed input, closing");
@@ -203,13 +209,14 @@ impl Driver {
                     device,
                     key,
                     invite,
+                    require_invite,
                 } => {
                     let fut = self.shared.store.register(
                         &user,
                         device,
                         key,
                         invite,
-                        self.shared.session.require_invite,
+                        require_invite,
                         now_ms(),
                     );
                     let done = self.done_tx.clone();
@@ -332,6 +339,7 @@ impl Driver {
     }
 
     fn write(&self, frame: &Frame) {
+        self.shared.metrics.frame_out(frame);
         let mut bytes = Vec::new();
         match encode(frame, &mut bytes) {
             Ok(()) => {

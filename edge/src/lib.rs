@@ -24,9 +24,13 @@
 pub mod admin;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod notifier;
+pub mod ops;
 pub mod registry;
+pub mod sd_notify;
 pub mod server;
 pub mod session;
 pub mod shared;

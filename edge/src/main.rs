@@ -24,6 +24,9 @@ struct Cli {
     /// TCP+TLS fallback listen address (default: same as --listen; "" disables).
     #[arg(long)]
     tcp_listen: Option<String>,
+    /// Operations HTTP address for /metrics, /healthz, /readyz ("" disables).
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -59,7 +62,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -84,10 +88,19 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            None => missive_edge::server::run(config)
-                .await
-                .map_err(|e| e.to_string()),
+        match command {
+            None => {
+                // SIGHUP: the file is read again and the same flags applied on top.
+                let reload = Box::new(move || {
+                    let mut c = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+                    apply_flags(&cli, &mut c);
+                    c.validate().map_err(|e| e.to_string())?;
+                    Ok(c)
+                });
+                missive_edge::server::run(config, reload)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Some(Command::Admin { action }) => missive_edge::admin::run(config, action).await,
         }
     });
@@ -109,6 +122,9 @@ fn apply_flags(cli: &Cli, config: &mut Config) {
     }
     if let Some(t) = &cli.tcp_listen {
         config.tcp_listen = Some(t.clone());
+    }
+    if let Some(m) = &cli.metrics_listen {
+        config.metrics_listen = Some(m.clone());
     }
     if let Some(f) = cli.log_format {
         config.log.format = f;

@@ -17,8 +17,6 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// 208 KB default the edge dropped packets under load). The kernel caps it at
 /// `net.core.rmem_max`/`wmem_max`; `systemd/` ships a sysctl drop-in raising those.
 const UDP_BUFFER: usize = 4 * 1024 * 1024;
-/// How long a draining server waits for connections to finish before closing storage.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A failure that stops the edge from starting.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +65,7 @@ pub fn open_store(
     registry: Arc<Registry>,
     notifier: Notifier,
 ) -> Result<Store, StartError> {
-    let store_config = StoreConfig {
-        cache_capacity_bytes: config.storage.cache_mb * 1024 * 1024,
-        max_batch: config.storage.max_batch,
-        retention: Duration::from_secs(config.storage.retention_days * 24 * 3600),
-    };
+    let store_config: StoreConfig = config.storage.store_config();
     let listener: missive_storage::CommitListener = Arc::new(move |mb, seq, item| {
         let is_message = matches!(item.payload, missive_proto::Payload::Envelope(_));
         if !registry.push(mb, seq, item) && is_message {
@@ -111,7 +105,8 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// address, the TCP listener takes the same port number as the UDP socket got.
 fn bind(config: &Config) -> Result<(UdpSocket, Option<std::net::TcpListener>, Bound), StartError> {
     let tcp_addr = config.tcp_listen_addr().ok().flatten();
-    let same_port = tcp_addr == Some(config.listen) && config.listen.port() == 0;
+    // Only when TCP follows `listen` implicitly does it take the UDP socket's port number.
+    let same_port = config.tcp_listen.is_none() && config.listen.port() == 0;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -148,11 +143,30 @@ fn bind(config: &Config) -> Result<(UdpSocket, Option<std::net::TcpListener>, Bo
     }
 }
 
-/// Runs the edge until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Re-reads the configuration (file + flags) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+fn session_config(config: &Config) -> SessionConfig {
+    SessionConfig {
+        max_frame: config.limits.max_frame_bytes,
+        delivery_window: config.limits.delivery_window,
+        max_in_flight_sends: config.limits.max_in_flight_sends,
+        send_rate_per_sec: config.limits.send_rate_per_sec,
+        send_burst: config.limits.send_burst,
+        idle_timeout: config.idle_timeout(),
+        require_invite: config.registration.mode == RegistrationMode::Invite,
+    }
+}
+
+/// Runs the edge until SIGTERM or SIGINT, then drains and returns. SIGHUP reloads the TLS
+/// certificate and the limits for new sessions via `reload`.
+pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     config.validate()?;
+    // Registered before anything starts so an early SIGTERM is not lost.
+    let mut signals = Signals::register();
     let material = tls::load_or_generate(&config)?;
-    let rustls_config = tls::server_config(&material)?;
+    let cert_resolver = tls::ReloadableCert::new(&material)?;
+    let rustls_config = tls::server_config(cert_resolver.clone())?;
 
     let registry = Arc::new(Registry::default());
     let notifier = match config.push.gateway_url.as_deref().filter(|u| !u.is_empty()) {
@@ -197,20 +211,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         addr: bound.quic,
         source,
     })?;
+    let metrics_listener = match config.metrics_listen_addr().ok().flatten() {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "metrics",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         store: store.clone(),
         registry,
         notifier,
-        session: SessionConfig {
-            max_frame: config.limits.max_frame_bytes,
-            delivery_window: config.limits.delivery_window,
-            max_in_flight_sends: config.limits.max_in_flight_sends,
-            send_rate_per_sec: config.limits.send_rate_per_sec,
-            send_burst: config.limits.send_burst,
-            idle_timeout: config.idle_timeout(),
-            require_invite: config.registration.mode == RegistrationMode::Invite,
-        },
+        session: std::sync::RwLock::new(session_config(&config)),
+        metrics: crate::metrics::Metrics::default(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_guard, mut all_done) = mpsc::channel::<()>(1);
@@ -240,6 +259,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         None => None,
     };
+    let ops = Arc::new(crate::ops::EdgeOps::new(shared.clone()));
+    let metrics_text = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tokio::spawn(crate::http::serve(l, ops.clone(), shutdown_rx.clone()));
+            addr
+        }
+        None => "off".into(),
+    };
+    ops.start_depth_scan();
     let sweeper = tokio::spawn(sweep_loop(
         store.clone(),
         Duration::from_secs(config.storage.sweep_interval_secs),
@@ -250,12 +279,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .tcp
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
-    tracing::info!(quic = %bound.quic, tcp = %tcp_text, cert = %material.trust_path.display(), "missive-edge ready");
+    ops.set_ready(true);
+    tracing::info!(quic = %bound.quic, tcp = %tcp_text, metrics = %metrics_text, cert = %material.trust_path.display(), "missive-edge ready");
     // A stable, greppable line on stdout for scripts and tests.
     println!(
-        "missive-edge ready quic={} tcp={} cert={}",
+        "missive-edge ready quic={} tcp={} metrics={} cert={}",
         bound.quic,
         tcp_text,
+        metrics_text,
         material.trust_path.display()
     );
     if material.generated {
@@ -264,9 +295,43 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             material.trust_path.display()
         );
     }
+    crate::sd_notify::notify(&format!(
+        "READY=1\nSTATUS=serving quic={} tcp={tcp_text}\nMAINPID={}",
+        bound.quic,
+        std::process::id()
+    ));
+    let watchdog = crate::sd_notify::watchdog_interval().map(|every| {
+        let ops = ops.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                // Only a live committer earns a ping: a wedged store should get us restarted.
+                if crate::http::OpsState::healthy(&*ops) {
+                    crate::sd_notify::notify("WATCHDOG=1");
+                }
+            }
+        })
+    });
 
-    wait_for_signal().await;
+    let mut config = config;
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => match reload() {
+                Ok(new) => {
+                    apply_reload(&config, &new, &cert_resolver, &shared);
+                    config = new;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused; keeping the running configuration")
+                }
+            },
+        }
+    }
     tracing::info!("shutting down: refusing new connections, draining");
+    crate::sd_notify::notify("STOPPING=1");
+    ops.set_ready(false);
     let _ = shutdown_tx.send(true);
     let _ = quic_task.await;
     if let Some(t) = tcp_task {
@@ -274,38 +339,98 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     }
     sweeper.abort();
     // Every connection task holds a guard clone; recv() returns None once all are gone.
-    if tokio::time::timeout(DRAIN_TIMEOUT, all_done.recv())
-        .await
-        .is_err()
-    {
+    let drain = Duration::from_secs(config.drain_timeout_secs);
+    if tokio::time::timeout(drain, all_done.recv()).await.is_err() {
         tracing::warn!("drain timeout: closing remaining connections");
     }
     endpoint.close(0u32.into(), b"shutdown");
     store.shutdown().await;
-    endpoint.wait_idle().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Applies what can change without a restart; says what cannot.
+fn apply_reload(old: &Config, new: &Config, cert: &tls::ReloadableCert, shared: &Shared) {
+    match tls::load_or_generate(new).and_then(|m| cert.replace(&m)) {
+        Ok(()) => tracing::info!("TLS certificate reloaded"),
+        Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; keeping the old one"),
+    }
+    shared.set_session_config(session_config(new));
+    let restart_needed = old.listen != new.listen
+        || old.tcp_listen != new.tcp_listen
+        || old.metrics_listen != new.metrics_listen
+        || old.data_dir != new.data_dir
+        || old.limits.max_connections != new.limits.max_connections
+        || old.push.gateway_url != new.push.gateway_url;
+    if restart_needed {
+        tracing::warn!(
+            "listen addresses, data_dir, max_connections and push changes need a restart"
+        );
+    }
+    tracing::info!("configuration reloaded: limits apply to new connections");
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// The process signals the edge reacts to, registered once at start.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match self.term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let hup = async {
+                match self.hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = term => Signal::Stop,
+                _ = tokio::signal::ctrl_c() => Signal::Stop,
+                _ = hup => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
     }
 }
 

@@ -69,6 +69,8 @@ pub enum Action {
         key: [u8; 32],
         /// Invite token as given.
         invite: Option<String>,
+        /// Whether the token must be valid (and is consumed).
+        require_invite: bool,
     },
     /// The session is authenticated: register it for live pushes and presence.
     Online {
@@ -251,6 +253,11 @@ impl Session {
         }
     }
 
+    /// The largest frame payload this session accepts.
+    pub fn max_frame(&self) -> u32 {
+        self.config.max_frame
+    }
+
     /// Deliveries sent and not yet acknowledged.
     pub fn unacked_deliveries(&self) -> usize {
         self.unacked.len()
@@ -368,6 +375,7 @@ impl Session {
                     device: r.device,
                     key: r.device_key,
                     invite: r.invite,
+                    require_invite: self.config.require_invite,
                 });
             }
             (Phase::Active { .. }, Frame::Send(s)) => self.on_send(now, s),

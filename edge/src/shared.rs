@@ -17,8 +17,10 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Push wake-ups for offline devices.
     pub notifier: Notifier,
-    /// Limits each session enforces.
-    pub session: SessionConfig,
+    /// Limits each new session enforces; replaced on SIGHUP (live sessions keep theirs).
+    pub session: std::sync::RwLock<SessionConfig>,
+    /// Counters for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
@@ -30,6 +32,22 @@ pub fn now_ms() -> u64 {
 }
 
 impl Shared {
+    /// The limits a session starting now gets.
+    pub fn session_config(&self) -> SessionConfig {
+        self.session
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Replaces the limits for sessions starting from now on.
+    pub fn set_session_config(&self, config: SessionConfig) {
+        *self
+            .session
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
+    }
+
     /// `user`'s presence as a subscriber may see it.
     pub fn presence_of(&self, user: &str) -> PresenceState {
         let record = self.store.user(user).ok().flatten();

@@ -129,15 +129,67 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
-/// rustls server config shared by both transports: TLS 1.3 only, ALPN `missive/1`.
-pub fn server_config(m: &TlsMaterial) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The certificate the TLS stack presents, swappable at run time (SIGHUP) without touching
+/// live connections: both transports share one rustls config holding this resolver.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    /// A resolver presenting `m`.
+    pub fn new(m: &TlsMaterial) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: std::sync::RwLock::new(certified_key(m)?),
+        }))
+    }
+
+    /// Presents `m` to every handshake from now on.
+    pub fn replace(&self, m: &TlsMaterial) -> Result<(), TlsError> {
+        let key = certified_key(m)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = key;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(m: &TlsMaterial) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(m.key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let ck = rustls::sign::CertifiedKey::new(m.certs.clone(), signer);
+    ck.keys_match()
+        .map_err(|e| TlsError::Config(format!("certificate and key do not match: {e}")))?;
+    Ok(Arc::new(ck))
+}
+
+/// rustls server config shared by both transports: TLS 1.3 only, ALPN `missive/1`, the
+/// certificate from `resolver`.
+pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(m.certs.clone(), m.key.clone_key())
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -2,17 +2,30 @@
 //!
 //! The rest of the code sees [`Store`]: append a message to every device mailbox of a user,
 //! read a mailbox range, acknowledge (delete) up to a sequence, and small keyed records
-//! (users, device keys, invites). No sled type crosses this crate's boundary, so another
-//! embedded engine, or a replicated one, is a backend and not a rewrite.
+//! (users, device keys, invites). No engine type crosses this crate's boundary.
+//!
+//! ## Engines
+//!
+//! Two embedded engines sit under the same API, chosen by [`StoreConfig::engine`]: sled (the
+//! default) and fjall. The committer and the read paths see them only through the small
+//! internal `engine::KvEngine` interface (point get, ordered range and prefix scans, an atomic
+//! batch, "make it durable"), and both store the same keys (`keys.rs`), so a third engine, or
+//! a replicated one, is a backend and not a rewrite. Each engine keeps its files in its own
+//! subdirectory of the store directory, and a marker file names the active one, so a store
+//! never opens under the wrong engine as an empty store (`layout.rs`). [`migrate`] copies a
+//! stopped store from one engine to the other and verifies the copy entry by entry.
 //!
 //! ## Durability: one committer, group commit
 //!
 //! Every write goes through one committer thread (see `group_commit.rs`). It takes whatever
-//! operations are waiting, applies them as one sled batch, calls sled's `flush` and then
-//! `fsync`s the database file (sled's flush is only `sync_file_range`, which is not durable on
-//! power loss), and only then completes each waiter. So a caller's future resolving `Ok`
-//! means the write is on disk. sled's `flush_async` is never used: it deadlocks with
-//! concurrent callers (sled #1308).
+//! operations are waiting, applies them as one engine batch, makes it durable, and only then
+//! completes each waiter. So a caller's future resolving `Ok` means the write is on disk.
+//!
+//! - sled: `apply_batch`, `flush`, then `fsync` of the database file (sled's flush is only
+//!   `sync_file_range`, which is not durable on power loss). sled's `flush_async` is never
+//!   used: it deadlocks with concurrent callers (sled #1308).
+//! - fjall: one write batch into the journal, then `fdatasync` of the journal. On shutdown
+//!   the memtable is flushed to a table, so a clean reopen replays no journal.
 //!
 //! Because only the committer writes, per-mailbox sequence numbers, dedup checks and
 //! "user exists" checks need no locks and no transactions.
@@ -20,15 +33,24 @@
 //! After each durable batch the committer calls the [`CommitListener`] for every appended
 //! item, in sequence order per mailbox, so live delivery never runs ahead of durability.
 
+#![forbid(unsafe_code)]
+
+mod engine;
+mod error;
 mod group_commit;
 mod keys;
+mod layout;
+mod migrate;
 mod records;
 mod store;
 
+pub use engine::Engine;
+pub use error::StorageError;
+pub use migrate::{migrate, MigrationReport};
 pub use records::{StoredItem, UserRecord};
 pub use store::{
-    AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, StorageError, Store, StoreConfig,
-    StoreStats, SweepOutcome,
+    AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, Store, StoreConfig, StoreStats,
+    SweepOutcome, FLUSH_BUCKETS_US,
 };
 
 use missive_proto::DeviceId;

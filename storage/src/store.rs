@@ -1,47 +1,31 @@
 //! The public face of storage: [`Store`], its configuration and the outcomes of each write.
 
+use crate::engine::{self, Engine, KvEngine, Tuning};
 use crate::group_commit::{self, Op, Request};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
-use crate::{keys, MailboxId};
+use crate::{keys, layout, MailboxId, StorageError};
 use missive_proto::{ClientMsgId, DeviceId, ServerSeq, Visibility};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Storage failures. Callers map them to `ErrorCode::Internal` on the wire.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The database engine reported an I/O or internal error.
-    #[error("database error: {0}")]
-    Db(String),
-    /// A value on disk failed validation (damaged or foreign data).
-    #[error("corrupt data: {0}")]
-    Corrupt(String),
-    /// The store was shut down; no more writes are accepted.
-    #[error("store is closed")]
-    Closed,
-}
-
-impl From<sled::Error> for StorageError {
-    fn from(e: sled::Error) -> Self {
-        Self::Db(e.to_string())
-    }
-}
-
-impl From<std::io::Error> for StorageError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Db(e.to_string())
-    }
-}
-
 /// Tuning of the store; every field has a default that suits one edge on one machine.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// sled page cache in bytes. Default 256 MiB: sled's own default (1 GiB) made a 1M-envelope
-    /// queue cost 540 MiB of RSS on the reference machine.
+    /// The embedded engine. Default [`Engine::Sled`] (the design card's choice). A store
+    /// directory opens only with the engine that made it; `migrate` moves it to the other.
+    pub engine: Engine,
+    /// Page cache (sled) or block cache (fjall) in bytes. Default 256 MiB. sled's resident
+    /// memory follows its cache (its own default of 1 GiB made a 1M-envelope queue cost
+    /// 540 MiB of RSS; see the README's benchmarks); fjall's block cache fills from reads only.
     pub cache_capacity_bytes: u64,
+    /// fjall only: the in-memory write buffer (memtable) is flushed to a table once it holds
+    /// this many bytes. It bounds the journal replayed after a crash (and so the reopen time)
+    /// and the memory it holds. Default 32 MiB; at least 1 MiB, at most 1 GiB.
+    pub memtable_bytes: u64,
     /// Most operations folded into one group commit (one flush + fsync). Default 4096.
     pub max_batch: usize,
     /// Undelivered items and dedup keys older than this are swept. Default 30 days.
@@ -51,7 +35,9 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            engine: Engine::default(),
             cache_capacity_bytes: 256 * 1024 * 1024,
+            memtable_bytes: 32 * 1024 * 1024,
             max_batch: 4096,
             retention: Duration::from_secs(30 * 24 * 3600),
         }
@@ -128,9 +114,34 @@ pub struct StoreStats {
     pub flush_micros_total: AtomicU64,
     /// Largest batch seen.
     pub max_batch_seen: AtomicU64,
+    /// Flush + fsync latency histogram: counts per [`FLUSH_BUCKETS_US`] upper bound, the last
+    /// slot counting everything slower.
+    pub flush_buckets: [AtomicU64; FLUSH_BUCKETS_US.len() + 1],
 }
 
+/// Upper bounds (µs) of the flush-latency histogram in [`StoreStats::flush_buckets`].
+pub const FLUSH_BUCKETS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
+];
+
 impl StoreStats {
+    /// Records one commit's flush + fsync time.
+    pub(crate) fn record_flush(&self, micros: u64) {
+        let slot = FLUSH_BUCKETS_US
+            .iter()
+            .position(|b| micros <= *b)
+            .unwrap_or(FLUSH_BUCKETS_US.len());
+        self.flush_buckets[slot].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The flush-latency histogram counts (non-cumulative), per bucket.
+    pub fn flush_histogram(&self) -> Vec<u64> {
+        self.flush_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Mean operations per group commit so far.
     pub fn mean_batch(&self) -> f64 {
         let c = self.commits.load(Ordering::Relaxed);
@@ -142,10 +153,38 @@ impl StoreStats {
     }
 }
 
+impl StoreConfig {
+    /// Refuses values the engines cannot work with.
+    fn validate(&self) -> Result<(), StorageError> {
+        const MIB: u64 = 1024 * 1024;
+        if !(MIB..=1024 * MIB).contains(&self.memtable_bytes) {
+            return Err(StorageError::InvalidConfig(format!(
+                "memtable size must be 1 MiB..=1 GiB, got {} bytes",
+                self.memtable_bytes
+            )));
+        }
+        if self.cache_capacity_bytes < MIB {
+            return Err(StorageError::InvalidConfig(format!(
+                "cache must be at least 1 MiB, got {} bytes",
+                self.cache_capacity_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn tuning(&self) -> Tuning {
+        Tuning {
+            cache_bytes: self.cache_capacity_bytes,
+            memtable_bytes: self.memtable_bytes,
+        }
+    }
+}
+
 /// Handle to the durable store. Cheap to clone; every clone talks to the same committer.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
+    db: Arc<dyn KvEngine>,
+    engine: Engine,
     ops: mpsc::UnboundedSender<Request>,
     stats: Arc<StoreStats>,
     committer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -154,12 +193,17 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("engine", &self.engine)
+            .finish()
     }
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and starts its committer thread.
+    /// Opens (or creates) the store in `dir` with `config.engine` and starts its committer
+    /// thread. The engine's files live in `dir/<engine>/`; a directory whose data belongs to
+    /// the other engine is refused with [`StorageError::EngineMismatch`].
     ///
     /// `listener` sees every durably appended item (see [`CommitListener`]).
     pub fn open(
@@ -167,22 +211,15 @@ impl Store {
         config: StoreConfig,
         listener: Option<CommitListener>,
     ) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(config.cache_capacity_bytes)
-            // We flush (and fsync) ourselves once per group commit; sled's timer flush would
-            // only add contention.
-            .flush_every_ms(None)
-            .open()?;
-        let db_file = std::fs::File::open(dir.join("db"))?;
+        config.validate()?;
+        let engine_dir = layout::prepare_open(dir, config.engine)?;
+        let db = engine::open(config.engine, &engine_dir, config.tuning())?;
         let stats = Arc::new(StoreStats::default());
         // Unbounded: callers are bounded by protocol limits (in-flight sends per connection,
         // connections), and an eager, non-blocking enqueue keeps each caller's order.
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = group_commit::spawn(
             db.clone(),
-            db_file,
             rx,
             config.max_batch.max(1),
             config.retention,
@@ -191,6 +228,7 @@ impl Store {
         )?;
         Ok(Self {
             db,
+            engine: config.engine,
             ops: tx,
             stats,
             committer: Arc::new(Mutex::new(Some(handle))),
@@ -401,7 +439,8 @@ impl Store {
         let start = keys::mailbox_item(mailbox, from);
         let end = keys::mailbox_item(mailbox, ServerSeq(u64::MAX));
         let mut out = Vec::new();
-        for kv in self.db.range(start..=end).take(limit) {
+        let range = self.db.range(Bound::Included(start), Bound::Included(end));
+        for kv in range.take(limit) {
             let (k, v) = kv?;
             let (_, seq) = keys::parse_mailbox_item(&k)
                 .ok_or_else(|| StorageError::Corrupt("mailbox key".into()))?;
@@ -412,27 +451,17 @@ impl Store {
 
     /// Number of items waiting in `mailbox` (a scan: for stats, not hot paths).
     pub fn mailbox_depth(&self, mailbox: &MailboxId) -> Result<usize, StorageError> {
-        let mut n = 0;
-        for kv in self.db.scan_prefix(keys::mailbox_prefix(mailbox)) {
-            kv?;
-            n += 1;
-        }
-        Ok(n)
+        count(self.db.prefix(&keys::mailbox_prefix(mailbox)))
     }
 
     /// Total items waiting in all mailboxes (a full scan: for admin stats).
     pub fn total_queued(&self) -> Result<usize, StorageError> {
-        let mut n = 0;
-        for kv in self.db.scan_prefix([keys::MAILBOX]) {
-            kv?;
-            n += 1;
-        }
-        Ok(n)
+        count(self.db.prefix(&[keys::MAILBOX]))
     }
 
     /// The account record of `name`, if registered.
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StorageError> {
-        match self.db.get(keys::user(name))? {
+        match self.db.get(&keys::user(name))? {
             Some(v) => Ok(Some(decode_user(&v)?)),
             None => Ok(None),
         }
@@ -440,12 +469,7 @@ impl Store {
 
     /// Number of registered users (a scan: for admin stats).
     pub fn user_count(&self) -> Result<usize, StorageError> {
-        let mut n = 0;
-        for kv in self.db.scan_prefix([keys::USER]) {
-            kv?;
-            n += 1;
-        }
-        Ok(n)
+        count(self.db.prefix(&[keys::USER]))
     }
 
     /// The Ed25519 public key of a device, if registered.
@@ -454,8 +478,8 @@ impl Store {
         name: &str,
         device: DeviceId,
     ) -> Result<Option<[u8; 32]>, StorageError> {
-        match self.db.get(keys::device(name, device))? {
-            Some(v) => Ok(Some(v.as_ref().try_into().map_err(|_| {
+        match self.db.get(&keys::device(name, device))? {
+            Some(v) => Ok(Some(v.as_slice().try_into().map_err(|_| {
                 StorageError::Corrupt(format!("device key of {name}/{}", device.0))
             })?)),
             None => Ok(None),
@@ -464,7 +488,12 @@ impl Store {
 
     /// Every registered device of `name`.
     pub fn devices(&self, name: &str) -> Result<Vec<DeviceId>, StorageError> {
-        group_commit::devices_on_disk(&self.db, name)
+        group_commit::devices_on_disk(self.db.as_ref(), name)
+    }
+
+    /// The engine this store runs on.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Counters of the committer.
@@ -474,11 +503,17 @@ impl Store {
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
-        Ok(self.db.size_on_disk()?)
+        self.db.size_on_disk()
+    }
+
+    /// False once the committer has stopped (shut down, or died): writes cannot complete.
+    pub fn is_healthy(&self) -> bool {
+        !self.ops.is_closed()
     }
 
     /// Stops accepting writes, lets the committer finish every queued operation (each one
-    /// flushed and fsync'd), and waits for it. Safe to call more than once.
+    /// flushed and fsync'd), closes the engine cleanly (so the next open is fast), and waits
+    /// for it. Reads still work afterwards. Safe to call more than once.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
         if self
@@ -500,4 +535,14 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
+}
+
+/// Counts the entries of a scan.
+fn count(iter: engine::KvIter<'_>) -> Result<usize, StorageError> {
+    let mut n = 0;
+    for kv in iter {
+        kv?;
+        n += 1;
+    }
+    Ok(n)
 }

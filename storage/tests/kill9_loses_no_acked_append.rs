@@ -1,14 +1,23 @@
 //! A child process appends and prints each acknowledged id; it is SIGKILLed mid-stream. After
 //! reopening, every printed id must be in the mailbox exactly once, with no seq repeated.
+//! One child run per engine.
 
 use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq};
-use missive_storage::{AppendOutcome, MailboxId, RegisterOutcome, Store, StoreConfig};
+use missive_storage::{AppendOutcome, Engine, MailboxId, RegisterOutcome, Store, StoreConfig};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "MISSIVE_KILL9_CHILD_DIR";
+const ENGINE_ENV: &str = "MISSIVE_KILL9_CHILD_ENGINE";
+
+fn config(engine: Engine) -> StoreConfig {
+    StoreConfig {
+        engine,
+        ..StoreConfig::default()
+    }
+}
 
 /// In the child: append forever from 16 concurrent writers, printing each acked id.
 #[tokio::test]
@@ -16,7 +25,8 @@ async fn child_writer() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return; // only meaningful when spawned by the parent test below
     };
-    let store = Store::open(dir.as_ref(), StoreConfig::default(), None).unwrap();
+    let engine: Engine = std::env::var(ENGINE_ENV).unwrap().parse().unwrap();
+    let store = Store::open(dir.as_ref(), config(engine), None).unwrap();
     let r = store
         .register("bob", DeviceId(1), [1; 32], None, false, 1)
         .await
@@ -50,10 +60,17 @@ fn kill9_loses_no_acked_append() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    for engine in Engine::ALL {
+        kill_child_and_check(engine);
+    }
+}
+
+fn kill_child_and_check(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir.path())
+        .env(ENGINE_ENV, engine.name())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -83,13 +100,13 @@ fn kill9_loses_no_acked_append() {
     }
     assert!(
         acked.len() >= 100,
-        "child acked only {} appends",
+        "{engine}: child acked only {} appends",
         acked.len()
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+        let store = Store::open(dir.path(), config(engine), None).unwrap();
         let items = store
             .read_mailbox(
                 &MailboxId::new("bob", DeviceId(1)),
@@ -100,14 +117,17 @@ fn kill9_loses_no_acked_append() {
         let mut seen = HashSet::new();
         let mut seqs = HashSet::new();
         for (seq, item) in &items {
-            assert!(seqs.insert(*seq), "seq {seq:?} repeated");
-            assert!(seen.insert(item.client_msg_id.to_hex()), "id stored twice");
+            assert!(seqs.insert(*seq), "{engine}: seq {seq:?} repeated");
+            assert!(
+                seen.insert(item.client_msg_id.to_hex()),
+                "{engine}: id stored twice"
+            );
             assert_eq!(item.payload, Payload::Envelope(vec![7; 100]));
         }
         let lost: Vec<_> = acked.iter().filter(|id| !seen.contains(*id)).collect();
         assert!(
             lost.is_empty(),
-            "{} acked appends lost, e.g. {:?}",
+            "{engine}: {} acked appends lost, e.g. {:?}",
             lost.len(),
             lost.first()
         );

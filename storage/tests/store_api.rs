@@ -1,9 +1,53 @@
-//! Behaviour of the storage API on a real sled directory.
+//! Behaviour of the storage API on a real directory, for every engine: each scenario below is
+//! an `async fn(Engine)`, and `for_each_engine!` turns it into one test per engine
+//! (`on_sled::name`, `on_fjall::name`).
 
 use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
-use missive_storage::{AppendOutcome, MailboxId, RegisterOutcome, Store, StoreConfig, StoredItem};
+use missive_storage::{
+    AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig, StoredItem,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+macro_rules! for_each_engine {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_sled {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(missive_storage::Engine::Sled).await
+                }
+            )*
+        }
+        mod on_fjall {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(missive_storage::Engine::Fjall).await
+                }
+            )*
+        }
+    };
+}
+
+for_each_engine!(
+    append_read_ack_and_delivery_receipts,
+    unknown_recipient_is_refused,
+    dedup_and_seq_survive_reopen,
+    every_device_of_the_recipient_gets_a_copy,
+    registration_names_and_invites,
+    expiry_sweep_removes_only_old_items_and_dedup_keys,
+    concurrent_writers_are_group_committed,
+    a_store_refuses_the_other_engine,
+    acked_items_stay_deleted_across_reopen,
+);
+
+fn config(engine: Engine) -> StoreConfig {
+    StoreConfig {
+        engine,
+        ..StoreConfig::default()
+    }
+}
 
 fn id(n: u64) -> ClientMsgId {
     let mut b = [0u8; 16];
@@ -21,14 +65,13 @@ async fn with_users(store: &Store, names: &[&str]) {
     }
 }
 
-#[tokio::test]
-async fn append_read_ack_and_delivery_receipts() {
+async fn append_read_ack_and_delivery_receipts(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let events: Arc<Mutex<Vec<(MailboxId, ServerSeq, StoredItem)>>> = Default::default();
     let ev = events.clone();
     let store = Store::open(
         dir.path(),
-        StoreConfig::default(),
+        config(engine),
         Some(Arc::new(move |mb: &MailboxId, seq, item: &StoredItem| {
             ev.lock().unwrap().push((mb.clone(), seq, item.clone()))
         })),
@@ -82,25 +125,51 @@ async fn append_read_ack_and_delivery_receipts() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn unknown_recipient_is_refused() {
+async fn unknown_recipient_is_refused(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
     with_users(&store, &["alice"]).await;
     let r = store
         .append_message("alice", DeviceId(1), id(1), "nobody", vec![1], 1)
         .await
         .unwrap();
     assert_eq!(r, AppendOutcome::UnknownRecipient);
+    // Once the name registers, and again when it links a second device, appends follow.
+    with_users(&store, &["nobody"]).await;
+    let r = store
+        .append_message("alice", DeviceId(1), id(2), "nobody", vec![1], 1)
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, AppendOutcome::Stored { devices: 1, .. }),
+        "{r:?}"
+    );
+    assert!(store
+        .add_device("nobody", DeviceId(0), [2; 32])
+        .await
+        .unwrap());
+    let r = store
+        .append_message("alice", DeviceId(1), id(3), "nobody", vec![1], 1)
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, AppendOutcome::Stored { devices: 2, .. }),
+        "{r:?}"
+    );
+    assert_eq!(
+        store
+            .mailbox_depth(&MailboxId::new("nobody", DeviceId(0)))
+            .unwrap(),
+        1
+    );
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn dedup_and_seq_survive_reopen() {
+async fn dedup_and_seq_survive_reopen(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let bob = MailboxId::new("bob", DeviceId(1));
     {
-        let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+        let store = Store::open(dir.path(), config(engine), None).unwrap();
         with_users(&store, &["alice", "bob"]).await;
         for n in 0..3 {
             store
@@ -128,7 +197,7 @@ async fn dedup_and_seq_survive_reopen() {
             .unwrap();
         store.shutdown().await;
     }
-    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
     let r = store
         .append_message("alice", DeviceId(1), id(1), "bob", vec![1], 20)
         .await
@@ -148,10 +217,9 @@ async fn dedup_and_seq_survive_reopen() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn every_device_of_the_recipient_gets_a_copy() {
+async fn every_device_of_the_recipient_gets_a_copy(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
     with_users(&store, &["alice", "bob"]).await;
     assert!(store.add_device("bob", DeviceId(2), [9; 32]).await.unwrap());
     assert!(!store.add_device("bob", DeviceId(2), [9; 32]).await.unwrap());
@@ -187,10 +255,9 @@ async fn every_device_of_the_recipient_gets_a_copy() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn registration_names_and_invites() {
+async fn registration_names_and_invites(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
     with_users(&store, &["alice"]).await;
     let again = store
         .register("alice", DeviceId(1), [2; 32], None, false, 2)
@@ -232,12 +299,11 @@ async fn registration_names_and_invites() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn expiry_sweep_removes_only_old_items_and_dedup_keys() {
+async fn expiry_sweep_removes_only_old_items_and_dedup_keys(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let config = StoreConfig {
         retention: Duration::from_millis(1000),
-        ..StoreConfig::default()
+        ..config(engine)
     };
     let store = Store::open(dir.path(), config, None).unwrap();
     with_users(&store, &["alice", "bob", "carol"]).await;
@@ -273,10 +339,9 @@ async fn expiry_sweep_removes_only_old_items_and_dedup_keys() {
     store.shutdown().await;
 }
 
-#[tokio::test]
-async fn concurrent_writers_are_group_committed() {
+async fn concurrent_writers_are_group_committed(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default(), None).unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
     with_users(&store, &["alice", "bob"]).await;
     let mut tasks = Vec::new();
     for w in 0..32u64 {
@@ -310,5 +375,90 @@ async fn concurrent_writers_are_group_committed() {
         "32 concurrent writers never shared a commit (mean batch {})",
         stats.mean_batch()
     );
+    store.shutdown().await;
+}
+
+async fn a_store_refuses_the_other_engine(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    with_users(&store, &["alice"]).await;
+    store.shutdown().await;
+    drop(store);
+    for other in Engine::ALL.into_iter().filter(|e| *e != engine) {
+        let err = Store::open(dir.path(), config(other), None).unwrap_err();
+        assert!(
+            matches!(err, StorageError::EngineMismatch { found, wanted, .. } if found == engine && wanted == other),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(engine.name()) && msg.contains(other.name()),
+            "{msg}"
+        );
+    }
+    // The refusal changed nothing: the store still opens with its own engine.
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    assert_eq!(store.user_count().unwrap(), 1);
+    assert_eq!(store.engine(), engine);
+    store.shutdown().await;
+}
+
+async fn acked_items_stay_deleted_across_reopen(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let bob = MailboxId::new("bob", DeviceId(1));
+    // A 1 MiB memtable makes fjall seal and flush several times during the run, so reads and
+    // deletes cross memtables and tables.
+    let small = StoreConfig {
+        memtable_bytes: 1024 * 1024,
+        ..config(engine)
+    };
+    {
+        let store = Store::open(dir.path(), small.clone(), None).unwrap();
+        with_users(&store, &["alice", "bob"]).await;
+        let mut tasks = Vec::new();
+        for w in 0..16u64 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..250u64 {
+                    let r = s
+                        .append_message(
+                            "alice",
+                            DeviceId(1),
+                            id(w * 1000 + n),
+                            "bob",
+                            vec![w as u8; 1000],
+                            1,
+                        )
+                        .await
+                        .unwrap();
+                    assert!(matches!(r, AppendOutcome::Stored { .. }));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(store.mailbox_depth(&bob).unwrap(), 4000);
+        let out = store.ack(bob.clone(), ServerSeq(2500), 2).await.unwrap();
+        assert_eq!(out.deleted, 2500);
+        store.shutdown().await;
+    }
+    let store = Store::open(dir.path(), small, None).unwrap();
+    let items = store.read_mailbox(&bob, ServerSeq(0), usize::MAX).unwrap();
+    let seqs: Vec<u64> = items.iter().map(|(s, _)| s.0).collect();
+    assert_eq!(seqs, (2501..=4000).collect::<Vec<_>>());
+    assert_eq!(
+        store.total_queued().unwrap(),
+        1500 + 2500,
+        "plus alice's receipts"
+    );
+    // Every message id is still remembered, acked or not.
+    for w in [0u64, 15] {
+        let r = store
+            .append_message("alice", DeviceId(1), id(w * 1000 + 3), "bob", vec![1], 3)
+            .await
+            .unwrap();
+        assert_eq!(r, AppendOutcome::Duplicate { server_ts_ms: 1 });
+    }
     store.shutdown().await;
 }

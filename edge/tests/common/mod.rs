@@ -14,8 +14,10 @@ pub struct Edge {
     pub quic: SocketAddr,
     pub tcp: Option<SocketAddr>,
     pub cert: PathBuf,
+    pub metrics: Option<SocketAddr>,
     pub data_dir: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 pub fn edge_bin() -> &'static str {
@@ -25,19 +27,32 @@ pub fn edge_bin() -> &'static str {
 impl Edge {
     /// Starts an edge on `127.0.0.1:0` (UDP and TCP on the same free port) with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Like [`Edge::start`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut args: Vec<String> = vec![
             "--data-dir".into(),
             data_dir.display().to_string(),
             "--listen".into(),
             "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(data_dir, args)
+        let envs = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::spawn(data_dir, args, envs)
     }
 
-    fn spawn(data_dir: &Path, args: Vec<String>) -> Self {
+    fn spawn(data_dir: &Path, args: Vec<String>, envs: Vec<(String, String)>) -> Self {
+        std::fs::create_dir_all(data_dir).unwrap();
         let mut child = Command::new(edge_bin())
             .args(&args)
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -84,14 +99,17 @@ impl Edge {
         };
         let quic: SocketAddr = field("quic").parse().unwrap();
         let tcp = field("tcp").parse().ok();
+        let metrics = field("metrics").parse().ok();
         let cert = PathBuf::from(field("cert"));
         Self {
             child,
             quic,
             tcp,
             cert,
+            metrics,
             data_dir: data_dir.to_owned(),
             args,
+            envs,
         }
     }
 
@@ -119,7 +137,14 @@ impl Edge {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "edge did not exit after SIGTERM");
+            if Instant::now() >= deadline {
+                let logs = self.logs();
+                let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+                panic!(
+                    "edge did not exit after SIGTERM; last log lines (newest first):\n{}",
+                    tail.join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -134,9 +159,37 @@ impl Edge {
             args.push("--tcp-listen".into());
             args.push(tcp.to_string());
         }
-        let fresh = Self::spawn(&self.data_dir, args);
+        let fresh = Self::spawn(&self.data_dir, args, self.envs.clone());
         let old = std::mem::replace(self, fresh);
         drop(old);
+    }
+
+    /// Sends a signal by name (e.g. "HUP").
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// `GET path` on the operations endpoint: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.metrics.expect("metrics endpoint enabled");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        (status, body)
     }
 
     /// Everything the edge logged so far (stderr), across restarts.

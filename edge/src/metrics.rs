@@ -1,0 +1,338 @@
+//! Counters kept by the edge's components, rendered in Prometheus text format on `/metrics`.
+//!
+//! Everything here is a relaxed atomic bumped on the hot path; rendering reads them once.
+
+use crate::connection::Transport;
+use missive_proto::{ErrorCode, Frame};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+const KINDS: usize = 256;
+const CODES: usize = 64;
+
+use missive_storage::FLUSH_BUCKETS_US;
+
+/// Edge-wide counters.
+#[derive(Debug)]
+pub struct Metrics {
+    open: [AtomicI64; 2],
+    accepted: [AtomicU64; 2],
+    frames_in: Vec<AtomicU64>,
+    frames_out: Vec<AtomicU64>,
+    errors: Vec<AtomicU64>,
+    /// Deliver frames carrying messages or receipts, sent to clients.
+    pub deliveries: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            open: Default::default(),
+            accepted: Default::default(),
+            frames_in: (0..KINDS).map(|_| AtomicU64::new(0)).collect(),
+            frames_out: (0..KINDS).map(|_| AtomicU64::new(0)).collect(),
+            errors: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
+            deliveries: AtomicU64::new(0),
+        }
+    }
+}
+
+fn t(transport: Transport) -> usize {
+    match transport {
+        Transport::Quic => 0,
+        Transport::Tcp => 1,
+    }
+}
+
+impl Metrics {
+    /// A connection was accepted (after its handshake).
+    pub fn connection_opened(&self, transport: Transport) {
+        self.open[t(transport)].fetch_add(1, Ordering::Relaxed);
+        self.accepted[t(transport)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection ended.
+    pub fn connection_closed(&self, transport: Transport) {
+        self.open[t(transport)].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now on `transport`.
+    pub fn open_connections(&self, transport: Transport) -> i64 {
+        self.open[t(transport)].load(Ordering::Relaxed)
+    }
+
+    /// A frame arrived from a client.
+    pub fn frame_in(&self, frame: &Frame) {
+        self.frames_in[frame.kind() as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A frame was queued to a client.
+    pub fn frame_out(&self, frame: &Frame) {
+        self.frames_out[frame.kind() as usize].fetch_add(1, Ordering::Relaxed);
+        match frame {
+            Frame::Deliver(_) => {
+                self.deliveries.fetch_add(1, Ordering::Relaxed);
+            }
+            Frame::Error(e) => self.error(e.code),
+            Frame::Rejected(r) => self.error(r.code),
+            _ => {}
+        }
+    }
+
+    fn error(&self, code: u16) {
+        if let Some(c) = self.errors.get(code as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Figures owned by other components, sampled when `/metrics` is rendered.
+#[derive(Debug, Default)]
+pub struct Sampled {
+    /// Group commits done.
+    pub commits: u64,
+    /// Operations in those commits.
+    pub commit_ops: u64,
+    /// Largest batch.
+    pub max_batch: u64,
+    /// Microseconds spent in flush + fsync, total.
+    pub flush_micros_total: u64,
+    /// Flush latency histogram counts, per `FLUSH_BUCKETS_US` bound (non-cumulative), plus
+    /// overflow as the last element.
+    pub flush_buckets: Vec<u64>,
+    /// Mailbox items appended (messages per device and receipts).
+    pub items_appended: u64,
+    /// Mailbox items deleted (acks and expiry).
+    pub items_deleted: u64,
+    /// Items queued in all mailboxes (from the start-up scan plus changes since), if known.
+    pub mailbox_items: Option<i64>,
+    /// Live sessions (logged in).
+    pub sessions: usize,
+    /// Push wake-ups accepted / failed / dropped / coalesced.
+    pub push: [u64; 4],
+    /// Whether the edge is draining.
+    pub draining: bool,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self, s: &Sampled) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let add = |out: &mut String, name: &str, kind: &str, help: &str, body: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            out.push_str(&body);
+        };
+        let mut body = String::new();
+        for (i, name) in ["quic", "tcp"].iter().enumerate() {
+            let _ = writeln!(
+                body,
+                "missive_connections_open{{transport=\"{name}\"}} {}",
+                self.open[i].load(Ordering::Relaxed)
+            );
+        }
+        add(
+            &mut out,
+            "missive_connections_open",
+            "gauge",
+            "Connections open now, by transport.",
+            body,
+        );
+        let mut body = String::new();
+        for (i, name) in ["quic", "tcp"].iter().enumerate() {
+            let _ = writeln!(
+                body,
+                "missive_connections_accepted_total{{transport=\"{name}\"}} {}",
+                self.accepted[i].load(Ordering::Relaxed)
+            );
+        }
+        add(
+            &mut out,
+            "missive_connections_accepted_total",
+            "counter",
+            "Connections accepted, by transport.",
+            body,
+        );
+        add(
+            &mut out,
+            "missive_sessions",
+            "gauge",
+            "Logged-in device sessions.",
+            format!("missive_sessions {}\n", s.sessions),
+        );
+        for (name, help, table) in [
+            (
+                "missive_frames_in_total",
+                "Frames received from clients, by type.",
+                &self.frames_in,
+            ),
+            (
+                "missive_frames_out_total",
+                "Frames sent to clients, by type.",
+                &self.frames_out,
+            ),
+        ] {
+            let mut body = String::new();
+            for (kind, c) in table.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if let (Some(ty), true) = (Frame::kind_name(kind as u8), v > 0) {
+                    let _ = writeln!(body, "{name}{{type=\"{ty}\"}} {v}");
+                }
+            }
+            add(&mut out, name, "counter", help, body);
+        }
+        let mut body = String::new();
+        for (code, c) in self.errors.iter().enumerate() {
+            let v = c.load(Ordering::Relaxed);
+            if let (Some(ec), true) = (ErrorCode::from_u16(code as u16), v > 0) {
+                let _ = writeln!(body, "missive_errors_total{{code=\"{}\"}} {v}", ec.name());
+            }
+        }
+        add(
+            &mut out,
+            "missive_errors_total",
+            "counter",
+            "Error and Rejected frames sent, by code.",
+            body,
+        );
+        add(
+            &mut out,
+            "missive_messages_stored_total",
+            "counter",
+            "Mailbox items durably appended (one per recipient device, receipts included).",
+            format!("missive_messages_stored_total {}\n", s.items_appended),
+        );
+        add(
+            &mut out,
+            "missive_messages_delivered_total",
+            "counter",
+            "Deliver frames sent to clients.",
+            format!(
+                "missive_messages_delivered_total {}\n",
+                self.deliveries.load(Ordering::Relaxed)
+            ),
+        );
+        add(
+            &mut out,
+            "missive_messages_deleted_total",
+            "counter",
+            "Mailbox items deleted by acknowledgement or expiry.",
+            format!("missive_messages_deleted_total {}\n", s.items_deleted),
+        );
+        if let Some(depth) = s.mailbox_items {
+            add(
+                &mut out,
+                "missive_mailbox_items",
+                "gauge",
+                "Items waiting in all mailboxes.",
+                format!("missive_mailbox_items {depth}\n"),
+            );
+        }
+        add(
+            &mut out,
+            "missive_group_commit_ops_total",
+            "counter",
+            "Operations made durable by group commits (ops / commits = mean batch size).",
+            format!("missive_group_commit_ops_total {}\n", s.commit_ops),
+        );
+        add(
+            &mut out,
+            "missive_group_commit_batch_max",
+            "gauge",
+            "Largest group-commit batch so far.",
+            format!("missive_group_commit_batch_max {}\n", s.max_batch),
+        );
+        let mut body = String::new();
+        let mut cumulative = 0u64;
+        for (i, bound) in FLUSH_BUCKETS_US.iter().enumerate() {
+            cumulative += s.flush_buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                body,
+                "missive_group_commit_flush_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            body,
+            "missive_group_commit_flush_seconds_bucket{{le=\"+Inf\"}} {}",
+            s.commits
+        );
+        let _ = writeln!(
+            body,
+            "missive_group_commit_flush_seconds_sum {}\nmissive_group_commit_flush_seconds_count {}",
+            s.flush_micros_total as f64 / 1e6,
+            s.commits
+        );
+        add(
+            &mut out,
+            "missive_group_commit_flush_seconds",
+            "histogram",
+            "Time of one group commit's flush + fsync.",
+            body,
+        );
+        let mut body = String::new();
+        for (i, outcome) in ["delivered", "failed", "dropped", "coalesced"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                body,
+                "missive_push_wakeups_total{{outcome=\"{outcome}\"}} {}",
+                s.push[i]
+            );
+        }
+        add(
+            &mut out,
+            "missive_push_wakeups_total",
+            "counter",
+            "Push wake-ups, by outcome.",
+            body,
+        );
+        add(
+            &mut out,
+            "missive_draining",
+            "gauge",
+            "1 while the edge is shutting down.",
+            format!("missive_draining {}\n", u8::from(s.draining)),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use missive_proto::{Error, Ping};
+
+    #[test]
+    fn renders_counters_by_label() {
+        let m = Metrics::default();
+        m.connection_opened(Transport::Quic);
+        m.connection_opened(Transport::Tcp);
+        m.connection_closed(Transport::Tcp);
+        m.frame_in(&Ping { nonce: 1 }.into());
+        m.frame_out(&Error::new(ErrorCode::RateLimited, "x").into());
+        let text = m.render(&Sampled {
+            commits: 3,
+            flush_buckets: vec![1, 2],
+            ..Sampled::default()
+        });
+        assert!(text.contains("missive_connections_open{transport=\"quic\"} 1\n"));
+        assert!(text.contains("missive_connections_open{transport=\"tcp\"} 0\n"));
+        assert!(text.contains("missive_frames_in_total{type=\"Ping\"} 1\n"));
+        assert!(text.contains("missive_errors_total{code=\"rate_limited\"} 1\n"));
+        assert!(text.contains("missive_group_commit_flush_seconds_bucket{le=\"0.00025\"} 3\n"));
+        assert!(text.contains("missive_group_commit_flush_seconds_count 3\n"));
+        // Every sample line belongs to a declared metric.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "undeclared {name}"
+            );
+        }
+    }
+}

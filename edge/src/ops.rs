@@ -1,0 +1,92 @@
+//! What the operations endpoint reports: metrics sampled from every component, liveness
+//! and readiness.
+
+use crate::http::OpsState;
+use crate::shared::Shared;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The edge's answer to `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug)]
+pub struct EdgeOps {
+    shared: Arc<Shared>,
+    ready: AtomicBool,
+    /// Items queued at the start-up scan (−1 until the scan finished).
+    depth_at_scan: AtomicI64,
+    appended_at_scan: AtomicU64,
+    deleted_at_scan: AtomicU64,
+}
+
+impl EdgeOps {
+    /// Not ready until [`EdgeOps::set_ready`].
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            ready: AtomicBool::new(false),
+            depth_at_scan: AtomicI64::new(-1),
+            appended_at_scan: AtomicU64::new(0),
+            deleted_at_scan: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks the edge ready (listeners bound, storage open) or not (draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Counts queued items once in the background, so the mailbox-depth gauge can follow
+    /// appends and deletes from there without slowing start-up.
+    pub fn start_depth_scan(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let stats = me.shared.store.stats();
+            let a = stats.items_appended.load(Ordering::Relaxed);
+            let d = stats.items_deleted.load(Ordering::Relaxed);
+            if let Ok(n) = me.shared.store.total_queued() {
+                me.appended_at_scan.store(a, Ordering::Relaxed);
+                me.deleted_at_scan.store(d, Ordering::Relaxed);
+                me.depth_at_scan.store(n as i64, Ordering::Release);
+            }
+        });
+    }
+}
+
+impl OpsState for EdgeOps {
+    fn metrics(&self) -> String {
+        let stats = self.shared.store.stats();
+        let appended = stats.items_appended.load(Ordering::Relaxed);
+        let deleted = stats.items_deleted.load(Ordering::Relaxed);
+        let base = self.depth_at_scan.load(Ordering::Acquire);
+        let push = &self.shared.notifier.stats;
+        let sampled = crate::metrics::Sampled {
+            commits: stats.commits.load(Ordering::Relaxed),
+            commit_ops: stats.ops.load(Ordering::Relaxed),
+            max_batch: stats.max_batch_seen.load(Ordering::Relaxed),
+            flush_micros_total: stats.flush_micros_total.load(Ordering::Relaxed),
+            flush_buckets: stats.flush_histogram(),
+            items_appended: appended,
+            items_deleted: deleted,
+            mailbox_items: (base >= 0).then(|| {
+                base + (appended - self.appended_at_scan.load(Ordering::Relaxed)) as i64
+                    - (deleted - self.deleted_at_scan.load(Ordering::Relaxed)) as i64
+            }),
+            sessions: self.shared.registry.session_count(),
+            push: [
+                push.delivered.load(Ordering::Relaxed),
+                push.failed.load(Ordering::Relaxed),
+                push.dropped.load(Ordering::Relaxed),
+                push.coalesced.load(Ordering::Relaxed),
+            ],
+            draining: !self.ready.load(Ordering::Acquire),
+        };
+        self.shared.metrics.render(&sampled)
+    }
+
+    fn healthy(&self) -> bool {
+        self.shared.store.is_healthy()
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.healthy()
+    }
+}

@@ -1,0 +1,157 @@
+//! The embedded database engines under the store, behind one small internal interface.
+//!
+//! The committer and the read paths only need an ordered byte-key map: point reads, ordered
+//! range and prefix scans, an atomic batch of puts and removes, and "make everything applied so
+//! far durable" (flush + fsync). [`KvEngine`] is exactly that; `sled.rs` and `fjall.rs` are its
+//! two implementations. No engine type leaves this module.
+
+mod fjall;
+mod sled;
+
+use crate::StorageError;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Which embedded engine holds a store. Both keep the same keys (see `keys.rs`) and give the
+/// same guarantees; they differ in speed, disk and memory use (see the README's benchmarks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Engine {
+    /// sled 0.34: a B+tree over a log-structured page store. The default.
+    #[default]
+    Sled,
+    /// fjall 3.1: an LSM tree with a write-ahead journal.
+    Fjall,
+}
+
+impl Engine {
+    /// Every engine, for tools and tests that cover them all.
+    pub const ALL: [Self; 2] = [Self::Sled, Self::Fjall];
+
+    /// The engine's name as written in configuration (`"sled"`, `"fjall"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sled => "sled",
+            Self::Fjall => "fjall",
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown storage engine {s:?} (expected \"sled\" or \"fjall\")"))
+    }
+}
+
+/// Engine tuning, taken from [`crate::StoreConfig`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// Page (sled) or block (fjall) cache, bytes.
+    pub(crate) cache_bytes: u64,
+    /// fjall: the active memtable is sealed and flushed to a table once it holds this much.
+    pub(crate) memtable_bytes: u64,
+}
+
+/// A key and its value, copied out of the engine.
+pub(crate) type Kv = (Vec<u8>, Vec<u8>);
+
+/// An ordered scan. Errors are per item, as the engines report them.
+pub(crate) type KvIter<'a> = Box<dyn Iterator<Item = Result<Kv, StorageError>> + 'a>;
+
+/// Puts and removes that an engine applies atomically, in order.
+#[derive(Debug, Default)]
+pub(crate) struct WriteBatch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    /// Sets `key` to `value`.
+    pub(crate) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    /// Removes `key` (a no-op when absent).
+    pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
+    }
+
+    /// Number of puts and removes.
+    pub(crate) fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when there is nothing to write.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The operations, in the order they were added.
+    pub(crate) fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.ops
+    }
+}
+
+/// What the store needs from an embedded ordered key-value engine.
+///
+/// Only the committer thread calls `apply`, `sync` and `close`; reads may come from any
+/// thread at any time.
+pub(crate) trait KvEngine: Send + Sync {
+    /// The value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Every entry with a key between `start` and `end`, in key order.
+    fn range(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>) -> KvIter<'_>;
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn prefix(&self, prefix: &[u8]) -> KvIter<'_>;
+
+    /// Applies `batch` atomically: after a crash either all of it or none of it is there.
+    /// Not yet durable: see [`KvEngine::sync`].
+    fn apply(&self, batch: WriteBatch) -> Result<(), StorageError>;
+
+    /// Makes every applied batch durable (flushed and fsync'd) before returning.
+    fn sync(&self) -> Result<(), StorageError>;
+
+    /// Bytes the engine's files occupy on disk.
+    fn size_on_disk(&self) -> Result<u64, StorageError>;
+
+    /// Clean shutdown: makes everything durable and leaves the files so that the next open
+    /// is fast (fjall: flushes the memtable so the journal need not be replayed).
+    fn close(&self) -> Result<(), StorageError>;
+}
+
+/// Opens (or creates) the `engine` database in `path`, which is that engine's own directory.
+pub(crate) fn open(
+    engine: Engine,
+    path: &Path,
+    tuning: Tuning,
+) -> Result<Arc<dyn KvEngine>, StorageError> {
+    Ok(match engine {
+        Engine::Sled => Arc::new(sled::SledEngine::open(path, tuning)?),
+        Engine::Fjall => Arc::new(fjall::FjallEngine::open(path, tuning)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_names_round_trip() {
+        for e in Engine::ALL {
+            assert_eq!(e.name().parse::<Engine>(), Ok(e));
+        }
+        assert!("rocksdb".parse::<Engine>().unwrap_err().contains("rocksdb"));
+    }
+}
