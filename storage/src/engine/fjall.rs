@@ -51,7 +51,7 @@ impl FjallEngine {
             .map_err(db_err)?;
         let items = db
             .keyspace(KEYSPACE, || {
-                KeyspaceCreateOptions::default().max_memtable_size(if std::env::var("SYNCROT").is_ok() { 1 << 30 } else { tuning.memtable_bytes })
+                KeyspaceCreateOptions::default().max_memtable_size(tuning.memtable_bytes)
             })
             .map_err(db_err)?;
         Ok(Self {
@@ -64,7 +64,7 @@ impl FjallEngine {
     /// The backstop for stores whose keyspace was created with a larger memtable than is
     /// configured now (fjall's own limit, checked on every batch, acts first otherwise).
     fn enforce_memtable_limit(&self) -> Result<(), StorageError> {
-        let limit = if std::env::var("SYNCROT").is_ok() { self.memtable_bytes } else { self.memtable_bytes.saturating_add(self.memtable_bytes / 2) };
+        let limit = self.memtable_bytes.saturating_add(self.memtable_bytes / 2);
         // With no sealed memtable waiting, the write buffer is the active memtable.
         if self.items.sealed_memtable_count() == 0 && self.db.write_buffer_size() >= limit {
             self.items.rotate_memtable().map_err(db_err)?;
@@ -106,20 +106,13 @@ impl KvEngine for FjallEngine {
                 None => b.remove(&self.items, k),
             }
         }
-        let t = Instant::now();
         b.commit().map_err(db_err)?;
-        let c = t.elapsed();
-        let r = self.enforce_memtable_limit();
-        if t.elapsed().as_millis() > 20 { eprintln!("SLOW apply commit={:?} total={:?}", c, t.elapsed()); }
-        r
+        self.enforce_memtable_limit()
     }
 
     fn sync(&self) -> Result<(), StorageError> {
         // The journal only grows by appends; fdatasync also persists the new file length.
-        let t = Instant::now();
-        let r = self.db.persist(PersistMode::SyncData).map_err(db_err);
-        if t.elapsed().as_millis() > 20 { eprintln!("SLOW sync {:?}", t.elapsed()); }
-        r
+        self.db.persist(PersistMode::SyncData).map_err(db_err)
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {
