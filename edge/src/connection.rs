@@ -125,7 +125,8 @@ impl Driver {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut decoder = FrameDecoder::new(self.session.max_frame() as usize);
-        let mut buf = vec![0u8; 16 * 1024];
+        // Small on purpose: it exists once per connection, and most connections are idle.
+        let mut buf = vec![0u8; 4 * 1024];
         let mut draining = *shutdown.borrow();
         if draining {
             self.session.handle_goaway(1000);
@@ -384,9 +385,13 @@ impl Driver {
 /// Writes queued frames, coalescing whatever is waiting into one write and one flush (one
 /// TLS record / fewer QUIC packets). Shuts the write half down when the queue closes.
 async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(64 * 1024);
+    // Grows with the traffic it sees; idle connections keep it empty.
+    let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.clear();
+        if batch.capacity() > 256 * 1024 {
+            batch.shrink_to(64 * 1024);
+        }
         batch.extend_from_slice(&first);
         while batch.len() < 256 * 1024 {
             match rx.try_recv() {

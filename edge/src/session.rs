@@ -174,7 +174,9 @@ pub struct Session {
     tokens: f64,
     tokens_at: Instant,
     sends_in_flight: usize,
-    acks_in_flight: usize,
+    /// An `Action::Ack` is being applied; later acks wait and merge into `pending_ack`.
+    ack_in_flight: bool,
+    pending_ack: Option<ServerSeq>,
     /// Next mailbox seq to deliver (everything below was delivered on this connection).
     next_deliver: ServerSeq,
     /// Delivered, not yet acknowledged.
@@ -209,7 +211,8 @@ impl Session {
             tokens,
             tokens_at: now,
             sends_in_flight: 0,
-            acks_in_flight: 0,
+            ack_in_flight: false,
+            pending_ack: None,
             next_deliver: ServerSeq(0),
             unacked: VecDeque::new(),
             reading: false,
@@ -576,19 +579,28 @@ impl Session {
             return;
         }
         let up_to = ServerSeq(a.up_to.0.min(self.next_deliver.0 - 1));
-        let a = AckDelivery { up_to };
-        while self.unacked.front().is_some_and(|s| *s <= a.up_to) {
+        while self.unacked.front().is_some_and(|s| *s <= up_to) {
             self.unacked.pop_front();
         }
-        self.acks_in_flight += 1;
-        self.actions.push_back(Action::Ack { up_to: a.up_to });
+        // One ack commit at a time per session: acks arriving meanwhile merge into one
+        // (they are cumulative), so a fast reader costs one commit per batch, not per frame.
+        if self.ack_in_flight {
+            self.pending_ack = Some(self.pending_ack.map_or(up_to, |p| p.max(up_to)));
+        } else {
+            self.ack_in_flight = true;
+            self.actions.push_back(Action::Ack { up_to });
+        }
         self.pump();
     }
 
     /// Storage's answer to `Action::Ack`. A failed ack only means the items are delivered
     /// again on a later connection.
     pub fn handle_ack_result(&mut self) {
-        self.acks_in_flight = self.acks_in_flight.saturating_sub(1);
+        self.ack_in_flight = false;
+        if let Some(up_to) = self.pending_ack.take() {
+            self.ack_in_flight = true;
+            self.actions.push_back(Action::Ack { up_to });
+        }
         self.maybe_finish();
     }
 
@@ -679,7 +691,7 @@ impl Session {
     }
 
     fn maybe_finish(&mut self) {
-        if self.is_closed() || self.sends_in_flight > 0 || self.acks_in_flight > 0 {
+        if self.is_closed() || self.sends_in_flight > 0 || self.ack_in_flight {
             return;
         }
         if self.bye_requested {
@@ -1097,6 +1109,25 @@ mod tests {
         assert_eq!(delivered_seqs(&drain(&mut s)), vec![1, 2, 3]);
         // A stale push is ignored.
         s.handle_pushed(ServerSeq(2), item(2));
+        assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn acks_arriving_during_an_ack_commit_are_merged() {
+        let now = Instant::now();
+        let mut s = active(now);
+        s.handle_mailbox_read(4, Ok((1..=4).map(|n| (ServerSeq(n), item(n))).collect()));
+        drain(&mut s);
+        s.handle_frame(now, AckDelivery { up_to: ServerSeq(1) }.into());
+        assert_eq!(drain(&mut s)[0], Action::Ack { up_to: ServerSeq(1) });
+        s.handle_frame(now, AckDelivery { up_to: ServerSeq(2) }.into());
+        s.handle_frame(now, AckDelivery { up_to: ServerSeq(4) }.into());
+        assert!(!drain(&mut s)
+            .iter()
+            .any(|a| matches!(a, Action::Ack { .. })));
+        s.handle_ack_result();
+        assert_eq!(drain(&mut s), vec![Action::Ack { up_to: ServerSeq(4) }]);
+        s.handle_ack_result();
         assert!(drain(&mut s).is_empty());
     }
 
