@@ -37,6 +37,9 @@ struct Cli {
     /// The missive-edge binary for --spawn [default: next to missive-bench, then PATH].
     #[arg(long)]
     edge_bin: Option<PathBuf>,
+    /// Config file for the spawned edge (e.g. to pick `[storage] engine = "fjall"`).
+    #[arg(long)]
+    edge_config: Option<PathBuf>,
     /// A running edge to target.
     #[arg(long, requires = "ca")]
     server: Option<SocketAddr>,
@@ -61,6 +64,9 @@ struct Cli {
     /// Unacknowledged sends per sender.
     #[arg(long, default_value_t = 10)]
     window: usize,
+    /// `chat`/`crash`: only one client of each pair sends (the MQTT peers' workload shape).
+    #[arg(long)]
+    one_way: bool,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -105,7 +111,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<bool, String> {
     let mut spawned = if cli.spawn || cli.server.is_none() {
         let bin = find_edge_bin(cli.edge_bin.as_deref());
-        Some(SpawnedEdge::start(&bin, &[])?)
+        let extra: Vec<String> = match &cli.edge_config {
+            Some(c) => vec!["--config".into(), c.display().to_string()],
+            None => Vec::new(),
+        };
+        Some(SpawnedEdge::start(&bin, &extra)?)
     } else {
         None
     };
@@ -127,6 +137,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         rate: cli.rate,
         size: cli.size,
         window: cli.window,
+        one_way: cli.one_way,
     };
     let cpu_start = spawned.as_ref().map(|e| e.cpu_seconds());
     let tracker = std::sync::Arc::new(std::sync::Mutex::new(tracker::Tracker::default()));

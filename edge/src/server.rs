@@ -36,6 +36,8 @@ pub enum StartError {
         dir: String,
         /// Why.
         source: missive_storage::StorageError,
+        /// A likely cause, when the error does not say it itself.
+        hint: &'static str,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {what} {addr}: {source}")]
@@ -73,9 +75,16 @@ pub fn open_store(
         }
     });
     Store::open(&config.data_dir.join("db"), store_config, Some(listener)).map_err(|source| {
+        let hint = match source {
+            missive_storage::StorageError::Db(_) => {
+                " (is another missive-edge using this data dir?)"
+            }
+            _ => "",
+        };
         StartError::Storage {
             dir: config.data_dir.display().to_string(),
             source,
+            hint,
         }
     })
 }

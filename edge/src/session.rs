@@ -1118,15 +1118,43 @@ mod tests {
         let mut s = active(now);
         s.handle_mailbox_read(4, Ok((1..=4).map(|n| (ServerSeq(n), item(n))).collect()));
         drain(&mut s);
-        s.handle_frame(now, AckDelivery { up_to: ServerSeq(1) }.into());
-        assert_eq!(drain(&mut s)[0], Action::Ack { up_to: ServerSeq(1) });
-        s.handle_frame(now, AckDelivery { up_to: ServerSeq(2) }.into());
-        s.handle_frame(now, AckDelivery { up_to: ServerSeq(4) }.into());
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(1),
+            }
+            .into(),
+        );
+        assert_eq!(
+            drain(&mut s)[0],
+            Action::Ack {
+                up_to: ServerSeq(1)
+            }
+        );
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(2),
+            }
+            .into(),
+        );
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(4),
+            }
+            .into(),
+        );
         assert!(!drain(&mut s)
             .iter()
             .any(|a| matches!(a, Action::Ack { .. })));
         s.handle_ack_result();
-        assert_eq!(drain(&mut s), vec![Action::Ack { up_to: ServerSeq(4) }]);
+        assert_eq!(
+            drain(&mut s),
+            vec![Action::Ack {
+                up_to: ServerSeq(4)
+            }]
+        );
         s.handle_ack_result();
         assert!(drain(&mut s).is_empty());
     }

@@ -53,12 +53,16 @@ pub async fn run(
         senders_clients.push(client);
     }
 
-    // Senders: client i talks to i^1.
-    let per_sender = knobs.messages.div_ceil(n as u64);
+    // Senders: client i talks to i^1 (only even i when one-way).
+    let sending = if knobs.one_way { n / 2 } else { n };
+    let per_sender = knobs.messages.div_ceil(sending as u64);
     let deadline = knobs.seconds.map(|s| clock.0 + Duration::from_secs_f64(s));
-    let per_sender_rate = knobs.rate.map(|r| r / n as f64);
+    let per_sender_rate = knobs.rate.map(|r| r / sending as f64);
     let mut senders = Vec::new();
     for (i, client) in senders_clients.iter().enumerate() {
+        if knobs.one_way && i % 2 == 1 {
+            continue;
+        }
         let to = users[i ^ 1].name.clone();
         let (client, tracker) = (client.clone(), tracker.clone());
         let (window, size) = (knobs.window.max(1), knobs.size);
@@ -101,7 +105,7 @@ pub async fn run(
     }
 
     // Wait for the senders, crashing the edge midway if asked.
-    let total_planned = per_sender * n as u64;
+    let total_planned = per_sender * sending as u64;
     let mut crashed = !crash_midway;
     let mut extra = BTreeMap::new();
     let all_sent = futures_join(senders);

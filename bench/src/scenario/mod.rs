@@ -26,6 +26,8 @@ pub struct Knobs {
     pub size: usize,
     /// Unacknowledged sends per sender.
     pub window: usize,
+    /// `chat`: only the first client of each pair sends (the MQTT peers' shape) instead of both.
+    pub one_way: bool,
 }
 
 /// What a scenario measured.

@@ -14,7 +14,8 @@
 //! [`KvEngine::close`] therefore seals the memtable and waits for fjall to flush it to a
 //! table, so a clean reopen inserts nothing; fjall still reads the active journal (it starts a
 //! new one only past 64 MB), skipping what is already in tables, which bounds a clean reopen to
-//! well under a second. After a crash, at most `memtable_bytes` of writes are replayed.
+//! well under a second. After a crash, about one memtable (`memtable_bytes`) of writes is
+//! replayed.
 
 use super::{KvEngine, KvIter, Tuning, WriteBatch};
 use crate::StorageError;
