@@ -25,6 +25,8 @@ RUNS=${RUNS:-1}
 OUT=${OUT:-$(mktemp -d /tmp/missive-compare.XXXXXX)}
 ENGINE=${ENGINE:-fjall}                # storage engine of the spawned edge: fjall or sled
 
+TABLE_ONLY=${TABLE_ONLY:-0}           # 1: only print the table of an earlier run's OUT=DIR
+if [ "$TABLE_ONLY" != 1 ]; then
 [ -x "$PEERS/mqtt-baseline.sh" ] || { echo "peers scripts not found at $PEERS (set PEERS=)" >&2; exit 2; }
 (cd "$ROOT" && cargo build --release -q -p missive-edge -p missive-bench)
 BENCH="$ROOT/target/release/missive-bench"
@@ -44,6 +46,7 @@ for run in $(seq "$RUNS"); do
   "$BENCH" offline --spawn --edge-config "$OUT/edge.toml" --clients "$clients" --messages $((PAIRS * MSGS)) \
     --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-offline-$run.json" >/dev/null
 done
+fi
 
 python3 - "$OUT" <<'PY'
 import json, glob, os, statistics as st, sys
@@ -85,7 +88,8 @@ for name, a, b, better in table:
     ratio = "–" if not a or not b else f"{a / b:.2f}"
     print(f"| {name} | {fa} | {fb} | {ratio} | {better} |")
 print()
-print(f"Missive storage engine: {open(os.path.join(out, 'edge.toml')).read().split('\"')[1]}.")
+engine = open(os.path.join(out, "edge.toml")).read().split('"')[1]
+print(f"Missive storage engine: {engine}.")
 print("Missive acknowledges a message only after it is fsync'd; mosquitto does not fsync per message.")
 print(f"Raw reports: {out}")
 PY

@@ -103,6 +103,7 @@ pub(crate) fn spawn(
     let committer = Committer {
         db,
         seqs: HashMap::new(),
+        acked_floor: HashMap::new(),
         devices: HashMap::new(),
         listener,
         stats,
@@ -135,6 +136,12 @@ struct Committer {
     db: Arc<dyn KvEngine>,
     /// Next seq per mailbox, loaded lazily from the `s` counters.
     seqs: HashMap<MailboxId, u64>,
+    /// Per mailbox, a seq at or below which every item is known deleted (by an earlier ack in
+    /// this process). Acks scan from just above it: in an LSM engine the deleted items stay
+    /// as tombstones until compaction, and scanning from seq 0 walked all of them on every
+    /// ack (a third of the edge's CPU at 4,000 msgs/s on fjall). Seqs only grow, so nothing
+    /// can appear below it later. Cleared with `seqs` when a commit fails.
+    acked_floor: HashMap<MailboxId, u64>,
     /// Devices per user as committed, loaded lazily, so that an append needs no prefix scan
     /// (the scan was a fifth of the committer's time on fjall). Only the committer adds
     /// devices, so it keeps this exact: see `commit`.
@@ -238,6 +245,7 @@ impl Committer {
                 tracing::error!(error = %e, "group commit failed");
                 // Seq counters may have advanced in memory for writes that never landed.
                 self.seqs.clear();
+                self.acked_floor.clear();
                 self.devices.clear();
                 for (reply, _) in answers {
                     let _ = reply.send(Err(StorageError::Db(e.to_string())));
@@ -458,7 +466,11 @@ impl Committer {
         up_to: ServerSeq,
         now_ms: u64,
     ) -> Result<AckOutcome, StorageError> {
-        let start = keys::mailbox_item(mb, ServerSeq(0));
+        let floor = self.acked_floor.get(mb).copied().unwrap_or(0);
+        if up_to.0 <= floor && floor > 0 {
+            return Ok(AckOutcome::default());
+        }
+        let start = keys::mailbox_item(mb, ServerSeq(floor.saturating_add(1).min(up_to.0)));
         let end = keys::mailbox_item(mb, up_to);
         let mut out = AckOutcome::default();
         let mut receipts = Vec::new();
@@ -478,6 +490,7 @@ impl Committer {
                 Err(e) => tracing::warn!(mailbox = %mb, error = %e, "acked a damaged item"),
             }
         }
+        self.acked_floor.insert(mb.clone(), floor.max(up_to.0));
         for (sender, client_msg_id) in receipts {
             for device in self.devices(pending, &sender)? {
                 let item = StoredItem {
