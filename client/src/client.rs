@@ -17,6 +17,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+/// Longest [`Client::close`] waits, whatever state the connection is in.
+const CLOSE_LIMIT: Duration = Duration::from_secs(6);
+
 /// Everything needed to connect as one device.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -202,7 +205,12 @@ impl Client {
         if self.cmd.send(Command::Close(reply)).is_err() {
             return Ok(());
         }
-        rx.await.unwrap_or(Ok(()))
+        // The driver bounds the Bye exchange itself; this outer bound keeps the promise even
+        // if the driver is stuck elsewhere (a transport that does not finish shutting down).
+        match tokio::time::timeout(CLOSE_LIMIT, rx).await {
+            Ok(r) => r.unwrap_or(Ok(())),
+            Err(_) => Err(ClientError::Timeout("closing the connection")),
+        }
     }
 
     fn command(&self, cmd: Command) -> Result<(), ClientError> {

@@ -83,11 +83,15 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let duration = clock.0.elapsed();
     let idle_count = idle.len();
-    for (c, _) in &idle {
-        let _ = c.close().await;
-    }
-    for c in &active_clients {
-        let _ = c.close().await;
+    // Close everything concurrently: a thousand sequential Bye round trips add nothing.
+    let closing: Vec<_> = idle
+        .iter()
+        .map(|(c, _)| c.clone())
+        .chain(active_clients.iter().cloned())
+        .map(|c| tokio::spawn(async move { c.close().await }))
+        .collect();
+    for t in closing {
+        let _ = t.await;
     }
     for t in tasks {
         t.abort();
