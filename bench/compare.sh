@@ -24,6 +24,7 @@ PACED_MSGS=${PACED_MSGS:-200}
 RUNS=${RUNS:-1}
 OUT=${OUT:-$(mktemp -d /tmp/missive-compare.XXXXXX)}
 ENGINE=${ENGINE:-fjall}                # storage engine of the spawned edge: fjall or sled
+mkdir -p "$OUT"
 
 TABLE_ONLY=${TABLE_ONLY:-0}           # 1: only print the table of an earlier run's OUT=DIR
 if [ "$TABLE_ONLY" != 1 ]; then
