@@ -41,11 +41,11 @@ echo "== missive (missive-bench, storage engine $ENGINE, RUNS=$RUNS)"
 clients=$((2 * PAIRS))
 for run in $(seq "$RUNS"); do
   "$BENCH" chat --spawn --edge-config "$OUT/edge.toml" --one-way --clients "$clients" --messages $((PAIRS * MSGS)) \
-    --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-sat-$run.json" >/dev/null
+    --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-sat-$run.json" > "$OUT/ours-sat-$run.txt" 2>&1
   "$BENCH" chat --spawn --edge-config "$OUT/edge.toml" --one-way --clients "$clients" --messages $((PAIRS * PACED_MSGS)) \
-    --rate $((PAIRS * RATE)) --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-paced-$run.json" >/dev/null
+    --rate $((PAIRS * RATE)) --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-paced-$run.json" > "$OUT/ours-paced-$run.txt" 2>&1
   "$BENCH" offline --spawn --edge-config "$OUT/edge.toml" --clients "$clients" --messages $((PAIRS * MSGS)) \
-    --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-offline-$run.json" >/dev/null
+    --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-offline-$run.json" > "$OUT/ours-offline-$run.txt" 2>&1
 done
 fi
 
