@@ -6,6 +6,7 @@
 pub mod edge_process;
 pub mod fleet;
 pub mod payload;
+pub mod remote;
 pub mod report;
 pub mod scenario;
 pub mod tracker;

@@ -43,6 +43,10 @@ struct Cli {
     /// A running edge to target.
     #[arg(long, requires = "ca")]
     server: Option<SocketAddr>,
+    /// With --server: the edge's operations address (its `metrics_listen`), to report its
+    /// CPU and peak RSS from `/metrics`.
+    #[arg(long, requires = "server")]
+    metrics: Option<SocketAddr>,
     /// PEM certificate of --server.
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -139,6 +143,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         window: cli.window,
         one_way: cli.one_way,
     };
+    let remote_start = cli.metrics.and_then(missive_bench::remote::sample);
     let cpu_start = spawned.as_ref().map(|e| e.cpu_seconds());
     let tracker = std::sync::Arc::new(std::sync::Mutex::new(tracker::Tracker::default()));
     let progress = spawn_progress(tracker.clone());
@@ -154,11 +159,17 @@ async fn run(cli: Cli) -> Result<bool, String> {
     };
     progress.abort();
     let run = result?;
-    let cpu = spawned
+    let mut cpu = spawned
         .as_ref()
         .zip(cpu_start)
         .map(|(e, start)| e.cpu_seconds() - start);
-    let rss = spawned.as_ref().map(|e| e.peak_rss());
+    let mut rss = spawned.as_ref().map(|e| e.peak_rss());
+    if let (Some(addr), Some(start)) = (cli.metrics, remote_start) {
+        if let Some(end) = missive_bench::remote::sample(addr) {
+            cpu = Some(end.cpu_seconds - start.cpu_seconds);
+            rss = Some(end.peak_rss_bytes);
+        }
+    }
     let name = format!("{:?}", cli.scenario).to_lowercase();
     let report = report::Report::new(&name, cli.clients, &run, cpu, rss);
     if std::io::stderr().is_terminal() {

@@ -79,7 +79,9 @@ impl OpsState for EdgeOps {
             ],
             draining: !self.ready.load(Ordering::Acquire),
         };
-        self.shared.metrics.render(&sampled)
+        let mut text = self.shared.metrics.render(&sampled);
+        text.push_str(&process_metrics());
+        text
     }
 
     fn healthy(&self) -> bool {
@@ -89,4 +91,46 @@ impl OpsState for EdgeOps {
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.healthy()
     }
+}
+
+/// The standard `process_*` metrics (CPU seconds, resident and peak memory, open fds), read
+/// from `/proc/self`, so a remote bench can report server CPU and RSS.
+fn process_metrics() -> String {
+    let mut out = String::new();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
+        let f: Vec<&str> = rest.split(' ').collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // USER_HZ is 100 on Linux.
+        let cpu = (ticks(11) + ticks(12)) / 100.0;
+        out.push_str(&format!(
+            "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n"
+        ));
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    if let Some(rss) = kib("VmRSS:") {
+        out.push_str(&format!(
+            "# HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+            rss * 1024
+        ));
+    }
+    if let Some(hwm) = kib("VmHWM:") {
+        out.push_str(&format!(
+            "# HELP process_resident_memory_max_bytes Peak resident memory.\n# TYPE process_resident_memory_max_bytes gauge\nprocess_resident_memory_max_bytes {}\n",
+            hwm * 1024
+        ));
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        out.push_str(&format!(
+            "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}\n",
+            fds.count()
+        ));
+    }
+    out
 }

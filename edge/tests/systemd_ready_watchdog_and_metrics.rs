@@ -66,6 +66,8 @@ async fn ready_only_after_listeners_accept_then_watchdog_and_stopping() {
         "missive_sessions 2",
         "missive_group_commit_flush_seconds_bucket{le=\"+Inf\"}",
         "missive_messages_stored_total",
+        "process_cpu_seconds_total",
+        "process_resident_memory_max_bytes",
     ] {
         assert!(body.contains(needle), "metrics lack {needle}:\n{body}");
     }
