@@ -3,15 +3,15 @@
 //! `crash_midway`, the spawned edge is SIGKILLed and restarted once half the messages are
 //! acknowledged; every acknowledged message must still arrive exactly once.
 
-use super::{lock, Knobs, Run, RunClock, Under};
+use super::{lock, send_stream, Knobs, Run, RunClock, Under, Until};
 use crate::fleet::{connect_all, register_users, run_prefix};
-use crate::payload::{self, Stamp};
+use crate::payload;
 use crate::tracker::Tracker;
-use missive_client::{Content, Event};
+use missive_client::Event;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 /// How long to wait for the last deliveries after the last send was acknowledged.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -64,44 +64,21 @@ pub async fn run(
             continue;
         }
         let to = users[i ^ 1].name.clone();
-        let (client, tracker) = (client.clone(), tracker.clone());
-        let (window, size) = (knobs.window.max(1), knobs.size);
-        senders.push(tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(window));
-            let mut inflight = Vec::new();
-            let mut seq = 0u64;
-            loop {
-                if deadline.map_or(seq >= per_sender, |d| Instant::now() >= d) {
-                    break;
-                }
-                if let Some(r) = per_sender_rate {
-                    let at = clock.0 + Duration::from_secs_f64(seq as f64 / r);
-                    tokio::time::sleep_until(at.into()).await;
-                }
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let stamp = Stamp {
-                    stream: i as u32,
-                    seq,
-                    sent_us: clock.now_us(),
-                };
-                lock(&tracker).on_sent();
-                // Queued now, in sequence order; awaited in its own task.
-                let ack = client.send(to.clone(), Content::Text(payload::encode(stamp, size)));
-                let tracker = tracker.clone();
-                inflight.push(tokio::spawn(async move {
-                    if ack.await.is_ok() {
-                        lock(&tracker).on_acked(stamp.stream, stamp.seq);
-                    }
-                    drop(permit);
-                }));
-                seq += 1;
-            }
-            for t in inflight {
-                let _ = t.await;
-            }
-        }));
+        let until = match deadline {
+            Some(d) => Until::Deadline(d),
+            None => Until::Count(per_sender),
+        };
+        senders.push(tokio::spawn(send_stream(
+            client.clone(),
+            to,
+            i as u32,
+            until,
+            per_sender_rate,
+            knobs.window,
+            knobs.size,
+            tracker.clone(),
+            clock,
+        )));
     }
 
     // Wait for the senders, crashing the edge midway if asked.

@@ -64,3 +64,68 @@ pub struct Under<'a> {
 pub fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// How long one sender keeps sending.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// This many messages.
+    Count(u64),
+    /// Until this instant.
+    Deadline(Instant),
+}
+
+/// One sender's stream: stamped messages to `to`, at most `window` unacknowledged, optionally
+/// paced at `rate` msgs/s. Each send is queued in sequence order; acks are recorded in the
+/// tracker as they come. Returns when every send was answered.
+#[allow(clippy::too_many_arguments)]
+pub async fn send_stream(
+    client: missive_client::Client,
+    to: String,
+    stream: u32,
+    until: Until,
+    rate: Option<f64>,
+    window: usize,
+    size: usize,
+    tracker: Arc<Mutex<Tracker>>,
+    clock: RunClock,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
+    let mut inflight = Vec::new();
+    let mut seq = 0u64;
+    loop {
+        let done = match until {
+            Until::Count(n) => seq >= n,
+            Until::Deadline(d) => Instant::now() >= d,
+        };
+        if done {
+            break;
+        }
+        if let Some(r) = rate {
+            let at = clock.0 + Duration::from_secs_f64(seq as f64 / r);
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let stamp = crate::payload::Stamp {
+            stream,
+            seq,
+            sent_us: clock.now_us(),
+        };
+        lock(&tracker).on_sent();
+        // Queued now, in sequence order; awaited in its own task.
+        let text = crate::payload::encode(stamp, size);
+        let ack = client.send(to.clone(), missive_client::Content::Text(text));
+        let tracker = tracker.clone();
+        inflight.push(tokio::spawn(async move {
+            if ack.await.is_ok() {
+                lock(&tracker).on_acked(stamp.stream, stamp.seq);
+            }
+            drop(permit);
+        }));
+        seq += 1;
+    }
+    for t in inflight {
+        let _ = t.await;
+    }
+}

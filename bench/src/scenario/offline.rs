@@ -2,15 +2,14 @@
 //! `window` unacknowledged); then the recipients connect and drain. Reports the accept rate
 //! while queueing and the catch-up (drain) rate.
 
-use super::{lock, Knobs, Run, RunClock, Under};
+use super::{lock, send_stream, Knobs, Run, RunClock, Under, Until};
 use crate::fleet::{connect_all, register_users, run_prefix};
-use crate::payload::{self, Stamp};
+use crate::payload;
 use crate::tracker::Tracker;
-use missive_client::{Content, Event};
+use missive_client::Event;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 
 /// Longest the drain may take before the remainder counts as lost.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -32,35 +31,17 @@ pub async fn run(
     let per_sender = knobs.messages.div_ceil(pairs as u64);
     let mut tasks = Vec::new();
     for (i, (client, _)) in sender_clients.iter().enumerate() {
-        let (client, tracker, to) = (client.clone(), tracker.clone(), recipients[i].name.clone());
-        let (window, size) = (knobs.window.max(1), knobs.size);
-        tasks.push(tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(window));
-            let mut inflight = Vec::new();
-            for seq in 0..per_sender {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let stamp = Stamp {
-                    stream: i as u32,
-                    seq,
-                    sent_us: clock.now_us(),
-                };
-                lock(&tracker).on_sent();
-                // Queued now, in sequence order; awaited in its own task.
-                let ack = client.send(to.clone(), Content::Text(payload::encode(stamp, size)));
-                let tracker = tracker.clone();
-                inflight.push(tokio::spawn(async move {
-                    if ack.await.is_ok() {
-                        lock(&tracker).on_acked(stamp.stream, stamp.seq);
-                    }
-                    drop(permit);
-                }));
-            }
-            for t in inflight {
-                let _ = t.await;
-            }
-        }));
+        tasks.push(tokio::spawn(send_stream(
+            client.clone(),
+            recipients[i].name.clone(),
+            i as u32,
+            Until::Count(per_sender),
+            None,
+            knobs.window,
+            knobs.size,
+            tracker.clone(),
+            clock,
+        )));
     }
     for t in tasks {
         let _ = t.await;
