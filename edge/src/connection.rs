@@ -165,7 +165,7 @@ impl Driver {
                     }
                 },
                 Some(ev) = self.events.recv() => match ev {
-                    SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, item),
+                    SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
                     SessionEvent::Forward(f) => self.write(&f),
                     SessionEvent::Replaced => self.session.handle_goaway(0),
                 },

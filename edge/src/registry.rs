@@ -13,13 +13,14 @@ use tokio::sync::mpsc;
 /// Items a session's live queue holds before overflowing to storage reads.
 pub const SESSION_QUEUE: usize = 1024;
 
-/// Something delivered to a session task from outside its connection.
+/// Something delivered to a session task from outside its connection. Payloads are boxed:
+/// the queue preallocates slots per connection, and most connections are idle.
 #[derive(Debug)]
 pub enum SessionEvent {
     /// A durable item for this device's mailbox.
-    Pushed(ServerSeq, StoredItem),
+    Pushed(ServerSeq, Box<StoredItem>),
     /// A frame to forward as is (presence, typing).
-    Forward(Frame),
+    Forward(Box<Frame>),
     /// The same device logged in on another connection: go away.
     Replaced,
 }
@@ -142,7 +143,7 @@ impl Registry {
     pub fn push(&self, mb: &MailboxId, seq: ServerSeq, item: &StoredItem) -> bool {
         match self.sessions.get(mb) {
             Some(h) => {
-                h.offer(SessionEvent::Pushed(seq, item.clone()));
+                h.offer(SessionEvent::Pushed(seq, Box::new(item.clone())));
                 true
             }
             None => false,
@@ -157,7 +158,7 @@ impl Registry {
         };
         for device in devices {
             if let Some(h) = self.sessions.get(&MailboxId::new(user, device)) {
-                h.offer(SessionEvent::Forward(frame.clone()));
+                h.offer(SessionEvent::Forward(Box::new(frame.clone())));
             }
         }
     }
@@ -184,7 +185,7 @@ impl Registry {
     pub fn notify_subscribers(&self, watched: &str, frame: &Frame) {
         if let Some(subs) = self.subscribers.get(watched) {
             for h in subs.iter() {
-                h.offer(SessionEvent::Forward(frame.clone()));
+                h.offer(SessionEvent::Forward(Box::new(frame.clone())));
             }
         }
     }

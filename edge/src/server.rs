@@ -203,6 +203,14 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     // One control stream per connection; media streams come with their own issue.
     transport.max_concurrent_bidi_streams(1u8.into());
     transport.max_concurrent_uni_streams(0u8.into());
+    // No QUIC datagrams yet (typing indicators ride the stream); without this quinn reserves a
+    // receive buffer budget per connection.
+    transport.datagram_receive_buffer_size(None);
+    // Bounded per-connection windows: a chat connection never needs quinn's multi-megabyte
+    // defaults, and they bound what one slow peer can make us buffer.
+    transport.stream_receive_window((256u32 * 1024).into());
+    transport.receive_window((512u32 * 1024).into());
+    transport.send_window(512 * 1024);
     let idle = config.idle_timeout() + Duration::from_secs(15);
     transport.max_idle_timeout(Some(
         idle.try_into()
