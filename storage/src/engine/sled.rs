@@ -23,14 +23,29 @@ pub(crate) struct SledEngine {
 
 impl SledEngine {
     pub(crate) fn open(path: &Path, tuning: Tuning) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
             .cache_capacity(tuning.cache_bytes)
             // We flush (and fsync) ourselves once per group commit; sled's timer flush would
             // only add contention.
-            .flush_every_ms(None)
-            .open()
-            .map_err(db_err)?;
+            .flush_every_ms(None);
+        // sled's file lock outlives a closed Db by a moment (its I/O threads drop their
+        // handles asynchronously), so reopening in the same process right after a shutdown can
+        // find it still held. Retry briefly; a lock held by another process stays an error.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports the flock failure as ErrorKind::Other with this text.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(db_err(e)),
+            }
+        };
         let db_file = std::fs::File::open(path.join("db"))?;
         Ok(Self { db, db_file })
     }
