@@ -150,6 +150,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let mut under = Under {
         target,
         spawned: spawned.as_mut(),
+        metrics: cli.metrics,
     };
     let result = match cli.scenario {
         Scenario::Chat => scenario::chat::run(&mut under, &knobs, tracker, false).await,

@@ -24,9 +24,12 @@ pub struct LatencyMs {
 pub struct ServerFigures {
     /// Peak RSS (VmHWM) in bytes; `None` when the edge is remote.
     pub rss_peak_bytes: Option<u64>,
-    /// CPU seconds (user + system) over the run; `None` when remote.
+    /// CPU seconds (user + system) over the whole run, registrations, logins and closes
+    /// included; `None` when the edge is not observable.
     pub cpu_seconds: Option<f64>,
-    /// Server CPU per delivered message, µs.
+    /// CPU seconds from the first send to the last delivery (see `Run::message_phase_cpu_s`).
+    pub message_phase_cpu_seconds: Option<f64>,
+    /// Server CPU per delivered message, µs: the message phase when measured, else the run.
     pub cpu_us_per_msg: Option<f64>,
 }
 
@@ -96,7 +99,10 @@ impl Report {
             server: ServerFigures {
                 rss_peak_bytes: rss_peak,
                 cpu_seconds,
-                cpu_us_per_msg: cpu_seconds
+                message_phase_cpu_seconds: run.message_phase_cpu_s,
+                cpu_us_per_msg: run
+                    .message_phase_cpu_s
+                    .or(cpu_seconds)
                     .filter(|_| t.delivered > 0)
                     .map(|c| c * 1e6 / t.delivered as f64),
             },
@@ -153,7 +159,10 @@ impl Report {
             ),
         ];
         if let Some(c) = self.server.cpu_seconds {
-            rows.push(("server CPU".into(), format!("{c:.2} s")));
+            rows.push(("server CPU (whole run)".into(), format!("{c:.2} s")));
+        }
+        if let Some(c) = self.server.message_phase_cpu_seconds {
+            rows.push(("server CPU (message phase)".into(), format!("{c:.2} s")));
         }
         if let Some(c) = self.server.cpu_us_per_msg {
             rows.push(("server CPU per message".into(), format!("{c:.1} µs")));

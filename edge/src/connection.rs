@@ -5,6 +5,7 @@
 use crate::registry::{OnlineChange, SessionEvent, SessionHandle};
 use crate::session::{Action, DeviceLookup, Session};
 use crate::shared::{now_ms, Shared};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use missive_proto::{
     encode, ClientMsgId, Frame, FrameDecoder, PresenceState, ServerSeq, TypingNotice, Visibility,
     EXPORTER_LEN,
@@ -20,8 +21,44 @@ use tracing::Instrument;
 
 /// How long the writer may take to flush the last frames when a connection closes.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+/// Above this, an emptied output buffer gives its memory back.
+const OUTBUF_KEEP: usize = 64 * 1024;
+
+/// The write half of a connection, whatever the transport.
+type Outbound = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// What one step of the writer did.
+enum WriteProgress {
+    /// This many bytes of the output buffer were taken by the transport.
+    Wrote(usize),
+    /// Everything taken was flushed to the transport.
+    Flushed,
+    /// The transport failed or was closed.
+    Failed,
+}
+
+/// One cancel-safe step of writing: takes what it can of `out`, or flushes when `out` is
+/// empty. `poll_write` either takes bytes or not at all, and `poll_flush` can be resumed, so
+/// dropping this future in a `select!` loses nothing.
+async fn write_step(writer: &mut Outbound, out: &[u8]) -> WriteProgress {
+    if out.is_empty() {
+        match writer.flush().await {
+            Ok(()) => WriteProgress::Flushed,
+            Err(_) => WriteProgress::Failed,
+        }
+    } else {
+        match writer.write(out).await {
+            Ok(0) | Err(_) => WriteProgress::Failed,
+            Ok(n) => WriteProgress::Wrote(n),
+        }
+    }
+}
 
 /// Results of storage work started for the session.
+///
+/// Their futures are polled by the connection's own task (no task spawned per message, no
+/// channel per connection): the storage call is enqueued when the action is executed, the
+/// future only waits for the commit.
 enum Completion {
     Registered(Option<RegisterOutcome>),
     Stored(ClientMsgId, Result<AppendOutcome, ()>),
@@ -48,19 +85,67 @@ impl Transport {
     }
 }
 
+/// Where a connection's inbound bytes come from.
+pub enum Inbound {
+    /// A QUIC stream: quinn lends out the bytes it already holds, so an idle connection keeps
+    /// no read buffer of ours.
+    Quic(quinn::RecvStream),
+    /// A byte stream (TLS over TCP), read through a small buffer.
+    Stream(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl Inbound {
+    /// The transport this input arrives on.
+    fn transport(&self) -> Transport {
+        match self {
+            Self::Quic(_) => Transport::Quic,
+            Self::Stream(_) => Transport::Tcp,
+        }
+    }
+}
+
+/// Reads the next bytes into `decoder`; false when the peer closed or the transport failed.
+/// Cancel-safe: nothing is lost when the future is dropped before it completes.
+async fn read_into(inbound: &mut Inbound, buf: &mut Vec<u8>, decoder: &mut FrameDecoder) -> bool {
+    match inbound {
+        Inbound::Quic(recv) => match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => {
+                decoder.feed(&chunk.bytes);
+                true
+            }
+            Ok(None) | Err(_) => false,
+        },
+        Inbound::Stream(reader) => {
+            if buf.is_empty() {
+                buf.resize(READ_CHUNK, 0);
+            }
+            match reader.read(buf).await {
+                Ok(0) | Err(_) => false,
+                Ok(n) => {
+                    decoder.feed(&buf[..n]);
+                    true
+                }
+            }
+        }
+    }
+}
+
+/// The most bytes taken from the transport per read.
+const READ_CHUNK: usize = 4 * 1024;
+
+/// A storage result on its way back to the session.
+type PendingCompletion = std::pin::Pin<Box<dyn std::future::Future<Output = Completion> + Send>>;
+
 /// Serves one connection until it closes. Returns after the last frame was handed to the
 /// transport (the writer has flushed and shut down its half).
-pub async fn serve<R, W>(
+pub async fn serve(
     shared: Arc<Shared>,
-    reader: R,
-    writer: W,
+    inbound: Inbound,
+    writer: Outbound,
     exporter: [u8; EXPORTER_LEN],
-    transport: Transport,
     shutdown: watch::Receiver<bool>,
-) where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
+) {
+    let transport = inbound.transport();
     let conn_id = shared.registry.next_conn_id();
     shared.metrics.connection_opened(transport);
     let metrics_shared = shared.clone();
@@ -72,7 +157,7 @@ pub async fn serve<R, W>(
         device = tracing::field::Empty
     );
     Driver::new(shared, conn_id, exporter, writer)
-        .run(reader, shutdown)
+        .run(inbound, shutdown)
         .instrument(span)
         .await;
     metrics_shared.metrics.connection_closed(transport);
@@ -84,49 +169,50 @@ struct Driver {
     handle: SessionHandle,
     events: mpsc::Receiver<SessionEvent>,
     overflowed: Arc<std::sync::atomic::AtomicBool>,
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    writer: tokio::task::JoinHandle<()>,
-    done_tx: mpsc::UnboundedSender<Completion>,
-    done_rx: mpsc::UnboundedReceiver<Completion>,
+    /// Encoded frames not yet taken by the transport: everything produced while the
+    /// transport was busy goes out in one write (one TLS record, fewer QUIC packets).
+    outbuf: Vec<u8>,
+    /// Bytes were written since the last flush.
+    unflushed: bool,
+    /// The transport refused a write; nothing more can be sent.
+    write_failed: bool,
+    writer: Outbound,
+    pending: FuturesUnordered<PendingCompletion>,
     mailbox: Option<MailboxId>,
     subscriptions: Vec<String>,
 }
 
 impl Driver {
-    fn new<W>(shared: Arc<Shared>, conn_id: u64, exporter: [u8; EXPORTER_LEN], writer: W) -> Self
-    where
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
+    fn new(
+        shared: Arc<Shared>,
+        conn_id: u64,
+        exporter: [u8; EXPORTER_LEN],
+        writer: Outbound,
+    ) -> Self {
         let mut challenge = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut challenge);
         let session = Session::new(Instant::now(), shared.session_config(), challenge, exporter);
         let (handle, events, overflowed) = SessionHandle::new(conn_id);
-        let (out, out_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_loop(writer, out_rx).in_current_span());
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
             shared,
             session,
             handle,
             events,
             overflowed,
-            out,
+            outbuf: Vec::new(),
+            unflushed: false,
+            write_failed: false,
             writer,
-            done_tx,
-            done_rx,
+            pending: FuturesUnordered::new(),
             mailbox: None,
             subscriptions: Vec::new(),
         }
     }
 
-    async fn run<R: AsyncRead + Unpin + Send>(
-        mut self,
-        mut reader: R,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, mut inbound: Inbound, mut shutdown: watch::Receiver<bool>) {
         let mut decoder = FrameDecoder::new(self.session.max_frame() as usize);
-        // Small on purpose: it exists once per connection, and most connections are idle.
-        let mut buf = vec![0u8; 4 * 1024];
+        // Only byte streams need one; allocated on their first read.
+        let mut buf = Vec::new();
         let mut draining = *shutdown.borrow();
         if draining {
             self.session.handle_goaway(1000);
@@ -140,10 +226,9 @@ impl Driver {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
-                r = reader.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => break, // peer closed or transport failed
-                    Ok(n) => {
-                        decoder.feed(&buf[..n]);
+                more = read_into(&mut inbound, &mut buf, &mut decoder) => match more {
+                    false => break, // peer closed or transport failed
+                    true => {
                         let now = Instant::now();
                         loop {
                             match decoder.next_frame() {
@@ -169,7 +254,12 @@ impl Driver {
                     SessionEvent::Forward(f) => self.write(&f),
                     SessionEvent::Replaced => self.session.handle_goaway(0),
                 },
-                Some(c) = self.done_rx.recv() => self.complete(c),
+                Some(c) = self.pending.next(), if !self.pending.is_empty() => self.complete(c),
+                step = write_step(&mut self.writer, &self.outbuf),
+                    if !self.write_failed && (self.unflushed || !self.outbuf.is_empty()) =>
+                {
+                    self.wrote(step)
+                }
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     self.session.handle_timeout(Instant::now())
                 }
@@ -220,10 +310,9 @@ impl Driver {
                         require_invite,
                         now_ms(),
                     );
-                    let done = self.done_tx.clone();
-                    tokio::spawn(async move {
-                        let _ = done.send(Completion::Registered(fut.await.ok()));
-                    });
+                    self.pending.push(Box::pin(
+                        async move { Completion::Registered(fut.await.ok()) },
+                    ));
                 }
                 Action::Online { user, device } => self.go_online(user, device),
                 Action::Store {
@@ -241,39 +330,38 @@ impl Driver {
                         envelope,
                         now_ms(),
                     );
-                    let done = self.done_tx.clone();
-                    tokio::spawn(async move {
+                    self.pending.push(Box::pin(async move {
                         let r = fut.await.map_err(|e| {
                             tracing::error!(error = %e, "append failed");
                         });
-                        let _ = done.send(Completion::Stored(client_msg_id, r));
-                    });
+                        Completion::Stored(client_msg_id, r)
+                    }));
                 }
                 Action::Ack { up_to } => {
                     let Some(me) = self.mailbox.clone() else {
                         continue;
                     };
                     let fut = self.shared.store.ack(me, up_to, now_ms());
-                    let done = self.done_tx.clone();
-                    tokio::spawn(async move {
+                    self.pending.push(Box::pin(async move {
                         if let Err(e) = fut.await {
                             tracing::warn!(error = %e, "ack not applied; items will be redelivered");
                         }
-                        let _ = done.send(Completion::Acked);
-                    });
+                        Completion::Acked
+                    }));
                 }
                 Action::ReadMailbox { from, limit } => {
                     let Some(me) = self.mailbox.clone() else {
                         continue;
                     };
                     let store = self.shared.store.clone();
-                    let done = self.done_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let r = store.read_mailbox(&me, from, limit).map_err(|e| {
+                    let read = tokio::task::spawn_blocking(move || {
+                        store.read_mailbox(&me, from, limit).map_err(|e| {
                             tracing::error!(error = %e, "mailbox read failed");
-                        });
-                        let _ = done.send(Completion::Read(limit, r));
+                        })
                     });
+                    self.pending.push(Box::pin(async move {
+                        Completion::Read(limit, read.await.unwrap_or(Err(())))
+                    }));
                 }
                 Action::SetVisibility(v) => {
                     let Some(me) = self.mailbox.clone() else {
@@ -339,14 +427,28 @@ impl Driver {
         }
     }
 
-    fn write(&self, frame: &Frame) {
+    fn write(&mut self, frame: &Frame) {
         self.shared.metrics.frame_out(frame);
-        let mut bytes = Vec::new();
-        match encode(frame, &mut bytes) {
-            Ok(()) => {
-                let _ = self.out.send(bytes);
+        if let Err(e) = encode(frame, &mut self.outbuf) {
+            tracing::error!(error = %e, frame = frame.name(), "cannot encode frame");
+        }
+    }
+
+    fn wrote(&mut self, step: WriteProgress) {
+        match step {
+            WriteProgress::Wrote(n) => {
+                self.outbuf.drain(..n);
+                self.unflushed = true;
+                if self.outbuf.is_empty() && self.outbuf.capacity() > OUTBUF_KEEP {
+                    self.outbuf = Vec::new();
+                }
             }
-            Err(e) => tracing::error!(error = %e, frame = frame.name(), "cannot encode frame"),
+            WriteProgress::Flushed => self.unflushed = false,
+            WriteProgress::Failed => {
+                // The peer is gone; reading will notice too. Drop what cannot be sent.
+                self.write_failed = true;
+                self.outbuf = Vec::new();
+            }
         }
     }
 
@@ -377,31 +479,12 @@ impl Driver {
             .registry
             .unsubscribe_all(&self.subscriptions, self.handle.conn_id);
         tracing::debug!(reason = ?self.session.close_reason(), "connection closed");
-        drop(self.out);
-        let _ = tokio::time::timeout(CLOSE_FLUSH, self.writer).await;
-    }
-}
-
-/// Writes queued frames, coalescing whatever is waiting into one write and one flush (one
-/// TLS record / fewer QUIC packets). Shuts the write half down when the queue closes.
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    // Grows with the traffic it sees; idle connections keep it empty.
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        if batch.capacity() > 256 * 1024 {
-            batch.shrink_to(64 * 1024);
-        }
-        batch.extend_from_slice(&first);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+        let (mut writer, out, failed) = (self.writer, self.outbuf, self.write_failed);
+        let _ = tokio::time::timeout(CLOSE_FLUSH, async move {
+            if !failed && writer.write_all(&out).await.is_ok() && writer.flush().await.is_ok() {
+                let _ = writer.shutdown().await;
             }
-        }
-        if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
-            return;
-        }
+        })
+        .await;
     }
-    let _ = w.shutdown().await;
 }

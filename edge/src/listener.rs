@@ -1,7 +1,7 @@
 //! Accept loops for QUIC and TCP+TLS. Each accepted connection runs in its own task, holding
 //! a connection-limit permit and a drop guard the server waits on at shutdown.
 
-use crate::connection::{serve, Transport};
+use crate::connection::{serve, Inbound};
 use crate::shared::Shared;
 use missive_proto::{encode_to_vec, Error, ErrorCode, EXPORTER_LABEL, EXPORTER_LEN};
 use std::sync::Arc;
@@ -70,10 +70,9 @@ async fn handle_quic(
         .map_err(|_| "TLS exporter unavailable")?;
     serve(
         ctx.shared.clone(),
-        recv,
-        send,
+        Inbound::Quic(recv),
+        Box::new(send),
         exporter,
-        Transport::Quic,
         ctx.shutdown.clone(),
     )
     .await;
@@ -141,10 +140,9 @@ async fn handle_tcp(
     let (r, w) = tokio::io::split(tls_stream);
     serve(
         ctx.shared.clone(),
-        r,
-        w,
+        Inbound::Stream(Box::new(r)),
+        Box::new(w),
         exporter,
-        Transport::Tcp,
         ctx.shutdown.clone(),
     )
     .await;

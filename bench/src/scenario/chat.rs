@@ -3,7 +3,7 @@
 //! `crash_midway`, the spawned edge is SIGKILLed and restarted once half the messages are
 //! acknowledged; every acknowledged message must still arrive exactly once.
 
-use super::{lock, send_stream, Knobs, Run, RunClock, Under, Until};
+use super::{cpu_between, lock, send_stream, Knobs, Run, RunClock, Under, Until};
 use crate::fleet::{connect_all, register_users, run_prefix};
 use crate::payload;
 use crate::tracker::Tracker;
@@ -26,6 +26,7 @@ pub async fn run(
     let n = knobs.clients.max(2) & !1;
     let users = register_users(&under.target, &run_prefix("chat"), n).await?;
     let clients = connect_all(&users).await?;
+    let cpu_start = under.server_cpu_seconds();
     let clock = RunClock(Instant::now());
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -124,6 +125,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let duration = clock.0.elapsed();
+    let message_phase_cpu_s = cpu_between(cpu_start, under.server_cpu_seconds());
     // Give stray duplicates a moment to show up before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = stop_tx.send(true);
@@ -137,6 +139,7 @@ pub async fn run(
         tracker,
         duration,
         extra,
+        message_phase_cpu_s,
     })
 }
 

@@ -115,5 +115,6 @@ pub async fn run(
         tracker,
         duration,
         extra,
+        message_phase_cpu_s: None,
     })
 }

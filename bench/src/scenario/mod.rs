@@ -39,6 +39,9 @@ pub struct Run {
     pub duration: Duration,
     /// Scenario-specific figures (name → value), printed and put in the JSON `extra`.
     pub extra: BTreeMap<String, f64>,
+    /// Edge CPU seconds from the first send to the last delivery, without registrations,
+    /// logins and closes (`None`: not measured, or the edge is not observable).
+    pub message_phase_cpu_s: Option<f64>,
 }
 
 /// The clock every stamp uses: µs since the run started.
@@ -58,6 +61,25 @@ pub struct Under<'a> {
     pub target: Target,
     /// The spawned edge, if `--spawn`.
     pub spawned: Option<&'a mut SpawnedEdge>,
+    /// The remote edge's `/metrics` address, if given.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl Under<'_> {
+    /// The edge's CPU seconds so far (user + system), from `/proc` of the spawned edge or the
+    /// remote edge's `/metrics`; `None` when neither is available.
+    pub fn server_cpu_seconds(&self) -> Option<f64> {
+        match (&self.spawned, self.metrics) {
+            (Some(e), _) => Some(e.cpu_seconds()),
+            (None, Some(addr)) => crate::remote::sample(addr).map(|s| s.cpu_seconds),
+            (None, None) => None,
+        }
+    }
+}
+
+/// CPU used between two readings, when both exist.
+pub fn cpu_between(start: Option<f64>, end: Option<f64>) -> Option<f64> {
+    Some(end? - start?).filter(|d| *d >= 0.0)
 }
 
 /// Locks the tracker; a poisoned lock (a panicked task) still yields the counts.

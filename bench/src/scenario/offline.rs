@@ -2,7 +2,7 @@
 //! `window` unacknowledged); then the recipients connect and drain. Reports the accept rate
 //! while queueing and the catch-up (drain) rate.
 
-use super::{lock, send_stream, Knobs, Run, RunClock, Under, Until};
+use super::{cpu_between, lock, send_stream, Knobs, Run, RunClock, Under, Until};
 use crate::fleet::{connect_all, register_users, run_prefix};
 use crate::payload;
 use crate::tracker::Tracker;
@@ -25,6 +25,7 @@ pub async fn run(
     let senders = register_users(&under.target, &format!("{prefix}s"), pairs).await?;
     let recipients = register_users(&under.target, &format!("{prefix}r"), pairs).await?;
     let sender_clients = connect_all(&senders).await?;
+    let cpu_start = under.server_cpu_seconds();
     let clock = RunClock(Instant::now());
 
     // Phase 1: queue.
@@ -78,6 +79,8 @@ pub async fn run(
         let _ = d.await;
     }
     let drain_time = drain_start.elapsed();
+    // Includes the recipients' logins: their drains start while the others still connect.
+    let message_phase_cpu_s = cpu_between(cpu_start, under.server_cpu_seconds());
     for c in sender_clients
         .iter()
         .map(|(c, _)| c)
@@ -101,5 +104,6 @@ pub async fn run(
         tracker,
         duration: queue_time + drain_time,
         extra,
+        message_phase_cpu_s,
     })
 }
