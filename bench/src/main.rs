@@ -71,6 +71,10 @@ struct Cli {
     /// `chat`/`crash`: only one client of each pair sends (the MQTT peers' workload shape).
     #[arg(long)]
     one_way: bool,
+    /// QUIC clients sharing one UDP socket (0 = one each while the process's open-file limit
+    /// allows, else as few per socket as fit in half of it).
+    #[arg(long, default_value_t = 0)]
+    clients_per_socket: usize,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -123,14 +127,20 @@ async fn run(cli: Cli) -> Result<bool, String> {
     } else {
         None
     };
+    let clients_per_socket = match cli.clients_per_socket {
+        0 => missive_bench::fleet::auto_clients_per_socket(cli.clients),
+        n => n,
+    };
     let target = match (&spawned, cli.server, &cli.ca) {
         (Some(e), _, _) => Target {
             addr: e.addr,
             ca_pem: std::fs::read(&e.cert).map_err(|err| err.to_string())?,
+            clients_per_socket,
         },
         (None, Some(addr), Some(ca)) => Target {
             addr,
             ca_pem: std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?,
+            clients_per_socket,
         },
         _ => return Err("give --spawn, or --server with --ca".into()),
     };

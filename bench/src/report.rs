@@ -29,7 +29,8 @@ pub struct ServerFigures {
     pub cpu_seconds: Option<f64>,
     /// CPU seconds from the first send to the last delivery (see `Run::message_phase_cpu_s`).
     pub message_phase_cpu_seconds: Option<f64>,
-    /// Server CPU per delivered message, µs: the message phase when measured, else the run.
+    /// Server CPU per delivered message in the message phase, µs (`None` for scenarios
+    /// whose CPU is mostly not messages, like `connections`).
     pub cpu_us_per_msg: Option<f64>,
 }
 
@@ -102,7 +103,6 @@ impl Report {
                 message_phase_cpu_seconds: run.message_phase_cpu_s,
                 cpu_us_per_msg: run
                     .message_phase_cpu_s
-                    .or(cpu_seconds)
                     .filter(|_| t.delivered > 0)
                     .map(|c| c * 1e6 / t.delivered as f64),
             },

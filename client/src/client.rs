@@ -46,6 +46,9 @@ pub struct ClientConfig {
     /// [`crate::Event::delivery_key`] of every event it processed); they are dropped, and
     /// acknowledged, if delivered again. Bounded by its own capacity (default 10 000).
     pub seen: SeenSet,
+    /// Run QUIC on this shared UDP endpoint instead of one socket per connection (default
+    /// none). For load generators and apps holding many accounts at once.
+    pub quic_endpoint: Option<crate::transport::QuicEndpoint>,
 }
 
 impl ClientConfig {
@@ -62,6 +65,7 @@ impl ClientConfig {
             auto_ack: true,
             client_name: concat!("missive-client/", env!("CARGO_PKG_VERSION")).into(),
             seen: SeenSet::default(),
+            quic_endpoint: None,
         }
     }
 
@@ -72,6 +76,7 @@ impl ClientConfig {
             ca_pem: self.ca_pem.clone(),
             quic_timeout: self.quic_timeout,
             force_tcp: self.force_tcp,
+            quic_endpoint: self.quic_endpoint.clone(),
         }
     }
 }

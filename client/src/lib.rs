@@ -122,6 +122,6 @@ pub use error::ClientError;
 pub use event::{Event, EventStream, ReceiptStatus};
 pub use identity::Identity;
 pub use profile::Profile;
-pub use transport::{Transport, TransportConfig, TransportKind};
+pub use transport::{QuicEndpoint, Transport, TransportConfig, TransportKind};
 
 pub use missive_proto::{ClientMsgId, DeviceId, PresenceState, ServerSeq, Visibility};

@@ -46,6 +46,32 @@ impl std::fmt::Display for TransportKind {
     }
 }
 
+/// A QUIC client endpoint (one UDP socket) that many connections can share: load
+/// generators and apps with many accounts need one socket, not one per connection. Cheap to
+/// clone; the socket closes when the last clone and the last connection on it are gone.
+#[derive(Debug, Clone)]
+pub struct QuicEndpoint(quinn::Endpoint);
+
+impl QuicEndpoint {
+    /// Binds a new endpoint on an ephemeral port of the unspecified address of `family`'s
+    /// IP version (IPv4 or IPv6, as the server the connections will go to).
+    pub fn bind_for(family: SocketAddr) -> Result<Self, ClientError> {
+        let bind: SocketAddr = if family.is_ipv6() {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        quinn::Endpoint::client(bind)
+            .map(Self)
+            .map_err(ClientError::from)
+    }
+
+    /// The local UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
+        self.0.local_addr().map_err(ClientError::from)
+    }
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {
@@ -59,6 +85,8 @@ pub struct TransportConfig {
     pub quic_timeout: Duration,
     /// Skip QUIC and connect with TCP+TLS directly (for tests and UDP-hostile networks).
     pub force_tcp: bool,
+    /// Open QUIC connections on this shared endpoint instead of a socket of their own.
+    pub quic_endpoint: Option<QuicEndpoint>,
 }
 
 /// The read half of a transport.
@@ -86,16 +114,26 @@ impl std::fmt::Debug for Transport {
 /// Keeps the QUIC endpoint and connection alive while the halves are in use, and closes
 /// them. Dropping it without [`TransportCloser::close`] closes the connection abruptly.
 pub struct TransportCloser {
-    quic: Option<(quinn::Endpoint, quinn::Connection)>,
+    quic: Option<(QuicSocket, quinn::Connection)>,
+}
+
+/// The UDP socket a QUIC connection runs on.
+enum QuicSocket {
+    /// Its own: closing the connection waits for the close to leave, then drops the socket.
+    Own(quinn::Endpoint),
+    /// Shared with other connections: it outlives this one and sends the close on its own.
+    Shared,
 }
 
 impl TransportCloser {
     /// Closes the connection (QUIC: CONNECTION_CLOSE and a short wait for it to be sent; TCP:
     /// nothing beyond the write half's shutdown and dropping the halves).
     pub async fn close(self) {
-        if let Some((endpoint, conn)) = self.quic {
+        if let Some((socket, conn)) = self.quic {
             conn.close(0u32.into(), b"bye");
-            let _ = tokio::time::timeout(QUIC_CLOSE_WAIT, endpoint.wait_idle()).await;
+            if let QuicSocket::Own(endpoint) = socket {
+                let _ = tokio::time::timeout(QUIC_CLOSE_WAIT, endpoint.wait_idle()).await;
+            }
         }
     }
 }
@@ -210,12 +248,13 @@ async fn connect_quic(
     transport.max_concurrent_uni_streams(0u32.into());
     client_config.transport_config(Arc::new(transport));
 
-    let bind: SocketAddr = if cfg.server.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
+    let (endpoint, socket) = match &cfg.quic_endpoint {
+        Some(shared) => (shared.0.clone(), QuicSocket::Shared),
+        None => {
+            let own = QuicEndpoint::bind_for(cfg.server).map_err(|e| e.to_string())?;
+            (own.0.clone(), QuicSocket::Own(own.0))
+        }
     };
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("bind {bind}: {e}"))?;
     let conn = endpoint
         .connect_with(client_config, cfg.server, &cfg.server_name)
         .map_err(|e| e.to_string())?
@@ -231,7 +270,7 @@ async fn connect_quic(
         reader: Box::new(recv),
         writer: Box::new(send),
         closer: TransportCloser {
-            quic: Some((endpoint, conn)),
+            quic: Some((socket, conn)),
         },
     })
 }

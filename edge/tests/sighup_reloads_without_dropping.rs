@@ -52,6 +52,7 @@ async fn sighup_swaps_certificate_and_keeps_connections() {
         ca_pem: ca,
         quic_timeout: Duration::from_secs(2),
         force_tcp,
+        quic_endpoint: None,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

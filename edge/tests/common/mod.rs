@@ -243,6 +243,7 @@ impl Raw {
             ca_pem: edge.ca_pem(),
             quic_timeout: Duration::from_secs(3),
             force_tcp,
+            quic_endpoint: None,
         };
         let t = missive_client::transport::Transport::connect(&cfg)
             .await
