@@ -154,6 +154,13 @@ impl AdminSocket {
                         uid = cred.uid(),
                         "admin socket: refused a peer of another user"
                     );
+                    let refused = Response::error(format!(
+                        "uid {} may not administer this edge: run as its service user or root",
+                        cred.uid()
+                    ));
+                    tokio::spawn(async move {
+                        let _ = write_response(stream, &refused).await;
+                    });
                     continue;
                 }
                 Err(e) => {
