@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL on Linux).
+const MAX_UNIX_SOCKET_PATH: usize = 107;
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +54,13 @@ pub struct Config {
     /// Address of the operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`). Default
     /// `127.0.0.1:9464` (loopback: scrapers run on the host). Empty string disables it.
     pub metrics_listen: Option<String>,
+    /// Unix socket on which the running edge answers `missive-edge admin …` (stats, invite,
+    /// user-disable, backup, compact). Default `<data_dir>/admin.sock`: the CLI finds it from
+    /// the same config or `--data-dir`. Created mode 0600 (only the service user; the edge
+    /// also refuses peers of another uid, root aside). Empty string disables it; the admin
+    /// commands then work only on a stopped edge. When the default path would be longer than
+    /// a Unix socket path may be (107 bytes), the socket is off and the edge warns at start.
+    pub admin_socket: Option<String>,
     /// Seconds a SIGTERM'd edge waits for connections to finish their in-flight work before
     /// closing them and flushing storage. Default 10 (well inside systemd's 90 s stop timeout).
     pub drain_timeout_secs: u64,
@@ -212,6 +222,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             tcp_listen: None,
             metrics_listen: None,
+            admin_socket: None,
             drain_timeout_secs: 10,
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
@@ -412,6 +423,19 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir", "must not be empty");
         }
+        if let Some(path) = self.admin_socket.as_deref().filter(|p| !p.is_empty()) {
+            if path.len() > MAX_UNIX_SOCKET_PATH {
+                return bad(
+                    "admin_socket",
+                    format!(
+                        "{path} is {} bytes long; a Unix socket path may have at most \
+                         {MAX_UNIX_SOCKET_PATH}: set a shorter path, or \"\" to disable the \
+                         admin socket",
+                        path.len()
+                    ),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -437,6 +461,26 @@ impl Config {
                 .map(Some)
                 .map_err(|e| format!("not an address ({e}): {s:?}")),
         }
+    }
+
+    /// The admin socket's path: `None` when disabled, or when it is left to its default and
+    /// `<data_dir>/admin.sock` is too long for a Unix socket (see
+    /// [`Config::admin_socket_too_long`]).
+    pub fn admin_socket_path(&self) -> Option<PathBuf> {
+        match self.admin_socket.as_deref() {
+            None if self.admin_socket_too_long() => None,
+            None => Some(self.data_dir.join("admin.sock")),
+            Some("") => None,
+            Some(s) => Some(PathBuf::from(s)),
+        }
+    }
+
+    /// True when `admin_socket` is left to its default and `<data_dir>/admin.sock` is longer
+    /// than a Unix socket path may be: the socket is then off (the edge warns at start)
+    /// rather than the edge refusing to start on a data dir that worked before.
+    pub fn admin_socket_too_long(&self) -> bool {
+        self.admin_socket.is_none()
+            && self.data_dir.join("admin.sock").as_os_str().len() > MAX_UNIX_SOCKET_PATH
     }
 
     /// Idle timeout as a duration.
@@ -491,6 +535,7 @@ mod tests {
         assert_eq!(c.storage.memtable_mb, d.storage.memtable_mb);
         assert_eq!(c.push.max_attempts, d.push.max_attempts);
         assert_eq!(c.registration.mode, d.registration.mode);
+        assert_eq!(c.admin_socket_path(), d.admin_socket_path());
     }
 
     #[test]
@@ -509,6 +554,33 @@ mod tests {
         assert!(e.contains("storage.memtable_mb"), "{e}");
         let e = parse("[storage]\nmemtable_mb = 4096\n").unwrap_err();
         assert!(e.contains("storage.memtable_mb"), "{e}");
+    }
+
+    #[test]
+    fn admin_socket_defaults_to_the_data_dir_and_can_be_disabled() {
+        let c = parse("data_dir = \"/var/lib/missive\"\n").unwrap();
+        assert_eq!(
+            c.admin_socket_path(),
+            Some(PathBuf::from("/var/lib/missive/admin.sock"))
+        );
+        let c = parse("admin_socket = \"/run/missive/admin.sock\"\n").unwrap();
+        assert_eq!(
+            c.admin_socket_path(),
+            Some(PathBuf::from("/run/missive/admin.sock"))
+        );
+        let c = parse("admin_socket = \"\"\n").unwrap();
+        assert_eq!(c.admin_socket_path(), None);
+        let long = format!("admin_socket = \"/{}\"\n", "x".repeat(200));
+        let e = parse(&long).unwrap_err();
+        assert!(
+            e.contains("admin_socket") && e.contains("at most 107"),
+            "{e}"
+        );
+        // A long data dir makes a default path too long for a socket: the socket is off,
+        // and the edge still starts.
+        let c = parse(&format!("data_dir = \"/{}\"\n", "d".repeat(120))).unwrap();
+        assert!(c.admin_socket_too_long());
+        assert_eq!(c.admin_socket_path(), None);
     }
 
     #[test]

@@ -253,6 +253,7 @@ impl Driver {
                     SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
                     SessionEvent::Forward(f) => self.write(&f),
                     SessionEvent::Replaced => self.session.handle_goaway(0),
+                    SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
                 },
                 Some(c) = self.pending.next(), if !self.pending.is_empty() => self.complete(c),
                 step = write_step(&mut self.writer, &self.outbuf),

@@ -11,6 +11,8 @@
 //! - [`listener`]: QUIC and TCP accept loops (connection limit, handshake timeout);
 //! - [`registry`]: live sessions per device and presence subscriptions;
 //! - [`notifier`]: push wake-ups for offline devices;
+//! - [`admin`]: `missive-edge admin …`, served by the running edge on its admin socket
+//!   ([`admin::socket`]) or run offline on a stopped edge's data directory;
 //! - [`config`], [`tls`], [`server`]: configuration, certificates, wiring and lifecycle.
 //!
 //! Data flow of one message: a `Send` frame becomes `Action::Store`; the store appends it to

@@ -8,6 +8,7 @@ use missive_proto::{Frame, ServerSeq};
 use missive_storage::{MailboxId, StoredItem};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Items a session's live queue holds before overflowing to storage reads.
@@ -23,7 +24,12 @@ pub enum SessionEvent {
     Forward(Box<Frame>),
     /// The same device logged in on another connection: go away.
     Replaced,
+    /// An administrator disabled the account: tell the client `AccountDisabled` and close.
+    AccountDisabled,
 }
+
+/// Longest wait for room in a full session queue when an event must not be dropped.
+const MUST_DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Handle to a live session.
 #[derive(Debug, Clone)]
@@ -138,6 +144,40 @@ impl Registry {
         self.sessions.len()
     }
 
+    /// Tells every live session of `user` on this edge that the account was disabled; each
+    /// one sends `AccountDisabled` and closes. Unlike a push, this event is never dropped: a
+    /// full session queue is waited on (bounded). Returns how many sessions were told.
+    ///
+    /// Call it after the disabled flag is durable, so that a reconnect is refused at login.
+    pub async fn disconnect_user(&self, user: &str) -> usize {
+        // Handles are cloned out first: no map guard may be held across an await.
+        let handles: Vec<SessionHandle> = self
+            .sessions
+            .iter()
+            .filter(|entry| entry.key().user == user)
+            .map(|entry| entry.value().clone())
+            .collect();
+        let mut told = 0;
+        for h in handles {
+            match h
+                .tx
+                .send_timeout(SessionEvent::AccountDisabled, MUST_DELIVER_TIMEOUT)
+                .await
+            {
+                Ok(()) => told += 1,
+                Err(mpsc::error::SendTimeoutError::Closed(_)) => {} // already gone
+                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                    tracing::warn!(
+                        user,
+                        conn = h.conn_id,
+                        "session did not take the disable event"
+                    );
+                }
+            }
+        }
+        told
+    }
+
     /// Hands a durable item to the device's live session. Returns false when the device
     /// has no session here (the caller may then wake it with a push notification).
     pub fn push(&self, mb: &MailboxId, seq: ServerSeq, item: &StoredItem) -> bool {
@@ -188,5 +228,56 @@ impl Registry {
                 h.offer(SessionEvent::Forward(Box::new(frame.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use missive_proto::DeviceId;
+
+    #[tokio::test]
+    async fn disconnect_user_tells_every_session_of_that_user_only() {
+        let registry = Registry::default();
+        let mut receivers = Vec::new();
+        for (user, device) in [("alice", 1), ("alice", 2), ("bob", 1)] {
+            let (handle, rx, _) = SessionHandle::new(registry.next_conn_id());
+            registry.register(MailboxId::new(user, DeviceId(device)), handle);
+            receivers.push(rx);
+        }
+        // A full queue does not lose the event: it waits for room.
+        for _ in 0..SESSION_QUEUE {
+            registry.push(
+                &MailboxId::new("alice", DeviceId(2)),
+                ServerSeq(1),
+                &StoredItem {
+                    from: "bob".into(),
+                    from_device: DeviceId(1),
+                    client_msg_id: missive_proto::ClientMsgId([0; 16]),
+                    server_ts_ms: 1,
+                    payload: missive_proto::Payload::Envelope(vec![1]),
+                },
+            );
+        }
+        let full = receivers.remove(1);
+        let drainer = tokio::spawn(async move {
+            let mut full = full;
+            let mut last = None;
+            while let Some(ev) = full.recv().await {
+                if matches!(ev, SessionEvent::AccountDisabled) {
+                    last = Some(ev);
+                    break;
+                }
+            }
+            last
+        });
+        assert_eq!(registry.disconnect_user("alice").await, 2);
+        assert!(matches!(
+            receivers[0].try_recv(),
+            Ok(SessionEvent::AccountDisabled)
+        ));
+        assert!(receivers[1].try_recv().is_err(), "bob was not told");
+        assert!(drainer.await.unwrap().is_some());
+        assert_eq!(registry.disconnect_user("carol").await, 0);
     }
 }

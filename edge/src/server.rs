@@ -39,6 +39,9 @@ pub enum StartError {
         /// A likely cause, when the error does not say it itself.
         hint: &'static str,
     },
+    /// The admin socket could not be opened.
+    #[error(transparent)]
+    AdminSocket(#[from] crate::admin::socket::AdminSocketError),
     /// A listener could not be bound.
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
@@ -155,7 +158,8 @@ fn bind(config: &Config) -> Result<(UdpSocket, Option<std::net::TcpListener>, Bo
 /// Re-reads the configuration (file + flags) on SIGHUP.
 pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
-fn session_config(config: &Config) -> SessionConfig {
+/// The limits a new session gets under `config`.
+pub(crate) fn session_config(config: &Config) -> SessionConfig {
     SessionConfig {
         max_frame: config.limits.max_frame_bytes,
         delivery_window: config.limits.delivery_window,
@@ -196,6 +200,21 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     let store = open_store(&config, registry.clone(), notifier.clone())?;
 
     let (udp, tcp, bound) = bind(&config)?;
+    // After the store: its lock already proves no other edge runs on this data dir.
+    if config.admin_socket_too_long() {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "admin socket off: <data_dir>/admin.sock is too long for a Unix socket; set admin_socket to a shorter path"
+        );
+    }
+    let admin_socket = config
+        .admin_socket_path()
+        .map(|p| crate::admin::socket::AdminSocket::bind(&p))
+        .transpose()?;
+    let admin_text = admin_socket
+        .as_ref()
+        .map(|s| s.path().display().to_string())
+        .unwrap_or_else(|| "off".into());
     let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from((*rustls_config).clone())
         .map_err(|e| tls::TlsError::Config(e.to_string()))?;
     let mut quic_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
@@ -286,6 +305,13 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         None => "off".into(),
     };
     ops.start_depth_scan();
+    let admin_task = admin_socket.map(|socket| {
+        let ctx = Arc::new(crate::admin::socket::AdminCtx {
+            shared: shared.clone(),
+            data_dir: config.data_dir.clone(),
+        });
+        tokio::spawn(socket.serve(ctx, shutdown_rx.clone()))
+    });
     let sweeper = tokio::spawn(sweep_loop(
         store.clone(),
         Duration::from_secs(config.storage.sweep_interval_secs),
@@ -297,13 +323,14 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     ops.set_ready(true);
-    tracing::info!(quic = %bound.quic, tcp = %tcp_text, metrics = %metrics_text, cert = %material.trust_path.display(), "missive-edge ready");
+    tracing::info!(quic = %bound.quic, tcp = %tcp_text, metrics = %metrics_text, admin = %admin_text, cert = %material.trust_path.display(), "missive-edge ready");
     // A stable, greppable line on stdout for scripts and tests.
     println!(
-        "missive-edge ready quic={} tcp={} metrics={} cert={}",
+        "missive-edge ready quic={} tcp={} metrics={} admin={} cert={}",
         bound.quic,
         tcp_text,
         metrics_text,
+        admin_text,
         material.trust_path.display()
     );
     if material.generated {
@@ -354,6 +381,11 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     if let Some(t) = tcp_task {
         let _ = t.await;
     }
+    // Stops taking admin requests and removes the socket file; a request already running
+    // (e.g. a backup) finishes before the store shuts down below.
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     sweeper.abort();
     // Every connection task holds a guard clone; recv() returns None once all are gone.
     let drain = Duration::from_secs(config.drain_timeout_secs);
@@ -380,12 +412,13 @@ fn apply_reload(old: &Config, new: &Config, cert: &tls::ReloadableCert, shared: 
     let restart_needed = old.listen != new.listen
         || old.tcp_listen != new.tcp_listen
         || old.metrics_listen != new.metrics_listen
+        || old.admin_socket_path() != new.admin_socket_path()
         || old.data_dir != new.data_dir
         || old.limits.max_connections != new.limits.max_connections
         || old.push.gateway_url != new.push.gateway_url;
     if restart_needed {
         tracing::warn!(
-            "listen addresses, data_dir, max_connections and push changes need a restart"
+            "listen addresses, admin_socket, data_dir, max_connections and push changes need a restart"
         );
     }
     tracing::info!("configuration reloaded: limits apply to new connections");

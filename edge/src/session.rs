@@ -307,6 +307,16 @@ impl Session {
         self.maybe_finish();
     }
 
+    /// An administrator disabled this account while it was logged in: tell the client with
+    /// `AccountDisabled` and close now. Sends already handed to storage still complete there
+    /// (their acks are lost; a retry after re-enabling is deduplicated by `client_msg_id`).
+    pub fn handle_account_disabled(&mut self) {
+        self.fail(
+            ErrorCode::AccountDisabled,
+            "account disabled by an administrator",
+        );
+    }
+
     /// A decoded frame from the client.
     pub fn handle_frame(&mut self, now: Instant, frame: Frame) {
         if self.is_closed() {
@@ -1355,6 +1365,25 @@ mod tests {
         let a = drain(&mut s);
         assert_eq!(rejected(&a), vec![ErrorCode::Internal.as_u16()]);
         assert_eq!(a.last(), Some(&Action::Close));
+    }
+
+    #[test]
+    fn disabling_a_live_account_closes_with_account_disabled() {
+        let t0 = Instant::now();
+        let mut s = active(t0);
+        drain(&mut s);
+        s.handle_account_disabled();
+        let a = drain(&mut s);
+        assert_eq!(error_code(&a), Some(ErrorCode::AccountDisabled.as_u16()));
+        assert!(matches!(a.last(), Some(Action::Close)));
+        assert!(s.is_closed());
+        assert_eq!(
+            s.close_reason(),
+            Some(CloseReason::Error(ErrorCode::AccountDisabled))
+        );
+        // Nothing more once closed.
+        s.handle_account_disabled();
+        assert!(drain(&mut s).is_empty());
     }
 
     #[test]

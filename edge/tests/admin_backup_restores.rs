@@ -1,5 +1,6 @@
-//! `missive-edge admin backup` refuses a running edge, copies a stopped one, and an edge started
-//! on the copy delivers what was queued.
+//! `missive-edge admin backup` copies a running edge (through its admin socket, the edge makes
+//! a consistent copy) and a stopped one (a file copy), and an edge started on either copy
+//! delivers what was queued.
 
 mod common;
 
@@ -23,7 +24,7 @@ fn backup(data_dir: &std::path::Path, to: &std::path::Path) -> (bool, String) {
 }
 
 #[tokio::test]
-async fn backup_of_a_stopped_edge_restores() {
+async fn backup_of_a_running_or_stopped_edge_restores() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("edge");
     let copy = dir.path().join("copy");
@@ -36,24 +37,35 @@ async fn backup_of_a_stopped_edge_restores() {
     }
     alice.close().await.unwrap();
 
-    let (ok, out) = backup(&data, &copy);
-    assert!(!ok, "backup of a running edge must be refused: {out}");
+    // Running: the edge makes the copy.
+    let live_copy = dir.path().join("live-copy");
+    let (ok, out) = backup(&data, &live_copy);
+    assert!(ok, "{out}");
+    assert!(out.contains("(via running edge)"), "{out}");
+    assert!(
+        out.contains("2 users, 5 queued envelopes, verified"),
+        "{out}"
+    );
+    // Stopped: a file copy.
     assert!(edge.terminate().success());
     let (ok, out) = backup(&data, &copy);
     assert!(ok, "{out}");
+    assert!(out.contains("(offline"), "{out}");
     assert!(
         out.contains("2 users, 5 queued envelopes, verified"),
         "{out}"
     );
 
-    // Serve from the copy: bob gets the five.
-    let restored = Edge::start(&copy, &[]);
-    let mut cfg = bob_cfg;
-    cfg.server = restored.quic;
-    cfg.ca_pem = restored.ca_pem();
-    let (bob, mut ev) = Client::connect(cfg).await.unwrap();
-    let got = collect_messages(&mut ev, 5, Duration::from_secs(10)).await;
-    let texts: Vec<String> = got.into_iter().map(|(_, _, t)| t).collect();
-    assert_eq!(texts, ["b0", "b1", "b2", "b3", "b4"]);
-    bob.close().await.unwrap();
+    // Serve from each copy: bob gets the five.
+    for from in [&copy, &live_copy] {
+        let restored = Edge::start(from, &[]);
+        let mut cfg = bob_cfg.clone();
+        cfg.server = restored.quic;
+        cfg.ca_pem = restored.ca_pem();
+        let (bob, mut ev) = Client::connect(cfg).await.unwrap();
+        let got = collect_messages(&mut ev, 5, Duration::from_secs(10)).await;
+        let texts: Vec<String> = got.into_iter().map(|(_, _, t)| t).collect();
+        assert_eq!(texts, ["b0", "b1", "b2", "b3", "b4"], "{}", from.display());
+        bob.close().await.unwrap();
+    }
 }

@@ -47,6 +47,18 @@ pub enum StorageError {
     /// A migration between engines could not start or did not verify.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// A backup could not be made or its copy did not verify.
+    #[error("backup failed: {0}")]
+    Backup(String),
+    /// A compaction could not start, or the rewritten copy did not verify.
+    #[error("compaction failed: {0}")]
+    Compaction(String),
+    /// The engine can only compact a stopped store (sled: by rewriting it into a fresh copy).
+    #[error("{engine} cannot compact a store while it is open: compact the stopped store")]
+    CompactionNeedsStop {
+        /// The store's engine.
+        engine: Engine,
+    },
 }
 
 impl From<std::io::Error> for StorageError {

@@ -1,8 +1,12 @@
 //! The committer: the one thread that writes. It drains waiting operations into one engine
 //! batch, applies it, makes it durable (flush + fsync, see [`KvEngine::sync`]), and only then
 //! answers every waiter and tells the [`CommitListener`] about appended items.
+//!
+//! A backup ([`Op::Backup`]) is not part of a batch: the committer commits what was queued
+//! before it, runs the copy (see `backup.rs`) while every later write waits, then goes on.
 
-use crate::engine::{KvEngine, WriteBatch};
+use crate::backup::BackupReport;
+use crate::engine::{Engine, KvEngine, Tuning, WriteBatch};
 use crate::records::{decode_item, decode_user, encode, StoredItem, UserRecord};
 use crate::store::{
     AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, StoreStats, SweepOutcome,
@@ -71,6 +75,13 @@ pub(crate) enum Op {
     Sweep {
         now_ms: u64,
     },
+    /// A consistent copy of the whole store into the store directory `dest`; runs alone,
+    /// between two commits.
+    Backup {
+        dest: std::path::PathBuf,
+        engine: Engine,
+        tuning: Tuning,
+    },
     Shutdown,
 }
 
@@ -82,6 +93,7 @@ pub(crate) enum Reply {
     Register(RegisterOutcome),
     Updated(bool),
     Sweep(SweepOutcome),
+    Backup(BackupReport),
     Done,
 }
 
@@ -180,7 +192,31 @@ impl Committer {
                 }
             }
             shutting_down = reqs.iter().any(|r| matches!(r.op, Op::Shutdown));
-            self.commit(reqs);
+            let mut writes = Vec::with_capacity(reqs.len());
+            for req in reqs {
+                match req.op {
+                    Op::Backup {
+                        dest,
+                        engine,
+                        tuning,
+                    } => {
+                        // The writes queued before the backup are in it, those after it are
+                        // not: commit the first, and hold the rest until the copy is verified.
+                        if !writes.is_empty() {
+                            self.commit(std::mem::take(&mut writes));
+                        }
+                        let r = crate::backup::backup(self.db.as_ref(), engine, tuning, &dest);
+                        let _ = req.reply.send(r.map(Reply::Backup));
+                    }
+                    op => writes.push(Request {
+                        op,
+                        reply: req.reply,
+                    }),
+                }
+            }
+            if !writes.is_empty() {
+                self.commit(writes);
+            }
         }
         if shutting_down {
             // Refuse what arrives after the shutdown request instead of leaving it hanging.
@@ -336,6 +372,10 @@ impl Committer {
                 Ok(Reply::Updated(true))
             }
             Op::Sweep { now_ms } => self.sweep(batch, pending, now_ms).map(Reply::Sweep),
+            // `run` takes backups out of the batch before it gets here.
+            Op::Backup { .. } => Err(StorageError::Backup(
+                "a backup cannot be part of a batch".into(),
+            )),
             Op::Shutdown => Ok(Reply::Done),
         }
     }
@@ -679,6 +719,9 @@ mod tests {
         fn size_on_disk(&self) -> Result<u64, StorageError> {
             Ok(0)
         }
+        fn compact(&self) -> Result<bool, StorageError> {
+            Ok(false)
+        }
         fn close(&self) -> Result<(), StorageError> {
             Ok(())
         }
@@ -789,6 +832,34 @@ mod tests {
         h.gate.send(Gate::Pass).unwrap();
         assert!(reply.blocking_recv().unwrap().is_ok());
         assert_eq!(h.events.lock().unwrap().len(), 1);
+        shutdown(h);
+    }
+
+    #[test]
+    fn a_backup_holds_the_writes_queued_before_it_and_none_after() {
+        let h = harness();
+        let dir = tempfile::tempdir().unwrap();
+        let first = append(&h, 1);
+        // While the first write's sync is held, queue a backup and a write behind it.
+        h.entered.recv().unwrap();
+        let (reply, backup) = oneshot::channel();
+        let op = Op::Backup {
+            dest: dir.path().join("copy"),
+            engine: Engine::Fjall,
+            tuning: crate::StoreConfig::default().tuning(),
+        };
+        assert!(h.ops.send(Request { op, reply }).is_ok());
+        let second = append(&h, 2);
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(first.blocking_recv().unwrap().is_ok());
+        // The second write's sync starts only once the backup has answered.
+        h.entered.recv().unwrap();
+        let Reply::Backup(report) = backup.blocking_recv().unwrap().unwrap() else {
+            panic!("not a backup reply")
+        };
+        assert_eq!(report.counts.mailbox_items, 1, "{report:?}");
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(second.blocking_recv().unwrap().is_ok());
         shutdown(h);
     }
 }

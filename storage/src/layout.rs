@@ -10,6 +10,11 @@
 //! [`StorageError::EngineMismatch`] instead of silently starting an empty store. A migration
 //! (see `migrate.rs`) copies into the other engine's directory and then switches the marker;
 //! the old engine's directory stays behind as a backup that no open will use.
+//!
+//! Compacting a stopped sled store (see `compact.rs`) builds a fresh copy in
+//! `<dir>/sled.compacting/`, then swaps directories: `sled/` → `sled.precompact/`,
+//! `sled.compacting/` → `sled/`, then deletes `sled.precompact/`. An open first finishes or
+//! undoes a swap that a crash interrupted ([`recover_compaction`]).
 
 use crate::{Engine, StorageError};
 use std::io::Write;
@@ -36,10 +41,38 @@ pub(crate) fn active_engine(dir: &Path) -> Result<Option<Engine>, StorageError> 
     }
 }
 
+/// Where a compaction by rewrite builds the new copy of `engine`'s files.
+pub(crate) fn compacting_dir(dir: &Path, engine: Engine) -> PathBuf {
+    dir.join(format!("{}.compacting", engine.name()))
+}
+
+/// Where the old files of `engine` wait while the verified compacted copy takes their place.
+pub(crate) fn precompact_dir(dir: &Path, engine: Engine) -> PathBuf {
+    dir.join(format!("{}.precompact", engine.name()))
+}
+
+/// Finishes or undoes a compaction swap that a crash interrupted: with the engine's directory
+/// missing, the old files go back in place; with both there, the swap was complete (the new
+/// copy was verified before it started) and the old files are deleted.
+pub(crate) fn recover_compaction(dir: &Path, engine: Engine) -> Result<(), StorageError> {
+    let old = precompact_dir(dir, engine);
+    if !old.exists() {
+        return Ok(());
+    }
+    let live = engine_dir(dir, engine);
+    if live.exists() {
+        std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&old, &live)?;
+    }
+    sync_dir(dir)
+}
+
 /// Checks that `engine` may open the store in `dir` (creating a fresh store's marker) and
 /// returns the engine's own directory.
 pub(crate) fn prepare_open(dir: &Path, engine: Engine) -> Result<PathBuf, StorageError> {
     std::fs::create_dir_all(dir)?;
+    recover_compaction(dir, engine)?;
     // sled files straight in `dir`: a store made before engines were selectable.
     if dir.join("conf").is_file() && dir.join("db").is_file() {
         return Err(StorageError::LegacyLayout {
@@ -137,6 +170,25 @@ mod tests {
         let e = prepare_open(dir.path(), Engine::Sled).unwrap_err();
         assert!(matches!(e, StorageError::LegacyLayout { .. }), "{e}");
         assert!(e.to_string().contains("sled"), "{e}");
+    }
+
+    #[test]
+    fn an_interrupted_compaction_swap_is_undone_or_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare_open(dir.path(), Engine::Sled).unwrap();
+        let live = engine_dir(dir.path(), Engine::Sled);
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("old"), b"x").unwrap();
+        // Crash after moving the old files aside: they come back.
+        std::fs::rename(&live, precompact_dir(dir.path(), Engine::Sled)).unwrap();
+        assert_eq!(prepare_open(dir.path(), Engine::Sled).unwrap(), live);
+        assert!(live.join("old").is_file());
+        assert!(!precompact_dir(dir.path(), Engine::Sled).exists());
+        // Crash after the new copy took their place: the old files go.
+        std::fs::create_dir_all(precompact_dir(dir.path(), Engine::Sled)).unwrap();
+        prepare_open(dir.path(), Engine::Sled).unwrap();
+        assert!(live.join("old").is_file());
+        assert!(!precompact_dir(dir.path(), Engine::Sled).exists());
     }
 
     #[test]

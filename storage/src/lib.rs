@@ -15,6 +15,16 @@
 //! never opens under the wrong engine as an empty store (`layout.rs`). [`migrate`] copies a
 //! stopped store from one engine to the other and verifies the copy entry by entry.
 //!
+//! ## Backup and compaction
+//!
+//! [`Store::backup_to`] copies a store that is in use into a fresh store of the same engine,
+//! entry by entry through the engine interface, as a job of the committer thread: writes wait
+//! for the copy and its verification, so it holds exactly the writes committed before it
+//! (`backup.rs`). [`Store::compact`] runs fjall's major compaction on an open store;
+//! [`compact`] compacts a stopped store, rewriting a sled one into a verified fresh copy,
+//! since sled has no compaction call (`compact.rs`). The copy and the entry-by-entry
+//! verification are the same as a migration's (`copy.rs`).
+//!
 //! ## Durability: one committer, group commit
 //!
 //! Every write goes through one committer thread (see `group_commit.rs`). It takes whatever
@@ -35,6 +45,9 @@
 
 #![forbid(unsafe_code)]
 
+mod backup;
+mod compact;
+mod copy;
 mod engine;
 mod error;
 mod group_commit;
@@ -44,6 +57,9 @@ mod migrate;
 mod records;
 mod store;
 
+pub use backup::BackupReport;
+pub use compact::{compact, CompactReport};
+pub use copy::EntryCounts;
 pub use engine::Engine;
 pub use error::StorageError;
 pub use migrate::{migrate, MigrationReport};

@@ -7,13 +7,10 @@
 //! to `<dir>/<to>/` and the engine marker switched (`layout.rs`). A crash at any point leaves
 //! the source store active and untouched; the source stays behind as a backup.
 
-use crate::engine::{self, Engine, KvEngine, WriteBatch};
-use crate::{keys, layout, StorageError, StoreConfig};
-use std::ops::Bound;
+use crate::copy::{self, EntryCounts};
+use crate::engine::{self, Engine};
+use crate::{layout, StorageError, StoreConfig};
 use std::path::{Path, PathBuf};
-
-/// Entries per copy batch: big enough to amortise each batch, small enough to bound memory.
-const COPY_BATCH_ENTRIES: usize = 10_000;
 
 /// What a migration copied, counted by kind of entry, and where things are now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,18 +42,18 @@ pub struct MigrationReport {
 }
 
 impl MigrationReport {
-    fn empty(from: Engine, to: Engine, backup: PathBuf) -> Self {
+    fn new(from: Engine, to: Engine, backup: PathBuf, counts: EntryCounts) -> Self {
         Self {
             from,
             to,
-            users: 0,
-            device_keys: 0,
-            invites: 0,
-            mailbox_items: 0,
-            seq_counters: 0,
-            dedup_keys: 0,
-            other: 0,
-            bytes: 0,
+            users: counts.users,
+            device_keys: counts.device_keys,
+            invites: counts.invites,
+            mailbox_items: counts.mailbox_items,
+            seq_counters: counts.seq_counters,
+            dedup_keys: counts.dedup_keys,
+            other: counts.other,
+            bytes: counts.bytes,
             backup,
             replaced: None,
         }
@@ -71,20 +68,6 @@ impl MigrationReport {
             + self.seq_counters
             + self.dedup_keys
             + self.other
-    }
-
-    fn count(&mut self, key: &[u8], value: &[u8]) {
-        self.bytes += (key.len() + value.len()) as u64;
-        let slot = match key.first() {
-            Some(&keys::USER) => &mut self.users,
-            Some(&keys::DEVICE) => &mut self.device_keys,
-            Some(&keys::INVITE) => &mut self.invites,
-            Some(&keys::MAILBOX) => &mut self.mailbox_items,
-            Some(&keys::SEQ) => &mut self.seq_counters,
-            Some(&keys::DEDUP) => &mut self.dedup_keys,
-            _ => &mut self.other,
-        };
-        *slot += 1;
     }
 }
 
@@ -116,9 +99,14 @@ pub fn migrate(
     std::fs::create_dir_all(&partial)?;
     let dest = engine::open(to, &partial, config.tuning())?;
 
-    let mut report = MigrationReport::empty(from, to, layout::engine_dir(dir, from));
-    copy(source.as_ref(), dest.as_ref(), &mut report)?;
-    verify(source.as_ref(), dest.as_ref(), &report)?;
+    let counts = copy::copy(source.as_ref(), dest.as_ref())?;
+    copy::verify(
+        source.as_ref(),
+        dest.as_ref(),
+        &counts,
+        StorageError::Migration,
+    )?;
+    let mut report = MigrationReport::new(from, to, layout::engine_dir(dir, from), counts);
     dest.close()?;
     // Release both databases (and their file locks) before moving directories.
     drop(dest);
@@ -128,7 +116,7 @@ pub fn migrate(
     if target.exists() {
         // An older copy (e.g. the backup of an earlier migration the other way): keep it,
         // out of the way.
-        let aside = dir.join(format!("{}.replaced-{}", to.name(), unix_secs()));
+        let aside = dir.join(format!("{}.replaced-{}", to.name(), copy::unix_secs()));
         std::fs::rename(&target, &aside)?;
         report.replaced = Some(aside);
     }
@@ -140,6 +128,7 @@ pub fn migrate(
 
 /// The source must be the store's active engine (or, without a marker, hold data).
 fn check_source(dir: &Path, from: Engine) -> Result<(), StorageError> {
+    layout::recover_compaction(dir, from)?;
     if dir.join("conf").is_file() && dir.join("db").is_file() {
         return Err(StorageError::LegacyLayout {
             dir: dir.to_path_buf(),
@@ -157,88 +146,4 @@ fn check_source(dir: &Path, from: Engine) -> Result<(), StorageError> {
             dir.display()
         ))),
     }
-}
-
-fn everything(db: &dyn KvEngine) -> engine::KvIter<'_> {
-    db.range(Bound::Unbounded, Bound::Unbounded)
-}
-
-fn copy(
-    source: &dyn KvEngine,
-    dest: &dyn KvEngine,
-    report: &mut MigrationReport,
-) -> Result<(), StorageError> {
-    let mut batch = WriteBatch::default();
-    for kv in everything(source) {
-        let (k, v) = kv?;
-        report.count(&k, &v);
-        batch.insert(k, v);
-        if batch.len() >= COPY_BATCH_ENTRIES {
-            dest.apply(std::mem::take(&mut batch))?;
-        }
-    }
-    dest.apply(batch)?;
-    dest.sync()
-}
-
-/// Walks both databases in key order and requires identical entries and identical counts.
-fn verify(
-    source: &dyn KvEngine,
-    dest: &dyn KvEngine,
-    copied: &MigrationReport,
-) -> Result<(), StorageError> {
-    let mut seen = MigrationReport::empty(copied.from, copied.to, PathBuf::new());
-    let mut a = everything(source);
-    let mut b = everything(dest);
-    loop {
-        match (a.next().transpose()?, b.next().transpose()?) {
-            (None, None) => break,
-            (Some((k, v)), Some((k2, v2))) => {
-                if k != k2 || v != v2 {
-                    return Err(StorageError::Migration(format!(
-                        "copy differs at key {}",
-                        printable(if k != k2 { &k2 } else { &k })
-                    )));
-                }
-                seen.count(&k2, &v2);
-            }
-            (Some((k, _)), None) => {
-                return Err(StorageError::Migration(format!(
-                    "copy is missing key {}",
-                    printable(&k)
-                )))
-            }
-            (None, Some((k, _))) => {
-                return Err(StorageError::Migration(format!(
-                    "copy has an extra key {}",
-                    printable(&k)
-                )))
-            }
-        }
-    }
-    if seen.entries() != copied.entries() || seen.bytes != copied.bytes {
-        return Err(StorageError::Migration(format!(
-            "copied {} entries ({} bytes) but found {} ({} bytes) on verification",
-            copied.entries(),
-            copied.bytes,
-            seen.entries(),
-            seen.bytes
-        )));
-    }
-    Ok(())
-}
-
-/// A key for an error message: printable ASCII as is, other bytes as `\xNN`.
-fn printable(key: &[u8]) -> String {
-    key.iter()
-        .flat_map(|b| std::ascii::escape_default(*b))
-        .map(char::from)
-        .collect()
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -1,5 +1,7 @@
 //! The public face of storage: [`Store`], its configuration and the outcomes of each write.
 
+use crate::backup::BackupReport;
+use crate::compact::CompactReport;
 use crate::engine::{self, Engine, KvEngine, Tuning};
 use crate::group_commit::{self, Op, Request};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
@@ -189,6 +191,7 @@ pub struct Store {
     stats: Arc<StoreStats>,
     committer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     dir: PathBuf,
+    tuning: Tuning,
 }
 
 impl std::fmt::Debug for Store {
@@ -233,6 +236,7 @@ impl Store {
             stats,
             committer: Arc::new(Mutex::new(Some(handle))),
             dir: dir.to_path_buf(),
+            tuning: config.tuning(),
         })
     }
 
@@ -427,6 +431,62 @@ impl Store {
             group_commit::Reply::Sweep(o) => Some(o),
             _ => None,
         })
+    }
+
+    /// Makes a consistent, verified copy of the whole store in the store directory `dest`
+    /// (which must not exist or be empty), on the same engine; [`Store::open`] opens it.
+    ///
+    /// The committer runs it between two group commits: every write queued before this call
+    /// is in the copy, none queued after it is, and **writes wait until the copy is made and
+    /// verified** (reads go on). See `backup.rs`.
+    pub fn backup_to(
+        &self,
+        dest: &Path,
+    ) -> impl std::future::Future<Output = Result<BackupReport, StorageError>> + Send + 'static
+    {
+        self.submit(
+            Op::Backup {
+                dest: dest.to_path_buf(),
+                engine: self.engine,
+                tuning: self.tuning,
+            },
+            |r| match r {
+                group_commit::Reply::Backup(report) => Some(report),
+                _ => None,
+            },
+        )
+    }
+
+    /// Gives back the disk space of deleted entries while the store is in use (fjall: a
+    /// major compaction; writes go on meanwhile). sled cannot: it answers
+    /// [`StorageError::CompactionNeedsStop`], and [`crate::compact`] rewrites the stopped
+    /// store instead. Runs on a blocking thread of the tokio runtime.
+    pub fn compact(
+        &self,
+    ) -> impl std::future::Future<Output = Result<CompactReport, StorageError>> + Send + 'static
+    {
+        let db = self.db.clone();
+        let engine = self.engine;
+        let open = self.is_healthy();
+        async move {
+            if !open {
+                return Err(StorageError::Closed);
+            }
+            tokio::task::spawn_blocking(move || {
+                let bytes_before = db.size_on_disk()?;
+                if !db.compact()? {
+                    return Err(StorageError::CompactionNeedsStop { engine });
+                }
+                Ok(CompactReport {
+                    engine,
+                    bytes_before,
+                    bytes_after: db.size_on_disk()?,
+                    rewritten: None,
+                })
+            })
+            .await
+            .map_err(|e| StorageError::Compaction(e.to_string()))?
+        }
     }
 
     /// Reads up to `limit` items of `mailbox` with seq `>= from`, in order.

@@ -387,3 +387,36 @@ pub async fn collect_messages(
 pub fn text(s: &str) -> missive_client::Content {
     missive_client::Content::Text(s.to_owned())
 }
+
+/// What one `missive-edge … admin …` run printed.
+pub struct AdminRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for AdminRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ok={} stdout:\n{}stderr:\n{}",
+            self.ok, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `missive-edge [global args] admin ARGS` to completion (bounded by the action itself).
+pub fn admin(global: &[&std::ffi::OsStr], args: &[&str]) -> AdminRun {
+    let out = Command::new(edge_bin())
+        .args(global)
+        .arg("admin")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run missive-edge admin");
+    AdminRun {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -16,6 +16,12 @@
 //! new one only past 64 MB), skipping what is already in tables, which bounds a clean reopen to
 //! well under a second. After a crash, about one memtable (`memtable_bytes`) of writes is
 //! replayed.
+//!
+//! Compaction ([`KvEngine::compact`]): fjall compacts in the background as tables pile up,
+//! but deleted entries (acked envelopes) linger as tombstones until their table is compacted
+//! into the last level. An admin compaction flushes each keyspace's memtable and runs a major
+//! compaction (`Keyspace::major_compact`, exported but hidden from fjall's docs like
+//! `rotate_memtable`: another reason fjall is held to 3.1.x), while writes go on.
 
 use super::{KvEngine, KvIter, Tuning, WriteBatch};
 use crate::StorageError;
@@ -27,8 +33,9 @@ use std::time::{Duration, Instant};
 /// The one keyspace.
 const KEYSPACE: &str = "missive";
 
-/// Longest wait for the memtable flush on close before giving up (the journal still holds
-/// everything, so giving up costs only a slower next open).
+/// Longest wait for a memtable flush (on close, and before a compaction) before giving up
+/// (the journal still holds everything, so giving up costs only a slower next open, or
+/// tombstones left for a later compaction).
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// fjall's errors as ours (a private function, not a `From` impl, so that no fjall type shows
@@ -120,22 +127,41 @@ impl KvEngine for FjallEngine {
         self.db.disk_space().map_err(db_err)
     }
 
+    fn compact(&self) -> Result<bool, StorageError> {
+        // Every keyspace (the store has one today); each one's memtable first, because the
+        // tombstones still there are out of a major compaction's reach.
+        for name in self.db.list_keyspace_names() {
+            let keyspace = self
+                .db
+                .keyspace(&name, KeyspaceCreateOptions::default)
+                .map_err(db_err)?;
+            flush_memtable(&keyspace)?;
+            keyspace.major_compact().map_err(db_err)?;
+        }
+        Ok(true)
+    }
+
     fn close(&self) -> Result<(), StorageError> {
         self.db.persist(PersistMode::SyncAll).map_err(db_err)?;
-        // Flush the memtable to a table so that the next open replays no journal. fjall has
-        // no completion event for this (its own `rotate_memtable_and_wait` polls too, without
-        // a bound), so poll with a deadline.
-        self.items.rotate_memtable().map_err(db_err)?;
-        let deadline = Instant::now() + CLOSE_FLUSH_TIMEOUT;
-        while self.items.sealed_memtable_count() > 0 {
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    "fjall memtable flush did not finish on close; next open replays the journal"
-                );
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
+        // Flush the memtable to a table so that the next open replays no journal.
+        flush_memtable(&self.items)
     }
+}
+
+/// Seals `keyspace`'s memtable and waits (bounded) until fjall has written it to a table.
+/// fjall has no completion event for this (its own `rotate_memtable_and_wait` polls too,
+/// without a bound), so poll with a deadline; giving up costs only a slower next open.
+fn flush_memtable(keyspace: &Keyspace) -> Result<(), StorageError> {
+    keyspace.rotate_memtable().map_err(db_err)?;
+    let deadline = Instant::now() + CLOSE_FLUSH_TIMEOUT;
+    while keyspace.sealed_memtable_count() > 0 {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                "fjall memtable flush did not finish in time; next open replays the journal"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }

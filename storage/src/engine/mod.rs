@@ -126,6 +126,11 @@ pub(crate) trait KvEngine: Send + Sync {
     /// Bytes the engine's files occupy on disk.
     fn size_on_disk(&self) -> Result<u64, StorageError>;
 
+    /// Reclaims the space of deleted and overwritten entries while the database stays open
+    /// and in use, blocking until done. Returns `false`, doing nothing, when the engine cannot
+    /// (sled: its only way is rewriting a stopped store into a fresh copy, see `compact.rs`).
+    fn compact(&self) -> Result<bool, StorageError>;
+
     /// Clean shutdown: makes everything durable and leaves the files so that the next open
     /// is fast (fjall: flushes the memtable so the journal need not be replayed).
     fn close(&self) -> Result<(), StorageError>;
