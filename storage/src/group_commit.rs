@@ -11,6 +11,7 @@ use crate::records::{decode_item, decode_user, encode, StoredItem, UserRecord};
 use crate::store::{
     AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, StoreStats, SweepOutcome,
 };
+use crate::unacked::{LoggedItem, Taken, UnackedLog};
 use crate::{keys, MailboxId, StorageError};
 use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
 use std::collections::{HashMap, HashSet};
@@ -116,6 +117,7 @@ pub(crate) fn spawn(
         db,
         seqs: HashMap::new(),
         acked_floor: HashMap::new(),
+        unacked: UnackedLog::new(UNACKED_LOG_LIMIT),
         devices: HashMap::new(),
         listener,
         stats,
@@ -144,6 +146,12 @@ pub(crate) fn devices_on_disk(
     Ok(out)
 }
 
+/// Acks spanning fewer seqs than this read each item by key instead of scanning a range.
+const POINT_ACK_LIMIT: u64 = 64;
+/// Unacknowledged items the committer remembers so that their acks need no reads (about
+/// 100 bytes each: ~13 MB at the limit).
+const UNACKED_LOG_LIMIT: usize = 131_072;
+
 struct Committer {
     db: Arc<dyn KvEngine>,
     /// Next seq per mailbox, loaded lazily from the `s` counters.
@@ -158,6 +166,9 @@ struct Committer {
     /// (the scan was a fifth of the committer's time on fjall). Only the committer adds
     /// devices, so it keeps this exact: see `commit`.
     devices: HashMap<String, Vec<DeviceId>>,
+    /// Items stored by this process and not acknowledged yet: acks of them need no reads.
+    /// Cleared when a commit fails or a sweep deletes items.
+    unacked: UnackedLog,
     listener: Option<CommitListener>,
     stats: Arc<StoreStats>,
     max_batch: usize,
@@ -174,6 +185,8 @@ struct Pending {
     used_invites: HashSet<String>,
     new_invites: HashSet<String>,
     deleted: HashSet<Vec<u8>>,
+    /// Items deleted by acks answered from the unacked log (not in `deleted`).
+    deleted_logged: u64,
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
 }
 
@@ -254,9 +267,10 @@ impl Committer {
                 self.stats
                     .items_appended
                     .fetch_add(pending.events.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .items_deleted
-                    .fetch_add(pending.deleted.len() as u64, Ordering::Relaxed);
+                self.stats.items_deleted.fetch_add(
+                    pending.deleted.len() as u64 + pending.deleted_logged,
+                    Ordering::Relaxed,
+                );
                 // Devices added by this batch are now committed.
                 for (user, added) in pending.devices.drain() {
                     if let Some(devs) = self.devices.get_mut(&user) {
@@ -282,6 +296,7 @@ impl Committer {
                 // Seq counters may have advanced in memory for writes that never landed.
                 self.seqs.clear();
                 self.acked_floor.clear();
+                self.unacked.clear();
                 self.devices.clear();
                 for (reply, _) in answers {
                     let _ = reply.send(Err(StorageError::Db(e.to_string())));
@@ -422,15 +437,21 @@ impl Committer {
         batch: &mut WriteBatch,
         mb: &MailboxId,
     ) -> Result<ServerSeq, StorageError> {
-        let next = match self.seqs.get(mb) {
-            Some(n) => *n,
-            None => match self.db.get(&keys::seq_counter(mb))? {
-                Some(v) => keys::be_u64(&v)
-                    .ok_or_else(|| StorageError::Corrupt(format!("seq counter of {mb}")))?,
-                None => 1,
-            },
+        let next = match self.seqs.get_mut(mb) {
+            Some(n) => {
+                *n += 1;
+                *n - 1
+            }
+            None => {
+                let next = match self.db.get(&keys::seq_counter(mb))? {
+                    Some(v) => keys::be_u64(&v)
+                        .ok_or_else(|| StorageError::Corrupt(format!("seq counter of {mb}")))?,
+                    None => 1,
+                };
+                self.seqs.insert(mb.clone(), next + 1);
+                next
+            }
         };
-        self.seqs.insert(mb.clone(), next + 1);
         batch.insert(keys::seq_counter(mb), (next + 1).to_be_bytes());
         Ok(ServerSeq(next))
     }
@@ -444,6 +465,15 @@ impl Committer {
     ) -> Result<(), StorageError> {
         let seq = self.next_seq(batch, &mb)?;
         batch.insert(keys::mailbox_item(&mb, seq), encode(&item)?);
+        let receipt_to = matches!(item.payload, Payload::Envelope(_))
+            .then(|| (item.from.clone(), item.client_msg_id));
+        self.unacked.stored(
+            &mb,
+            LoggedItem {
+                seq: seq.0,
+                receipt_to,
+            },
+        );
         pending.events.push((mb, seq, item));
         Ok(())
     }
@@ -510,12 +540,34 @@ impl Committer {
         if up_to.0 <= floor && floor > 0 {
             return Ok(AckOutcome::default());
         }
-        let start = keys::mailbox_item(mb, ServerSeq(floor.saturating_add(1).min(up_to.0)));
-        let end = keys::mailbox_item(mb, up_to);
+        let first = floor.saturating_add(1).min(up_to.0);
         let mut out = AckOutcome::default();
         let mut receipts = Vec::new();
-        for kv in self.db.range(Bound::Included(start), Bound::Included(end)) {
-            let (k, v) = kv?;
+        let mut acked = Vec::new();
+        if let Taken::Exact(items) = self.unacked.take_acked(mb, first, up_to.0) {
+            for item in items {
+                batch.remove(keys::mailbox_item(mb, ServerSeq(item.seq)));
+                pending.deleted_logged += 1;
+                out.deleted += 1;
+                receipts.extend(item.receipt_to);
+            }
+        } else if up_to.0 - first < POINT_ACK_LIMIT {
+            // A short span: point reads (bloom filters skip the tables that cannot hold the
+            // key) cost far less than setting up a merged range scan over every table.
+            for seq in first..=up_to.0 {
+                let k = keys::mailbox_item(mb, ServerSeq(seq));
+                if let Some(v) = self.db.get(&k)? {
+                    acked.push((k, v));
+                }
+            }
+        } else {
+            let start = keys::mailbox_item(mb, ServerSeq(first));
+            let end = keys::mailbox_item(mb, up_to);
+            for kv in self.db.range(Bound::Included(start), Bound::Included(end)) {
+                acked.push(kv?);
+            }
+        }
+        for (k, v) in acked {
             if !pending.deleted.insert(k.clone()) {
                 continue; // already acked earlier in this batch
             }
@@ -530,7 +582,12 @@ impl Committer {
                 Err(e) => tracing::warn!(mailbox = %mb, error = %e, "acked a damaged item"),
             }
         }
-        self.acked_floor.insert(mb.clone(), floor.max(up_to.0));
+        match self.acked_floor.get_mut(mb) {
+            Some(f) => *f = (*f).max(up_to.0),
+            None => {
+                self.acked_floor.insert(mb.clone(), up_to.0);
+            }
+        }
         for (sender, client_msg_id) in receipts {
             for device in self.devices(pending, &sender)? {
                 let item = StoredItem {
@@ -600,6 +657,8 @@ impl Committer {
     ) -> Result<SweepOutcome, StorageError> {
         let cutoff = now_ms.saturating_sub(self.retention_ms);
         let mut out = SweepOutcome::default();
+        // Expired items leave the mailboxes without an ack: the log would name them.
+        self.unacked.clear();
         // Mailbox items: seq order within a mailbox follows store time, so after the first
         // young item of a mailbox we jump to the next mailbox.
         let mut from: Bound<Vec<u8>> = Bound::Included(vec![keys::MAILBOX]);

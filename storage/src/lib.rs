@@ -56,6 +56,7 @@ mod layout;
 mod migrate;
 mod records;
 mod store;
+mod unacked;
 
 pub use backup::BackupReport;
 pub use compact::{compact, CompactReport};

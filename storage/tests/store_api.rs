@@ -40,6 +40,7 @@ for_each_engine!(
     concurrent_writers_are_group_committed,
     a_store_refuses_the_other_engine,
     acked_items_stay_deleted_across_reopen,
+    acks_across_a_restart_cover_old_and_new_items_once,
 );
 
 fn config(engine: Engine) -> StoreConfig {
@@ -460,5 +461,48 @@ async fn acked_items_stay_deleted_across_reopen(engine: Engine) {
             .unwrap();
         assert_eq!(r, AppendOutcome::Duplicate { server_ts_ms: 1 });
     }
+    store.shutdown().await;
+}
+
+/// Items stored before a restart are not in the committer's memory of unacked items; acks
+/// that span them and newer ones still delete each once and make one receipt each.
+async fn acks_across_a_restart_cover_old_and_new_items_once(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let bob = MailboxId::new("bob", DeviceId(1));
+    let alice = MailboxId::new("alice", DeviceId(1));
+    let send = |store: Store, n: u64| async move {
+        let r = store
+            .append_message("alice", DeviceId(1), id(n), "bob", vec![n as u8], 1)
+            .await
+            .unwrap();
+        assert!(matches!(r, AppendOutcome::Stored { .. }));
+    };
+    {
+        let store = Store::open(dir.path(), config(engine), None).unwrap();
+        with_users(&store, &["alice", "bob"]).await;
+        for n in 1..=3 {
+            send(store.clone(), n).await;
+        }
+        store.shutdown().await;
+    }
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    for n in 4..=5 {
+        send(store.clone(), n).await;
+    }
+    let acks = [(2, (2, 2)), (5, (3, 3)), (5, (0, 0)), (4, (0, 0))];
+    for (up_to, want) in acks {
+        let out = store.ack(bob.clone(), ServerSeq(up_to), 2).await.unwrap();
+        assert_eq!((out.deleted, out.receipts), want, "ack up to {up_to}");
+    }
+    send(store.clone(), 6).await;
+    let out = store.ack(bob.clone(), ServerSeq(6), 3).await.unwrap();
+    assert_eq!((out.deleted, out.receipts), (1, 1));
+    assert_eq!(store.mailbox_depth(&bob).unwrap(), 0);
+    let receipts = store.read_mailbox(&alice, ServerSeq(0), 100).unwrap();
+    let ids: Vec<ClientMsgId> = receipts.iter().map(|(_, r)| r.client_msg_id).collect();
+    assert_eq!(ids, (1..=6).map(id).collect::<Vec<_>>());
+    // Receipts are acked from the log too, and make no receipts of their own.
+    let out = store.ack(alice.clone(), ServerSeq(6), 4).await.unwrap();
+    assert_eq!((out.deleted, out.receipts), (6, 0));
     store.shutdown().await;
 }
