@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod ops;
 pub mod registry;
+pub mod reset_key;
 pub mod sd_notify;
 pub mod server;
 pub mod session;
