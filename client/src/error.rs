@@ -65,6 +65,11 @@ pub enum ClientError {
     /// The account was disabled by an administrator.
     #[error("account disabled")]
     AccountDisabled,
+    /// This device logged in on another connection (another process or app instance with the
+    /// same device key), which now holds the session. Not retried: reconnecting would take the
+    /// session back and the two would replace each other in turn.
+    #[error("this device is logged in on another connection; not reconnecting")]
+    SessionReplaced,
     /// Any other `Error` frame from the server; the connection is closed.
     #[error("server error {}: {message}", code_name(*code))]
     Server {
@@ -140,6 +145,7 @@ impl ClientError {
             Some(ErrorCode::InviteRequired) => Self::InviteRequired,
             Some(ErrorCode::InvalidName) => Self::InvalidName(message.to_string()),
             Some(ErrorCode::AccountDisabled) => Self::AccountDisabled,
+            Some(ErrorCode::SessionReplaced) => Self::SessionReplaced,
             Some(ErrorCode::UnsupportedVersion) => Self::UnsupportedVersion {
                 server: 0,
                 min: MIN_PROTOCOL_VERSION,
@@ -160,6 +166,7 @@ impl ClientError {
             Self::InviteRequired => Some(ErrorCode::InviteRequired),
             Self::InvalidName(_) => Some(ErrorCode::InvalidName),
             Self::AccountDisabled => Some(ErrorCode::AccountDisabled),
+            Self::SessionReplaced => Some(ErrorCode::SessionReplaced),
             Self::UnsupportedVersion { .. } => Some(ErrorCode::UnsupportedVersion),
             Self::Server { code, .. } | Self::Rejected { code, .. } => ErrorCode::from_u16(*code),
             _ => None,
@@ -177,6 +184,7 @@ impl ClientError {
                 | Self::InviteRequired
                 | Self::InvalidName(_)
                 | Self::AccountDisabled
+                | Self::SessionReplaced
                 | Self::UnsupportedVersion { .. }
                 | Self::Tls(_)
                 | Self::InvalidInput(_)
@@ -203,5 +211,12 @@ mod tests {
         let unknown = ClientError::from_error_frame(999, "new");
         assert_eq!(unknown.to_string(), "server error code 999: new");
         assert_eq!(ClientError::UserTaken.to_string(), "user name taken");
+        let replaced = ClientError::from_error_frame(ErrorCode::SessionReplaced.as_u16(), "x");
+        assert!(matches!(replaced, ClientError::SessionReplaced));
+        assert!(
+            replaced.is_fatal(),
+            "reconnecting would take the session back"
+        );
+        assert_eq!(replaced.code(), Some(ErrorCode::SessionReplaced));
     }
 }

@@ -80,7 +80,8 @@
 //! - **Driver** (`driver`, a tokio task per [`Client`]): moves frames, commands and timers
 //!   in and out of the session, writes through a batching writer task (one flush per batch:
 //!   TLS records are not emitted per frame), reconnects with [`ReconnectPolicy`] or after the
-//!   delay a `Goaway` asks for, and stops on fatal errors (bad key, account disabled...).
+//!   delay a `Goaway` asks for, and stops on fatal errors (bad key, account disabled, this device
+//!   logged in on another connection...).
 //! - **Content** ([`content`]): envelope bytes are the rkyv archive of a [`Content`],
 //!   validated on receipt. [`seal`]/[`open`] are the seam where end-to-end encryption will
 //!   wrap exactly these bytes; nothing else touches envelope bytes.

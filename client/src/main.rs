@@ -27,6 +27,8 @@ use tokio::time::Instant;
 
 /// Deliveries remembered in the profile's `seen.txt`.
 const SEEN_CAPACITY: usize = 10_000;
+/// How long `recv` waits before taking the session back from another instance of its device.
+const REPLACED_PAUSE: Duration = Duration::from_secs(1);
 /// How long `send` waits for the server to store the message.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -330,52 +332,70 @@ async fn cmd_recv(cli: &Cli, dir: &Path, wait: Duration, json: bool, no_read: bo
     let mut cfg = client_config(cli, &profile)?;
     // Deliveries printed by an earlier run but not acknowledged are dropped (and acked).
     cfg.seen = seen.clone();
-    let (client, mut events) = Client::connect(cfg).await?;
+    let (mut client, mut events) = Client::connect(cfg.clone()).await?;
     let deadline = Instant::now() + wait;
     let mut out = std::io::stdout();
     let mut to_mark_read: BTreeMap<String, Vec<ClientMsgId>> = BTreeMap::new();
     let mut acked: Option<ServerSeq> = None;
-    while let Ok(Some(first)) = tokio::time::timeout_at(deadline, events.next()).await {
-        // Print everything that is ready, then record and acknowledge it as one batch. A
-        // delivery's events enter the stream together, so the batch never splits one.
-        let mut batch_max: Option<ServerSeq> = None;
-        let mut new_keys = false;
-        let mut ev = Some(first);
-        while let Some(e) = ev.take().or_else(|| events.try_next()) {
-            match &e {
-                Event::Connected { transport } if !json => {
-                    eprintln!("missive: connected over {transport}")
+    let replaced = ClientError::SessionReplaced.to_string();
+    let mut last_disconnect = String::new();
+    loop {
+        while let Ok(Some(first)) = tokio::time::timeout_at(deadline, events.next()).await {
+            // Print everything that is ready, then record and acknowledge it as one batch. A
+            // delivery's events enter the stream together, so the batch never splits one.
+            let mut batch_max: Option<ServerSeq> = None;
+            let mut new_keys = false;
+            let mut ev = Some(first);
+            while let Some(e) = ev.take().or_else(|| events.try_next()) {
+                match &e {
+                    Event::Connected { transport } if !json => {
+                        eprintln!("missive: connected over {transport}")
+                    }
+                    Event::Disconnected { reason } => {
+                        eprintln!("missive: disconnected: {reason}");
+                        last_disconnect.clone_from(reason);
+                    }
+                    Event::Connected { .. } => {}
+                    _ => writeln!(out, "{}", render(&e, json))?,
                 }
-                Event::Disconnected { reason } => eprintln!("missive: disconnected: {reason}"),
-                Event::Connected { .. } => {}
-                _ => writeln!(out, "{}", render(&e, json))?,
+                if let Event::Message {
+                    from,
+                    client_msg_id,
+                    ..
+                } = &e
+                {
+                    to_mark_read
+                        .entry(from.clone())
+                        .or_default()
+                        .push(*client_msg_id);
+                }
+                if let Some(key) = e.delivery_key() {
+                    new_keys |= seen.insert(key);
+                }
+                batch_max = batch_max.max(e.server_seq());
             }
-            if let Event::Message {
-                from,
-                client_msg_id,
-                ..
-            } = &e
-            {
-                to_mark_read
-                    .entry(from.clone())
-                    .or_default()
-                    .push(*client_msg_id);
+            out.flush()?;
+            if new_keys {
+                profile.save_seen(&seen)?;
             }
-            if let Some(key) = e.delivery_key() {
-                new_keys |= seen.insert(key);
-            }
-            batch_max = batch_max.max(e.server_seq());
-        }
-        out.flush()?;
-        if new_keys {
-            profile.save_seen(&seen)?;
-        }
-        if let Some(seq) = batch_max {
-            if Some(seq) > acked {
-                client.ack(seq)?;
-                acked = Some(seq);
+            if let Some(seq) = batch_max {
+                if Some(seq) > acked {
+                    client.ack(seq)?;
+                    acked = Some(seq);
+                }
             }
         }
+        // Another instance of this device (say `missive send` on the same profile) took the
+        // session. The SDK does not fight for it; `recv` waits a moment and takes it back while
+        // it still has time to wait, so a short command in between does not end it.
+        if last_disconnect != replaced || Instant::now() + REPLACED_PAUSE >= deadline {
+            break;
+        }
+        last_disconnect.clear();
+        tokio::time::sleep(REPLACED_PAUSE).await;
+        cfg.seen = seen.clone();
+        (client, events) = Client::connect(cfg.clone()).await?;
+        acked = None;
     }
     let mut result: CliResult = Ok(());
     if !no_read {

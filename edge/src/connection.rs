@@ -252,7 +252,7 @@ impl Driver {
                 Some(ev) = self.events.recv() => match ev {
                     SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
                     SessionEvent::Forward(f) => self.write(&f),
-                    SessionEvent::Replaced => self.session.handle_goaway(0),
+                    SessionEvent::Replaced => self.session.handle_replaced(),
                     SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
                 },
                 Some(c) = self.pending.next(), if !self.pending.is_empty() => self.complete(c),

@@ -317,6 +317,15 @@ impl Session {
         );
     }
 
+    /// The same device logged in on another connection, which now owns the mailbox: tell
+    /// this client with `SessionReplaced` (it must not reconnect on its own) and close.
+    pub fn handle_replaced(&mut self) {
+        self.fail(
+            ErrorCode::SessionReplaced,
+            "this device logged in on another connection",
+        );
+    }
+
     /// A decoded frame from the client.
     pub fn handle_frame(&mut self, now: Instant, frame: Frame) {
         if self.is_closed() {
@@ -1384,6 +1393,21 @@ mod tests {
         // Nothing more once closed.
         s.handle_account_disabled();
         assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_replaced_session_closes_with_session_replaced() {
+        let t0 = Instant::now();
+        let mut s = active(t0);
+        drain(&mut s);
+        s.handle_replaced();
+        let a = drain(&mut s);
+        assert_eq!(error_code(&a), Some(ErrorCode::SessionReplaced.as_u16()));
+        assert!(matches!(a.last(), Some(Action::Close)));
+        assert_eq!(
+            s.close_reason(),
+            Some(CloseReason::Error(ErrorCode::SessionReplaced))
+        );
     }
 
     #[test]

@@ -138,3 +138,51 @@ fn cli_quickstart_story() {
         );
     }
 }
+
+/// `missive send` on the profile a `missive recv` is using takes the device's session; the
+/// server tells the receiver `SessionReplaced`, and `recv` takes the session back a moment
+/// later instead of ending (or of fighting for it), so it still prints what comes after.
+#[test]
+fn recv_yields_to_a_send_on_its_profile_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(&dir.path().join("edge"), &[]);
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    let server = edge.quic.to_string();
+    let ca = edge.cert.display().to_string();
+    for (p, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let (ok, _, err) = missive(p, &["--server", &server, "--ca", &ca, "register", name]);
+        assert!(ok, "register {name}: {err}");
+    }
+    let receiver = Command::new(cli_bin())
+        .arg("--profile")
+        .arg(&bob)
+        .args(["recv", "--wait", "8", "--json", "--no-read"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (ok, _, err) = missive(&bob, &["send", "alice", "from bob's other window"]);
+    assert!(ok, "send while recv runs: {err}");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (ok, _, err) = missive(&alice, &["send", "bob", "after the interruption"]);
+    assert!(ok, "send: {err}");
+
+    let out = receiver.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "recv failed: {stderr}");
+    assert!(stderr.contains("another connection"), "{stderr}");
+    let got: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let msgs = of_type(&got, "message");
+    assert_eq!(msgs.len(), 1, "{got:?}");
+    assert_eq!(msgs[0]["text"], "after the interruption");
+    let at_alice = recv(&alice, "2");
+    assert_eq!(
+        of_type(&at_alice, "message")[0]["text"],
+        "from bob's other window"
+    );
+}

@@ -38,6 +38,10 @@ pub enum ErrorCode {
     TooManyInFlight = 15,
     /// The account is disabled by an administrator.
     AccountDisabled = 16,
+    /// The same device logged in on another connection, which now holds the session (another
+    /// process or app instance with the same device key). Do not reconnect on your own: that
+    /// would take the session back and the two would keep replacing each other.
+    SessionReplaced = 17,
 }
 
 impl ErrorCode {
@@ -61,6 +65,7 @@ impl ErrorCode {
             14 => ShuttingDown,
             15 => TooManyInFlight,
             16 => AccountDisabled,
+            17 => SessionReplaced,
             _ => return None,
         })
     }
@@ -90,6 +95,7 @@ impl ErrorCode {
             ShuttingDown => "shutting_down",
             TooManyInFlight => "too_many_in_flight",
             AccountDisabled => "account_disabled",
+            SessionReplaced => "session_replaced",
         }
     }
 }
