@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// A connection with no frame from the server for this long is considered dead.
 pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(45);
+/// Longest a lazily held ack of server "delivered" receipts waits for a frame to ride with.
+pub(crate) const RECEIPT_ACK_DELAY: Duration = Duration::from_millis(200);
+/// Receipts held unacknowledged at most (well below the server's delivery window).
+pub(crate) const LAZY_ACK_LIMIT: usize = 32;
 /// How long a send refused with `RateLimited` / `TooManyInFlight` waits before going again.
 pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Sends on the wire without an answer, per connection (the edge refuses above 1024).
@@ -264,6 +268,13 @@ pub(crate) struct Session {
     seen: SeenSet,
     receipt_ids: ReceiptIds,
     acks: Acks,
+    /// Deliveries processed since the last ack were only server "delivered" receipts: their
+    /// ack can wait (see [`RECEIPT_ACK_DELAY`]) and ride along with the next frame we send.
+    lazy_acks: usize,
+    /// When a lazily held ack must go out at the latest.
+    ack_due: Option<Instant>,
+    /// A delivery the server waits on (a message, a read receipt) arrived since the last ack.
+    urgent_ack: bool,
     next_ping: Option<Instant>,
     last_rx: Instant,
     ping_nonce: u64,
@@ -289,6 +300,9 @@ impl Session {
             seen,
             receipt_ids,
             acks: Acks::default(),
+            lazy_acks: 0,
+            ack_due: None,
+            urgent_ack: false,
             next_ping: None,
             last_rx: now,
             ping_nonce: 0,
@@ -301,6 +315,7 @@ impl Session {
         self.phase = Phase::Ready;
         self.max_frame = max_frame as usize;
         self.acks.new_connection();
+        self.reset_ack_timer();
         self.last_rx = now;
         self.next_ping = Some(now + PING_INTERVAL);
         if let Some(visibility) = self.visibility {
@@ -361,6 +376,8 @@ impl Session {
     /// The app has processed every delivery up to `up_to`. Call [`Session::flush_acks`] after.
     pub(crate) fn ack(&mut self, up_to: ServerSeq) {
         self.acks.app_ack(up_to);
+        // The app is done with it: the server may delete and send receipts now.
+        self.urgent_ack = true;
     }
 
     /// Starts an orderly close. Returns true when a `Bye` was queued and its answer is
@@ -369,7 +386,7 @@ impl Session {
         match self.phase {
             Phase::Ready => {
                 // Acks the app made must reach the server before the Bye.
-                self.flush_acks();
+                self.flush_acks_now();
                 self.transmit(missive_proto::Bye {}.into());
                 self.phase = Phase::Closing;
                 true
@@ -381,13 +398,39 @@ impl Session {
 
     /// Writes an `AckDelivery` if something new may be acknowledged. Call after a batch of
     /// frames or an app ack, so acks are coalesced.
+    ///
+    /// When the batch held only server "delivered" receipts (nobody waits on their ack: it
+    /// only deletes them from our mailbox), the ack is held for up to [`RECEIPT_ACK_DELAY`]
+    /// or [`LAZY_ACK_LIMIT`] receipts, or until a delivery the server waits on arrives. A
+    /// chatty client then acks its receipts in one frame (and the server deletes them in one
+    /// commit) every 200 ms instead of one per message.
     pub(crate) fn flush_acks(&mut self) {
         if self.phase == Phase::Offline {
             return;
         }
-        if let Some(up_to) = self.acks.flush() {
-            self.transmit(AckDelivery { up_to }.into());
+        if self.urgent_ack || self.lazy_acks >= LAZY_ACK_LIMIT {
+            self.flush_acks_now();
+        } else if self.lazy_acks > 0 && self.ack_due.is_none() {
+            self.ack_due = Some(self.last_rx + RECEIPT_ACK_DELAY);
         }
+    }
+
+    /// Writes the pending `AckDelivery`, if any, now.
+    fn flush_acks_now(&mut self) {
+        self.reset_ack_timer();
+        if self.phase == Phase::Offline {
+            return;
+        }
+        if let Some(up_to) = self.acks.flush() {
+            self.out
+                .push_back(Output::Transmit(AckDelivery { up_to }.into()));
+        }
+    }
+
+    fn reset_ack_timer(&mut self) {
+        self.lazy_acks = 0;
+        self.ack_due = None;
+        self.urgent_ack = false;
     }
 
     /// Handles one frame from the server.
@@ -479,6 +522,12 @@ impl Session {
             Payload::Envelope(_) => DeliveryKind::Message,
             Payload::Delivered => DeliveryKind::Delivered,
         };
+        if kind == DeliveryKind::Delivered {
+            self.lazy_acks += 1;
+        } else {
+            // Its sender waits for our ack to learn "delivered".
+            self.urgent_ack = true;
+        }
         let key = DeliveryKey {
             from: d.from.clone(),
             client_msg_id: d.client_msg_id,
@@ -550,6 +599,9 @@ impl Session {
             return;
         }
         self.outbox.release_due(now);
+        if self.ack_due.is_some_and(|due| now >= due) {
+            self.flush_acks_now();
+        }
         self.pump();
         if now.saturating_duration_since(self.last_rx) >= DEAD_AFTER {
             self.out.push_back(Output::Disconnect {
@@ -579,6 +631,7 @@ impl Session {
         }
         [
             self.next_ping,
+            self.ack_due,
             self.outbox.next_retry(),
             Some(self.last_rx + DEAD_AFTER),
         ]
@@ -632,7 +685,7 @@ impl Session {
                 envelope: p.envelope.clone(),
             };
             self.outbox.in_flight += 1;
-            self.out.push_back(Output::Transmit(frame.into()));
+            self.transmit(frame.into());
         }
     }
 }
@@ -963,7 +1016,78 @@ mod tests {
         assert!(
             matches!(events[..], [Event::Receipt { client_msg_id, .. }] if *client_msg_id == id(3))
         );
-        assert_eq!(acks_in(&outs), vec![2]);
+        // Only receipts: the ack is held, then goes out on its timer.
+        assert_eq!(acks_in(&outs), Vec::<u64>::new());
+        assert_eq!(s.poll_timeout(), Some(now + RECEIPT_ACK_DELAY));
+        s.handle_timeout(now + RECEIPT_ACK_DELAY);
+        assert_eq!(acks_in(&drain(&mut s)), vec![2]);
+    }
+
+    fn receipt(seq: u64) -> Frame {
+        Deliver {
+            seq: ServerSeq(seq),
+            from: "bob".into(),
+            from_device: DeviceId(1),
+            client_msg_id: id(seq as u8),
+            server_ts_ms: 1,
+            payload: Payload::Delivered,
+        }
+        .into()
+    }
+
+    #[test]
+    fn receipt_acks_are_held_and_coalesced_until_their_timer() {
+        let (mut s, now) = ready(true);
+        for seq in 1..=3 {
+            let at = now + Duration::from_millis(10 * seq);
+            s.handle_frame(at, receipt(seq));
+            s.flush_acks();
+            // Sends go out meanwhile; the held ack does not.
+            s.send(id(100 + seq as u8), "bob".into(), vec![1]);
+            let outs = drain(&mut s);
+            assert_eq!(acks_in(&outs), Vec::<u64>::new());
+            assert_eq!(transmitted(&outs).len(), 1);
+        }
+        // Due 200 ms after the first receipt, for all three.
+        let due = now + Duration::from_millis(10) + RECEIPT_ACK_DELAY;
+        assert_eq!(s.poll_timeout(), Some(due));
+        s.handle_timeout(due - Duration::from_millis(1));
+        assert_eq!(acks_in(&drain(&mut s)), Vec::<u64>::new());
+        s.handle_timeout(due);
+        assert_eq!(acks_in(&drain(&mut s)), vec![3]);
+        assert_ne!(s.poll_timeout(), Some(due));
+    }
+
+    #[test]
+    fn messages_are_acked_at_once_and_many_receipts_too() {
+        let (mut s, now) = ready(true);
+        for seq in 1..LAZY_ACK_LIMIT as u64 {
+            s.handle_frame(now, receipt(seq));
+        }
+        s.flush_acks();
+        assert_eq!(acks_in(&drain(&mut s)), Vec::<u64>::new());
+        s.handle_frame(now, receipt(LAZY_ACK_LIMIT as u64));
+        s.flush_acks();
+        assert_eq!(acks_in(&drain(&mut s)), vec![LAZY_ACK_LIMIT as u64]);
+        // A message (its sender waits for "delivered") takes any held receipt ack along.
+        s.handle_frame(now, receipt(100));
+        s.flush_acks();
+        s.handle_frame(
+            now,
+            Deliver {
+                seq: ServerSeq(101),
+                from: "bob".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id(200),
+                server_ts_ms: 1,
+                payload: Payload::Envelope(
+                    crate::content::seal(&Content::Text("hi".into())).unwrap(),
+                ),
+            }
+            .into(),
+        );
+        s.flush_acks();
+        assert_eq!(acks_in(&drain(&mut s)), vec![101]);
     }
 
     #[test]
