@@ -34,7 +34,8 @@ pub(crate) const DEAD_AFTER: Duration = Duration::from_secs(45);
 pub(crate) const RECEIPT_ACK_DELAY: Duration = Duration::from_millis(200);
 /// Receipts held unacknowledged at most (well below the server's delivery window).
 pub(crate) const LAZY_ACK_LIMIT: usize = 32;
-/// How long a send refused with `RateLimited` / `TooManyInFlight` waits before going again.
+/// How long a send refused with `RateLimited` / `TooManyInFlight` / `ShuttingDown` waits
+/// before going again (a reconnect sends it sooner).
 pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Sends on the wire without an answer, per connection (the edge refuses above 1024).
 pub(crate) const MAX_IN_FLIGHT: usize = 512;
@@ -452,9 +453,15 @@ impl Session {
             }
             Frame::Rejected(r) => {
                 let code = ErrorCode::from_u16(r.code);
+                // `ShuttingDown`: the server is draining this connection (a `Goaway` follows);
+                // the send goes again after the reconnect, in its original order.
                 if matches!(
                     code,
-                    Some(ErrorCode::RateLimited | ErrorCode::TooManyInFlight)
+                    Some(
+                        ErrorCode::RateLimited
+                            | ErrorCode::TooManyInFlight
+                            | ErrorCode::ShuttingDown
+                    )
                 ) {
                     tracing::debug!(code = r.code, "send refused for now; retrying");
                     self.outbox.retry_later(r.client_msg_id, now + RETRY_DELAY);
@@ -821,6 +828,56 @@ mod tests {
         s.handle_timeout(now + RETRY_DELAY);
         let outs = drain(&mut s);
         assert!(matches!(transmitted(&outs)[..], [Frame::Send(ref x)] if x.client_msg_id == id(1)));
+    }
+
+    #[test]
+    fn sends_refused_by_a_draining_server_go_again_after_the_reconnect_in_order() {
+        let (mut s, now) = ready(true);
+        for i in 1..=3 {
+            s.send(id(i), "bob".into(), vec![i]);
+        }
+        drain(&mut s);
+        // The server accepted 1, then started draining: 2 and 3 are refused.
+        s.handle_frame(
+            now,
+            Sent {
+                client_msg_id: id(1),
+                server_ts_ms: 1,
+                duplicate: false,
+            }
+            .into(),
+        );
+        for i in 2..=3 {
+            s.handle_frame(
+                now,
+                Rejected {
+                    client_msg_id: id(i),
+                    code: ErrorCode::ShuttingDown.as_u16(),
+                    message: "connection is closing".into(),
+                }
+                .into(),
+            );
+        }
+        let outs = drain(&mut s);
+        let failed = outs
+            .iter()
+            .any(|o| matches!(o, Output::SendDone { result: Err(_), .. }));
+        assert!(
+            !failed,
+            "a draining server's refusal is not a failure: {outs:?}"
+        );
+        assert_eq!(s.pending_sends(), 2);
+        s.disconnected();
+        s.connected(now, 1 << 20);
+        let outs = drain(&mut s);
+        let ids: Vec<ClientMsgId> = transmitted(&outs)
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Send(x) => Some(x.client_msg_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec![id(2), id(3)]);
     }
 
     #[test]
