@@ -123,6 +123,8 @@ async fn backup_offline(config: &Config, to: &Path) -> Result<Response, String> 
                 .map_err(|e| format!("copying {}: {e}", src.display()))?;
         }
     }
+    copy_reset_key(&config.data_dir, to)?;
+    sync_dir(to)?;
     let mut copy_config = config.clone();
     copy_config.data_dir = to.to_path_buf();
     let after = census(&copy_config).await?;
@@ -138,6 +140,20 @@ async fn backup_offline(config: &Config, to: &Path) -> Result<Response, String> 
         users: after.0 as u64,
         queued: after.1 as u64,
     })
+}
+
+/// Copies the QUIC reset key (if any) into a backup, so that an edge restored from it in the
+/// old one's place lets the old clients reconnect at once (see `reset_key`).
+fn copy_reset_key(data_dir: &Path, to: &Path) -> Result<(), String> {
+    let src = data_dir.join(crate::reset_key::FILE_NAME);
+    if !src.exists() {
+        return Ok(());
+    }
+    let dst = to.join(crate::reset_key::FILE_NAME);
+    // `fs::copy` keeps the 0600 mode.
+    std::fs::copy(&src, &dst)
+        .and_then(|_| std::fs::File::open(&dst)?.sync_all())
+        .map_err(|e| format!("copying {}: {e}", src.display()))
 }
 
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {

@@ -56,6 +56,17 @@ async fn backup_of_a_running_or_stopped_edge_restores() {
         "{out}"
     );
 
+    // Both copies carry the QUIC reset key (an edge restored in the old one's place lets
+    // its clients reconnect at once), still private.
+    let key = std::fs::read(data.join(missive_edge::reset_key::FILE_NAME)).unwrap();
+    for from in [&copy, &live_copy] {
+        let copied = from.join(missive_edge::reset_key::FILE_NAME);
+        assert_eq!(std::fs::read(&copied).unwrap(), key, "{}", from.display());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&copied).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
     // Serve from each copy: bob gets the five.
     for from in [&copy, &live_copy] {
         let restored = Edge::start(from, &[]);

@@ -306,6 +306,7 @@ async fn backup(ctx: &AdminCtx, to: PathBuf) -> Result<Response, String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("copying the TLS material: {e}"))?;
     }
+    super::copy_reset_key(&ctx.data_dir, &to)?;
     super::sync_dir(&to)?;
     tracing::info!(to = %to.display(), entries = report.counts.entries(), "admin: backup made");
     Ok(Response::Backup {
