@@ -51,6 +51,16 @@ fn recv(profile: &Path, secs: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Registers profiles `alice` and `bob` with the CLI against `edge`.
+fn register_alice_and_bob(edge: &Edge, alice: &Path, bob: &Path) {
+    let server = edge.quic.to_string();
+    let ca = edge.cert.display().to_string();
+    for (p, name) in [(alice, "alice"), (bob, "bob")] {
+        let (ok, _, err) = missive(p, &["--server", &server, "--ca", &ca, "register", name]);
+        assert!(ok, "register {name}: {err}");
+    }
+}
+
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == t).collect()
 }
@@ -61,12 +71,8 @@ fn cli_quickstart_story() {
     let mut edge = Edge::start(&dir.path().join("edge"), &[]);
     let alice = dir.path().join("alice");
     let bob = dir.path().join("bob");
-    let server = edge.quic.to_string();
-    let ca = edge.cert.display().to_string();
-    for (p, name) in [(&alice, "alice"), (&bob, "bob")] {
-        let (ok, _, err) = missive(p, &["--server", &server, "--ca", &ca, "register", name]);
-        assert!(ok, "register {name}: {err}");
-    }
+    register_alice_and_bob(&edge, &alice, &bob);
+    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
     // Registering a taken name fails with exit code 1 and a message.
     let (ok, _, err) = missive(
         &dir.path().join("mallory"),
@@ -148,12 +154,7 @@ fn recv_yields_to_a_send_on_its_profile_and_comes_back() {
     let edge = Edge::start(&dir.path().join("edge"), &[]);
     let alice = dir.path().join("alice");
     let bob = dir.path().join("bob");
-    let server = edge.quic.to_string();
-    let ca = edge.cert.display().to_string();
-    for (p, name) in [(&alice, "alice"), (&bob, "bob")] {
-        let (ok, _, err) = missive(p, &["--server", &server, "--ca", &ca, "register", name]);
-        assert!(ok, "register {name}: {err}");
-    }
+    register_alice_and_bob(&edge, &alice, &bob);
     let receiver = Command::new(cli_bin())
         .arg("--profile")
         .arg(&bob)

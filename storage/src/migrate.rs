@@ -19,22 +19,8 @@ pub struct MigrationReport {
     pub from: Engine,
     /// The engine copied to; now the active one.
     pub to: Engine,
-    /// User records.
-    pub users: u64,
-    /// Device public keys.
-    pub device_keys: u64,
-    /// Unused invite tokens.
-    pub invites: u64,
-    /// Queued mailbox items (envelopes and receipts).
-    pub mailbox_items: u64,
-    /// Per-mailbox next-seq counters.
-    pub seq_counters: u64,
-    /// Send dedup keys.
-    pub dedup_keys: u64,
-    /// Entries of no known kind (copied all the same).
-    pub other: u64,
-    /// Key and value bytes copied.
-    pub bytes: u64,
+    /// What was copied (and verified), by kind of entry.
+    pub counts: EntryCounts,
     /// The source engine's directory, left in place as a backup; no open will use it.
     pub backup: PathBuf,
     /// Where an older copy that sat in the destination's place was moved, if there was one.
@@ -46,28 +32,10 @@ impl MigrationReport {
         Self {
             from,
             to,
-            users: counts.users,
-            device_keys: counts.device_keys,
-            invites: counts.invites,
-            mailbox_items: counts.mailbox_items,
-            seq_counters: counts.seq_counters,
-            dedup_keys: counts.dedup_keys,
-            other: counts.other,
-            bytes: counts.bytes,
+            counts,
             backup,
             replaced: None,
         }
-    }
-
-    /// Every entry copied.
-    pub fn entries(&self) -> u64 {
-        self.users
-            + self.device_keys
-            + self.invites
-            + self.mailbox_items
-            + self.seq_counters
-            + self.dedup_keys
-            + self.other
     }
 }
 

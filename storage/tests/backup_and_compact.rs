@@ -2,21 +2,11 @@
 //! what was committed before it; compaction (online on fjall, offline on both engines by
 //! compaction or rewrite) keeps every queued envelope and reports disk bytes.
 
-use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
-use missive_storage::{compact, Engine, MailboxId, StorageError, Store, StoreConfig, StoredItem};
+mod common;
 
-fn config(engine: Engine) -> StoreConfig {
-    StoreConfig {
-        engine,
-        ..StoreConfig::default()
-    }
-}
-
-fn id(n: u64) -> ClientMsgId {
-    let mut b = [0u8; 16];
-    b[8..].copy_from_slice(&n.to_be_bytes());
-    ClientMsgId(b)
-}
+use common::{config, id};
+use missive_proto::{DeviceId, ServerSeq};
+use missive_storage::{compact, Engine, MailboxId, StorageError, Store, StoredItem};
 
 fn bob() -> MailboxId {
     MailboxId::new("bob", DeviceId(1))

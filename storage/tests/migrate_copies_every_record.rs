@@ -2,25 +2,15 @@
 //! keys, invites, mailboxes with their seqs, seq counters, dedup keys — and back again; the
 //! old engine can no longer open the store.
 
-use missive_proto::{ClientMsgId, DeviceId, ServerSeq, Visibility};
+mod common;
+
+use common::{config, id};
+use missive_proto::{DeviceId, ServerSeq, Visibility};
 use missive_storage::{
     migrate, AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig,
     StoredItem, UserRecord,
 };
 use std::path::Path;
-
-fn config(engine: Engine) -> StoreConfig {
-    StoreConfig {
-        engine,
-        ..StoreConfig::default()
-    }
-}
-
-fn id(n: u64) -> ClientMsgId {
-    let mut b = [0u8; 16];
-    b[8..].copy_from_slice(&n.to_be_bytes());
-    ClientMsgId(b)
-}
 
 fn mailboxes() -> Vec<MailboxId> {
     vec![
@@ -121,13 +111,13 @@ async fn migrate_there_and_back_keeps_everything() {
 
         let report = migrate(dir.path(), a, b, &config(b)).unwrap();
         assert_eq!((report.from, report.to), (a, b));
-        assert_eq!(report.users, 4, "{report:?}");
-        assert_eq!(report.device_keys, 5, "{report:?}");
-        assert_eq!(report.invites, 1, "{report:?}");
-        assert_eq!(report.mailbox_items, before.total_queued as u64);
-        assert_eq!(report.seq_counters, 4, "{report:?}");
-        assert_eq!(report.dedup_keys, 6, "{report:?}");
-        assert_eq!(report.other, 0);
+        assert_eq!(report.counts.users, 4, "{report:?}");
+        assert_eq!(report.counts.device_keys, 5, "{report:?}");
+        assert_eq!(report.counts.invites, 1, "{report:?}");
+        assert_eq!(report.counts.mailbox_items, before.total_queued as u64);
+        assert_eq!(report.counts.seq_counters, 4, "{report:?}");
+        assert_eq!(report.counts.dedup_keys, 6, "{report:?}");
+        assert_eq!(report.counts.other, 0);
         assert_eq!(report.backup, dir.path().join(a.name()));
         assert_eq!(report.replaced, None);
 
@@ -178,7 +168,7 @@ async fn migrate_there_and_back_keeps_everything() {
 
         // And back: the stale backup of `a` is moved aside, not reused.
         let back = migrate(dir.path(), b, a, &config(a)).unwrap();
-        assert_eq!(back.users, 5);
+        assert_eq!(back.counts.users, 5);
         let aside = back.replaced.clone().expect("old copy moved aside");
         assert!(aside.is_dir(), "{aside:?}");
         let store = Store::open(dir.path(), config(a), None).unwrap();

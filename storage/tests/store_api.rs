@@ -2,6 +2,9 @@
 //! an `async fn(Engine)`, and `for_each_engine!` turns it into one test per engine
 //! (`on_sled::name`, `on_fjall::name`).
 
+mod common;
+
+use common::{config, id};
 use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
 use missive_storage::{
     AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig, StoredItem,
@@ -42,19 +45,6 @@ for_each_engine!(
     acked_items_stay_deleted_across_reopen,
     acks_across_a_restart_cover_old_and_new_items_once,
 );
-
-fn config(engine: Engine) -> StoreConfig {
-    StoreConfig {
-        engine,
-        ..StoreConfig::default()
-    }
-}
-
-fn id(n: u64) -> ClientMsgId {
-    let mut b = [0u8; 16];
-    b[8..].copy_from_slice(&n.to_be_bytes());
-    ClientMsgId(b)
-}
 
 async fn with_users(store: &Store, names: &[&str]) {
     for n in names {

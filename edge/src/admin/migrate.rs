@@ -23,19 +23,19 @@ pub(super) async fn run(config: &Config, from: Engine, to: Engine) -> Result<(),
         dir.display(),
         started.elapsed().as_secs_f64()
     );
-    println!("  users: {}", report.users);
-    println!("  device keys: {}", report.device_keys);
-    println!("  invites: {}", report.invites);
-    println!("  queued mailbox items: {}", report.mailbox_items);
-    println!("  mailbox seq counters: {}", report.seq_counters);
-    println!("  dedup keys: {}", report.dedup_keys);
-    if report.other > 0 {
-        println!("  other entries: {}", report.other);
+    println!("  users: {}", report.counts.users);
+    println!("  device keys: {}", report.counts.device_keys);
+    println!("  invites: {}", report.counts.invites);
+    println!("  queued mailbox items: {}", report.counts.mailbox_items);
+    println!("  mailbox seq counters: {}", report.counts.seq_counters);
+    println!("  dedup keys: {}", report.counts.dedup_keys);
+    if report.counts.other > 0 {
+        println!("  other entries: {}", report.counts.other);
     }
     println!(
         "  total: {} entries, {} bytes",
-        report.entries(),
-        report.bytes
+        report.counts.entries(),
+        report.counts.bytes
     );
     println!(
         "the {from} files stay in {} as a backup; delete them once the edge runs well on {to}",
