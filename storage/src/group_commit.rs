@@ -1,6 +1,7 @@
 //! The committer: the one thread that writes. It drains waiting operations into one engine
-//! batch, applies it, makes it durable (flush + fsync, see [`KvEngine::sync`]), and only then
-//! answers every waiter and tells the [`CommitListener`] about appended items.
+//! batch, applies it, tells the [`CommitListener`] about appended items (so live recipients
+//! get them while the batch is being made durable), makes it durable (flush + fsync, see
+//! [`KvEngine::sync`]), and only then answers every waiter.
 //!
 //! A backup ([`Op::Backup`]) is not part of a batch: the committer commits what was queued
 //! before it, runs the copy (see `backup.rs`) while every later write waits, then goes on.
@@ -252,7 +253,19 @@ impl Committer {
             answers.push((req.reply, r));
         }
         let started = Instant::now();
-        let durable = self.db.apply(batch).and_then(|()| self.db.sync());
+        let applied = self.db.apply(batch);
+        if applied.is_ok() {
+            // Live recipients get their items while the fsync runs: delivery does not wait for
+            // durability, only the writers' answers (the sender's `Sent`) do. Should the edge
+            // die before the sync ends, the sender, never answered, sends again under the same
+            // client message id and the recipient's SDK drops the repeat.
+            if let Some(listener) = &self.listener {
+                for (mb, seq, item) in &pending.events {
+                    listener(mb, *seq, item);
+                }
+            }
+        }
+        let durable = applied.and_then(|()| self.db.sync());
         let micros = started.elapsed().as_micros() as u64;
         match durable {
             Ok(()) => {
@@ -280,11 +293,6 @@ impl Committer {
                             }
                         }
                         devs.sort_unstable_by_key(|d| d.0);
-                    }
-                }
-                if let Some(listener) = &self.listener {
-                    for (mb, seq, item) in &pending.events {
-                        listener(mb, *seq, item);
                     }
                 }
                 for (reply, r) in answers {
@@ -857,16 +865,17 @@ mod tests {
     }
 
     #[test]
-    fn waiters_and_listener_hear_only_after_sync() {
+    fn waiters_hear_only_after_sync_and_the_listener_before_it() {
         let h = harness();
         let mut reply = append(&h, 1);
-        // The batch is applied and the sync has started, but not finished.
+        // The batch is applied and the sync has started, but not finished: the listener
+        // (live delivery) already knows, the writer (the sender's `Sent`) does not.
         h.entered.recv().unwrap();
         assert!(matches!(
             reply.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
         ));
-        assert!(h.events.lock().unwrap().is_empty());
+        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
         h.gate.send(Gate::Pass).unwrap();
         let r = reply.blocking_recv().unwrap().unwrap();
         assert!(matches!(
@@ -878,19 +887,22 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_sync_answers_every_waiter_with_an_error_and_tells_no_listener() {
+    fn a_failed_sync_answers_every_waiter_with_an_error() {
         let h = harness();
         let reply = append(&h, 1);
         h.entered.recv().unwrap();
         h.gate.send(Gate::Fail).unwrap();
         assert!(reply.blocking_recv().unwrap().is_err());
-        assert!(h.events.lock().unwrap().is_empty());
         // The next write still works, and is acked only after its own sync.
-        let reply = append(&h, 2);
+        let mut reply = append(&h, 2);
         h.entered.recv().unwrap();
+        assert!(matches!(
+            reply.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
         h.gate.send(Gate::Pass).unwrap();
         assert!(reply.blocking_recv().unwrap().is_ok());
-        assert_eq!(h.events.lock().unwrap().len(), 1);
+        assert_eq!(h.events.lock().unwrap().len(), 2);
         shutdown(h);
     }
 

@@ -46,8 +46,9 @@ impl Default for StoreConfig {
     }
 }
 
-/// Called by the committer, after the fsync, for every item it appended, in sequence order
-/// per mailbox. It runs on the committer thread: it must only hand the item off (e.g.
+/// Called by the committer for every item it appended, in sequence order per mailbox, once the
+/// batch is applied and before its fsync ends (so a live recipient gets it while it is being
+/// made durable; the writers' answers still wait for the fsync). It runs on the committer thread: it must only hand the item off (e.g.
 /// `try_send` to a session), never block.
 pub type CommitListener = Arc<dyn Fn(&MailboxId, ServerSeq, &StoredItem) + Send + Sync>;
 
@@ -208,7 +209,7 @@ impl Store {
     /// thread. The engine's files live in `dir/<engine>/`; a directory whose data belongs to
     /// the other engine is refused with [`StorageError::EngineMismatch`].
     ///
-    /// `listener` sees every durably appended item (see [`CommitListener`]).
+    /// `listener` sees every appended item (see [`CommitListener`]).
     pub fn open(
         dir: &Path,
         config: StoreConfig,

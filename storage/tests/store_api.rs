@@ -93,7 +93,7 @@ async fn append_read_ack_and_delivery_receipts(engine: Engine) {
         2
     );
     assert_eq!(store.read_mailbox(&bob, ServerSeq(1), 2).unwrap().len(), 2);
-    // The listener saw every append, in order, only after it was durable.
+    // The listener saw every append, in order.
     assert_eq!(events.lock().unwrap().len(), 5);
 
     let out = store.ack(bob.clone(), ServerSeq(3), 2000).await.unwrap();
