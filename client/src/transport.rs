@@ -18,6 +18,10 @@ const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// QUIC idle timeout: above the 15 s application ping so a live connection never hits it.
 const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
+/// Ack-eliciting packets the server may receive before it must send an ACK (QUIC ACK
+/// frequency extension; its ACK delay still bounds how long it waits).
+const ACK_ELICITING_THRESHOLD: u32 = 10;
+
 /// How long closing a QUIC connection waits for the close to reach the peer.
 const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
@@ -246,6 +250,11 @@ async fn connect_quic(
     // The server never opens streams towards the client (yet); do not pre-size tables for it.
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // Let the server acknowledge every 11th ack-eliciting packet (or after its 25 ms ACK
+    // delay) instead of every 2nd, so its ACKs ride on its next frame (QUIC ACK frequency).
+    let mut ack_frequency = quinn::AckFrequencyConfig::default();
+    ack_frequency.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
+    transport.ack_frequency_config(Some(ack_frequency));
     client_config.transport_config(Arc::new(transport));
 
     let (endpoint, socket) = match &cfg.quic_endpoint {
