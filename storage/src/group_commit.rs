@@ -189,6 +189,9 @@ struct Pending {
     /// Items deleted by acks answered from the unacked log (not in `deleted`).
     deleted_logged: u64,
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
+    /// The next seq of every mailbox this batch appended to: its counter is written once per
+    /// batch, not once per item.
+    next_seqs: HashMap<MailboxId, u64>,
 }
 
 impl Committer {
@@ -251,6 +254,9 @@ impl Committer {
         for req in reqs {
             let r = self.apply(&mut batch, &mut pending, req.op);
             answers.push((req.reply, r));
+        }
+        for (mb, next) in pending.next_seqs.drain() {
+            batch.insert(keys::seq_counter(&mb), next.to_be_bytes());
         }
         let started = Instant::now();
         let applied = self.db.apply(batch);
@@ -442,7 +448,7 @@ impl Committer {
 
     fn next_seq(
         &mut self,
-        batch: &mut WriteBatch,
+        pending: &mut Pending,
         mb: &MailboxId,
     ) -> Result<ServerSeq, StorageError> {
         let next = match self.seqs.get_mut(mb) {
@@ -460,7 +466,12 @@ impl Committer {
                 next
             }
         };
-        batch.insert(keys::seq_counter(mb), (next + 1).to_be_bytes());
+        match pending.next_seqs.get_mut(mb) {
+            Some(n) => *n = next + 1,
+            None => {
+                pending.next_seqs.insert(mb.clone(), next + 1);
+            }
+        }
         Ok(ServerSeq(next))
     }
 
@@ -471,7 +482,7 @@ impl Committer {
         mb: MailboxId,
         item: StoredItem,
     ) -> Result<(), StorageError> {
-        let seq = self.next_seq(batch, &mb)?;
+        let seq = self.next_seq(pending, &mb)?;
         batch.insert(keys::mailbox_item(&mb, seq), encode(&item)?);
         let receipt_to = matches!(item.payload, Payload::Envelope(_))
             .then(|| (item.from.clone(), item.client_msg_id));

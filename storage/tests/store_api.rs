@@ -366,6 +366,23 @@ async fn concurrent_writers_are_group_committed(engine: Engine) {
         "32 concurrent writers never shared a commit (mean batch {})",
         stats.mean_batch()
     );
+    // The seq counter, written once per batch, holds each batch's last seq: after a full
+    // drain and a reopen the next item follows the last one.
+    let bob = MailboxId::new("bob", DeviceId(1));
+    store
+        .ack(bob.clone(), ServerSeq(u64::MAX), 2)
+        .await
+        .unwrap();
+    store.shutdown().await;
+    drop(store);
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    store
+        .append_message("alice", DeviceId(1), id(999_999), "bob", vec![1], 3)
+        .await
+        .unwrap();
+    let items = store.read_mailbox(&bob, ServerSeq(0), 10).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].0, ServerSeq(32 * 50 + 1));
     store.shutdown().await;
 }
 
