@@ -249,8 +249,9 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     transport.send_window(512 * 1024);
     // Ask clients to acknowledge every 11th ack-eliciting packet (or after their 25 ms ACK
     // delay) instead of every 2nd: their ACKs then ride on their next frame. QUIC ACK
-    // frequency extension; at a sparse 4,000 msgs/s it cut datagrams from 6.4 to 5.4 per
-    // message and server CPU per message by ~15 %.
+    // frequency extension; paced at 4,000 msgs/s over 100 pairs it cut UDP datagrams from
+    // 6.4 to 5.4 per message (no change over 200 pairs, whose frames are 50 ms apart: more
+    // than the 25 ms ACK delay).
     transport.ack_frequency_config(Some(ack_frequency()));
     let idle = config.idle_timeout() + Duration::from_secs(15);
     transport.max_idle_timeout(Some(
