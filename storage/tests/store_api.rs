@@ -156,6 +156,17 @@ async fn unknown_recipient_is_refused(engine: Engine) {
     store.shutdown().await;
 }
 
+/// Appends one message from alice to the drained mailbox `bob` and returns the seq it got.
+async fn seq_of_one_append_to_empty(store: &Store, bob: &MailboxId, msg: ClientMsgId) -> ServerSeq {
+    store
+        .append_message("alice", DeviceId(1), msg, "bob", vec![1], 20)
+        .await
+        .unwrap();
+    let items = store.read_mailbox(bob, ServerSeq(0), 10).unwrap();
+    assert_eq!(items.len(), 1, "the mailbox held more than the new item");
+    items[0].0
+}
+
 async fn dedup_and_seq_survive_reopen(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let bob = MailboxId::new("bob", DeviceId(1));
@@ -194,14 +205,8 @@ async fn dedup_and_seq_survive_reopen(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(r, AppendOutcome::Duplicate { server_ts_ms: 10 });
-    store
-        .append_message("alice", DeviceId(1), id(100), "bob", vec![1], 20)
-        .await
-        .unwrap();
-    let items = store.read_mailbox(&bob, ServerSeq(0), 10).unwrap();
-    assert_eq!(items.len(), 1);
     assert_eq!(
-        items[0].0,
+        seq_of_one_append_to_empty(&store, &bob, id(100)).await,
         ServerSeq(5),
         "seq must keep increasing after a full drain"
     );
@@ -376,13 +381,10 @@ async fn concurrent_writers_are_group_committed(engine: Engine) {
     store.shutdown().await;
     drop(store);
     let store = Store::open(dir.path(), config(engine), None).unwrap();
-    store
-        .append_message("alice", DeviceId(1), id(999_999), "bob", vec![1], 3)
-        .await
-        .unwrap();
-    let items = store.read_mailbox(&bob, ServerSeq(0), 10).unwrap();
-    assert_eq!(items.len(), 1);
-    assert_eq!(items[0].0, ServerSeq(32 * 50 + 1));
+    assert_eq!(
+        seq_of_one_append_to_empty(&store, &bob, id(999_999)).await,
+        ServerSeq(32 * 50 + 1)
+    );
     store.shutdown().await;
 }
 
