@@ -3,7 +3,8 @@
 # ../shared/peers/mqtt-baseline.sh: PAIRS senders → PAIRS receivers, SIZE-byte messages, a
 # WINDOW of unacknowledged sends per sender, three scenarios:
 #   sat     — MSGS per sender, unpaced (saturation)
-#   paced   — RATE msgs/s per sender × PACED_MSGS (PAIRS×RATE offered, e.g. 4,000 msgs/s)
+#   paced   — RATE msgs/s per sender × PACED_MSGS (PAIRS×RATE offered, e.g. 4,000 msgs/s);
+#             senders start together (--aligned), as msgload's do
 #   offline — receivers offline while MSGS per sender queue, then they connect and drain
 # Prints one table: msgs/s, p50/p99 latency, server CPU µs per message, server RSS, and the
 # ratio ours/theirs. Missive fsyncs every acknowledged message; mosquitto (persistence on,
@@ -43,7 +44,7 @@ for run in $(seq "$RUNS"); do
   "$BENCH" chat --spawn --edge-config "$OUT/edge.toml" --one-way --clients "$clients" --messages $((PAIRS * MSGS)) \
     --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-sat-$run.json" > "$OUT/ours-sat-$run.txt" 2>&1
   "$BENCH" chat --spawn --edge-config "$OUT/edge.toml" --one-way --clients "$clients" --messages $((PAIRS * PACED_MSGS)) \
-    --rate $((PAIRS * RATE)) --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-paced-$run.json" > "$OUT/ours-paced-$run.txt" 2>&1
+    --rate $((PAIRS * RATE)) --aligned --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-paced-$run.json" > "$OUT/ours-paced-$run.txt" 2>&1
   "$BENCH" offline --spawn --edge-config "$OUT/edge.toml" --clients "$clients" --messages $((PAIRS * MSGS)) \
     --size "$SIZE" --window "$WINDOW" --json "$OUT/ours-offline-$run.json" > "$OUT/ours-offline-$run.txt" 2>&1
 done

@@ -71,6 +71,11 @@ struct Cli {
     /// `chat`/`crash`: only one client of each pair sends (the MQTT peers' workload shape).
     #[arg(long)]
     one_way: bool,
+    /// With `--rate`: every sender starts at the same instant, so each interval opens with a
+    /// burst of one message per sender (the MQTT peers' shape). Default: start times spread
+    /// evenly over one interval, a smooth load.
+    #[arg(long, requires = "rate")]
+    aligned: bool,
     /// QUIC clients sharing one UDP socket (0 = one each while the process's open-file limit
     /// allows, else as few per socket as fit in half of it).
     #[arg(long, default_value_t = 0)]
@@ -152,6 +157,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         size: cli.size,
         window: cli.window,
         one_way: cli.one_way,
+        aligned: cli.aligned,
     };
     let remote_start = cli.metrics.and_then(missive_bench::remote::sample);
     let cpu_start = spawned.as_ref().map(|e| e.cpu_seconds());

@@ -3,7 +3,7 @@
 //! `crash_midway`, the spawned edge is SIGKILLed and restarted once half the messages are
 //! acknowledged; every acknowledged message must still arrive exactly once.
 
-use super::{cpu_between, lock, send_stream, Knobs, Run, RunClock, Under, Until};
+use super::{cpu_between, lock, send_stream, Knobs, Pacing, Run, RunClock, Under, Until};
 use crate::fleet::{connect_all, register_users, run_prefix};
 use crate::payload;
 use crate::tracker::Tracker;
@@ -58,13 +58,16 @@ pub async fn run(
     let sending = if knobs.one_way { n / 2 } else { n };
     let per_sender = knobs.messages.div_ceil(sending as u64);
     let deadline = knobs.seconds.map(|s| clock.0 + Duration::from_secs_f64(s));
-    let per_sender_rate = knobs.rate.map(|r| r / sending as f64);
     let mut senders = Vec::new();
     for (i, client) in senders_clients.iter().enumerate() {
         if knobs.one_way && i % 2 == 1 {
             continue;
         }
         let to = users[i ^ 1].name.clone();
+        let sender_index = if knobs.one_way { i / 2 } else { i };
+        let pacing = knobs
+            .rate
+            .map(|r| Pacing::for_sender(r, sender_index, sending, knobs.aligned));
         let until = match deadline {
             Some(d) => Until::Deadline(d),
             None => Until::Count(per_sender),
@@ -74,7 +77,7 @@ pub async fn run(
             to,
             i as u32,
             until,
-            per_sender_rate,
+            pacing,
             knobs.window,
             knobs.size,
             tracker.clone(),

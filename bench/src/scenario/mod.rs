@@ -28,6 +28,40 @@ pub struct Knobs {
     pub window: usize,
     /// `chat`: only the first client of each pair sends (the MQTT peers' shape) instead of both.
     pub one_way: bool,
+    /// Paced senders all start at the same instant, so each interval opens with a burst of
+    /// one message per sender (the MQTT peers' `msgload` shape). Otherwise their start times
+    /// are spread evenly over one interval, so the offered load is smooth, as a fleet of
+    /// independent phones makes it.
+    pub aligned: bool,
+}
+
+/// When one paced sender sends: `rate` msgs/s, the first at `phase` after the run starts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pacing {
+    /// This sender's msgs/s.
+    pub rate: f64,
+    /// Offset of this sender's first send from the start of the run.
+    pub phase: Duration,
+}
+
+impl Pacing {
+    /// Pacing of sender `index` of `senders` sharing `total_rate` msgs/s: aligned senders all
+    /// start at 0; otherwise sender `index` starts `index / senders` of an interval late.
+    pub fn for_sender(total_rate: f64, index: usize, senders: usize, aligned: bool) -> Self {
+        let senders = senders.max(1);
+        let rate = total_rate / senders as f64;
+        let phase = if aligned || rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(index as f64 / senders as f64 / rate)
+        };
+        Self { rate, phase }
+    }
+
+    /// When send number `seq` is due, counted from `start`.
+    pub fn due(&self, start: Instant, seq: u64) -> Instant {
+        start + self.phase + Duration::from_secs_f64(seq as f64 / self.rate)
+    }
 }
 
 /// What a scenario measured.
@@ -97,7 +131,7 @@ pub enum Until {
 }
 
 /// One sender's stream: stamped messages to `to`, at most `window` unacknowledged, optionally
-/// paced at `rate` msgs/s. Each send is queued in sequence order; acks are recorded in the
+/// paced. Each send is queued in sequence order; acks are recorded in the
 /// tracker as they come. Returns when every send was answered.
 #[allow(clippy::too_many_arguments)]
 pub async fn send_stream(
@@ -105,7 +139,7 @@ pub async fn send_stream(
     to: String,
     stream: u32,
     until: Until,
-    rate: Option<f64>,
+    pacing: Option<Pacing>,
     window: usize,
     size: usize,
     tracker: Arc<Mutex<Tracker>>,
@@ -122,9 +156,8 @@ pub async fn send_stream(
         if done {
             break;
         }
-        if let Some(r) = rate {
-            let at = clock.0 + Duration::from_secs_f64(seq as f64 / r);
-            tokio::time::sleep_until(at.into()).await;
+        if let Some(p) = pacing {
+            tokio::time::sleep_until(p.due(clock.0, seq).into()).await;
         }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
@@ -149,5 +182,30 @@ pub async fn send_stream(
     }
     for t in inflight {
         let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_senders_divide_one_interval_and_aligned_ones_start_together() {
+        let start = Instant::now();
+        // 4 senders sharing 400 msgs/s: 100/s each, an interval of 10 ms.
+        let spread: Vec<_> = (0..4)
+            .map(|i| Pacing::for_sender(400.0, i, 4, false))
+            .collect();
+        for (i, p) in spread.iter().enumerate() {
+            assert_eq!(p.rate, 100.0);
+            assert_eq!(p.phase, Duration::from_micros(2_500 * i as u64));
+            assert_eq!(
+                p.due(start, 3),
+                start + Duration::from_micros(30_000 + 2_500 * i as u64)
+            );
+        }
+        let aligned = Pacing::for_sender(400.0, 3, 4, true);
+        assert_eq!(aligned.phase, Duration::ZERO);
+        assert_eq!(aligned.due(start, 3), start + Duration::from_millis(30));
     }
 }
