@@ -100,6 +100,10 @@ pub struct Sampled {
     /// Flush latency histogram counts, per `FLUSH_BUCKETS_US` bound (non-cumulative), plus
     /// overflow as the last element.
     pub flush_buckets: Vec<u64>,
+    /// Microseconds spent building batches (their storage reads), total.
+    pub build_micros_total: u64,
+    /// Batch-build latency histogram counts, as `flush_buckets`.
+    pub build_buckets: Vec<u64>,
     /// Mailbox items appended (messages per device and receipts).
     pub items_appended: u64,
     /// Mailbox items deleted (acks and expiry).
@@ -241,33 +245,29 @@ impl Metrics {
             "Largest group-commit batch so far.",
             format!("missive_group_commit_batch_max {}\n", s.max_batch),
         );
-        let mut body = String::new();
-        let mut cumulative = 0u64;
-        for (i, bound) in FLUSH_BUCKETS_US.iter().enumerate() {
-            cumulative += s.flush_buckets.get(i).copied().unwrap_or(0);
-            let _ = writeln!(
-                body,
-                "missive_group_commit_flush_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1e6
-            );
-        }
-        let _ = writeln!(
-            body,
-            "missive_group_commit_flush_seconds_bucket{{le=\"+Inf\"}} {}",
-            s.commits
-        );
-        let _ = writeln!(
-            body,
-            "missive_group_commit_flush_seconds_sum {}\nmissive_group_commit_flush_seconds_count {}",
-            s.flush_micros_total as f64 / 1e6,
-            s.commits
-        );
         add(
             &mut out,
             "missive_group_commit_flush_seconds",
             "histogram",
             "Time of one group commit's flush + fsync.",
-            body,
+            latency_histogram(
+                "missive_group_commit_flush_seconds",
+                &s.flush_buckets,
+                s.flush_micros_total,
+            ),
+        );
+        add(
+            &mut out,
+            "missive_group_commit_build_seconds",
+            "histogram",
+            "Time to build one group commit's batch: the storage reads it needs before the flush \
+             (duplicate checks, seq counters, acked items). Slow builds with fast flushes mean the \
+             engine held its readers back.",
+            latency_histogram(
+                "missive_group_commit_build_seconds",
+                &s.build_buckets,
+                s.build_micros_total,
+            ),
         );
         let mut body = String::new();
         for (i, outcome) in ["delivered", "failed", "dropped", "coalesced"]
@@ -298,6 +298,27 @@ impl Metrics {
     }
 }
 
+/// The sample lines of a Prometheus histogram over [`FLUSH_BUCKETS_US`]: cumulative buckets
+/// from non-cumulative `counts` (the last one counting what exceeds every bound), `_sum` from
+/// `sum_micros`, and `_count`.
+fn latency_histogram(name: &str, counts: &[u64], sum_micros: u64) -> String {
+    let mut body = String::new();
+    let mut cumulative = 0u64;
+    for (i, bound) in FLUSH_BUCKETS_US.iter().enumerate() {
+        cumulative += counts.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            body,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let total: u64 = counts.iter().sum();
+    let _ = writeln!(body, "{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(body, "{name}_sum {}", sum_micros as f64 / 1e6);
+    let _ = writeln!(body, "{name}_count {total}");
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +335,8 @@ mod tests {
         let text = m.render(&Sampled {
             commits: 3,
             flush_buckets: vec![1, 2],
+            build_buckets: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 1],
+            build_micros_total: 2_100_000,
             ..Sampled::default()
         });
         assert!(text.contains("missive_connections_open{transport=\"quic\"} 1\n"));
@@ -322,6 +345,13 @@ mod tests {
         assert!(text.contains("missive_errors_total{code=\"rate_limited\"} 1\n"));
         assert!(text.contains("missive_group_commit_flush_seconds_bucket{le=\"0.00025\"} 3\n"));
         assert!(text.contains("missive_group_commit_flush_seconds_count 3\n"));
+        // The build histogram: one build within 100 ms, one slower than every bound.
+        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"0.05\"} 0\n"));
+        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"0.1\"} 1\n"));
+        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("missive_group_commit_build_seconds_sum 2.1\n"));
+        assert!(text.contains("missive_group_commit_build_seconds_count 2\n"));
         // Every sample line belongs to a declared metric.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -64,6 +64,8 @@ impl OpsState for EdgeOps {
             max_batch: stats.max_batch_seen.load(Ordering::Relaxed),
             flush_micros_total: stats.flush_micros_total.load(Ordering::Relaxed),
             flush_buckets: stats.flush_histogram(),
+            build_micros_total: stats.build_micros_total.load(Ordering::Relaxed),
+            build_buckets: stats.build_histogram(),
             items_appended: appended,
             items_deleted: deleted,
             mailbox_items: (base >= 0).then(|| {

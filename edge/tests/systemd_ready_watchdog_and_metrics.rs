@@ -65,6 +65,7 @@ async fn ready_only_after_listeners_accept_then_watchdog_and_stopping() {
         "missive_frames_in_total{type=\"Hello\"}",
         "missive_sessions 2",
         "missive_group_commit_flush_seconds_bucket{le=\"+Inf\"}",
+        "missive_group_commit_build_seconds_bucket{le=\"+Inf\"}",
         "missive_messages_stored_total",
         "process_cpu_seconds_total",
         "process_resident_memory_max_bytes",

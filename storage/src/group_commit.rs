@@ -251,6 +251,7 @@ impl Committer {
         let mut batch = WriteBatch::default();
         let mut pending = Pending::default();
         let mut answers = Vec::with_capacity(reqs.len());
+        let build_started = Instant::now();
         for req in reqs {
             let r = self.apply(&mut batch, &mut pending, req.op);
             answers.push((req.reply, r));
@@ -258,6 +259,8 @@ impl Committer {
         for (mb, next) in pending.next_seqs.drain() {
             batch.insert(keys::seq_counter(&mb), next.to_be_bytes());
         }
+        self.stats
+            .record_build(build_started.elapsed().as_micros() as u64);
         let started = Instant::now();
         let applied = self.db.apply(batch);
         if applied.is_ok() {

@@ -120,9 +120,16 @@ pub struct StoreStats {
     /// Flush + fsync latency histogram: counts per [`FLUSH_BUCKETS_US`] upper bound, the last
     /// slot counting everything slower.
     pub flush_buckets: [AtomicU64; FLUSH_BUCKETS_US.len() + 1],
+    /// Total time spent building batches (the reads a commit needs before its flush:
+    /// duplicate checks, seq counters, acked items), in microseconds.
+    pub build_micros_total: AtomicU64,
+    /// Batch-build latency histogram, with the bounds of [`StoreStats::flush_buckets`]. A slow
+    /// build next to a fast flush means the engine held its readers back (fjall does while it
+    /// installs a flushed memtable).
+    pub build_buckets: [AtomicU64; FLUSH_BUCKETS_US.len() + 1],
 }
 
-/// Upper bounds (µs) of the flush-latency histogram in [`StoreStats::flush_buckets`].
+/// Upper bounds (µs) of the latency histograms in [`StoreStats`].
 pub const FLUSH_BUCKETS_US: [u64; 12] = [
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000,
 ];
@@ -130,19 +137,23 @@ pub const FLUSH_BUCKETS_US: [u64; 12] = [
 impl StoreStats {
     /// Records one commit's flush + fsync time.
     pub(crate) fn record_flush(&self, micros: u64) {
-        let slot = FLUSH_BUCKETS_US
-            .iter()
-            .position(|b| micros <= *b)
-            .unwrap_or(FLUSH_BUCKETS_US.len());
-        self.flush_buckets[slot].fetch_add(1, Ordering::Relaxed);
+        record_latency(&self.flush_buckets, micros);
+    }
+
+    /// Records the time one commit took to build its batch.
+    pub(crate) fn record_build(&self, micros: u64) {
+        self.build_micros_total.fetch_add(micros, Ordering::Relaxed);
+        record_latency(&self.build_buckets, micros);
     }
 
     /// The flush-latency histogram counts (non-cumulative), per bucket.
     pub fn flush_histogram(&self) -> Vec<u64> {
-        self.flush_buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
+        latency_counts(&self.flush_buckets)
+    }
+
+    /// The batch-build latency histogram counts (non-cumulative), per bucket.
+    pub fn build_histogram(&self) -> Vec<u64> {
+        latency_counts(&self.build_buckets)
     }
 
     /// Mean operations per group commit so far.
@@ -154,6 +165,22 @@ impl StoreStats {
             self.ops.load(Ordering::Relaxed) as f64 / c as f64
         }
     }
+}
+
+/// Counts `micros` in the bucket of the first [`FLUSH_BUCKETS_US`] bound it does not exceed
+/// (the last slot: slower than every bound).
+fn record_latency(buckets: &[AtomicU64], micros: u64) {
+    let slot = FLUSH_BUCKETS_US
+        .iter()
+        .position(|b| micros <= *b)
+        .unwrap_or(FLUSH_BUCKETS_US.len());
+    if let Some(b) = buckets.get(slot) {
+        b.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn latency_counts(buckets: &[AtomicU64]) -> Vec<u64> {
+    buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
 }
 
 impl StoreConfig {
