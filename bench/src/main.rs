@@ -57,10 +57,10 @@ struct Cli {
     #[arg(long, default_value_t = 20_000, conflicts_with = "seconds")]
     messages: u64,
     /// Send for this many seconds instead of a fixed count (`connections`: how long to hold).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_number)]
     seconds: Option<f64>,
     /// Total offered rate, msgs/s (default: as fast as the window allows).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_number)]
     rate: Option<f64>,
     /// Message size in bytes.
     #[arg(long, default_value_t = 100)]
@@ -94,6 +94,17 @@ enum Scenario {
     Offline,
     Crash,
     Connections,
+}
+
+/// Parses a finite number above zero (a rate or a duration; zero, negative, NaN or infinite
+/// values have no meaning there).
+fn positive_number(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("not a number: {e}"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be a finite number above 0, got {s}"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -226,4 +237,21 @@ fn spawn_progress(tracker: Arc<Mutex<tracker::Tracker>>) -> tokio::task::JoinHan
             last = delivered;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_durations_must_be_finite_and_positive() {
+        assert_eq!(positive_number("4000"), Ok(4000.0));
+        assert_eq!(positive_number("0.5"), Ok(0.5));
+        for bad in ["0", "-1", "NaN", "inf", "fast"] {
+            assert!(positive_number(bad).is_err(), "{bad} was accepted");
+        }
+        let err = Cli::try_parse_from(["missive-bench", "chat", "--spawn", "--rate", "0"])
+            .expect_err("--rate 0 must be refused");
+        assert!(err.to_string().contains("--rate"), "{err}");
+    }
 }

@@ -339,19 +339,23 @@ mod tests {
             build_micros_total: 2_100_000,
             ..Sampled::default()
         });
-        assert!(text.contains("missive_connections_open{transport=\"quic\"} 1\n"));
-        assert!(text.contains("missive_connections_open{transport=\"tcp\"} 0\n"));
-        assert!(text.contains("missive_frames_in_total{type=\"Ping\"} 1\n"));
-        assert!(text.contains("missive_errors_total{code=\"rate_limited\"} 1\n"));
-        assert!(text.contains("missive_group_commit_flush_seconds_bucket{le=\"0.00025\"} 3\n"));
-        assert!(text.contains("missive_group_commit_flush_seconds_count 3\n"));
-        // The build histogram: one build within 100 ms, one slower than every bound.
-        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"0.05\"} 0\n"));
-        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"0.1\"} 1\n"));
-        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"1\"} 1\n"));
-        assert!(text.contains("missive_group_commit_build_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("missive_group_commit_build_seconds_sum 2.1\n"));
-        assert!(text.contains("missive_group_commit_build_seconds_count 2\n"));
+        for expected in [
+            "missive_connections_open{transport=\"quic\"} 1\n",
+            "missive_connections_open{transport=\"tcp\"} 0\n",
+            "missive_frames_in_total{type=\"Ping\"} 1\n",
+            "missive_errors_total{code=\"rate_limited\"} 1\n",
+            "missive_group_commit_flush_seconds_bucket{le=\"0.00025\"} 3\n",
+            "missive_group_commit_flush_seconds_count 3\n",
+            // The build histogram: one build within 100 ms, one slower than every bound.
+            "missive_group_commit_build_seconds_bucket{le=\"0.05\"} 0\n",
+            "missive_group_commit_build_seconds_bucket{le=\"0.1\"} 1\n",
+            "missive_group_commit_build_seconds_bucket{le=\"1\"} 1\n",
+            "missive_group_commit_build_seconds_bucket{le=\"+Inf\"} 2\n",
+            "missive_group_commit_build_seconds_sum 2.1\n",
+            "missive_group_commit_build_seconds_count 2\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
         // Every sample line belongs to a declared metric.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

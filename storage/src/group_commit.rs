@@ -281,9 +281,6 @@ impl Committer {
                 let n = answers.len() as u64;
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats.ops.fetch_add(n, Ordering::Relaxed);
-                self.stats
-                    .flush_micros_total
-                    .fetch_add(micros, Ordering::Relaxed);
                 self.stats.record_flush(micros);
                 self.stats.max_batch_seen.fetch_max(n, Ordering::Relaxed);
                 self.stats

@@ -123,7 +123,8 @@ pub struct StoreStats {
     /// Total time spent building batches (the reads a commit needs before its flush:
     /// duplicate checks, seq counters, acked items), in microseconds.
     pub build_micros_total: AtomicU64,
-    /// Batch-build latency histogram, with the bounds of [`StoreStats::flush_buckets`]. A slow
+    /// Batch-build latency histogram, with the bounds of [`StoreStats::flush_buckets`]; it
+    /// counts every commit, the failed ones too (the flush histogram only the durable ones). A slow
     /// build next to a fast flush means the engine held its readers back (fjall does while it
     /// installs a flushed memtable).
     pub build_buckets: [AtomicU64; FLUSH_BUCKETS_US.len() + 1],
@@ -137,6 +138,7 @@ pub const FLUSH_BUCKETS_US: [u64; 12] = [
 impl StoreStats {
     /// Records one commit's flush + fsync time.
     pub(crate) fn record_flush(&self, micros: u64) {
+        self.flush_micros_total.fetch_add(micros, Ordering::Relaxed);
         record_latency(&self.flush_buckets, micros);
     }
 

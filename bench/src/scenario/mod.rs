@@ -50,7 +50,7 @@ impl Pacing {
     pub fn for_sender(total_rate: f64, index: usize, senders: usize, aligned: bool) -> Self {
         let senders = senders.max(1);
         let rate = total_rate / senders as f64;
-        let phase = if aligned || rate <= 0.0 {
+        let phase = if aligned {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(index as f64 / senders as f64 / rate)
