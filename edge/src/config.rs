@@ -64,6 +64,9 @@ pub struct Config {
     /// Seconds a SIGTERM'd edge waits for connections to finish their in-flight work before
     /// closing them and flushing storage. Default 10 (well inside systemd's 90 s stop timeout).
     pub drain_timeout_secs: u64,
+    /// Threads running the network (QUIC, TCP, sessions). Default 0: one per CPU core but one,
+    /// which is left to the storage committer; at least one. At most 1024. Not reloadable.
+    pub worker_threads: usize,
     /// TLS settings.
     pub tls: TlsConfig,
     /// Per-connection and global limits.
@@ -154,6 +157,10 @@ pub struct StorageConfig {
     pub memtable_mb: u64,
     /// Most operations per group commit. Default 4096.
     pub max_batch: usize,
+    /// Microseconds an applied write may wait for its fsync, so that one fsync covers several
+    /// batches. Live delivery never waits for it; a sender's `Sent` waits for it at most.
+    /// Default 1000; 0 fsyncs every batch at once; at most 100000.
+    pub commit_delay_us: u64,
     /// Days an undelivered envelope (and a dedup key) is kept. Default 30.
     pub retention_days: u64,
     /// Seconds between expiry sweeps. Default 3600.
@@ -170,6 +177,7 @@ impl StorageConfig {
             memtable_bytes: self.memtable_mb * MIB,
             max_batch: self.max_batch,
             retention: Duration::from_secs(self.retention_days * 24 * 3600),
+            commit_delay: Duration::from_micros(self.commit_delay_us),
         }
     }
 }
@@ -224,6 +232,7 @@ impl Default for Config {
             metrics_listen: None,
             admin_socket: None,
             drain_timeout_secs: 10,
+            worker_threads: 0,
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
@@ -274,6 +283,7 @@ impl Default for StorageConfig {
             cache_mb: 256,
             memtable_mb: 32,
             max_batch: 4096,
+            commit_delay_us: 1000,
             retention_days: 30,
             sweep_interval_secs: 3600,
         }
@@ -394,6 +404,16 @@ impl Config {
         if self.storage.max_batch == 0 {
             return bad("storage.max_batch", "must be at least 1");
         }
+        let max_delay_us = missive_storage::MAX_COMMIT_DELAY.as_micros() as u64;
+        if self.storage.commit_delay_us > max_delay_us {
+            return bad(
+                "storage.commit_delay_us",
+                format!(
+                    "must be at most {max_delay_us} (a sender's Sent waits for it), got {}",
+                    self.storage.commit_delay_us
+                ),
+            );
+        }
         if self.storage.retention_days == 0 {
             return bad("storage.retention_days", "must be at least 1");
         }
@@ -416,6 +436,9 @@ impl Config {
         }
         if let Err(e) = self.metrics_listen_addr() {
             return bad("metrics_listen", e);
+        }
+        if self.worker_threads > 1024 {
+            return bad("worker_threads", "must be 0 (automatic)..=1024");
         }
         if !(1..=3600).contains(&self.drain_timeout_secs) {
             return bad("drain_timeout_secs", "must be 1..=3600");
@@ -449,6 +472,16 @@ impl Config {
                 .map(Some)
                 .map_err(|e| format!("not an address ({e}): {s:?}")),
         }
+    }
+
+    /// Network worker threads to start: `worker_threads`, or when 0 one per CPU core but one
+    /// (left to the storage committer), at least one.
+    pub fn network_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores.saturating_sub(1).max(1)
     }
 
     /// The operations HTTP address: `None` when disabled.
@@ -521,6 +554,10 @@ mod tests {
         assert!(e.contains("mode") || e.contains("closed"), "{e}");
         let e = parse("tcp_listen = \"x:y\"\n").unwrap_err();
         assert!(e.contains("tcp_listen"), "{e}");
+        let e = parse("worker_threads = 5000\n").unwrap_err();
+        assert!(e.contains("worker_threads"), "{e}");
+        let e = parse("[storage]\ncommit_delay_us = 100001\n").unwrap_err();
+        assert!(e.contains("storage.commit_delay_us"), "{e}");
     }
 
     #[test]
@@ -533,9 +570,24 @@ mod tests {
         assert_eq!(c.storage.cache_mb, d.storage.cache_mb);
         assert_eq!(c.storage.engine, d.storage.engine);
         assert_eq!(c.storage.memtable_mb, d.storage.memtable_mb);
+        assert_eq!(c.storage.commit_delay_us, d.storage.commit_delay_us);
+        assert_eq!(
+            c.storage.store_config().commit_delay,
+            missive_storage::StoreConfig::default().commit_delay
+        );
         assert_eq!(c.push.max_attempts, d.push.max_attempts);
         assert_eq!(c.registration.mode, d.registration.mode);
         assert_eq!(c.admin_socket_path(), d.admin_socket_path());
+    }
+
+    #[test]
+    fn worker_threads_leave_a_core_to_the_committer_unless_set() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = parse("").unwrap();
+        assert_eq!(auto.network_threads(), cores.saturating_sub(1).max(1));
+        assert!(auto.network_threads() >= 1);
+        let set = parse("worker_threads = 3\n").unwrap();
+        assert_eq!(set.network_threads(), 3);
     }
 
     #[test]

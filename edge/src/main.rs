@@ -78,6 +78,7 @@ fn main() -> ExitCode {
     }
     init_logging(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.network_threads())
         .enable_all()
         .build()
     {

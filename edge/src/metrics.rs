@@ -249,7 +249,7 @@ impl Metrics {
             &mut out,
             "missive_group_commit_flush_seconds",
             "histogram",
-            "Time of one group commit's flush + fsync.",
+            "Time of one group commit's flush + fsync (it covers every batch applied since the last).",
             latency_histogram(
                 "missive_group_commit_flush_seconds",
                 &s.flush_buckets,
@@ -260,9 +260,10 @@ impl Metrics {
             &mut out,
             "missive_group_commit_build_seconds",
             "histogram",
-            "Time to build one group commit's batch: the storage reads it needs before the flush \
-             (duplicate checks, seq counters, acked items). Slow builds with fast flushes mean the \
-             engine held its readers back.",
+            "Time to build and apply one batch: the storage reads it needs (duplicate checks, seq \
+             counters, acked items), its memtable inserts and journal write. Several batches may \
+             share one fsync (storage.commit_delay_us). Slow builds with fast flushes mean the \
+             engine held its readers and writers back.",
             latency_histogram(
                 "missive_group_commit_build_seconds",
                 &s.build_buckets,

@@ -20,7 +20,7 @@ use std::ops::Bound;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Most items a single sweep step removes, so one step never makes a huge batch.
 const SWEEP_STEP_LIMIT: usize = 10_000;
@@ -105,11 +105,20 @@ pub(crate) struct Request {
     pub(crate) reply: oneshot::Sender<Result<Reply, StorageError>>,
 }
 
+/// How the committer forms its commits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Most operations taken into one batch, and made durable by one fsync.
+    pub(crate) max_batch: usize,
+    /// How long an applied write may wait for its fsync (see `StoreConfig::commit_delay`).
+    pub(crate) commit_delay: Duration,
+}
+
 /// Starts the committer thread.
 pub(crate) fn spawn(
     db: Arc<dyn KvEngine>,
-    rx: mpsc::UnboundedReceiver<Request>,
-    max_batch: usize,
+    rx: flume::Receiver<Request>,
+    limits: Limits,
     retention: Duration,
     listener: Option<CommitListener>,
     stats: Arc<StoreStats>,
@@ -122,8 +131,9 @@ pub(crate) fn spawn(
         devices: HashMap::new(),
         listener,
         stats,
-        max_batch,
+        limits,
         retention_ms: retention.as_millis() as u64,
+        unsynced: Unsynced::default(),
     };
     Ok(std::thread::Builder::new()
         .name("missive-committer".into())
@@ -172,8 +182,34 @@ struct Committer {
     unacked: UnackedLog,
     listener: Option<CommitListener>,
     stats: Arc<StoreStats>,
-    max_batch: usize,
+    limits: Limits,
     retention_ms: u64,
+    /// Applied writes not yet fsync'd, and the answers waiting for that fsync.
+    unsynced: Unsynced,
+}
+
+/// An answer to give once its operation is durable.
+type Answer = (
+    oneshot::Sender<Result<Reply, StorageError>>,
+    Result<Reply, StorageError>,
+);
+
+/// What the next fsync makes durable.
+#[derive(Default)]
+struct Unsynced {
+    /// When the oldest applied-but-unsynced batch was applied; `None` when all is durable.
+    since: Option<Instant>,
+    /// Operations applied since the last fsync (the acks answered early among them).
+    ops: u64,
+    /// Answers that promise durability, given after the fsync.
+    answers: Vec<Answer>,
+}
+
+/// Whether `op`'s answer may go out before its batch is fsync'd. An ack only deletes
+/// delivered items (and queues receipts): should a crash undo it, the items are delivered
+/// again and the recipient's SDK drops what it has seen, so nobody needs to wait for its fsync.
+fn answer_before_sync(op: &Op) -> bool {
+    matches!(op, Op::Ack { .. })
 }
 
 /// What the operations of the current batch have written so far, so that later operations in
@@ -195,14 +231,25 @@ struct Pending {
 }
 
 impl Committer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
+    fn run(mut self, rx: flume::Receiver<Request>) {
         let mut shutting_down = false;
         while !shutting_down {
-            let Some(first) = rx.blocking_recv() else {
-                break;
+            let first = match self.sync_deadline() {
+                None => match rx.recv() {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                Some(deadline) => match rx.recv_deadline(deadline) {
+                    Ok(r) => r,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        self.sync();
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                },
             };
             let mut reqs = vec![first];
-            while reqs.len() < self.max_batch {
+            while reqs.len() < self.limits.max_batch {
                 match rx.try_recv() {
                     Ok(r) => reqs.push(r),
                     Err(_) => break,
@@ -220,8 +267,9 @@ impl Committer {
                         // The writes queued before the backup are in it, those after it are
                         // not: commit the first, and hold the rest until the copy is verified.
                         if !writes.is_empty() {
-                            self.commit(std::mem::take(&mut writes));
+                            self.apply_batch(std::mem::take(&mut writes));
                         }
+                        self.sync();
                         let r = crate::backup::backup(self.db.as_ref(), engine, tuning, &dest);
                         let _ = req.reply.send(r.map(Reply::Backup));
                     }
@@ -232,91 +280,147 @@ impl Committer {
                 }
             }
             if !writes.is_empty() {
-                self.commit(writes);
+                self.apply_batch(writes);
+            }
+            if shutting_down || self.sync_due() {
+                self.sync();
             }
         }
+        // Whatever was applied becomes durable before the engine closes.
+        self.sync();
         if shutting_down {
-            // Refuse what arrives after the shutdown request instead of leaving it hanging.
-            rx.close();
+            // Refuse what arrived after the shutdown request instead of leaving it hanging;
+            // once the receiver is gone, later sends fail at once (and a request caught in
+            // between is dropped with it, which its waiter also sees as `Closed`).
             while let Ok(r) = rx.try_recv() {
                 let _ = r.reply.send(Err(StorageError::Closed));
             }
         }
+        drop(rx);
         if let Err(e) = self.db.close() {
             tracing::error!(error = %e, "closing the storage engine failed");
         }
     }
 
-    fn commit(&mut self, reqs: Vec<Request>) {
+    /// When the applied writes must be fsync'd at the latest; `None` when nothing waits.
+    fn sync_deadline(&self) -> Option<Instant> {
+        self.unsynced.since.map(|t| t + self.limits.commit_delay)
+    }
+
+    /// Whether the applied writes should be fsync'd now rather than wait for more batches.
+    fn sync_due(&self) -> bool {
+        match self.sync_deadline() {
+            None => false,
+            Some(deadline) => {
+                self.limits.commit_delay.is_zero()
+                    || self.unsynced.answers.len() >= self.limits.max_batch
+                    || Instant::now() >= deadline
+            }
+        }
+    }
+
+    /// Builds one batch from `reqs`, applies it, and tells the listener about its items (live
+    /// recipients get them before the fsync). Answers that need no fsync go out now, the rest
+    /// wait in `unsynced` for [`Committer::sync`].
+    fn apply_batch(&mut self, reqs: Vec<Request>) {
         let mut batch = WriteBatch::default();
         let mut pending = Pending::default();
         let mut answers = Vec::with_capacity(reqs.len());
         let build_started = Instant::now();
         for req in reqs {
+            let early = answer_before_sync(&req.op);
             let r = self.apply(&mut batch, &mut pending, req.op);
-            answers.push((req.reply, r));
+            answers.push((early, req.reply, r));
         }
         for (mb, next) in pending.next_seqs.drain() {
             batch.insert(keys::seq_counter(&mb), next.to_be_bytes());
         }
+        let applied = self.db.apply(batch);
         self.stats
             .record_build(build_started.elapsed().as_micros() as u64);
-        let started = Instant::now();
-        let applied = self.db.apply(batch);
-        if applied.is_ok() {
-            // Live recipients get their items while the fsync runs: delivery does not wait for
-            // durability, only the writers' answers (the sender's `Sent`) do. Should the edge
-            // die before the sync ends, the sender, never answered, sends again under the same
-            // client message id and the recipient's SDK drops the repeat.
-            if let Some(listener) = &self.listener {
-                for (mb, seq, item) in &pending.events {
-                    listener(mb, *seq, item);
-                }
+        if let Err(e) = applied {
+            tracing::error!(error = %e, "applying a batch failed");
+            self.forget_caches();
+            for (_, reply, _) in answers {
+                let _ = reply.send(Err(StorageError::Db(e.to_string())));
+            }
+            return;
+        }
+        // Live recipients get their items while the batch waits for its fsync: delivery does
+        // not wait for durability, only the writers' answers (the sender's `Sent`) do. Should
+        // the edge die before the sync ends, the sender, never answered, sends again under the
+        // same client message id and the recipient's SDK drops the repeat.
+        if let Some(listener) = &self.listener {
+            for (mb, seq, item) in &pending.events {
+                listener(mb, *seq, item);
             }
         }
-        let durable = applied.and_then(|()| self.db.sync());
-        let micros = started.elapsed().as_micros() as u64;
-        match durable {
-            Ok(()) => {
-                let n = answers.len() as u64;
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats.ops.fetch_add(n, Ordering::Relaxed);
-                self.stats.record_flush(micros);
-                self.stats.max_batch_seen.fetch_max(n, Ordering::Relaxed);
-                self.stats
-                    .items_appended
-                    .fetch_add(pending.events.len() as u64, Ordering::Relaxed);
-                self.stats.items_deleted.fetch_add(
-                    pending.deleted.len() as u64 + pending.deleted_logged,
-                    Ordering::Relaxed,
-                );
-                // Devices added by this batch are now committed.
-                for (user, added) in pending.devices.drain() {
-                    if let Some(devs) = self.devices.get_mut(&user) {
-                        for d in added {
-                            if !devs.contains(&d) {
-                                devs.push(d);
-                            }
-                        }
-                        devs.sort_unstable_by_key(|d| d.0);
+        self.stats
+            .items_appended
+            .fetch_add(pending.events.len() as u64, Ordering::Relaxed);
+        self.stats.items_deleted.fetch_add(
+            pending.deleted.len() as u64 + pending.deleted_logged,
+            Ordering::Relaxed,
+        );
+        // Devices added by this batch are in the engine now (a failed fsync clears the cache).
+        for (user, added) in pending.devices.drain() {
+            if let Some(devs) = self.devices.get_mut(&user) {
+                for d in added {
+                    if !devs.contains(&d) {
+                        devs.push(d);
                     }
                 }
-                for (reply, r) in answers {
+                devs.sort_unstable_by_key(|d| d.0);
+            }
+        }
+        self.unsynced.since.get_or_insert_with(Instant::now);
+        self.unsynced.ops += answers.len() as u64;
+        for (early, reply, r) in answers {
+            if early {
+                let _ = reply.send(r);
+            } else {
+                self.unsynced.answers.push((reply, r));
+            }
+        }
+    }
+
+    /// Makes every applied batch durable (one flush + fsync), then answers their waiters.
+    fn sync(&mut self) {
+        if self.unsynced.since.is_none() {
+            return;
+        }
+        let unsynced = std::mem::take(&mut self.unsynced);
+        let started = Instant::now();
+        match self.db.sync() {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.ops.fetch_add(unsynced.ops, Ordering::Relaxed);
+                self.stats
+                    .record_flush(started.elapsed().as_micros() as u64);
+                self.stats
+                    .max_batch_seen
+                    .fetch_max(unsynced.ops, Ordering::Relaxed);
+                for (reply, r) in unsynced.answers {
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
-                // Seq counters may have advanced in memory for writes that never landed.
-                self.seqs.clear();
-                self.acked_floor.clear();
-                self.unacked.clear();
-                self.devices.clear();
-                for (reply, _) in answers {
+                self.forget_caches();
+                for (reply, _) in unsynced.answers {
                     let _ = reply.send(Err(StorageError::Db(e.to_string())));
                 }
             }
         }
+    }
+
+    /// Drops what the committer remembers of the engine's state, after a write that may or
+    /// may not have landed: seq counters may have advanced in memory for writes that never did.
+    fn forget_caches(&mut self) {
+        self.seqs.clear();
+        self.acked_floor.clear();
+        self.unacked.clear();
+        self.devices.clear();
     }
 
     fn apply(
@@ -808,7 +912,7 @@ mod tests {
     type Events = Arc<Mutex<Vec<ServerSeq>>>;
 
     struct Harness {
-        ops: mpsc::UnboundedSender<Request>,
+        ops: flume::Sender<Request>,
         entered: std::sync::mpsc::Receiver<()>,
         gate: std::sync::mpsc::Sender<Gate>,
         events: Events,
@@ -816,6 +920,10 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with_delay(Duration::ZERO)
+    }
+
+    fn harness_with_delay(commit_delay: Duration) -> Harness {
         let (entered_tx, entered) = std::sync::mpsc::channel();
         let (gate, gate_rx) = std::sync::mpsc::channel();
         let mut map = BTreeMap::new();
@@ -828,11 +936,14 @@ mod tests {
         let events: Events = Arc::default();
         let ev = events.clone();
         let listener: CommitListener = Arc::new(move |_, seq, _| ev.lock().unwrap().push(seq));
-        let (ops, rx) = mpsc::unbounded_channel();
+        let (ops, rx) = flume::unbounded();
         let committer = spawn(
             engine,
             rx,
-            64,
+            Limits {
+                max_batch: 64,
+                commit_delay,
+            },
             Duration::from_secs(3600),
             Some(listener),
             Arc::default(),
@@ -942,6 +1053,73 @@ mod tests {
         assert_eq!(report.counts.mailbox_items, 1, "{report:?}");
         h.gate.send(Gate::Pass).unwrap();
         assert!(second.blocking_recv().unwrap().is_ok());
+        shutdown(h);
+    }
+
+    fn ack(h: &Harness, up_to: u64) -> oneshot::Receiver<Result<Reply, StorageError>> {
+        let (reply, rx) = oneshot::channel();
+        let op = Op::Ack {
+            mailbox: MailboxId::new("bob", DeviceId(1)),
+            up_to: ServerSeq(up_to),
+            now_ms: 2,
+        };
+        assert!(h.ops.send(Request { op, reply }).is_ok());
+        rx
+    }
+
+    #[test]
+    fn an_ack_is_answered_before_its_sync() {
+        let h = harness();
+        let stored = append(&h, 1);
+        h.entered.recv().unwrap();
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(stored.blocking_recv().unwrap().is_ok());
+        let mut acked = ack(&h, 1);
+        // The ack's batch is applied and its sync is held: the ack already has its answer
+        // (one item deleted, one receipt queued for alice's device… which has no device here).
+        h.entered.recv().unwrap();
+        let Ok(Ok(Reply::Ack(outcome))) = acked.try_recv() else {
+            panic!("the ack waited for its sync")
+        };
+        assert_eq!(outcome.deleted, 1);
+        h.gate.send(Gate::Pass).unwrap();
+        shutdown(h);
+    }
+
+    #[test]
+    fn a_commit_delay_folds_batches_into_one_sync_and_keeps_its_deadline() {
+        let h = harness_with_delay(Duration::from_millis(300));
+        let started = Instant::now();
+        let mut first = append(&h, 1);
+        let mut second = None;
+        // Both appends reach the listener (live delivery) well before the deadline, in two
+        // batches, and neither sender hears of them yet.
+        while h.events.lock().unwrap().len() < 2 {
+            if second.is_none() && h.events.lock().unwrap().len() == 1 {
+                second = Some(append(&h, 2));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut second = second.unwrap();
+        assert!(matches!(
+            first.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        assert!(matches!(
+            second.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        // With nothing more arriving, the sync still comes, at the deadline, and covers both.
+        h.entered.recv().unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(first.blocking_recv().unwrap().is_ok());
+        assert!(second.blocking_recv().unwrap().is_ok());
+        assert!(
+            h.entered.try_recv().is_err(),
+            "a second sync ran for the second batch"
+        );
+        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1), ServerSeq(2)]);
         shutdown(h);
     }
 }

@@ -67,7 +67,7 @@ pub use migrate::{migrate, MigrationReport};
 pub use records::{StoredItem, UserRecord};
 pub use store::{
     AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, Store, StoreConfig, StoreStats,
-    SweepOutcome, FLUSH_BUCKETS_US,
+    SweepOutcome, FLUSH_BUCKETS_US, MAX_COMMIT_DELAY,
 };
 
 use missive_proto::DeviceId;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Tuning of the store; every field has a default that suits one edge on one machine.
 #[derive(Debug, Clone)]
@@ -32,6 +32,12 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Undelivered items and dedup keys older than this are swept. Default 30 days.
     pub retention: Duration,
+    /// How long written operations may wait for their fsync, so that one fsync covers the
+    /// writes of several batches (PostgreSQL's `commit_delay`). Writes are applied, and live
+    /// recipients get their items, at once; only the answers that promise durability (a
+    /// sender's `Sent`, a registration) wait for the fsync. Zero: every batch is fsync'd as
+    /// soon as it is applied. Default 1 ms.
+    pub commit_delay: Duration,
 }
 
 impl Default for StoreConfig {
@@ -42,6 +48,7 @@ impl Default for StoreConfig {
             memtable_bytes: 32 * 1024 * 1024,
             max_batch: 4096,
             retention: Duration::from_secs(30 * 24 * 3600),
+            commit_delay: Duration::from_millis(1),
         }
     }
 }
@@ -105,28 +112,29 @@ pub struct SweepOutcome {
 /// Counters kept by the committer (exported as metrics by the edge).
 #[derive(Debug, Default)]
 pub struct StoreStats {
-    /// Group commits done (each one flush + fsync).
+    /// Group commits done: fsyncs, each covering every batch applied since the one before.
     pub commits: AtomicU64,
-    /// Operations completed across all commits.
+    /// Operations made durable across all commits.
     pub ops: AtomicU64,
     /// Items appended to mailboxes (messages per device, and receipts).
     pub items_appended: AtomicU64,
     /// Items deleted by acks and expiry.
     pub items_deleted: AtomicU64,
-    /// Total time spent in flush + fsync, in microseconds.
+    /// Total time spent in the commits' fsyncs, in microseconds.
     pub flush_micros_total: AtomicU64,
-    /// Largest batch seen.
+    /// Most operations one commit made durable.
     pub max_batch_seen: AtomicU64,
-    /// Flush + fsync latency histogram: counts per [`FLUSH_BUCKETS_US`] upper bound, the last
-    /// slot counting everything slower.
+    /// fsync latency histogram: counts per [`FLUSH_BUCKETS_US`] upper bound, the last slot
+    /// counting everything slower.
     pub flush_buckets: [AtomicU64; FLUSH_BUCKETS_US.len() + 1],
-    /// Total time spent building batches (the reads a commit needs before its flush:
-    /// duplicate checks, seq counters, acked items), in microseconds.
+    /// Total time spent building and applying batches (the reads a batch needs: duplicate
+    /// checks, seq counters, acked items; then its memtable inserts and journal write), in
+    /// microseconds.
     pub build_micros_total: AtomicU64,
-    /// Batch-build latency histogram, with the bounds of [`StoreStats::flush_buckets`]; it
-    /// counts every commit, the failed ones too (the flush histogram only the durable ones). A slow
-    /// build next to a fast flush means the engine held its readers back (fjall does while it
-    /// installs a flushed memtable).
+    /// Batch build-and-apply latency histogram, with the bounds of
+    /// [`StoreStats::flush_buckets`]; it counts every batch, the failed ones too. A slow build
+    /// next to a fast flush means the engine held its readers and writers back (fjall does
+    /// while it installs a flushed memtable).
     pub build_buckets: [AtomicU64; FLUSH_BUCKETS_US.len() + 1],
 }
 
@@ -136,13 +144,13 @@ pub const FLUSH_BUCKETS_US: [u64; 12] = [
 ];
 
 impl StoreStats {
-    /// Records one commit's flush + fsync time.
+    /// Records one commit's fsync time.
     pub(crate) fn record_flush(&self, micros: u64) {
         self.flush_micros_total.fetch_add(micros, Ordering::Relaxed);
         record_latency(&self.flush_buckets, micros);
     }
 
-    /// Records the time one commit took to build its batch.
+    /// Records the time one batch took to build and apply.
     pub(crate) fn record_build(&self, micros: u64) {
         self.build_micros_total.fetch_add(micros, Ordering::Relaxed);
         record_latency(&self.build_buckets, micros);
@@ -185,6 +193,9 @@ fn latency_counts(buckets: &[AtomicU64]) -> Vec<u64> {
     buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
 }
 
+/// Longest [`StoreConfig::commit_delay`] accepted: a sender's `Sent` waits for it.
+pub const MAX_COMMIT_DELAY: Duration = Duration::from_millis(100);
+
 impl StoreConfig {
     /// Refuses values the engines cannot work with.
     fn validate(&self) -> Result<(), StorageError> {
@@ -193,6 +204,12 @@ impl StoreConfig {
             return Err(StorageError::InvalidConfig(format!(
                 "memtable size must be 1 MiB..=1 GiB, got {} bytes",
                 self.memtable_bytes
+            )));
+        }
+        if self.commit_delay > MAX_COMMIT_DELAY {
+            return Err(StorageError::InvalidConfig(format!(
+                "commit delay must be at most {MAX_COMMIT_DELAY:?}, got {:?}",
+                self.commit_delay
             )));
         }
         if self.cache_capacity_bytes < MIB {
@@ -217,7 +234,7 @@ impl StoreConfig {
 pub struct Store {
     db: Arc<dyn KvEngine>,
     engine: Engine,
-    ops: mpsc::UnboundedSender<Request>,
+    ops: flume::Sender<Request>,
     stats: Arc<StoreStats>,
     committer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     dir: PathBuf,
@@ -250,11 +267,14 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         // Unbounded: callers are bounded by protocol limits (in-flight sends per connection,
         // connections), and an eager, non-blocking enqueue keeps each caller's order.
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = flume::unbounded();
         let handle = group_commit::spawn(
             db.clone(),
             rx,
-            config.max_batch.max(1),
+            group_commit::Limits {
+                max_batch: config.max_batch.max(1),
+                commit_delay: config.commit_delay,
+            },
             config.retention,
             listener,
             stats.clone(),
@@ -598,7 +618,7 @@ impl Store {
 
     /// False once the committer has stopped (shut down, or died): writes cannot complete.
     pub fn is_healthy(&self) -> bool {
-        !self.ops.is_closed()
+        !self.ops.is_disconnected()
     }
 
     /// Stops accepting writes, lets the committer finish every queued operation (each one

@@ -371,10 +371,11 @@ async fn concurrent_writers_are_group_committed(engine: Engine) {
         "32 concurrent writers never shared a commit (mean batch {})",
         stats.mean_batch()
     );
-    // Every commit (none failed) had its batch-build time recorded, next to its flush time.
+    // Every commit (none failed) had its fsync time recorded; every batch its build time, and
+    // a commit covers one batch or more (those applied within the commit delay).
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     assert!(commits > 0);
-    assert_eq!(stats.build_histogram().iter().sum::<u64>(), commits);
+    assert!(stats.build_histogram().iter().sum::<u64>() >= commits);
     assert_eq!(stats.flush_histogram().iter().sum::<u64>(), commits);
     // The seq counter, written once per batch, holds each batch's last seq: after a full
     // drain and a reopen the next item follows the last one.
