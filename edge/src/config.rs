@@ -157,9 +157,10 @@ pub struct StorageConfig {
     pub memtable_mb: u64,
     /// Most operations per group commit. Default 4096.
     pub max_batch: usize,
-    /// Microseconds an applied write may wait for its fsync, so that one fsync covers several
-    /// batches. Live delivery never waits for it; a sender's `Sent` waits for it at most.
-    /// Default 1000; 0 fsyncs every batch at once; at most 100000.
+    /// Least microseconds between two fsyncs, so that under load one fsync covers several
+    /// batches; a write after a quiet spell is fsync'd at once. Live delivery never waits for
+    /// it; a sender's `Sent` waits for it at most. Default 1000; 0 fsyncs every batch at once;
+    /// at most 100000.
     pub commit_delay_us: u64,
     /// Days an undelivered envelope (and a dedup key) is kept. Default 30.
     pub retention_days: u64,

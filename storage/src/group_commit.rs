@@ -110,7 +110,7 @@ pub(crate) struct Request {
 pub(crate) struct Limits {
     /// Most operations taken into one batch, and made durable by one fsync.
     pub(crate) max_batch: usize,
-    /// How long an applied write may wait for its fsync (see `StoreConfig::commit_delay`).
+    /// Least time between two fsyncs (see `StoreConfig::commit_delay`).
     pub(crate) commit_delay: Duration,
 }
 
@@ -134,6 +134,7 @@ pub(crate) fn spawn(
         limits,
         retention_ms: retention.as_millis() as u64,
         unsynced: Unsynced::default(),
+        last_sync: None,
     };
     Ok(std::thread::Builder::new()
         .name("missive-committer".into())
@@ -186,6 +187,8 @@ struct Committer {
     retention_ms: u64,
     /// Applied writes not yet fsync'd, and the answers waiting for that fsync.
     unsynced: Unsynced,
+    /// When the last fsync began.
+    last_sync: Option<Instant>,
 }
 
 /// An answer to give once its operation is durable.
@@ -302,9 +305,15 @@ impl Committer {
         }
     }
 
-    /// When the applied writes must be fsync'd at the latest; `None` when nothing waits.
+    /// When the applied writes are to be fsync'd: at once after a quiet spell, otherwise
+    /// `commit_delay` after the previous fsync began, so a busy store fsyncs at most once per
+    /// delay and every write waits at most one delay for it. `None` when nothing waits.
     fn sync_deadline(&self) -> Option<Instant> {
-        self.unsynced.since.map(|t| t + self.limits.commit_delay)
+        let since = self.unsynced.since?;
+        Some(match self.last_sync {
+            Some(last) => since.max(last + self.limits.commit_delay),
+            None => since,
+        })
     }
 
     /// Whether the applied writes should be fsync'd now rather than wait for more batches.
@@ -312,9 +321,7 @@ impl Committer {
         match self.sync_deadline() {
             None => false,
             Some(deadline) => {
-                self.limits.commit_delay.is_zero()
-                    || self.unsynced.answers.len() >= self.limits.max_batch
-                    || Instant::now() >= deadline
+                self.unsynced.answers.len() >= self.limits.max_batch || Instant::now() >= deadline
             }
         }
     }
@@ -391,6 +398,7 @@ impl Committer {
         }
         let unsynced = std::mem::take(&mut self.unsynced);
         let started = Instant::now();
+        self.last_sync = Some(started);
         match self.db.sync() {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -1088,38 +1096,53 @@ mod tests {
 
     #[test]
     fn a_commit_delay_folds_batches_into_one_sync_and_keeps_its_deadline() {
-        let h = harness_with_delay(Duration::from_millis(300));
+        let delay = Duration::from_millis(300);
+        let h = harness_with_delay(delay);
+        // After a quiet spell a write is fsync'd at once: the delay only spaces fsyncs.
         let started = Instant::now();
-        let mut first = append(&h, 1);
-        let mut second = None;
-        // Both appends reach the listener (live delivery) well before the deadline, in two
-        // batches, and neither sender hears of them yet.
-        while h.events.lock().unwrap().len() < 2 {
-            if second.is_none() && h.events.lock().unwrap().len() == 1 {
-                second = Some(append(&h, 2));
+        let first = append(&h, 1);
+        h.entered.recv().unwrap();
+        let first_sync = Instant::now();
+        assert!(
+            first_sync - started < delay,
+            "the first write waited for the delay"
+        );
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(first.blocking_recv().unwrap().is_ok());
+        // The next two writes, in two batches, reach the listener (live delivery) at once;
+        // neither sender hears of them yet.
+        let mut second = append(&h, 2);
+        let mut third = None;
+        while h.events.lock().unwrap().len() < 3 {
+            if third.is_none() && h.events.lock().unwrap().len() == 2 {
+                third = Some(append(&h, 3));
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let mut second = second.unwrap();
-        assert!(matches!(
-            first.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        ));
+        let mut third = third.unwrap();
         assert!(matches!(
             second.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
         ));
-        // With nothing more arriving, the sync still comes, at the deadline, and covers both.
+        assert!(matches!(
+            third.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        // With nothing more arriving, their sync still comes, one delay after the last one
+        // began, and covers both.
         h.entered.recv().unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(first_sync.elapsed() >= delay);
         h.gate.send(Gate::Pass).unwrap();
-        assert!(first.blocking_recv().unwrap().is_ok());
         assert!(second.blocking_recv().unwrap().is_ok());
+        assert!(third.blocking_recv().unwrap().is_ok());
         assert!(
             h.entered.try_recv().is_err(),
-            "a second sync ran for the second batch"
+            "a second sync ran for the third write"
         );
-        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1), ServerSeq(2)]);
+        assert_eq!(
+            *h.events.lock().unwrap(),
+            vec![ServerSeq(1), ServerSeq(2), ServerSeq(3)]
+        );
         shutdown(h);
     }
 }

@@ -32,11 +32,12 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Undelivered items and dedup keys older than this are swept. Default 30 days.
     pub retention: Duration,
-    /// How long written operations may wait for their fsync, so that one fsync covers the
-    /// writes of several batches (PostgreSQL's `commit_delay`). Writes are applied, and live
-    /// recipients get their items, at once; only the answers that promise durability (a
-    /// sender's `Sent`, a registration) wait for the fsync. Zero: every batch is fsync'd as
-    /// soon as it is applied. Default 1 ms.
+    /// Least time between two fsyncs, so that under load one fsync covers the writes of several
+    /// batches (like PostgreSQL's `commit_delay`). A write after a quiet spell is fsync'd at
+    /// once; later ones wait at most this long after the previous fsync began. Writes are
+    /// applied, and live recipients get their items, at once; only the answers that promise
+    /// durability (a sender's `Sent`, a registration) wait for the fsync. Zero: every batch is
+    /// fsync'd as soon as it is applied. Default 1 ms.
     pub commit_delay: Duration,
 }
 
