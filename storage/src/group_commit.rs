@@ -966,18 +966,43 @@ mod tests {
         }
     }
 
-    fn append(h: &Harness, n: u8) -> oneshot::Receiver<Result<Reply, StorageError>> {
+    fn submit(h: &Harness, op: Op) -> oneshot::Receiver<Result<Reply, StorageError>> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Append {
-            from: "alice".into(),
-            from_device: DeviceId(1),
-            client_msg_id: ClientMsgId([n; 16]),
-            to: "bob".into(),
-            envelope: vec![n],
-            now_ms: 1,
-        };
         assert!(h.ops.send(Request { op, reply }).is_ok());
         rx
+    }
+
+    fn append(h: &Harness, n: u8) -> oneshot::Receiver<Result<Reply, StorageError>> {
+        submit(
+            h,
+            Op::Append {
+                from: "alice".into(),
+                from_device: DeviceId(1),
+                client_msg_id: ClientMsgId([n; 16]),
+                to: "bob".into(),
+                envelope: vec![n],
+                now_ms: 1,
+            },
+        )
+    }
+
+    fn ack(h: &Harness, up_to: u64) -> oneshot::Receiver<Result<Reply, StorageError>> {
+        submit(
+            h,
+            Op::Ack {
+                mailbox: MailboxId::new("bob", DeviceId(1)),
+                up_to: ServerSeq(up_to),
+                now_ms: 2,
+            },
+        )
+    }
+
+    /// Appends message `n`, lets its sync pass and checks it was stored.
+    fn append_synced(h: &Harness, n: u8) {
+        let stored = append(h, n);
+        h.entered.recv().unwrap();
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(stored.blocking_recv().unwrap().is_ok());
     }
 
     fn shutdown(h: Harness) {
@@ -1064,24 +1089,10 @@ mod tests {
         shutdown(h);
     }
 
-    fn ack(h: &Harness, up_to: u64) -> oneshot::Receiver<Result<Reply, StorageError>> {
-        let (reply, rx) = oneshot::channel();
-        let op = Op::Ack {
-            mailbox: MailboxId::new("bob", DeviceId(1)),
-            up_to: ServerSeq(up_to),
-            now_ms: 2,
-        };
-        assert!(h.ops.send(Request { op, reply }).is_ok());
-        rx
-    }
-
     #[test]
     fn an_ack_is_answered_before_its_sync() {
         let h = harness();
-        let stored = append(&h, 1);
-        h.entered.recv().unwrap();
-        h.gate.send(Gate::Pass).unwrap();
-        assert!(stored.blocking_recv().unwrap().is_ok());
+        append_synced(&h, 1);
         let mut acked = ack(&h, 1);
         // The ack's batch is applied and its sync is held: the ack already has its answer
         // (one item deleted, one receipt queued for alice's device… which has no device here).
@@ -1100,15 +1111,11 @@ mod tests {
         let h = harness_with_delay(delay);
         // After a quiet spell a write is fsync'd at once: the delay only spaces fsyncs.
         let started = Instant::now();
-        let first = append(&h, 1);
-        h.entered.recv().unwrap();
-        let first_sync = Instant::now();
+        append_synced(&h, 1);
         assert!(
-            first_sync - started < delay,
+            started.elapsed() < delay,
             "the first write waited for the delay"
         );
-        h.gate.send(Gate::Pass).unwrap();
-        assert!(first.blocking_recv().unwrap().is_ok());
         // The next two writes, in two batches, reach the listener (live delivery) at once;
         // neither sender hears of them yet.
         let mut second = append(&h, 2);
@@ -1131,7 +1138,8 @@ mod tests {
         // With nothing more arriving, their sync still comes, one delay after the last one
         // began, and covers both.
         h.entered.recv().unwrap();
-        assert!(first_sync.elapsed() >= delay);
+        // (The first sync began after `started`, so this one at least a delay after it.)
+        assert!(started.elapsed() >= delay);
         h.gate.send(Gate::Pass).unwrap();
         assert!(second.blocking_recv().unwrap().is_ok());
         assert!(third.blocking_recv().unwrap().is_ok());
