@@ -453,7 +453,9 @@ impl Driver {
         }
     }
 
-    async fn finish(self) {
+    /// Leaves the registry and flushes what is left. Borrows the driver: taking it by value
+    /// would keep a second copy of it in the connection's future for its whole life.
+    async fn finish(&mut self) {
         if let Some(mb) = &self.mailbox {
             let registry = &self.shared.registry;
             if registry.unregister(mb, self.handle.conn_id) == OnlineChange::WentOffline {
@@ -480,7 +482,8 @@ impl Driver {
             .registry
             .unsubscribe_all(&self.subscriptions, self.handle.conn_id);
         tracing::debug!(reason = ?self.session.close_reason(), "connection closed");
-        let (mut writer, out, failed) = (self.writer, self.outbuf, self.write_failed);
+        let out = std::mem::take(&mut self.outbuf);
+        let (writer, failed) = (&mut self.writer, self.write_failed);
         let _ = tokio::time::timeout(CLOSE_FLUSH, async move {
             if !failed && writer.write_all(&out).await.is_ok() && writer.flush().await.is_ok() {
                 let _ = writer.shutdown().await;

@@ -1,5 +1,7 @@
-//! Accept loops for QUIC and TCP+TLS. Each accepted connection runs in its own task, holding
-//! a connection-limit permit and a drop guard the server waits on at shutdown.
+//! Accept loops for QUIC and TCP+TLS. Each accepted connection has a handshake task, which
+//! then spawns its serving task; the serving task holds a connection-limit permit and a drop
+//! guard the server waits on at shutdown. Two tasks, so that an idle connection's memory is
+//! the serving state only, not the handshake's futures as well.
 
 use crate::connection::{serve, Inbound};
 use crate::shared::Shared;
@@ -38,10 +40,17 @@ pub async fn run_quic(endpoint: quinn::Endpoint, ctx: ListenerCtx) {
                 tokio::spawn(async move {
                     let guard = ctx.done_guard.clone();
                     let permit = ctx.limit.clone().try_acquire_owned().ok();
-                    if let Err(e) = handle_quic(incoming, permit, &ctx).await {
-                        tracing::debug!(error = %e, "quic connection ended with an error");
+                    match quic_handshake(incoming, permit, &ctx).await {
+                        // A task of its own: what the handshake needed is freed now, and
+                        // an idle connection keeps only the serving task's state.
+                        Ok(Some(accepted)) => {
+                            tokio::spawn(serve_quic(accepted, ctx.shared, ctx.shutdown, guard));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "quic connection ended with an error");
+                        }
                     }
-                    drop(guard);
                 });
             }
             _ = shutdown.changed() => break,
@@ -51,35 +60,71 @@ pub async fn run_quic(endpoint: quinn::Endpoint, ctx: ListenerCtx) {
     endpoint.set_server_config(None);
 }
 
-async fn handle_quic(
+/// A QUIC connection through its handshake and first stream, ready to serve.
+struct AcceptedQuic {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    exporter: [u8; EXPORTER_LEN],
+    _permit: OwnedSemaphorePermit,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Completes the handshake and accepts the first stream. `None` when the connection was
+/// refused (over the connection limit) and answered already.
+async fn quic_handshake(
     incoming: quinn::Incoming,
     permit: Option<OwnedSemaphorePermit>,
     ctx: &ListenerCtx,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Option<AcceptedQuic>, BoxError> {
     let conn = tokio::time::timeout(ctx.handshake_timeout, incoming).await??;
     let (mut send, recv) = tokio::time::timeout(ctx.handshake_timeout, conn.accept_bi()).await??;
-    let Some(_permit) = permit else {
+    let Some(permit) = permit else {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
         send.write_all(&encode_to_vec(&frame.into())?).await?;
         let _ = send.finish();
         let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
-        return Ok(());
+        return Ok(None);
     };
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| "TLS exporter unavailable")?;
+    Ok(Some(AcceptedQuic {
+        conn,
+        send,
+        recv,
+        exporter,
+        _permit: permit,
+    }))
+}
+
+/// Serves an accepted QUIC connection until it closes; `guard` is dropped when done.
+async fn serve_quic(
+    accepted: AcceptedQuic,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    guard: mpsc::Sender<()>,
+) {
+    let AcceptedQuic {
+        conn,
+        send,
+        recv,
+        exporter,
+        _permit,
+    } = accepted;
     serve(
-        ctx.shared.clone(),
+        shared,
         Inbound::Quic(recv),
         Box::new(send),
         exporter,
-        ctx.shutdown.clone(),
+        shutdown,
     )
     .await;
     // Give the peer a moment to read the final frames and close first.
     let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
     conn.close(0u32.into(), b"bye");
-    Ok(())
+    drop(guard);
 }
 
 /// Accepts TCP+TLS connections until shutdown. Accept errors (e.g. out of file descriptors)
@@ -100,10 +145,16 @@ pub async fn run_tcp(
                     tokio::spawn(async move {
                         let guard = ctx.done_guard.clone();
                         let permit = ctx.limit.clone().try_acquire_owned().ok();
-                        if let Err(e) = handle_tcp(stream, tls, permit, &ctx).await {
-                            tracing::debug!(error = %e, "tcp connection ended with an error");
+                        match tcp_handshake(stream, tls, permit, &ctx).await {
+                            // As for QUIC: the serving task starts without the handshake's state.
+                            Ok(Some(accepted)) => {
+                                tokio::spawn(serve_tcp(accepted, ctx.shared, ctx.shutdown, guard));
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::debug!(error = %e, "tcp connection ended with an error");
+                            }
                         }
-                        drop(guard);
                     });
                 }
                 Err(e) => {
@@ -117,19 +168,28 @@ pub async fn run_tcp(
     }
 }
 
-async fn handle_tcp(
+/// A TCP+TLS connection through its handshake, ready to serve.
+struct AcceptedTcp {
+    stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    exporter: [u8; EXPORTER_LEN],
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Completes the TLS handshake. `None` when the connection was refused (over the connection
+/// limit) and answered already.
+async fn tcp_handshake(
     stream: tokio::net::TcpStream,
     tls: tokio_rustls::TlsAcceptor,
     permit: Option<OwnedSemaphorePermit>,
     ctx: &ListenerCtx,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Option<AcceptedTcp>, BoxError> {
     stream.set_nodelay(true)?;
     let mut tls_stream = tokio::time::timeout(ctx.handshake_timeout, tls.accept(stream)).await??;
-    let Some(_permit) = permit else {
+    let Some(permit) = permit else {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
         tls_stream.write_all(&encode_to_vec(&frame.into())?).await?;
         let _ = tls_stream.shutdown().await;
-        return Ok(());
+        return Ok(None);
     };
     let mut exporter = [0u8; EXPORTER_LEN];
     tls_stream
@@ -137,14 +197,33 @@ async fn handle_tcp(
         .1
         .export_keying_material(&mut exporter, EXPORTER_LABEL, Some(b""))
         .map_err(|e| format!("TLS exporter unavailable: {e}"))?;
-    let (r, w) = tokio::io::split(tls_stream);
+    Ok(Some(AcceptedTcp {
+        stream: tls_stream,
+        exporter,
+        _permit: permit,
+    }))
+}
+
+/// Serves an accepted TCP+TLS connection until it closes; `guard` is dropped when done.
+async fn serve_tcp(
+    accepted: AcceptedTcp,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    guard: mpsc::Sender<()>,
+) {
+    let AcceptedTcp {
+        stream,
+        exporter,
+        _permit,
+    } = accepted;
+    let (r, w) = tokio::io::split(stream);
     serve(
-        ctx.shared.clone(),
+        shared,
         Inbound::Stream(Box::new(r)),
         Box::new(w),
         exporter,
-        ctx.shutdown.clone(),
+        shutdown,
     )
     .await;
-    Ok(())
+    drop(guard);
 }
