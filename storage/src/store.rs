@@ -54,10 +54,12 @@ impl Default for StoreConfig {
     }
 }
 
-/// Called by the committer for every item it appended, in sequence order per mailbox, once the
-/// batch is applied and before its fsync ends (so a live recipient gets it while it is being
-/// made durable; the writers' answers still wait for the fsync). It runs on the committer thread: it must only hand the item off (e.g.
-/// `try_send` to a session), never block.
+/// Called for every appended item, in sequence order per mailbox, once its batch is applied
+/// and before its fsync ends (so a live recipient gets it while it is being made durable; the
+/// writers' answers still wait for the fsync). It runs on the committer thread, or on the
+/// thread that submitted the write when that applied it (see `group_commit::Handle`), with
+/// the committer's lock held: it must only hand the item off (e.g. `try_send` to a session),
+/// never block and never write to the store.
 pub type CommitListener = Arc<dyn Fn(&MailboxId, ServerSeq, &StoredItem) + Send + Sync>;
 
 /// Result of appending a message.
@@ -235,7 +237,7 @@ impl StoreConfig {
 pub struct Store {
     db: Arc<dyn KvEngine>,
     engine: Engine,
-    ops: flume::Sender<Request>,
+    ops: Arc<group_commit::Handle>,
     stats: Arc<StoreStats>,
     committer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     dir: PathBuf,
@@ -266,12 +268,8 @@ impl Store {
         let engine_dir = layout::prepare_open(dir, config.engine)?;
         let db = engine::open(config.engine, &engine_dir, config.tuning())?;
         let stats = Arc::new(StoreStats::default());
-        // Unbounded: callers are bounded by protocol limits (in-flight sends per connection,
-        // connections), and an eager, non-blocking enqueue keeps each caller's order.
-        let (tx, rx) = flume::unbounded();
-        let handle = group_commit::spawn(
+        let (ops, handle) = group_commit::spawn(
             db.clone(),
-            rx,
             group_commit::Limits {
                 max_batch: config.max_batch.max(1),
                 commit_delay: config.commit_delay,
@@ -283,7 +281,7 @@ impl Store {
         Ok(Self {
             db,
             engine: config.engine,
-            ops: tx,
+            ops: Arc::new(ops),
             stats,
             committer: Arc::new(Mutex::new(Some(handle))),
             dir: dir.to_path_buf(),
@@ -291,8 +289,8 @@ impl Store {
         })
     }
 
-    /// Enqueues `op` now (so operations keep the order of the calls that made them) and
-    /// returns a future that resolves once the committer has made it durable.
+    /// Applies or enqueues `op` now (so operations keep the order of the calls that made
+    /// them) and returns a future that resolves once the committer has made it durable.
     fn submit<T>(
         &self,
         op: Op,
@@ -302,7 +300,7 @@ impl Store {
         T: Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let queued = self.ops.send(Request { op, reply }).is_ok();
+        let queued = self.ops.submit(Request { op, reply });
         async move {
             if !queued {
                 return Err(StorageError::Closed);
@@ -619,7 +617,7 @@ impl Store {
 
     /// False once the committer has stopped (shut down, or died): writes cannot complete.
     pub fn is_healthy(&self) -> bool {
-        !self.ops.is_disconnected()
+        self.ops.is_alive()
     }
 
     /// Stops accepting writes, lets the committer finish every queued operation (each one
@@ -627,14 +625,10 @@ impl Store {
     /// for it. Reads still work afterwards. Safe to call more than once.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
-        if self
-            .ops
-            .send(Request {
-                op: Op::Shutdown,
-                reply,
-            })
-            .is_ok()
-        {
+        if self.ops.submit(Request {
+            op: Op::Shutdown,
+            reply,
+        }) {
             let _ = rx.await;
         }
         let handle = self
