@@ -208,7 +208,13 @@ impl Handle {
         // under this lock), so it goes first; during an fsync the engine is busy with it. Past
         // a few operations per fsync the load is high enough to batch: the committer thread
         // then applies them, and the caller (a network thread) keeps its time for the network.
-        if core.syncing || !self.queue.is_empty() || core.unsynced.ops >= INLINE_OPS_PER_SYNC {
+        // And the engine's background work (fjall's flush) can stall a write for a long while:
+        // better the committer thread than a network thread.
+        if core.syncing
+            || !self.queue.is_empty()
+            || core.unsynced.ops >= INLINE_OPS_PER_SYNC
+            || core.db.background_work()
+        {
             return Some(req);
         }
         let was_durable = core.unsynced.since.is_none();
@@ -1006,6 +1012,8 @@ mod tests {
         entered: std::sync::mpsc::Sender<()>,
         /// The test's decision for each sync.
         gate: Mutex<std::sync::mpsc::Receiver<Gate>>,
+        /// What `background_work` says.
+        background: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl GatedEngine {
@@ -1049,6 +1057,9 @@ mod tests {
                 Ok(Gate::Fail) | Err(_) => Err(StorageError::Db("fsync failed".into())),
             }
         }
+        fn background_work(&self) -> bool {
+            self.background.load(Ordering::SeqCst)
+        }
         fn size_on_disk(&self) -> Result<u64, StorageError> {
             Ok(0)
         }
@@ -1069,6 +1080,8 @@ mod tests {
         events: Events,
         /// The name of the thread that applied each appended item (the listener's thread).
         appliers: Arc<Mutex<Vec<String>>>,
+        /// Makes the engine report background work (a flush) when set.
+        background: Arc<std::sync::atomic::AtomicBool>,
         committer: std::thread::JoinHandle<()>,
     }
 
@@ -1081,10 +1094,12 @@ mod tests {
         let (gate, gate_rx) = std::sync::mpsc::channel();
         let mut map = BTreeMap::new();
         map.insert(keys::device("bob", DeviceId(1)), vec![0; 32]);
+        let background: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let engine = Arc::new(GatedEngine {
             map: Mutex::new(map),
             entered: entered_tx,
             gate: Mutex::new(gate_rx),
+            background: background.clone(),
         });
         let events: Events = Arc::default();
         let ev = events.clone();
@@ -1112,6 +1127,7 @@ mod tests {
             gate,
             events,
             appliers,
+            background,
             committer,
         }
     }
@@ -1375,5 +1391,22 @@ mod tests {
             events_before,
             "applied after shutdown"
         );
+    }
+
+    #[test]
+    fn while_the_engine_flushes_writes_go_to_the_committer_thread() {
+        let h = harness();
+        h.background.store(true, Ordering::SeqCst);
+        let stored = append(&h, 1);
+        h.entered.recv().unwrap();
+        assert_eq!(*h.appliers.lock().unwrap(), ["missive-committer"]);
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(stored.blocking_recv().unwrap().is_ok());
+        // Once the flush is over, writes are applied on the caller's thread again.
+        h.background.store(false, Ordering::SeqCst);
+        append_synced(&h, 2);
+        let me = std::thread::current().name().unwrap_or("").to_string();
+        assert_eq!(h.appliers.lock().unwrap()[1], me);
+        shutdown(h);
     }
 }

@@ -123,6 +123,13 @@ impl KvEngine for FjallEngine {
         self.enforce_memtable_limit()
     }
 
+    fn background_work(&self) -> bool {
+        // Both are atomic counters. The write buffer holds the active memtable (below the
+        // limit) plus the sealed ones until their flush is installed: at or past the limit, a
+        // flush is pending or running.
+        self.db.write_buffer_size() >= self.memtable_bytes || self.db.active_compactions() > 0
+    }
+
     fn sync(&self) -> Result<(), StorageError> {
         // The journal only grows by appends; fdatasync also persists the new file length.
         self.db.persist(PersistMode::SyncData).map_err(db_err)

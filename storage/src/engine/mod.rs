@@ -104,7 +104,8 @@ impl WriteBatch {
 
 /// What the store needs from an embedded ordered key-value engine.
 ///
-/// Only the committer thread calls `apply`, `sync` and `close`; reads may come from any
+/// Only the committer calls `apply`, `sync` and `close`, one call at a time (its thread, or a
+/// writer's thread holding its lock, see `group_commit::Handle`); reads may come from any
 /// thread at any time.
 pub(crate) trait KvEngine: Send + Sync {
     /// The value of `key`.
@@ -122,6 +123,14 @@ pub(crate) trait KvEngine: Send + Sync {
 
     /// Makes every applied batch durable (flushed and fsync'd) before returning.
     fn sync(&self) -> Result<(), StorageError>;
+
+    /// True while background work of the engine may hold `apply` up for a long while (fjall:
+    /// a memtable flush or a compaction, whose install blocks writes for up to ~150 ms on this
+    /// project's VM). Writers then leave their operations to the committer thread rather than
+    /// block a network thread. Must be cheap and never block.
+    fn background_work(&self) -> bool {
+        false
+    }
 
     /// Bytes the engine's files occupy on disk.
     fn size_on_disk(&self) -> Result<u64, StorageError>;
