@@ -3,9 +3,10 @@
 //! guard the server waits on at shutdown. Two tasks, so that an idle connection's memory is
 //! the serving state only, not the handshake's futures as well.
 
-use crate::connection::{serve, Inbound};
+use crate::connection::{serve, Inbound, Transport};
 use crate::shared::Shared;
 use missive_proto::{encode_to_vec, Error, ErrorCode, EXPORTER_LABEL, EXPORTER_LEN};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -29,6 +30,47 @@ pub struct ListenerCtx {
 /// How long a refused or finished QUIC connection waits for the peer to read our last bytes.
 const QUIC_LINGER: Duration = Duration::from_secs(3);
 
+/// What a serving task holds besides its connection.
+struct ServeCtx {
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    /// Dropped when the serving task ends; the server waits for all of them.
+    _guard: mpsc::Sender<()>,
+}
+
+/// Runs a connection's handshake in a task, then serves it in a task of its own: what the
+/// handshake needed is freed by then, and an idle connection keeps only the serving state.
+fn spawn_connection<A, H, S>(
+    ctx: &ListenerCtx,
+    transport: Transport,
+    handshake: impl FnOnce(Option<OwnedSemaphorePermit>, Duration) -> H + Send + 'static,
+    serve: impl FnOnce(A, ServeCtx) -> S + Send + 'static,
+) where
+    A: Send + 'static,
+    H: Future<Output = Result<Option<A>, BoxError>> + Send + 'static,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let guard = ctx.done_guard.clone();
+        let permit = ctx.limit.clone().try_acquire_owned().ok();
+        match handshake(permit, ctx.handshake_timeout).await {
+            Ok(Some(accepted)) => {
+                let serve_ctx = ServeCtx {
+                    shared: ctx.shared,
+                    shutdown: ctx.shutdown,
+                    _guard: guard,
+                };
+                tokio::spawn(serve(accepted, serve_ctx));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, transport = transport.name(), "handshake failed");
+            }
+        }
+    });
+}
+
 /// Accepts QUIC connections until shutdown.
 pub async fn run_quic(endpoint: quinn::Endpoint, ctx: ListenerCtx) {
     let mut shutdown = ctx.shutdown.clone();
@@ -36,22 +78,12 @@ pub async fn run_quic(endpoint: quinn::Endpoint, ctx: ListenerCtx) {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let guard = ctx.done_guard.clone();
-                    let permit = ctx.limit.clone().try_acquire_owned().ok();
-                    match quic_handshake(incoming, permit, &ctx).await {
-                        // A task of its own: what the handshake needed is freed now, and
-                        // an idle connection keeps only the serving task's state.
-                        Ok(Some(accepted)) => {
-                            tokio::spawn(serve_quic(accepted, ctx.shared, ctx.shutdown, guard));
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::debug!(error = %e, "quic connection ended with an error");
-                        }
-                    }
-                });
+                spawn_connection(
+                    &ctx,
+                    Transport::Quic,
+                    move |permit, timeout| quic_handshake(incoming, permit, timeout),
+                    serve_quic,
+                );
             }
             _ = shutdown.changed() => break,
         }
@@ -76,10 +108,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn quic_handshake(
     incoming: quinn::Incoming,
     permit: Option<OwnedSemaphorePermit>,
-    ctx: &ListenerCtx,
+    timeout: Duration,
 ) -> Result<Option<AcceptedQuic>, BoxError> {
-    let conn = tokio::time::timeout(ctx.handshake_timeout, incoming).await??;
-    let (mut send, recv) = tokio::time::timeout(ctx.handshake_timeout, conn.accept_bi()).await??;
+    let conn = tokio::time::timeout(timeout, incoming).await??;
+    let (mut send, recv) = tokio::time::timeout(timeout, conn.accept_bi()).await??;
     let Some(permit) = permit else {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
         send.write_all(&encode_to_vec(&frame.into())?).await?;
@@ -99,13 +131,8 @@ async fn quic_handshake(
     }))
 }
 
-/// Serves an accepted QUIC connection until it closes; `guard` is dropped when done.
-async fn serve_quic(
-    accepted: AcceptedQuic,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-    guard: mpsc::Sender<()>,
-) {
+/// Serves an accepted QUIC connection until it closes.
+async fn serve_quic(accepted: AcceptedQuic, ctx: ServeCtx) {
     let AcceptedQuic {
         conn,
         send,
@@ -114,17 +141,16 @@ async fn serve_quic(
         _permit,
     } = accepted;
     serve(
-        shared,
+        ctx.shared,
         Inbound::Quic(recv),
         Box::new(send),
         exporter,
-        shutdown,
+        ctx.shutdown,
     )
     .await;
     // Give the peer a moment to read the final frames and close first.
     let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
     conn.close(0u32.into(), b"bye");
-    drop(guard);
 }
 
 /// Accepts TCP+TLS connections until shutdown. Accept errors (e.g. out of file descriptors)
@@ -141,21 +167,13 @@ pub async fn run_tcp(
             r = listener.accept() => match r {
                 Ok((stream, _peer)) => {
                     backoff = Duration::from_millis(10);
-                    let (ctx, tls) = (ctx.clone(), tls.clone());
-                    tokio::spawn(async move {
-                        let guard = ctx.done_guard.clone();
-                        let permit = ctx.limit.clone().try_acquire_owned().ok();
-                        match tcp_handshake(stream, tls, permit, &ctx).await {
-                            // As for QUIC: the serving task starts without the handshake's state.
-                            Ok(Some(accepted)) => {
-                                tokio::spawn(serve_tcp(accepted, ctx.shared, ctx.shutdown, guard));
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::debug!(error = %e, "tcp connection ended with an error");
-                            }
-                        }
-                    });
+                    let tls = tls.clone();
+                    spawn_connection(
+                        &ctx,
+                        Transport::Tcp,
+                        move |permit, timeout| tcp_handshake(stream, tls, permit, timeout),
+                        serve_tcp,
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "tcp accept failed; backing off");
@@ -181,10 +199,10 @@ async fn tcp_handshake(
     stream: tokio::net::TcpStream,
     tls: tokio_rustls::TlsAcceptor,
     permit: Option<OwnedSemaphorePermit>,
-    ctx: &ListenerCtx,
+    timeout: Duration,
 ) -> Result<Option<AcceptedTcp>, BoxError> {
     stream.set_nodelay(true)?;
-    let mut tls_stream = tokio::time::timeout(ctx.handshake_timeout, tls.accept(stream)).await??;
+    let mut tls_stream = tokio::time::timeout(timeout, tls.accept(stream)).await??;
     let Some(permit) = permit else {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
         tls_stream.write_all(&encode_to_vec(&frame.into())?).await?;
@@ -204,13 +222,8 @@ async fn tcp_handshake(
     }))
 }
 
-/// Serves an accepted TCP+TLS connection until it closes; `guard` is dropped when done.
-async fn serve_tcp(
-    accepted: AcceptedTcp,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-    guard: mpsc::Sender<()>,
-) {
+/// Serves an accepted TCP+TLS connection until it closes.
+async fn serve_tcp(accepted: AcceptedTcp, ctx: ServeCtx) {
     let AcceptedTcp {
         stream,
         exporter,
@@ -218,12 +231,11 @@ async fn serve_tcp(
     } = accepted;
     let (r, w) = tokio::io::split(stream);
     serve(
-        shared,
+        ctx.shared,
         Inbound::Stream(Box::new(r)),
         Box::new(w),
         exporter,
-        shutdown,
+        ctx.shutdown,
     )
     .await;
-    drop(guard);
 }

@@ -169,6 +169,8 @@ pub(crate) fn spawn(
 /// is queued, and the committer applies the queue in one batch when it is free: under load
 /// the batching stays as it was. Either way the committer thread alone runs the fsyncs, at
 /// most one per `commit_delay`, and only it answers the waiters that need durability.
+/// Clones share the committer; it stops once the last clone is dropped (or at shutdown).
+#[derive(Clone)]
 pub(crate) struct Handle {
     core: Arc<Mutex<Committer>>,
     queue: flume::Sender<Request>,
@@ -1139,18 +1141,20 @@ mod tests {
         rx
     }
 
+    /// Message `n` from alice to bob.
+    fn append_op(n: u8) -> Op {
+        Op::Append {
+            from: "alice".into(),
+            from_device: DeviceId(1),
+            client_msg_id: ClientMsgId([n; 16]),
+            to: "bob".into(),
+            envelope: vec![n],
+            now_ms: 1,
+        }
+    }
+
     fn append(h: &Harness, n: u8) -> oneshot::Receiver<Result<Reply, StorageError>> {
-        submit(
-            h,
-            Op::Append {
-                from: "alice".into(),
-                from_device: DeviceId(1),
-                client_msg_id: ClientMsgId([n; 16]),
-                to: "bob".into(),
-                envelope: vec![n],
-                now_ms: 1,
-            },
-        )
+        submit(h, append_op(n))
     }
 
     fn ack(h: &Harness, up_to: u64) -> oneshot::Receiver<Result<Reply, StorageError>> {
@@ -1374,26 +1378,16 @@ mod tests {
     fn after_shutdown_a_write_is_refused() {
         let h = harness();
         append_synced(&h, 1);
-        let ops = Handle {
-            core: h.ops.core.clone(),
-            queue: h.ops.queue.clone(),
-            doorbell: h.ops.doorbell.clone(),
-            max_batch: h.ops.max_batch,
-        };
+        let ops = h.ops.clone();
         let events_before = h.events.lock().unwrap().len();
         let events = h.events.clone();
         shutdown(h);
         assert!(!ops.is_alive());
         let (reply, rx) = oneshot::channel();
-        let op = Op::Append {
-            from: "alice".into(),
-            from_device: DeviceId(1),
-            client_msg_id: ClientMsgId([9; 16]),
-            to: "bob".into(),
-            envelope: vec![9],
-            now_ms: 3,
-        };
-        assert!(!ops.submit(Request { op, reply }));
+        assert!(!ops.submit(Request {
+            op: append_op(9),
+            reply
+        }));
         assert!(rx.blocking_recv().is_err());
         assert_eq!(
             events.lock().unwrap().len(),

@@ -237,7 +237,7 @@ impl StoreConfig {
 pub struct Store {
     db: Arc<dyn KvEngine>,
     engine: Engine,
-    ops: Arc<group_commit::Handle>,
+    ops: group_commit::Handle,
     stats: Arc<StoreStats>,
     committer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     dir: PathBuf,
@@ -281,7 +281,7 @@ impl Store {
         Ok(Self {
             db,
             engine: config.engine,
-            ops: Arc::new(ops),
+            ops,
             stats,
             committer: Arc::new(Mutex::new(Some(handle))),
             dir: dir.to_path_buf(),
