@@ -3,7 +3,9 @@
 //! `crash_midway`, the spawned edge is SIGKILLed and restarted once half the messages are
 //! acknowledged; every acknowledged message must still arrive exactly once.
 
-use super::{cpu_between, lock, send_stream, Knobs, Pacing, Run, RunClock, Under, Until};
+use super::{
+    close_all, cpu_between, lock, send_stream, Knobs, Pacing, Run, RunClock, Under, Until,
+};
 use crate::fleet::{connect_all, register_users, run_prefix};
 use crate::payload;
 use crate::tracker::Tracker;
@@ -135,9 +137,7 @@ pub async fn run(
     for r in receivers {
         let _ = r.await;
     }
-    for c in &senders_clients {
-        let _ = c.close().await;
-    }
+    close_all(senders_clients).await;
     Ok(Run {
         tracker,
         duration,

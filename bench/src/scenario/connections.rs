@@ -2,7 +2,7 @@
 //! pings) while a few active pairs keep chatting; reports handshakes/s, the edge's RSS per
 //! connection, and whether messages still flowed.
 
-use super::{lock, Knobs, Run, RunClock, Under};
+use super::{close_all, lock, Knobs, Run, RunClock, Under};
 use crate::fleet::{connect_all, register_users, run_prefix};
 use crate::payload::{self, Stamp};
 use crate::tracker::Tracker;
@@ -83,16 +83,12 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let duration = clock.0.elapsed();
     let idle_count = idle.len();
-    // Close everything concurrently: a thousand sequential Bye round trips add nothing.
-    let closing: Vec<_> = idle
-        .iter()
-        .map(|(c, _)| c.clone())
-        .chain(active_clients.iter().cloned())
-        .map(|c| tokio::spawn(async move { c.close().await }))
-        .collect();
-    for t in closing {
-        let _ = t.await;
-    }
+    close_all(
+        idle.iter()
+            .map(|(c, _)| c.clone())
+            .chain(active_clients.iter().cloned()),
+    )
+    .await;
     for t in tasks {
         t.abort();
     }

@@ -2,7 +2,7 @@
 //! `window` unacknowledged); then the recipients connect and drain. Reports the accept rate
 //! while queueing and the catch-up (drain) rate.
 
-use super::{cpu_between, lock, send_stream, Knobs, Run, RunClock, Under, Until};
+use super::{close_all, cpu_between, lock, send_stream, Knobs, Run, RunClock, Under, Until};
 use crate::fleet::{connect_all, register_users, run_prefix};
 use crate::payload;
 use crate::tracker::Tracker;
@@ -81,13 +81,13 @@ pub async fn run(
     let drain_time = drain_start.elapsed();
     // Includes the recipients' logins: their drains start while the others still connect.
     let message_phase_cpu_s = cpu_between(cpu_start, under.server_cpu_seconds());
-    for c in sender_clients
-        .iter()
-        .map(|(c, _)| c)
-        .chain(clients_only.iter())
-    {
-        let _ = c.close().await;
-    }
+    close_all(
+        sender_clients
+            .iter()
+            .map(|(c, _)| c.clone())
+            .chain(clients_only),
+    )
+    .await;
     let mut extra = BTreeMap::new();
     extra.insert("queued".into(), queued as f64);
     extra.insert("queue_s".into(), queue_time.as_secs_f64());
