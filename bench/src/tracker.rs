@@ -5,11 +5,54 @@ use crate::payload::Stamp;
 use hdrhistogram::Histogram;
 use std::collections::{HashMap, HashSet};
 
+/// Seqs below this are kept in a bitmap (8 MiB at most per set); a larger one (only from a
+/// damaged stamp) goes to a hash set instead of growing the bitmap.
+const DENSE_SEQS: u64 = 1 << 26;
+
+/// A set of seqs. A stream's seqs count up from 0, so a bitmap holds them in 1 bit each and
+/// costs no hashing on the hot path.
+#[derive(Debug, Default)]
+struct SeqSet {
+    words: Vec<u64>,
+    sparse: HashSet<u64>,
+    len: u64,
+}
+
+impl SeqSet {
+    /// Adds `seq`; false when it was already there.
+    fn insert(&mut self, seq: u64) -> bool {
+        let added = if seq < DENSE_SEQS {
+            let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+            if word >= self.words.len() {
+                self.words.resize(word + 1, 0);
+            }
+            let fresh = self.words[word] & bit == 0;
+            self.words[word] |= bit;
+            fresh
+        } else {
+            self.sparse.insert(seq)
+        };
+        self.len += u64::from(added);
+        added
+    }
+
+    /// How many seqs of `self` are not in `other`.
+    fn count_missing_from(&self, other: &SeqSet) -> u64 {
+        let dense: u64 = self
+            .words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w & !other.words.get(i).copied().unwrap_or(0)).count_ones() as u64)
+            .sum();
+        dense + self.sparse.difference(&other.sparse).count() as u64
+    }
+}
+
 /// Per-stream bookkeeping.
 #[derive(Debug, Default)]
 struct Stream {
-    acked: HashSet<u64>,
-    delivered: HashSet<u64>,
+    acked: SeqSet,
+    delivered: SeqSet,
     highest_delivered: Option<u64>,
 }
 
@@ -84,14 +127,14 @@ impl Tracker {
 
     /// Acknowledged messages.
     pub fn acked(&self) -> u64 {
-        self.streams.values().map(|s| s.acked.len() as u64).sum()
+        self.streams.values().map(|s| s.acked.len).sum()
     }
 
     /// Acknowledged messages that never arrived.
     pub fn lost(&self) -> u64 {
         self.streams
             .values()
-            .map(|s| s.acked.difference(&s.delivered).count() as u64)
+            .map(|s| s.acked.count_missing_from(&s.delivered))
             .sum()
     }
 }
@@ -126,5 +169,21 @@ mod tests {
         assert_eq!(t.lost(), 1);
         assert_eq!(t.latency_us.len(), 3);
         assert_eq!(t.per_second.len(), 1);
+    }
+
+    #[test]
+    fn seq_sets_count_across_words_and_beyond_the_bitmap() {
+        let (mut a, mut b) = (SeqSet::default(), SeqSet::default());
+        for seq in [0, 63, 64, 1000, DENSE_SEQS + 5] {
+            assert!(a.insert(seq));
+        }
+        assert!(!a.insert(64));
+        assert!(!a.insert(DENSE_SEQS + 5));
+        assert_eq!(a.len, 5);
+        b.insert(63);
+        b.insert(DENSE_SEQS + 5);
+        b.insert(5000);
+        assert_eq!(a.count_missing_from(&b), 3);
+        assert_eq!(b.count_missing_from(&a), 1);
     }
 }

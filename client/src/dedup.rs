@@ -6,6 +6,7 @@
 
 use missive_proto::ClientMsgId;
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 /// How many delivery keys a client remembers by default.
 pub const DEFAULT_SEEN_CAPACITY: usize = 10_000;
@@ -65,8 +66,9 @@ impl DeliveryKey {
 /// forgotten first).
 #[derive(Debug, Clone)]
 pub struct SeenSet {
-    set: HashSet<DeliveryKey>,
-    order: VecDeque<DeliveryKey>,
+    /// Shares each key with `order`: one allocation per key, no copy of its sender's name.
+    set: HashSet<Arc<DeliveryKey>>,
+    order: VecDeque<Arc<DeliveryKey>>,
     capacity: usize,
 }
 
@@ -93,7 +95,8 @@ impl SeenSet {
 
     /// Remembers `key`; returns false if it was already there. Evicts the oldest key when full.
     pub fn insert(&mut self, key: DeliveryKey) -> bool {
-        if self.set.contains(&key) {
+        let key = Arc::new(key);
+        if !self.set.insert(key.clone()) {
             return false;
         }
         if self.order.len() >= self.capacity {
@@ -101,7 +104,6 @@ impl SeenSet {
                 self.set.remove(&old);
             }
         }
-        self.set.insert(key.clone());
         self.order.push_back(key);
         true
     }
@@ -118,7 +120,7 @@ impl SeenSet {
 
     /// The remembered keys, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &DeliveryKey> {
-        self.order.iter()
+        self.order.iter().map(|k| &**k)
     }
 }
 

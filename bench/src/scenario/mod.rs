@@ -7,8 +7,11 @@ pub mod offline;
 use crate::edge_process::SpawnedEdge;
 use crate::fleet::Target;
 use crate::tracker::Tracker;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Knobs shared by the scenarios (from the command line).
@@ -143,8 +146,10 @@ pub enum Until {
 }
 
 /// One sender's stream: stamped messages to `to`, at most `window` unacknowledged, optionally
-/// paced. Each send is queued in sequence order; acks are recorded in the
-/// tracker as they come. Returns when every send was answered.
+/// paced. Each send is queued in sequence order and its answer kept in a FIFO: one
+/// connection's answers come in the order of its sends, so the oldest is the one to wait for
+/// when the window is full. Answers are recorded in the tracker as they are taken (ready ones
+/// before every send). Returns when every send was answered.
 #[allow(clippy::too_many_arguments)]
 pub async fn send_stream(
     client: missive_client::Client,
@@ -157,8 +162,8 @@ pub async fn send_stream(
     tracker: Arc<Mutex<Tracker>>,
     clock: RunClock,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(window.max(1)));
-    let mut inflight = Vec::new();
+    let window = window.max(1);
+    let mut inflight = VecDeque::with_capacity(window);
     let mut seq = 0u64;
     loop {
         let done = match until {
@@ -171,29 +176,50 @@ pub async fn send_stream(
         if let Some(p) = pacing {
             tokio::time::sleep_until(p.due(clock.0, seq).into()).await;
         }
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
+        take_answers(&mut inflight, window - 1, &tracker).await;
         let stamp = crate::payload::Stamp {
             stream,
             seq,
             sent_us: clock.now_us(),
         };
         lock(&tracker).on_sent();
-        // Queued now, in sequence order; awaited in its own task.
         let text = crate::payload::encode(stamp, size);
-        let ack = client.send(to.clone(), missive_client::Content::Text(text));
-        let tracker = tracker.clone();
-        inflight.push(tokio::spawn(async move {
-            if ack.await.is_ok() {
-                lock(&tracker).on_acked(stamp.stream, stamp.seq);
-            }
-            drop(permit);
-        }));
+        let answer = client.send(to.clone(), missive_client::Content::Text(text));
+        inflight.push_back((stamp, Box::pin(answer)));
         seq += 1;
     }
-    for t in inflight {
-        let _ = t.await;
+    take_answers(&mut inflight, 0, &tracker).await;
+}
+
+/// Records the answers at the front of `inflight` that are already in, then waits for more
+/// until at most `keep` are left.
+async fn take_answers<F>(
+    inflight: &mut VecDeque<(crate::payload::Stamp, Pin<Box<F>>)>,
+    keep: usize,
+    tracker: &Mutex<Tracker>,
+) where
+    F: Future<Output = Result<missive_client::SendReceipt, missive_client::ClientError>>,
+{
+    loop {
+        let must_wait = inflight.len() > keep;
+        let Some((stamp, answer)) = inflight.front_mut() else {
+            break;
+        };
+        let stamp = *stamp;
+        let result = if must_wait {
+            Some(answer.await)
+        } else {
+            std::future::poll_fn(|cx| match answer.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await
+        };
+        let Some(result) = result else { break };
+        inflight.pop_front();
+        if result.is_ok() {
+            lock(tracker).on_acked(stamp.stream, stamp.seq);
+        }
     }
 }
 
