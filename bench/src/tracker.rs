@@ -37,7 +37,7 @@ impl SeqSet {
     }
 
     /// How many seqs of `self` are not in `other`.
-    fn count_missing_from(&self, other: &SeqSet) -> u64 {
+    fn count_missing_from(&self, other: &Self) -> u64 {
         let dense: u64 = self
             .words
             .iter()
