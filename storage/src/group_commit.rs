@@ -829,7 +829,7 @@ impl Committer {
         let mut acked = Vec::new();
         if let Taken::Exact(items) = self.unacked.take_acked(mb, first, up_to.0) {
             for item in items {
-                batch.remove(keys::mailbox_item(mb, ServerSeq(item.seq)));
+                batch.remove_written_once(keys::mailbox_item(mb, ServerSeq(item.seq)));
                 pending.deleted_logged += 1;
                 out.deleted += 1;
                 receipts.extend(item.receipt_to);
@@ -854,7 +854,7 @@ impl Committer {
             if !pending.deleted.insert(k.clone()) {
                 continue; // already acked earlier in this batch
             }
-            batch.remove(k);
+            batch.remove_written_once(k);
             out.deleted += 1;
             // A damaged item is still deleted, it just cannot produce a receipt.
             match decode_item(&v) {
@@ -963,7 +963,7 @@ impl Committer {
                     .unwrap_or(true);
                 if expired {
                     if pending.deleted.insert(k.clone()) {
-                        batch.remove(k);
+                        batch.remove_written_once(k);
                         out.items += 1;
                         if out.items >= SWEEP_STEP_LIMIT {
                             out.more = true;
@@ -999,7 +999,7 @@ mod tests {
     //! no waiter and no listener hears of a write before the engine made it durable.
 
     use super::*;
-    use crate::engine::{Kv, KvIter};
+    use crate::engine::{Kv, KvIter, Write};
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
@@ -1047,8 +1047,8 @@ mod tests {
             let mut map = self.map.lock().unwrap();
             for (k, v) in batch.into_ops() {
                 match v {
-                    Some(v) => map.insert(k, v),
-                    None => map.remove(&k),
+                    Write::Put(v) => map.insert(k, v),
+                    Write::Remove | Write::RemoveWrittenOnce => map.remove(&k),
                 };
             }
             Ok(())

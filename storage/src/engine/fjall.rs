@@ -23,7 +23,7 @@
 //! compaction (`Keyspace::major_compact`, exported but hidden from fjall's docs like
 //! `rotate_memtable`: another reason fjall is held to 3.1.x), while writes go on.
 
-use super::{KvEngine, KvIter, Tuning, WriteBatch};
+use super::{KvEngine, KvIter, Tuning, Write, WriteBatch};
 use crate::StorageError;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use std::ops::Bound;
@@ -115,8 +115,11 @@ impl KvEngine for FjallEngine {
         let mut b = self.db.batch();
         for (k, v) in batch.into_ops() {
             match v {
-                Some(v) => b.insert(&self.items, k, v),
-                None => b.remove(&self.items, k),
+                Write::Put(v) => b.insert(&self.items, k, v),
+                Write::Remove => b.remove(&self.items, k),
+                // A weak tombstone: it and the put it removes vanish together when a flush
+                // or compaction meets both (both in one memtable: neither reaches a table).
+                Write::RemoveWrittenOnce => b.remove_weak(&self.items, k),
             }
         }
         b.commit().map_err(db_err)?;
@@ -176,4 +179,94 @@ fn flush_memtable(keyspace: &Keyspace) -> Result<(), StorageError> {
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> FjallEngine {
+        let tuning = Tuning {
+            cache_bytes: 1 << 20,
+            memtable_bytes: 1 << 20,
+        };
+        FjallEngine::open(dir, tuning).unwrap()
+    }
+
+    fn key(i: u32) -> Vec<u8> {
+        format!("m item {i:08}").into_bytes()
+    }
+
+    /// Puts 500 items, then removes them all (`weak`: as written once), and flushes.
+    fn put_remove_flush(dir: &Path, weak: bool) -> FjallEngine {
+        let engine = open(dir);
+        let mut batch = WriteBatch::default();
+        for i in 0..500 {
+            batch.insert(key(i), vec![7u8; 100]);
+        }
+        engine.apply(batch).unwrap();
+        let mut batch = WriteBatch::default();
+        for i in 0..500 {
+            if weak {
+                batch.remove_written_once(key(i));
+            } else {
+                batch.remove(key(i));
+            }
+        }
+        engine.apply(batch).unwrap();
+        advance_gc_watermark(&engine);
+        engine.close().unwrap();
+        engine
+    }
+
+    /// fjall drops a put and its weak tombstone only below its MVCC watermark, which it moves
+    /// up when a memtable is sealed, but only after queueing that memtable's flush: a flush
+    /// that starts first still uses the old one (and the pair then vanishes at the next
+    /// compaction instead). It also moves it every 10,000 closed snapshots; closing that many
+    /// makes it current now, so the flush below sees it.
+    fn advance_gc_watermark(engine: &FjallEngine) {
+        for _ in 0..10_000 {
+            drop(engine.items.prefix(b"none"));
+        }
+    }
+
+    #[test]
+    fn items_removed_before_their_flush_never_reach_a_table() {
+        let (weak_dir, strong_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let weak = put_remove_flush(weak_dir.path(), true);
+        let strong = put_remove_flush(strong_dir.path(), false);
+        // Plain removes leave 500 tombstones in the flushed table; weak ones vanish with the
+        // items they remove.
+        assert_eq!(strong.items.approximate_len(), 500);
+        assert_eq!(weak.items.approximate_len(), 0);
+        assert_eq!(weak.get(&key(3)).unwrap(), None);
+        assert_eq!(weak.prefix(b"m").count(), 0);
+    }
+
+    #[test]
+    fn a_weak_remove_hides_an_item_already_in_a_table_across_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path());
+        let mut batch = WriteBatch::default();
+        batch.insert(key(1), b"one".to_vec());
+        batch.insert(key(2), b"two".to_vec());
+        engine.apply(batch).unwrap();
+        engine.close().unwrap(); // both items now in a table
+        let mut batch = WriteBatch::default();
+        batch.remove_written_once(key(1));
+        engine.apply(batch).unwrap();
+        engine.sync().unwrap();
+        assert_eq!(engine.get(&key(1)).unwrap(), None);
+        drop(engine);
+
+        let engine = open(dir.path()); // the weak tombstone comes back from the journal
+        assert_eq!(engine.get(&key(1)).unwrap(), None);
+        assert!(engine.compact().unwrap());
+        assert_eq!(engine.get(&key(1)).unwrap(), None);
+        assert_eq!(engine.get(&key(2)).unwrap(), Some(b"two".to_vec()));
+        let left: Vec<_> = engine.prefix(b"m").map(|kv| kv.unwrap().0).collect();
+        assert_eq!(left, vec![key(2)]);
+        // The item and its weak tombstone met in the compaction: only item 2 is left.
+        assert_eq!(engine.items.approximate_len(), 1);
+    }
 }

@@ -69,21 +69,41 @@ pub(crate) type Kv = (Vec<u8>, Vec<u8>);
 /// An ordered scan. Errors are per item, as the engines report them.
 pub(crate) type KvIter<'a> = Box<dyn Iterator<Item = Result<Kv, StorageError>> + 'a>;
 
+/// One write of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Set the key to this value.
+    Put(Vec<u8>),
+    /// Remove the key.
+    Remove,
+    /// Remove a key that was put exactly once (a mailbox item: its seq is never reused). An
+    /// engine may then drop the removal together with the put as soon as the two meet (fjall:
+    /// a weak tombstone, so a memtable flush writes neither the delivered item nor its
+    /// tombstone); the others treat it as [`Write::Remove`].
+    RemoveWrittenOnce,
+}
+
 /// Puts and removes that an engine applies atomically, in order.
 #[derive(Debug, Default)]
 pub(crate) struct WriteBatch {
-    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<(Vec<u8>, Write)>,
 }
 
 impl WriteBatch {
     /// Sets `key` to `value`.
     pub(crate) fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.ops.push((key.into(), Some(value.into())));
+        self.ops.push((key.into(), Write::Put(value.into())));
     }
 
     /// Removes `key` (a no-op when absent).
     pub(crate) fn remove(&mut self, key: impl Into<Vec<u8>>) {
-        self.ops.push((key.into(), None));
+        self.ops.push((key.into(), Write::Remove));
+    }
+
+    /// Removes `key`, which was put exactly once and never overwritten: see
+    /// [`Write::RemoveWrittenOnce`].
+    pub(crate) fn remove_written_once(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Write::RemoveWrittenOnce));
     }
 
     /// Number of puts and removes.
@@ -97,7 +117,7 @@ impl WriteBatch {
     }
 
     /// The operations, in the order they were added.
-    pub(crate) fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    pub(crate) fn into_ops(self) -> Vec<(Vec<u8>, Write)> {
         self.ops
     }
 }

@@ -3,7 +3,7 @@
 //! database file. `flush_async` is never used: it deadlocks with concurrent callers
 //! (sled #1308).
 
-use super::{KvEngine, KvIter, Tuning, WriteBatch};
+use super::{KvEngine, KvIter, Tuning, Write, WriteBatch};
 use crate::StorageError;
 use std::ops::Bound;
 use std::path::Path;
@@ -72,8 +72,8 @@ impl KvEngine for SledEngine {
         let mut b = sled::Batch::default();
         for (k, v) in batch.into_ops() {
             match v {
-                Some(v) => b.insert(k, v),
-                None => b.remove(k),
+                Write::Put(v) => b.insert(k, v),
+                Write::Remove | Write::RemoveWrittenOnce => b.remove(k),
             }
         }
         self.db.apply_batch(b).map_err(db_err)
