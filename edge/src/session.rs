@@ -21,8 +21,8 @@
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
     login_transcript, validate_user_name, AckDelivery, ClientMsgId, Deliver, DeviceId, Error,
-    ErrorCode, Frame, Goaway, Pong, ProtoError, Rejected, Send, Sent, ServerHello, ServerSeq,
-    Visibility, Welcome, EXPORTER_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ErrorCode, Frame, Goaway, Payload, Pong, ProtoError, Rejected, Send, Sent, ServerHello,
+    ServerSeq, Visibility, Welcome, EXPORTER_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use missive_storage::{AppendOutcome, RegisterOutcome, StoredItem};
 use std::collections::VecDeque;
@@ -174,6 +174,11 @@ pub struct Session {
     tokens: f64,
     tokens_at: Instant,
     sends_in_flight: usize,
+    /// Ids of the sends whose `Sent` (or `Rejected`) has not been written yet.
+    awaiting_sent: Vec<ClientMsgId>,
+    /// `Deliver` frames held back, in seq order, because the first of them is the `Delivered`
+    /// receipt of a message whose `Sent` is still to come (see [`Session::deliver`]).
+    held_frames: VecDeque<Deliver>,
     /// An `Action::Ack` is being applied; later acks wait and merge into `pending_ack`.
     ack_in_flight: bool,
     pending_ack: Option<ServerSeq>,
@@ -211,6 +216,8 @@ impl Session {
             tokens,
             tokens_at: now,
             sends_in_flight: 0,
+            awaiting_sent: Vec::new(),
+            held_frames: VecDeque::new(),
             ack_in_flight: false,
             pending_ack: None,
             next_deliver: ServerSeq(0),
@@ -544,6 +551,7 @@ impl Session {
         }
         self.tokens -= 1.0;
         self.sends_in_flight += 1;
+        self.awaiting_sent.push(s.client_msg_id);
         self.actions.push_back(Action::Store {
             client_msg_id: s.client_msg_id,
             to: s.to,
@@ -559,6 +567,13 @@ impl Session {
         now_ms: u64,
     ) {
         self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
+        if let Some(i) = self
+            .awaiting_sent
+            .iter()
+            .position(|id| *id == client_msg_id)
+        {
+            self.awaiting_sent.swap_remove(i);
+        }
         if self.is_closed() {
             return;
         }
@@ -588,6 +603,7 @@ impl Session {
                 message: "storage unavailable, retry".into(),
             }),
         }
+        self.release_held_frames();
         self.maybe_finish();
     }
 
@@ -673,21 +689,48 @@ impl Session {
         self.pump();
     }
 
+    /// Writes `item` to the client, or holds it back when it is the `Delivered` receipt of a
+    /// message of this device whose `Sent` has not been written yet (the recipient often
+    /// acknowledges before the message's fsync is done), and then everything after it, to keep
+    /// seq order. The receipt then follows its `Sent` (the order a user expects) in the same
+    /// QUIC packet, instead of a packet of its own that the client must acknowledge too.
     fn deliver(&mut self, seq: ServerSeq, item: StoredItem) {
         if seq < self.next_deliver {
             return;
         }
         self.next_deliver = ServerSeq(seq.0 + 1);
         self.unacked.push_back(seq);
-        let payload = item.payload;
-        self.send(Deliver {
+        let frame = Deliver {
             seq,
             from: item.from,
             from_device: item.from_device,
             client_msg_id: item.client_msg_id,
             server_ts_ms: item.server_ts_ms,
-            payload,
-        });
+            payload: item.payload,
+        };
+        if !self.held_frames.is_empty() || self.waits_for_its_sent(&frame) {
+            self.held_frames.push_back(frame);
+        } else {
+            self.send(frame);
+        }
+    }
+
+    /// Whether `frame` is the receipt of a send of this session still waiting for its `Sent`.
+    fn waits_for_its_sent(&self, frame: &Deliver) -> bool {
+        matches!(frame.payload, Payload::Delivered)
+            && self.awaiting_sent.contains(&frame.client_msg_id)
+    }
+
+    /// Writes the held-back frames up to the next receipt that still waits for its `Sent`.
+    fn release_held_frames(&mut self) {
+        while let Some(front) = self.held_frames.front() {
+            if self.waits_for_its_sent(front) {
+                break;
+            }
+            if let Some(frame) = self.held_frames.pop_front() {
+                self.send(frame);
+            }
+        }
     }
 
     /// Starts a mailbox read when the window has room and storage may hold more.
@@ -1129,6 +1172,44 @@ mod tests {
         // A stale push is ignored.
         s.handle_pushed(ServerSeq(2), item(2));
         assert!(drain(&mut s).is_empty());
+    }
+
+    #[test]
+    fn a_receipt_waits_for_the_sent_of_its_message_and_what_follows_keeps_its_order() {
+        let now = Instant::now();
+        let mut s = active(now);
+        s.handle_mailbox_read(4, Ok(vec![]));
+        drain(&mut s);
+        s.handle_frame(now, send(7));
+        assert!(matches!(drain(&mut s)[..], [Action::Store { .. }]));
+        // The recipient acknowledged message 7 before its fsync was done: its receipt (seq 1)
+        // and a message after it (seq 2) wait for 7's `Sent`.
+        let receipt = |n: u8| StoredItem {
+            payload: Payload::Delivered,
+            ..item(u64::from(n))
+        };
+        s.handle_pushed(ServerSeq(1), receipt(7));
+        s.handle_pushed(ServerSeq(2), item(3));
+        assert!(drain(&mut s).is_empty());
+        s.handle_send_result(
+            ClientMsgId([7; 16]),
+            Ok(AppendOutcome::Stored {
+                server_ts_ms: 9,
+                devices: 1,
+            }),
+            9,
+        );
+        let a = drain(&mut s);
+        let f = frames(&a);
+        assert_eq!(f.len(), 3);
+        assert!(matches!(f[0], Frame::Sent(x) if x.client_msg_id == ClientMsgId([7; 16])));
+        assert!(
+            matches!(f[1], Frame::Deliver(d) if d.seq == ServerSeq(1) && d.payload == Payload::Delivered)
+        );
+        assert!(matches!(f[2], Frame::Deliver(d) if d.seq == ServerSeq(2)));
+        // A receipt of a message whose `Sent` is out is written at once.
+        s.handle_pushed(ServerSeq(3), receipt(9));
+        assert_eq!(delivered_seqs(&drain(&mut s)), vec![3]);
     }
 
     #[test]
