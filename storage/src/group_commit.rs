@@ -357,6 +357,34 @@ pub(crate) fn devices_on_disk(
     Ok(out)
 }
 
+/// Seqs a mailbox's counter reserves at a time: the `s` counter on disk is written once per
+/// this many items instead of with every batch that appends to the mailbox (at a sparse load
+/// that was one write in four). After a crash the mailbox goes on from the mark, leaving a gap
+/// of fewer than this many seqs: seqs only have to grow, clients ack them cumulatively and
+/// nobody counts on them being dense.
+pub const SEQ_RESERVATION: u64 = 256;
+
+/// A mailbox's seqs as the committer allocates them.
+struct SeqState {
+    /// The seq the next item gets.
+    next: u64,
+    /// Every seq at or above this is unused, as written (or about to be) in the `s` counter.
+    reserved: u64,
+}
+
+impl SeqState {
+    /// Takes the next seq; past the reserved mark, raises the mark in this batch's writes.
+    fn allocate(&mut self, pending: &mut Pending, mb: &MailboxId) -> ServerSeq {
+        let seq = self.next;
+        self.next += 1;
+        if seq >= self.reserved {
+            self.reserved = seq + SEQ_RESERVATION;
+            pending.next_seqs.insert(mb.clone(), self.reserved);
+        }
+        ServerSeq(seq)
+    }
+}
+
 /// Acks spanning fewer seqs than this read each item by key instead of scanning a range.
 const POINT_ACK_LIMIT: u64 = 64;
 /// Unacknowledged items the committer remembers so that their acks need no reads (about
@@ -365,8 +393,8 @@ const UNACKED_LOG_LIMIT: usize = 131_072;
 
 struct Committer {
     db: Arc<dyn KvEngine>,
-    /// Next seq per mailbox, loaded lazily from the `s` counters.
-    seqs: HashMap<MailboxId, u64>,
+    /// Next seq and reserved mark per mailbox, loaded lazily from the `s` counters.
+    seqs: HashMap<MailboxId, SeqState>,
     /// Per mailbox, a seq at or below which every item is known deleted (by an earlier ack in
     /// this process). Acks scan from just above it: in an LSM engine the deleted items stay
     /// as tombstones until compaction, and scanning from seq 0 walked all of them on every
@@ -435,8 +463,7 @@ struct Pending {
     /// Items deleted by acks answered from the unacked log (not in `deleted`).
     deleted_logged: u64,
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
-    /// The next seq of every mailbox this batch appended to: its counter is written once per
-    /// batch, not once per item.
+    /// The new reserved mark of every mailbox this batch raised one for (see `next_seq`).
     next_seqs: HashMap<MailboxId, u64>,
 }
 
@@ -710,33 +737,29 @@ impl Committer {
         Ok(devs)
     }
 
+    /// The next seq of `mb`. The mailbox's counter on disk is a mark every seq at or above
+    /// which is unused; it is raised by [`SEQ_RESERVATION`] (in the batch that takes the first
+    /// seq past it) rather than written with every batch.
     fn next_seq(
         &mut self,
         pending: &mut Pending,
         mb: &MailboxId,
     ) -> Result<ServerSeq, StorageError> {
-        let next = match self.seqs.get_mut(mb) {
-            Some(n) => {
-                *n += 1;
-                *n - 1
-            }
-            None => {
-                let next = match self.db.get(&keys::seq_counter(mb))? {
-                    Some(v) => keys::be_u64(&v)
-                        .ok_or_else(|| StorageError::Corrupt(format!("seq counter of {mb}")))?,
-                    None => 1,
-                };
-                self.seqs.insert(mb.clone(), next + 1);
-                next
-            }
-        };
-        match pending.next_seqs.get_mut(mb) {
-            Some(n) => *n = next + 1,
-            None => {
-                pending.next_seqs.insert(mb.clone(), next + 1);
-            }
+        if let Some(state) = self.seqs.get_mut(mb) {
+            return Ok(state.allocate(pending, mb));
         }
-        Ok(ServerSeq(next))
+        let mark = match self.db.get(&keys::seq_counter(mb))? {
+            Some(v) => keys::be_u64(&v)
+                .ok_or_else(|| StorageError::Corrupt(format!("seq counter of {mb}")))?,
+            None => 1,
+        };
+        let mut state = SeqState {
+            next: mark,
+            reserved: mark,
+        };
+        let seq = state.allocate(pending, mb);
+        self.seqs.insert(mb.clone(), state);
+        Ok(seq)
     }
 
     fn push_item(

@@ -63,6 +63,7 @@ pub use compact::{compact, CompactReport};
 pub use copy::EntryCounts;
 pub use engine::Engine;
 pub use error::StorageError;
+pub use group_commit::SEQ_RESERVATION;
 pub use migrate::{migrate, MigrationReport};
 pub use records::{StoredItem, UserRecord};
 pub use store::{

@@ -7,7 +7,8 @@ mod common;
 use common::{config, id};
 use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
 use missive_storage::{
-    AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig, StoredItem,
+    AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig,
+    StoredItem, SEQ_RESERVATION,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +45,7 @@ for_each_engine!(
     a_store_refuses_the_other_engine,
     acked_items_stay_deleted_across_reopen,
     acks_across_a_restart_cover_old_and_new_items_once,
+    seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark,
 );
 
 async fn with_users(store: &Store, names: &[&str]) {
@@ -205,9 +207,10 @@ async fn dedup_and_seq_survive_reopen(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(r, AppendOutcome::Duplicate { server_ts_ms: 10 });
-    assert_eq!(
-        seq_of_one_append_to_empty(&store, &bob, id(100)).await,
-        ServerSeq(5),
+    // Seqs 1..=4 were used; the counter reserves seqs ahead, so after a reopen the next one
+    // may come after a gap, but never at or below an earlier one.
+    assert!(
+        seq_of_one_append_to_empty(&store, &bob, id(100)).await > ServerSeq(4),
         "seq must keep increasing after a full drain"
     );
     store.shutdown().await;
@@ -377,8 +380,8 @@ async fn concurrent_writers_are_group_committed(engine: Engine) {
     assert!(commits > 0);
     assert!(stats.build_histogram().iter().sum::<u64>() >= commits);
     assert_eq!(stats.flush_histogram().iter().sum::<u64>(), commits);
-    // The seq counter, written once per batch, holds each batch's last seq: after a full
-    // drain and a reopen the next item follows the last one.
+    // The seq counter holds a mark above every seq used (raised SEQ_RESERVATION at a time):
+    // after a full drain and a reopen the next item comes after the last one, within that.
     let bob = MailboxId::new("bob", DeviceId(1));
     store
         .ack(bob.clone(), ServerSeq(u64::MAX), 2)
@@ -387,9 +390,10 @@ async fn concurrent_writers_are_group_committed(engine: Engine) {
     store.shutdown().await;
     drop(store);
     let store = Store::open(dir.path(), config(engine), None).unwrap();
-    assert_eq!(
-        seq_of_one_append_to_empty(&store, &bob, id(999_999)).await,
-        ServerSeq(32 * 50 + 1)
+    let next = seq_of_one_append_to_empty(&store, &bob, id(999_999)).await;
+    assert!(
+        next > ServerSeq(32 * 50) && next.0 <= 32 * 50 + SEQ_RESERVATION,
+        "{next:?}"
     );
     store.shutdown().await;
 }
@@ -504,20 +508,80 @@ async fn acks_across_a_restart_cover_old_and_new_items_once(engine: Engine) {
     for n in 4..=5 {
         send(store.clone(), n).await;
     }
-    let acks = [(2, (2, 2)), (5, (3, 3)), (5, (0, 0)), (4, (0, 0))];
+    // Seqs after the restart come from the counter's reserved mark: read them.
+    let seqs = |store: &Store| -> Vec<ServerSeq> {
+        let items = store.read_mailbox(&bob, ServerSeq(0), 100).unwrap();
+        items.into_iter().map(|(seq, _)| seq).collect()
+    };
+    let s = seqs(&store);
+    assert_eq!(s.len(), 5);
+    assert!(s.windows(2).all(|w| w[0] < w[1]), "{s:?}");
+    let acks = [
+        (s[1], (2, 2)),
+        (s[4], (3, 3)),
+        (s[4], (0, 0)),
+        (s[3], (0, 0)),
+    ];
     for (up_to, want) in acks {
-        let out = store.ack(bob.clone(), ServerSeq(up_to), 2).await.unwrap();
-        assert_eq!((out.deleted, out.receipts), want, "ack up to {up_to}");
+        let out = store.ack(bob.clone(), up_to, 2).await.unwrap();
+        assert_eq!((out.deleted, out.receipts), want, "ack up to {up_to:?}");
     }
     send(store.clone(), 6).await;
-    let out = store.ack(bob.clone(), ServerSeq(6), 3).await.unwrap();
+    let last = seqs(&store)[0];
+    assert!(last > s[4]);
+    let out = store.ack(bob.clone(), last, 3).await.unwrap();
     assert_eq!((out.deleted, out.receipts), (1, 1));
     assert_eq!(store.mailbox_depth(&bob).unwrap(), 0);
     let receipts = store.read_mailbox(&alice, ServerSeq(0), 100).unwrap();
     let ids: Vec<ClientMsgId> = receipts.iter().map(|(_, r)| r.client_msg_id).collect();
     assert_eq!(ids, (1..=6).map(id).collect::<Vec<_>>());
     // Receipts are acked from the log too, and make no receipts of their own.
-    let out = store.ack(alice.clone(), ServerSeq(6), 4).await.unwrap();
+    let last_receipt = receipts.last().map(|(seq, _)| *seq).unwrap();
+    let out = store.ack(alice.clone(), last_receipt, 4).await.unwrap();
     assert_eq!((out.deleted, out.receipts), (6, 0));
     store.shutdown().await;
+}
+
+/// The counter of a mailbox is raised `SEQ_RESERVATION` seqs at a time, in the batch that takes
+/// the first seq past it: a reopen goes on from the mark, above every seq used, and exactly at
+/// it when the last item used the last reserved seq.
+async fn seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let bob = MailboxId::new("bob", DeviceId(1));
+    let r = SEQ_RESERVATION;
+    // (items appended before the reopen, the seq the next one gets after it). Round 0 uses
+    // seqs 1..=r, exactly the first reservation: no gap. The append after each reopen takes
+    // the mark and reserves the next r (so round 1 opens at 2r+1, round 2 at 4r+1).
+    let rounds = [(r, r + 1), (1, 3 * r + 1), (r - 1, 5 * r + 1)];
+    let mut next_id = 0;
+    let mut used = 0;
+    for (round, (items, want)) in rounds.into_iter().enumerate() {
+        let store = Store::open(dir.path(), config(engine), None).unwrap();
+        if round == 0 {
+            with_users(&store, &["alice", "bob"]).await;
+        }
+        for _ in 0..items {
+            next_id += 1;
+            store
+                .append_message("alice", DeviceId(1), id(next_id), "bob", vec![1], 1)
+                .await
+                .unwrap();
+        }
+        let last = store.read_mailbox(&bob, ServerSeq(0), 100_000).unwrap();
+        used += items;
+        assert_eq!(last.len() as u64, used);
+        store.shutdown().await;
+        drop(store);
+        let store = Store::open(dir.path(), config(engine), None).unwrap();
+        next_id += 1;
+        store
+            .append_message("alice", DeviceId(1), id(next_id), "bob", vec![1], 1)
+            .await
+            .unwrap();
+        used += 1;
+        let items = store.read_mailbox(&bob, ServerSeq(0), 100_000).unwrap();
+        let seq = items.last().map(|(seq, _)| *seq).unwrap();
+        assert_eq!(seq, ServerSeq(want), "round {round}");
+        store.shutdown().await;
+    }
 }
