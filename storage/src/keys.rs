@@ -5,7 +5,7 @@
 //! | space | key | value |
 //! | --- | --- | --- |
 //! | `m` | `m user\0 device:u32 seq:u64` | rkyv [`crate::StoredItem`] |
-//! | `s` | `s user\0 device:u32` | next seq, u64 |
+//! | `s` | `s user\0 device:u32` | a mark every seq at or above which is unused, u64 |
 //! | `d` | `d user\0 device:u32 client_msg_id:[16]` | stored-at ms, u64 (dedup) |
 //! | `u` | `u user` | rkyv [`crate::UserRecord`] |
 //! | `k` | `k user\0 device:u32` | Ed25519 public key, 32 bytes |
@@ -62,7 +62,7 @@ pub(crate) fn parse_mailbox_item(key: &[u8]) -> Option<(MailboxId, ServerSeq)> {
     ))
 }
 
-/// Key of a mailbox's next-seq counter.
+/// Key of a mailbox's seq counter (a mark above every seq used: see `SEQ_RESERVATION`).
 pub(crate) fn seq_counter(mb: &MailboxId) -> Vec<u8> {
     user_device(SEQ, &mb.user, mb.device, 0)
 }
