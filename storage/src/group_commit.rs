@@ -358,8 +358,8 @@ pub(crate) fn devices_on_disk(
 }
 
 /// Seqs a mailbox's counter reserves at a time: the `s` counter on disk is written once per
-/// this many items instead of with every batch that appends to the mailbox (at a sparse load
-/// that was one write in four). After a crash the mailbox goes on from the mark, leaving a gap
+/// this many items instead of with every batch that appends to the mailbox (at a sparse load,
+/// where a batch holds one operation, that was two of the ~7 memtable writes of a message). After a crash the mailbox goes on from the mark, leaving a gap
 /// of fewer than this many seqs: seqs only have to grow, clients ack them cumulatively and
 /// nobody counts on them being dense.
 pub const SEQ_RESERVATION: u64 = 256;
@@ -379,7 +379,7 @@ impl SeqState {
         self.next += 1;
         if seq >= self.reserved {
             self.reserved = seq + SEQ_RESERVATION;
-            pending.next_seqs.insert(mb.clone(), self.reserved);
+            pending.seq_marks.insert(mb.clone(), self.reserved);
         }
         ServerSeq(seq)
     }
@@ -464,7 +464,7 @@ struct Pending {
     deleted_logged: u64,
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
     /// The new reserved mark of every mailbox this batch raised one for (see `next_seq`).
-    next_seqs: HashMap<MailboxId, u64>,
+    seq_marks: HashMap<MailboxId, u64>,
 }
 
 impl Committer {
@@ -502,8 +502,8 @@ impl Committer {
             let r = self.apply(&mut batch, &mut pending, req.op);
             answers.push((early, req.reply, r));
         }
-        for (mb, next) in pending.next_seqs.drain() {
-            batch.insert(keys::seq_counter(&mb), next.to_be_bytes());
+        for (mb, mark) in pending.seq_marks.drain() {
+            batch.insert(keys::seq_counter(&mb), mark.to_be_bytes());
         }
         let applied = self.db.apply(batch);
         self.stats
