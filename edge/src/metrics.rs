@@ -118,6 +118,13 @@ pub struct Sampled {
     pub draining: bool,
 }
 
+/// The memory allocator this build of the edge uses (the `mimalloc` cargo feature).
+pub const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
+
 impl Metrics {
     /// The Prometheus text exposition of everything.
     pub fn render(&self, s: &Sampled) -> String {
@@ -126,6 +133,16 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             out.push_str(&body);
         };
+        add(
+            &mut out,
+            "missive_build_info",
+            "gauge",
+            "Always 1; its labels name the edge's version and memory allocator.",
+            format!(
+                "missive_build_info{{version=\"{}\",allocator=\"{ALLOCATOR}\"}} 1\n",
+                env!("CARGO_PKG_VERSION")
+            ),
+        );
         let mut body = String::new();
         for (i, name) in ["quic", "tcp"].iter().enumerate() {
             let _ = writeln!(
@@ -340,6 +357,19 @@ mod tests {
             build_micros_total: 2_100_000,
             ..Sampled::default()
         });
+        let allocator = if cfg!(feature = "mimalloc") {
+            "mimalloc"
+        } else {
+            "system"
+        };
+        let build_info = format!(
+            "missive_build_info{{version=\"{}\",allocator=\"{allocator}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(
+            text.contains(&build_info),
+            "missing {build_info:?} in:\n{text}"
+        );
         for expected in [
             "missive_connections_open{transport=\"quic\"} 1\n",
             "missive_connections_open{transport=\"tcp\"} 0\n",

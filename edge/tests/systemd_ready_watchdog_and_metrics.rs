@@ -69,6 +69,9 @@ async fn ready_only_after_listeners_accept_then_watchdog_and_stopping() {
         "missive_messages_stored_total",
         "process_cpu_seconds_total",
         "process_resident_memory_max_bytes",
+        // The default build's allocator (the `mimalloc` feature).
+        "missive_build_info{version=\"",
+        "allocator=\"mimalloc\"} 1",
     ] {
         assert!(body.contains(needle), "metrics lack {needle}:\n{body}");
     }
