@@ -1191,14 +1191,7 @@ mod tests {
         s.handle_pushed(ServerSeq(1), receipt(7));
         s.handle_pushed(ServerSeq(2), item(3));
         assert!(drain(&mut s).is_empty());
-        s.handle_send_result(
-            ClientMsgId([7; 16]),
-            Ok(AppendOutcome::Stored {
-                server_ts_ms: 9,
-                devices: 1,
-            }),
-            9,
-        );
+        stored(&mut s, 7, 9);
         let a = drain(&mut s);
         let f = frames(&a);
         assert_eq!(f.len(), 3);
@@ -1298,6 +1291,15 @@ mod tests {
         .into()
     }
 
+    /// Storage answers the send `n` (sent with [`send`]): stored at `ts`, for one device.
+    fn stored(s: &mut Session, n: u8, ts: u64) {
+        let outcome = AppendOutcome::Stored {
+            server_ts_ms: ts,
+            devices: 1,
+        };
+        s.handle_send_result(ClientMsgId([n; 16]), Ok(outcome), ts);
+    }
+
     fn rejected(actions: &[Action]) -> Vec<u16> {
         frames(actions)
             .iter()
@@ -1324,14 +1326,7 @@ mod tests {
             3
         );
         assert_eq!(rejected(&a), vec![ErrorCode::TooManyInFlight.as_u16()]);
-        s.handle_send_result(
-            ClientMsgId([0; 16]),
-            Ok(AppendOutcome::Stored {
-                server_ts_ms: 9,
-                devices: 1,
-            }),
-            9,
-        );
+        stored(&mut s, 0, 9);
         s.handle_send_result(
             ClientMsgId([1; 16]),
             Ok(AppendOutcome::Duplicate { server_ts_ms: 3 }),
@@ -1419,14 +1414,7 @@ mod tests {
         s.handle_frame(now, Bye {}.into());
         let a = drain(&mut s);
         assert!(!a.contains(&Action::Close));
-        s.handle_send_result(
-            ClientMsgId([1; 16]),
-            Ok(AppendOutcome::Stored {
-                server_ts_ms: 1,
-                devices: 1,
-            }),
-            1,
-        );
+        stored(&mut s, 1, 1);
         let a = drain(&mut s);
         let f = frames(&a);
         assert!(matches!(f[0], Frame::Sent(_)));
