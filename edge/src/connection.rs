@@ -4,6 +4,7 @@
 
 use crate::registry::{OnlineChange, SessionEvent, SessionHandle};
 use crate::session::{Action, DeviceLookup, Session};
+use crate::session_queue;
 use crate::shared::{now_ms, Shared};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use missive_proto::{
@@ -12,11 +13,10 @@ use missive_proto::{
 };
 use missive_storage::{AppendOutcome, MailboxId, RegisterOutcome, StoredItem};
 use rand::RngCore;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 /// How long the writer may take to flush the last frames when a connection closes.
@@ -167,8 +167,7 @@ struct Driver {
     shared: Arc<Shared>,
     session: Session,
     handle: SessionHandle,
-    events: mpsc::Receiver<SessionEvent>,
-    overflowed: Arc<std::sync::atomic::AtomicBool>,
+    events: session_queue::Receiver<SessionEvent>,
     /// Encoded frames not yet taken by the transport: everything produced while the
     /// transport was busy goes out in one write (one TLS record, fewer QUIC packets).
     outbuf: Vec<u8>,
@@ -192,13 +191,12 @@ impl Driver {
         let mut challenge = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut challenge);
         let session = Session::new(Instant::now(), shared.session_config(), challenge, exporter);
-        let (handle, events, overflowed) = SessionHandle::new(conn_id);
+        let (handle, events) = SessionHandle::new(conn_id);
         Self {
             shared,
             session,
             handle,
             events,
-            overflowed,
             outbuf: Vec::new(),
             unflushed: false,
             write_failed: false,
@@ -249,7 +247,7 @@ impl Driver {
                         }
                     }
                 },
-                Some(ev) = self.events.recv() => match ev {
+                ev = self.events.recv() => match ev {
                     SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
                     SessionEvent::Forward(f) => self.write(&f),
                     SessionEvent::Replaced => self.session.handle_replaced(),
@@ -271,7 +269,7 @@ impl Driver {
                     }
                 }
             }
-            if self.overflowed.swap(false, Ordering::AcqRel) {
+            if self.events.take_overflow() {
                 self.session.handle_overflow();
             }
         }

@@ -10,6 +10,7 @@
 //! - [`connection`]: the async driver that feeds a session from a transport;
 //! - [`listener`]: QUIC and TCP accept loops (connection limit, handshake timeout);
 //! - [`registry`]: live sessions per device and presence subscriptions;
+//! - [`session_queue`]: a session's inbox of events from the rest of the edge;
 //! - [`notifier`]: push wake-ups for offline devices;
 //! - [`admin`]: `missive-edge admin …`, served by the running edge on its admin socket
 //!   ([`admin::socket`]) or run offline on a stopped edge's data directory;
@@ -36,5 +37,6 @@ pub mod reset_key;
 pub mod sd_notify;
 pub mod server;
 pub mod session;
+pub mod session_queue;
 pub mod shared;
 pub mod tls;

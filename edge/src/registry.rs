@@ -3,19 +3,18 @@
 //! The store's commit listener calls [`Registry::push`] for every durable item; a session that
 //! cannot keep up has its queue marked overflowed and re-reads from storage instead.
 
+use crate::session_queue::{self, Refused};
 use dashmap::DashMap;
 use missive_proto::{Frame, ServerSeq};
 use missive_storage::{MailboxId, StoredItem};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Items a session's live queue holds before overflowing to storage reads.
 pub const SESSION_QUEUE: usize = 1024;
 
-/// Something delivered to a session task from outside its connection. Payloads are boxed:
-/// the queue preallocates slots per connection, and most connections are idle.
+/// Something delivered to a session task from outside its connection. Payloads are boxed,
+/// so that a queued event stays small whatever it carries.
 #[derive(Debug)]
 pub enum SessionEvent {
     /// A durable item for this device's mailbox.
@@ -36,34 +35,21 @@ const MUST_DELIVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SessionHandle {
     /// Unique connection id.
     pub conn_id: u64,
-    tx: mpsc::Sender<SessionEvent>,
-    overflowed: Arc<AtomicBool>,
+    tx: session_queue::Sender<SessionEvent>,
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end the session task reads.
-    pub fn new(conn_id: u64) -> (Self, mpsc::Receiver<SessionEvent>, Arc<AtomicBool>) {
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        let overflowed = Arc::new(AtomicBool::new(false));
-        (
-            Self {
-                conn_id,
-                tx,
-                overflowed: overflowed.clone(),
-            },
-            rx,
-            overflowed,
-        )
+    /// A handle and the inbox the session task reads.
+    pub fn new(conn_id: u64) -> (Self, session_queue::Receiver<SessionEvent>) {
+        let (tx, rx) = session_queue::inbox(SESSION_QUEUE);
+        (Self { conn_id, tx }, rx)
     }
 
     /// Queues an event without waiting; a full queue marks the session overflowed (so it
-    /// reads storage) and a closed one is ignored.
+    /// re-reads storage; a dropped `Forward` is acceptable for ephemeral frames) and a closed
+    /// one is ignored.
     pub fn offer(&self, ev: SessionEvent) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(ev) {
-            self.overflowed.store(true, Ordering::Release);
-            // Wake the session even though the queue is full: a Forward is dropped, which is
-            // acceptable for ephemeral frames.
-        }
+        self.tx.offer(ev);
     }
 }
 
@@ -165,8 +151,8 @@ impl Registry {
                 .await
             {
                 Ok(()) => told += 1,
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => {} // already gone
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                Err(Refused::Closed(_)) => {} // already gone
+                Err(Refused::Full(_) | Refused::Timeout(_)) => {
                     tracing::warn!(
                         user,
                         conn = h.conn_id,
@@ -241,7 +227,7 @@ mod tests {
         let registry = Registry::default();
         let mut receivers = Vec::new();
         for (user, device) in [("alice", 1), ("alice", 2), ("bob", 1)] {
-            let (handle, rx, _) = SessionHandle::new(registry.next_conn_id());
+            let (handle, rx) = SessionHandle::new(registry.next_conn_id());
             registry.register(MailboxId::new(user, DeviceId(device)), handle);
             receivers.push(rx);
         }
@@ -262,22 +248,23 @@ mod tests {
         let full = receivers.remove(1);
         let drainer = tokio::spawn(async move {
             let mut full = full;
-            let mut last = None;
-            while let Some(ev) = full.recv().await {
+            loop {
+                let ev = full.recv().await;
                 if matches!(ev, SessionEvent::AccountDisabled) {
-                    last = Some(ev);
-                    break;
+                    return ev;
                 }
             }
-            last
         });
         assert_eq!(registry.disconnect_user("alice").await, 2);
         assert!(matches!(
             receivers[0].try_recv(),
-            Ok(SessionEvent::AccountDisabled)
+            Some(SessionEvent::AccountDisabled)
         ));
-        assert!(receivers[1].try_recv().is_err(), "bob was not told");
-        assert!(drainer.await.unwrap().is_some());
+        assert!(receivers[1].try_recv().is_none(), "bob was not told");
+        assert!(matches!(
+            drainer.await.unwrap(),
+            SessionEvent::AccountDisabled
+        ));
         assert_eq!(registry.disconnect_user("carol").await, 0);
     }
 }

@@ -374,7 +374,7 @@ mod tests {
     async fn requests_act_on_the_live_store_and_sessions() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = ctx(dir.path(), Engine::Fjall).await;
-        let (session, mut events, _) = SessionHandle::new(1);
+        let (session, mut events) = SessionHandle::new(1);
         ctx.shared
             .registry
             .register(MailboxId::new("alice", DeviceId(1)), session);
@@ -411,7 +411,7 @@ mod tests {
         );
         assert!(matches!(
             events.try_recv(),
-            Ok(SessionEvent::AccountDisabled)
+            Some(SessionEvent::AccountDisabled)
         ));
         assert!(ctx.shared.store.user("alice").unwrap().unwrap().disabled);
         let r = handle(
