@@ -116,10 +116,10 @@ impl<T> Sender<T> {
     /// Queues `event`, or marks the inbox overflowed when it is full (the event is dropped;
     /// the session sees the mark and re-reads what it missed). A closed inbox is ignored.
     pub fn offer(&self, event: T) {
+        // No wake-up needed on overflow: the receiver has a full inbox to read first, and it
+        // looks at the mark after each event it handles.
         if let Err(Refused::Full(_)) = self.try_send(event) {
             self.inner.overflowed.store(true, Ordering::Release);
-            // The receiver is behind, not asleep: it has a full inbox to read first.
-            self.inner.arrived.notify_one();
         }
     }
 
