@@ -182,6 +182,8 @@ impl Client {
     }
 
     /// Watches `user`'s presence: an event now and on every change, also after reconnects.
+    /// The server shows presence only to a user's contacts (those the user has written to);
+    /// to anyone else it is `Hidden`. Call again to ask again (e.g. after they replied).
     pub fn subscribe_presence(&self, user: impl Into<String>) -> Result<(), ClientError> {
         self.command(Command::Subscribe(user.into()))
     }

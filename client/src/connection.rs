@@ -54,10 +54,6 @@ pub(crate) async fn establish(
                     ))
                 }
             };
-            let announced_max = match &frame {
-                Frame::ServerHello(sh) => Some(sh.max_frame),
-                _ => None,
-            };
             match login.handle(frame) {
                 LoginStep::Send(frames) => {
                     for f in &frames {
@@ -66,10 +62,6 @@ pub(crate) async fn establish(
                 }
                 LoginStep::Welcome { welcome, max_frame } => return Ok((welcome, max_frame)),
                 LoginStep::Fail(e) => return Err(e),
-            }
-            if let Some(max) = announced_max {
-                // Nothing else is buffered yet: the server waits for our Login.
-                reader.set_max_frame(max);
             }
         }
     })

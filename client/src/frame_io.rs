@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Frames this client accepts before the server announced its limit, and at least after it.
+/// The send limit assumed until the server announces its own (`ServerHello`).
 pub(crate) const MIN_RECV_FRAME: usize = 1024 * 1024;
 /// A write batch is flushed once it reaches this size even if more frames are queued.
 const MAX_BATCH: usize = 256 * 1024;
@@ -26,22 +26,14 @@ pub(crate) struct FrameReader {
 }
 
 impl FrameReader {
-    /// A reader accepting frames up to [`MIN_RECV_FRAME`] until told otherwise.
+    /// A reader accepting frames up to the protocol's hard cap, whatever the server announced:
+    /// an item stored while the server allowed larger frames (its limit can be lowered on a
+    /// reload) must still be readable, or it would block every later item of the mailbox.
     pub(crate) fn new(reader: TransportReader) -> Self {
         Self {
             reader,
-            decoder: FrameDecoder::new(MIN_RECV_FRAME),
+            decoder: FrameDecoder::new(HARD_MAX_FRAME),
             buf: vec![0u8; 64 * 1024].into_boxed_slice(),
-        }
-    }
-
-    /// Adopts the server's announced frame limit (never below 1 MiB, never above the hard cap).
-    pub(crate) fn set_max_frame(&mut self, server_max: u32) {
-        let max = (server_max as usize).clamp(MIN_RECV_FRAME, HARD_MAX_FRAME);
-        // The decoder has no setter; swapping is only safe while nothing is buffered, which
-        // holds right after ServerHello (the server waits for Login). Otherwise keep 1 MiB.
-        if self.decoder.buffered() == 0 {
-            self.decoder = FrameDecoder::new(max);
         }
     }
 

@@ -37,10 +37,10 @@ pub(crate) const LAZY_ACK_LIMIT: usize = 32;
 /// How long a send refused with `RateLimited` / `TooManyInFlight` / `ShuttingDown` waits
 /// before going again (a reconnect sends it sooner).
 pub(crate) const RETRY_DELAY: Duration = Duration::from_millis(200);
+/// How long a send refused with `StorageUnavailable` / `MailboxFull` waits before going again.
+pub(crate) const SLOW_RETRY_DELAY: Duration = Duration::from_secs(2);
 /// Sends on the wire without an answer, per connection (the edge refuses above 1024).
 pub(crate) const MAX_IN_FLIGHT: usize = 512;
-/// Bytes of `Send` frame overhead on top of the envelope and recipient name.
-const SEND_OVERHEAD: usize = 64;
 
 /// Something the caller must do.
 #[derive(Debug)]
@@ -352,9 +352,12 @@ impl Session {
         added
     }
 
-    /// Watches `user`'s presence, now and after every reconnect.
+    /// Watches `user`'s presence, now and after every reconnect. Asking again asks the
+    /// server again: presence is shown only to a user's contacts, so a user who was `Hidden`
+    /// may be visible once they have written to us.
     pub(crate) fn subscribe_presence(&mut self, user: String) {
-        if self.subscriptions.insert(user.clone()) && self.is_ready() {
+        self.subscriptions.insert(user.clone());
+        if self.is_ready() {
             self.transmit(SubscribePresence { user }.into());
         }
     }
@@ -455,16 +458,22 @@ impl Session {
                 let code = ErrorCode::from_u16(r.code);
                 // `ShuttingDown`: the server is draining this connection (a `Goaway` follows);
                 // the send goes again after the reconnect, in its original order.
-                if matches!(
-                    code,
+                // `StorageUnavailable` (the server's disk is low or failing) and `MailboxFull`
+                // (the recipient has not read for long) clear up on their own: wait longer.
+                let retry_after = match code {
                     Some(
                         ErrorCode::RateLimited
-                            | ErrorCode::TooManyInFlight
-                            | ErrorCode::ShuttingDown
-                    )
-                ) {
+                        | ErrorCode::TooManyInFlight
+                        | ErrorCode::ShuttingDown,
+                    ) => Some(RETRY_DELAY),
+                    Some(ErrorCode::StorageUnavailable | ErrorCode::MailboxFull) => {
+                        Some(SLOW_RETRY_DELAY)
+                    }
+                    _ => None,
+                };
+                if let Some(delay) = retry_after {
                     tracing::debug!(code = r.code, "send refused for now; retrying");
-                    self.outbox.retry_later(r.client_msg_id, now + RETRY_DELAY);
+                    self.outbox.retry_later(r.client_msg_id, now + delay);
                 } else if self.outbox.remove(&r.client_msg_id).is_some() {
                     self.out.push_back(Output::SendDone {
                         id: r.client_msg_id,
@@ -675,9 +684,10 @@ impl Session {
             if p.state != SendState::Queued {
                 continue;
             }
-            let size = p.envelope.len() + p.to.len() + SEND_OVERHEAD;
-            if size > self.max_frame {
-                let max = self.max_frame;
+            // The edge's own bound: the envelope must fit the `Deliver` that carries it.
+            let size = p.envelope.len();
+            let max = missive_proto::max_envelope_len(self.max_frame as u32);
+            if size > max {
                 self.outbox.remove(&id);
                 self.out.push_back(Output::SendDone {
                     id,

@@ -42,6 +42,20 @@ pub enum ErrorCode {
     /// process or app instance with the same device key). Do not reconnect on your own: that
     /// would take the session back and the two would keep replacing each other.
     SessionReplaced = 17,
+    /// A `Send`'s envelope is larger than [`crate::max_envelope_len`] of the server's
+    /// `max_frame`: the `Deliver` frame carrying it could not reach the recipient.
+    EnvelopeTooLarge = 18,
+    /// The server refuses new writes for now: its disk is below the free-space watermark, or
+    /// storage is failing and recovering. Nothing was stored; retry later with the same id.
+    StorageUnavailable = 19,
+    /// The recipient's mailbox holds its quota of undelivered items or bytes. Nothing was
+    /// stored; retry later (the recipient frees room by reading).
+    MailboxFull = 20,
+    /// The client did not complete its login within the server's login deadline.
+    LoginTimeout = 21,
+    /// A per-connection count limit was reached (the message names which, e.g. presence
+    /// subscriptions); the connection is closed.
+    LimitExceeded = 22,
 }
 
 impl ErrorCode {
@@ -66,6 +80,11 @@ impl ErrorCode {
             15 => TooManyInFlight,
             16 => AccountDisabled,
             17 => SessionReplaced,
+            18 => EnvelopeTooLarge,
+            19 => StorageUnavailable,
+            20 => MailboxFull,
+            21 => LoginTimeout,
+            22 => LimitExceeded,
             _ => return None,
         })
     }
@@ -96,6 +115,11 @@ impl ErrorCode {
             TooManyInFlight => "too_many_in_flight",
             AccountDisabled => "account_disabled",
             SessionReplaced => "session_replaced",
+            EnvelopeTooLarge => "envelope_too_large",
+            StorageUnavailable => "storage_unavailable",
+            MailboxFull => "mailbox_full",
+            LoginTimeout => "login_timeout",
+            LimitExceeded => "limit_exceeded",
         }
     }
 }

@@ -15,6 +15,7 @@
 //! `PROTOCOL.md` in this crate is the wire contract.
 
 pub mod codec;
+pub mod envelope_limit;
 pub mod error;
 pub mod frame;
 pub mod ids;
@@ -23,6 +24,7 @@ pub use codec::{
     decode_payload, encode, encode_to_vec, FrameDecoder, Header, COMPRESS_THRESHOLD, FLAG_ZSTD,
     HARD_MAX_FRAME, HEADER_LEN,
 };
+pub use envelope_limit::{max_envelope_len, ENVELOPE_FRAME_OVERHEAD};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::*;
 pub use ids::{validate_user_name, ClientMsgId, DeviceId, ServerSeq, MAX_USER_NAME};
