@@ -259,7 +259,7 @@ async fn run_offline(config: &Config, request: Request) -> Result<Response, Stri
         Request::Backup { to } => backup_offline(config, &to).await,
         Request::Compact => {
             let dir = store_dir(config);
-            let store_config = config.storage.store_config();
+            let store_config = config.store_config();
             let report =
                 tokio::task::spawn_blocking(move || missive_storage::compact(&dir, &store_config))
                     .await

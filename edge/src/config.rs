@@ -115,8 +115,44 @@ pub struct LimitsConfig {
     pub delivery_window: usize,
     /// Seconds without a client frame before the connection is closed. Default 60.
     pub idle_timeout_secs: u64,
-    /// Seconds a TLS/QUIC handshake plus login may take. Default 10.
+    /// Seconds a TLS/QUIC handshake may take. Default 10.
     pub handshake_timeout_secs: u64,
+    /// Seconds after its handshake within which a connection must log in or register, or be
+    /// closed with `LoginTimeout`. Default 10. Before login only `Hello`, `Register`, `Login`
+    /// and `Bye` are accepted.
+    pub login_timeout_secs: u64,
+    /// Envelope bytes per second one connection may send (bursts up to twice this, and at
+    /// least one `max_frame_bytes`). Default 8 MiB: far above chat, bounded for one client.
+    pub send_bytes_per_sec: u64,
+    /// Frames of any kind per second after login (bursts up to twice this); past it the
+    /// connection is closed with `RateLimited`. Default 5000: above `send_rate_per_sec` plus
+    /// acks.
+    pub frame_rate_per_sec: u32,
+    /// `SetPresenceVisibility` frames per minute (bursts of 10). Default 30; each is a write.
+    pub presence_changes_per_min: u32,
+    /// `SubscribePresence` frames per second (bursts up to `max_subscriptions`). Default 100.
+    pub subscribes_per_sec: u32,
+    /// Distinct users one connection may watch. Default 1000 (a large contact list).
+    pub max_subscriptions: usize,
+    /// `Typing` frames per second (bursts up to three times this). Default 10.
+    pub typing_per_sec: u32,
+    /// Envelope bytes delivered and not yet acknowledged per connection, at most (one item
+    /// always goes out however large). With `delivery_window` it bounds what a connection
+    /// buffers for its peer; a peer that stops reading while its buffer passes this plus two
+    /// frames is closed. Default 4 MiB.
+    pub delivery_window_bytes: usize,
+    /// Connections one address may hold (handshaking or logged in). Default 1000: mobile
+    /// carriers put many phones behind one address.
+    pub per_address_connections: u32,
+    /// Handshakes one address may start per second (bursts up to twice this). Default 100.
+    pub per_address_handshakes_per_sec: u32,
+    /// Addresses the per-address limits (connections, handshakes, registrations) do not apply
+    /// to, as `addr/prefix`. Default loopback (`127.0.0.0/8`, `::1`): local tools and load
+    /// tests. Set `[]` to limit everyone.
+    pub address_exempt: Vec<String>,
+    /// QUIC handshakes in progress above which new QUIC clients must first prove their
+    /// address (a Retry round trip) before the edge spends a handshake on them. Default 64.
+    pub quic_retry_above_handshakes: usize,
 }
 
 /// Registration policy.
@@ -126,6 +162,12 @@ pub struct RegistrationConfig {
     /// `open` (default: anyone may register a free name) or `invite` (a token made with
     /// `missive-edge admin invite` is required and consumed).
     pub mode: RegistrationMode,
+    /// Registrations one address may make per hour (all at once at most). Default 20.
+    /// Addresses in `limits.address_exempt` are not limited.
+    pub per_address_per_hour: u32,
+    /// Hours an invite token stays valid; older ones register nobody and are swept.
+    /// Default 168 (a week).
+    pub invite_ttl_hours: u64,
 }
 
 /// Registration policy values.
@@ -166,6 +208,15 @@ pub struct StorageConfig {
     pub retention_days: u64,
     /// Seconds between expiry sweeps. Default 3600.
     pub sweep_interval_secs: u64,
+    /// Undelivered items one device mailbox holds at most; a send past it is refused with
+    /// `MailboxFull` (retryable). Default 10000.
+    pub mailbox_max_items: u64,
+    /// MiB of undelivered items one device mailbox holds at most. Default 256.
+    pub mailbox_max_mb: u64,
+    /// MiB of free disk below which new messages, accounts, invites and devices are refused
+    /// with `StorageUnavailable` (retryable) while acks and expiry go on, and `/readyz` says
+    /// not ready. 0 turns the watermark off. Default 256.
+    pub min_free_mb: u64,
 }
 
 impl StorageConfig {
@@ -179,6 +230,11 @@ impl StorageConfig {
             max_batch: self.max_batch,
             retention: Duration::from_secs(self.retention_days * 24 * 3600),
             commit_delay: Duration::from_micros(self.commit_delay_us),
+            mailbox_max_items: self.mailbox_max_items,
+            mailbox_max_bytes: self.mailbox_max_mb.saturating_mul(MIB),
+            // Set from `registration.invite_ttl_hours` by `Config::store_config`.
+            invite_ttl: missive_storage::StoreConfig::default().invite_ttl,
+            min_free_bytes: self.min_free_mb.saturating_mul(MIB),
         }
     }
 }
@@ -265,6 +321,18 @@ impl Default for LimitsConfig {
             delivery_window: 256,
             idle_timeout_secs: 60,
             handshake_timeout_secs: 10,
+            login_timeout_secs: 10,
+            send_bytes_per_sec: 8 * 1024 * 1024,
+            frame_rate_per_sec: 5000,
+            presence_changes_per_min: 30,
+            subscribes_per_sec: 100,
+            max_subscriptions: 1000,
+            typing_per_sec: 10,
+            delivery_window_bytes: 4 * 1024 * 1024,
+            per_address_connections: 1000,
+            per_address_handshakes_per_sec: 100,
+            address_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
+            quic_retry_above_handshakes: 64,
         }
     }
 }
@@ -273,6 +341,8 @@ impl Default for RegistrationConfig {
     fn default() -> Self {
         Self {
             mode: RegistrationMode::Open,
+            per_address_per_hour: 20,
+            invite_ttl_hours: 168,
         }
     }
 }
@@ -287,6 +357,9 @@ impl Default for StorageConfig {
             commit_delay_us: 1000,
             retention_days: 30,
             sweep_interval_secs: 3600,
+            mailbox_max_items: 10_000,
+            mailbox_max_mb: 256,
+            min_free_mb: 256,
         }
     }
 }
@@ -392,6 +465,57 @@ impl Config {
         }
         if !(1..=600).contains(&l.handshake_timeout_secs) {
             return bad("limits.handshake_timeout_secs", "must be 1..=600");
+        }
+        if !(1..=600).contains(&l.login_timeout_secs) {
+            return bad("limits.login_timeout_secs", "must be 1..=600");
+        }
+        if l.send_bytes_per_sec == 0 {
+            return bad("limits.send_bytes_per_sec", "must be at least 1");
+        }
+        if l.frame_rate_per_sec == 0 {
+            return bad("limits.frame_rate_per_sec", "must be at least 1");
+        }
+        if l.frame_rate_per_sec < l.send_rate_per_sec {
+            return bad(
+                "limits.frame_rate_per_sec",
+                "must be at least limits.send_rate_per_sec (every send is a frame)",
+            );
+        }
+        if l.presence_changes_per_min == 0 {
+            return bad("limits.presence_changes_per_min", "must be at least 1");
+        }
+        if l.subscribes_per_sec == 0 {
+            return bad("limits.subscribes_per_sec", "must be at least 1");
+        }
+        if l.typing_per_sec == 0 {
+            return bad("limits.typing_per_sec", "must be at least 1");
+        }
+        if l.delivery_window_bytes < 1024 {
+            return bad("limits.delivery_window_bytes", "must be at least 1024");
+        }
+        if l.per_address_connections == 0 {
+            return bad("limits.per_address_connections", "must be at least 1");
+        }
+        if l.per_address_handshakes_per_sec == 0 {
+            return bad(
+                "limits.per_address_handshakes_per_sec",
+                "must be at least 1",
+            );
+        }
+        if let Err(e) = self.address_exempt() {
+            return bad("limits.address_exempt", e);
+        }
+        if self.registration.per_address_per_hour == 0 {
+            return bad("registration.per_address_per_hour", "must be at least 1");
+        }
+        if self.registration.invite_ttl_hours == 0 {
+            return bad("registration.invite_ttl_hours", "must be at least 1");
+        }
+        if self.storage.mailbox_max_items == 0 {
+            return bad("storage.mailbox_max_items", "must be at least 1");
+        }
+        if self.storage.mailbox_max_mb == 0 {
+            return bad("storage.mailbox_max_mb", "must be at least 1");
         }
         if self.storage.cache_mb < 8 {
             return bad("storage.cache_mb", "must be at least 8");
@@ -521,6 +645,43 @@ impl Config {
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.idle_timeout_secs)
     }
+
+    /// `limits.address_exempt` parsed.
+    pub fn address_exempt(&self) -> Result<Vec<crate::address_limits::AddressRange>, String> {
+        self.limits
+            .address_exempt
+            .iter()
+            .map(|s| s.parse())
+            .collect()
+    }
+
+    /// The per-address budgets (`limits.per_address_*`, `registration.per_address_per_hour`).
+    pub fn address_budgets(&self) -> crate::address_limits::AddressBudgets {
+        use crate::budget::Rate;
+        let l = &self.limits;
+        let per_hour = self.registration.per_address_per_hour;
+        crate::address_limits::AddressBudgets {
+            max_connections: l.per_address_connections,
+            handshakes: Rate::per_second(
+                l.per_address_handshakes_per_sec,
+                l.per_address_handshakes_per_sec.saturating_mul(2),
+            ),
+            registrations: Rate {
+                rate: f64::from(per_hour),
+                per: Duration::from_secs(3600),
+                burst: f64::from(per_hour.max(1)),
+            },
+            // Validated at start; a bad entry cannot get here.
+            exempt: self.address_exempt().unwrap_or_default(),
+        }
+    }
+
+    /// The store's settings: `[storage]` plus the invite lifetime from `[registration]`.
+    pub fn store_config(&self) -> missive_storage::StoreConfig {
+        let mut c = self.storage.store_config();
+        c.invite_ttl = Duration::from_secs(self.registration.invite_ttl_hours * 3600);
+        c
+    }
 }
 
 #[cfg(test)]
@@ -579,6 +740,37 @@ mod tests {
         assert_eq!(c.push.max_attempts, d.push.max_attempts);
         assert_eq!(c.registration.mode, d.registration.mode);
         assert_eq!(c.admin_socket_path(), d.admin_socket_path());
+        assert_eq!(c.limits.login_timeout_secs, d.limits.login_timeout_secs);
+        assert_eq!(c.limits.address_exempt, d.limits.address_exempt);
+        assert_eq!(
+            c.limits.delivery_window_bytes,
+            d.limits.delivery_window_bytes
+        );
+        assert_eq!(c.limits.frame_rate_per_sec, d.limits.frame_rate_per_sec);
+        assert_eq!(
+            c.registration.per_address_per_hour,
+            d.registration.per_address_per_hour
+        );
+        assert_eq!(c.storage.min_free_mb, d.storage.min_free_mb);
+        assert_eq!(c.storage.mailbox_max_items, d.storage.mailbox_max_items);
+    }
+
+    #[test]
+    fn new_limits_are_checked_and_name_their_key() {
+        let e = parse("[limits]\naddress_exempt = [\"10.0.0.0/40\"]\n").unwrap_err();
+        assert!(e.contains("limits.address_exempt"), "{e}");
+        let e = parse("[limits]\nframe_rate_per_sec = 10\n").unwrap_err();
+        assert!(e.contains("limits.frame_rate_per_sec"), "{e}");
+        let e = parse("[limits]\nlogin_timeout_secs = 0\n").unwrap_err();
+        assert!(e.contains("limits.login_timeout_secs"), "{e}");
+        let e = parse("[registration]\nper_address_per_hour = 0\n").unwrap_err();
+        assert!(e.contains("registration.per_address_per_hour"), "{e}");
+        let e = parse("[storage]\nmailbox_max_items = 0\n").unwrap_err();
+        assert!(e.contains("storage.mailbox_max_items"), "{e}");
+        let c = parse("[limits]\naddress_exempt = []\n").unwrap();
+        assert!(c.address_budgets().exempt.is_empty());
+        let c = parse("[registration]\ninvite_ttl_hours = 2\n").unwrap();
+        assert_eq!(c.store_config().invite_ttl, Duration::from_secs(7200));
     }
 
     #[test]

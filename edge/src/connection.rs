@@ -3,7 +3,7 @@
 //! streams and TLS streams both arrive here as an `AsyncRead` and an `AsyncWrite`.
 
 use crate::registry::{OnlineChange, SessionEvent, SessionHandle};
-use crate::session::{Action, DeviceLookup, Session};
+use crate::session::{Action, DeviceLookup, Session, StoreRefusal};
 use crate::session_queue;
 use crate::shared::{now_ms, Shared};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -11,8 +11,9 @@ use missive_proto::{
     encode, ClientMsgId, Frame, FrameDecoder, PresenceState, ServerSeq, TypingNotice, Visibility,
     EXPORTER_LEN,
 };
-use missive_storage::{AppendOutcome, MailboxId, RegisterOutcome, StoredItem};
+use missive_storage::{AppendOutcome, MailboxId, RegisterOutcome, StorageError, StoredItem};
 use rand::RngCore;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +24,9 @@ use tracing::Instrument;
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// Above this, an emptied output buffer gives its memory back.
 const OUTBUF_KEEP: usize = 64 * 1024;
+/// Room in the output buffer beyond the delivery window and two frames: presence, typing,
+/// `Sent`/`Rejected` answers. A peer that lets the buffer pass the sum is not reading.
+const OUTBUF_SLACK: usize = 256 * 1024;
 
 /// The write half of a connection, whatever the transport.
 type Outbound = Box<dyn AsyncWrite + Send + Unpin>;
@@ -61,9 +65,10 @@ async fn write_step(writer: &mut Outbound, out: &[u8]) -> WriteProgress {
 /// future only waits for the commit.
 enum Completion {
     Registered(Option<RegisterOutcome>),
-    Stored(ClientMsgId, Result<AppendOutcome, ()>),
+    Stored(ClientMsgId, Result<AppendOutcome, StoreRefusal>),
     Acked,
     Read(usize, Result<Vec<(ServerSeq, StoredItem)>, ()>),
+    VisibilityStored(Visibility, bool),
 }
 
 /// Which transport a connection uses (for logs and metrics).
@@ -140,6 +145,7 @@ type PendingCompletion = std::pin::Pin<Box<dyn std::future::Future<Output = Comp
 /// transport (the writer has flushed and shut down its half).
 pub async fn serve(
     shared: Arc<Shared>,
+    peer: SocketAddr,
     inbound: Inbound,
     writer: Outbound,
     exporter: [u8; EXPORTER_LEN],
@@ -156,7 +162,7 @@ pub async fn serve(
         user = tracing::field::Empty,
         device = tracing::field::Empty
     );
-    Driver::new(shared, conn_id, exporter, writer)
+    Driver::new(shared, conn_id, peer, exporter, writer)
         .run(inbound, shutdown)
         .instrument(span)
         .await;
@@ -178,19 +184,27 @@ struct Driver {
     writer: Outbound,
     pending: FuturesUnordered<PendingCompletion>,
     mailbox: Option<MailboxId>,
-    subscriptions: Vec<String>,
+    peer: SocketAddr,
+    /// Output above this means the peer is not reading: the connection is closed.
+    max_outbuf: usize,
+    /// The output buffer passed `max_outbuf`.
+    slow_reader: bool,
 }
 
 impl Driver {
     fn new(
         shared: Arc<Shared>,
         conn_id: u64,
+        peer: SocketAddr,
         exporter: [u8; EXPORTER_LEN],
         writer: Outbound,
     ) -> Self {
         let mut challenge = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut challenge);
-        let session = Session::new(Instant::now(), shared.session_config(), challenge, exporter);
+        let config = shared.session_config();
+        let max_outbuf =
+            config.delivery_window_bytes + 2 * config.max_frame as usize + OUTBUF_SLACK;
+        let session = Session::new(Instant::now(), config, challenge, exporter);
         let (handle, events) = SessionHandle::new(conn_id);
         Self {
             shared,
@@ -203,7 +217,9 @@ impl Driver {
             writer,
             pending: FuturesUnordered::new(),
             mailbox: None,
-            subscriptions: Vec::new(),
+            peer,
+            max_outbuf,
+            slow_reader: false,
         }
     }
 
@@ -217,6 +233,17 @@ impl Driver {
         }
         loop {
             if self.drain_actions() {
+                break;
+            }
+            if self.slow_reader {
+                tracing::info!(
+                    buffered = self.outbuf.len(),
+                    "peer does not read its frames; closing"
+                );
+                self.shared.metrics.connection_refused("slow_reader");
+                // What is buffered cannot reach a peer that does not read.
+                self.write_failed = true;
+                self.outbuf = Vec::new();
                 break;
             }
             let deadline = self
@@ -252,6 +279,7 @@ impl Driver {
                     SessionEvent::Forward(f) => self.write(&f),
                     SessionEvent::Replaced => self.session.handle_replaced(),
                     SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
+                    SessionEvent::Reread => self.session.handle_overflow(),
                 },
                 Some(c) = self.pending.next(), if !self.pending.is_empty() => self.complete(c),
                 step = write_step(&mut self.writer, &self.outbuf),
@@ -301,6 +329,15 @@ impl Driver {
                     invite,
                     require_invite,
                 } => {
+                    // Counted before any storage work: one address cannot mint accounts.
+                    let addresses = &self.shared.addresses;
+                    if !addresses.allow_registration(self.peer.ip(), Instant::now()) {
+                        self.session.handle_register_refused(
+                            missive_proto::ErrorCode::RateLimited,
+                            "too many registrations from this address; try later",
+                        );
+                        continue;
+                    }
                     let fut = self.shared.store.register(
                         &user,
                         device,
@@ -330,8 +367,15 @@ impl Driver {
                         now_ms(),
                     );
                     self.pending.push(Box::pin(async move {
-                        let r = fut.await.map_err(|e| {
-                            tracing::error!(error = %e, "append failed");
+                        let r = fut.await.map_err(|e| match e {
+                            StorageError::Unavailable(why) => {
+                                tracing::debug!(why, "append refused: storage unavailable");
+                                StoreRefusal::Unavailable
+                            }
+                            e => {
+                                tracing::error!(error = %e, "append failed");
+                                StoreRefusal::Failed
+                            }
                         });
                         Completion::Stored(client_msg_id, r)
                     }));
@@ -348,15 +392,21 @@ impl Driver {
                         Completion::Acked
                     }));
                 }
-                Action::ReadMailbox { from, limit } => {
+                Action::ReadMailbox {
+                    from,
+                    limit,
+                    max_bytes,
+                } => {
                     let Some(me) = self.mailbox.clone() else {
                         continue;
                     };
                     let store = self.shared.store.clone();
                     let read = tokio::task::spawn_blocking(move || {
-                        store.read_mailbox(&me, from, limit).map_err(|e| {
-                            tracing::error!(error = %e, "mailbox read failed");
-                        })
+                        store
+                            .read_mailbox(&me, from, limit, max_bytes)
+                            .map_err(|e| {
+                                tracing::error!(error = %e, "mailbox read failed");
+                            })
                     });
                     self.pending.push(Box::pin(async move {
                         Completion::Read(limit, read.await.unwrap_or(Err(())))
@@ -366,29 +416,34 @@ impl Driver {
                     let Some(me) = self.mailbox.clone() else {
                         continue;
                     };
+                    // One write at a time per session (the session coalesces the rest), polled
+                    // here like every storage completion: no task per frame.
                     let fut = self.shared.store.set_visibility(&me.user, v);
-                    let shared = self.shared.clone();
-                    tokio::spawn(async move {
-                        if fut.await.is_ok() {
-                            let state = if v == Visibility::Nobody {
-                                PresenceState::Hidden
-                            } else {
-                                shared.presence_of(&me.user)
-                            };
-                            shared.announce_presence(&me.user, state);
-                        }
-                    });
+                    self.pending.push(Box::pin(async move {
+                        Completion::VisibilityStored(v, fut.await.is_ok())
+                    }));
                 }
                 Action::SubscribePresence(user) => {
-                    self.shared.registry.subscribe(&user, self.handle.clone());
-                    if !self.subscriptions.contains(&user) {
-                        self.subscriptions.push(user.clone());
-                    }
-                    let state = self.shared.presence_of(&user);
+                    let Some(me) = &self.mailbox else { continue };
+                    // Only `user`'s contacts watch it; anyone else sees `Hidden`, as for a
+                    // name that does not exist.
+                    let contact = self
+                        .shared
+                        .store
+                        .is_contact(&user, &me.user)
+                        .unwrap_or(false);
+                    let state = if contact {
+                        self.shared.registry.subscribe(&user, self.handle.clone());
+                        self.shared.presence_of(&user)
+                    } else {
+                        PresenceState::Hidden
+                    };
                     self.write(&missive_proto::Presence { user, state }.into());
                 }
                 Action::Typing { to, typing } => {
-                    if let Some(me) = &self.mailbox {
+                    let Some(me) = &self.mailbox else { continue };
+                    // Typing goes only into an existing conversation: `to` has written to us.
+                    if self.shared.store.is_contact(&to, &me.user).unwrap_or(false) {
                         let f: Frame = TypingNotice {
                             from: me.user.clone(),
                             typing,
@@ -423,13 +478,30 @@ impl Driver {
             Completion::Stored(id, r) => self.session.handle_send_result(id, r, now_ms()),
             Completion::Acked => self.session.handle_ack_result(),
             Completion::Read(limit, r) => self.session.handle_mailbox_read(limit, r),
+            Completion::VisibilityStored(v, stored) => {
+                if let (true, Some(me)) = (stored, &self.mailbox) {
+                    let state = if v == Visibility::Nobody {
+                        PresenceState::Hidden
+                    } else {
+                        self.shared.presence_of(&me.user)
+                    };
+                    self.shared.announce_presence(&me.user, state);
+                }
+                self.session.handle_visibility_stored();
+            }
         }
     }
 
     fn write(&mut self, frame: &Frame) {
+        if self.slow_reader {
+            return;
+        }
         self.shared.metrics.frame_out(frame);
         if let Err(e) = encode(frame, &mut self.outbuf) {
             tracing::error!(error = %e, frame = frame.name(), "cannot encode frame");
+        }
+        if self.outbuf.len() > self.max_outbuf {
+            self.slow_reader = true;
         }
     }
 
@@ -476,9 +548,10 @@ impl Driver {
                 self.shared.announce_presence(&mb.user, state);
             }
         }
+        let watched: Vec<String> = self.session.subscriptions().map(str::to_owned).collect();
         self.shared
             .registry
-            .unsubscribe_all(&self.subscriptions, self.handle.conn_id);
+            .unsubscribe_all(&watched, self.handle.conn_id);
         tracing::debug!(reason = ?self.session.close_reason(), "connection closed");
         let out = std::mem::take(&mut self.outbuf);
         let (writer, failed) = (&mut self.writer, self.write_failed);

@@ -5,10 +5,13 @@
 //! delivers them live or on reconnect.
 //!
 //! Structure, one concern per module:
-//! - [`session`]: the per-connection protocol as a sans-I/O state machine (login, sends in
-//!   flight, delivery window, rate limit, idle timeout);
+//! - [`session`]: the per-connection protocol as a sans-I/O state machine (login and its
+//!   deadline, sends in flight, delivery window in items and bytes, a budget per request
+//!   kind, idle timeout);
 //! - [`connection`]: the async driver that feeds a session from a transport;
-//! - [`listener`]: QUIC and TCP accept loops (connection limit, handshake timeout);
+//! - [`listener`]: QUIC and TCP accept loops (admission before any handshake: connection
+//!   limit, per-address budgets from [`address_limits`], QUIC Retry under load);
+//! - [`budget`]: the token buckets every rate limit spends (time passed in, never read);
 //! - [`registry`]: live sessions per device and presence subscriptions;
 //! - [`session_queue`]: a session's inbox of events from the rest of the edge;
 //! - [`notifier`]: push wake-ups for offline devices;
@@ -17,14 +20,16 @@
 //! - [`config`], [`tls`], [`server`]: configuration, certificates, wiring and lifecycle.
 //!
 //! Data flow of one message: a `Send` frame becomes `Action::Store`; the store appends it to
-//! every recipient device's mailbox in one group commit (flush + fsync); then the commit
-//! listener hands it to each live session ([`registry::Registry::push`]) or wakes the device
+//! every recipient device's mailbox in one group commit (flush + fsync); after the fsync the
+//! commit listener hands it to each live session ([`registry::Registry::push`]) or wakes the device
 //! via push, and the sender gets `Sent`. The recipient's `AckDelivery` deletes it and queues
 //! `Delivered` receipts for the sender's devices in the same batch.
 
 #![forbid(unsafe_code)]
 
+pub mod address_limits;
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod http;

@@ -2,13 +2,22 @@
 //! then spawns its serving task; the serving task holds a connection-limit permit and a drop
 //! guard the server waits on at shutdown. Two tasks, so that an idle connection's memory is
 //! the serving state only, not the handshake's futures as well.
+//!
+//! Admission comes before any handshake work: the peer's address must be within its budgets
+//! (`address_limits`) and a connection permit must be free. A connection over the global limit
+//! is still told `TooManyConnections` in a frame when a small budget of such refusals allows
+//! (that costs a handshake); past it, it is refused without one. Under a handshake load, new
+//! QUIC clients must first prove their address with a Retry round trip.
 
+use crate::address_limits::AddressPermit;
 use crate::connection::{serve, Inbound, Transport};
 use crate::shared::Shared;
 use missive_proto::{encode_to_vec, Error, ErrorCode, EXPORTER_LABEL, EXPORTER_LEN};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
@@ -25,6 +34,73 @@ pub struct ListenerCtx {
     pub done_guard: mpsc::Sender<()>,
     /// Time allowed for the TLS handshake and the first stream.
     pub handshake_timeout: Duration,
+    /// Handshakes that may run only to tell a client the server is full.
+    pub refusals: Arc<Semaphore>,
+    /// Handshakes in progress (both transports).
+    pub handshaking: Arc<AtomicUsize>,
+    /// QUIC handshakes in progress above which new clients must pass a Retry first.
+    pub retry_above: usize,
+}
+
+/// Handshakes at once that only tell a client `TooManyConnections`; past this, connections
+/// over the limit are refused without a handshake.
+pub const REFUSAL_HANDSHAKES: usize = 32;
+
+/// What an admitted connection holds until it ends.
+struct Permits {
+    /// Counts it against its address.
+    _address: AddressPermit,
+    /// Its place under the connection limit; `None` when it is admitted only to be told the
+    /// server is full.
+    conn: Option<OwnedSemaphorePermit>,
+    /// Its place among the refusal handshakes, when it has no connection permit.
+    _refusal: Option<OwnedSemaphorePermit>,
+}
+
+/// Takes the permits a new connection from `peer` needs, before any handshake work; `Err`
+/// names why it is refused outright.
+fn admit(ctx: &ListenerCtx, peer: SocketAddr) -> Result<Permits, &'static str> {
+    let address = ctx
+        .shared
+        .addresses
+        .admit(peer.ip(), Instant::now())
+        .map_err(|why| match why {
+            crate::address_limits::AddressRefusal::TooManyConnections => "address_connections",
+            crate::address_limits::AddressRefusal::HandshakeRate => "address_handshake_rate",
+        })?;
+    if let Ok(conn) = ctx.limit.clone().try_acquire_owned() {
+        return Ok(Permits {
+            _address: address,
+            conn: Some(conn),
+            _refusal: None,
+        });
+    }
+    let refusal = ctx
+        .refusals
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| "connection_limit")?;
+    Ok(Permits {
+        _address: address,
+        conn: None,
+        _refusal: Some(refusal),
+    })
+}
+
+/// Counts a handshake in progress while it lives.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How long a refused or finished QUIC connection waits for the peer to read our last bytes.
@@ -36,6 +112,8 @@ struct ServeCtx {
     shutdown: watch::Receiver<bool>,
     /// Dropped when the serving task ends; the server waits for all of them.
     _guard: mpsc::Sender<()>,
+    /// The peer's address.
+    peer: SocketAddr,
 }
 
 /// Runs a connection's handshake in a task, then serves it in a task of its own: what the
@@ -43,7 +121,9 @@ struct ServeCtx {
 fn spawn_connection<A, H, S>(
     ctx: &ListenerCtx,
     transport: Transport,
-    handshake: impl FnOnce(Option<OwnedSemaphorePermit>, Duration) -> H + Send + 'static,
+    peer: SocketAddr,
+    permits: Permits,
+    handshake: impl FnOnce(Permits, Duration) -> H + Send + 'static,
     serve: impl FnOnce(A, ServeCtx) -> S + Send + 'static,
 ) where
     A: Send + 'static,
@@ -51,15 +131,18 @@ fn spawn_connection<A, H, S>(
     S: Future<Output = ()> + Send + 'static,
 {
     let ctx = ctx.clone();
+    let handshaking = Handshaking::new(&ctx.handshaking);
     tokio::spawn(async move {
         let guard = ctx.done_guard.clone();
-        let permit = ctx.limit.clone().try_acquire_owned().ok();
-        match handshake(permit, ctx.handshake_timeout).await {
+        let result = handshake(permits, ctx.handshake_timeout).await;
+        drop(handshaking);
+        match result {
             Ok(Some(accepted)) => {
                 let serve_ctx = ServeCtx {
                     shared: ctx.shared,
                     shutdown: ctx.shutdown,
                     _guard: guard,
+                    peer,
                 };
                 tokio::spawn(serve(accepted, serve_ctx));
             }
@@ -78,12 +161,30 @@ pub async fn run_quic(endpoint: quinn::Endpoint, ctx: ListenerCtx) {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                spawn_connection(
-                    &ctx,
-                    Transport::Quic,
-                    move |permit, timeout| quic_handshake(incoming, permit, timeout),
-                    serve_quic,
-                );
+                let peer = incoming.remote_address();
+                // Under a handshake load, a client proves its address (one round trip, no
+                // state kept here) before it costs a handshake or a permit.
+                if incoming.may_retry()
+                    && ctx.handshaking.load(Ordering::Relaxed) >= ctx.retry_above
+                {
+                    ctx.shared.metrics.connection_refused("quic_retry");
+                    let _ = incoming.retry();
+                    continue;
+                }
+                match admit(&ctx, peer) {
+                    Ok(permits) => spawn_connection(
+                        &ctx,
+                        Transport::Quic,
+                        peer,
+                        permits,
+                        move |permits, timeout| quic_handshake(incoming, permits, timeout),
+                        serve_quic,
+                    ),
+                    Err(why) => {
+                        ctx.shared.metrics.connection_refused(why);
+                        incoming.refuse();
+                    }
+                }
             }
             _ = shutdown.changed() => break,
         }
@@ -98,7 +199,7 @@ struct AcceptedQuic {
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     exporter: [u8; EXPORTER_LEN],
-    _permit: OwnedSemaphorePermit,
+    _permits: Permits,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,18 +208,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// refused (over the connection limit) and answered already.
 async fn quic_handshake(
     incoming: quinn::Incoming,
-    permit: Option<OwnedSemaphorePermit>,
+    permits: Permits,
     timeout: Duration,
 ) -> Result<Option<AcceptedQuic>, BoxError> {
     let conn = tokio::time::timeout(timeout, incoming).await??;
     let (mut send, recv) = tokio::time::timeout(timeout, conn.accept_bi()).await??;
-    let Some(permit) = permit else {
+    if permits.conn.is_none() {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
         send.write_all(&encode_to_vec(&frame.into())?).await?;
         let _ = send.finish();
         let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
         return Ok(None);
-    };
+    }
     let mut exporter = [0u8; EXPORTER_LEN];
     conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
         .map_err(|_| "TLS exporter unavailable")?;
@@ -127,7 +228,7 @@ async fn quic_handshake(
         send,
         recv,
         exporter,
-        _permit: permit,
+        _permits: permits,
     }))
 }
 
@@ -138,10 +239,11 @@ async fn serve_quic(accepted: AcceptedQuic, ctx: ServeCtx) {
         send,
         recv,
         exporter,
-        _permit,
+        _permits,
     } = accepted;
     serve(
         ctx.shared,
+        ctx.peer,
         Inbound::Quic(recv),
         Box::new(send),
         exporter,
@@ -165,15 +267,23 @@ pub async fn run_tcp(
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     backoff = Duration::from_millis(10);
-                    let tls = tls.clone();
-                    spawn_connection(
-                        &ctx,
-                        Transport::Tcp,
-                        move |permit, timeout| tcp_handshake(stream, tls, permit, timeout),
-                        serve_tcp,
-                    );
+                    match admit(&ctx, peer) {
+                        Ok(permits) => {
+                            let tls = tls.clone();
+                            spawn_connection(
+                                &ctx,
+                                Transport::Tcp,
+                                peer,
+                                permits,
+                                move |permits, timeout| tcp_handshake(stream, tls, permits, timeout),
+                                serve_tcp,
+                            );
+                        }
+                        // Closed before TLS: the refusal costs no handshake.
+                        Err(why) => ctx.shared.metrics.connection_refused(why),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "tcp accept failed; backing off");
@@ -190,7 +300,7 @@ pub async fn run_tcp(
 struct AcceptedTcp {
     stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     exporter: [u8; EXPORTER_LEN],
-    _permit: OwnedSemaphorePermit,
+    _permits: Permits,
 }
 
 /// Completes the TLS handshake. `None` when the connection was refused (over the connection
@@ -198,17 +308,17 @@ struct AcceptedTcp {
 async fn tcp_handshake(
     stream: tokio::net::TcpStream,
     tls: tokio_rustls::TlsAcceptor,
-    permit: Option<OwnedSemaphorePermit>,
+    permits: Permits,
     timeout: Duration,
 ) -> Result<Option<AcceptedTcp>, BoxError> {
     stream.set_nodelay(true)?;
     let mut tls_stream = tokio::time::timeout(timeout, tls.accept(stream)).await??;
-    let Some(permit) = permit else {
+    if permits.conn.is_none() {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
         tls_stream.write_all(&encode_to_vec(&frame.into())?).await?;
         let _ = tls_stream.shutdown().await;
         return Ok(None);
-    };
+    }
     let mut exporter = [0u8; EXPORTER_LEN];
     tls_stream
         .get_ref()
@@ -218,7 +328,7 @@ async fn tcp_handshake(
     Ok(Some(AcceptedTcp {
         stream: tls_stream,
         exporter,
-        _permit: permit,
+        _permits: permits,
     }))
 }
 
@@ -227,11 +337,12 @@ async fn serve_tcp(accepted: AcceptedTcp, ctx: ServeCtx) {
     let AcceptedTcp {
         stream,
         exporter,
-        _permit,
+        _permits,
     } = accepted;
     let (r, w) = tokio::io::split(stream);
     serve(
         ctx.shared,
+        ctx.peer,
         Inbound::Stream(Box::new(r)),
         Box::new(w),
         exporter,

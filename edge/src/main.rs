@@ -68,6 +68,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    restrict_file_modes();
     let mut cli = Cli::parse();
     let command = cli.command.take();
     let mut config = match Config::load(cli.config.as_deref()) {
@@ -120,6 +121,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Everything the edge creates (data dir 0700, database files, keys, backups 0600) is for
+/// the service user only: the process umask gains every group and other bit. Under systemd
+/// the unit's `UMask=` is kept and only tightened.
+fn restrict_file_modes() {
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_raw_mode(0o077));
+    rustix::process::umask(old | Mode::from_raw_mode(0o077));
+}
+
 fn apply_flags(cli: &Cli, config: &mut Config) {
     if let Some(d) = &cli.data_dir {
         config.data_dir = d.clone();
@@ -152,6 +162,8 @@ fn apply_flags(cli: &Cli, config: &mut Config) {
         config.limits.max_connections = m;
     }
     if let Some(r) = cli.send_rate {
+        // Every send is a frame: the frame budget follows a raised send rate.
+        config.limits.frame_rate_per_sec = config.limits.frame_rate_per_sec.max(r);
         config.limits.send_rate_per_sec = r;
         // Same shape as the defaults: a burst of twice the sustained rate.
         config.limits.send_burst = r.saturating_mul(2);

@@ -22,7 +22,17 @@ pub struct Metrics {
     errors: Vec<AtomicU64>,
     /// Deliver frames carrying messages or receipts, sent to clients.
     pub deliveries: AtomicU64,
+    refused: [AtomicU64; REFUSAL_REASONS.len()],
 }
+
+/// Why connections are refused or closed by the edge's own protection, as metric labels.
+pub const REFUSAL_REASONS: [&str; 5] = [
+    "address_connections",
+    "address_handshake_rate",
+    "connection_limit",
+    "quic_retry",
+    "slow_reader",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -33,6 +43,7 @@ impl Default for Metrics {
             frames_out: (0..KINDS).map(|_| AtomicU64::new(0)).collect(),
             errors: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
             deliveries: AtomicU64::new(0),
+            refused: Default::default(),
         }
     }
 }
@@ -79,6 +90,14 @@ impl Metrics {
         }
     }
 
+    /// A connection was refused before its handshake (or sent to a QUIC Retry), or closed
+    /// for not reading; `reason` is one of [`REFUSAL_REASONS`].
+    pub fn connection_refused(&self, reason: &str) {
+        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn error(&self, code: u16) {
         if let Some(c) = self.errors.get(code as usize) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -116,6 +135,12 @@ pub struct Sampled {
     pub push: [u64; 4],
     /// Whether the edge is draining.
     pub draining: bool,
+    /// The store's health (`ok`, `low_space`, `failed`).
+    pub storage_health: &'static str,
+    /// Times the storage engine failed / was reopened.
+    pub storage_failures: u64,
+    /// Times a failed storage engine was reopened.
+    pub storage_reopens: u64,
 }
 
 /// The memory allocator this build of the edge uses (the `mimalloc` cargo feature).
@@ -304,6 +329,50 @@ impl Metrics {
             "counter",
             "Push wake-ups, by outcome.",
             body,
+        );
+        let mut body = String::new();
+        for (i, reason) in REFUSAL_REASONS.iter().enumerate() {
+            let _ = writeln!(
+                body,
+                "missive_connections_refused_total{{reason=\"{reason}\"}} {}",
+                self.refused[i].load(Ordering::Relaxed)
+            );
+        }
+        add(
+            &mut out,
+            "missive_connections_refused_total",
+            "counter",
+            "Connections refused before their handshake, sent to a QUIC Retry, or closed for not reading, by reason.",
+            body,
+        );
+        let mut body = String::new();
+        for state in ["ok", "low_space", "failed"] {
+            let _ = writeln!(
+                body,
+                "missive_storage_health{{state=\"{state}\"}} {}",
+                u8::from(s.storage_health == state)
+            );
+        }
+        add(
+            &mut out,
+            "missive_storage_health",
+            "gauge",
+            "1 for the store's current state: ok, low_space (below the free-space watermark: new messages refused) or failed (engine closed, being reopened).",
+            body,
+        );
+        add(
+            &mut out,
+            "missive_storage_failures_total",
+            "counter",
+            "Times the storage engine failed a write or an fsync and was closed.",
+            format!("missive_storage_failures_total {}\n", s.storage_failures),
+        );
+        add(
+            &mut out,
+            "missive_storage_reopens_total",
+            "counter",
+            "Times a failed storage engine was reopened.",
+            format!("missive_storage_reopens_total {}\n", s.storage_reopens),
         );
         add(
             &mut out,

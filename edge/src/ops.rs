@@ -80,6 +80,9 @@ impl OpsState for EdgeOps {
                 push.coalesced.load(Ordering::Relaxed),
             ],
             draining: !self.ready.load(Ordering::Acquire),
+            storage_health: self.shared.store.health().0.name(),
+            storage_failures: stats.failures.load(Ordering::Relaxed),
+            storage_reopens: stats.reopens.load(Ordering::Relaxed),
         };
         let mut text = self.shared.metrics.render(&sampled);
         text.push_str(&process_metrics());
@@ -90,8 +93,12 @@ impl OpsState for EdgeOps {
         self.shared.store.is_healthy()
     }
 
+    /// Ready: not draining, the committer alive, and storage taking new messages (not below
+    /// its free-space watermark, not failed): a load balancer then sends new users elsewhere.
     fn ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.healthy()
+        self.ready.load(Ordering::Acquire)
+            && self.healthy()
+            && self.shared.store.health().0 == missive_storage::StorageHealth::Ok
     }
 }
 

@@ -25,6 +25,9 @@ pub enum SessionEvent {
     Replaced,
     /// An administrator disabled the account: tell the client `AccountDisabled` and close.
     AccountDisabled,
+    /// Storage came back after a failure: read the mailbox again (items found in the
+    /// engine's journal were never pushed).
+    Reread,
 }
 
 /// Longest wait for room in a full session queue when an event must not be dropped.
@@ -173,6 +176,13 @@ impl Registry {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Tells every live session to read its mailbox again (after storage recovered).
+    pub fn reread_all(&self) {
+        for entry in self.sessions.iter() {
+            entry.value().offer(SessionEvent::Reread);
         }
     }
 

@@ -87,7 +87,7 @@ pub fn open_store(
     registry: Arc<Registry>,
     notifier: Notifier,
 ) -> Result<Store, StartError> {
-    let store_config: StoreConfig = config.storage.store_config();
+    let store_config: StoreConfig = config.store_config();
     let listener: missive_storage::CommitListener = Arc::new(move |mb, seq, item| {
         let is_message = matches!(item.payload, missive_proto::Payload::Envelope(_));
         if !registry.push(mb, seq, item) && is_message {
@@ -177,14 +177,35 @@ pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 /// The limits a new session gets under `config`.
 pub(crate) fn session_config(config: &Config) -> SessionConfig {
+    use crate::budget::Rate;
+    let l = &config.limits;
+    let send_bytes_burst = l
+        .send_bytes_per_sec
+        .saturating_mul(2)
+        .max(u64::from(l.max_frame_bytes));
     SessionConfig {
-        max_frame: config.limits.max_frame_bytes,
-        delivery_window: config.limits.delivery_window,
-        max_in_flight_sends: config.limits.max_in_flight_sends,
-        send_rate_per_sec: config.limits.send_rate_per_sec,
-        send_burst: config.limits.send_burst,
+        max_frame: l.max_frame_bytes,
+        delivery_window: l.delivery_window,
+        max_in_flight_sends: l.max_in_flight_sends,
+        send_rate_per_sec: l.send_rate_per_sec,
+        send_burst: l.send_burst,
         idle_timeout: config.idle_timeout(),
         require_invite: config.registration.mode == RegistrationMode::Invite,
+        login_timeout: Duration::from_secs(l.login_timeout_secs),
+        send_bytes: Rate {
+            rate: l.send_bytes_per_sec as f64,
+            per: Duration::from_secs(1),
+            burst: send_bytes_burst as f64,
+        },
+        frames: Rate::per_second(l.frame_rate_per_sec, l.frame_rate_per_sec.saturating_mul(2)),
+        presence_changes: Rate::per_minute(l.presence_changes_per_min, 10),
+        subscribes: Rate::per_second(
+            l.subscribes_per_sec,
+            u32::try_from(l.max_subscriptions).unwrap_or(u32::MAX),
+        ),
+        typing: Rate::per_second(l.typing_per_sec, l.typing_per_sec.saturating_mul(3)),
+        max_subscriptions: l.max_subscriptions,
+        delivery_window_bytes: l.delivery_window_bytes,
     }
 }
 
@@ -301,6 +322,9 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         notifier,
         session: std::sync::RwLock::new(session_config(&config)),
         metrics: crate::metrics::Metrics::default(),
+        addresses: Arc::new(crate::address_limits::AddressLimits::new(
+            config.address_budgets(),
+        )),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_guard, mut all_done) = mpsc::channel::<()>(1);
@@ -310,6 +334,9 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         shutdown: shutdown_rx.clone(),
         done_guard,
         handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_secs),
+        refusals: Arc::new(Semaphore::new(crate::listener::REFUSAL_HANDSHAKES)),
+        handshaking: Arc::default(),
+        retry_above: config.limits.quic_retry_above_handshakes,
     };
     let quic_task = tokio::spawn(run_quic(endpoint.clone(), ctx.clone()));
     let tcp_task = match tcp {
@@ -347,6 +374,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         });
         tokio::spawn(socket.serve(ctx, shutdown_rx.clone()))
     });
+    let storage_watch = tokio::spawn(watch_storage(shared.clone()));
     let sweeper = tokio::spawn(sweep_loop(
         store.clone(),
         Duration::from_secs(config.storage.sweep_interval_secs),
@@ -422,6 +450,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         let _ = t.await;
     }
     sweeper.abort();
+    storage_watch.abort();
     // Every connection task holds a guard clone; recv() returns None once all are gone.
     let drain = Duration::from_secs(config.drain_timeout_secs);
     if tokio::time::timeout(drain, all_done.recv()).await.is_err() {
@@ -444,6 +473,7 @@ fn apply_reload(old: &Config, new: &Config, cert: &tls::ReloadableCert, shared: 
         Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded; keeping the old one"),
     }
     shared.set_session_config(session_config(new));
+    shared.addresses.set_budgets(new.address_budgets());
     let restart_needed = old.listen != new.listen
         || old.tcp_listen != new.tcp_listen
         || old.metrics_listen != new.metrics_listen
@@ -515,6 +545,24 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
             Signal::Stop
+        }
+    }
+}
+
+/// Follows the store's health: when it comes back from a failure, live sessions read their
+/// mailboxes again (the reopened engine may hold items from its journal that nobody was told
+/// about). The store itself logs each change.
+async fn watch_storage(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen_reopens = 0;
+    loop {
+        tick.tick().await;
+        let stats = shared.store.stats();
+        let reopens = stats.reopens.load(std::sync::atomic::Ordering::Relaxed);
+        if reopens != seen_reopens {
+            seen_reopens = reopens;
+            shared.registry.reread_all();
         }
     }
 }

@@ -18,14 +18,16 @@
 //! driver must register the session for live pushes *before* it executes the first
 //! `ReadMailbox`, so every item is either in that read or pushed after it.
 
+use crate::budget::{Rate, TokenBucket};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
-    login_transcript, validate_user_name, AckDelivery, ClientMsgId, Deliver, DeviceId, Error,
-    ErrorCode, Frame, Goaway, Payload, Pong, ProtoError, Rejected, Send, Sent, ServerHello,
-    ServerSeq, Visibility, Welcome, EXPORTER_LEN, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    login_transcript, max_envelope_len, validate_user_name, AckDelivery, ClientMsgId, Deliver,
+    DeviceId, Error, ErrorCode, Frame, Goaway, Payload, Pong, ProtoError, Rejected, Send, Sent,
+    ServerHello, ServerSeq, Visibility, Welcome, EXPORTER_LEN, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
 use missive_storage::{AppendOutcome, RegisterOutcome, StoredItem};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Limits and policy a session enforces; built from the edge config.
@@ -45,6 +47,23 @@ pub struct SessionConfig {
     pub idle_timeout: Duration,
     /// Registration needs an invite token.
     pub require_invite: bool,
+    /// A connection not logged in this long after it started is closed (`LoginTimeout`).
+    pub login_timeout: Duration,
+    /// Envelope bytes a connection may send, per second and in a burst (`RateLimited`).
+    pub send_bytes: Rate,
+    /// Frames of any kind after login (`Error{RateLimited}` and close past it).
+    pub frames: Rate,
+    /// `SetPresenceVisibility` frames.
+    pub presence_changes: Rate,
+    /// `SubscribePresence` frames.
+    pub subscribes: Rate,
+    /// `Typing` frames forwarded; the excess is dropped.
+    pub typing: Rate,
+    /// Distinct users one connection may watch (`Error{LimitExceeded}` past it).
+    pub max_subscriptions: usize,
+    /// Envelope bytes delivered and not yet acknowledged, at most (at least one item always
+    /// goes out): with `delivery_window` it bounds what a connection buffers for its peer.
+    pub delivery_window_bytes: usize,
 }
 
 /// Something the driver must do for the session.
@@ -94,14 +113,18 @@ pub enum Action {
         /// Highest acknowledged seq.
         up_to: ServerSeq,
     },
-    /// Read up to `limit` mailbox items from `from`; answer with `handle_mailbox_read`.
+    /// Read up to `limit` mailbox items from `from`, stopping after the item that reaches
+    /// `max_bytes` of payload; answer with `handle_mailbox_read`.
     ReadMailbox {
         /// First seq wanted.
         from: ServerSeq,
         /// Most items wanted.
         limit: usize,
+        /// Payload bytes after which the read stops (it always returns at least one item).
+        max_bytes: usize,
     },
-    /// Persist this user's presence visibility and tell subscribers.
+    /// Persist this user's presence visibility and tell subscribers; answer with
+    /// `handle_visibility_stored`. At most one is in flight; changes meanwhile coalesce.
     SetVisibility(Visibility),
     /// Subscribe this session to a user's presence (and send the current state).
     SubscribePresence(String),
@@ -170,9 +193,22 @@ pub struct Session {
     phase: Phase,
     actions: VecDeque<Action>,
     last_client_frame: Instant,
-    /// Send-rate token bucket: tokens and when they were last refilled.
-    tokens: f64,
-    tokens_at: Instant,
+    /// When the connection must be logged in by.
+    login_deadline: Instant,
+    /// Send-rate budget (sends per second).
+    sends: TokenBucket,
+    /// Envelope-byte budget of sends.
+    send_bytes: TokenBucket,
+    /// Budget of every frame after login.
+    frames: TokenBucket,
+    presence_changes: TokenBucket,
+    subscribes: TokenBucket,
+    typing: TokenBucket,
+    /// Users this connection watches (bounded by `max_subscriptions`).
+    subscriptions: HashSet<String>,
+    /// A visibility change is being stored; the latest later one waits here.
+    visibility_in_flight: bool,
+    pending_visibility: Option<Visibility>,
     sends_in_flight: usize,
     /// Ids of the sends whose `Sent` (or `Rejected`) has not been written yet.
     awaiting_sent: Vec<ClientMsgId>,
@@ -184,8 +220,10 @@ pub struct Session {
     pending_ack: Option<ServerSeq>,
     /// Next mailbox seq to deliver (everything below was delivered on this connection).
     next_deliver: ServerSeq,
-    /// Delivered, not yet acknowledged.
-    unacked: VecDeque<ServerSeq>,
+    /// Delivered, not yet acknowledged, with the payload bytes of each.
+    unacked: VecDeque<(ServerSeq, usize)>,
+    /// Sum of the payload bytes in `unacked`.
+    unacked_bytes: usize,
     reading: bool,
     /// Items may be waiting in storage beyond what was delivered.
     backlog: bool,
@@ -205,16 +243,27 @@ impl Session {
         challenge: [u8; 32],
         exporter: [u8; EXPORTER_LEN],
     ) -> Self {
-        let tokens = f64::from(config.send_burst.max(1));
+        let sends = TokenBucket::new(
+            Rate::per_second(config.send_rate_per_sec, config.send_burst),
+            now,
+        );
         Self {
+            login_deadline: now + config.login_timeout,
+            sends,
+            send_bytes: TokenBucket::new(config.send_bytes, now),
+            frames: TokenBucket::new(config.frames, now),
+            presence_changes: TokenBucket::new(config.presence_changes, now),
+            subscribes: TokenBucket::new(config.subscribes, now),
+            typing: TokenBucket::new(config.typing, now),
+            subscriptions: HashSet::new(),
+            visibility_in_flight: false,
+            pending_visibility: None,
             config,
             challenge,
             exporter,
             phase: Phase::AwaitHello,
             actions: VecDeque::new(),
             last_client_frame: now,
-            tokens,
-            tokens_at: now,
             sends_in_flight: 0,
             awaiting_sent: Vec::new(),
             held_frames: VecDeque::new(),
@@ -222,6 +271,7 @@ impl Session {
             pending_ack: None,
             next_deliver: ServerSeq(0),
             unacked: VecDeque::new(),
+            unacked_bytes: 0,
             reading: false,
             backlog: false,
             held_pushes: Vec::new(),
@@ -242,13 +292,20 @@ impl Session {
         action
     }
 
-    /// When `handle_timeout` must be called next (the idle deadline).
+    /// When `handle_timeout` must be called next: the idle deadline, and before login the
+    /// login deadline when it comes first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.is_closed() {
-            None
-        } else {
-            Some(self.last_client_frame + self.config.idle_timeout)
+        let idle = self.last_client_frame + self.config.idle_timeout;
+        match self.phase {
+            Phase::Closed => None,
+            Phase::Active { .. } => Some(idle),
+            _ => Some(idle.min(self.login_deadline)),
         }
+    }
+
+    /// The users this session watches (the driver unsubscribes them when it closes).
+    pub fn subscriptions(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.iter().map(String::as_str)
     }
 
     /// True once `Action::Close` was emitted.
@@ -302,11 +359,43 @@ impl Session {
         self.fail(err.code(), err.to_string());
     }
 
-    /// Idle deadline check.
+    /// Login and idle deadline check.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if !self.is_closed() && now >= self.last_client_frame + self.config.idle_timeout {
+        if self.is_closed() {
+            return;
+        }
+        let logged_in = matches!(self.phase, Phase::Active { .. });
+        if !logged_in && now >= self.login_deadline {
+            self.fail(
+                ErrorCode::LoginTimeout,
+                "not logged in within the login deadline",
+            );
+        } else if now >= self.last_client_frame + self.config.idle_timeout {
             self.fail(ErrorCode::IdleTimeout, "idle timeout");
         }
+    }
+
+    /// The driver refused a registration before any work (its address registers too often).
+    pub fn handle_register_refused(&mut self, code: ErrorCode, message: &str) {
+        if matches!(
+            self.phase,
+            Phase::Authenticating {
+                signature: None,
+                ..
+            }
+        ) {
+            self.fail(code, message);
+        }
+    }
+
+    /// Storage's answer to `Action::SetVisibility`: the next waiting change (if any) goes.
+    pub fn handle_visibility_stored(&mut self) {
+        self.visibility_in_flight = false;
+        if let Some(v) = self.pending_visibility.take() {
+            self.visibility_in_flight = true;
+            self.actions.push_back(Action::SetVisibility(v));
+        }
+        self.maybe_finish();
     }
 
     /// The server is draining, or this device logged in on another connection: tell the
@@ -345,9 +434,15 @@ impl Session {
             return;
         }
         self.last_client_frame = now;
+        if matches!(self.phase, Phase::Active { .. }) && !self.frames.try_take(now, 1.0) {
+            self.fail(ErrorCode::RateLimited, "frame rate exceeded");
+            return;
+        }
         match (&self.phase, frame) {
-            (_, Frame::Ping(p)) => self.send(Pong { nonce: p.nonce }),
-            (_, Frame::Pong(_)) => {}
+            // Only Hello, Register and Login (and Bye) before login: nothing else an
+            // unauthenticated peer sends may cost the server work or output.
+            (Phase::Active { .. }, Frame::Ping(p)) => self.send(Pong { nonce: p.nonce }),
+            (Phase::Active { .. }, Frame::Pong(_)) => {}
             (Phase::AwaitHello, Frame::Hello(h)) => {
                 let version = PROTOCOL_VERSION.min(h.max_version);
                 if h.min_version > h.max_version
@@ -416,15 +511,23 @@ impl Session {
             (Phase::Active { .. }, Frame::Send(s)) => self.on_send(now, s),
             (Phase::Active { .. }, Frame::AckDelivery(a)) => self.on_ack(a),
             (Phase::Active { .. }, Frame::SetPresenceVisibility(v)) => {
-                self.actions.push_back(Action::SetVisibility(v.visibility))
-            }
-            (Phase::Active { .. }, Frame::SubscribePresence(s)) => {
-                if validate_user_name(&s.user).is_ok() {
-                    self.actions.push_back(Action::SubscribePresence(s.user));
+                if !self.presence_changes.try_take(now, 1.0) {
+                    self.fail(
+                        ErrorCode::RateLimited,
+                        "presence visibility changes too often",
+                    );
+                } else if self.visibility_in_flight {
+                    self.pending_visibility = Some(v.visibility);
+                } else {
+                    self.visibility_in_flight = true;
+                    self.actions.push_back(Action::SetVisibility(v.visibility));
                 }
             }
+            (Phase::Active { .. }, Frame::SubscribePresence(s)) => self.on_subscribe(now, s.user),
             (Phase::Active { .. }, Frame::Typing(t)) => {
-                if validate_user_name(&t.to).is_ok() {
+                // Over its budget a typing notice is dropped: it is ephemeral, and a fast
+                // typist's client is not worth closing.
+                if self.typing.try_take(now, 1.0) && validate_user_name(&t.to).is_ok() {
                     self.actions.push_back(Action::Typing {
                         to: t.to,
                         typing: t.typing,
@@ -444,6 +547,30 @@ impl Session {
                 self.fail(ErrorCode::ProtocolViolation, msg);
             }
         }
+    }
+
+    fn on_subscribe(&mut self, now: Instant, user: String) {
+        if !self.subscribes.try_take(now, 1.0) {
+            self.fail(ErrorCode::RateLimited, "presence subscriptions too often");
+            return;
+        }
+        if validate_user_name(&user).is_err() || self.subscriptions.contains(&user) {
+            // Re-subscribing is allowed and answered with the current state.
+            if self.subscriptions.contains(&user) {
+                self.actions.push_back(Action::SubscribePresence(user));
+            }
+            return;
+        }
+        if self.subscriptions.len() >= self.config.max_subscriptions {
+            let max = self.config.max_subscriptions;
+            self.fail(
+                ErrorCode::LimitExceeded,
+                format!("at most {max} presence subscriptions per connection"),
+            );
+            return;
+        }
+        self.subscriptions.insert(user.clone());
+        self.actions.push_back(Action::SubscribePresence(user));
     }
 
     fn signature_valid(
@@ -521,13 +648,6 @@ impl Session {
         self.pump();
     }
 
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
-        self.tokens_at = now;
-        self.tokens = (self.tokens + elapsed * f64::from(self.config.send_rate_per_sec))
-            .min(f64::from(self.config.send_burst.max(1)));
-    }
-
     fn on_send(&mut self, now: Instant, s: Send) {
         let reject = |code: ErrorCode, message: &str| Rejected {
             client_msg_id: s.client_msg_id,
@@ -544,18 +664,34 @@ impl Session {
             self.send(r);
             return;
         }
+        // Checked before anything is stored: an envelope whose `Deliver` would exceed the
+        // recipient's frame limit would jam that mailbox.
+        let max_envelope = max_envelope_len(self.config.max_frame);
+        if s.envelope.len() > max_envelope {
+            let message = format!(
+                "envelope of {} bytes exceeds the limit of {max_envelope}",
+                s.envelope.len()
+            );
+            let r = reject(ErrorCode::EnvelopeTooLarge, &message);
+            self.send(r);
+            return;
+        }
         if self.sends_in_flight >= self.config.max_in_flight_sends {
             let r = reject(ErrorCode::TooManyInFlight, "too many unanswered sends");
             self.send(r);
             return;
         }
-        self.refill(now);
-        if self.tokens < 1.0 {
+        if !self.sends.try_take(now, 1.0) {
             let r = reject(ErrorCode::RateLimited, "send rate exceeded");
             self.send(r);
             return;
         }
-        self.tokens -= 1.0;
+        // The envelope is at most one frame, and the burst is at least one frame (config).
+        if !self.send_bytes.try_take(now, s.envelope.len() as f64) {
+            let r = reject(ErrorCode::RateLimited, "send byte rate exceeded");
+            self.send(r);
+            return;
+        }
         self.sends_in_flight += 1;
         self.awaiting_sent.push(s.client_msg_id);
         self.actions.push_back(Action::Store {
@@ -565,11 +701,11 @@ impl Session {
         });
     }
 
-    /// Storage's answer to `Action::Store` (`Err(())` when storage failed).
+    /// Storage's answer to `Action::Store`.
     pub fn handle_send_result(
         &mut self,
         client_msg_id: ClientMsgId,
-        result: Result<AppendOutcome, ()>,
+        result: Result<AppendOutcome, StoreRefusal>,
         now_ms: u64,
     ) {
         self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
@@ -603,10 +739,20 @@ impl Session {
                 code: ErrorCode::UnknownRecipient.as_u16(),
                 message: "no such user".into(),
             }),
-            Err(()) => self.send(Rejected {
+            Ok(AppendOutcome::MailboxFull) => self.send(Rejected {
+                client_msg_id,
+                code: ErrorCode::MailboxFull.as_u16(),
+                message: "the recipient's mailbox is full; retry later".into(),
+            }),
+            Err(StoreRefusal::Unavailable) => self.send(Rejected {
+                client_msg_id,
+                code: ErrorCode::StorageUnavailable.as_u16(),
+                message: "storage is refusing writes for now; retry later".into(),
+            }),
+            Err(StoreRefusal::Failed) => self.send(Rejected {
                 client_msg_id,
                 code: ErrorCode::Internal.as_u16(),
-                message: "storage unavailable, retry".into(),
+                message: "storage failed; retry".into(),
             }),
         }
         self.release_held_frames();
@@ -620,8 +766,12 @@ impl Session {
             return;
         }
         let up_to = ServerSeq(a.up_to.0.min(self.next_deliver.0 - 1));
-        while self.unacked.front().is_some_and(|s| *s <= up_to) {
+        while let Some(&(seq, bytes)) = self.unacked.front() {
+            if seq > up_to {
+                break;
+            }
             self.unacked.pop_front();
+            self.unacked_bytes -= bytes;
         }
         // One ack commit at a time per session: acks arriving meanwhile merge into one
         // (they are cumulative), so a fast reader costs one commit per batch, not per frame.
@@ -659,6 +809,11 @@ impl Session {
             Ok(items) => {
                 self.backlog = items.len() >= requested;
                 for (seq, item) in items {
+                    if !self.window_has_room() {
+                        // The rest is read again once the client acknowledges.
+                        self.backlog = true;
+                        break;
+                    }
                     self.deliver(seq, item);
                 }
                 let held = std::mem::take(&mut self.held_pushes);
@@ -681,7 +836,7 @@ impl Session {
         }
         if self.reading {
             self.held_pushes.push((seq, item));
-        } else if self.backlog || self.unacked.len() >= self.config.delivery_window {
+        } else if self.backlog || !self.window_has_room() {
             // Storage has it; the next read picks it up in order.
             self.backlog = true;
         } else {
@@ -705,7 +860,9 @@ impl Session {
             return;
         }
         self.next_deliver = ServerSeq(seq.0 + 1);
-        self.unacked.push_back(seq);
+        let bytes = item_bytes(&item);
+        self.unacked.push_back((seq, bytes));
+        self.unacked_bytes += bytes;
         let frame = Deliver {
             seq,
             from: item.from,
@@ -744,22 +901,38 @@ impl Session {
         if !matches!(self.phase, Phase::Active { .. }) || self.reading || !self.backlog {
             return;
         }
+        if !self.window_has_room() {
+            return;
+        }
         let room = self
             .config
             .delivery_window
             .saturating_sub(self.unacked.len());
-        if room == 0 {
-            return;
-        }
         self.reading = true;
         self.actions.push_back(Action::ReadMailbox {
             from: self.next_deliver,
             limit: room,
+            max_bytes: self
+                .config
+                .delivery_window_bytes
+                .saturating_sub(self.unacked_bytes),
         });
     }
 
+    /// Whether one more item may be delivered: the window has room in count and in bytes
+    /// (an empty window always takes one item, however large).
+    fn window_has_room(&self) -> bool {
+        self.unacked.is_empty()
+            || (self.unacked.len() < self.config.delivery_window
+                && self.unacked_bytes < self.config.delivery_window_bytes)
+    }
+
     fn maybe_finish(&mut self) {
-        if self.is_closed() || self.sends_in_flight > 0 || self.ack_in_flight {
+        if self.is_closed()
+            || self.sends_in_flight > 0
+            || self.ack_in_flight
+            || self.visibility_in_flight
+        {
             return;
         }
         if self.bye_requested {
@@ -769,6 +942,23 @@ impl Session {
             self.close(CloseReason::Goaway);
         }
     }
+}
+
+/// What a delivered item counts against the byte window: its envelope.
+fn item_bytes(item: &StoredItem) -> usize {
+    match &item.payload {
+        Payload::Envelope(e) => e.len(),
+        Payload::Delivered => 0,
+    }
+}
+
+/// Why storage did not take a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreRefusal {
+    /// Storage refuses writes for now (low disk, or failing and recovering): retryable.
+    Unavailable,
+    /// Storage failed this write.
+    Failed,
 }
 
 fn phase_name(p: &Phase) -> &'static str {
@@ -785,7 +975,10 @@ fn phase_name(p: &Phase) -> &'static str {
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
-    use missive_proto::{Bye, Hello, Login, Payload, Ping, Register};
+    use missive_proto::{
+        Bye, Hello, Login, Payload, Ping, Pong, Register, SetPresenceVisibility, SubscribePresence,
+        Typing,
+    };
 
     const CHALLENGE: [u8; 32] = [5; 32];
     const EXPORTER: [u8; 32] = [6; 32];
@@ -799,8 +992,18 @@ mod tests {
             send_burst: 5,
             idle_timeout: Duration::from_secs(60),
             require_invite: false,
+            login_timeout: Duration::from_secs(10),
+            send_bytes: Rate::per_second(1 << 20, 1 << 21),
+            frames: Rate::per_second(1000, 1000),
+            presence_changes: Rate::per_second(1, 3),
+            subscribes: Rate::per_second(100, 100),
+            typing: Rate::per_second(5, 5),
+            max_subscriptions: 3,
+            delivery_window_bytes: WINDOW_BYTES,
         }
     }
+
+    const WINDOW_BYTES: usize = 1 << 20;
 
     fn key() -> SigningKey {
         SigningKey::from_bytes(&[7; 32])
@@ -897,7 +1100,8 @@ mod tests {
             a[2],
             Action::ReadMailbox {
                 from: ServerSeq(0),
-                limit: 4
+                limit: 4,
+                max_bytes: WINDOW_BYTES,
             }
         );
         s
@@ -1144,13 +1348,14 @@ mod tests {
                 up_to: ServerSeq(2)
             }
         );
-        assert_eq!(
+        assert!(matches!(
             a[1],
             Action::ReadMailbox {
                 from: ServerSeq(5),
-                limit: 2
+                limit: 2,
+                ..
             }
-        );
+        ));
         // A short read means caught up; later pushes are delivered directly.
         s.handle_mailbox_read(2, Ok(vec![(ServerSeq(5), item(5))]));
         assert_eq!(delivered_seqs(&drain(&mut s)), vec![5]);
@@ -1167,10 +1372,14 @@ mod tests {
             .into(),
         );
         let a = drain(&mut s);
-        assert!(a.contains(&Action::ReadMailbox {
-            from: ServerSeq(7),
-            limit: 4
-        }));
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::ReadMailbox {
+                from: ServerSeq(7),
+                limit: 4,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -1457,7 +1666,7 @@ mod tests {
             rejected(&drain(&mut s)),
             vec![ErrorCode::ShuttingDown.as_u16()]
         );
-        s.handle_send_result(ClientMsgId([1; 16]), Err(()), 1);
+        s.handle_send_result(ClientMsgId([1; 16]), Err(StoreRefusal::Failed), 1);
         let a = drain(&mut s);
         assert_eq!(rejected(&a), vec![ErrorCode::Internal.as_u16()]);
         assert_eq!(a.last(), Some(&Action::Close));
@@ -1505,5 +1714,268 @@ mod tests {
         let a = drain(&mut s);
         assert_eq!(error_code(&a), Some(ErrorCode::FrameTooLarge.as_u16()));
         assert_eq!(a.last(), Some(&Action::Close));
+    }
+
+    fn big_item(n: u64, len: usize) -> StoredItem {
+        StoredItem {
+            payload: Payload::Envelope(vec![0; len]),
+            ..item(n)
+        }
+    }
+
+    #[test]
+    fn only_hello_register_and_login_are_accepted_before_login() {
+        let now = Instant::now();
+        for early in [Ping { nonce: 1 }.into(), Pong { nonce: 1 }.into(), send(1)] {
+            let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+            hello(&mut s, now);
+            s.handle_frame(now, early);
+            let a = drain(&mut s);
+            assert_eq!(
+                error_code(&a),
+                Some(ErrorCode::ProtocolViolation.as_u16()),
+                "{a:?}"
+            );
+            assert!(!frames(&a).iter().any(|f| matches!(f, Frame::Pong(_))));
+            assert_eq!(a.last(), Some(&Action::Close));
+        }
+    }
+
+    #[test]
+    fn a_connection_not_logged_in_by_its_deadline_is_closed() {
+        let now = Instant::now();
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        // The login deadline comes before the idle deadline, and frames do not move it.
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(10)));
+        s.handle_frame(now + Duration::from_secs(9), Bye {}.into());
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now + Duration::from_secs(9));
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(10)));
+        s.handle_timeout(now + Duration::from_secs(10));
+        let a = drain(&mut s);
+        assert_eq!(error_code(&a), Some(ErrorCode::LoginTimeout.as_u16()));
+        assert!(s.is_closed());
+        // Once logged in only the idle deadline counts.
+        let s = active(now);
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn an_envelope_is_accepted_only_if_its_deliver_fits_the_frame_limit() {
+        let now = Instant::now();
+        let mut s = active(now);
+        let max = max_envelope_len(config().max_frame);
+        for (n, len) in [(1u8, max), (2, max + 1)] {
+            s.handle_frame(
+                now,
+                Send {
+                    client_msg_id: ClientMsgId([n; 16]),
+                    to: "alice".into(),
+                    envelope: vec![0; len],
+                }
+                .into(),
+            );
+        }
+        let a = drain(&mut s);
+        let stores = a
+            .iter()
+            .filter(|x| matches!(x, Action::Store { envelope, .. } if envelope.len() == max))
+            .count();
+        assert_eq!(stores, 1);
+        assert_eq!(rejected(&a), vec![ErrorCode::EnvelopeTooLarge.as_u16()]);
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn frames_past_the_budget_close_the_connection() {
+        let now = Instant::now();
+        let mut s = active(now);
+        // Burst 1000 (see `config`): the 1001st frame in the same instant is one too many.
+        for i in 0..1000 {
+            s.handle_frame(now, Ping { nonce: i }.into());
+        }
+        assert!(!s.is_closed());
+        s.handle_frame(now, Ping { nonce: 0 }.into());
+        let a = drain(&mut s);
+        assert_eq!(error_code(&a), Some(ErrorCode::RateLimited.as_u16()));
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn presence_subscriptions_are_counted_and_rate_limited() {
+        let now = Instant::now();
+        let mut s = active(now);
+        for name in ["a", "b", "c", "a"] {
+            s.handle_frame(now, SubscribePresence { user: name.into() }.into());
+        }
+        let a = drain(&mut s);
+        let subs = a
+            .iter()
+            .filter(|x| matches!(x, Action::SubscribePresence(_)))
+            .count();
+        assert_eq!(subs, 4, "a repeat is answered again");
+        assert_eq!(s.subscriptions().count(), 3);
+        s.handle_frame(now, SubscribePresence { user: "d".into() }.into());
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::LimitExceeded.as_u16())
+        );
+        // The rate: 100 per second, burst 100.
+        let mut s = active(now);
+        for _ in 0..100 {
+            s.handle_frame(now, SubscribePresence { user: "a".into() }.into());
+        }
+        assert!(!s.is_closed());
+        s.handle_frame(now, SubscribePresence { user: "a".into() }.into());
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::RateLimited.as_u16())
+        );
+    }
+
+    #[test]
+    fn visibility_changes_coalesce_and_are_rate_limited() {
+        let now = Instant::now();
+        let mut s = active(now);
+        let set = |v| SetPresenceVisibility { visibility: v }.into();
+        s.handle_frame(now, set(Visibility::Nobody));
+        s.handle_frame(now, set(Visibility::Everyone));
+        s.handle_frame(now, set(Visibility::Nobody));
+        // One write in flight; the later ones wait, and only the last of them is written.
+        assert_eq!(
+            drain(&mut s),
+            vec![Action::SetVisibility(Visibility::Nobody)]
+        );
+        s.handle_visibility_stored();
+        assert_eq!(
+            drain(&mut s),
+            vec![Action::SetVisibility(Visibility::Nobody)]
+        );
+        s.handle_visibility_stored();
+        assert!(drain(&mut s).is_empty());
+        // Burst 3 was spent: the fourth change in the same second closes the connection.
+        s.handle_frame(now, set(Visibility::Everyone));
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::RateLimited.as_u16())
+        );
+    }
+
+    #[test]
+    fn typing_past_its_budget_is_dropped_not_fatal() {
+        let now = Instant::now();
+        let mut s = active(now);
+        for _ in 0..20 {
+            s.handle_frame(
+                now,
+                Typing {
+                    to: "alice".into(),
+                    typing: true,
+                }
+                .into(),
+            );
+        }
+        let forwarded = drain(&mut s)
+            .iter()
+            .filter(|x| matches!(x, Action::Typing { .. }))
+            .count();
+        assert_eq!(forwarded, 5, "burst of 5");
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn the_delivery_window_is_bounded_in_bytes_too() {
+        let now = Instant::now();
+        let mut s = active(now);
+        // Two items of 600 KiB: the second passes the 1 MiB byte window, so it stays in
+        // storage until the first is acknowledged (the count window of 4 has room).
+        s.handle_mailbox_read(
+            4,
+            Ok(vec![
+                (ServerSeq(1), big_item(1, 600 << 10)),
+                (ServerSeq(2), big_item(2, 600 << 10)),
+                (ServerSeq(3), big_item(3, 10)),
+            ]),
+        );
+        let a = drain(&mut s);
+        assert_eq!(delivered_seqs(&a), vec![1, 2]);
+        assert!(!a.iter().any(|x| matches!(x, Action::ReadMailbox { .. })));
+        s.handle_pushed(ServerSeq(4), big_item(4, 10));
+        assert!(delivered_seqs(&drain(&mut s)).is_empty());
+        s.handle_frame(
+            now,
+            AckDelivery {
+                up_to: ServerSeq(2),
+            }
+            .into(),
+        );
+        let a = drain(&mut s);
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::ReadMailbox {
+                from: ServerSeq(3),
+                limit: 4,
+                max_bytes: WINDOW_BYTES,
+            }
+        )));
+    }
+
+    #[test]
+    fn sends_spend_a_byte_budget() {
+        let now = Instant::now();
+        let mut cfg = config();
+        cfg.send_bytes = Rate::per_second(1000, 1500);
+        cfg.max_in_flight_sends = 10;
+        let mut s = Session::new(now, cfg, CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        let k = key();
+        s.handle_frame(
+            now,
+            Login {
+                user: "bob".into(),
+                device: DeviceId(1),
+                signature: sign(&k, &EXPORTER, "bob"),
+            }
+            .into(),
+        );
+        drain(&mut s);
+        s.handle_device_key(
+            1,
+            DeviceLookup::Found {
+                key: k.verifying_key().to_bytes(),
+                disabled: false,
+            },
+        );
+        drain(&mut s);
+        for n in 1..=2u8 {
+            s.handle_frame(
+                now,
+                Send {
+                    client_msg_id: ClientMsgId([n; 16]),
+                    to: "alice".into(),
+                    envelope: vec![0; 1000],
+                }
+                .into(),
+            );
+        }
+        assert_eq!(
+            rejected(&drain(&mut s)),
+            vec![ErrorCode::RateLimited.as_u16()]
+        );
+    }
+
+    #[test]
+    fn a_registration_refused_by_its_address_closes_with_that_code() {
+        let now = Instant::now();
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(now, register_frame("rita", None, &EXPORTER));
+        assert!(matches!(drain(&mut s)[..], [Action::Register { .. }]));
+        s.handle_register_refused(ErrorCode::RateLimited, "slow down");
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::RateLimited.as_u16())
+        );
     }
 }

@@ -21,6 +21,8 @@ pub struct Shared {
     pub session: std::sync::RwLock<SessionConfig>,
     /// Counters for `/metrics`.
     pub metrics: crate::metrics::Metrics,
+    /// Per-address connection, handshake and registration budgets.
+    pub addresses: Arc<crate::address_limits::AddressLimits>,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).
@@ -48,10 +50,21 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
     }
 
-    /// `user`'s presence as a subscriber may see it.
+    /// `user`'s presence as `viewer` may see it. Presence is shown only to `user`'s contacts
+    /// (users `user` has sent a message to); to anyone else, and for names that do not exist,
+    /// it is `Hidden`, so a stranger cannot tell a hidden user from an unknown name.
+    pub fn presence_for(&self, user: &str, viewer: &str) -> PresenceState {
+        if !self.store.is_contact(user, viewer).unwrap_or(false) {
+            return PresenceState::Hidden;
+        }
+        self.presence_of(user)
+    }
+
+    /// `user`'s presence as its contacts see it.
     pub fn presence_of(&self, user: &str) -> PresenceState {
         let record = self.store.user(user).ok().flatten();
         match record {
+            None => PresenceState::Hidden,
             Some(r) if r.visibility == Visibility::Nobody => PresenceState::Hidden,
             _ if self.registry.is_online(user) => PresenceState::Online,
             Some(r) if r.last_seen_ms > 0 => PresenceState::LastSeen(r.last_seen_ms),

@@ -34,9 +34,9 @@ async fn sighup_swaps_certificate_and_keeps_connections() {
     assert_eq!(std::fs::read(&edge.cert).unwrap(), first);
 
     let mut live = Raw::connect(&edge, false).await;
-    live.hello().await;
+    live.register("live").await;
     let mut live_tcp = Raw::connect(&edge, true).await;
-    live_tcp.hello().await;
+    live_tcp.register("livetcp").await;
 
     // New certificate on disk, then SIGHUP.
     let second = write_cert();

@@ -27,6 +27,8 @@ pub struct EntryCounts {
     pub seq_counters: u64,
     /// Send dedup keys.
     pub dedup_keys: u64,
+    /// Contact marks (who has messaged whom; presence and typing follow them).
+    pub contacts: u64,
     /// Entries of no known kind (copied all the same).
     pub other: u64,
     /// Key and value bytes.
@@ -42,6 +44,7 @@ impl EntryCounts {
             + self.mailbox_items
             + self.seq_counters
             + self.dedup_keys
+            + self.contacts
             + self.other
     }
 
@@ -54,6 +57,7 @@ impl EntryCounts {
             Some(&keys::MAILBOX) => &mut self.mailbox_items,
             Some(&keys::SEQ) => &mut self.seq_counters,
             Some(&keys::DEDUP) => &mut self.dedup_keys,
+            Some(&keys::CONTACT) => &mut self.contacts,
             _ => &mut self.other,
         };
         *slot += 1;

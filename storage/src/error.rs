@@ -15,6 +15,10 @@ pub enum StorageError {
     /// The store was shut down; no more writes are accepted.
     #[error("store is closed")]
     Closed,
+    /// The store refuses this write for now: the disk is below the free-space watermark, or
+    /// the engine failed and is being reopened. Nothing was written; retry later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// A [`crate::StoreConfig`] value is out of range.
     #[error("invalid storage configuration: {0}")]
     InvalidConfig(String),

@@ -8,9 +8,18 @@
 //!
 //! A backup ([`Op::Backup`]) is not part of a batch: the committer commits what was queued
 //! before it, runs the copy (see `backup.rs`) while every later write waits, then goes on.
-
+//!
+//! Faults: when the engine fails a batch or an fsync, nothing of what was not made durable
+//! may show: its waiters are answered with [`StorageError::Unavailable`], the listener never
+//! hears of its items (it hears only after the fsync), and the engine is closed at once (its
+//! memory may hold the failed writes, a dedup key among them, and after a failed fsync the
+//! page cache cannot be trusted) and reopened from its files once the disk has room again;
+//! reopening replays the engine's journal, so what is found there was on disk. Until then
+//! every operation is refused. Below the free-space watermark (`health.rs`) only the writes
+//! that add data are refused.
 use crate::backup::BackupReport;
-use crate::engine::{Engine, KvEngine, Tuning, WriteBatch};
+use crate::engine::{self, Engine, EngineSlot, KvEngine, Tuning, WriteBatch};
+use crate::health::{FreeSpaceWatch, HealthCell, StorageHealth};
 use crate::records::{decode_item, decode_user, encode, StoredItem, UserRecord};
 use crate::store::{
     AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, StoreStats, SweepOutcome,
@@ -20,6 +29,7 @@ use crate::{keys, MailboxId, StorageError};
 use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -27,6 +37,16 @@ use tokio::sync::oneshot;
 
 /// Most items a single sweep step removes, so one step never makes a huge batch.
 const SWEEP_STEP_LIMIT: usize = 10_000;
+
+/// Mailboxes whose item count and bytes the committer keeps in memory; past this the cache
+/// starts over (a mailbox not in it is counted again by a scan on its next append).
+const USAGE_CACHE_LIMIT: usize = 100_000;
+
+/// Contact marks the committer remembers having written; past this it starts over.
+const CONTACT_CACHE_LIMIT: usize = 100_000;
+
+/// How often a failed engine is tried again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 /// Users whose device list the committer keeps in memory; past this the cache starts over, so
 /// sends to many (or made-up) names cannot grow it without bound.
@@ -115,18 +135,48 @@ pub(crate) struct Limits {
     pub(crate) max_batch: usize,
     /// Least time between two fsyncs (see `StoreConfig::commit_delay`).
     pub(crate) commit_delay: Duration,
+    /// Most undelivered items one device mailbox holds before sends to it are refused.
+    pub(crate) mailbox_max_items: u64,
+    /// Most bytes of undelivered items one device mailbox holds before sends are refused.
+    pub(crate) mailbox_max_bytes: u64,
+    /// Invite tokens older than this no longer register anyone, and are swept.
+    pub(crate) invite_ttl: Duration,
+}
+
+/// Opens the store's engine afresh from its files (after a failure).
+pub(crate) type Reopen = Box<dyn Fn() -> Result<Arc<dyn KvEngine>, StorageError> + Send>;
+
+/// How to reopen the engine after a failure, and the watermark of its disk.
+pub(crate) struct EngineHome {
+    /// Opens the engine from its files.
+    pub(crate) reopen: Reopen,
+    /// A directory on the engine's filesystem, for the free-space watermark.
+    pub(crate) dir: PathBuf,
+    /// Free bytes below which data-adding writes are refused (0: off).
+    pub(crate) min_free_bytes: u64,
 }
 
 /// Starts the committer thread; operations go to it through the returned [`Handle`].
 pub(crate) fn spawn(
-    db: Arc<dyn KvEngine>,
+    slot: Arc<EngineSlot>,
+    home: EngineHome,
     limits: Limits,
     retention: Duration,
     listener: Option<CommitListener>,
     stats: Arc<StoreStats>,
+    health: Arc<HealthCell>,
 ) -> Result<(Handle, std::thread::JoinHandle<()>), StorageError> {
     let committer = Committer {
-        db,
+        db: slot.get(),
+        slot,
+        free_space: FreeSpaceWatch::new(&home.dir, home.min_free_bytes),
+        // The first look at the free space comes at once.
+        recheck_at: (home.min_free_bytes > 0).then(Instant::now),
+        home,
+        health,
+        next_reopen: None,
+        usage: HashMap::new(),
+        contacts: HashSet::new(),
         seqs: HashMap::new(),
         acked_floor: HashMap::new(),
         unacked: UnackedLog::new(UNACKED_LOG_LIMIT),
@@ -255,7 +305,13 @@ fn run(core: &Mutex<Committer>, queued: &flume::Receiver<Request>, rings: &flume
     let mut shutting_down = false;
     while !shutting_down {
         if queued.is_empty() {
-            let deadline = lock(core).sync_deadline();
+            let deadline = {
+                let c = lock(core);
+                match (c.sync_deadline(), c.next_check()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            };
             let woke = match deadline {
                 None => rings.recv().map_err(|_| ()),
                 Some(deadline) => match rings.recv_deadline(deadline) {
@@ -301,6 +357,9 @@ fn run(core: &Mutex<Committer>, queued: &flume::Receiver<Request>, rings: &flume
         }
         if !writes.is_empty() {
             c.apply_batch(writes);
+        }
+        if c.next_check().is_some_and(|at| Instant::now() >= at) {
+            c.try_reopen();
         }
         if shutting_down {
             c.sync();
@@ -392,7 +451,22 @@ const POINT_ACK_LIMIT: u64 = 64;
 const UNACKED_LOG_LIMIT: usize = 131_072;
 
 struct Committer {
+    /// The engine in use (the slot's, taken when it was put there).
     db: Arc<dyn KvEngine>,
+    /// Where the read paths find the engine; replaced after a failure.
+    slot: Arc<EngineSlot>,
+    /// Where to reopen the engine from.
+    home: EngineHome,
+    free_space: FreeSpaceWatch,
+    health: Arc<HealthCell>,
+    /// Set while the engine is failed: when to try reopening it next.
+    next_reopen: Option<Instant>,
+    /// Set while free space is low: when to look again (with no write to trigger a look).
+    recheck_at: Option<Instant>,
+    /// Items and record bytes per device mailbox, loaded by a scan on first use.
+    usage: HashMap<MailboxId, Usage>,
+    /// Contact marks known to be written (see `keys::contact`).
+    contacts: HashSet<(String, String)>,
     /// Next seq and reserved mark per mailbox, loaded lazily from the `s` counters.
     seqs: HashMap<MailboxId, SeqState>,
     /// Per mailbox, a seq at or below which every item is known deleted (by an earlier ack in
@@ -435,12 +509,30 @@ struct Unsynced {
     ops: u64,
     /// Answers that promise durability, given after the fsync.
     answers: Vec<Answer>,
+    /// Items for the listener, told after the fsync (never about writes that did not last).
+    events: Vec<(MailboxId, ServerSeq, StoredItem)>,
+}
+
+/// What one device mailbox holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    items: u64,
+    bytes: u64,
 }
 
 /// One fsync in progress: what it covers and when it began.
 struct SyncJob {
     unsynced: Unsynced,
     started: Instant,
+}
+
+/// Whether `op` only adds data, and is refused below the free-space watermark. Acks, expiry
+/// and user-record updates go on: the first two free space, the last is a few bytes.
+fn adds_data(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Append { .. } | Op::Register { .. } | Op::AddInvite { .. } | Op::AddDevice { .. }
+    )
 }
 
 /// Whether `op`'s answer may go out before its batch is fsync'd. An ack only deletes
@@ -493,11 +585,26 @@ impl Committer {
     /// recipients get them before the fsync). Answers that need no fsync go out now, the rest
     /// wait in `unsynced` for [`Committer::sync`].
     fn apply_batch(&mut self, reqs: Vec<Request>) {
+        if self.next_reopen.is_some() {
+            for req in reqs {
+                let _ = req.reply.send(Err(StorageError::Unavailable(
+                    "storage failed and is being reopened".into(),
+                )));
+            }
+            return;
+        }
+        let low_space = self.space_is_low();
         let mut batch = WriteBatch::default();
         let mut pending = Pending::default();
         let mut answers = Vec::with_capacity(reqs.len());
         let build_started = Instant::now();
         for req in reqs {
+            if low_space && adds_data(&req.op) {
+                let _ = req.reply.send(Err(StorageError::Unavailable(
+                    "free disk space is below the watermark".into(),
+                )));
+                continue;
+            }
             let early = answer_before_sync(&req.op);
             let r = self.apply(&mut batch, &mut pending, req.op);
             answers.push((early, req.reply, r));
@@ -505,25 +612,20 @@ impl Committer {
         for (mb, mark) in pending.seq_marks.drain() {
             batch.insert(keys::seq_counter(&mb), mark.to_be_bytes());
         }
+        if answers.is_empty() {
+            return;
+        }
         let applied = self.db.apply(batch);
         self.stats
             .record_build(build_started.elapsed().as_micros() as u64);
         if let Err(e) = applied {
-            tracing::error!(error = %e, "applying a batch failed");
-            self.forget_caches();
             for (_, reply, _) in answers {
-                let _ = reply.send(Err(StorageError::Db(e.to_string())));
+                let _ = reply.send(Err(StorageError::Unavailable(format!(
+                    "the write failed: {e}"
+                ))));
             }
+            self.fail("applying a batch failed", &e);
             return;
-        }
-        // Live recipients get their items while the batch waits for its fsync: delivery does
-        // not wait for durability, only the writers' answers (the sender's `Sent`) do. Should
-        // the edge die before the sync ends, the sender, never answered, sends again under the
-        // same client message id and the recipient's SDK drops the repeat.
-        if let Some(listener) = &self.listener {
-            for (mb, seq, item) in &pending.events {
-                listener(mb, *seq, item);
-            }
         }
         self.stats
             .items_appended
@@ -543,6 +645,9 @@ impl Committer {
                 devs.sort_unstable_by_key(|d| d.0);
             }
         }
+        // Live recipients hear of the items once the fsync made them durable (see `finish_sync`):
+        // an item a failed fsync undoes must never have been delivered.
+        self.unsynced.events.append(&mut pending.events);
         self.unsynced.since.get_or_insert_with(Instant::now);
         self.unsynced.ops += answers.len() as u64;
         for (early, reply, r) in answers {
@@ -587,23 +692,119 @@ impl Committer {
                 self.stats
                     .max_batch_seen
                     .fetch_max(unsynced.ops, Ordering::Relaxed);
+                if let Some(listener) = &self.listener {
+                    for (mb, seq, item) in &unsynced.events {
+                        listener(mb, *seq, item);
+                    }
+                }
                 for (reply, r) in unsynced.answers {
                     let _ = reply.send(r);
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "group commit failed");
-                self.forget_caches();
                 for (reply, _) in unsynced.answers {
-                    let _ = reply.send(Err(StorageError::Db(e.to_string())));
+                    let _ = reply.send(Err(StorageError::Unavailable(format!(
+                        "the fsync failed: {e}"
+                    ))));
                 }
+                self.fail("group commit (fsync) failed", &e);
             }
         }
+    }
+
+    /// The engine failed a write or an fsync: what it holds in memory may include writes that
+    /// are not on disk, so it is closed at once (never asked to sync again) and every
+    /// operation is refused until [`Committer::try_reopen`] has opened it again from its
+    /// files. Waiters of batches applied but not yet durable are told so.
+    fn fail(&mut self, what: &str, e: &StorageError) {
+        tracing::error!(
+            error = %e,
+            "{what}: storage refuses operations until its engine is reopened"
+        );
+        self.forget_caches();
+        let unsynced = std::mem::take(&mut self.unsynced);
+        for (reply, _) in unsynced.answers {
+            let _ = reply.send(Err(StorageError::Unavailable(format!(
+                "an earlier write failed: {e}"
+            ))));
+        }
+        // Dropped without `close`: a clean close would flush what failed. The engine's files
+        // and lock are released once the last reader lets go of it.
+        self.db = engine::unavailable();
+        drop(self.slot.replace(engine::unavailable()));
+        self.health
+            .set(StorageHealth::Failed, format!("{what}: {e}"));
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        self.next_reopen = Some(Instant::now() + REOPEN_EVERY);
+    }
+
+    /// When the committer must wake to reopen the engine or look at the free space again.
+    fn next_check(&self) -> Option<Instant> {
+        self.next_reopen.or(self.recheck_at)
+    }
+
+    /// Reopens a failed engine from its files (replaying its journal) once the disk is above
+    /// the watermark again; tries again later when it cannot.
+    fn try_reopen(&mut self) {
+        let now = Instant::now();
+        if self.next_reopen.is_none() {
+            // Not failed: this was a low-space recheck.
+            self.space_is_low();
+            return;
+        }
+        if self.free_space.is_low(now) {
+            self.next_reopen = Some(now + REOPEN_EVERY);
+            return;
+        }
+        let reopened = (self.home.reopen)().and_then(|db| db.sync().map(|()| db));
+        match reopened {
+            Ok(db) => {
+                self.forget_caches();
+                self.db = db.clone();
+                drop(self.slot.replace(db));
+                self.next_reopen = None;
+                self.health.set(StorageHealth::Ok, "");
+                self.stats.reopens.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("storage engine reopened: taking writes again");
+                self.space_is_low();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "storage engine not reopened yet");
+                self.health
+                    .set(StorageHealth::Failed, format!("reopening failed: {e}"));
+                self.next_reopen = Some(now + REOPEN_EVERY);
+            }
+        }
+    }
+
+    /// Whether free space is below the watermark; reports changes (health, log) and keeps a
+    /// recheck armed, so the store's health follows the disk without a write to notice it.
+    fn space_is_low(&mut self) -> bool {
+        if self.next_reopen.is_some() {
+            return true;
+        }
+        let low = self.free_space.is_low(Instant::now());
+        if low {
+            if self
+                .health
+                .set(StorageHealth::LowSpace, self.free_space.describe())
+            {
+                tracing::warn!(space = %self.free_space.describe(), "disk below the free-space watermark: refusing new messages and accounts");
+            }
+        } else if self.health.set(StorageHealth::Ok, "") {
+            tracing::info!(space = %self.free_space.describe(), "disk above the free-space watermark again");
+        }
+        if self.free_space.is_on() {
+            self.recheck_at = Some(Instant::now() + REOPEN_EVERY);
+        }
+        low
     }
 
     /// Drops what the committer remembers of the engine's state, after a write that may or
     /// may not have landed: seq counters may have advanced in memory for writes that never did.
     fn forget_caches(&mut self) {
+        self.usage.clear();
+        self.contacts.clear();
         self.seqs.clear();
         self.acked_floor.clear();
         self.unacked.clear();
@@ -762,6 +963,34 @@ impl Committer {
         Ok(seq)
     }
 
+    /// What `mb` holds (items, record bytes), counted by a scan the first time it is needed.
+    fn usage(&mut self, mb: &MailboxId) -> Result<&mut Usage, StorageError> {
+        if !self.usage.contains_key(mb) {
+            let mut counted = Usage::default();
+            for kv in self.db.prefix(&keys::mailbox_prefix(mb)) {
+                let (_, v) = kv?;
+                counted.items += 1;
+                counted.bytes += v.len() as u64;
+            }
+            if self.usage.len() >= USAGE_CACHE_LIMIT {
+                self.usage.clear();
+            }
+            self.usage.insert(mb.clone(), counted);
+        }
+        self.usage
+            .get_mut(mb)
+            .ok_or_else(|| StorageError::Db("mailbox usage vanished".into()))
+    }
+
+    /// Takes a deleted item of `mb` off its usage, when the usage is loaded (otherwise the
+    /// next scan counts without it).
+    fn unuse(&mut self, mb: &MailboxId, bytes: u64) {
+        if let Some(u) = self.usage.get_mut(mb) {
+            u.items = u.items.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(bytes);
+        }
+    }
+
     fn push_item(
         &mut self,
         batch: &mut WriteBatch,
@@ -770,7 +999,12 @@ impl Committer {
         item: StoredItem,
     ) -> Result<(), StorageError> {
         let seq = self.next_seq(pending, &mb)?;
-        batch.insert(keys::mailbox_item(&mb, seq), encode(&item)?);
+        let record = encode(&item)?;
+        let bytes = record.len() as u64;
+        batch.insert(keys::mailbox_item(&mb, seq), record);
+        let usage = self.usage(&mb)?;
+        usage.items += 1;
+        usage.bytes += bytes;
         let receipt_to = matches!(item.payload, Payload::Envelope(_))
             .then(|| (item.from.clone(), item.client_msg_id));
         self.unacked.stored(
@@ -778,6 +1012,7 @@ impl Committer {
             LoggedItem {
                 seq: seq.0,
                 receipt_to,
+                bytes,
             },
         );
         pending.events.push((mb, seq, item));
@@ -808,6 +1043,15 @@ impl Committer {
         if devices.is_empty() {
             return Ok(AppendOutcome::UnknownRecipient);
         }
+        // Nothing is written unless every device mailbox has room for the copy.
+        let (max_items, max_bytes) = (self.limits.mailbox_max_items, self.limits.mailbox_max_bytes);
+        for device in &devices {
+            let u = *self.usage(&MailboxId::new(to, *device))?;
+            if u.items >= max_items || u.bytes.saturating_add(envelope.len() as u64) > max_bytes {
+                return Ok(AppendOutcome::MailboxFull);
+            }
+        }
+        self.mark_contact(batch, from, to, now_ms)?;
         let n = devices.len();
         let mut envelope = Some(envelope);
         for (i, device) in devices.into_iter().enumerate() {
@@ -834,6 +1078,30 @@ impl Committer {
         })
     }
 
+    /// Writes that `from` has messaged `to` (once: later sends find it in the cache or the
+    /// engine). Presence and typing between users follow these marks.
+    fn mark_contact(
+        &mut self,
+        batch: &mut WriteBatch,
+        from: &str,
+        to: &str,
+        now_ms: u64,
+    ) -> Result<(), StorageError> {
+        let pair = (from.to_owned(), to.to_owned());
+        if from == to || self.contacts.contains(&pair) {
+            return Ok(());
+        }
+        let key = keys::contact(from, to);
+        if self.db.get(&key)?.is_none() {
+            batch.insert(key, now_ms.to_be_bytes());
+        }
+        if self.contacts.len() >= CONTACT_CACHE_LIMIT {
+            self.contacts.clear();
+        }
+        self.contacts.insert(pair);
+        Ok(())
+    }
+
     fn ack(
         &mut self,
         batch: &mut WriteBatch,
@@ -853,6 +1121,7 @@ impl Committer {
         if let Taken::Exact(items) = self.unacked.take_acked(mb, first, up_to.0) {
             for item in items {
                 batch.remove_written_once(keys::mailbox_item(mb, ServerSeq(item.seq)));
+                self.unuse(mb, item.bytes);
                 pending.deleted_logged += 1;
                 out.deleted += 1;
                 receipts.extend(item.receipt_to);
@@ -878,6 +1147,7 @@ impl Committer {
                 continue; // already acked earlier in this batch
             }
             batch.remove_written_once(k);
+            self.unuse(mb, v.len() as u64);
             out.deleted += 1;
             // A damaged item is still deleted, it just cannot produce a receipt.
             match decode_item(&v) {
@@ -929,9 +1199,14 @@ impl Committer {
             let Some(token) = invite else {
                 return Ok(RegisterOutcome::InviteInvalid);
             };
-            let exists = pending.new_invites.contains(&token)
-                || self.db.get(&keys::invite(&token))?.is_some();
-            if !exists || pending.used_invites.contains(&token) {
+            let ttl_ms = self.limits.invite_ttl.as_millis() as u64;
+            let valid = pending.new_invites.contains(&token)
+                || self
+                    .db
+                    .get(&keys::invite(&token))?
+                    .and_then(|v| keys::be_u64(&v))
+                    .is_some_and(|created| now_ms.saturating_sub(created) <= ttl_ms);
+            if !valid || pending.used_invites.contains(&token) {
                 return Ok(RegisterOutcome::InviteInvalid);
             }
             batch.remove(keys::invite(&token));
@@ -963,8 +1238,10 @@ impl Committer {
     ) -> Result<SweepOutcome, StorageError> {
         let cutoff = now_ms.saturating_sub(self.retention_ms);
         let mut out = SweepOutcome::default();
-        // Expired items leave the mailboxes without an ack: the log would name them.
+        // Expired items leave the mailboxes without an ack: the log would name them, and the
+        // usage counts would count them.
         self.unacked.clear();
+        self.usage.clear();
         // Mailbox items: seq order within a mailbox follows store time, so after the first
         // young item of a mailbox we jump to the next mailbox.
         let mut from: Bound<Vec<u8>> = Bound::Included(vec![keys::MAILBOX]);
@@ -1008,6 +1285,18 @@ impl Committer {
                 out.dedup_keys += 1;
                 if out.items + out.dedup_keys >= SWEEP_STEP_LIMIT {
                     out.more = true;
+                    return Ok(out);
+                }
+            }
+        }
+        let invite_cutoff = now_ms.saturating_sub(self.limits.invite_ttl.as_millis() as u64);
+        for kv in self.db.prefix(&[keys::INVITE]) {
+            let (k, v) = kv?;
+            if keys::be_u64(&v).is_none_or(|created| created < invite_cutoff) {
+                batch.remove(k);
+                out.invites += 1;
+                if out.items + out.dedup_keys + out.invites >= SWEEP_STEP_LIMIT {
+                    out.more = true;
                     break;
                 }
             }
@@ -1032,14 +1321,18 @@ mod tests {
         Fail,
     }
 
+    /// Clones share everything: a clone is the same engine reopened.
+    #[derive(Clone)]
     struct GatedEngine {
-        map: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+        map: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
         /// Tells the test that a sync started (after the batch was applied).
         entered: std::sync::mpsc::Sender<()>,
         /// The test's decision for each sync.
-        gate: Mutex<std::sync::mpsc::Receiver<Gate>>,
+        gate: Arc<Mutex<std::sync::mpsc::Receiver<Gate>>>,
         /// What `background_work` says.
         background: Arc<std::sync::atomic::AtomicBool>,
+        /// The name of the thread that applied each batch.
+        appliers: Arc<Mutex<Vec<String>>>,
     }
 
     impl GatedEngine {
@@ -1067,6 +1360,8 @@ mod tests {
             self.scan(move |k| k.starts_with(&prefix))
         }
         fn apply(&self, batch: WriteBatch) -> Result<(), StorageError> {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            self.appliers.lock().unwrap().push(name);
             let mut map = self.map.lock().unwrap();
             for (k, v) in batch.into_ops() {
                 match v {
@@ -1109,6 +1404,8 @@ mod tests {
         /// Makes the engine report background work (a flush) when set.
         background: Arc<std::sync::atomic::AtomicBool>,
         committer: std::thread::JoinHandle<()>,
+        /// Times the committer reopened the engine.
+        reopens: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     fn harness() -> Harness {
@@ -1121,33 +1418,47 @@ mod tests {
         let mut map = BTreeMap::new();
         map.insert(keys::device("bob", DeviceId(1)), vec![0; 32]);
         let background: Arc<std::sync::atomic::AtomicBool> = Arc::default();
-        let engine = Arc::new(GatedEngine {
-            map: Mutex::new(map),
+        let appliers: Arc<Mutex<Vec<String>>> = Arc::default();
+        let engine = GatedEngine {
+            map: Arc::new(Mutex::new(map)),
             entered: entered_tx,
-            gate: Mutex::new(gate_rx),
+            gate: Arc::new(Mutex::new(gate_rx)),
             background: background.clone(),
-        });
+            appliers: appliers.clone(),
+        };
+        let reopens: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (again, counter) = (engine.clone(), reopens.clone());
+        let home = EngineHome {
+            reopen: Box::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(Arc::new(again.clone()) as Arc<dyn KvEngine>)
+            }),
+            dir: std::env::temp_dir(),
+            min_free_bytes: 0,
+        };
         let events: Events = Arc::default();
         let ev = events.clone();
-        let appliers: Arc<Mutex<Vec<String>>> = Arc::default();
-        let threads = appliers.clone();
         let listener: CommitListener = Arc::new(move |_, seq, _| {
             ev.lock().unwrap().push(seq);
-            let name = std::thread::current().name().unwrap_or("").to_string();
-            threads.lock().unwrap().push(name);
         });
         let (ops, committer) = spawn(
-            engine,
+            Arc::new(EngineSlot::new(Arc::new(engine))),
+            home,
             Limits {
                 max_batch: 64,
                 commit_delay,
+                mailbox_max_items: 1000,
+                mailbox_max_bytes: 1 << 20,
+                invite_ttl: Duration::from_secs(3600),
             },
             Duration::from_secs(3600),
             Some(listener),
             Arc::default(),
+            Arc::default(),
         )
         .unwrap();
         Harness {
+            reopens,
             ops,
             entered,
             gate,
@@ -1211,17 +1522,17 @@ mod tests {
     }
 
     #[test]
-    fn waiters_hear_only_after_sync_and_the_listener_before_it() {
+    fn the_listener_and_the_waiters_hear_only_after_the_sync() {
         let h = harness();
         let mut reply = append(&h, 1);
-        // The batch is applied and the sync has started, but not finished: the listener
-        // (live delivery) already knows, the writer (the sender's `Sent`) does not.
+        // The batch is applied and the sync has started, but not finished: neither the
+        // listener (live delivery) nor the writer (the sender's `Sent`) knows yet.
         h.entered.recv().unwrap();
         assert!(matches!(
             reply.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
         ));
-        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
+        assert!(h.events.lock().unwrap().is_empty());
         h.gate.send(Gate::Pass).unwrap();
         let r = reply.blocking_recv().unwrap().unwrap();
         assert!(matches!(
@@ -1233,21 +1544,39 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_sync_answers_every_waiter_with_an_error() {
-        let h = harness();
-        let reply = append(&h, 1);
+    fn a_failed_sync_answers_every_waiter_and_reopens_the_engine() {
+        // A long commit delay gathers the second and third writes into one fsync.
+        let h = harness_with_delay(Duration::from_millis(300));
+        let first = append(&h, 1);
+        h.entered.recv().unwrap();
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(first.blocking_recv().unwrap().is_ok());
+        let (second, third) = (append(&h, 2), append(&h, 3));
         h.entered.recv().unwrap();
         h.gate.send(Gate::Fail).unwrap();
-        assert!(reply.blocking_recv().unwrap().is_err());
-        // The next write still works, and is acked only after its own sync.
-        let mut reply = append(&h, 2);
-        h.entered.recv().unwrap();
-        assert!(matches!(
-            reply.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        ));
+        for reply in [second, third] {
+            let r = reply.blocking_recv().unwrap();
+            assert!(
+                matches!(r, Err(StorageError::Unavailable(_))),
+                "every waiter of the failed fsync hears of it: {r:?}"
+            );
+        }
+        // The listener never heard of what the failed fsync did not make durable.
+        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
+        // Until the engine is reopened, writes are refused at once (no sync is entered).
+        let refused = append(&h, 4).blocking_recv().unwrap();
+        assert!(matches!(refused, Err(StorageError::Unavailable(_))));
+        assert_eq!(h.reopens.load(Ordering::SeqCst), 0);
+        // About a second later the engine is reopened: its probe fsync comes to the gate.
+        h.entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the engine was never reopened");
+        assert_eq!(h.reopens.load(Ordering::SeqCst), 1);
         h.gate.send(Gate::Pass).unwrap();
-        assert!(reply.blocking_recv().unwrap().is_ok());
+        let fifth = append(&h, 5);
+        h.entered.recv().unwrap();
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(fifth.blocking_recv().unwrap().is_ok());
         assert_eq!(h.events.lock().unwrap().len(), 2);
         shutdown(h);
     }
@@ -1307,17 +1636,11 @@ mod tests {
             started.elapsed() < delay,
             "the first write waited for the delay"
         );
-        // The next two writes, in two batches, reach the listener (live delivery) at once;
-        // neither sender hears of them yet.
+        // The next two writes (applied here, or queued for the committer when it still holds
+        // its lock): neither the listener nor the senders hear of them before their fsync.
         let mut second = append(&h, 2);
-        let mut third = None;
-        while h.events.lock().unwrap().len() < 3 {
-            if third.is_none() && h.events.lock().unwrap().len() == 2 {
-                third = Some(append(&h, 3));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let mut third = third.unwrap();
+        let mut third = append(&h, 3);
+        assert_eq!(h.events.lock().unwrap().len(), 1);
         assert!(matches!(
             second.try_recv(),
             Err(oneshot::error::TryRecvError::Empty)
@@ -1357,10 +1680,9 @@ mod tests {
         let h = harness();
         settle();
         let mut stored = append(&h, 1);
-        // Applied here, before `submit` returned: the listener ran on this thread.
+        // Applied here, before `submit` returned.
         let me = std::thread::current().name().unwrap_or("").to_string();
         assert_eq!(*h.appliers.lock().unwrap(), vec![me]);
-        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
         // The answer still waits for the committer's fsync.
         h.entered.recv().unwrap();
         assert!(matches!(
@@ -1381,19 +1703,21 @@ mod tests {
         // queued for the committer, which applies them in order once the fsync is done.
         let second = append(&h, 2);
         let third = append(&h, 3);
-        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
+        assert_eq!(h.appliers.lock().unwrap().len(), 1);
         h.gate.send(Gate::Pass).unwrap();
         assert!(first.blocking_recv().unwrap().is_ok());
+        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
         h.entered.recv().unwrap();
+        // Both in one batch, applied by the committer thread.
+        let appliers = h.appliers.lock().unwrap().clone();
+        assert_eq!(appliers[1..], ["missive-committer"]);
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(second.blocking_recv().unwrap().is_ok());
+        assert!(third.blocking_recv().unwrap().is_ok());
         assert_eq!(
             *h.events.lock().unwrap(),
             vec![ServerSeq(1), ServerSeq(2), ServerSeq(3)]
         );
-        let appliers = h.appliers.lock().unwrap().clone();
-        assert_eq!(appliers[1..], ["missive-committer", "missive-committer"]);
-        h.gate.send(Gate::Pass).unwrap();
-        assert!(second.blocking_recv().unwrap().is_ok());
-        assert!(third.blocking_recv().unwrap().is_ok());
         shutdown(h);
     }
 

@@ -10,6 +10,7 @@
 //! | `u` | `u user` | rkyv [`crate::UserRecord`] |
 //! | `k` | `k user\0 device:u32` | Ed25519 public key, 32 bytes |
 //! | `i` | `i token` | created-at ms, u64 (invite) |
+//! | `c` | `c owner\0 other` | first-message ms, u64: `owner` has sent `other` a message |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
@@ -20,6 +21,7 @@ pub(crate) const DEDUP: u8 = b'd';
 pub(crate) const USER: u8 = b'u';
 pub(crate) const DEVICE: u8 = b'k';
 pub(crate) const INVITE: u8 = b'i';
+pub(crate) const CONTACT: u8 = b'c';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
@@ -101,6 +103,16 @@ pub(crate) fn invite(token: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + token.len());
     k.push(INVITE);
     k.extend_from_slice(token.as_bytes());
+    k
+}
+
+/// Key saying that `owner` counts `other` as a contact (owner has messaged other).
+pub(crate) fn contact(owner: &str, other: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + owner.len() + other.len());
+    k.push(CONTACT);
+    k.extend_from_slice(owner.as_bytes());
+    k.push(0);
+    k.extend_from_slice(other.as_bytes());
     k
 }
 

@@ -51,6 +51,7 @@ mod copy;
 mod engine;
 mod error;
 mod group_commit;
+mod health;
 mod keys;
 mod layout;
 mod migrate;
@@ -64,6 +65,7 @@ pub use copy::EntryCounts;
 pub use engine::Engine;
 pub use error::StorageError;
 pub use group_commit::SEQ_RESERVATION;
+pub use health::StorageHealth;
 pub use migrate::{migrate, MigrationReport};
 pub use records::{StoredItem, UserRecord};
 pub use store::{

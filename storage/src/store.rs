@@ -2,8 +2,9 @@
 
 use crate::backup::BackupReport;
 use crate::compact::CompactReport;
-use crate::engine::{self, Engine, KvEngine, Tuning};
+use crate::engine::{self, Engine, EngineSlot, Tuning};
 use crate::group_commit::{self, Op, Request};
+use crate::health::{HealthCell, StorageHealth};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
 use crate::{keys, layout, MailboxId, StorageError};
 use missive_proto::{ClientMsgId, DeviceId, ServerSeq, Visibility};
@@ -35,10 +36,21 @@ pub struct StoreConfig {
     /// Least time between two fsyncs, so that under load one fsync covers the writes of several
     /// batches (like PostgreSQL's `commit_delay`). A write after a quiet spell is fsync'd at
     /// once; later ones wait at most this long after the previous fsync began. Writes are
-    /// applied, and live recipients get their items, at once; only the answers that promise
-    /// durability (a sender's `Sent`, a registration) wait for the fsync. Zero: every batch is
-    /// fsync'd as soon as it is applied. Default 1 ms.
+    /// applied at once; live recipients get their items, and the answers that promise
+    /// durability (a sender's `Sent`, a registration) go out, after the fsync. Zero: every
+    /// batch is fsync'd as soon as it is applied. Default 1 ms.
     pub commit_delay: Duration,
+    /// Most undelivered items one device mailbox holds; a send that would pass it is refused
+    /// ([`AppendOutcome::MailboxFull`]). Default 10,000.
+    pub mailbox_max_items: u64,
+    /// Most bytes of undelivered items one device mailbox holds. Default 256 MiB.
+    pub mailbox_max_bytes: u64,
+    /// Invite tokens older than this register nobody and are swept. Default 7 days.
+    pub invite_ttl: Duration,
+    /// Free bytes on the store's filesystem below which new messages, accounts, invites and
+    /// devices are refused with [`StorageError::Unavailable`] (acks and expiry go on). 0
+    /// turns the watermark off. Default 256 MiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -50,6 +62,10 @@ impl Default for StoreConfig {
             max_batch: 4096,
             retention: Duration::from_secs(30 * 24 * 3600),
             commit_delay: Duration::from_millis(1),
+            mailbox_max_items: 10_000,
+            mailbox_max_bytes: 256 * 1024 * 1024,
+            invite_ttl: Duration::from_secs(7 * 24 * 3600),
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -79,6 +95,8 @@ pub enum AppendOutcome {
     },
     /// The recipient user has no registered device.
     UnknownRecipient,
+    /// A mailbox of the recipient holds its quota of items or bytes; nothing was written.
+    MailboxFull,
 }
 
 /// Result of acknowledging a mailbox range.
@@ -108,6 +126,8 @@ pub struct SweepOutcome {
     pub items: usize,
     /// Expired dedup keys removed.
     pub dedup_keys: usize,
+    /// Expired invite tokens removed.
+    pub invites: usize,
     /// The step hit its work limit; call again to continue.
     pub more: bool,
 }
@@ -134,6 +154,10 @@ pub struct StoreStats {
     /// checks, seq counters, acked items; then its memtable inserts and journal write), in
     /// microseconds.
     pub build_micros_total: AtomicU64,
+    /// Times the engine failed a write or an fsync (and was closed to be reopened).
+    pub failures: AtomicU64,
+    /// Times a failed engine was reopened.
+    pub reopens: AtomicU64,
     /// Batch build-and-apply latency histogram, with the bounds of
     /// [`StoreStats::flush_buckets`]; it counts every batch, the failed ones too. A slow build
     /// next to a fast flush means the engine held its readers and writers back (fjall does
@@ -235,7 +259,8 @@ impl StoreConfig {
 /// Handle to the durable store. Cheap to clone; every clone talks to the same committer.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<dyn KvEngine>,
+    db: Arc<EngineSlot>,
+    health: Arc<HealthCell>,
     engine: Engine,
     ops: group_commit::Handle,
     stats: Arc<StoreStats>,
@@ -266,20 +291,39 @@ impl Store {
     ) -> Result<Self, StorageError> {
         config.validate()?;
         let engine_dir = layout::prepare_open(dir, config.engine)?;
-        let db = engine::open(config.engine, &engine_dir, config.tuning())?;
+        let db = Arc::new(EngineSlot::new(engine::open(
+            config.engine,
+            &engine_dir,
+            config.tuning(),
+        )?));
         let stats = Arc::new(StoreStats::default());
+        let health = Arc::new(HealthCell::default());
         let (ops, handle) = group_commit::spawn(
             db.clone(),
+            group_commit::EngineHome {
+                reopen: {
+                    let (engine, dir, tuning) =
+                        (config.engine, engine_dir.clone(), config.tuning());
+                    Box::new(move || engine::open(engine, &dir, tuning))
+                },
+                dir: engine_dir,
+                min_free_bytes: config.min_free_bytes,
+            },
             group_commit::Limits {
                 max_batch: config.max_batch.max(1),
                 commit_delay: config.commit_delay,
+                mailbox_max_items: config.mailbox_max_items.max(1),
+                mailbox_max_bytes: config.mailbox_max_bytes.max(1),
+                invite_ttl: config.invite_ttl,
             },
             config.retention,
             listener,
             stats.clone(),
+            health.clone(),
         )?;
         Ok(Self {
             db,
+            health,
             engine: config.engine,
             ops,
             stats,
@@ -514,7 +558,7 @@ impl Store {
         &self,
     ) -> impl std::future::Future<Output = Result<CompactReport, StorageError>> + Send + 'static
     {
-        let db = self.db.clone();
+        let db = self.db.get();
         let engine = self.engine;
         let open = self.is_healthy();
         async move {
@@ -538,39 +582,58 @@ impl Store {
         }
     }
 
-    /// Reads up to `limit` items of `mailbox` with seq `>= from`, in order.
+    /// Reads up to `limit` items of `mailbox` with seq `>= from`, in order, stopping after
+    /// the item whose records reach `max_bytes` in all (at least one item is returned).
     pub fn read_mailbox(
         &self,
         mailbox: &MailboxId,
         from: ServerSeq,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(ServerSeq, StoredItem)>, StorageError> {
         let start = keys::mailbox_item(mailbox, from);
         let end = keys::mailbox_item(mailbox, ServerSeq(u64::MAX));
         let mut out = Vec::new();
-        let range = self.db.range(Bound::Included(start), Bound::Included(end));
+        let mut bytes = 0usize;
+        let db = self.db.get();
+        let range = db.range(Bound::Included(start), Bound::Included(end));
         for kv in range.take(limit) {
             let (k, v) = kv?;
             let (_, seq) = keys::parse_mailbox_item(&k)
                 .ok_or_else(|| StorageError::Corrupt("mailbox key".into()))?;
+            bytes = bytes.saturating_add(v.len());
             out.push((seq, decode_item(&v)?));
+            if bytes >= max_bytes {
+                break;
+            }
         }
         Ok(out)
     }
 
+    /// Whether `owner` has sent `other` a message (so `other` counts as `owner`'s contact:
+    /// may see `owner`'s presence and send `owner` typing notices).
+    pub fn is_contact(&self, owner: &str, other: &str) -> Result<bool, StorageError> {
+        Ok(owner == other || self.db.get().get(&keys::contact(owner, other))?.is_some())
+    }
+
+    /// What storage can do right now, and why when it is not everything.
+    pub fn health(&self) -> (StorageHealth, String) {
+        (self.health.get(), self.health.reason())
+    }
+
     /// Number of items waiting in `mailbox` (a scan: for stats, not hot paths).
     pub fn mailbox_depth(&self, mailbox: &MailboxId) -> Result<usize, StorageError> {
-        count(self.db.prefix(&keys::mailbox_prefix(mailbox)))
+        count(self.db.get().prefix(&keys::mailbox_prefix(mailbox)))
     }
 
     /// Total items waiting in all mailboxes (a full scan: for admin stats).
     pub fn total_queued(&self) -> Result<usize, StorageError> {
-        count(self.db.prefix(&[keys::MAILBOX]))
+        count(self.db.get().prefix(&[keys::MAILBOX]))
     }
 
     /// The account record of `name`, if registered.
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>, StorageError> {
-        match self.db.get(&keys::user(name))? {
+        match self.db.get().get(&keys::user(name))? {
             Some(v) => Ok(Some(decode_user(&v)?)),
             None => Ok(None),
         }
@@ -578,7 +641,7 @@ impl Store {
 
     /// Number of registered users (a scan: for admin stats).
     pub fn user_count(&self) -> Result<usize, StorageError> {
-        count(self.db.prefix(&[keys::USER]))
+        count(self.db.get().prefix(&[keys::USER]))
     }
 
     /// The Ed25519 public key of a device, if registered.
@@ -587,7 +650,7 @@ impl Store {
         name: &str,
         device: DeviceId,
     ) -> Result<Option<[u8; 32]>, StorageError> {
-        match self.db.get(&keys::device(name, device))? {
+        match self.db.get().get(&keys::device(name, device))? {
             Some(v) => Ok(Some(v.as_slice().try_into().map_err(|_| {
                 StorageError::Corrupt(format!("device key of {name}/{}", device.0))
             })?)),
@@ -597,7 +660,7 @@ impl Store {
 
     /// Every registered device of `name`.
     pub fn devices(&self, name: &str) -> Result<Vec<DeviceId>, StorageError> {
-        group_commit::devices_on_disk(self.db.as_ref(), name)
+        group_commit::devices_on_disk(self.db.get().as_ref(), name)
     }
 
     /// The engine this store runs on.
@@ -612,7 +675,7 @@ impl Store {
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.db.size_on_disk()
+        self.db.get().size_on_disk()
     }
 
     /// False once the committer has stopped (shut down, or died): writes cannot complete.

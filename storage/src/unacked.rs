@@ -24,6 +24,8 @@ pub(crate) struct LoggedItem {
     /// For an envelope: who sent it (and which of their messages it was), to receive a
     /// "delivered" receipt. `None` for items that make no receipt (receipts themselves).
     pub(crate) receipt_to: Option<(String, ClientMsgId)>,
+    /// Bytes of its stored record (what it counts against the mailbox's byte quota).
+    pub(crate) bytes: u64,
 }
 
 #[derive(Debug)]
@@ -140,6 +142,7 @@ mod tests {
         LoggedItem {
             seq,
             receipt_to: Some(("s".into(), ClientMsgId([seq as u8; 16]))),
+            bytes: 10,
         }
     }
 

@@ -32,7 +32,7 @@ async fn filled(dir: &std::path::Path, engine: Engine, n: u64) -> Store {
 
 fn queued(store: &Store) -> Vec<(ServerSeq, StoredItem)> {
     store
-        .read_mailbox(&bob(), ServerSeq(0), usize::MAX)
+        .read_mailbox(&bob(), ServerSeq(0), usize::MAX, usize::MAX)
         .unwrap()
 }
 

@@ -112,6 +112,7 @@ fn kill_child_and_check(engine: Engine) {
                 &MailboxId::new("bob", DeviceId(1)),
                 ServerSeq(0),
                 usize::MAX,
+                usize::MAX,
             )
             .unwrap();
         let mut seen = HashSet::new();

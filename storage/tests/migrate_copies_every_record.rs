@@ -43,7 +43,11 @@ fn snapshot(store: &Store) -> Snapshot {
         devices: names.iter().map(|n| store.devices(n).unwrap()).collect(),
         mailboxes: mailboxes()
             .iter()
-            .map(|mb| store.read_mailbox(mb, ServerSeq(0), usize::MAX).unwrap())
+            .map(|mb| {
+                store
+                    .read_mailbox(mb, ServerSeq(0), usize::MAX, usize::MAX)
+                    .unwrap()
+            })
             .collect(),
         total_queued: store.total_queued().unwrap(),
         user_count: store.user_count().unwrap(),
@@ -142,7 +146,12 @@ async fn migrate_there_and_back_keeps_everything() {
             .await
             .unwrap();
         let bob = store
-            .read_mailbox(&MailboxId::new("bob", DeviceId(1)), ServerSeq(0), 10)
+            .read_mailbox(
+                &MailboxId::new("bob", DeviceId(1)),
+                ServerSeq(0),
+                10,
+                usize::MAX,
+            )
             .unwrap();
         let seqs: Vec<u64> = bob.iter().map(|(s, _)| s.0).collect();
         assert_eq!(seqs[..3], [3, 4, 5]);

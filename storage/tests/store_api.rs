@@ -46,7 +46,128 @@ for_each_engine!(
     acked_items_stay_deleted_across_reopen,
     acks_across_a_restart_cover_old_and_new_items_once,
     seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark,
+    mailbox_quotas_refuse_before_writing_and_free_up_on_ack,
+    invites_expire_and_are_swept,
+    a_message_makes_its_sender_count_the_recipient_as_a_contact,
+    reads_stop_at_their_byte_budget,
 );
+
+async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(engine);
+    cfg.mailbox_max_items = 3;
+    cfg.mailbox_max_bytes = 10_000;
+    let store = Store::open(dir.path(), cfg, None).unwrap();
+    with_users(&store, &["alice", "bob", "carol"]).await;
+    let send = |n: u8, len: usize| {
+        store.append_message("alice", DeviceId(1), id(n.into()), "bob", vec![n; len], 5)
+    };
+    for n in 0..3 {
+        assert!(matches!(
+            send(n, 10).await.unwrap(),
+            AppendOutcome::Stored { .. }
+        ));
+    }
+    assert_eq!(send(3, 10).await.unwrap(), AppendOutcome::MailboxFull);
+    let bob = MailboxId::new("bob", DeviceId(1));
+    assert_eq!(
+        store.mailbox_depth(&bob).unwrap(),
+        3,
+        "the refused item is not stored"
+    );
+    // A refused message leaves no dedup key: once there is room, the same id is stored.
+    let items = store
+        .read_mailbox(&bob, ServerSeq(0), 10, usize::MAX)
+        .unwrap();
+    store.ack(bob.clone(), items[1].0, 6).await.unwrap();
+    assert!(matches!(
+        send(3, 10).await.unwrap(),
+        AppendOutcome::Stored { .. }
+    ));
+    // Bytes count too: carol's mailbox takes no single item above its byte quota.
+    let big = store
+        .append_message("alice", DeviceId(1), id(9), "carol", vec![0; 10_001], 5)
+        .await
+        .unwrap();
+    assert_eq!(big, AppendOutcome::MailboxFull);
+}
+
+async fn invites_expire_and_are_swept(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(engine);
+    cfg.invite_ttl = Duration::from_secs(60);
+    let store = Store::open(dir.path(), cfg, None).unwrap();
+    store.add_invite("old", 1_000).await.unwrap();
+    store.add_invite("fresh", 100_000).await.unwrap();
+    // At 100 s the first token is 99 s old: past its 60 s.
+    let late = store
+        .register(
+            "al",
+            DeviceId(1),
+            [1; 32],
+            Some("old".into()),
+            true,
+            100_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(late, RegisterOutcome::InviteInvalid);
+    let swept = store.sweep(100_000).await.unwrap();
+    assert_eq!(swept.invites, 1);
+    let ok = store
+        .register(
+            "bo",
+            DeviceId(1),
+            [1; 32],
+            Some("fresh".into()),
+            true,
+            100_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, RegisterOutcome::Created);
+}
+
+async fn a_message_makes_its_sender_count_the_recipient_as_a_contact(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    assert!(!store.is_contact("alice", "bob").unwrap());
+    store
+        .append_message("alice", DeviceId(1), id(1), "bob", vec![1], 5)
+        .await
+        .unwrap();
+    assert!(store.is_contact("alice", "bob").unwrap());
+    assert!(
+        !store.is_contact("bob", "alice").unwrap(),
+        "not the other way round"
+    );
+    store.shutdown().await;
+    drop(store);
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    assert!(store.is_contact("alice", "bob").unwrap(), "durable");
+}
+
+async fn reads_stop_at_their_byte_budget(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    for n in 0..5u8 {
+        store
+            .append_message("alice", DeviceId(1), id(n.into()), "bob", vec![n; 1000], 5)
+            .await
+            .unwrap();
+    }
+    let bob = MailboxId::new("bob", DeviceId(1));
+    // Records are a little over 1000 bytes: a 2500-byte budget stops after the third.
+    let items = store.read_mailbox(&bob, ServerSeq(0), 10, 2500).unwrap();
+    assert_eq!(items.len(), 3);
+    // At least one item, however small the budget.
+    assert_eq!(
+        store.read_mailbox(&bob, ServerSeq(0), 10, 1).unwrap().len(),
+        1
+    );
+}
 
 async fn with_users(store: &Store, names: &[&str]) {
     for n in names {
@@ -86,15 +207,26 @@ async fn append_read_ack_and_delivery_receipts(engine: Engine) {
         assert!(matches!(r, AppendOutcome::Stored { devices: 1, .. }));
     }
     let bob = MailboxId::new("bob", DeviceId(1));
-    let items = store.read_mailbox(&bob, ServerSeq(0), 100).unwrap();
+    let items = store
+        .read_mailbox(&bob, ServerSeq(0), 100, usize::MAX)
+        .unwrap();
     let seqs: Vec<u64> = items.iter().map(|(s, _)| s.0).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
     assert_eq!(items[2].1.payload, Payload::Envelope(vec![2; 10]));
     assert_eq!(
-        store.read_mailbox(&bob, ServerSeq(4), 100).unwrap().len(),
+        store
+            .read_mailbox(&bob, ServerSeq(4), 100, usize::MAX)
+            .unwrap()
+            .len(),
         2
     );
-    assert_eq!(store.read_mailbox(&bob, ServerSeq(1), 2).unwrap().len(), 2);
+    assert_eq!(
+        store
+            .read_mailbox(&bob, ServerSeq(1), 2, usize::MAX)
+            .unwrap()
+            .len(),
+        2
+    );
     // The listener saw every append, in order.
     assert_eq!(events.lock().unwrap().len(), 5);
 
@@ -102,7 +234,9 @@ async fn append_read_ack_and_delivery_receipts(engine: Engine) {
     assert_eq!((out.deleted, out.receipts), (3, 3));
     assert_eq!(store.mailbox_depth(&bob).unwrap(), 2);
     let alice = MailboxId::new("alice", DeviceId(1));
-    let receipts = store.read_mailbox(&alice, ServerSeq(0), 100).unwrap();
+    let receipts = store
+        .read_mailbox(&alice, ServerSeq(0), 100, usize::MAX)
+        .unwrap();
     assert_eq!(receipts.len(), 3);
     for (i, (_, r)) in receipts.iter().enumerate() {
         assert_eq!(r.payload, Payload::Delivered);
@@ -164,7 +298,9 @@ async fn seq_of_one_append_to_empty(store: &Store, bob: &MailboxId, msg: ClientM
         .append_message("alice", DeviceId(1), msg, "bob", vec![1], 20)
         .await
         .unwrap();
-    let items = store.read_mailbox(bob, ServerSeq(0), 10).unwrap();
+    let items = store
+        .read_mailbox(bob, ServerSeq(0), 10, usize::MAX)
+        .unwrap();
     assert_eq!(items.len(), 1, "the mailbox held more than the new item");
     items[0].0
 }
@@ -237,7 +373,9 @@ async fn every_device_of_the_recipient_gets_a_copy(engine: Engine) {
     assert!(matches!(r, AppendOutcome::Stored { devices: 2, .. }));
     for d in [1, 2] {
         let mb = MailboxId::new("bob", DeviceId(d));
-        let items = store.read_mailbox(&mb, ServerSeq(0), 10).unwrap();
+        let items = store
+            .read_mailbox(&mb, ServerSeq(0), 10, usize::MAX)
+            .unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].1.payload, Payload::Envelope(vec![7]));
     }
@@ -247,7 +385,12 @@ async fn every_device_of_the_recipient_gets_a_copy(engine: Engine) {
         .await
         .unwrap();
     let receipts = store
-        .read_mailbox(&MailboxId::new("alice", DeviceId(1)), ServerSeq(0), 10)
+        .read_mailbox(
+            &MailboxId::new("alice", DeviceId(1)),
+            ServerSeq(0),
+            10,
+            usize::MAX,
+        )
         .unwrap();
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0].1.from_device, DeviceId(2));
@@ -325,7 +468,12 @@ async fn expiry_sweep_removes_only_old_items_and_dedup_keys(engine: Engine) {
     assert_eq!(out.dedup_keys, 5);
     assert!(!out.more);
     let left = store
-        .read_mailbox(&MailboxId::new("bob", DeviceId(1)), ServerSeq(0), 10)
+        .read_mailbox(
+            &MailboxId::new("bob", DeviceId(1)),
+            ServerSeq(0),
+            10,
+            usize::MAX,
+        )
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1.client_msg_id, id(10));
@@ -364,7 +512,12 @@ async fn concurrent_writers_are_group_committed(engine: Engine) {
         t.await.unwrap();
     }
     let items = store
-        .read_mailbox(&MailboxId::new("bob", DeviceId(1)), ServerSeq(0), 10_000)
+        .read_mailbox(
+            &MailboxId::new("bob", DeviceId(1)),
+            ServerSeq(0),
+            10_000,
+            usize::MAX,
+        )
         .unwrap();
     assert_eq!(items.len(), 32 * 50);
     assert!(items.windows(2).all(|w| w[0].0 < w[1].0));
@@ -464,7 +617,9 @@ async fn acked_items_stay_deleted_across_reopen(engine: Engine) {
         store.shutdown().await;
     }
     let store = Store::open(dir.path(), small, None).unwrap();
-    let items = store.read_mailbox(&bob, ServerSeq(0), usize::MAX).unwrap();
+    let items = store
+        .read_mailbox(&bob, ServerSeq(0), usize::MAX, usize::MAX)
+        .unwrap();
     let seqs: Vec<u64> = items.iter().map(|(s, _)| s.0).collect();
     assert_eq!(seqs, (2501..=4000).collect::<Vec<_>>());
     assert_eq!(
@@ -510,7 +665,9 @@ async fn acks_across_a_restart_cover_old_and_new_items_once(engine: Engine) {
     }
     // Seqs after the restart come from the counter's reserved mark: read them.
     let seqs = |store: &Store| -> Vec<ServerSeq> {
-        let items = store.read_mailbox(&bob, ServerSeq(0), 100).unwrap();
+        let items = store
+            .read_mailbox(&bob, ServerSeq(0), 100, usize::MAX)
+            .unwrap();
         items.into_iter().map(|(seq, _)| seq).collect()
     };
     let s = seqs(&store);
@@ -532,7 +689,9 @@ async fn acks_across_a_restart_cover_old_and_new_items_once(engine: Engine) {
     let out = store.ack(bob.clone(), last, 3).await.unwrap();
     assert_eq!((out.deleted, out.receipts), (1, 1));
     assert_eq!(store.mailbox_depth(&bob).unwrap(), 0);
-    let receipts = store.read_mailbox(&alice, ServerSeq(0), 100).unwrap();
+    let receipts = store
+        .read_mailbox(&alice, ServerSeq(0), 100, usize::MAX)
+        .unwrap();
     let ids: Vec<ClientMsgId> = receipts.iter().map(|(_, r)| r.client_msg_id).collect();
     assert_eq!(ids, (1..=6).map(id).collect::<Vec<_>>());
     // Receipts are acked from the log too, and make no receipts of their own.
@@ -567,7 +726,9 @@ async fn seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark(engine: E
                 .await
                 .unwrap();
         }
-        let last = store.read_mailbox(&bob, ServerSeq(0), 100_000).unwrap();
+        let last = store
+            .read_mailbox(&bob, ServerSeq(0), 100_000, usize::MAX)
+            .unwrap();
         used += items;
         assert_eq!(last.len() as u64, used);
         store.shutdown().await;
@@ -579,7 +740,9 @@ async fn seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark(engine: E
             .await
             .unwrap();
         used += 1;
-        let items = store.read_mailbox(&bob, ServerSeq(0), 100_000).unwrap();
+        let items = store
+            .read_mailbox(&bob, ServerSeq(0), 100_000, usize::MAX)
+            .unwrap();
         let seq = items.last().map(|(seq, _)| *seq).unwrap();
         assert_eq!(seq, ServerSeq(want), "round {round}");
         store.shutdown().await;

@@ -113,6 +113,10 @@ impl Report {
 /// Runs the benchmark described by `args` with the storage tuning of `config`.
 pub(super) async fn run(config: &Config, args: BenchArgs) -> Result<(), String> {
     let mut store_config = config.storage.store_config();
+    // The benchmark queues its whole load in a few mailboxes: no quota, no watermark.
+    store_config.mailbox_max_items = u64::MAX;
+    store_config.mailbox_max_bytes = u64::MAX;
+    store_config.min_free_bytes = 0;
     if let Some(e) = args.engine {
         store_config.engine = e;
     }
@@ -298,7 +302,7 @@ async fn full(dir: &Path, cfg: StoreConfig, args: &BenchArgs) -> Result<Report, 
     let t = Instant::now();
     let store = Store::open(dir, cfg, None).map_err(err)?;
     let first = store
-        .read_mailbox(&drain_mb, ServerSeq(0), DRAIN_BATCH)
+        .read_mailbox(&drain_mb, ServerSeq(0), DRAIN_BATCH, usize::MAX)
         .map_err(err)?;
     let reopen = t.elapsed();
     if first.is_empty() && args.drain > 0 {
@@ -355,7 +359,7 @@ async fn reopen_only(dir: &Path, cfg: StoreConfig, _args: &BenchArgs) -> Result<
     let store = Store::open(dir, cfg, None).map_err(err)?;
     let drain_mb = MailboxId::new(DRAINER, DeviceId(1));
     let first = store
-        .read_mailbox(&drain_mb, ServerSeq(0), DRAIN_BATCH)
+        .read_mailbox(&drain_mb, ServerSeq(0), DRAIN_BATCH, usize::MAX)
         .map_err(err)?;
     let reopen = t.elapsed();
     report.add(
@@ -450,7 +454,7 @@ async fn drain(store: &Store, mb: &MailboxId) -> Result<u64, String> {
     let mut drained = 0;
     loop {
         let items = store
-            .read_mailbox(mb, next, DRAIN_BATCH)
+            .read_mailbox(mb, next, DRAIN_BATCH, usize::MAX)
             .map_err(|e| e.to_string())?;
         let Some((last, _)) = items.last() else {
             return Ok(drained);

@@ -29,6 +29,7 @@ pub(super) async fn run(config: &Config, from: Engine, to: Engine) -> Result<(),
     println!("  queued mailbox items: {}", report.counts.mailbox_items);
     println!("  mailbox seq counters: {}", report.counts.seq_counters);
     println!("  dedup keys: {}", report.counts.dedup_keys);
+    println!("  contacts: {}", report.counts.contacts);
     if report.counts.other > 0 {
         println!("  other entries: {}", report.counts.other);
     }

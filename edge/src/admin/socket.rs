@@ -365,6 +365,9 @@ mod tests {
                 notifier: Notifier::disabled(),
                 session: std::sync::RwLock::new(crate::server::session_config(&config)),
                 metrics: crate::metrics::Metrics::default(),
+                addresses: Arc::new(crate::address_limits::AddressLimits::new(
+                    config.address_budgets(),
+                )),
             }),
             data_dir: dir.to_path_buf(),
         }

@@ -16,6 +16,8 @@ pub struct Edge {
     pub cert: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    /// Where the harness keeps the edge's stderr (the data dir unless said otherwise).
+    log_dir: PathBuf,
     args: Vec<String>,
     envs: Vec<(String, String)>,
 }
@@ -28,6 +30,22 @@ impl Edge {
     /// Starts an edge on `127.0.0.1:0` (UDP and TCP on the same free port) with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
         Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// Starts an edge whose data dir `parent/data` does not exist yet: the edge creates it.
+    /// The harness keeps the logs in `parent`.
+    pub fn start_fresh(parent: &Path, extra: &[&str]) -> Self {
+        let data_dir = parent.join("data");
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_logging_to(parent, &data_dir, args, Vec::new())
     }
 
     /// Like [`Edge::start`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
@@ -50,6 +68,16 @@ impl Edge {
 
     fn spawn(data_dir: &Path, args: Vec<String>, envs: Vec<(String, String)>) -> Self {
         std::fs::create_dir_all(data_dir).unwrap();
+        Self::spawn_logging_to(data_dir, data_dir, args, envs)
+    }
+
+    fn spawn_logging_to(
+        log_dir: &Path,
+        data_dir: &Path,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+    ) -> Self {
+        std::fs::create_dir_all(log_dir).unwrap();
         let mut child = Command::new(edge_bin())
             .args(&args)
             .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -68,7 +96,7 @@ impl Edge {
                 }
             }
         });
-        let log_path = data_dir.join(format!("edge-{}.log", child.id()));
+        let log_path = log_dir.join(format!("edge-{}.log", child.id()));
         std::thread::spawn(move || {
             use std::io::Write;
             let mut f = std::fs::File::create(log_path).ok();
@@ -108,6 +136,7 @@ impl Edge {
             cert,
             metrics,
             data_dir: data_dir.to_owned(),
+            log_dir: log_dir.to_owned(),
             args,
             envs,
         }
@@ -159,7 +188,7 @@ impl Edge {
             args.push("--tcp-listen".into());
             args.push(tcp.to_string());
         }
-        let fresh = Self::spawn(&self.data_dir, args, self.envs.clone());
+        let fresh = Self::spawn_logging_to(&self.log_dir, &self.data_dir, args, self.envs.clone());
         let old = std::mem::replace(self, fresh);
         drop(old);
     }
@@ -195,7 +224,7 @@ impl Edge {
     /// Everything the edge logged so far (stderr), across restarts.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        if let Ok(rd) = std::fs::read_dir(&self.data_dir) {
+        if let Ok(rd) = std::fs::read_dir(&self.log_dir) {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with("edge-") {
                     out.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
@@ -248,6 +277,11 @@ impl Raw {
         let t = missive_client::transport::Transport::connect(&cfg)
             .await
             .expect("raw connect");
+        Self::from_transport(t)
+    }
+
+    /// A raw connection over an established transport.
+    pub fn from_transport(t: missive_client::transport::Transport) -> Self {
         let exporter = t.exporter();
         let (reader, writer, closer) = t.into_parts();
         Self {
@@ -270,18 +304,83 @@ impl Raw {
         self.send_bytes(&bytes).await;
     }
 
-    /// Next frame, or `None` when the server closed the connection (or 10 s passed).
+    /// Next frame, or `None` when the server closed the connection. Panics when neither
+    /// happens within 10 s: silence is not a close.
     pub async fn recv(&mut self) -> Option<missive_proto::Frame> {
+        match self.recv_within(Duration::from_secs(10)).await {
+            Received::Frame(f) => Some(f),
+            Received::Closed => None,
+            Received::Silence => panic!("neither a frame nor a close within 10 s"),
+        }
+    }
+
+    /// What arrives within `within`: a frame, the end of the stream, or nothing.
+    pub async fn recv_within(&mut self, within: Duration) -> Received {
         use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
         let mut buf = [0u8; 4096];
         loop {
             if let Some(f) = self.decoder.next_frame().expect("server sent a bad frame") {
-                return Some(f);
+                return Received::Frame(f);
             }
-            match tokio::time::timeout(Duration::from_secs(10), self.reader.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+            match tokio::time::timeout_at(deadline, self.reader.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Received::Closed,
+                Err(_) => return Received::Silence,
                 Ok(Ok(n)) => self.decoder.feed(&buf[..n]),
             }
+        }
+    }
+
+    /// Logs in as `identity` on this connection and waits for `Welcome`.
+    pub async fn login(&mut self, identity: &missive_client::Identity) {
+        use ed25519_dalek::Signer;
+        let challenge = self.hello().await;
+        let transcript = missive_proto::login_transcript(
+            &challenge,
+            &self.exporter,
+            &identity.user,
+            identity.device,
+        );
+        self.send(
+            missive_proto::Login {
+                user: identity.user.clone(),
+                device: identity.device,
+                signature: identity.signing_key.sign(&transcript).to_bytes(),
+            }
+            .into(),
+        )
+        .await;
+        match self.recv().await {
+            Some(missive_proto::Frame::Welcome(_)) => {}
+            other => panic!(
+                "logging in {}: expected Welcome, got {other:?}",
+                identity.user
+            ),
+        }
+    }
+
+    /// Registers `name` (device 1, a key derived from the name) on this connection and
+    /// waits for `Welcome`.
+    pub async fn register(&mut self, name: &str) {
+        use ed25519_dalek::Signer;
+        let challenge = self.hello().await;
+        let key = test_key(name);
+        let device = missive_proto::DeviceId(1);
+        let transcript = missive_proto::login_transcript(&challenge, &self.exporter, name, device);
+        self.send(
+            missive_proto::Register {
+                user: name.into(),
+                device,
+                device_key: key.verifying_key().to_bytes(),
+                invite: None,
+                signature: key.sign(&transcript).to_bytes(),
+            }
+            .into(),
+        )
+        .await;
+        match self.recv().await {
+            Some(missive_proto::Frame::Welcome(_)) => {}
+            other => panic!("registering {name}: expected Welcome, got {other:?}"),
         }
     }
 
@@ -302,15 +401,13 @@ impl Raw {
         }
     }
 
-    /// Reads until an `Error` frame and returns its code; asserts the connection then closes.
+    /// Reads until an `Error` frame and returns its code; asserts the connection then ends
+    /// (end of stream, not silence) within [`CLOSE_WITHIN`].
     pub async fn expect_error_then_close(&mut self) -> missive_proto::ErrorCode {
         loop {
             match self.recv().await {
                 Some(missive_proto::Frame::Error(e)) => {
-                    assert!(
-                        self.recv().await.is_none(),
-                        "connection stayed open after Error"
-                    );
+                    self.expect_close().await;
                     return missive_proto::ErrorCode::from_u16(e.code).expect("known code");
                 }
                 Some(_) => continue,
@@ -318,6 +415,51 @@ impl Raw {
             }
         }
     }
+
+    /// Asserts that the server ends the stream within [`CLOSE_WITHIN`] (frames before the
+    /// end are skipped).
+    pub async fn expect_close(&mut self) {
+        let deadline = tokio::time::Instant::now() + CLOSE_WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_within(left).await {
+                Received::Closed => return,
+                Received::Frame(_) => continue,
+                Received::Silence => panic!("connection still open {CLOSE_WITHIN:?} after its end"),
+            }
+        }
+    }
+}
+
+/// How soon a connection must end after the frame that ends it.
+pub const CLOSE_WITHIN: Duration = Duration::from_secs(3);
+
+/// What [`Raw::recv_within`] saw.
+#[derive(Debug)]
+pub enum Received {
+    /// A frame.
+    Frame(missive_proto::Frame),
+    /// The server ended the stream (or the connection).
+    Closed,
+    /// Nothing arrived in time.
+    Silence,
+}
+
+/// The signing key the raw helpers use for `name`.
+pub fn test_key(name: &str) -> ed25519_dalek::SigningKey {
+    let mut seed = [0u8; 32];
+    for (i, b) in name.bytes().enumerate() {
+        seed[i % 32] ^= b.wrapping_add(i as u8);
+    }
+    seed[31] ^= 0x5a;
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+/// Writes `toml` to a config file in `dir` and returns the `--config` flag pair for it.
+pub fn config_file(dir: &Path, toml: &str) -> [String; 2] {
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, toml).unwrap();
+    ["--config".into(), path.display().to_string()]
 }
 
 /// Registers `name` (device 1) and connects it with the SDK.

@@ -7,11 +7,12 @@
 
 mod fjall;
 mod sled;
+mod unavailable;
 
 use crate::StorageError;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Which embedded engine holds a store. Both keep the same keys (see `keys.rs`) and give the
 /// same guarantees; they differ in speed, disk and memory use (see the README's benchmarks).
@@ -175,6 +176,46 @@ pub(crate) fn open(
         Engine::Sled => Arc::new(sled::SledEngine::open(path, tuning)?),
         Engine::Fjall => Arc::new(fjall::FjallEngine::open(path, tuning)?),
     })
+}
+
+/// The engine a store currently runs on, shared by the committer (which replaces it after a
+/// failure: see `group_commit.rs`) and the read paths (which take it per read).
+pub(crate) struct EngineSlot {
+    current: RwLock<Arc<dyn KvEngine>>,
+}
+
+impl EngineSlot {
+    /// A slot holding `db`.
+    pub(crate) fn new(db: Arc<dyn KvEngine>) -> Self {
+        Self {
+            current: RwLock::new(db),
+        }
+    }
+
+    /// The engine to use for one read or one batch. Held only for that: a failed engine can
+    /// be reopened only once every holder has let go of it.
+    pub(crate) fn get(&self) -> Arc<dyn KvEngine> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Puts `db` in, returning the engine it replaces.
+    pub(crate) fn replace(&self, db: Arc<dyn KvEngine>) -> Arc<dyn KvEngine> {
+        std::mem::replace(
+            &mut *self
+                .current
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            db,
+        )
+    }
+}
+
+/// The stand-in engine of a store whose engine failed (see `unavailable.rs`).
+pub(crate) fn unavailable() -> Arc<dyn KvEngine> {
+    Arc::new(unavailable::UnavailableEngine)
 }
 
 #[cfg(test)]
