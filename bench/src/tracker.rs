@@ -66,7 +66,9 @@ pub struct Tracker {
     pub per_second: Vec<Histogram<u64>>,
     /// Sends attempted.
     pub sent: u64,
-    /// Deliveries seen more than once.
+    /// Deliveries seen more than once here, plus messages the clients' SDK dropped before
+    /// this tracker saw them because the edge had stored them twice (see
+    /// [`Tracker::on_client_stats`]).
     pub duplicates: u64,
     /// Deliveries that arrived after a later one of the same stream.
     pub out_of_order: u64,
@@ -97,6 +99,12 @@ impl Tracker {
     /// A send was attempted.
     pub fn on_sent(&mut self) {
         self.sent += 1;
+    }
+
+    /// A client's delivery counts, taken before the SDK's duplicate filter: a message the
+    /// edge stored twice is a duplicate even though the filter kept it from this tracker.
+    pub fn on_client_stats(&mut self, stats: missive_client::DeliveryStats) {
+        self.duplicates += stats.duplicates;
     }
 
     /// The server acknowledged (stored) this message: it must arrive.
@@ -169,6 +177,16 @@ mod tests {
         assert_eq!(t.lost(), 1);
         assert_eq!(t.latency_us.len(), 3);
         assert_eq!(t.per_second.len(), 1);
+        // A message the edge stored twice, which the SDK's filter kept from the tracker.
+        t.on_client_stats(missive_client::DeliveryStats {
+            deliveries: 5,
+            redeliveries: 1,
+            duplicates: 1,
+        });
+        assert_eq!(
+            t.duplicates, 2,
+            "redeliveries are expected, duplicates are not"
+        );
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub struct SendReceipt {
 pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
     receipt_ids: ReceiptIds,
+    counters: std::sync::Arc<crate::delivery_stats::DeliveryCounters>,
 }
 
 impl Client {
@@ -120,7 +121,8 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let receipt_ids = ReceiptIds::new(&config.identity.signing_key);
-        let driver = Driver::new(config, cmd_rx, ev_tx);
+        let counters = std::sync::Arc::default();
+        let driver = Driver::new(config, cmd_rx, ev_tx, std::sync::Arc::clone(&counters));
         let span = tracing::info_span!(
             "client",
             user = %config_user(&conn),
@@ -130,6 +132,7 @@ impl Client {
         let client = Self {
             cmd: cmd_tx,
             receipt_ids,
+            counters,
         };
         Ok((client, EventStream::new(ev_rx)))
     }
@@ -179,6 +182,13 @@ impl Client {
     ) -> impl std::future::Future<Output = Result<SendReceipt, ClientError>> + Send + 'static {
         let id = self.receipt_ids.generate();
         self.send_with_id(id, to_user, Content::Read { ids })
+    }
+
+    /// Messages the server delivered to this client so far, counted before the duplicate
+    /// filter: how many, how many again after a reconnect (expected), and how many the server
+    /// had stored twice (never expected; see [`crate::delivery_stats`]).
+    pub fn delivery_stats(&self) -> crate::DeliveryStats {
+        self.counters.snapshot()
     }
 
     /// Watches `user`'s presence: an event now and on every change, also after reconnects.

@@ -86,6 +86,7 @@ impl Driver {
         config: ClientConfig,
         cmd_rx: mpsc::UnboundedReceiver<Command>,
         events: mpsc::UnboundedSender<Vec<Event>>,
+        counters: std::sync::Arc<crate::delivery_stats::DeliveryCounters>,
     ) -> Self {
         let transport = config.transport();
         Self {
@@ -93,6 +94,7 @@ impl Driver {
                 config.auto_ack,
                 config.seen,
                 ReceiptIds::new(&config.identity.signing_key),
+                counters,
                 Instant::now(),
             ),
             identity: config.identity,

@@ -16,6 +16,7 @@
 
 use crate::content::{open, Content};
 use crate::dedup::{DeliveryKey, DeliveryKind, SeenSet};
+use crate::delivery_stats::DeliveryCounters;
 use crate::event::{Event, ReceiptStatus};
 use crate::receipt_id::ReceiptIds;
 use crate::{ClientError, SendReceipt};
@@ -24,6 +25,7 @@ use missive_proto::{
     SetPresenceVisibility, SubscribePresence, Typing, Visibility,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The client pings the server this often (the edge's idle timeout is 60 s).
@@ -268,6 +270,10 @@ pub(crate) struct Session {
     visibility: Option<Visibility>,
     seen: SeenSet,
     receipt_ids: ReceiptIds,
+    /// Messages delivered, counted before the duplicate filter.
+    counters: Arc<DeliveryCounters>,
+    /// The highest seq delivered so far (this device's mailbox; seqs only grow).
+    max_seq_seen: Option<ServerSeq>,
     acks: Acks,
     /// Deliveries processed since the last ack were only server "delivered" receipts: their
     /// ack can wait (see [`RECEIPT_ACK_DELAY`]) and ride along with the next frame we send.
@@ -289,9 +295,12 @@ impl Session {
         auto_ack: bool,
         seen: SeenSet,
         receipt_ids: ReceiptIds,
+        counters: Arc<DeliveryCounters>,
         now: Instant,
     ) -> Self {
         Self {
+            counters,
+            max_seq_seen: None,
             auto_ack,
             phase: Phase::Offline,
             max_frame: crate::frame_io::MIN_RECV_FRAME,
@@ -534,6 +543,10 @@ impl Session {
 
     fn on_deliver(&mut self, d: Deliver) {
         self.acks.received(d.seq);
+        let new_seq = self.max_seq_seen.is_none_or(|m| d.seq > m);
+        if new_seq {
+            self.max_seq_seen = Some(d.seq);
+        }
         let kind = match d.payload {
             Payload::Envelope(_) => DeliveryKind::Message,
             Payload::Delivered => DeliveryKind::Delivered,
@@ -554,8 +567,19 @@ impl Session {
             self.acks.processed(d.seq);
             return;
         }
+        if kind == DeliveryKind::Message {
+            self.counters.delivered();
+        }
         if self.seen.contains(&key) {
             tracing::debug!(seq = d.seq.0, "dropping duplicate delivery");
+            if kind == DeliveryKind::Message {
+                if new_seq {
+                    tracing::warn!(seq = d.seq.0, from = %d.from, "the server stored a message twice");
+                    self.counters.duplicated();
+                } else {
+                    self.counters.redelivered();
+                }
+            }
             self.acks.processed(d.seq);
             return;
         }
@@ -758,7 +782,7 @@ mod tests {
 
     fn ready(auto_ack: bool) -> (Session, Instant) {
         let now = Instant::now();
-        let mut s = Session::new(auto_ack, SeenSet::new(100), test_ids(), now);
+        let mut s = Session::new(auto_ack, SeenSet::new(100), test_ids(), Arc::default(), now);
         s.connected(now, 1 << 20);
         drain(&mut s);
         (s, now)
@@ -914,7 +938,7 @@ mod tests {
     #[test]
     fn oversized_sends_fail_instead_of_killing_the_connection() {
         let now = Instant::now();
-        let mut s = Session::new(true, SeenSet::new(10), test_ids(), now);
+        let mut s = Session::new(true, SeenSet::new(10), test_ids(), Arc::default(), now);
         s.connected(now, 1000);
         s.send(id(1), "bob".into(), vec![0; 2000]);
         assert!(matches!(
@@ -925,6 +949,34 @@ mod tests {
             }]
         ));
         assert_eq!(s.pending_sends(), 0);
+    }
+
+    #[test]
+    fn deliveries_are_counted_before_the_filter_and_told_apart_by_seq() {
+        let now = Instant::now();
+        let counters: Arc<DeliveryCounters> = Arc::default();
+        let mut s = Session::new(true, SeenSet::new(100), test_ids(), counters.clone(), now);
+        s.connected(now, 1 << 20);
+        drain(&mut s);
+        s.handle_frame(now, deliver_text(1, "alice", 1, "hi"));
+        s.handle_frame(now, deliver_text(2, "alice", 2, "there"));
+        // A reconnect redelivers seq 2 (not acked yet): expected, not a server mistake.
+        s.handle_frame(now, deliver_text(2, "alice", 2, "there"));
+        // The same message again under a new seq: the server stored it twice.
+        s.handle_frame(now, deliver_text(3, "alice", 1, "hi"));
+        let events = drain(&mut s)
+            .iter()
+            .filter(|o| matches!(o, Output::Events(_)))
+            .count();
+        assert_eq!(
+            events, 2,
+            "the filter still hides both repeats from the app"
+        );
+        let stats = counters.snapshot();
+        assert_eq!(
+            (stats.deliveries, stats.redeliveries, stats.duplicates),
+            (4, 1, 1)
+        );
     }
 
     #[test]
@@ -1276,7 +1328,7 @@ mod tests {
         ));
 
         let now = Instant::now();
-        let mut offline = Session::new(true, SeenSet::new(10), test_ids(), now);
+        let mut offline = Session::new(true, SeenSet::new(10), test_ids(), Arc::default(), now);
         assert!(!offline.close(), "nothing to wait for when offline");
     }
 }

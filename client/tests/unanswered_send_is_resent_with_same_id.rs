@@ -40,6 +40,9 @@ async fn resend_after_connection_loss_is_stored_once() {
         matches!(e, Event::Message { .. })
     })
     .await;
+    // Counted before the SDK's duplicate filter: one stored copy, delivered once.
+    let stats = b.delivery_stats();
+    assert_eq!((stats.duplicates, stats.deliveries), (0, 1), "{stats:?}");
     b.close().await.unwrap();
     assert_eq!(edge.mailbox_len("bob"), 0, "exactly one copy, acked");
     a.close().await.unwrap();

@@ -46,6 +46,11 @@ async fn same_client_msg_id_is_delivered_once() {
     })
     .await;
     assert!(extra.is_err(), "duplicate delivered: {extra:?}");
+    // Counted before the SDK's duplicate filter: the edge sent two stored messages, each at
+    // its own seq, and nothing it had stored twice.
+    let stats = bob.delivery_stats();
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert_eq!(stats.deliveries - stats.redeliveries, 2, "{stats:?}");
     bob.close().await.unwrap();
     alice.close().await.unwrap();
 }

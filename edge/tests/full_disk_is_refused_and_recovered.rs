@@ -196,7 +196,10 @@ async fn below_the_watermark_sends_are_refused_then_taken_again() {
             metric(&edge, "missive_storage_health{state=\"low_space\"} "),
             1.0
         );
-        assert!(edge.logs().contains("free-space watermark"));
+        common::eventually("the log line", Duration::from_secs(5), || {
+            edge.logs().contains("free-space watermark")
+        })
+        .await;
         // Acks (which free space) go on: bob reads his 20 messages below the watermark.
         let seen = drain_bob(&edge, &bob_cfg.identity, 20).await;
         assert!(seen.values().all(|c| *c == 1), "{engine}: {seen:?}");

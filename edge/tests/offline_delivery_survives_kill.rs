@@ -47,6 +47,10 @@ async fn offline_delivery_survives_kill9() {
     })
     .await;
     assert!(extra.is_err(), "a message arrived twice: {extra:?}");
+    // Before the SDK's filter: 50 stored messages, none stored twice.
+    let stats = bob.delivery_stats();
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert_eq!(stats.deliveries - stats.redeliveries, 50, "{stats:?}");
     bob.close().await.unwrap();
 
     // Alice gets a delivered receipt for each of the 50.

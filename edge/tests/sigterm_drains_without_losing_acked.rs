@@ -1,63 +1,130 @@
-//! SIGTERM while sends are in flight: clients get Goaway, the edge finishes in-flight writes,
-//! flushes and exits 0; after a restart every acknowledged message is delivered exactly once,
-//! and the sender's unacknowledged ones arrive through its automatic resend.
+//! SIGTERM while sends are in flight: the client is told `Goaway`, the edge finishes the
+//! writes it took, flushes and exits 0; after a restart every acknowledged message is
+//! delivered exactly once (counted before the SDK's duplicate filter), and the sender's
+//! unacknowledged ones arrive through its automatic resend.
+//!
+//! The runtime has worker threads of its own, so the sender keeps sending while the test
+//! thread signals and waits for the edge to exit: sends are in flight when SIGTERM lands, and
+//! the test proves it (sends issued and not yet acknowledged at that moment).
 
 mod common;
 
 use common::{collect_messages, next_matching, sdk_user, text, Edge};
 use missive_client::{Client, Event};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut edge = Edge::start(dir.path(), &[]);
+    // The sender goes faster than a person may (bursts of 50).
+    let mut edge = Edge::start(dir.path(), &["--send-rate", "100000"]);
     let (alice, mut alice_ev, _) = sdk_user(&edge, "alice").await;
     let (bob, _b, bob_cfg) = sdk_user(&edge, "bob").await;
     bob.close().await.unwrap();
 
-    const N: usize = 400;
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let mut sends = Vec::new();
-    for i in 0..N {
-        let fut = alice.send("bob", text(&format!("t{i:03}")));
-        let acked = acked.clone();
-        sends.push(tokio::spawn(async move {
-            if let Ok(r) = fut.await {
-                acked.lock().unwrap().insert(r.client_msg_id);
+    const N: usize = 5000;
+    let issued = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicUsize::new(0));
+    // Bursts of 50 sends every 5 ms, each waited for in its own task: a stream that keeps
+    // sends on the wire.
+    let sender = {
+        let (alice, issued, acked) = (alice.clone(), issued.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            for i in 0..N {
+                let fut = alice.send("bob", text(&format!("t{i:04}")));
+                issued.fetch_add(1, Ordering::SeqCst);
+                let acked = acked.clone();
+                tasks.push(tokio::spawn(async move {
+                    let r = fut.await;
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    r
+                }));
+                if i % 50 == 49 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
-        }));
-    }
+            tasks
+        })
+    };
+    common::eventually(
+        "sends acknowledged and more in flight",
+        Duration::from_secs(20),
+        || {
+            let a = acked.load(Ordering::SeqCst);
+            a >= 500 && issued.load(Ordering::SeqCst) >= a + 20
+        },
+    )
+    .await;
+    let (issued_at_signal, acked_at_signal) =
+        (issued.load(Ordering::SeqCst), acked.load(Ordering::SeqCst));
     edge.signal("TERM");
-    // The client is told to go away (and reconnects later by itself).
-    next_matching(&mut alice_ev, Duration::from_secs(10), |e| {
+    assert!(
+        acked_at_signal >= 100 && acked_at_signal < N,
+        "{acked_at_signal} acked when SIGTERM was sent"
+    );
+    assert!(
+        issued_at_signal > acked_at_signal,
+        "no send was in flight when SIGTERM was sent"
+    );
+    // The client is told to go away, by name (not any disconnect).
+    let told = next_matching(&mut alice_ev, Duration::from_secs(10), |e| {
         matches!(e, Event::Disconnected { .. })
     })
     .await;
-    let status = edge.terminate();
+    assert!(
+        matches!(&told, Event::Disconnected { reason } if reason.contains("Goaway")),
+        "{told:?}"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = edge.terminate();
+        (edge, status)
+    })
+    .await
+    .unwrap();
+    let (mut edge, status) = status;
     assert!(status.success(), "edge exit after SIGTERM: {status:?}");
-    let acked_before_restart = acked.lock().unwrap().len();
+    // Sends issued before the signal were answered by the draining edge: they were in flight.
+    let acked_at_exit = acked.load(Ordering::SeqCst);
+    assert!(
+        acked_at_exit > acked_at_signal,
+        "nothing was answered during the drain ({acked_at_signal} acked at the signal, {acked_at_exit} at exit)"
+    );
+    assert!(
+        issued.load(Ordering::SeqCst) > issued_at_signal,
+        "the sender stopped while the edge drained"
+    );
 
     edge.restart();
-    // Alice's SDK reconnects and resends whatever was not acked; all sends complete.
-    for s in sends {
-        tokio::time::timeout(Duration::from_secs(30), s)
+    // Alice's SDK reconnects and resends whatever was not acked; every send completes.
+    let tasks = tokio::time::timeout(Duration::from_secs(60), sender)
+        .await
+        .expect("the sender never finished")
+        .unwrap();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
             .await
             .expect("send never completed after restart")
-            .unwrap();
+            .unwrap()
+            .expect("send failed");
     }
-    assert_eq!(acked.lock().unwrap().len(), N);
+    assert_eq!(acked.load(Ordering::SeqCst), N);
     let (bob, mut bob_ev) = Client::connect(bob_cfg).await.unwrap();
-    let got = collect_messages(&mut bob_ev, N, Duration::from_secs(30)).await;
+    let got = collect_messages(&mut bob_ev, N, Duration::from_secs(60)).await;
     let texts: Vec<String> = got.iter().map(|(_, _, t)| t.clone()).collect();
-    let want: Vec<String> = (0..N).map(|i| format!("t{i:03}")).collect();
+    let want: Vec<String> = (0..N).map(|i| format!("t{i:04}")).collect();
     assert_eq!(
         texts, want,
         "lost, duplicated or reordered across a SIGTERM"
     );
-    eprintln!("{acked_before_restart} of {N} were acked before the drain finished");
+    let stats = bob.delivery_stats();
+    assert_eq!(
+        stats.duplicates, 0,
+        "the edge stored a message twice: {stats:?}"
+    );
+    assert_eq!(stats.deliveries - stats.redeliveries, N as u64, "{stats:?}");
     bob.close().await.unwrap();
     alice.close().await.unwrap();
 }

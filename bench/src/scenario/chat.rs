@@ -137,7 +137,7 @@ pub async fn run(
     for r in receivers {
         let _ = r.await;
     }
-    close_all(senders_clients).await;
+    close_all(senders_clients, &tracker).await;
     Ok(Run {
         tracker,
         duration,

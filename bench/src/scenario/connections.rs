@@ -87,6 +87,7 @@ pub async fn run(
         idle.iter()
             .map(|(c, _)| c.clone())
             .chain(active_clients.iter().cloned()),
+        &tracker,
     )
     .await;
     for t in tasks {

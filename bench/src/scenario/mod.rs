@@ -120,8 +120,17 @@ pub fn cpu_between(start: Option<f64>, end: Option<f64>) -> Option<f64> {
 }
 
 /// Closes every client at once: each close waits for the server's `Bye` and for its QUIC
-/// close to leave, and a few hundred of those one after another took half a minute.
-pub async fn close_all(clients: impl IntoIterator<Item = missive_client::Client>) {
+/// close to leave, and a few hundred of those one after another took half a minute. First
+/// each client's count of messages the edge stored twice (seen by the SDK before its
+/// duplicate filter, which the tracker comes after) goes to the tracker.
+pub async fn close_all(
+    clients: impl IntoIterator<Item = missive_client::Client>,
+    tracker: &Mutex<Tracker>,
+) {
+    let clients: Vec<_> = clients.into_iter().collect();
+    for c in &clients {
+        lock(tracker).on_client_stats(c.delivery_stats());
+    }
     let closing: Vec<_> = clients
         .into_iter()
         .map(|c| tokio::spawn(async move { c.close().await }))

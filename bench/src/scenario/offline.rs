@@ -86,6 +86,7 @@ pub async fn run(
             .iter()
             .map(|(c, _)| c.clone())
             .chain(clients_only),
+        &tracker,
     )
     .await;
     let mut extra = BTreeMap::new();
