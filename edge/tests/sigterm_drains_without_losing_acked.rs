@@ -62,7 +62,7 @@ async fn sigterm_drains_and_loses_nothing() {
         (issued.load(Ordering::SeqCst), acked.load(Ordering::SeqCst));
     edge.signal("TERM");
     assert!(
-        acked_at_signal >= 100 && acked_at_signal < N,
+        (500..N).contains(&acked_at_signal),
         "{acked_at_signal} acked when SIGTERM was sent"
     );
     assert!(
