@@ -5,6 +5,7 @@
 
 pub mod edge_process;
 pub mod fleet;
+pub mod flood;
 pub mod payload;
 pub mod remote;
 pub mod report;

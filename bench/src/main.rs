@@ -8,7 +8,8 @@
 //!
 //! Scenarios: `chat`, `offline`, `crash` (needs `--spawn`), `connections`. The harness checks
 //! loss, duplicates and per-sender order itself; it exits 1 when an acknowledged message was
-//! lost or duplicated.
+//! lost or duplicated. `--flood KIND` runs hostile connections beside the scenario (see
+//! `flood.rs`), so the report shows what they cost the edge and the legitimate clients.
 
 #![forbid(unsafe_code)]
 
@@ -86,6 +87,16 @@ struct Cli {
     /// Draw latency over time as SVG here.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Hostile connections beside the scenario: what they send.
+    #[arg(long, value_enum)]
+    flood: Option<missive_bench::flood::FloodKind>,
+    /// How many hostile connections (each starts again when the edge closes it).
+    #[arg(long, default_value_t = 8, requires = "flood")]
+    flood_connections: usize,
+    /// The local address the hostile connections leave from: another loopback address than
+    /// the scenario's clients, so the edge's per-address limits tell them apart.
+    #[arg(long, default_value = "127.0.0.2:0", requires = "flood")]
+    flood_from: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,6 +185,16 @@ async fn run(cli: Cli) -> Result<bool, String> {
     let cpu_start = spawned.as_ref().map(|e| e.cpu_seconds());
     let tracker = std::sync::Arc::new(std::sync::Mutex::new(tracker::Tracker::default()));
     let progress = spawn_progress(tracker.clone());
+    let (stop_flood, flood_stop) = tokio::sync::watch::channel(false);
+    let flood = cli.flood.map(|kind| {
+        tokio::spawn(missive_bench::flood::run(
+            target.clone(),
+            kind,
+            cli.flood_connections,
+            cli.flood_from,
+            flood_stop,
+        ))
+    });
     let mut under = Under {
         target,
         spawned: spawned.as_mut(),
@@ -186,7 +207,18 @@ async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::Connections => scenario::connections::run(&mut under, &knobs, tracker).await,
     };
     progress.abort();
-    let run = result?;
+    let _ = stop_flood.send(true);
+    let mut run = result?;
+    if let Some(flood) = flood {
+        let stats = flood.await.map_err(|e| e.to_string())?;
+        let get =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        run.extra
+            .insert("flood_connections".into(), get(&stats.connections));
+        run.extra.insert("flood_frames".into(), get(&stats.frames));
+        run.extra
+            .insert("flood_closed_by_edge".into(), get(&stats.closed));
+    }
     let mut cpu = spawned
         .as_ref()
         .zip(cpu_start)

@@ -70,6 +70,14 @@ impl QuicEndpoint {
             .map_err(ClientError::from)
     }
 
+    /// Binds a new endpoint on `local` (an address of this host, port 0 for any): to leave
+    /// from a chosen interface or address.
+    pub fn bind(local: SocketAddr) -> Result<Self, ClientError> {
+        quinn::Endpoint::client(local)
+            .map(Self)
+            .map_err(ClientError::from)
+    }
+
     /// The local UDP address.
     pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
         self.0.local_addr().map_err(ClientError::from)

@@ -25,7 +25,7 @@ pub struct AddressRange {
 impl AddressRange {
     /// Whether `ip` is in the range (an IPv4 address mapped into IPv6 counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = unmapped(ip);
         match (self.base, ip) {
             (IpAddr::V4(b), IpAddr::V4(a)) => {
                 let mask = u32::MAX
@@ -69,9 +69,18 @@ impl std::str::FromStr for AddressRange {
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is (a dual-stack socket reports them).
-fn canonical(ip: IpAddr) -> IpAddr {
+fn unmapped(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The address a budget is kept for: IPv4 as it is, IPv6 as its /64, the block one
+/// subscriber gets (one host can use every address in it).
+fn canonical(ip: IpAddr) -> IpAddr {
+    match unmapped(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
         v4 => v4,
     }
 }
@@ -139,13 +148,13 @@ impl AddressLimits {
         ip: IpAddr,
         now: Instant,
     ) -> Result<AddressPermit, AddressRefusal> {
-        let ip = canonical(ip);
         if self.exempt(ip) {
             return Ok(AddressPermit {
                 limits: self.clone(),
                 ip: None,
             });
         }
+        let ip = canonical(ip);
         let budgets = lock(&self.budgets).clone();
         if !take(&self.handshakes, ip, budgets.handshakes, now) {
             return Err(AddressRefusal::HandshakeRate);
@@ -164,10 +173,10 @@ impl AddressLimits {
 
     /// Whether `ip` may register one more account now (and counts it).
     pub fn allow_registration(&self, ip: IpAddr, now: Instant) -> bool {
-        let ip = canonical(ip);
         if self.exempt(ip) {
             return true;
         }
+        let ip = canonical(ip);
         let rate = lock(&self.budgets).registrations;
         take(&self.registrations, ip, rate, now)
     }
@@ -258,6 +267,19 @@ mod tests {
         drop(a);
         assert_eq!(l.connections_of(ip), 1);
         assert!(l.admit(ip, t + Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_subscriber_block_counts_as_one_address() {
+        let l = limits(&[]);
+        let t = Instant::now();
+        let _a = l.admit("2001:db8:1:2::1".parse().unwrap(), t).unwrap();
+        let _b = l.admit("2001:db8:1:2:ffff::9".parse().unwrap(), t).unwrap();
+        assert_eq!(
+            l.admit("2001:db8:1:2::3".parse().unwrap(), t).unwrap_err(),
+            AddressRefusal::TooManyConnections
+        );
+        assert!(l.admit("2001:db8:1:3::1".parse().unwrap(), t).is_ok());
     }
 
     #[test]

@@ -130,7 +130,8 @@ pub struct LimitsConfig {
     pub frame_rate_per_sec: u32,
     /// `SetPresenceVisibility` frames per minute (bursts of 10). Default 30; each is a write.
     pub presence_changes_per_min: u32,
-    /// `SubscribePresence` frames per second (bursts up to `max_subscriptions`). Default 100.
+    /// `SubscribePresence` frames per second (bursts up to twice `max_subscriptions`).
+    /// Default 100.
     pub subscribes_per_sec: u32,
     /// Distinct users one connection may watch. Default 1000 (a large contact list).
     pub max_subscriptions: usize,

@@ -215,7 +215,9 @@ async fn quic_handshake(
     let (mut send, recv) = tokio::time::timeout(timeout, conn.accept_bi()).await??;
     if permits.conn.is_none() {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
-        send.write_all(&encode_to_vec(&frame.into())?).await?;
+        // Bounded: a peer that gives no stream credit must not hold its refusal permit.
+        let bytes = encode_to_vec(&frame.into())?;
+        tokio::time::timeout(timeout, send.write_all(&bytes)).await??;
         let _ = send.finish();
         let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
         return Ok(None);
@@ -315,8 +317,9 @@ async fn tcp_handshake(
     let mut tls_stream = tokio::time::timeout(timeout, tls.accept(stream)).await??;
     if permits.conn.is_none() {
         let frame = Error::new(ErrorCode::TooManyConnections, "server at connection limit");
-        tls_stream.write_all(&encode_to_vec(&frame.into())?).await?;
-        let _ = tls_stream.shutdown().await;
+        let bytes = encode_to_vec(&frame.into())?;
+        tokio::time::timeout(timeout, tls_stream.write_all(&bytes)).await??;
+        let _ = tokio::time::timeout(timeout, tls_stream.shutdown()).await;
         return Ok(None);
     }
     let mut exporter = [0u8; EXPORTER_LEN];

@@ -199,9 +199,11 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
         },
         frames: Rate::per_second(l.frame_rate_per_sec, l.frame_rate_per_sec.saturating_mul(2)),
         presence_changes: Rate::per_minute(l.presence_changes_per_min, 10),
+        // A whole contact list at once, and again after a reconnect, fits the burst: the
+        // count limit, not the rate, is what a flood of new names meets first.
         subscribes: Rate::per_second(
             l.subscribes_per_sec,
-            u32::try_from(l.max_subscriptions).unwrap_or(u32::MAX),
+            u32::try_from(l.max_subscriptions.saturating_mul(2)).unwrap_or(u32::MAX),
         ),
         typing: Rate::per_second(l.typing_per_sec, l.typing_per_sec.saturating_mul(3)),
         max_subscriptions: l.max_subscriptions,

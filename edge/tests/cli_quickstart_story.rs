@@ -145,6 +145,27 @@ fn cli_quickstart_story() {
     }
 }
 
+/// Waits (bounded) until the edge has received `n` `Login` frames.
+fn wait_for_logins(edge: &Edge, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (_, body) = edge.http_get("/metrics");
+        let logins = body
+            .lines()
+            .find_map(|l| l.strip_prefix("missive_frames_in_total{type=\"Login\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if logins >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {logins} of {n} logins arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// `missive send` on the profile a `missive recv` is using takes the device's session; the
 /// server tells the receiver `SessionReplaced`, and `recv` takes the session back a moment
 /// later instead of ending (or of fighting for it), so it still prints what comes after.
@@ -163,10 +184,12 @@ fn recv_yields_to_a_send_on_its_profile_and_comes_back() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Waited on by the edge's count of Login frames: recv's login, the send's (which takes
+    // the session), then recv's again (which takes it back).
+    wait_for_logins(&edge, 1);
     let (ok, _, err) = missive(&bob, &["send", "alice", "from bob's other window"]);
     assert!(ok, "send while recv runs: {err}");
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    wait_for_logins(&edge, 3);
     let (ok, _, err) = missive(&alice, &["send", "bob", "after the interruption"]);
     assert!(ok, "send: {err}");
 

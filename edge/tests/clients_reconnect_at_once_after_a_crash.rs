@@ -38,6 +38,12 @@ async fn a_send_after_a_crash_reconnects_and_arrives_promptly() {
         .expect("the send was not answered promptly after the restart")
         .unwrap();
     assert!(!receipt.duplicate);
+    // Events come in order: the reconnect is the `Connected` after the crash's
+    // `Disconnected` (an earlier `Connected` may still be queued from the first login).
+    next_matching(&mut alice_events, PROMPT, |e| {
+        matches!(e, Event::Disconnected { .. })
+    })
+    .await;
     let ev = next_matching(&mut alice_events, PROMPT, |e| {
         matches!(e, Event::Connected { .. })
     })

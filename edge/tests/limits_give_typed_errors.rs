@@ -16,8 +16,9 @@ async fn connection_limit_and_idle_timeout() {
         &["--max-connections", "2", "--idle-timeout-secs", "1"],
     );
     let mut a = Raw::connect(&edge, false).await;
-    a.hello().await;
+    a.register("active").await;
     let mut b = Raw::connect(&edge, true).await;
+    let b_spoke = std::time::Instant::now();
     b.hello().await;
     // Third connection: over the limit, on either transport.
     let mut c = Raw::connect(&edge, false).await;
@@ -34,9 +35,33 @@ async fn connection_limit_and_idle_timeout() {
         c.expect_error_then_close().await,
         ErrorCode::TooManyConnections
     );
-    // a and b say nothing more: both are closed for idleness after ~1 s.
+    // b says nothing more: it is closed for idleness after ~1 s, while a, which keeps
+    // talking, stays open.
+    let keep_talking = async {
+        for nonce in 0..8 {
+            a.send(missive_proto::Ping { nonce }.into()).await;
+            assert!(
+                matches!(a.recv().await, Some(Frame::Pong(p)) if p.nonce == nonce),
+                "the active client was cut off"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    };
+    let (b_code, ()) = tokio::join!(b.expect_error_then_close(), keep_talking);
+    assert_eq!(b_code, ErrorCode::IdleTimeout);
+    let idle_for = b_spoke.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(900),
+        "closed after {idle_for:?}, before the 1 s idle timeout"
+    );
+    // Then a goes quiet too, and is closed in its turn.
+    let quiet = std::time::Instant::now();
     assert_eq!(a.expect_error_then_close().await, ErrorCode::IdleTimeout);
-    assert_eq!(b.expect_error_then_close().await, ErrorCode::IdleTimeout);
+    let idle_for = quiet.elapsed();
+    assert!(
+        idle_for >= Duration::from_millis(600) && idle_for < Duration::from_secs(3),
+        "the quiet client was closed after {idle_for:?}"
+    );
     // Their slots are free again.
     let mut d = Raw::connect(&edge, false).await;
     d.hello().await;

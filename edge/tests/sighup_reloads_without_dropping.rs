@@ -38,8 +38,17 @@ async fn sighup_swaps_certificate_and_keeps_connections() {
     let mut live_tcp = Raw::connect(&edge, true).await;
     live_tcp.register("livetcp").await;
 
-    // New certificate on disk, then SIGHUP.
+    // New certificate on disk and a new frame limit in the config, then SIGHUP.
     let second = write_cert();
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n[limits]\nmax_frame_bytes = 65536\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+    )
+    .unwrap();
     edge.signal("HUP");
     // New connections present the new certificate (a client trusting only it connects).
     let cfg = |ca: Vec<u8>, force_tcp: bool| missive_client::TransportConfig {
@@ -89,6 +98,28 @@ async fn sighup_swaps_certificate_and_keeps_connections() {
         || edge.logs().contains("reload refused"),
     )
     .await;
+
+    // New connections still come in, with the limits of the reload that was taken: the
+    // ServerHello announces the new frame limit.
+    for force_tcp in [false, true] {
+        let t = missive_client::Transport::connect(&cfg(second.clone(), force_tcp))
+            .await
+            .expect("a new connection after the refused reload");
+        let mut c = Raw::from_transport(t);
+        c.send(
+            missive_proto::Hello {
+                min_version: 1,
+                max_version: 1,
+                client: "t".into(),
+            }
+            .into(),
+        )
+        .await;
+        match c.recv().await {
+            Some(Frame::ServerHello(h)) => assert_eq!(h.max_frame, 65536, "limits not reloaded"),
+            other => panic!("expected ServerHello, got {other:?}"),
+        }
+    }
 
     // Connections made before both reloads are still alive.
     for c in [&mut live, &mut live_tcp] {

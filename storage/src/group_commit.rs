@@ -30,7 +30,7 @@ use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -175,6 +175,7 @@ pub(crate) fn spawn(
         home,
         health,
         next_reopen: None,
+        reopened: false,
         usage: HashMap::new(),
         contacts: HashSet::new(),
         seqs: HashMap::new(),
@@ -196,15 +197,18 @@ pub(crate) fn spawn(
     // One pending ring is enough: the committer looks at everything when it wakes.
     let (doorbell, rings) = flume::bounded(1);
     let thread_core = core.clone();
+    let parked = Arc::new(AtomicBool::new(false));
+    let thread_parked = parked.clone();
     let thread = std::thread::Builder::new()
         .name("missive-committer".into())
-        .spawn(move || run(&thread_core, &queued, &rings))?;
+        .spawn(move || run(&thread_core, &queued, &rings, &thread_parked))?;
     Ok((
         Handle {
             core,
             queue,
             doorbell,
             max_batch: limits.max_batch,
+            parked,
         },
         thread,
     ))
@@ -226,6 +230,10 @@ pub(crate) struct Handle {
     queue: flume::Sender<Request>,
     doorbell: flume::Sender<()>,
     max_batch: usize,
+    /// The committer thread is waiting for work (it holds nothing): read by the tests that
+    /// need it idle, set by the thread at no measurable cost.
+    #[cfg_attr(not(test), allow(dead_code))]
+    parked: Arc<AtomicBool>,
 }
 
 impl Handle {
@@ -271,8 +279,10 @@ impl Handle {
         }
         let was_durable = core.unsynced.since.is_none();
         core.apply_batch(vec![req]);
+        // A failure arms the reopen timer, which the committer must learn of too.
         let ring = (was_durable && core.unsynced.since.is_some())
-            || core.unsynced.answers.len() >= self.max_batch;
+            || core.unsynced.answers.len() >= self.max_batch
+            || core.next_reopen.is_some();
         drop(core);
         if ring {
             // The committer learns that an fsync is now owed, and when.
@@ -301,7 +311,12 @@ fn lock(core: &Mutex<Committer>) -> MutexGuard<'_, Committer> {
 }
 
 /// The committer thread: applies what was queued, fsyncs on time, closes the engine at the end.
-fn run(core: &Mutex<Committer>, queued: &flume::Receiver<Request>, rings: &flume::Receiver<()>) {
+fn run(
+    core: &Mutex<Committer>,
+    queued: &flume::Receiver<Request>,
+    rings: &flume::Receiver<()>,
+    parked: &AtomicBool,
+) {
     let mut shutting_down = false;
     while !shutting_down {
         if queued.is_empty() {
@@ -312,6 +327,8 @@ fn run(core: &Mutex<Committer>, queued: &flume::Receiver<Request>, rings: &flume
                     (a, b) => a.or(b),
                 }
             };
+            // From here until woken the thread touches neither the lock nor the queue.
+            parked.store(true, Ordering::Release);
             let woke = match deadline {
                 None => rings.recv().map_err(|_| ()),
                 Some(deadline) => match rings.recv_deadline(deadline) {
@@ -319,6 +336,7 @@ fn run(core: &Mutex<Committer>, queued: &flume::Receiver<Request>, rings: &flume
                     Err(flume::RecvTimeoutError::Disconnected) => Err(()),
                 },
             };
+            parked.store(false, Ordering::Release);
             // Every handle is gone: nothing more can arrive.
             if woke.is_err() && queued.is_empty() {
                 break;
@@ -461,8 +479,10 @@ struct Committer {
     health: Arc<HealthCell>,
     /// Set while the engine is failed: when to try reopening it next.
     next_reopen: Option<Instant>,
-    /// Set while free space is low: when to look again (with no write to trigger a look).
+    /// When to look at the free space again (with no write to trigger a look).
     recheck_at: Option<Instant>,
+    /// The engine was reopened after a failure in this process (see `next_seq`).
+    reopened: bool,
     /// Items and record bytes per device mailbox, loaded by a scan on first use.
     usage: HashMap<MailboxId, Usage>,
     /// Contact marks known to be written (see `keys::contact`).
@@ -557,6 +577,8 @@ struct Pending {
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
     /// The new reserved mark of every mailbox this batch raised one for (see `next_seq`).
     seq_marks: HashMap<MailboxId, u64>,
+    /// A sweep deleted items without counting them: usage is counted afresh after the batch.
+    usage_stale: bool,
 }
 
 impl Committer {
@@ -634,6 +656,9 @@ impl Committer {
             pending.deleted.len() as u64 + pending.deleted_logged,
             Ordering::Relaxed,
         );
+        if pending.usage_stale || self.usage.len() > USAGE_CACHE_LIMIT {
+            self.usage.clear();
+        }
         // Devices added by this batch are in the engine now (a failed fsync clears the cache).
         for (user, added) in pending.devices.drain() {
             if let Some(devs) = self.devices.get_mut(&user) {
@@ -728,8 +753,11 @@ impl Committer {
                 "an earlier write failed: {e}"
             ))));
         }
-        // Dropped without `close`: a clean close would flush what failed. The engine's files
-        // and lock are released once the last reader lets go of it.
+        // Dropped without `close` (which would seal and flush the memtable). Dropping may
+        // still write out what the engine buffered (fjall's journal persists on drop): the
+        // reopen then finds those writes durable, and a sender's retry is answered
+        // `Sent{duplicate}`; nothing was delivered or answered before that. The engine's
+        // files and lock are released once the last reader lets go of it.
         self.db = engine::unavailable();
         drop(self.slot.replace(engine::unavailable()));
         self.health
@@ -763,6 +791,7 @@ impl Committer {
                 self.db = db.clone();
                 drop(self.slot.replace(db));
                 self.next_reopen = None;
+                self.reopened = true;
                 self.health.set(StorageHealth::Ok, "");
                 self.stats.reopens.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("storage engine reopened: taking writes again");
@@ -949,11 +978,18 @@ impl Committer {
         if let Some(state) = self.seqs.get_mut(mb) {
             return Ok(state.allocate(pending, mb));
         }
-        let mark = match self.db.get(&keys::seq_counter(mb))? {
+        let mut mark = match self.db.get(&keys::seq_counter(mb))? {
             Some(v) => keys::be_u64(&v)
                 .ok_or_else(|| StorageError::Corrupt(format!("seq counter of {mb}")))?,
             None => 1,
         };
+        if self.reopened {
+            // A live session may have read items of a failed batch (applied, never durable)
+            // whose seqs lie above the mark on disk; it skips seqs below what it delivered.
+            // Past a reopen, seqs go on a whole reservation above the mark: a gap, never a
+            // reuse.
+            mark += SEQ_RESERVATION;
+        }
         let mut state = SeqState {
             next: mark,
             reserved: mark,
@@ -972,9 +1008,8 @@ impl Committer {
                 counted.items += 1;
                 counted.bytes += v.len() as u64;
             }
-            if self.usage.len() >= USAGE_CACHE_LIMIT {
-                self.usage.clear();
-            }
+            // Not bounded here: dropping counts in the middle of a batch would lose its own
+            // pending writes; `apply_batch` bounds the map after each batch.
             self.usage.insert(mb.clone(), counted);
         }
         self.usage
@@ -1115,6 +1150,9 @@ impl Committer {
             return Ok(AckOutcome::default());
         }
         let first = floor.saturating_add(1).min(up_to.0);
+        // Counted before this batch deletes anything: a scan later in the batch would still
+        // see the items deleted here (the engine changes only when the batch is applied).
+        self.usage(mb)?;
         let mut out = AckOutcome::default();
         let mut receipts = Vec::new();
         let mut acked = Vec::new();
@@ -1238,10 +1276,11 @@ impl Committer {
     ) -> Result<SweepOutcome, StorageError> {
         let cutoff = now_ms.saturating_sub(self.retention_ms);
         let mut out = SweepOutcome::default();
-        // Expired items leave the mailboxes without an ack: the log would name them, and the
-        // usage counts would count them.
+        // Expired items leave the mailboxes without an ack: the log would name them. The
+        // usage counts are dropped once the batch is applied (see `apply_batch`): dropped
+        // now, an append later in this batch would count items this sweep deletes.
         self.unacked.clear();
-        self.usage.clear();
+        pending.usage_stale = true;
         // Mailbox items: seq order within a mailbox follows store time, so after the first
         // young item of a mailbox we jump to the next mailbox.
         let mut from: Bound<Vec<u8>> = Bound::Included(vec![keys::MAILBOX]);
@@ -1668,17 +1707,20 @@ mod tests {
         shutdown(h);
     }
 
-    /// Gives the committer thread time to finish its last step and wait for work: a write
-    /// that finds the lock held for that moment is queued, which is correct but not what the
-    /// tests of the inline path look at.
-    fn settle() {
-        std::thread::sleep(Duration::from_millis(100));
+    /// Waits (bounded) until the committer thread waits for work: a write that finds its
+    /// lock held is queued, which is correct but not what the tests of the inline path look at.
+    fn settle(h: &Harness) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(h.ops.parked.load(Ordering::Acquire) && h.ops.queue.is_empty()) {
+            assert!(Instant::now() < deadline, "the committer never went idle");
+            std::thread::yield_now();
+        }
     }
 
     #[test]
     fn a_write_to_an_idle_committer_is_applied_on_the_callers_thread() {
         let h = harness();
-        settle();
+        settle(&h);
         let mut stored = append(&h, 1);
         // Applied here, before `submit` returned.
         let me = std::thread::current().name().unwrap_or("").to_string();
@@ -1754,7 +1796,7 @@ mod tests {
         assert!(stored.blocking_recv().unwrap().is_ok());
         // Once the flush is over, writes are applied on the caller's thread again.
         h.background.store(false, Ordering::SeqCst);
-        settle();
+        settle(&h);
         append_synced(&h, 2);
         let me = std::thread::current().name().unwrap_or("").to_string();
         assert_eq!(h.appliers.lock().unwrap()[1], me);

@@ -583,7 +583,9 @@ impl Store {
     }
 
     /// Reads up to `limit` items of `mailbox` with seq `>= from`, in order, stopping after
-    /// the item whose records reach `max_bytes` in all (at least one item is returned).
+    /// the item whose envelopes reach `max_bytes` in all (receipts count 0; at least one item
+    /// is returned). A read that returns fewer than `limit` items and fewer than `max_bytes`
+    /// envelope bytes has reached the end of the mailbox.
     pub fn read_mailbox(
         &self,
         mailbox: &MailboxId,
@@ -601,8 +603,11 @@ impl Store {
             let (k, v) = kv?;
             let (_, seq) = keys::parse_mailbox_item(&k)
                 .ok_or_else(|| StorageError::Corrupt("mailbox key".into()))?;
-            bytes = bytes.saturating_add(v.len());
-            out.push((seq, decode_item(&v)?));
+            let item = decode_item(&v)?;
+            if let missive_proto::Payload::Envelope(e) = &item.payload {
+                bytes = bytes.saturating_add(e.len());
+            }
+            out.push((seq, item));
             if bytes >= max_bytes {
                 break;
             }

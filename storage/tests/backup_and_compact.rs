@@ -7,6 +7,8 @@ mod common;
 use common::{config, id};
 use missive_proto::{DeviceId, ServerSeq};
 use missive_storage::{compact, Engine, MailboxId, StorageError, Store, StoredItem};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 fn bob() -> MailboxId {
     MailboxId::new("bob", DeviceId(1))
@@ -41,25 +43,46 @@ async fn a_backup_taken_under_writes_holds_exactly_what_came_before_it() {
     for engine in Engine::ALL {
         let dir = tempfile::tempdir().unwrap();
         let store = filled(&dir.path().join("db"), engine, 200).await;
-        // Writers keep going while the backup runs.
+        // A writer keeps going while the backup runs; the backup starts once 50 of its
+        // writes are acknowledged.
+        let submitted = Arc::new(AtomicUsize::new(0));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started) = tokio::sync::oneshot::channel();
         let writer = {
-            let store = store.clone();
+            let (store, submitted, acked) = (store.clone(), submitted.clone(), acked.clone());
             tokio::spawn(async move {
+                let mut started_tx = Some(started_tx);
                 for i in 1000..1300u64 {
+                    submitted.fetch_add(1, Ordering::SeqCst);
                     store
                         .append_message("alice", DeviceId(1), id(i), "bob", vec![1; 100], 3)
                         .await
                         .unwrap();
+                    if acked.fetch_add(1, Ordering::SeqCst) + 1 == 50 {
+                        let _ = started_tx.take().map(|tx| tx.send(()));
+                    }
                 }
             })
         };
+        started.await.unwrap();
+        let acked_before = acked.load(Ordering::SeqCst);
         let dest = dir.path().join("copy");
         let report = store.backup_to(&dest).await.unwrap();
+        let submitted_by_then = submitted.load(Ordering::SeqCst);
         writer.await.unwrap();
         assert_eq!(report.engine, engine);
         assert_eq!(report.counts.users, 2, "{engine}: {report:?}");
         let copied = report.counts.mailbox_items as usize;
-        assert!((200..=500).contains(&copied), "{engine}: {copied}");
+        // Every write acknowledged before the backup was asked for is in it; none submitted
+        // after it answered is; and the writes overlapped it (some came after).
+        assert!(
+            (200 + acked_before..=200 + submitted_by_then).contains(&copied),
+            "{engine}: {copied} copied, {acked_before} acked before, {submitted_by_then} submitted by the end"
+        );
+        assert!(
+            copied < 500,
+            "{engine}: the writer had finished before the backup"
+        );
         let live = queued(&store);
         assert_eq!(live.len(), 500);
         store.shutdown().await;

@@ -159,7 +159,7 @@ async fn reads_stop_at_their_byte_budget(engine: Engine) {
             .unwrap();
     }
     let bob = MailboxId::new("bob", DeviceId(1));
-    // Records are a little over 1000 bytes: a 2500-byte budget stops after the third.
+    // Envelopes of 1000 bytes: a 2500-byte budget stops after the third.
     let items = store.read_mailbox(&bob, ServerSeq(0), 10, 2500).unwrap();
     assert_eq!(items.len(), 3);
     // At least one item, however small the budget.
