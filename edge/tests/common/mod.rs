@@ -293,6 +293,17 @@ impl Raw {
         }
     }
 
+    /// The connection's halves, with what was read but not yet decoded.
+    pub fn into_halves(
+        self,
+    ) -> (
+        missive_client::transport::TransportReader,
+        missive_client::transport::TransportWriter,
+        missive_proto::FrameDecoder,
+    ) {
+        (self.reader, self.writer, self.decoder)
+    }
+
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         use tokio::io::AsyncWriteExt;
         self.writer.write_all(bytes).await.unwrap();
