@@ -50,9 +50,14 @@ impl SpawnedEdge {
             "127.0.0.1:0".into(),
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
-            // Bench clients legitimately exceed a human's send rate.
+            // Bench clients legitimately exceed a human's send rate, and the offline scenario
+            // queues far more for one recipient than a person would leave unread.
             "--send-rate".into(),
             "10000000".into(),
+            "--mailbox-max-items".into(),
+            "100000000".into(),
+            "--mailbox-max-items-per-sender".into(),
+            "100000000".into(),
         ];
         args.extend(extra.iter().cloned());
         let (child, addr, cert) = spawn(bin, &args)?;

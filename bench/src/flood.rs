@@ -97,7 +97,8 @@ async fn one_connection(
         force_tcp: false,
         quic_endpoint: Some(endpoint),
     };
-    let Ok(t) = Transport::connect(&cfg).await else {
+    // QUIC only: a TCP fallback would leave from another address than `from`.
+    let Ok(t) = Transport::connect_quic_only(&cfg).await else {
         return;
     };
     stats.connections.fetch_add(1, Ordering::Relaxed);

@@ -3,7 +3,7 @@
 //! ```text
 //! missive --profile PDIR --server HOST:PORT --ca CERT register NAME [--invite TOKEN] [--device N]
 //! missive --profile PDIR send NAME TEXT          # prints the client_msg_id once the server stored it
-//! missive --profile PDIR recv --wait SECS [--json] [--no-read]
+//! missive --profile PDIR recv --wait SECS [--json] [--no-read] [--stats]
 //! missive --profile PDIR presence NAME --wait SECS [--json]
 //! missive --profile PDIR visibility everyone|nobody
 //! ```
@@ -91,6 +91,11 @@ enum Cmd {
         /// Do not send read receipts for the printed messages.
         #[arg(long)]
         no_read: bool,
+        /// At the end, print what the server delivered, counted before the duplicate filter:
+        /// messages, those delivered again (expected after a reconnect), and those it had
+        /// stored twice (never expected). With --json: a `{"type":"deliveries",…}` line.
+        #[arg(long)]
+        stats: bool,
     },
     /// Subscribe to NAME's presence and print presence events for a while.
     Presence {
@@ -171,7 +176,14 @@ async fn run(cli: Cli) -> CliResult {
             wait,
             json,
             no_read,
-        } => cmd_recv(&cli, &dir, secs(*wait)?, *json, *no_read).await,
+            stats,
+        } => {
+            let show = RecvOutput {
+                json: *json,
+                stats: *stats,
+            };
+            cmd_recv(&cli, &dir, secs(*wait)?, show, *no_read).await
+        }
         Cmd::Presence { name, wait, json } => {
             cmd_presence(&cli, &dir, name, secs(*wait)?, *json).await
         }
@@ -326,7 +338,23 @@ async fn cmd_presence(cli: &Cli, dir: &Path, user: &str, wait: Duration, json: b
     Ok(())
 }
 
-async fn cmd_recv(cli: &Cli, dir: &Path, wait: Duration, json: bool, no_read: bool) -> CliResult {
+/// What `recv` prints.
+#[derive(Debug, Clone, Copy)]
+struct RecvOutput {
+    /// One JSON object per line.
+    json: bool,
+    /// The delivery counts at the end.
+    stats: bool,
+}
+
+async fn cmd_recv(
+    cli: &Cli,
+    dir: &Path,
+    wait: Duration,
+    show: RecvOutput,
+    no_read: bool,
+) -> CliResult {
+    let json = show.json;
     let profile = Profile::load(dir)?;
     let mut seen = profile.load_seen(SEEN_CAPACITY)?;
     let mut cfg = client_config(cli, &profile)?;
@@ -339,6 +367,7 @@ async fn cmd_recv(cli: &Cli, dir: &Path, wait: Duration, json: bool, no_read: bo
     let mut acked: Option<ServerSeq> = None;
     let replaced = ClientError::SessionReplaced.to_string();
     let mut last_disconnect = String::new();
+    let mut earlier_stats = missive_client::DeliveryStats::default();
     loop {
         while let Ok(Some(first)) = tokio::time::timeout_at(deadline, events.next()).await {
             // Print everything that is ready, then record and acknowledge it as one batch. A
@@ -394,8 +423,29 @@ async fn cmd_recv(cli: &Cli, dir: &Path, wait: Duration, json: bool, no_read: bo
         last_disconnect.clear();
         tokio::time::sleep(REPLACED_PAUSE).await;
         cfg.seen = seen.clone();
+        earlier_stats = add_stats(earlier_stats, client.delivery_stats());
         (client, events) = Client::connect(cfg.clone()).await?;
         acked = None;
+    }
+    if show.stats {
+        // What the edge sent, before the duplicate filter: for scripts and tests that check
+        // "exactly once" at the server, not after the filter that hides its mistakes.
+        let s = add_stats(earlier_stats, client.delivery_stats());
+        if json {
+            let line = serde_json::json!({
+                "type": "deliveries",
+                "deliveries": s.deliveries,
+                "redeliveries": s.redeliveries,
+                "duplicates": s.duplicates,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "deliveries: {} ({} again after a reconnect, {} stored twice by the server)",
+                s.deliveries, s.redeliveries, s.duplicates
+            )?;
+        }
     }
     let mut result: CliResult = Ok(());
     if !no_read {
@@ -415,6 +465,18 @@ async fn cmd_recv(cli: &Cli, dir: &Path, wait: Duration, json: bool, no_read: bo
     }
     close(&client).await;
     result
+}
+
+/// The sum of two clients' delivery counts (a `recv` that reconnected).
+fn add_stats(
+    a: missive_client::DeliveryStats,
+    b: missive_client::DeliveryStats,
+) -> missive_client::DeliveryStats {
+    missive_client::DeliveryStats {
+        deliveries: a.deliveries + b.deliveries,
+        redeliveries: a.redeliveries + b.redeliveries,
+        duplicates: a.duplicates + b.duplicates,
+    }
 }
 
 /// One output line for an event.

@@ -182,6 +182,25 @@ impl Transport {
         }
     }
 
+    /// QUIC only, with no TCP+TLS fallback: for tools that must leave from the address their
+    /// QUIC endpoint is bound to (a TCP fallback would leave from another).
+    pub async fn connect_quic_only(cfg: &TransportConfig) -> Result<Self, ClientError> {
+        let tls = client_tls_config(&cfg.ca_pem)?;
+        let err = match tokio::time::timeout(cfg.quic_timeout, connect_quic(cfg, tls)).await {
+            Ok(Ok(t)) => return Ok(t),
+            Ok(Err(e)) => e,
+            Err(_) => format!(
+                "no QUIC handshake within {} ms",
+                cfg.quic_timeout.as_millis()
+            ),
+        };
+        Err(connect_error(
+            cfg.server,
+            Some(err),
+            "no TCP fallback (QUIC only)".into(),
+        ))
+    }
+
     /// Which transport this is.
     pub fn kind(&self) -> TransportKind {
         self.kind

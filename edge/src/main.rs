@@ -54,6 +54,13 @@ struct Cli {
     /// Sends per second allowed per connection (the burst becomes twice this).
     #[arg(long)]
     send_rate: Option<u32>,
+    /// Undelivered items one device mailbox holds (storage.mailbox_max_items).
+    #[arg(long)]
+    mailbox_max_items: Option<u64>,
+    /// Undelivered messages of one sender in one device mailbox
+    /// (storage.mailbox_max_items_per_sender).
+    #[arg(long)]
+    mailbox_max_items_per_sender: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -160,6 +167,12 @@ fn apply_flags(cli: &Cli, config: &mut Config) {
     }
     if let Some(m) = cli.max_connections {
         config.limits.max_connections = m;
+    }
+    if let Some(n) = cli.mailbox_max_items {
+        config.storage.mailbox_max_items = n;
+    }
+    if let Some(n) = cli.mailbox_max_items_per_sender {
+        config.storage.mailbox_max_items_per_sender = n;
     }
     if let Some(r) = cli.send_rate {
         // Every send is a frame: the frame budget follows a raised send rate.

@@ -206,6 +206,7 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
             u32::try_from(l.max_subscriptions.saturating_mul(2)).unwrap_or(u32::MAX),
         ),
         typing: Rate::per_second(l.typing_per_sec, l.typing_per_sec.saturating_mul(3)),
+        pings: Rate::per_second(l.pings_per_sec, l.pings_per_sec.saturating_mul(4)),
         max_subscriptions: l.max_subscriptions,
         delivery_window_bytes: l.delivery_window_bytes,
     }

@@ -59,6 +59,9 @@ pub struct SessionConfig {
     pub subscribes: Rate,
     /// `Typing` frames forwarded; the excess is dropped.
     pub typing: Rate,
+    /// `Ping` frames (`Error{RateLimited}` and close past it): a client pings every few
+    /// seconds at most, and each one costs a `Pong`.
+    pub pings: Rate,
     /// Distinct users one connection may watch (`Error{LimitExceeded}` past it).
     pub max_subscriptions: usize,
     /// Envelope bytes delivered and not yet acknowledged, at most (at least one item always
@@ -204,6 +207,7 @@ pub struct Session {
     presence_changes: TokenBucket,
     subscribes: TokenBucket,
     typing: TokenBucket,
+    pings: TokenBucket,
     /// Users this connection watches (bounded by `max_subscriptions`).
     subscriptions: HashSet<String>,
     /// A visibility change is being stored; the latest later one waits here.
@@ -257,6 +261,7 @@ impl Session {
             presence_changes: TokenBucket::new(config.presence_changes, now),
             subscribes: TokenBucket::new(config.subscribes, now),
             typing: TokenBucket::new(config.typing, now),
+            pings: TokenBucket::new(config.pings, now),
             subscriptions: HashSet::new(),
             visibility_in_flight: false,
             pending_visibility: None,
@@ -444,7 +449,13 @@ impl Session {
         match (&self.phase, frame) {
             // Only Hello, Register and Login (and Bye) before login: nothing else an
             // unauthenticated peer sends may cost the server work or output.
-            (Phase::Active { .. }, Frame::Ping(p)) => self.send(Pong { nonce: p.nonce }),
+            (Phase::Active { .. }, Frame::Ping(p)) => {
+                if self.pings.try_take(now, 1.0) {
+                    self.send(Pong { nonce: p.nonce })
+                } else {
+                    self.fail(ErrorCode::RateLimited, "pings too often")
+                }
+            }
             (Phase::Active { .. }, Frame::Pong(_)) => {}
             (Phase::AwaitHello, Frame::Hello(h)) => {
                 let version = PROTOCOL_VERSION.min(h.max_version);
@@ -1007,6 +1018,7 @@ mod tests {
             presence_changes: Rate::per_second(1, 3),
             subscribes: Rate::per_second(100, 100),
             typing: Rate::per_second(5, 5),
+            pings: Rate::per_second(1000, 1000),
             max_subscriptions: 3,
             delivery_window_bytes: WINDOW_BYTES,
         }
@@ -1070,7 +1082,12 @@ mod tests {
 
     /// A session logged in as bob; returns it with the first ReadMailbox limit checked.
     fn active(now: Instant) -> Session {
-        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        active_with(now, config())
+    }
+
+    /// [`active`] with other limits (the window of 4 and 1 MiB kept).
+    fn active_with(now: Instant, config: SessionConfig) -> Session {
+        let mut s = Session::new(now, config, CHALLENGE, EXPORTER);
         hello(&mut s, now);
         let k = key();
         s.handle_frame(
@@ -1936,27 +1953,7 @@ mod tests {
         let mut cfg = config();
         cfg.send_bytes = Rate::per_second(1000, 1500);
         cfg.max_in_flight_sends = 10;
-        let mut s = Session::new(now, cfg, CHALLENGE, EXPORTER);
-        hello(&mut s, now);
-        let k = key();
-        s.handle_frame(
-            now,
-            Login {
-                user: "bob".into(),
-                device: DeviceId(1),
-                signature: sign(&k, &EXPORTER, "bob"),
-            }
-            .into(),
-        );
-        drain(&mut s);
-        s.handle_device_key(
-            1,
-            DeviceLookup::Found {
-                key: k.verifying_key().to_bytes(),
-                disabled: false,
-            },
-        );
-        drain(&mut s);
+        let mut s = active_with(now, cfg);
         for n in 1..=2u8 {
             s.handle_frame(
                 now,

@@ -44,7 +44,16 @@ fn missive(profile: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 fn recv(profile: &Path, secs: &str) -> Vec<Value> {
-    let (ok, out, err) = missive(profile, &["recv", "--wait", secs, "--json"]);
+    recv_args(profile, &["recv", "--wait", secs, "--json"])
+}
+
+/// `recv --json --stats`: the events, then the delivery counts.
+fn recv_with_stats(profile: &Path, secs: &str) -> Vec<Value> {
+    recv_args(profile, &["recv", "--wait", secs, "--json", "--stats"])
+}
+
+fn recv_args(profile: &Path, args: &[&str]) -> Vec<Value> {
+    let (ok, out, err) = missive(profile, args);
     assert!(ok, "recv failed: {err}");
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -119,15 +128,37 @@ fn cli_quickstart_story() {
     edge.kill9();
     edge.restart();
 
-    let got = recv(&bob, "3");
+    let got = recv_with_stats(&bob, "3");
     let texts: Vec<&str> = of_type(&got, "message")
         .iter()
         .map(|m| m["text"].as_str().unwrap())
         .collect();
     let want: Vec<String> = (0..10).map(|i| format!("offline {i}")).collect();
     assert_eq!(texts, want, "lost, duplicated or reordered after kill -9");
-    // Nothing is delivered twice.
-    assert!(of_type(&recv(&bob, "1"), "message").is_empty());
+    // Counted before the CLI's duplicate filter (and its seen.txt): the ten messages and
+    // alice's read receipt for "hi alice" (an envelope too, one id in it), each at its own
+    // seq, none stored twice.
+    let stats = of_type(&got, "deliveries");
+    assert_eq!(stats.len(), 1, "{got:?}");
+    assert_eq!(stats[0]["duplicates"], 0, "{stats:?}");
+    let read_receipts = of_type(&got, "receipt")
+        .iter()
+        .filter(|r| r["status"] == "read")
+        .count() as u64;
+    assert_eq!(read_receipts, 1, "{got:?}");
+    assert_eq!(
+        stats[0]["deliveries"].as_u64().unwrap() - stats[0]["redeliveries"].as_u64().unwrap(),
+        10 + read_receipts,
+        "{stats:?}"
+    );
+    // Nothing is delivered again: the edge sends no message at all.
+    let again = recv_with_stats(&bob, "1");
+    assert!(of_type(&again, "message").is_empty());
+    assert_eq!(
+        of_type(&again, "deliveries")[0]["deliveries"],
+        0,
+        "{again:?}"
+    );
 
     // Alice sees every one of the ten go delivered, then read.
     let got = recv(&alice, "3");

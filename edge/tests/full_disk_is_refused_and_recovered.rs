@@ -85,14 +85,6 @@ fn free_bytes(dir: &Path) -> u64 {
     st.f_bavail * st.f_frsize
 }
 
-fn metric(edge: &Edge, line_start: &str) -> f64 {
-    let (_, body) = edge.http_get("/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start}"))
-}
-
 fn id(n: u32) -> ClientMsgId {
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(&n.to_be_bytes());
@@ -193,7 +185,7 @@ async fn below_the_watermark_sends_are_refused_then_taken_again() {
         );
         assert_eq!(edge.http_get("/readyz").0, 503, "{engine}");
         assert_eq!(
-            metric(&edge, "missive_storage_health{state=\"low_space\"} "),
+            edge.metric("missive_storage_health{state=\"low_space\"} "),
             1.0
         );
         common::eventually("the log line", Duration::from_secs(5), || {
@@ -270,11 +262,11 @@ async fn a_full_disk_fails_the_engine_which_reopens_and_loses_nothing() {
         }
         assert_eq!(edge.http_get("/readyz").0, 503, "{engine}");
         assert_eq!(
-            metric(&edge, "missive_storage_health{state=\"failed\"} "),
+            edge.metric("missive_storage_health{state=\"failed\"} "),
             1.0,
             "{engine}"
         );
-        assert!(metric(&edge, "missive_storage_failures_total ") >= 1.0);
+        assert!(edge.metric("missive_storage_failures_total ") >= 1.0);
         // Space comes back: the engine is reopened, no restart.
         std::fs::remove_file(filler).unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -285,7 +277,7 @@ async fn a_full_disk_fails_the_engine_which_reopens_and_loses_nothing() {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(metric(&edge, "missive_storage_reopens_total ") >= 1.0);
+        assert!(edge.metric("missive_storage_reopens_total ") >= 1.0);
         // The refused sends are retried under their ids and taken once.
         for n in &refused {
             send_and_wait(&mut alice, *n).await.expect("retry taken");

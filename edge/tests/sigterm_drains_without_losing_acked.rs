@@ -19,7 +19,18 @@ use std::time::Duration;
 async fn sigterm_drains_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // The sender goes faster than a person may (bursts of 50).
-    let mut edge = Edge::start(dir.path(), &["--send-rate", "100000"]);
+    // (and more of them waits in bob's mailbox than the default quotas take).
+    let mut edge = Edge::start(
+        dir.path(),
+        &[
+            "--send-rate",
+            "100000",
+            "--mailbox-max-items",
+            "1000000",
+            "--mailbox-max-items-per-sender",
+            "1000000",
+        ],
+    );
     let (alice, mut alice_ev, _) = sdk_user(&edge, "alice").await;
     let (bob, _b, bob_cfg) = sdk_user(&edge, "bob").await;
     bob.close().await.unwrap();

@@ -10,14 +10,6 @@ use common::{config_file, sdk_user, text, Edge, Raw};
 use missive_proto::{ErrorCode, Frame, Ping};
 use std::time::{Duration, Instant};
 
-fn metric(edge: &Edge, line_start: &str) -> f64 {
-    let (_, body) = edge.http_get("/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start} in:\n{body}"))
-}
-
 #[tokio::test]
 async fn before_login_only_login_frames_count_and_a_deadline_applies() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,29 +41,47 @@ async fn before_login_only_login_frames_count_and_a_deadline_applies() {
 async fn a_peer_that_does_not_read_is_closed_and_others_go_on() {
     let dir = tempfile::tempdir().unwrap();
     // A small delivery window makes the output bound small (window + 2 frames + 256 KiB);
-    // the frame budget is raised so that it is the output bound that acts.
+    // the send and frame budgets are raised so that it is the output bound that acts.
     let cfg = config_file(
         dir.path(),
-        "[limits]\nmax_frame_bytes = 4096\ndelivery_window_bytes = 4096\nframe_rate_per_sec = 10000000\n",
+        "[limits]\nmax_frame_bytes = 4096\ndelivery_window_bytes = 4096\n\
+         frame_rate_per_sec = 10000000\nsend_rate_per_sec = 10000000\nsend_burst = 10000000\n",
     );
     let edge = Edge::start(&dir.path().join("edge"), &[&cfg[0], &cfg[1]]);
     let (alice, _a, _) = sdk_user(&edge, "alice").await;
     let (bob, mut bob_events, _) = sdk_user(&edge, "bob").await;
-    let rss_before = metric(&edge, "process_resident_memory_bytes ");
+    let rss_before = edge.metric("process_resident_memory_bytes ");
 
-    // The reader-less peer logs in, then writes Pings (16 bytes each, 16 bytes of Pong each)
-    // and never reads: 64 MiB of Pongs would be owed.
+    // The reader-less peer logs in, then sends and sends and never reads: every send is
+    // answered (`Sent`, or `Rejected` once its mailbox is full), answers it never takes.
     let mut quiet = Raw::connect(&edge, false).await;
     quiet.register("quiet").await;
-    let mut burst = Vec::new();
-    for i in 0..65_536u64 {
-        missive_proto::encode(&Ping { nonce: i }.into(), &mut burst).unwrap();
-    }
+    let mut next_id = 0u32;
+    let mut burst = || {
+        let mut bytes = Vec::new();
+        for _ in 0..4096 {
+            next_id += 1;
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&next_id.to_be_bytes());
+            missive_proto::encode(
+                &missive_proto::Send {
+                    client_msg_id: missive_proto::ClientMsgId(id),
+                    // No such user: each send costs a look-up and an answer, and stores nothing.
+                    to: "nobody".into(),
+                    envelope: vec![0; 16],
+                }
+                .into(),
+                &mut bytes,
+            )
+            .unwrap();
+        }
+        bytes
+    };
     let flood = async {
         use tokio::io::AsyncWriteExt;
-        for _ in 0..64 {
+        for _ in 0..400 {
             // The edge stops reading once it closes the connection: a failed write ends it.
-            if quiet.writer.write_all(&burst).await.is_err() {
+            if quiet.writer.write_all(&burst()).await.is_err() {
                 return true;
             }
         }
@@ -81,15 +91,10 @@ async fn a_peer_that_does_not_read_is_closed_and_others_go_on() {
     common::eventually(
         "the slow reader to be closed",
         Duration::from_secs(20),
-        || {
-            metric(
-                &edge,
-                "missive_connections_refused_total{reason=\"slow_reader\"} ",
-            ) >= 1.0
-        },
+        || edge.metric("missive_connections_refused_total{reason=\"slow_reader\"} ") >= 1.0,
     )
     .await;
-    let rss_after = metric(&edge, "process_resident_memory_bytes ");
+    let rss_after = edge.metric("process_resident_memory_bytes ");
     assert!(
         rss_after - rss_before < 32.0 * 1024.0 * 1024.0,
         "RSS grew by {} MiB while a peer did not read",
@@ -126,10 +131,7 @@ async fn one_address_holds_a_bounded_number_of_connections_and_handshakes() {
         );
     }
     assert!(
-        metric(
-            &edge,
-            "missive_connections_refused_total{reason=\"address_connections\"} "
-        ) >= 2.0
+        edge.metric("missive_connections_refused_total{reason=\"address_connections\"} ") >= 2.0
     );
     // One ends: there is room again (once the edge has seen the close).
     drop(held.pop());
@@ -164,10 +166,7 @@ async fn handshakes_per_address_are_rate_limited() {
     assert!((4..=5).contains(&ok), "{ok} handshakes admitted");
     assert_eq!(ok + refused, 8);
     assert!(
-        metric(
-            &edge,
-            "missive_connections_refused_total{reason=\"address_handshake_rate\"} "
-        ) >= 3.0
+        edge.metric("missive_connections_refused_total{reason=\"address_handshake_rate\"} ") >= 3.0
     );
 }
 
@@ -179,12 +178,7 @@ async fn under_handshake_load_quic_clients_pass_a_retry_first() {
     let edge = Edge::start(&dir.path().join("edge"), &[&cfg[0], &cfg[1]]);
     let (alice, _a, _) = sdk_user(&edge, "alice").await;
     let (bob, mut bob_events, _) = sdk_user(&edge, "bob").await;
-    assert!(
-        metric(
-            &edge,
-            "missive_connections_refused_total{reason=\"quic_retry\"} "
-        ) >= 2.0
-    );
+    assert!(edge.metric("missive_connections_refused_total{reason=\"quic_retry\"} ") >= 2.0);
     alice.send("bob", text("through a retry")).await.unwrap();
     let got = common::collect_messages(&mut bob_events, 1, Duration::from_secs(10)).await;
     assert_eq!(got[0].2, "through a retry");
@@ -194,18 +188,8 @@ async fn under_handshake_load_quic_clients_pass_a_retry_first() {
 
 /// Connects and says Hello; `Err` when the connection is refused or ends before `ServerHello`.
 async fn try_connect(edge: &Edge, force_tcp: bool) -> Result<Raw, String> {
-    let cfg = missive_client::transport::TransportConfig {
-        server: if force_tcp {
-            edge.tcp.unwrap()
-        } else {
-            edge.quic
-        },
-        server_name: "localhost".into(),
-        ca_pem: edge.ca_pem(),
-        quic_timeout: Duration::from_secs(2),
-        force_tcp,
-        quic_endpoint: None,
-    };
+    let mut cfg = common::transport_config(edge, force_tcp);
+    cfg.quic_timeout = Duration::from_secs(2);
     let t = tokio::time::timeout(
         Duration::from_secs(5),
         missive_client::transport::Transport::connect(&cfg),

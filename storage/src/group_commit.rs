@@ -139,8 +139,14 @@ pub(crate) struct Limits {
     pub(crate) mailbox_max_items: u64,
     /// Most bytes of undelivered items one device mailbox holds before sends are refused.
     pub(crate) mailbox_max_bytes: u64,
+    /// Most undelivered envelopes of one sender in one device mailbox.
+    pub(crate) mailbox_max_items_per_sender: u64,
+    /// Most bytes of undelivered envelopes of one sender in one device mailbox.
+    pub(crate) mailbox_max_bytes_per_sender: u64,
     /// Invite tokens older than this no longer register anyone, and are swept.
     pub(crate) invite_ttl: Duration,
+    /// Tell the listener of items when their batch is applied, not after its fsync.
+    pub(crate) deliver_before_fsync: bool,
 }
 
 /// Opens the store's engine afresh from its files (after a failure).
@@ -534,10 +540,13 @@ struct Unsynced {
 }
 
 /// What one device mailbox holds.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Usage {
     items: u64,
     bytes: u64,
+    /// Envelopes (items, record bytes) per sender: one sender may fill only a share of a
+    /// mailbox.
+    by_sender: HashMap<String, (u64, u64)>,
 }
 
 /// One fsync in progress: what it covers and when it began.
@@ -670,9 +679,18 @@ impl Committer {
                 devs.sort_unstable_by_key(|d| d.0);
             }
         }
-        // Live recipients hear of the items once the fsync made them durable (see `finish_sync`):
-        // an item a failed fsync undoes must never have been delivered.
-        self.unsynced.events.append(&mut pending.events);
+        // By default live recipients hear of the items once the fsync made them durable (see
+        // `finish_sync`): an item a failed fsync undoes is then never delivered. With
+        // `deliver_before_fsync` they hear at once, a fsync earlier (see `StoreConfig`).
+        if self.limits.deliver_before_fsync {
+            if let Some(listener) = &self.listener {
+                for (mb, seq, item) in &pending.events {
+                    listener(mb, *seq, item);
+                }
+            }
+        } else {
+            self.unsynced.events.append(&mut pending.events);
+        }
         self.unsynced.since.get_or_insert_with(Instant::now);
         self.unsynced.ops += answers.len() as u64;
         for (early, reply, r) in answers {
@@ -1007,6 +1025,14 @@ impl Committer {
                 let (_, v) = kv?;
                 counted.items += 1;
                 counted.bytes += v.len() as u64;
+                // A damaged item counts for the mailbox, not for any sender.
+                if let Ok(item) = decode_item(&v) {
+                    if matches!(item.payload, Payload::Envelope(_)) {
+                        let share = counted.by_sender.entry(item.from).or_default();
+                        share.0 += 1;
+                        share.1 += v.len() as u64;
+                    }
+                }
             }
             // Not bounded here: dropping counts in the middle of a batch would lose its own
             // pending writes; `apply_batch` bounds the map after each batch.
@@ -1017,12 +1043,21 @@ impl Committer {
             .ok_or_else(|| StorageError::Db("mailbox usage vanished".into()))
     }
 
-    /// Takes a deleted item of `mb` off its usage, when the usage is loaded (otherwise the
-    /// next scan counts without it).
-    fn unuse(&mut self, mb: &MailboxId, bytes: u64) {
+    /// Takes a deleted item of `mb` (an envelope of `sender`, or a receipt) off its usage,
+    /// when the usage is loaded (otherwise the next scan counts without it).
+    fn unuse(&mut self, mb: &MailboxId, bytes: u64, sender: Option<&str>) {
         if let Some(u) = self.usage.get_mut(mb) {
             u.items = u.items.saturating_sub(1);
             u.bytes = u.bytes.saturating_sub(bytes);
+            if let Some(share) = sender.and_then(|s| u.by_sender.get_mut(s)) {
+                share.0 = share.0.saturating_sub(1);
+                share.1 = share.1.saturating_sub(bytes);
+                if share.0 == 0 {
+                    if let Some(s) = sender {
+                        u.by_sender.remove(s);
+                    }
+                }
+            }
         }
     }
 
@@ -1040,6 +1075,11 @@ impl Committer {
         let usage = self.usage(&mb)?;
         usage.items += 1;
         usage.bytes += bytes;
+        if matches!(item.payload, Payload::Envelope(_)) {
+            let share = usage.by_sender.entry(item.from.clone()).or_default();
+            share.0 += 1;
+            share.1 += bytes;
+        }
         let receipt_to = matches!(item.payload, Payload::Envelope(_))
             .then(|| (item.from.clone(), item.client_msg_id));
         self.unacked.stored(
@@ -1079,10 +1119,16 @@ impl Committer {
             return Ok(AppendOutcome::UnknownRecipient);
         }
         // Nothing is written unless every device mailbox has room for the copy.
-        let (max_items, max_bytes) = (self.limits.mailbox_max_items, self.limits.mailbox_max_bytes);
+        let limits = self.limits;
+        let len = envelope.len() as u64;
         for device in &devices {
-            let u = *self.usage(&MailboxId::new(to, *device))?;
-            if u.items >= max_items || u.bytes.saturating_add(envelope.len() as u64) > max_bytes {
+            let u = self.usage(&MailboxId::new(to, *device))?;
+            let (mine, my_bytes) = u.by_sender.get(from).copied().unwrap_or_default();
+            if u.items >= limits.mailbox_max_items
+                || u.bytes.saturating_add(len) > limits.mailbox_max_bytes
+                || mine >= limits.mailbox_max_items_per_sender
+                || my_bytes.saturating_add(len) > limits.mailbox_max_bytes_per_sender
+            {
                 return Ok(AppendOutcome::MailboxFull);
             }
         }
@@ -1159,7 +1205,8 @@ impl Committer {
         if let Taken::Exact(items) = self.unacked.take_acked(mb, first, up_to.0) {
             for item in items {
                 batch.remove_written_once(keys::mailbox_item(mb, ServerSeq(item.seq)));
-                self.unuse(mb, item.bytes);
+                let sender = item.receipt_to.as_ref().map(|(s, _)| s.as_str());
+                self.unuse(mb, item.bytes, sender);
                 pending.deleted_logged += 1;
                 out.deleted += 1;
                 receipts.extend(item.receipt_to);
@@ -1185,15 +1232,18 @@ impl Committer {
                 continue; // already acked earlier in this batch
             }
             batch.remove_written_once(k);
-            self.unuse(mb, v.len() as u64);
             out.deleted += 1;
             // A damaged item is still deleted, it just cannot produce a receipt.
             match decode_item(&v) {
                 Ok(item) if matches!(item.payload, Payload::Envelope(_)) => {
+                    self.unuse(mb, v.len() as u64, Some(&item.from));
                     receipts.push((item.from, item.client_msg_id))
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(mailbox = %mb, error = %e, "acked a damaged item"),
+                Ok(_) => self.unuse(mb, v.len() as u64, None),
+                Err(e) => {
+                    self.unuse(mb, v.len() as u64, None);
+                    tracing::warn!(mailbox = %mb, error = %e, "acked a damaged item")
+                }
             }
         }
         match self.acked_floor.get_mut(mb) {
@@ -1452,6 +1502,10 @@ mod tests {
     }
 
     fn harness_with_delay(commit_delay: Duration) -> Harness {
+        harness_with(commit_delay, false)
+    }
+
+    fn harness_with(commit_delay: Duration, deliver_before_fsync: bool) -> Harness {
         let (entered_tx, entered) = std::sync::mpsc::channel();
         let (gate, gate_rx) = std::sync::mpsc::channel();
         let mut map = BTreeMap::new();
@@ -1488,6 +1542,9 @@ mod tests {
                 commit_delay,
                 mailbox_max_items: 1000,
                 mailbox_max_bytes: 1 << 20,
+                mailbox_max_items_per_sender: 1000,
+                mailbox_max_bytes_per_sender: 1 << 20,
+                deliver_before_fsync,
                 invite_ttl: Duration::from_secs(3600),
             },
             Duration::from_secs(3600),
@@ -1558,6 +1615,23 @@ mod tests {
         h.entered.recv().unwrap();
         h.gate.send(Gate::Pass).unwrap();
         h.committer.join().unwrap();
+    }
+
+    #[test]
+    fn delivering_before_the_fsync_tells_the_listener_at_once_and_the_waiter_after() {
+        let h = harness_with(Duration::ZERO, true);
+        let mut reply = append(&h, 1);
+        h.entered.recv().unwrap();
+        // The sync has started, not finished: live delivery already knows, the sender not.
+        assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
+        assert!(matches!(
+            reply.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ));
+        h.gate.send(Gate::Pass).unwrap();
+        assert!(reply.blocking_recv().unwrap().is_ok());
+        assert_eq!(h.events.lock().unwrap().len(), 1, "told once");
+        shutdown(h);
     }
 
     #[test]

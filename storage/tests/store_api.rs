@@ -84,6 +84,35 @@ async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine)
         send(3, 10).await.unwrap(),
         AppendOutcome::Stored { .. }
     ));
+    // One sender's share of a mailbox: with two per sender, carol still gets through where
+    // alice no longer does.
+    drop(store);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(engine);
+    cfg.mailbox_max_items_per_sender = 2;
+    cfg.mailbox_max_bytes = 10_000;
+    let store = Store::open(dir.path(), cfg, None).unwrap();
+    with_users(&store, &["alice", "bob", "carol"]).await;
+    let from = |who: &'static str, n: u64| {
+        store.append_message(who, DeviceId(1), id(n), "bob", vec![1; 10], 5)
+    };
+    for n in 0..2 {
+        assert!(matches!(
+            from("alice", n).await.unwrap(),
+            AppendOutcome::Stored { .. }
+        ));
+    }
+    assert_eq!(from("alice", 2).await.unwrap(), AppendOutcome::MailboxFull);
+    assert!(matches!(
+        from("carol", 3).await.unwrap(),
+        AppendOutcome::Stored { .. }
+    ));
+    // bob reads alice's first message: alice has room again.
+    store.ack(bob.clone(), ServerSeq(1), 6).await.unwrap();
+    assert!(matches!(
+        from("alice", 2).await.unwrap(),
+        AppendOutcome::Stored { .. }
+    ));
     // Bytes count too: carol's mailbox takes no single item above its byte quota.
     let big = store
         .append_message("alice", DeviceId(1), id(9), "carol", vec![0; 10_001], 5)

@@ -116,6 +116,8 @@ pub(super) async fn run(config: &Config, args: BenchArgs) -> Result<(), String> 
     // The benchmark queues its whole load in a few mailboxes: no quota, no watermark.
     store_config.mailbox_max_items = u64::MAX;
     store_config.mailbox_max_bytes = u64::MAX;
+    store_config.mailbox_max_items_per_sender = u64::MAX;
+    store_config.mailbox_max_bytes_per_sender = u64::MAX;
     store_config.min_free_bytes = 0;
     if let Some(e) = args.engine {
         store_config.engine = e;

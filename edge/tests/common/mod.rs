@@ -22,6 +22,20 @@ pub struct Edge {
     envs: Vec<(String, String)>,
 }
 
+/// The flags every test edge gets (data dir, free loopback ports), then `extra`.
+fn base_args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 pub fn edge_bin() -> &'static str {
     env!("CARGO_BIN_EXE_missive-edge")
 }
@@ -36,29 +50,23 @@ impl Edge {
     /// The harness keeps the logs in `parent`.
     pub fn start_fresh(parent: &Path, extra: &[&str]) -> Self {
         let data_dir = parent.join("data");
-        let mut args: Vec<String> = vec![
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = base_args(&data_dir, extra);
         Self::spawn_logging_to(parent, &data_dir, args, Vec::new())
+    }
+
+    /// `GET /metrics` and the value of the first sample line starting with `line_start`
+    /// (name and labels, then a space).
+    pub fn metric(&self, line_start: &str) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {line_start} in:\n{body}"))
     }
 
     /// Like [`Edge::start`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
     pub fn start_with_env(data_dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut args: Vec<String> = vec![
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = base_args(data_dir, extra);
         let envs = envs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -262,18 +270,7 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(edge: &Edge, force_tcp: bool) -> Self {
-        let cfg = missive_client::transport::TransportConfig {
-            server: if force_tcp {
-                edge.tcp.unwrap()
-            } else {
-                edge.quic
-            },
-            server_name: "localhost".into(),
-            ca_pem: edge.ca_pem(),
-            quic_timeout: Duration::from_secs(3),
-            force_tcp,
-            quic_endpoint: None,
-        };
+        let cfg = transport_config(edge, force_tcp);
         let t = missive_client::transport::Transport::connect(&cfg)
             .await
             .expect("raw connect");
@@ -439,6 +436,25 @@ impl Raw {
                 Received::Silence => panic!("connection still open {CLOSE_WITHIN:?} after its end"),
             }
         }
+    }
+}
+
+/// How a test connects to `edge` on one transport.
+pub fn transport_config(
+    edge: &Edge,
+    force_tcp: bool,
+) -> missive_client::transport::TransportConfig {
+    missive_client::transport::TransportConfig {
+        server: if force_tcp {
+            edge.tcp.unwrap()
+        } else {
+            edge.quic
+        },
+        server_name: "localhost".into(),
+        ca_pem: edge.ca_pem(),
+        quic_timeout: Duration::from_secs(3),
+        force_tcp,
+        quic_endpoint: None,
     }
 }
 

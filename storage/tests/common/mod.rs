@@ -6,9 +6,15 @@ use missive_proto::ClientMsgId;
 use missive_storage::{Engine, StoreConfig};
 
 /// The default store configuration on `engine`.
+/// The store's defaults on `engine`, but for the mailbox quotas (the scenarios queue
+/// thousands of messages from one sender; the quota scenarios set their own) and the
+/// free-space watermark (a machine with little disk must still run the suite).
 pub(crate) fn config(engine: Engine) -> StoreConfig {
     StoreConfig {
         engine,
+        mailbox_max_items: u64::MAX,
+        mailbox_max_items_per_sender: u64::MAX,
+        min_free_bytes: 0,
         ..StoreConfig::default()
     }
 }
