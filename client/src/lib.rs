@@ -56,10 +56,11 @@
 //! pub fn open(envelope: &[u8]) -> Result<Content, ClientError>;
 //!
 //! // Lower layers, usable on their own
-//! pub struct Transport;  // Transport::connect(&TransportConfig), kind(), exporter(), reader(), writer(), into_parts()
+//! pub struct Transport;  // Transport::connect(&TransportConfig), connect_quic_only(..), kind(), exporter(), reader(), writer(), into_parts()
+//! pub struct DeliveryStats { pub deliveries, pub redeliveries, pub duplicates } // Client::delivery_stats(): before the duplicate filter
 //! pub enum TransportKind { Quic, Tcp }
 //! pub struct SeenSet; pub struct DeliveryKey { pub from, pub client_msg_id, pub kind: DeliveryKind }
-//! pub struct Profile;    // the CLI's profile directory (profile.toml, device.key, ca.pem, seen.txt)
+//! pub struct Profile;    // feature `cli`: the CLI's profile directory (profile.toml, device.key, ca.pem, seen.txt)
 //! pub enum ClientError;  // one error type; `is_fatal()`, `code()`
 //! // Re-exported from missive_proto: ClientMsgId, DeviceId, PresenceState, ServerSeq, Visibility
 //! ```
@@ -111,6 +112,7 @@ pub mod event;
 mod frame_io;
 pub mod identity;
 mod login;
+#[cfg(feature = "cli")]
 pub mod profile;
 mod receipt_id;
 mod session;
@@ -124,6 +126,7 @@ pub use delivery_stats::DeliveryStats;
 pub use error::ClientError;
 pub use event::{Event, EventStream, ReceiptStatus};
 pub use identity::Identity;
+#[cfg(feature = "cli")]
 pub use profile::Profile;
 pub use transport::{QuicEndpoint, Transport, TransportConfig, TransportKind};
 
