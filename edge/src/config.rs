@@ -190,7 +190,7 @@ pub enum RegistrationMode {
 pub struct StorageConfig {
     /// Embedded database engine: `"sled"` (default, the design card's engine) or `"fjall"`
     /// (an LSM tree: on the reference machine less disk per queued envelope and faster acks,
-    /// see the README's benchmarks). A data directory opens only with the engine that wrote
+    /// see bench/RESULTS.md). A data directory opens only with the engine that wrote
     /// it; switch with `missive-edge admin migrate --from sled --to fjall` on a stopped edge.
     #[serde(deserialize_with = "engine_by_name")]
     pub engine: Engine,

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// mimalloc instead of glibc malloc: at saturation glibc's malloc, free and consolidation
-/// took about a fifth of the edge's CPU (perf, README "Allocator").
+/// took about a fifth of the edge's CPU (perf, bench/RESULTS.md, "Allocator").
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

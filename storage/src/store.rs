@@ -23,7 +23,7 @@ pub struct StoreConfig {
     pub engine: Engine,
     /// Page cache (sled) or block cache (fjall) in bytes. Default 256 MiB. sled's resident
     /// memory follows its cache (its own default of 1 GiB made a 1M-envelope queue cost
-    /// 540 MiB of RSS; see the README's benchmarks); fjall's block cache fills from reads only.
+    /// 540 MiB of RSS; see bench/RESULTS.md); fjall's block cache fills from reads only.
     pub cache_capacity_bytes: u64,
     /// fjall only: the in-memory write buffer (memtable) is flushed to a table once it holds
     /// this many bytes. It bounds the journal replayed after a crash (and so the reopen time)

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 /// Which embedded engine holds a store. Both keep the same keys (see `keys.rs`) and give the
-/// same guarantees; they differ in speed, disk and memory use (see the README's benchmarks).
+/// same guarantees; they differ in speed, disk and memory use (see bench/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Engine {
     /// sled 0.34: a B+tree over a log-structured page store. The default.
