@@ -85,9 +85,11 @@ async fn strangers_see_hidden_and_cannot_pester() {
             _ => {}
         }
     }
+    // About 20 were left of the burst of 30 (more refilled at 10/s meanwhile; never more
+    // than the burst): the other 70-odd were dropped.
     assert!(
-        (15..=25).contains(&typings),
-        "{typings} typing notices reached bob; 20 were left of the burst of 30"
+        (15..=30).contains(&typings),
+        "{typings} typing notices of 100 reached bob"
     );
     // bob goes offline: mallory, now a contact, hears of it.
     bob.close().await.unwrap();

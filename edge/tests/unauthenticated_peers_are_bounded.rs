@@ -154,19 +154,27 @@ async fn handshakes_per_address_are_rate_limited() {
         "[limits]\naddress_exempt = []\nper_address_handshakes_per_sec = 2\n",
     );
     let edge = Edge::start(&dir.path().join("edge"), &[&cfg[0], &cfg[1]]);
-    // Burst 4: the next attempts in the same second are refused.
-    let mut ok = 0;
-    let mut refused = 0;
-    for _ in 0..8 {
+    // Burst 4, then 2 per second: of 12 attempts in a row, the burst and what refilled
+    // while they ran are admitted, the rest refused before any TLS work.
+    let started = std::time::Instant::now();
+    let mut ok = 0u32;
+    let mut refused = 0u32;
+    for _ in 0..12 {
         match try_connect(&edge, true).await {
             Ok(_) => ok += 1,
             Err(_) => refused += 1,
         }
     }
-    assert!((4..=5).contains(&ok), "{ok} handshakes admitted");
-    assert_eq!(ok + refused, 8);
+    let refilled = (2.0 * started.elapsed().as_secs_f64()).ceil() as u32;
     assert!(
-        edge.metric("missive_connections_refused_total{reason=\"address_handshake_rate\"} ") >= 3.0
+        ok >= 4 && ok <= 4 + refilled,
+        "{ok} handshakes admitted in {:?}",
+        started.elapsed()
+    );
+    assert!(refused >= 1, "nothing was refused");
+    assert!(
+        edge.metric("missive_connections_refused_total{reason=\"address_handshake_rate\"} ")
+            >= f64::from(refused)
     );
 }
 
