@@ -155,13 +155,16 @@ impl AddressLimits {
             });
         }
         let ip = canonical(ip);
-        let budgets = lock(&self.budgets).clone();
-        if !take(&self.handshakes, ip, budgets.handshakes, now) {
+        let (handshakes, max_connections) = {
+            let b = lock(&self.budgets);
+            (b.handshakes, b.max_connections)
+        };
+        if !take(&self.handshakes, ip, handshakes, now) {
             return Err(AddressRefusal::HandshakeRate);
         }
         let mut conns = lock(&self.connections);
         let n = conns.entry(ip).or_insert(0);
-        if *n >= budgets.max_connections {
+        if *n >= max_connections {
             return Err(AddressRefusal::TooManyConnections);
         }
         *n += 1;

@@ -27,11 +27,6 @@ const OUTBUF_KEEP: usize = 64 * 1024;
 /// Room in the output buffer beyond the delivery window and two frames: presence, typing,
 /// `Sent`/`Rejected` answers. A peer that lets the buffer pass the sum is not reading.
 const OUTBUF_SLACK: usize = 256 * 1024;
-/// A `Pong` is not queued behind this much unsent output: the peer learns the connection is
-/// alive from those bytes anyway, and a peer that pings without reading must not make the
-/// edge hold its answers (a flood of them filled the buffer to its bound on every such
-/// connection: 137 MiB of RSS for 16 of them in `missive-bench --flood unread`).
-const PONG_SKIP_ABOVE: usize = 64 * 1024;
 
 /// The write half of a connection, whatever the transport.
 type Outbound = Box<dyn AsyncWrite + Send + Unpin>;
@@ -498,9 +493,7 @@ impl Driver {
     }
 
     fn write(&mut self, frame: &Frame) {
-        if self.slow_reader
-            || (matches!(frame, Frame::Pong(_)) && self.outbuf.len() > PONG_SKIP_ABOVE)
-        {
+        if self.slow_reader {
             return;
         }
         self.shared.metrics.frame_out(frame);

@@ -1360,13 +1360,7 @@ mod tests {
         assert_eq!(delivered_seqs(&a), vec![1, 2, 3, 4]);
         // Window full: no further read even though storage may hold more.
         assert!(!a.iter().any(|x| matches!(x, Action::ReadMailbox { .. })));
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(2),
-            }
-            .into(),
-        );
+        s.handle_frame(now, ack_frame(2));
         let a = drain(&mut s);
         assert_eq!(
             a[0],
@@ -1390,13 +1384,7 @@ mod tests {
         // Window full again (3,4,5,6 unacked): a push is left to storage.
         s.handle_pushed(ServerSeq(7), item(7));
         assert!(delivered_seqs(&drain(&mut s)).is_empty());
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(6),
-            }
-            .into(),
-        );
+        s.handle_frame(now, ack_frame(6));
         let a = drain(&mut s);
         assert!(a.iter().any(|x| matches!(
             x,
@@ -1464,33 +1452,15 @@ mod tests {
         let mut s = active(now);
         s.handle_mailbox_read(4, Ok((1..=4).map(|n| (ServerSeq(n), item(n))).collect()));
         drain(&mut s);
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(1),
-            }
-            .into(),
-        );
+        s.handle_frame(now, ack_frame(1));
         assert_eq!(
             drain(&mut s)[0],
             Action::Ack {
                 up_to: ServerSeq(1)
             }
         );
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(2),
-            }
-            .into(),
-        );
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(4),
-            }
-            .into(),
-        );
+        s.handle_frame(now, ack_frame(2));
+        s.handle_frame(now, ack_frame(4));
         assert!(!drain(&mut s)
             .iter()
             .any(|a| matches!(a, Action::Ack { .. })));
@@ -1510,23 +1480,11 @@ mod tests {
         let now = Instant::now();
         let mut s = active(now);
         // Nothing delivered yet: an ack is ignored, not trusted.
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(100),
-            }
-            .into(),
-        );
+        s.handle_frame(now, ack_frame(100));
         assert!(drain(&mut s).is_empty());
         s.handle_mailbox_read(4, Ok(vec![(ServerSeq(1), item(1))]));
         drain(&mut s);
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(100),
-            }
-            .into(),
-        );
+        s.handle_frame(now, ack_frame(100));
         assert_eq!(
             drain(&mut s)[0],
             Action::Ack {
@@ -1742,6 +1700,14 @@ mod tests {
         assert_eq!(a.last(), Some(&Action::Close));
     }
 
+    /// A client's `AckDelivery` up to `seq`.
+    fn ack_frame(seq: u64) -> Frame {
+        AckDelivery {
+            up_to: ServerSeq(seq),
+        }
+        .into()
+    }
+
     fn big_item(n: u64, len: usize) -> StoredItem {
         StoredItem {
             payload: Payload::Envelope(vec![0; len]),
@@ -1929,13 +1895,7 @@ mod tests {
         assert!(!a.iter().any(|x| matches!(x, Action::ReadMailbox { .. })));
         s.handle_pushed(ServerSeq(4), big_item(4, 10));
         assert!(delivered_seqs(&drain(&mut s)).is_empty());
-        s.handle_frame(
-            now,
-            AckDelivery {
-                up_to: ServerSeq(2),
-            }
-            .into(),
-        );
+        s.handle_frame(now, ack_frame(2));
         let a = drain(&mut s);
         assert!(a.iter().any(|x| matches!(
             x,

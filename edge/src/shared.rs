@@ -50,17 +50,9 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = config;
     }
 
-    /// `user`'s presence as `viewer` may see it. Presence is shown only to `user`'s contacts
-    /// (users `user` has sent a message to); to anyone else, and for names that do not exist,
-    /// it is `Hidden`, so a stranger cannot tell a hidden user from an unknown name.
-    pub fn presence_for(&self, user: &str, viewer: &str) -> PresenceState {
-        if !self.store.is_contact(user, viewer).unwrap_or(false) {
-            return PresenceState::Hidden;
-        }
-        self.presence_of(user)
-    }
-
-    /// `user`'s presence as its contacts see it.
+    /// `user`'s presence as its contacts see it (to anyone else it is `Hidden`, which the
+    /// connection decides: see `Action::SubscribePresence` in `connection.rs`); a name that
+    /// does not exist is `Hidden` too.
     pub fn presence_of(&self, user: &str) -> PresenceState {
         let record = self.store.user(user).ok().flatten();
         match record {

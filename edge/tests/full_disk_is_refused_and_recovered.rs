@@ -144,6 +144,18 @@ async fn drain_bob(edge: &Edge, bob: &missive_client::Identity, want: usize) -> 
     }
 }
 
+/// Waits (bounded) until `/readyz` answers `status`.
+async fn readyz_becomes(edge: &Edge, status: u16, within: Duration, engine: &str) {
+    let deadline = Instant::now() + within;
+    while edge.http_get("/readyz").0 != status {
+        assert!(
+            Instant::now() < deadline,
+            "{engine}: /readyz not {status} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn start(parent: &Path, engine: &str, min_free_mb: u64) -> Edge {
     let cfg = config_file(
         parent,
@@ -169,14 +181,7 @@ async fn below_the_watermark_sends_are_refused_then_taken_again() {
         }
         let filler = fill(&edge.data_dir, 8 << 20);
         // The edge looks at the free space every second, and at every write.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while edge.http_get("/readyz").0 != 503 {
-            assert!(
-                Instant::now() < deadline,
-                "{engine}: still ready on a full disk"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        readyz_becomes(&edge, 503, Duration::from_secs(5), engine).await;
         let refused = send_and_wait(&mut alice, 20).await;
         assert_eq!(
             refused,
@@ -197,11 +202,7 @@ async fn below_the_watermark_sends_are_refused_then_taken_again() {
         assert!(seen.values().all(|c| *c == 1), "{engine}: {seen:?}");
         // Space comes back: no restart needed, the same message is taken.
         std::fs::remove_file(filler).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while edge.http_get("/readyz").0 != 200 {
-            assert!(Instant::now() < deadline, "{engine}: never ready again");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        readyz_becomes(&edge, 200, Duration::from_secs(10), engine).await;
         send_and_wait(&mut alice, 20).await.expect("taken again");
         let seen = drain_bob(&edge, &bob_cfg.identity, 1).await;
         assert_eq!(seen, HashMap::from([(20, 1)]), "{engine}");
@@ -269,14 +270,7 @@ async fn a_full_disk_fails_the_engine_which_reopens_and_loses_nothing() {
         assert!(edge.metric("missive_storage_failures_total ") >= 1.0);
         // Space comes back: the engine is reopened, no restart.
         std::fs::remove_file(filler).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while edge.http_get("/readyz").0 != 200 {
-            assert!(
-                Instant::now() < deadline,
-                "{engine}: the engine never came back"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        readyz_becomes(&edge, 200, Duration::from_secs(15), engine).await;
         assert!(edge.metric("missive_storage_reopens_total ") >= 1.0);
         // The refused sends are retried under their ids and taken once.
         for n in &refused {

@@ -105,20 +105,8 @@ async fn sighup_swaps_certificate_and_keeps_connections() {
         let t = missive_client::Transport::connect(&cfg(second.clone(), force_tcp))
             .await
             .expect("a new connection after the refused reload");
-        let mut c = Raw::from_transport(t);
-        c.send(
-            missive_proto::Hello {
-                min_version: 1,
-                max_version: 1,
-                client: "t".into(),
-            }
-            .into(),
-        )
-        .await;
-        match c.recv().await {
-            Some(Frame::ServerHello(h)) => assert_eq!(h.max_frame, 65536, "limits not reloaded"),
-            other => panic!("expected ServerHello, got {other:?}"),
-        }
+        let hello = Raw::from_transport(t).server_hello().await;
+        assert_eq!(hello.max_frame, 65536, "limits not reloaded");
     }
 
     // Connections made before both reloads are still alive.

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{config_file, sdk_user, text, Edge, Raw};
-use missive_proto::{ErrorCode, Frame, Ping};
+use missive_proto::{ErrorCode, Ping};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -206,17 +206,8 @@ async fn try_connect(edge: &Edge, force_tcp: bool) -> Result<Raw, String> {
     .map_err(|_| "connect timed out".to_string())?
     .map_err(|e| e.to_string())?;
     let mut raw = Raw::from_transport(t);
-    raw.send(
-        missive_proto::Hello {
-            min_version: 1,
-            max_version: 1,
-            client: "t".into(),
-        }
-        .into(),
-    )
-    .await;
-    match raw.recv_within(Duration::from_secs(5)).await {
-        common::Received::Frame(Frame::ServerHello(_)) => Ok(raw),
-        other => Err(format!("no ServerHello: {other:?}")),
-    }
+    raw.try_server_hello(Duration::from_secs(5))
+        .await
+        .map_err(|other| format!("no ServerHello: {other}"))?;
+    Ok(raw)
 }

@@ -183,7 +183,8 @@ pub(crate) fn spawn(
         next_reopen: None,
         reopened: false,
         usage: HashMap::new(),
-        contacts: HashSet::new(),
+        contacts: HashMap::new(),
+        contact_count: 0,
         seqs: HashMap::new(),
         acked_floor: HashMap::new(),
         unacked: UnackedLog::new(UNACKED_LOG_LIMIT),
@@ -492,7 +493,10 @@ struct Committer {
     /// Items and record bytes per device mailbox, loaded by a scan on first use.
     usage: HashMap<MailboxId, Usage>,
     /// Contact marks known to be written (see `keys::contact`).
-    contacts: HashSet<(String, String)>,
+    /// Per sender, the recipients it is known to have a mark for.
+    contacts: HashMap<String, HashSet<String>>,
+    /// Marks held in `contacts`, for its bound.
+    contact_count: usize,
     /// Next seq and reserved mark per mailbox, loaded lazily from the `s` counters.
     seqs: HashMap<MailboxId, SeqState>,
     /// Per mailbox, a seq at or below which every item is known deleted (by an earlier ack in
@@ -852,6 +856,7 @@ impl Committer {
     fn forget_caches(&mut self) {
         self.usage.clear();
         self.contacts.clear();
+        self.contact_count = 0;
         self.seqs.clear();
         self.acked_floor.clear();
         self.unacked.clear();
@@ -1076,9 +1081,13 @@ impl Committer {
         usage.items += 1;
         usage.bytes += bytes;
         if matches!(item.payload, Payload::Envelope(_)) {
-            let share = usage.by_sender.entry(item.from.clone()).or_default();
-            share.0 += 1;
-            share.1 += bytes;
+            // A sender already counted here (the common case) costs no allocation.
+            match usage.by_sender.get_mut(&item.from) {
+                Some(share) => *share = (share.0 + 1, share.1 + bytes),
+                None => {
+                    usage.by_sender.insert(item.from.clone(), (1, bytes));
+                }
+            }
         }
         let receipt_to = matches!(item.payload, Payload::Envelope(_))
             .then(|| (item.from.clone(), item.client_msg_id));
@@ -1168,18 +1177,28 @@ impl Committer {
         to: &str,
         now_ms: u64,
     ) -> Result<(), StorageError> {
-        let pair = (from.to_owned(), to.to_owned());
-        if from == to || self.contacts.contains(&pair) {
+        // The common case, a known pair, allocates nothing.
+        if from == to
+            || self
+                .contacts
+                .get(from)
+                .is_some_and(|known| known.contains(to))
+        {
             return Ok(());
         }
         let key = keys::contact(from, to);
         if self.db.get(&key)?.is_none() {
             batch.insert(key, now_ms.to_be_bytes());
         }
-        if self.contacts.len() >= CONTACT_CACHE_LIMIT {
+        if self.contact_count >= CONTACT_CACHE_LIMIT {
             self.contacts.clear();
+            self.contact_count = 0;
         }
-        self.contacts.insert(pair);
+        self.contacts
+            .entry(from.to_owned())
+            .or_default()
+            .insert(to.to_owned());
+        self.contact_count += 1;
         Ok(())
     }
 

@@ -394,6 +394,21 @@ impl Raw {
 
     /// Sends Hello and returns the challenge.
     pub async fn hello(&mut self) -> [u8; 32] {
+        self.server_hello().await.challenge
+    }
+
+    /// Sends Hello and returns the server's answer.
+    pub async fn server_hello(&mut self) -> missive_proto::ServerHello {
+        self.try_server_hello(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|other| panic!("expected ServerHello, got {other}"))
+    }
+
+    /// Sends Hello; the `ServerHello` when it comes within `within`, or what came instead.
+    pub async fn try_server_hello(
+        &mut self,
+        within: Duration,
+    ) -> Result<missive_proto::ServerHello, String> {
         self.send(
             missive_proto::Hello {
                 min_version: 1,
@@ -403,9 +418,9 @@ impl Raw {
             .into(),
         )
         .await;
-        match self.recv().await {
-            Some(missive_proto::Frame::ServerHello(h)) => h.challenge,
-            other => panic!("expected ServerHello, got {other:?}"),
+        match self.recv_within(within).await {
+            Received::Frame(missive_proto::Frame::ServerHello(h)) => Ok(h),
+            other => Err(format!("{other:?}")),
         }
     }
 
