@@ -107,8 +107,8 @@ async fn one_connection(
     let mut decoder = FrameDecoder::new(missive_proto::HARD_MAX_FRAME);
     let mut buf = vec![0u8; 16 * 1024];
     let hello: Frame = Hello {
-        min_version: 1,
-        max_version: 1,
+        min_version: missive_proto::MIN_PROTOCOL_VERSION,
+        max_version: missive_proto::PROTOCOL_VERSION,
         client: "missive-bench flood".into(),
     }
     .into();

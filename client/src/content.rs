@@ -1,8 +1,9 @@
-//! What travels inside an envelope, and the end-to-end encryption seam.
+//! What travels inside an envelope.
 //!
-//! The server forwards envelopes as opaque bytes. Today an envelope is exactly the rkyv
-//! archive of a [`Content`]; when end-to-end encryption lands it will wrap these bytes in
-//! [`seal`] and unwrap them in [`open`], and nothing else in the SDK has to change.
+//! The server forwards envelopes as opaque bytes. Each device's envelope holds a
+//! [`DevicePlaintext`]: the sealed [`Content`] (see [`seal`]) and, in the copy a sender's own
+//! other devices get, the user it was sent to. End-to-end encryption encrypts exactly these
+//! plaintext bytes for each device; nothing else in the SDK looks inside them.
 
 use crate::ClientError;
 use missive_proto::HARD_MAX_FRAME;
@@ -26,6 +27,35 @@ mod wire {
             /// The `client_msg_id`s of the messages that were read.
             ids: Vec<ClientMsgId>,
         },
+    }
+
+    /// What one device's envelope carries once decrypted.
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct DevicePlaintext {
+        /// Set in the copy for the sender's own other devices: the user the message went to.
+        pub sent_to: Option<String>,
+        /// The sealed [`Content`] (its archive, see `seal`).
+        pub content: Vec<u8>,
+    }
+}
+
+pub(crate) use wire::DevicePlaintext;
+
+impl DevicePlaintext {
+    /// The archive of this plaintext (what gets encrypted for one device).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .expect("archiving a plaintext below the frame cap into a growable buffer cannot fail")
+            .into_vec()
+    }
+
+    /// Validates and decodes a plaintext, and the content inside it.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<String>, Content), ClientError> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let p = rkyv::from_bytes::<Self, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| ClientError::InvalidContent(e.to_string()))?;
+        Ok((p.sent_to, Content::decode(&p.content)?))
     }
 }
 
@@ -65,11 +95,8 @@ impl Content {
     }
 }
 
-/// Turns content into the envelope bytes handed to the server.
-///
-/// **End-to-end encryption seam.** Today this is the plain [`Content::encode`]; the E2EE layer
-/// will encrypt exactly these bytes for the recipient's devices here, and [`open`] will
-/// decrypt them. Nothing outside this pair may look at envelope bytes.
+/// Encodes content for sending, refusing what could never fit a frame. Each device's
+/// envelope then wraps these bytes in a [`DevicePlaintext`].
 pub fn seal(content: &Content) -> Result<Vec<u8>, ClientError> {
     let size = content.encoded_size_hint();
     if size > HARD_MAX_FRAME {
@@ -81,8 +108,7 @@ pub fn seal(content: &Content) -> Result<Vec<u8>, ClientError> {
     Ok(content.encode())
 }
 
-/// Turns envelope bytes received from the server back into content (the inverse of [`seal`];
-/// the decryption half of the E2EE seam).
+/// Decodes what [`seal`] made.
 pub fn open(envelope: &[u8]) -> Result<Content, ClientError> {
     Content::decode(envelope)
 }

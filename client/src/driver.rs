@@ -95,6 +95,7 @@ impl Driver {
                 config.seen,
                 ReceiptIds::new(&config.identity.signing_key),
                 counters,
+                (&config.identity.user, config.identity.device),
                 Instant::now(),
             ),
             identity: config.identity,

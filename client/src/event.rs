@@ -46,6 +46,9 @@ pub enum Event {
         server_ts_ms: u64,
         /// The text.
         text: String,
+        /// Set when this is the copy of a message this user sent from another of its devices:
+        /// the user it was sent to (`from` is then this user).
+        sent_to: Option<String>,
     },
     /// A delivery or read receipt for a message this user sent.
     Receipt {
@@ -87,6 +90,17 @@ pub enum Event {
     Disconnected {
         /// Why (never message content).
         reason: String,
+    },
+    /// A user's devices changed since we last looked (a device was linked or removed): from
+    /// now on messages are encrypted for the new list. Shown to the user before the next
+    /// message to them goes out ("bob has a new device").
+    DevicesChanged {
+        /// Whose devices.
+        user: String,
+        /// Devices that appeared.
+        added: Vec<DeviceId>,
+        /// Devices that were removed.
+        removed: Vec<DeviceId>,
     },
 }
 

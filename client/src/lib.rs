@@ -106,6 +106,7 @@ mod connection;
 pub mod content;
 pub mod dedup;
 pub mod delivery_stats;
+mod devices;
 mod driver;
 mod error;
 pub mod event;

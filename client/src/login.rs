@@ -186,7 +186,7 @@ mod tests {
         assert!(
             matches!(login.handle(Ping { nonce: 9 }.into()), LoginStep::Send(f) if f == vec![Frame::from(Pong { nonce: 9 })])
         );
-        let LoginStep::Send(frames) = login.handle(server_hello(1)) else {
+        let LoginStep::Send(frames) = login.handle(server_hello(PROTOCOL_VERSION)) else {
             panic!("expected Register")
         };
         let Frame::Register(r) = &frames[0] else {
@@ -213,7 +213,7 @@ mod tests {
     fn errors_and_surprises_fail_typed() {
         let id = Identity::generate("bob", DeviceId(1));
         let (mut login, _) = Login::start(id.clone(), LoginMode::Login, [0; 32], "t");
-        let _ = login.handle(server_hello(1));
+        let _ = login.handle(server_hello(PROTOCOL_VERSION));
         let step = login.handle(missive_proto::Error::new(ErrorCode::UserTaken, "taken").into());
         assert!(matches!(step, LoginStep::Fail(ClientError::UserTaken)));
 

@@ -498,15 +498,22 @@ fn render_json(ev: &Event) -> serde_json::Value {
             server_seq,
             server_ts_ms,
             text,
-        } => json!({
-            "type": "message",
-            "from": from,
-            "text": text,
-            "server_seq": server_seq.0,
-            "client_msg_id": client_msg_id.to_hex(),
-            "server_ts_ms": server_ts_ms,
-            "from_device": from_device.0,
-        }),
+            sent_to,
+        } => {
+            let mut v = json!({
+                "type": "message",
+                "from": from,
+                "text": text,
+                "server_seq": server_seq.0,
+                "client_msg_id": client_msg_id.to_hex(),
+                "server_ts_ms": server_ts_ms,
+                "from_device": from_device.0,
+            });
+            if let Some(to) = sent_to {
+                v["sent_to"] = json!(to);
+            }
+            v
+        }
         Event::Receipt {
             from,
             client_msg_id,
@@ -537,6 +544,16 @@ fn render_json(ev: &Event) -> serde_json::Value {
             json!({ "type": "connected", "transport": transport.as_str() })
         }
         Event::Disconnected { reason } => json!({ "type": "disconnected", "reason": reason }),
+        Event::DevicesChanged {
+            user,
+            added,
+            removed,
+        } => json!({
+            "type": "devices_changed",
+            "user": user,
+            "added": added.iter().map(|d| d.0).collect::<Vec<_>>(),
+            "removed": removed.iter().map(|d| d.0).collect::<Vec<_>>(),
+        }),
     }
 }
 
@@ -551,6 +568,13 @@ fn presence_parts(state: &PresenceState) -> (&'static str, Option<u64>) {
 
 fn render_text(ev: &Event) -> String {
     match ev {
+        Event::Message {
+            from,
+            text,
+            server_seq,
+            sent_to: Some(to),
+            ..
+        } => format!("[{}] {from} (another device) → {to}: {text}", server_seq.0),
         Event::Message {
             from,
             text,
@@ -574,6 +598,22 @@ fn render_text(ev: &Event) -> String {
         } => format!("{from} stopped typing"),
         Event::Connected { transport } => format!("connected over {transport}"),
         Event::Disconnected { reason } => format!("disconnected: {reason}"),
+        Event::DevicesChanged {
+            user,
+            added,
+            removed,
+        } => {
+            let ids = |d: &[DeviceId]| d.iter().map(|d| d.0.to_string()).collect::<Vec<_>>();
+            match (added.is_empty(), removed.is_empty()) {
+                (false, true) => format!("{user} has a new device ({})", ids(added).join(", ")),
+                (true, false) => format!("{user} removed a device ({})", ids(removed).join(", ")),
+                _ => format!(
+                    "{user}'s devices changed: added {}, removed {}",
+                    ids(added).join(", "),
+                    ids(removed).join(", ")
+                ),
+            }
+        }
     }
 }
 
@@ -592,6 +632,7 @@ mod tests {
             server_seq: ServerSeq(7),
             server_ts_ms: 99,
             text: "hi".into(),
+            sent_to: None,
         });
         assert_eq!(m["type"], "message");
         assert_eq!(m["from"], "alice");

@@ -14,15 +14,16 @@
 //! on each [`Output`] **in order**: an `Events` output must reach the app before a later
 //! `Transmit(AckDelivery)` is written, which is what "ack after handing to the app" relies on.
 
-use crate::content::{open, Content};
+use crate::content::{Content, DevicePlaintext};
 use crate::dedup::{DeliveryKey, DeliveryKind, SeenSet};
 use crate::delivery_stats::DeliveryCounters;
+use crate::devices::DeviceDirectory;
 use crate::event::{Event, ReceiptStatus};
 use crate::receipt_id::ReceiptIds;
 use crate::{ClientError, SendReceipt};
 use missive_proto::{
-    AckDelivery, ClientMsgId, Deliver, ErrorCode, Frame, Payload, Ping, Pong, ServerSeq,
-    SetPresenceVisibility, SubscribePresence, Typing, Visibility,
+    AckDelivery, ClientMsgId, Deliver, DeviceEnvelope, DeviceId, DeviceMismatch, ErrorCode, Frame,
+    Payload, Ping, Pong, ServerSeq, SetPresenceVisibility, SubscribePresence, Typing, Visibility,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -88,7 +89,8 @@ enum SendState {
 #[derive(Debug)]
 struct Pending {
     to: String,
-    envelope: Vec<u8>,
+    /// The sealed content; each device's envelope is made from it when the send goes out.
+    content: Vec<u8>,
     order: u64,
     state: SendState,
 }
@@ -106,7 +108,7 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn add(&mut self, id: ClientMsgId, to: String, envelope: Vec<u8>) -> bool {
+    fn add(&mut self, id: ClientMsgId, to: String, content: Vec<u8>) -> bool {
         if self.entries.contains_key(&id) {
             return false;
         }
@@ -116,7 +118,7 @@ impl Outbox {
             id,
             Pending {
                 to,
-                envelope,
+                content,
                 order,
                 state: SendState::Queued,
             },
@@ -270,6 +272,8 @@ pub(crate) struct Session {
     visibility: Option<Visibility>,
     seen: SeenSet,
     receipt_ids: ReceiptIds,
+    /// Device lists of the users we send to (ourselves included).
+    devices: DeviceDirectory,
     /// Messages delivered, counted before the duplicate filter.
     counters: Arc<DeliveryCounters>,
     /// The highest seq delivered so far (this device's mailbox; seqs only grow).
@@ -290,15 +294,18 @@ pub(crate) struct Session {
 
 impl Session {
     /// A session; `auto_ack` acknowledges every delivery once its events are handed out;
-    /// `seen` holds deliveries already handled; `receipt_ids` recognises our read receipts.
+    /// `seen` holds deliveries already handled; `receipt_ids` recognises our read receipts;
+    /// `me` is this device's user and `my_device` its id.
     pub(crate) fn new(
         auto_ack: bool,
         seen: SeenSet,
         receipt_ids: ReceiptIds,
         counters: Arc<DeliveryCounters>,
+        (me, my_device): (&str, DeviceId),
         now: Instant,
     ) -> Self {
         Self {
+            devices: DeviceDirectory::new(me, my_device),
             counters,
             max_seq_seen: None,
             auto_ack,
@@ -353,8 +360,8 @@ impl Session {
 
     /// Queues a send. Returns false when this id is already waiting for its `Sent` (the caller
     /// then just waits for the same outcome).
-    pub(crate) fn send(&mut self, id: ClientMsgId, to: String, envelope: Vec<u8>) -> bool {
-        let added = self.outbox.add(id, to, envelope);
+    pub(crate) fn send(&mut self, id: ClientMsgId, to: String, content: Vec<u8>) -> bool {
+        let added = self.outbox.add(id, to, content);
         if added {
             self.pump();
         }
@@ -494,6 +501,7 @@ impl Session {
                 }
                 self.pump();
             }
+            Frame::DeviceMismatch(m) => self.on_device_mismatch(now, m),
             Frame::Deliver(d) => self.on_deliver(d),
             Frame::Presence(p) => self.out.push_back(Output::Events(vec![Event::Presence {
                 user: p.user,
@@ -539,6 +547,30 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// The server's device lists differ from ours: take them, tell the app about changes,
+    /// and send again at once with the same id (first in line, so order holds).
+    fn on_device_mismatch(&mut self, now: Instant, m: DeviceMismatch) {
+        let mut events = Vec::new();
+        for current in m.current {
+            let user = current.user.clone();
+            let change = self.devices.update(current);
+            if change.was_known && (!change.added.is_empty() || !change.removed.is_empty()) {
+                events.push(Event::DevicesChanged {
+                    user,
+                    added: change.added,
+                    removed: change.removed,
+                });
+            }
+        }
+        if !events.is_empty() {
+            self.out.push_back(Output::Events(events));
+        }
+        if self.outbox.retry_later(m.client_msg_id, now) {
+            self.outbox.release_due(now);
+        }
+        self.pump();
     }
 
     fn on_deliver(&mut self, d: Deliver) {
@@ -592,16 +624,20 @@ impl Session {
                 server_ts_ms: d.server_ts_ms,
                 envelope_id: d.client_msg_id,
             }],
-            Payload::Envelope(bytes) => match open(&bytes) {
-                Ok(Content::Text(text)) => vec![Event::Message {
+            Payload::Envelope(bytes) => match DevicePlaintext::decode(&bytes) {
+                Ok((sent_to, Content::Text(text))) => vec![Event::Message {
                     from: d.from.clone(),
                     from_device: d.from_device,
                     client_msg_id: d.client_msg_id,
                     server_seq: d.seq,
                     server_ts_ms: d.server_ts_ms,
                     text,
+                    sent_to,
                 }],
-                Ok(Content::Read { ids }) => ids
+                // Our own read receipts, copied from another of our devices: that device
+                // already told the sender.
+                Ok((Some(_), Content::Read { .. })) => Vec::new(),
+                Ok((None, Content::Read { ids })) => ids
                     .into_iter()
                     .map(|id| Event::Receipt {
                         from: d.from.clone(),
@@ -708,27 +744,63 @@ impl Session {
             if p.state != SendState::Queued {
                 continue;
             }
-            // The edge's own bound: the envelope must fit the `Deliver` that carries it.
-            let size = p.envelope.len();
-            let max = missive_proto::max_envelope_len(self.max_frame as u32);
-            if size > max {
+            let to = p.to.clone();
+            let recipients = self.devices.recipients(&to);
+            let own = self.devices.own_others(&to);
+            let copy = |sent_to: Option<&str>, device: DeviceId| DeviceEnvelope {
+                device,
+                envelope: DevicePlaintext {
+                    sent_to: sent_to.map(str::to_owned),
+                    content: p.content.clone(),
+                }
+                .encode(),
+            };
+            let frame = missive_proto::Send {
+                client_msg_id: id,
+                envelopes: recipients.into_iter().map(|d| copy(None, d)).collect(),
+                own: own.into_iter().map(|d| copy(Some(&to), d)).collect(),
+                to,
+            };
+            // The edge's bounds: each envelope must fit the `Deliver` that carries it, and
+            // all of them the one `Send` frame.
+            if let Err(e) = fits(&frame, self.max_frame) {
                 self.outbox.remove(&id);
-                self.out.push_back(Output::SendDone {
-                    id,
-                    result: Err(ClientError::TooLarge { size, max }),
-                });
+                self.out.push_back(Output::SendDone { id, result: Err(e) });
                 continue;
             }
             p.state = SendState::InFlight;
-            let frame = missive_proto::Send {
-                client_msg_id: id,
-                to: p.to.clone(),
-                envelope: p.envelope.clone(),
-            };
             self.outbox.in_flight += 1;
             self.transmit(frame.into());
         }
     }
+}
+
+/// Archive bytes one `DeviceEnvelope` adds around its envelope, at most (device id, vector
+/// header, alignment).
+const COPY_OVERHEAD: usize = 32;
+
+/// Whether `send` fits the server's limits: each envelope within `max_envelope_len` and the
+/// whole frame within `max_frame`.
+fn fits(send: &missive_proto::Send, max_frame: usize) -> Result<(), ClientError> {
+    let max = missive_proto::max_envelope_len(max_frame as u32);
+    if let Some(big) = send.copies().find(|c| c.envelope.len() > max) {
+        return Err(ClientError::TooLarge {
+            size: big.envelope.len(),
+            max,
+        });
+    }
+    let size = send
+        .copies()
+        .map(|c| c.envelope.len() + COPY_OVERHEAD)
+        .sum::<usize>()
+        + missive_proto::ENVELOPE_FRAME_OVERHEAD;
+    if size > max_frame {
+        return Err(ClientError::TooLarge {
+            size,
+            max: max_frame,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -758,6 +830,15 @@ mod tests {
             .collect()
     }
 
+    /// One device's envelope of `content` (as a peer's SDK makes it).
+    fn plaintext(sent_to: Option<&str>, content: &Content) -> Vec<u8> {
+        DevicePlaintext {
+            sent_to: sent_to.map(str::to_owned),
+            content: seal(content).unwrap(),
+        }
+        .encode()
+    }
+
     fn deliver_text(seq: u64, from: &str, msg: u8, text: &str) -> Frame {
         Deliver {
             seq: ServerSeq(seq),
@@ -765,7 +846,7 @@ mod tests {
             from_device: DeviceId(1),
             client_msg_id: id(msg),
             server_ts_ms: 1000 + seq,
-            payload: Payload::Envelope(seal(&Content::Text(text.into())).unwrap()),
+            payload: Payload::Envelope(plaintext(None, &Content::Text(text.into()))),
         }
         .into()
     }
@@ -782,7 +863,14 @@ mod tests {
 
     fn ready(auto_ack: bool) -> (Session, Instant) {
         let now = Instant::now();
-        let mut s = Session::new(auto_ack, SeenSet::new(100), test_ids(), Arc::default(), now);
+        let mut s = Session::new(
+            auto_ack,
+            SeenSet::new(100),
+            test_ids(),
+            Arc::default(),
+            ("me", DeviceId(1)),
+            now,
+        );
         s.connected(now, 1 << 20);
         drain(&mut s);
         (s, now)
@@ -935,12 +1023,119 @@ mod tests {
         assert_eq!(transmitted(&drain(&mut s)).len(), 1);
     }
 
+    fn mismatch(n: u8, lists: &[(&str, &[u32])]) -> Frame {
+        DeviceMismatch {
+            client_msg_id: id(n),
+            current: lists
+                .iter()
+                .map(|(user, devices)| missive_proto::UserDevices {
+                    user: (*user).into(),
+                    devices: devices.iter().map(|d| DeviceId(*d)).collect(),
+                })
+                .collect(),
+        }
+        .into()
+    }
+
+    fn sends_in(outs: &[Output]) -> Vec<&missive_proto::Send> {
+        transmitted(outs)
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Send(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mismatch_teaches_the_device_lists_and_the_send_goes_again_with_its_id() {
+        let (mut s, now) = ready(true);
+        s.send(
+            id(1),
+            "bob".into(),
+            seal(&Content::Text("hi".into())).unwrap(),
+        );
+        let outs = drain(&mut s);
+        let first = sends_in(&outs);
+        assert!(first[0].envelopes.is_empty() && first[0].own.is_empty());
+        // bob has a phone and a laptop; we have a tablet (3) beside this device (1).
+        s.handle_frame(now, mismatch(1, &[("bob", &[1, 2]), ("me", &[1, 3])]));
+        let outs = drain(&mut s);
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::Events(_))),
+            "a first look is no change: {outs:?}"
+        );
+        let again = sends_in(&outs);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].client_msg_id, id(1));
+        let devices = |c: &[DeviceEnvelope]| c.iter().map(|c| c.device.0).collect::<Vec<_>>();
+        assert_eq!(devices(&again[0].envelopes), vec![1, 2]);
+        assert_eq!(devices(&again[0].own), vec![3]);
+        let (to_bob, _) = DevicePlaintext::decode(&again[0].envelopes[0].envelope).unwrap();
+        let (to_tablet, text) = DevicePlaintext::decode(&again[0].own[0].envelope).unwrap();
+        assert_eq!(to_bob, None);
+        assert_eq!(to_tablet.as_deref(), Some("bob"));
+        assert_eq!(text, Content::Text("hi".into()));
+
+        // Later bob removes his laptop: the app hears of it before the message goes again.
+        s.send(
+            id(2),
+            "bob".into(),
+            seal(&Content::Text("2".into())).unwrap(),
+        );
+        drain(&mut s);
+        s.handle_frame(now, mismatch(2, &[("bob", &[1, 4])]));
+        let outs = drain(&mut s);
+        let Output::Events(e) = &outs[0] else {
+            panic!("{outs:?}")
+        };
+        assert_eq!(
+            e,
+            &vec![Event::DevicesChanged {
+                user: "bob".into(),
+                added: vec![DeviceId(4)],
+                removed: vec![DeviceId(2)],
+            }]
+        );
+        assert_eq!(devices(&sends_in(&outs)[0].envelopes), vec![1, 4]);
+    }
+
+    #[test]
+    fn a_copy_from_another_own_device_names_its_recipient() {
+        let (mut s, now) = ready(true);
+        s.handle_frame(
+            now,
+            Deliver {
+                seq: ServerSeq(1),
+                from: "me".into(),
+                from_device: DeviceId(3),
+                client_msg_id: id(7),
+                server_ts_ms: 1,
+                payload: Payload::Envelope(plaintext(Some("bob"), &Content::Text("yo".into()))),
+            }
+            .into(),
+        );
+        let outs = drain(&mut s);
+        assert!(matches!(
+            &outs[0],
+            Output::Events(e) if matches!(&e[..], [Event::Message { sent_to: Some(to), text, .. }] if to == "bob" && text == "yo")
+        ));
+    }
+
     #[test]
     fn oversized_sends_fail_instead_of_killing_the_connection() {
         let now = Instant::now();
-        let mut s = Session::new(true, SeenSet::new(10), test_ids(), Arc::default(), now);
+        let mut s = Session::new(
+            true,
+            SeenSet::new(10),
+            test_ids(),
+            Arc::default(),
+            ("me", DeviceId(1)),
+            now,
+        );
         s.connected(now, 1000);
-        s.send(id(1), "bob".into(), vec![0; 2000]);
+        // To ourselves: our one device is known without asking the server.
+        s.send(id(1), "me".into(), vec![0; 2000]);
         assert!(matches!(
             &drain(&mut s)[..],
             [Output::SendDone {
@@ -955,7 +1150,14 @@ mod tests {
     fn deliveries_are_counted_before_the_filter_and_told_apart_by_seq() {
         let now = Instant::now();
         let counters: Arc<DeliveryCounters> = Arc::default();
-        let mut s = Session::new(true, SeenSet::new(100), test_ids(), counters.clone(), now);
+        let mut s = Session::new(
+            true,
+            SeenSet::new(100),
+            test_ids(),
+            counters.clone(),
+            ("me", DeviceId(1)),
+            now,
+        );
         s.connected(now, 1 << 20);
         drain(&mut s);
         s.handle_frame(now, deliver_text(1, "alice", 1, "hi"));
@@ -1083,12 +1285,12 @@ mod tests {
                 from_device: DeviceId(2),
                 client_msg_id: id(50),
                 server_ts_ms: 1,
-                payload: Payload::Envelope(
-                    seal(&Content::Read {
+                payload: Payload::Envelope(plaintext(
+                    None,
+                    &Content::Read {
                         ids: vec![id(1), id(2)],
-                    })
-                    .unwrap(),
-                ),
+                    },
+                )),
             }
             .into(),
         );
@@ -1199,9 +1401,7 @@ mod tests {
                 from_device: DeviceId(1),
                 client_msg_id: id(200),
                 server_ts_ms: 1,
-                payload: Payload::Envelope(
-                    crate::content::seal(&Content::Text("hi".into())).unwrap(),
-                ),
+                payload: Payload::Envelope(plaintext(None, &Content::Text("hi".into()))),
             }
             .into(),
         );
@@ -1328,7 +1528,14 @@ mod tests {
         ));
 
         let now = Instant::now();
-        let mut offline = Session::new(true, SeenSet::new(10), test_ids(), Arc::default(), now);
+        let mut offline = Session::new(
+            true,
+            SeenSet::new(10),
+            test_ids(),
+            Arc::default(),
+            ("me", DeviceId(1)),
+            now,
+        );
         assert!(!offline.close(), "nothing to wait for when offline");
     }
 }

@@ -354,7 +354,8 @@ impl Driver {
                 Action::Store {
                     client_msg_id,
                     to,
-                    envelope,
+                    envelopes,
+                    own,
                 } => {
                     let Some(me) = &self.mailbox else { continue };
                     // Enqueued now, in frame order; resolves after the fsync.
@@ -363,7 +364,8 @@ impl Driver {
                         me.device,
                         client_msg_id,
                         &to,
-                        envelope,
+                        envelopes,
+                        own,
                         now_ms(),
                     );
                     self.pending.push(Box::pin(async move {

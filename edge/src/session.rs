@@ -22,9 +22,9 @@ use crate::budget::{Rate, TokenBucket};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
     login_transcript, max_envelope_len, validate_user_name, AckDelivery, ClientMsgId, Deliver,
-    DeviceId, Error, ErrorCode, Frame, Goaway, Payload, Pong, ProtoError, Rejected, Send, Sent,
-    ServerHello, ServerSeq, Visibility, Welcome, EXPORTER_LEN, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    DeviceEnvelope, DeviceId, DeviceMismatch, Error, ErrorCode, Frame, Goaway, Payload, Pong,
+    ProtoError, Rejected, Send, Sent, ServerHello, ServerSeq, Visibility, Welcome, EXPORTER_LEN,
+    MAX_DEVICES_PER_USER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use missive_storage::{AppendOutcome, RegisterOutcome, StoredItem};
 use std::collections::{HashSet, VecDeque};
@@ -107,8 +107,10 @@ pub enum Action {
         client_msg_id: ClientMsgId,
         /// Recipient user.
         to: String,
-        /// Opaque envelope.
-        envelope: Vec<u8>,
+        /// One opaque copy per device of `to`.
+        envelopes: Vec<DeviceEnvelope>,
+        /// One opaque copy per other device of the sender.
+        own: Vec<DeviceEnvelope>,
     },
     /// Delete this device's mailbox up to `up_to` (and queue receipts); answer with
     /// `handle_ack_result`.
@@ -681,12 +683,19 @@ impl Session {
         // Checked before anything is stored: an envelope whose `Deliver` would exceed the
         // recipient's frame limit would jam that mailbox.
         let max_envelope = max_envelope_len(self.config.max_frame);
-        if s.envelope.len() > max_envelope {
+        if let Some(big) = s.copies().find(|c| c.envelope.len() > max_envelope) {
             let message = format!(
                 "envelope of {} bytes exceeds the limit of {max_envelope}",
-                s.envelope.len()
+                big.envelope.len()
             );
             let r = reject(ErrorCode::EnvelopeTooLarge, &message);
+            self.send(r);
+            return;
+        }
+        // A user has a handful of devices; more copies than any account may hold is no
+        // mismatch to report but a malformed request.
+        if s.envelopes.len() > MAX_DEVICES_PER_USER || s.own.len() > MAX_DEVICES_PER_USER {
+            let r = reject(ErrorCode::LimitExceeded, "more copies than devices allowed");
             self.send(r);
             return;
         }
@@ -700,8 +709,9 @@ impl Session {
             self.send(r);
             return;
         }
-        // The envelope is at most one frame, and the burst is at least one frame (config).
-        if !self.send_bytes.try_take(now, s.envelope.len() as f64) {
+        // The copies fit one frame, and the burst is at least one frame (config).
+        let bytes: usize = s.copies().map(|c| c.envelope.len()).sum();
+        if !self.send_bytes.try_take(now, bytes as f64) {
             let r = reject(ErrorCode::RateLimited, "send byte rate exceeded");
             self.send(r);
             return;
@@ -711,7 +721,8 @@ impl Session {
         self.actions.push_back(Action::Store {
             client_msg_id: s.client_msg_id,
             to: s.to,
-            envelope: s.envelope,
+            envelopes: s.envelopes,
+            own: s.own,
         });
     }
 
@@ -752,6 +763,10 @@ impl Session {
                 client_msg_id,
                 code: ErrorCode::UnknownRecipient.as_u16(),
                 message: "no such user".into(),
+            }),
+            Ok(AppendOutcome::DeviceMismatch(current)) => self.send(DeviceMismatch {
+                client_msg_id,
+                current,
             }),
             Ok(AppendOutcome::MailboxFull) => self.send(Rejected {
                 client_msg_id,
@@ -1060,8 +1075,8 @@ mod tests {
         s.handle_frame(
             now,
             Hello {
-                min_version: 1,
-                max_version: 1,
+                min_version: missive_proto::MIN_PROTOCOL_VERSION,
+                max_version: missive_proto::PROTOCOL_VERSION,
                 client: "t".into(),
             }
             .into(),
@@ -1182,7 +1197,8 @@ mod tests {
             Send {
                 client_msg_id: ClientMsgId([1; 16]),
                 to: "bob".into(),
-                envelope: vec![],
+                envelopes: one_copy(vec![]),
+                own: Vec::new(),
             }
             .into(),
         );
@@ -1493,11 +1509,20 @@ mod tests {
         );
     }
 
+    /// The copies of a message for a recipient with the one device 1.
+    fn one_copy(envelope: Vec<u8>) -> Vec<DeviceEnvelope> {
+        vec![DeviceEnvelope {
+            device: DeviceId(1),
+            envelope,
+        }]
+    }
+
     fn send(n: u8) -> Frame {
         Send {
             client_msg_id: ClientMsgId([n; 16]),
             to: "alice".into(),
-            envelope: vec![n],
+            envelopes: one_copy(vec![n]),
+            own: Vec::new(),
         }
         .into()
     }
@@ -1764,7 +1789,8 @@ mod tests {
                 Send {
                     client_msg_id: ClientMsgId([n; 16]),
                     to: "alice".into(),
-                    envelope: vec![0; len],
+                    envelopes: one_copy(vec![0; len]),
+                    own: Vec::new(),
                 }
                 .into(),
             );
@@ -1772,7 +1798,7 @@ mod tests {
         let a = drain(&mut s);
         let stores = a
             .iter()
-            .filter(|x| matches!(x, Action::Store { envelope, .. } if envelope.len() == max))
+            .filter(|x| matches!(x, Action::Store { envelopes, .. } if envelopes[0].envelope.len() == max))
             .count();
         assert_eq!(stores, 1);
         assert_eq!(rejected(&a), vec![ErrorCode::EnvelopeTooLarge.as_u16()]);
@@ -1920,7 +1946,8 @@ mod tests {
                 Send {
                     client_msg_id: ClientMsgId([n; 16]),
                     to: "alice".into(),
-                    envelope: vec![0; 1000],
+                    envelopes: one_copy(vec![0; 1000]),
+                    own: Vec::new(),
                 }
                 .into(),
             );

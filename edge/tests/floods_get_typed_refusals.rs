@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{config_file, sdk_user, text, Edge, Raw};
+use common::{config_file, one_copy, sdk_user, text, Edge, Raw};
 use missive_proto::{ClientMsgId, ErrorCode, Frame, Send, SetPresenceVisibility, Visibility};
 use std::time::Duration;
 
@@ -111,7 +111,8 @@ async fn floods_are_refused_with_typed_errors_while_others_chat() {
             &Send {
                 client_msg_id: ClientMsgId([n; 16]),
                 to: "flood1".into(),
-                envelope: vec![n; 32],
+                envelopes: one_copy(vec![n; 32]),
+                own: Vec::new(),
             }
             .into(),
             &mut frames,

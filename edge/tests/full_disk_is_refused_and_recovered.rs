@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{config_file, sdk_user, Edge, Raw, Received};
+use common::{config_file, one_copy, sdk_user, Edge, Raw, Received};
 use missive_proto::{ClientMsgId, ErrorCode, Frame, Payload, Send};
 use std::collections::HashMap;
 use std::io::Write;
@@ -98,7 +98,8 @@ async fn send_and_wait(alice: &mut Raw, n: u32) -> Result<(), u16> {
             Send {
                 client_msg_id: id(n),
                 to: "bob".into(),
-                envelope: vec![n as u8; 200],
+                envelopes: one_copy(vec![n as u8; 200]),
+                own: Vec::new(),
             }
             .into(),
         )
@@ -237,7 +238,8 @@ async fn a_full_disk_fails_the_engine_which_reopens_and_loses_nothing() {
             let big = Send {
                 client_msg_id: id(n),
                 to: "bob".into(),
-                envelope: vec![7; 64 * 1024],
+                envelopes: one_copy(vec![7; 64 * 1024]),
+                own: Vec::new(),
             };
             alice.send(big.into()).await;
             loop {

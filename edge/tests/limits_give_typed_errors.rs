@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Edge, Raw};
+use common::{one_copy, Edge, Raw};
 use ed25519_dalek::{Signer, SigningKey};
 use missive_proto::{login_transcript, ClientMsgId, DeviceId, ErrorCode, Frame, Register, Send};
 use std::time::Duration;
@@ -24,8 +24,8 @@ async fn connection_limit_and_idle_timeout() {
     let mut c = Raw::connect(&edge, false).await;
     c.send(
         missive_proto::Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: missive_proto::MIN_PROTOCOL_VERSION,
+            max_version: missive_proto::PROTOCOL_VERSION,
             client: "c".into(),
         }
         .into(),
@@ -98,7 +98,8 @@ async fn send_rate_limit_rejects_only_the_excess() {
             &Send {
                 client_msg_id: ClientMsgId(id),
                 to: "rita".into(),
-                envelope: vec![0; 10],
+                envelopes: one_copy(vec![0; 10]),
+                own: Vec::new(),
             }
             .into(),
             &mut bytes,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{collect_messages, sdk_user, text, Edge, Raw};
+use common::{collect_messages, one_copy, sdk_user, text, Edge, Raw};
 use missive_proto::{encode_to_vec, ErrorCode, Header, Ping, HEADER_LEN};
 use std::time::Duration;
 
@@ -84,7 +84,8 @@ async fn bad_input_closes_only_that_connection() {
             missive_proto::Send {
                 client_msg_id: missive_proto::ClientMsgId([1; 16]),
                 to: "bob".into(),
-                envelope: vec![1],
+                envelopes: one_copy(vec![1]),
+                own: Vec::new(),
             }
             .into(),
         )

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{sdk_user, text, Edge, Raw};
+use common::{one_copy, sdk_user, text, Edge, Raw};
 use missive_proto::{max_envelope_len, ClientMsgId, ErrorCode, Frame, Payload, Send};
 use std::time::Duration;
 
@@ -43,7 +43,8 @@ async fn the_largest_accepted_envelope_is_delivered_and_what_follows_too() {
             Send {
                 client_msg_id: ClientMsgId([n; 16]),
                 to: bob_name.clone(),
-                envelope: noise(len, u64::from(n)),
+                envelopes: one_copy(noise(len, u64::from(n))),
+                own: Vec::new(),
             }
             .into(),
         )

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{collect_messages, next_matching, sdk_user, text, Edge};
+use common::{collect_messages, next_matching, one_copy, sdk_user, text, Edge};
 use missive_client::{Client, Event};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -77,7 +77,8 @@ async fn sigterm_drains_and_loses_nothing() {
                     &missive_proto::Send {
                         client_msg_id: missive_proto::ClientMsgId(id),
                         to: "carol".into(),
-                        envelope: vec![1; 64],
+                        envelopes: one_copy(vec![1; 64]),
+                        own: Vec::new(),
                     }
                     .into(),
                     &mut bytes,

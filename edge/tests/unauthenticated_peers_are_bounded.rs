@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{config_file, sdk_user, text, Edge, Raw};
+use common::{config_file, one_copy, sdk_user, text, Edge, Raw};
 use missive_proto::{ErrorCode, Ping};
 use std::time::{Duration, Instant};
 
@@ -68,7 +68,8 @@ async fn a_peer_that_does_not_read_is_closed_and_others_go_on() {
                     client_msg_id: missive_proto::ClientMsgId(id),
                     // No such user: each send costs a look-up and an answer, and stores nothing.
                     to: "nobody".into(),
-                    envelope: vec![0; 16],
+                    envelopes: one_copy(vec![0; 16]),
+                    own: Vec::new(),
                 }
                 .into(),
                 &mut bytes,

@@ -223,7 +223,14 @@ mod tests {
             Send {
                 client_msg_id: id,
                 to: "bob".into(),
-                envelope: vec![9; 100],
+                envelopes: vec![DeviceEnvelope {
+                    device: DeviceId(1),
+                    envelope: vec![9; 100],
+                }],
+                own: vec![DeviceEnvelope {
+                    device: DeviceId(2),
+                    envelope: vec![8; 100],
+                }],
             }
             .into(),
             AckDelivery {
@@ -300,6 +307,14 @@ mod tests {
                 reconnect_after_ms: 500,
             }
             .into(),
+            DeviceMismatch {
+                client_msg_id: id,
+                current: vec![UserDevices {
+                    user: "bob".into(),
+                    devices: vec![DeviceId(1), DeviceId(3)],
+                }],
+            }
+            .into(),
         ]
     }
 
@@ -334,7 +349,11 @@ mod tests {
         let f: Frame = Send {
             client_msg_id: ClientMsgId([1; 16]),
             to: "bob".into(),
-            envelope: vec![b'a'; 64 * 1024],
+            envelopes: vec![DeviceEnvelope {
+                device: DeviceId(1),
+                envelope: vec![b'a'; 64 * 1024],
+            }],
+            own: Vec::new(),
         }
         .into();
         let wire = encode_to_vec(&f).unwrap();

@@ -29,7 +29,10 @@ const _: () = assert!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{encode_to_vec, ClientMsgId, Deliver, DeviceId, Frame, Payload, Send, ServerSeq};
+    use crate::{
+        encode_to_vec, ClientMsgId, Deliver, DeviceEnvelope, DeviceId, Frame, Payload, Send,
+        ServerSeq,
+    };
     use crate::{HARD_MAX_FRAME, HEADER_LEN};
 
     fn deliver(envelope: Vec<u8>) -> Frame {
@@ -48,7 +51,11 @@ mod tests {
         Send {
             client_msg_id: ClientMsgId([0xff; 16]),
             to: "a".repeat(MAX_USER_NAME),
-            envelope,
+            envelopes: vec![DeviceEnvelope {
+                device: DeviceId(u32::MAX),
+                envelope,
+            }],
+            own: Vec::new(),
         }
         .into()
     }

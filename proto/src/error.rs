@@ -56,6 +56,9 @@ pub enum ErrorCode {
     /// A per-connection count limit was reached (the message names which, e.g. presence
     /// subscriptions); the connection is closed.
     LimitExceeded = 22,
+    /// A `Send` named other devices than the recipient's (or the sender's) current ones; the
+    /// `DeviceMismatch` frame carries the current lists. Nothing was stored.
+    DeviceMismatch = 23,
 }
 
 impl ErrorCode {
@@ -85,6 +88,7 @@ impl ErrorCode {
             20 => MailboxFull,
             21 => LoginTimeout,
             22 => LimitExceeded,
+            23 => DeviceMismatch,
             _ => return None,
         })
     }
@@ -120,6 +124,7 @@ impl ErrorCode {
             MailboxFull => "mailbox_full",
             LoginTimeout => "login_timeout",
             LimitExceeded => "limit_exceeded",
+            DeviceMismatch => "device_mismatch",
         }
     }
 }

@@ -63,7 +63,8 @@ frames! {
     2 => Register,
     /// Authenticate as an existing device.
     3 => Login,
-    /// Store and forward an opaque envelope to every device of a user.
+    /// Store and forward a message: one opaque envelope per device of the recipient and per
+    /// other device of the sender.
     4 => Send,
     /// Cumulative acknowledgement of deliveries up to a mailbox sequence.
     5 => AckDelivery,
@@ -97,6 +98,8 @@ frames! {
     71 => Error,
     /// The server is going away; reconnect after the given delay.
     72 => Goaway,
+    /// A `Send` named another device set than the current one; nothing was stored.
+    73 => DeviceMismatch,
 }
 
 /// Client → server, first frame on every connection.
@@ -158,15 +161,60 @@ pub struct Welcome {
     pub server_time_ms: u64,
 }
 
-/// Client → server: deliver `envelope` to every device of `to`.
+/// One device's own copy of a message: the envelope encrypted for that device.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEnvelope {
+    /// The device this copy is for.
+    pub device: DeviceId,
+    /// Opaque bytes (end-to-end encrypted by the client for this device).
+    pub envelope: Vec<u8>,
+}
+
+/// Client → server: deliver a message to every device of `to`, and a copy to each of the
+/// sender's other devices.
+///
+/// `envelopes` must name exactly the current devices of `to`, and `own` exactly the sender's
+/// devices other than the sending one (empty when it has none, and always empty when `to` is
+/// the sender: then `envelopes` covers all of its devices). Otherwise nothing is stored and
+/// the server answers [`DeviceMismatch`] with the current lists.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Send {
     /// Sender-chosen id; a retry with the same id is stored once.
     pub client_msg_id: ClientMsgId,
     /// Recipient user name.
     pub to: String,
-    /// Opaque bytes (end-to-end encrypted by the client). The server never reads them.
-    pub envelope: Vec<u8>,
+    /// One copy per device of `to`. The server never reads them.
+    pub envelopes: Vec<DeviceEnvelope>,
+    /// One copy per other device of the sender (so every device sees the conversation).
+    pub own: Vec<DeviceEnvelope>,
+}
+
+impl Send {
+    /// Every envelope of the send, the recipient's first.
+    pub fn copies(&self) -> impl Iterator<Item = &DeviceEnvelope> {
+        self.envelopes.iter().chain(self.own.iter())
+    }
+}
+
+/// A user's current devices, as the server knows them.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UserDevices {
+    /// The user.
+    pub user: String,
+    /// Its devices, ascending.
+    pub devices: Vec<DeviceId>,
+}
+
+/// Server → client: the send `client_msg_id` named other devices than the current ones
+/// (a device was linked or removed since the client last looked). Nothing was stored; the
+/// client encrypts for the devices listed and sends again with the same id.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeviceMismatch {
+    /// The refused send.
+    pub client_msg_id: ClientMsgId,
+    /// The current device lists of the users whose set did not match (the recipient, the
+    /// sender, or both). For the sender the list includes the sending device.
+    pub current: Vec<UserDevices>,
 }
 
 /// Server → client: the send with this id is on disk.

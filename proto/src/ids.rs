@@ -5,6 +5,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// Longest user name accepted, in bytes.
 pub const MAX_USER_NAME: usize = 32;
 
+/// Most devices one user can ever have at once (a server's configured limit is lower): the
+/// bound on the copies one `Send` may carry per user.
+pub const MAX_DEVICES_PER_USER: usize = 16;
+
 /// A device of a user (phone, later web/desktop). Mailboxes are keyed by (user, device).
 #[derive(
     Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,

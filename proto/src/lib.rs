@@ -27,12 +27,15 @@ pub use codec::{
 pub use envelope_limit::{max_envelope_len, ENVELOPE_FRAME_OVERHEAD};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::*;
-pub use ids::{validate_user_name, ClientMsgId, DeviceId, ServerSeq, MAX_USER_NAME};
+pub use ids::{
+    validate_user_name, ClientMsgId, DeviceId, ServerSeq, MAX_DEVICES_PER_USER, MAX_USER_NAME,
+};
 
 /// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest protocol version this build still accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build still accepts (version 2 made `Send` carry one
+/// envelope per device; a version 1 `Send` cannot be stored).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// ALPN identifier used on both QUIC and TCP+TLS.
 pub const ALPN: &[u8] = b"missive/1";
 /// Label for the TLS exporter that binds a login signature to one connection (RFC 5705/8446).

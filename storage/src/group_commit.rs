@@ -26,7 +26,9 @@ use crate::store::{
 };
 use crate::unacked::{LoggedItem, Taken, UnackedLog};
 use crate::{keys, MailboxId, StorageError};
-use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
+use missive_proto::{
+    ClientMsgId, DeviceEnvelope, DeviceId, Payload, ServerSeq, UserDevices, Visibility,
+};
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -68,7 +70,10 @@ pub(crate) enum Op {
         from_device: DeviceId,
         client_msg_id: ClientMsgId,
         to: String,
-        envelope: Vec<u8>,
+        /// One copy per device of `to`.
+        envelopes: Vec<DeviceEnvelope>,
+        /// One copy per other device of `from`.
+        own: Vec<DeviceEnvelope>,
         now_ms: u64,
     },
     Ack {
@@ -425,6 +430,31 @@ fn sync_unlocked(mut c: MutexGuard<'_, Committer>, core: &Mutex<Committer>) {
 }
 
 /// Devices of `name` as stored on disk.
+/// Who sent a message, and its id.
+#[derive(Debug, Clone, Copy)]
+struct Sender<'a> {
+    user: &'a str,
+    device: DeviceId,
+    client_msg_id: ClientMsgId,
+}
+
+/// Whether `copies` name each of `devices` (ascending, distinct) exactly once.
+fn names_exactly(copies: &[DeviceEnvelope], devices: &[DeviceId]) -> bool {
+    if copies.len() != devices.len() {
+        return false;
+    }
+    let mut named: Vec<DeviceId> = copies.iter().map(|c| c.device).collect();
+    named.sort_unstable();
+    named == devices
+}
+
+/// Whether acknowledging `item` in `mb` tells its sender "delivered": a message does, except
+/// the copy a sender's own other device gets (that device is not the recipient).
+fn earns_receipt(mb: &MailboxId, item: &StoredItem) -> bool {
+    matches!(item.payload, Payload::Envelope(_))
+        && !(item.from == mb.user && item.from_device != mb.device)
+}
+
 pub(crate) fn devices_on_disk(
     db: &dyn KvEngine,
     name: &str,
@@ -875,17 +905,21 @@ impl Committer {
                 from_device,
                 client_msg_id,
                 to,
-                envelope,
+                envelopes,
+                own,
                 now_ms,
             } => self
                 .append(
                     batch,
                     pending,
-                    &from,
-                    from_device,
-                    client_msg_id,
+                    Sender {
+                        user: &from,
+                        device: from_device,
+                        client_msg_id,
+                    },
                     &to,
-                    envelope,
+                    envelopes,
+                    own,
                     now_ms,
                 )
                 .map(Reply::Append),
@@ -986,6 +1020,7 @@ impl Committer {
                     devs.push(*d);
                 }
             }
+            devs.sort_unstable();
         }
         Ok(devs)
     }
@@ -1089,8 +1124,7 @@ impl Committer {
                 }
             }
         }
-        let receipt_to = matches!(item.payload, Payload::Envelope(_))
-            .then(|| (item.from.clone(), item.client_msg_id));
+        let receipt_to = earns_receipt(&mb, &item).then(|| (item.from.clone(), item.client_msg_id));
         self.unacked.stored(
             &mb,
             LoggedItem {
@@ -1108,13 +1142,17 @@ impl Committer {
         &mut self,
         batch: &mut WriteBatch,
         pending: &mut Pending,
-        from: &str,
-        from_device: DeviceId,
-        client_msg_id: ClientMsgId,
+        sender: Sender<'_>,
         to: &str,
-        envelope: Vec<u8>,
+        envelopes: Vec<DeviceEnvelope>,
+        own: Vec<DeviceEnvelope>,
         now_ms: u64,
     ) -> Result<AppendOutcome, StorageError> {
+        let Sender {
+            user: from,
+            device: from_device,
+            client_msg_id,
+        } = sender;
         let dedup_key = keys::dedup(from, from_device, &client_msg_id);
         if let Some(ts) = pending.dedup.get(&dedup_key) {
             return Ok(AppendOutcome::Duplicate { server_ts_ms: *ts });
@@ -1123,15 +1161,47 @@ impl Committer {
             let ts = keys::be_u64(&v).unwrap_or(0);
             return Ok(AppendOutcome::Duplicate { server_ts_ms: ts });
         }
-        let devices = self.devices(pending, to)?;
-        if devices.is_empty() {
+        let recipients = self.devices(pending, to)?;
+        if recipients.is_empty() {
             return Ok(AppendOutcome::UnknownRecipient);
         }
-        // Nothing is written unless every device mailbox has room for the copy.
+        // Checked here, in the batch that writes, so a device linked or removed a moment ago
+        // is never missed: every device gets its own copy or nobody gets one.
+        let mut current = Vec::new();
+        if !names_exactly(&envelopes, &recipients) {
+            current.push(UserDevices {
+                user: to.to_owned(),
+                devices: recipients,
+            });
+        }
+        let mine = if from == to {
+            Vec::new()
+        } else {
+            self.devices(pending, from)?
+        };
+        let others: Vec<DeviceId> = mine.iter().copied().filter(|d| *d != from_device).collect();
+        if !names_exactly(&own, &others) {
+            current.push(UserDevices {
+                user: from.to_owned(),
+                devices: mine,
+            });
+        }
+        if !current.is_empty() {
+            return Ok(AppendOutcome::DeviceMismatch(current));
+        }
+        let copies: Vec<(MailboxId, Vec<u8>)> = envelopes
+            .into_iter()
+            .map(|c| (MailboxId::new(to, c.device), c.envelope))
+            .chain(
+                own.into_iter()
+                    .map(|c| (MailboxId::new(from, c.device), c.envelope)),
+            )
+            .collect();
+        // Nothing is written unless every device mailbox has room for its copy.
         let limits = self.limits;
-        let len = envelope.len() as u64;
-        for device in &devices {
-            let u = self.usage(&MailboxId::new(to, *device))?;
+        for (mb, envelope) in &copies {
+            let len = envelope.len() as u64;
+            let u = self.usage(mb)?;
             let (mine, my_bytes) = u.by_sender.get(from).copied().unwrap_or_default();
             if u.items >= limits.mailbox_max_items
                 || u.bytes.saturating_add(len) > limits.mailbox_max_bytes
@@ -1142,23 +1212,16 @@ impl Committer {
             }
         }
         self.mark_contact(batch, from, to, now_ms)?;
-        let n = devices.len();
-        let mut envelope = Some(envelope);
-        for (i, device) in devices.into_iter().enumerate() {
-            // The last device takes the buffer; earlier ones get copies.
-            let body = if i + 1 == n {
-                envelope.take().unwrap_or_default()
-            } else {
-                envelope.clone().unwrap_or_default()
-            };
+        let n = copies.len();
+        for (mb, envelope) in copies {
             let item = StoredItem {
                 from: from.to_owned(),
                 from_device,
                 client_msg_id,
                 server_ts_ms: now_ms,
-                payload: Payload::Envelope(body),
+                payload: Payload::Envelope(envelope),
             };
-            self.push_item(batch, pending, MailboxId::new(to, device), item)?;
+            self.push_item(batch, pending, mb, item)?;
         }
         batch.insert(dedup_key.clone(), now_ms.to_be_bytes());
         pending.dedup.insert(dedup_key, now_ms);
@@ -1256,7 +1319,9 @@ impl Committer {
             match decode_item(&v) {
                 Ok(item) if matches!(item.payload, Payload::Envelope(_)) => {
                     self.unuse(mb, v.len() as u64, Some(&item.from));
-                    receipts.push((item.from, item.client_msg_id))
+                    if earns_receipt(mb, &item) {
+                        receipts.push((item.from, item.client_msg_id))
+                    }
                 }
                 Ok(_) => self.unuse(mb, v.len() as u64, None),
                 Err(e) => {
@@ -1597,7 +1662,11 @@ mod tests {
             from_device: DeviceId(1),
             client_msg_id: ClientMsgId([n; 16]),
             to: "bob".into(),
-            envelope: vec![n],
+            envelopes: vec![DeviceEnvelope {
+                device: DeviceId(1),
+                envelope: vec![n],
+            }],
+            own: Vec::new(),
             now_ms: 1,
         }
     }

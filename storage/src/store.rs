@@ -7,7 +7,7 @@ use crate::group_commit::{self, Op, Request};
 use crate::health::{HealthCell, StorageHealth};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
 use crate::{keys, layout, MailboxId, StorageError};
-use missive_proto::{ClientMsgId, DeviceId, ServerSeq, Visibility};
+use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId, ServerSeq, UserDevices, Visibility};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,7 +96,7 @@ pub type CommitListener = Arc<dyn Fn(&MailboxId, ServerSeq, &StoredItem) + Send 
 /// Result of appending a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
-    /// Stored durably in `devices` mailboxes (one per recipient device).
+    /// Stored durably in `devices` mailboxes (one per device copy).
     Stored {
         /// Storage time, ms since the Unix epoch.
         server_ts_ms: u64,
@@ -112,6 +112,9 @@ pub enum AppendOutcome {
     UnknownRecipient,
     /// A mailbox of the recipient holds its quota of items or bytes; nothing was written.
     MailboxFull,
+    /// The copies did not name exactly the current devices of these users (the recipient,
+    /// the sender, or both; each list is ascending); nothing was written.
+    DeviceMismatch(Vec<UserDevices>),
 }
 
 /// Result of acknowledging a mailbox range.
@@ -373,18 +376,23 @@ impl Store {
         }
     }
 
-    /// Appends `envelope` from (`from`, `from_device`) to every device mailbox of `to`.
+    /// Appends a message from (`from`, `from_device`): each of `envelopes` to its device
+    /// mailbox of `to`, each of `own` to its device mailbox of `from`.
     ///
+    /// The copies must name exactly the current devices (see [`missive_proto::Send`]);
+    /// otherwise nothing is written and the outcome is [`AppendOutcome::DeviceMismatch`].
     /// Resolves only after the batch holding it is flushed and fsync'd. A second call with the
     /// same sender and `client_msg_id` (also after a restart) stores nothing and returns
     /// [`AppendOutcome::Duplicate`].
+    #[allow(clippy::too_many_arguments)]
     pub fn append_message(
         &self,
         from: &str,
         from_device: DeviceId,
         client_msg_id: ClientMsgId,
         to: &str,
-        envelope: Vec<u8>,
+        envelopes: Vec<DeviceEnvelope>,
+        own: Vec<DeviceEnvelope>,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<AppendOutcome, StorageError>> + Send + 'static
     {
@@ -393,7 +401,8 @@ impl Store {
             from_device,
             client_msg_id,
             to: to.to_owned(),
-            envelope,
+            envelopes,
+            own,
             now_ms,
         };
         self.submit(op, |r| match r {

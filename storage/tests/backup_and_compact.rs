@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, id};
+use common::{config, id, to_device_1};
 use missive_proto::{DeviceId, ServerSeq};
 use missive_storage::{compact, Engine, MailboxId, StorageError, Store, StoredItem};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +25,15 @@ async fn filled(dir: &std::path::Path, engine: Engine, n: u64) -> Store {
     }
     for i in 0..n {
         store
-            .append_message("alice", DeviceId(1), id(i), "bob", vec![i as u8; 100], 2)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(i),
+                "bob",
+                to_device_1(vec![i as u8; 100]),
+                Vec::new(),
+                2,
+            )
             .await
             .unwrap();
     }
@@ -55,7 +63,15 @@ async fn a_backup_taken_under_writes_holds_exactly_what_came_before_it() {
                 for i in 1000..1300u64 {
                     submitted.fetch_add(1, Ordering::SeqCst);
                     store
-                        .append_message("alice", DeviceId(1), id(i), "bob", vec![1; 100], 3)
+                        .append_message(
+                            "alice",
+                            DeviceId(1),
+                            id(i),
+                            "bob",
+                            to_device_1(vec![1; 100]),
+                            Vec::new(),
+                            3,
+                        )
                         .await
                         .unwrap();
                     if acked.fetch_add(1, Ordering::SeqCst) + 1 == 50 {
@@ -124,7 +140,15 @@ async fn fjall_compacts_while_open_and_sled_asks_for_a_stop() {
         // Still serving, with the same content.
         assert_eq!(queued(&store), before);
         store
-            .append_message("alice", DeviceId(1), id(9999), "bob", vec![2; 10], 5)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(9999),
+                "bob",
+                to_device_1(vec![2; 10]),
+                Vec::new(),
+                5,
+            )
             .await
             .unwrap();
         assert_eq!(queued(&store).len(), before.len() + 1);
@@ -165,7 +189,15 @@ async fn offline_compaction_keeps_every_queued_envelope() {
         assert_eq!(store.user_count().unwrap(), 2);
         // Seqs go on past every earlier one (from the mailbox's reserved mark: a gap is fine).
         store
-            .append_message("alice", DeviceId(1), id(5000), "bob", vec![3; 10], 6)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(5000),
+                "bob",
+                to_device_1(vec![3; 10]),
+                Vec::new(),
+                6,
+            )
             .await
             .unwrap();
         let after = queued(&store);

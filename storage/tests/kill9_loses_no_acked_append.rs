@@ -2,7 +2,7 @@
 //! reopening, every printed id must be in the mailbox exactly once, with no seq repeated.
 //! One child run per engine.
 
-use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq};
+use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId, Payload, ServerSeq};
 use missive_storage::{AppendOutcome, Engine, MailboxId, RegisterOutcome, Store, StoreConfig};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -42,7 +42,18 @@ async fn child_writer() {
                 b[..8].copy_from_slice(&w.to_be_bytes());
                 b[8..].copy_from_slice(&(n as u64).to_be_bytes());
                 let r = s
-                    .append_message("alice", DeviceId(1), ClientMsgId(b), "bob", vec![7; 100], 1)
+                    .append_message(
+                        "alice",
+                        DeviceId(1),
+                        ClientMsgId(b),
+                        "bob",
+                        vec![DeviceEnvelope {
+                            device: DeviceId(1),
+                            envelope: vec![7; 100],
+                        }],
+                        Vec::new(),
+                        1,
+                    )
                     .await
                     .unwrap();
                 assert!(matches!(r, AppendOutcome::Stored { .. }));

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{config, id};
-use missive_proto::{DeviceId, ServerSeq, Visibility};
+use common::{config, id, to_device_1};
+use missive_proto::{DeviceEnvelope, DeviceId, ServerSeq, Visibility};
 use missive_storage::{
     migrate, AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig,
     StoredItem, UserRecord,
@@ -85,7 +85,14 @@ async fn populate(dir: &Path, engine: Engine) -> Snapshot {
                 DeviceId(1),
                 id(n),
                 "bob",
-                vec![n as u8; 100],
+                vec![1, 2]
+                    .into_iter()
+                    .map(|d| DeviceEnvelope {
+                        device: DeviceId(d),
+                        envelope: vec![n as u8; 100],
+                    })
+                    .collect(),
+                Vec::new(),
                 20 + n,
             )
             .await
@@ -93,7 +100,18 @@ async fn populate(dir: &Path, engine: Engine) -> Snapshot {
         assert!(matches!(r, AppendOutcome::Stored { devices: 2, .. }));
     }
     store
-        .append_message("bob", DeviceId(2), id(50), "carol", vec![5; 10], 30)
+        .append_message(
+            "bob",
+            DeviceId(2),
+            id(50),
+            "carol",
+            to_device_1(vec![5; 10]),
+            vec![DeviceEnvelope {
+                device: DeviceId(1),
+                envelope: vec![5; 10],
+            }],
+            30,
+        )
         .await
         .unwrap();
     // bob's phone takes two: they leave its mailbox, and alice gets two receipts.
@@ -137,12 +155,28 @@ async fn migrate_there_and_back_keeps_everything() {
         // next seq comes after 5, from the counter's reserved mark; without the counter it would
         // start again at 1); the unused invite still works, the used one not.
         let dup = store
-            .append_message("alice", DeviceId(1), id(3), "bob", vec![1], 50)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(3),
+                "bob",
+                to_device_1(vec![1]),
+                Vec::new(),
+                50,
+            )
             .await
             .unwrap();
         assert_eq!(dup, AppendOutcome::Duplicate { server_ts_ms: 23 });
         store
-            .append_message("alice", DeviceId(1), id(6), "bob", vec![6], 51)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(6),
+                "bob",
+                to_device_1(vec![6]),
+                Vec::new(),
+                51,
+            )
             .await
             .unwrap();
         let bob = store

@@ -4,8 +4,10 @@
 
 mod common;
 
-use common::{config, id};
-use missive_proto::{ClientMsgId, DeviceId, Payload, ServerSeq, Visibility};
+use common::{config, id, to_device_1};
+use missive_proto::{
+    ClientMsgId, DeviceEnvelope, DeviceId, Payload, ServerSeq, UserDevices, Visibility,
+};
 use missive_storage::{
     AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig,
     StoredItem, SEQ_RESERVATION,
@@ -38,7 +40,7 @@ for_each_engine!(
     append_read_ack_and_delivery_receipts,
     unknown_recipient_is_refused,
     dedup_and_seq_survive_reopen,
-    every_device_of_the_recipient_gets_a_copy,
+    every_device_gets_its_own_copy_or_nobody_does,
     registration_names_and_invites,
     expiry_sweep_removes_only_old_items_and_dedup_keys,
     concurrent_writers_are_group_committed,
@@ -60,7 +62,15 @@ async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine)
     let store = Store::open(dir.path(), cfg, None).unwrap();
     with_users(&store, &["alice", "bob", "carol"]).await;
     let send = |n: u8, len: usize| {
-        store.append_message("alice", DeviceId(1), id(n.into()), "bob", vec![n; len], 5)
+        store.append_message(
+            "alice",
+            DeviceId(1),
+            id(n.into()),
+            "bob",
+            to_device_1(vec![n; len]),
+            Vec::new(),
+            5,
+        )
     };
     for n in 0..3 {
         assert!(matches!(
@@ -94,7 +104,15 @@ async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine)
     let store = Store::open(dir.path(), cfg, None).unwrap();
     with_users(&store, &["alice", "bob", "carol"]).await;
     let from = |who: &'static str, n: u64| {
-        store.append_message(who, DeviceId(1), id(n), "bob", vec![1; 10], 5)
+        store.append_message(
+            who,
+            DeviceId(1),
+            id(n),
+            "bob",
+            to_device_1(vec![1; 10]),
+            Vec::new(),
+            5,
+        )
     };
     for n in 0..2 {
         assert!(matches!(
@@ -115,7 +133,15 @@ async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine)
     ));
     // Bytes count too: carol's mailbox takes no single item above its byte quota.
     let big = store
-        .append_message("alice", DeviceId(1), id(9), "carol", vec![0; 10_001], 5)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(9),
+            "carol",
+            to_device_1(vec![0; 10_001]),
+            Vec::new(),
+            5,
+        )
         .await
         .unwrap();
     assert_eq!(big, AppendOutcome::MailboxFull);
@@ -163,7 +189,15 @@ async fn a_message_makes_its_sender_count_the_recipient_as_a_contact(engine: Eng
     with_users(&store, &["alice", "bob"]).await;
     assert!(!store.is_contact("alice", "bob").unwrap());
     store
-        .append_message("alice", DeviceId(1), id(1), "bob", vec![1], 5)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(1),
+            "bob",
+            to_device_1(vec![1]),
+            Vec::new(),
+            5,
+        )
         .await
         .unwrap();
     assert!(store.is_contact("alice", "bob").unwrap());
@@ -183,7 +217,15 @@ async fn reads_stop_at_their_byte_budget(engine: Engine) {
     with_users(&store, &["alice", "bob"]).await;
     for n in 0..5u8 {
         store
-            .append_message("alice", DeviceId(1), id(n.into()), "bob", vec![n; 1000], 5)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(n.into()),
+                "bob",
+                to_device_1(vec![n; 1000]),
+                Vec::new(),
+                5,
+            )
             .await
             .unwrap();
     }
@@ -228,7 +270,8 @@ async fn append_read_ack_and_delivery_receipts(engine: Engine) {
                 DeviceId(1),
                 id(n),
                 "bob",
-                vec![n as u8; 10],
+                to_device_1(vec![n as u8; 10]),
+                Vec::new(),
                 1000 + n,
             )
             .await
@@ -286,14 +329,30 @@ async fn unknown_recipient_is_refused(engine: Engine) {
     let store = Store::open(dir.path(), config(engine), None).unwrap();
     with_users(&store, &["alice"]).await;
     let r = store
-        .append_message("alice", DeviceId(1), id(1), "nobody", vec![1], 1)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(1),
+            "nobody",
+            to_device_1(vec![1]),
+            Vec::new(),
+            1,
+        )
         .await
         .unwrap();
     assert_eq!(r, AppendOutcome::UnknownRecipient);
     // Once the name registers, and again when it links a second device, appends follow.
     with_users(&store, &["nobody"]).await;
     let r = store
-        .append_message("alice", DeviceId(1), id(2), "nobody", vec![1], 1)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(2),
+            "nobody",
+            to_device_1(vec![1]),
+            Vec::new(),
+            1,
+        )
         .await
         .unwrap();
     assert!(
@@ -305,7 +364,20 @@ async fn unknown_recipient_is_refused(engine: Engine) {
         .await
         .unwrap());
     let r = store
-        .append_message("alice", DeviceId(1), id(3), "nobody", vec![1], 1)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(3),
+            "nobody",
+            [0, 1]
+                .map(|d| DeviceEnvelope {
+                    device: DeviceId(d),
+                    envelope: vec![1],
+                })
+                .to_vec(),
+            Vec::new(),
+            1,
+        )
         .await
         .unwrap();
     assert!(
@@ -324,7 +396,15 @@ async fn unknown_recipient_is_refused(engine: Engine) {
 /// Appends one message from alice to the drained mailbox `bob` and returns the seq it got.
 async fn seq_of_one_append_to_empty(store: &Store, bob: &MailboxId, msg: ClientMsgId) -> ServerSeq {
     store
-        .append_message("alice", DeviceId(1), msg, "bob", vec![1], 20)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            msg,
+            "bob",
+            to_device_1(vec![1]),
+            Vec::new(),
+            20,
+        )
         .await
         .unwrap();
     let items = store
@@ -342,14 +422,38 @@ async fn dedup_and_seq_survive_reopen(engine: Engine) {
         with_users(&store, &["alice", "bob"]).await;
         for n in 0..3 {
             store
-                .append_message("alice", DeviceId(1), id(n), "bob", vec![1], 10)
+                .append_message(
+                    "alice",
+                    DeviceId(1),
+                    id(n),
+                    "bob",
+                    to_device_1(vec![1]),
+                    Vec::new(),
+                    10,
+                )
                 .await
                 .unwrap();
         }
         // Same id in the same batch window: stored once.
         let (a, b) = tokio::join!(
-            store.append_message("alice", DeviceId(1), id(9), "bob", vec![1], 11),
-            store.append_message("alice", DeviceId(1), id(9), "bob", vec![1], 11)
+            store.append_message(
+                "alice",
+                DeviceId(1),
+                id(9),
+                "bob",
+                to_device_1(vec![1]),
+                Vec::new(),
+                11
+            ),
+            store.append_message(
+                "alice",
+                DeviceId(1),
+                id(9),
+                "bob",
+                to_device_1(vec![1]),
+                Vec::new(),
+                11
+            )
         );
         let outcomes = [a.unwrap(), b.unwrap()];
         assert_eq!(
@@ -368,7 +472,15 @@ async fn dedup_and_seq_survive_reopen(engine: Engine) {
     }
     let store = Store::open(dir.path(), config(engine), None).unwrap();
     let r = store
-        .append_message("alice", DeviceId(1), id(1), "bob", vec![1], 20)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(1),
+            "bob",
+            to_device_1(vec![1]),
+            Vec::new(),
+            20,
+        )
         .await
         .unwrap();
     assert_eq!(r, AppendOutcome::Duplicate { server_ts_ms: 10 });
@@ -381,7 +493,7 @@ async fn dedup_and_seq_survive_reopen(engine: Engine) {
     store.shutdown().await;
 }
 
-async fn every_device_of_the_recipient_gets_a_copy(engine: Engine) {
+async fn every_device_gets_its_own_copy_or_nobody_does(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config(engine), None).unwrap();
     with_users(&store, &["alice", "bob"]).await;
@@ -391,38 +503,127 @@ async fn every_device_of_the_recipient_gets_a_copy(engine: Engine) {
         .add_device("nobody", DeviceId(2), [9; 32])
         .await
         .unwrap());
+    assert!(store
+        .add_device("alice", DeviceId(3), [8; 32])
+        .await
+        .unwrap());
     assert_eq!(
         store.devices("bob").unwrap(),
         vec![DeviceId(1), DeviceId(2)]
     );
-    let r = store
-        .append_message("alice", DeviceId(1), id(1), "bob", vec![7], 1)
-        .await
-        .unwrap();
-    assert!(matches!(r, AppendOutcome::Stored { devices: 2, .. }));
-    for d in [1, 2] {
-        let mb = MailboxId::new("bob", DeviceId(d));
+    let copies = |devices: &[u32], tag: u8| -> Vec<DeviceEnvelope> {
+        devices
+            .iter()
+            .map(|d| DeviceEnvelope {
+                device: DeviceId(*d),
+                envelope: vec![tag, *d as u8],
+            })
+            .collect()
+    };
+    let send = |n: u64, to: &[u32], own: &[u32]| {
+        store.append_message(
+            "alice",
+            DeviceId(1),
+            id(n),
+            "bob",
+            copies(to, 7),
+            copies(own, 8),
+            1,
+        )
+    };
+    // A stale list (bob's laptop missing, alice's own tablet missing), a duplicate, an extra
+    // device: each is refused with the current lists and writes nothing.
+    let stale = send(1, &[1], &[]).await.unwrap();
+    assert_eq!(
+        stale,
+        AppendOutcome::DeviceMismatch(vec![
+            UserDevices {
+                user: "bob".into(),
+                devices: vec![DeviceId(1), DeviceId(2)],
+            },
+            UserDevices {
+                user: "alice".into(),
+                devices: vec![DeviceId(1), DeviceId(3)],
+            },
+        ])
+    );
+    for (to, own) in [
+        (&[1, 1][..], &[3][..]),
+        (&[1, 2, 5][..], &[3][..]),
+        (&[1, 2][..], &[1, 3][..]),
+    ] {
+        assert!(matches!(
+            send(1, to, own).await.unwrap(),
+            AppendOutcome::DeviceMismatch(_)
+        ));
+    }
+    assert_eq!(
+        store.total_queued().unwrap(),
+        0,
+        "a refused send wrote nothing"
+    );
+    // The same id, once the lists are right, is stored (the refusals kept no dedup key).
+    let r = send(1, &[2, 1], &[3]).await.unwrap();
+    assert!(matches!(r, AppendOutcome::Stored { devices: 3, .. }));
+    for (user, device, want) in [
+        ("bob", 1, vec![7, 1]),
+        ("bob", 2, vec![7, 2]),
+        ("alice", 3, vec![8, 3]),
+    ] {
+        let mb = MailboxId::new(user, DeviceId(device));
         let items = store
             .read_mailbox(&mb, ServerSeq(0), 10, usize::MAX)
             .unwrap();
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].1.payload, Payload::Envelope(vec![7]));
+        assert_eq!(items.len(), 1, "{mb}");
+        assert_eq!(items[0].1.payload, Payload::Envelope(want), "{mb}");
     }
-    // Each device's ack makes its own receipt, naming that device.
+    let receipts_of = |device: u32| {
+        store
+            .read_mailbox(
+                &MailboxId::new("alice", DeviceId(device)),
+                ServerSeq(0),
+                10,
+                usize::MAX,
+            )
+            .unwrap()
+            .into_iter()
+            .filter(|(_, item)| item.payload == Payload::Delivered)
+            .map(|(_, item)| item.from_device)
+            .collect::<Vec<_>>()
+    };
+    // alice's tablet taking its copy is no delivery to bob: no receipt.
+    let own = store
+        .ack(MailboxId::new("alice", DeviceId(3)), ServerSeq(1), 2)
+        .await
+        .unwrap();
+    assert_eq!((own.deleted, own.receipts), (1, 0));
+    // Each of bob's devices makes its own receipt, naming that device, for each of alice's.
     store
         .ack(MailboxId::new("bob", DeviceId(2)), ServerSeq(1), 2)
         .await
         .unwrap();
-    let receipts = store
-        .read_mailbox(
-            &MailboxId::new("alice", DeviceId(1)),
-            ServerSeq(0),
-            10,
-            usize::MAX,
+    assert_eq!(receipts_of(1), vec![DeviceId(2)]);
+    assert_eq!(receipts_of(3), vec![DeviceId(2)]);
+    // A note to self reaches every own device through `envelopes`; `own` must stay empty.
+    let to_self = |own: &[u32]| {
+        store.append_message(
+            "alice",
+            DeviceId(1),
+            id(9),
+            "alice",
+            copies(&[1, 3], 5),
+            copies(own, 6),
+            3,
         )
-        .unwrap();
-    assert_eq!(receipts.len(), 1);
-    assert_eq!(receipts[0].1.from_device, DeviceId(2));
+    };
+    assert!(matches!(
+        to_self(&[3]).await.unwrap(),
+        AppendOutcome::DeviceMismatch(_)
+    ));
+    assert!(matches!(
+        to_self(&[]).await.unwrap(),
+        AppendOutcome::Stored { devices: 2, .. }
+    ));
     store.shutdown().await;
 }
 
@@ -480,16 +681,40 @@ async fn expiry_sweep_removes_only_old_items_and_dedup_keys(engine: Engine) {
     with_users(&store, &["alice", "bob", "carol"]).await;
     for n in 0..4 {
         store
-            .append_message("alice", DeviceId(1), id(n), "bob", vec![1], 100 + n)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(n),
+                "bob",
+                to_device_1(vec![1]),
+                Vec::new(),
+                100 + n,
+            )
             .await
             .unwrap();
     }
     store
-        .append_message("alice", DeviceId(1), id(10), "bob", vec![1], 5000)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(10),
+            "bob",
+            to_device_1(vec![1]),
+            Vec::new(),
+            5000,
+        )
         .await
         .unwrap();
     store
-        .append_message("alice", DeviceId(1), id(11), "carol", vec![1], 100)
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(11),
+            "carol",
+            to_device_1(vec![1]),
+            Vec::new(),
+            100,
+        )
         .await
         .unwrap();
     let out = store.sweep(5500).await.unwrap();
@@ -529,7 +754,8 @@ async fn concurrent_writers_are_group_committed(engine: Engine) {
                     DeviceId(1),
                     id(w * 1000 + n),
                     "bob",
-                    vec![0; 100],
+                    to_device_1(vec![0; 100]),
+                    Vec::new(),
                     1,
                 )
                 .await
@@ -628,7 +854,8 @@ async fn acked_items_stay_deleted_across_reopen(engine: Engine) {
                             DeviceId(1),
                             id(w * 1000 + n),
                             "bob",
-                            vec![w as u8; 1000],
+                            to_device_1(vec![w as u8; 1000]),
+                            Vec::new(),
                             1,
                         )
                         .await
@@ -659,7 +886,15 @@ async fn acked_items_stay_deleted_across_reopen(engine: Engine) {
     // Every message id is still remembered, acked or not.
     for w in [0u64, 15] {
         let r = store
-            .append_message("alice", DeviceId(1), id(w * 1000 + 3), "bob", vec![1], 3)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(w * 1000 + 3),
+                "bob",
+                to_device_1(vec![1]),
+                Vec::new(),
+                3,
+            )
             .await
             .unwrap();
         assert_eq!(r, AppendOutcome::Duplicate { server_ts_ms: 1 });
@@ -675,7 +910,15 @@ async fn acks_across_a_restart_cover_old_and_new_items_once(engine: Engine) {
     let alice = MailboxId::new("alice", DeviceId(1));
     let send = |store: Store, n: u64| async move {
         let r = store
-            .append_message("alice", DeviceId(1), id(n), "bob", vec![n as u8], 1)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(n),
+                "bob",
+                to_device_1(vec![n as u8]),
+                Vec::new(),
+                1,
+            )
             .await
             .unwrap();
         assert!(matches!(r, AppendOutcome::Stored { .. }));
@@ -751,7 +994,15 @@ async fn seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark(engine: E
         for _ in 0..items {
             next_id += 1;
             store
-                .append_message("alice", DeviceId(1), id(next_id), "bob", vec![1], 1)
+                .append_message(
+                    "alice",
+                    DeviceId(1),
+                    id(next_id),
+                    "bob",
+                    to_device_1(vec![1]),
+                    Vec::new(),
+                    1,
+                )
                 .await
                 .unwrap();
         }
@@ -765,7 +1016,15 @@ async fn seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark(engine: E
         let store = Store::open(dir.path(), config(engine), None).unwrap();
         next_id += 1;
         store
-            .append_message("alice", DeviceId(1), id(next_id), "bob", vec![1], 1)
+            .append_message(
+                "alice",
+                DeviceId(1),
+                id(next_id),
+                "bob",
+                to_device_1(vec![1]),
+                Vec::new(),
+                1,
+            )
             .await
             .unwrap();
         used += 1;

@@ -287,7 +287,7 @@ where
     let challenge: [u8; 32] = rand::random();
     let _ = tx.send(
         ServerHello {
-            version: 1,
+            version: PROTOCOL_VERSION,
             challenge,
             max_frame: 1 << 20,
         }
@@ -400,6 +400,20 @@ where
                     );
                     continue;
                 }
+                // Every user here has the one device 1.
+                if send.envelopes.len() != 1 || send.envelopes[0].device != DeviceId(1) {
+                    let _ = tx.send(
+                        DeviceMismatch {
+                            client_msg_id: send.client_msg_id,
+                            current: vec![UserDevices {
+                                user: send.to.clone(),
+                                devices: vec![DeviceId(1)],
+                            }],
+                        }
+                        .into(),
+                    );
+                    continue;
+                }
                 let duplicate = !s.stored.insert((user.clone(), send.client_msg_id));
                 if !duplicate {
                     s.append(
@@ -409,7 +423,7 @@ where
                             from_device: device,
                             client_msg_id: send.client_msg_id,
                             ts: 1000,
-                            payload: Payload::Envelope(send.envelope),
+                            payload: Payload::Envelope(send.envelopes[0].envelope.clone()),
                         },
                     );
                 }

@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::shared::now_ms;
 use hdrhistogram::Histogram;
-use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
+use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId, ServerSeq};
 use missive_storage::{AppendOutcome, Engine, MailboxId, Store, StoreConfig};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -400,7 +400,11 @@ async fn writer(
                 DeviceId(1),
                 msg_id(i),
                 &to,
-                rng.bytes(size),
+                vec![DeviceEnvelope {
+                    device: DeviceId(1),
+                    envelope: rng.bytes(size),
+                }],
+                Vec::new(),
                 now_ms(),
             )
             .await
@@ -434,7 +438,11 @@ async fn fill_drain_mailbox(
                         DeviceId(1),
                         msg_id(i),
                         DRAINER,
-                        rng.bytes(size),
+                        vec![DeviceEnvelope {
+                            device: DeviceId(1),
+                            envelope: rng.bytes(size),
+                        }],
+                        Vec::new(),
                         now_ms(),
                     )
                     .await

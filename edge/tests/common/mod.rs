@@ -411,8 +411,8 @@ impl Raw {
     ) -> Result<missive_proto::ServerHello, String> {
         self.send(
             missive_proto::Hello {
-                min_version: 1,
-                max_version: 1,
+                min_version: missive_proto::MIN_PROTOCOL_VERSION,
+                max_version: missive_proto::PROTOCOL_VERSION,
                 client: "raw-test".into(),
             }
             .into(),
@@ -603,4 +603,12 @@ pub fn admin(global: &[&std::ffi::OsStr], args: &[&str]) -> AdminRun {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The copies of a message for a recipient with the one device 1 (the raw tests' users).
+pub fn one_copy(envelope: Vec<u8>) -> Vec<missive_proto::DeviceEnvelope> {
+    vec![missive_proto::DeviceEnvelope {
+        device: missive_proto::DeviceId(1),
+        envelope,
+    }]
 }

@@ -25,3 +25,11 @@ pub(crate) fn id(n: u64) -> ClientMsgId {
     b[8..].copy_from_slice(&n.to_be_bytes());
     ClientMsgId(b)
 }
+
+/// The copies of a message for a recipient with the one device 1 (the usual case here).
+pub(crate) fn to_device_1(envelope: Vec<u8>) -> Vec<missive_proto::DeviceEnvelope> {
+    vec![missive_proto::DeviceEnvelope {
+        device: missive_proto::DeviceId(1),
+        envelope,
+    }]
+}
