@@ -59,15 +59,12 @@ fn ok(o: &Output) {
     );
 }
 
-async fn setup() -> (FakeEdge, Cli) {
-    let edge = FakeEdge::start(true).await;
-    let root = tempfile::tempdir().unwrap();
-    let ca = root.path().join("edge.pem");
-    std::fs::write(&ca, &edge.ca_pem).unwrap();
+async fn setup() -> (Edge, Cli) {
+    let edge = Edge::start();
     let cli = Cli {
-        addr: edge.addr.to_string(),
-        ca,
-        root,
+        addr: edge.quic.to_string(),
+        ca: edge.cert.clone(),
+        root: tempfile::tempdir().unwrap(),
     };
     (edge, cli)
 }
@@ -95,11 +92,9 @@ async fn register_send_recv_receipts() {
     assert_eq!(lines[0]["client_msg_id"], id.as_str());
     assert!(lines[0]["server_seq"].as_u64().is_some());
     assert!(lines[0]["server_ts_ms"].as_u64().is_some());
-    assert_eq!(
-        edge.mailbox_len("bob"),
-        0,
-        "acked before the process exited"
-    );
+    // bob acked the message before the process exited: what is left are alice's receipts,
+    // delivered and read.
+    metric_becomes(&edge, "missive_mailbox_items", 2.0).await;
 
     // Nothing is printed twice.
     let again = cli.run("bob", &["recv", "--wait", "0.5", "--json"]).await;
@@ -152,16 +147,27 @@ async fn presence_and_visibility() {
     let (_edge, cli) = setup().await;
     ok(&cli.register("carol", &[]).await);
     ok(&cli.register("dave", &[]).await);
+    let presence = || async {
+        let p = cli
+            .run("carol", &["presence", "dave", "--wait", "0.5", "--json"])
+            .await;
+        ok(&p);
+        let lines = json_lines(&p);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["type"], "presence");
+        assert_eq!(lines[0]["user"], "dave");
+        lines[0].clone()
+    };
+    // dave has written to carol: she sees when he was last online.
+    ok(&cli.run("dave", &["send", "carol", "hi"]).await);
+    let seen = presence().await;
+    assert_eq!(seen["state"], "offline", "{seen}");
+    assert!(seen["last_seen_ms"].as_u64().is_some(), "{seen}");
+
     ok(&cli.run("dave", &["visibility", "nobody"]).await);
-    let p = cli
-        .run("carol", &["presence", "dave", "--wait", "0.5", "--json"])
-        .await;
-    ok(&p);
-    let lines = json_lines(&p);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert_eq!(lines[0]["type"], "presence");
-    assert_eq!(lines[0]["user"], "dave");
-    assert_eq!(lines[0]["state"], "offline");
+    let hidden = presence().await;
+    assert_eq!(hidden["state"], "hidden", "{hidden}");
+    assert!(hidden.get("last_seen_ms").is_none(), "{hidden}");
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! Login signatures verify against the server's own TLS exporter on both transports, and a
-//! wrong key is refused with a typed, fatal error.
+//! Login signatures verify against the edge's own TLS exporter on both transports, and a
+//! wrong key is refused with a typed, fatal error; so are registrations the edge refuses.
 
 mod common;
 
@@ -9,7 +9,7 @@ use missive_proto::DeviceId;
 
 #[tokio::test]
 async fn register_and_login_over_quic_and_tcp() {
-    let edge = FakeEdge::start(true).await;
+    let edge = Edge::start();
     let alice = registered(&edge, "alice").await;
 
     let (client, mut events) = Client::connect(config(&edge, alice.clone())).await.unwrap();
@@ -40,19 +40,25 @@ async fn register_and_login_over_quic_and_tcp() {
     );
     client.close().await.unwrap();
 
+    // The edge saw one registration and two logins, and refused none of them.
     assert_eq!(
-        edge.logins(),
-        vec![
-            ("alice".to_string(), "register"),
-            ("alice".to_string(), "login"),
-            ("alice".to_string(), "login")
-        ]
+        edge.metric("missive_frames_in_total{type=\"Register\"}"),
+        1.0
+    );
+    assert_eq!(edge.metric("missive_frames_in_total{type=\"Login\"}"), 2.0);
+    assert_eq!(
+        edge.metric("missive_connections_accepted_total{transport=\"tcp\"}"),
+        1.0
+    );
+    assert_eq!(
+        edge.try_metric("missive_errors_total{code=\"auth_failed\"}"),
+        None
     );
 }
 
 #[tokio::test]
 async fn registration_refusals_are_typed() {
-    let edge = FakeEdge::start(true).await;
+    let edge = Edge::start();
     registered(&edge, "bob").await;
     let again = Identity::generate("bob", DeviceId(1));
     let err = missive_client::register(&config(&edge, again), None)
@@ -69,13 +75,42 @@ async fn registration_refusals_are_typed() {
 }
 
 #[tokio::test]
+async fn invite_only_edge_registers_with_a_minted_token_once() {
+    let edge = Edge::start_with(&["--invite-only"]);
+    let erin = config(&edge, Identity::generate("erin", DeviceId(1)));
+    let err = missive_client::register(&erin, None).await.unwrap_err();
+    assert!(matches!(err, ClientError::InviteRequired), "{err:?}");
+
+    let minted = edge.admin(&["invite"]);
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    assert!(!token.is_empty());
+    missive_client::register(&erin, Some(token.clone()))
+        .await
+        .unwrap();
+    let (client, _events) = Client::connect(erin).await.unwrap();
+    client.close().await.unwrap();
+
+    // The token is spent.
+    let frank = config(&edge, Identity::generate("frank", DeviceId(1)));
+    let err = missive_client::register(&frank, Some(token))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::InviteRequired), "{err:?}");
+}
+
+#[tokio::test]
 async fn wrong_key_is_auth_failed() {
-    let edge = FakeEdge::start(true).await;
+    let edge = Edge::start();
     registered(&edge, "carol").await;
     let impostor = Identity::generate("carol", DeviceId(1));
     let err = Client::connect(config(&edge, impostor)).await.unwrap_err();
     assert!(matches!(err, ClientError::AuthFailed(_)), "{err:?}");
     assert!(err.is_fatal());
+    assert_eq!(
+        edge.metric("missive_errors_total{code=\"auth_failed\"}"),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -85,7 +120,7 @@ async fn unreachable_server_names_the_address() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let edge = FakeEdge::start(false).await;
+    let edge = Edge::start();
     let mut cfg = config(&edge, Identity::generate("dave", DeviceId(1)));
     cfg.server = addr;
     cfg.quic_timeout = std::time::Duration::from_millis(200);
@@ -99,11 +134,11 @@ async fn unreachable_server_names_the_address() {
 
 #[tokio::test]
 async fn untrusted_certificate_is_refused_on_both_transports() {
-    let edge = FakeEdge::start(true).await;
-    let other = FakeEdge::start(true).await;
+    let edge = Edge::start();
+    let other = Edge::start();
     let alice = registered(&edge, "alice").await;
     let mut cfg = config(&edge, alice);
-    cfg.ca_pem = other.ca_pem.clone();
+    cfg.ca_pem = other.ca_pem();
     let err = Client::connect(cfg).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
