@@ -157,6 +157,19 @@ pub struct LimitsConfig {
     /// QUIC handshakes in progress above which new QUIC clients must first prove their
     /// address (a Retry round trip) before the edge spends a handshake on them. Default 64.
     pub quic_retry_above_handshakes: usize,
+    /// Key bundles one user may claim per minute, over all of its connections (bursts up to
+    /// `key_claim_burst`). Each claim takes one of someone's one-time keys; the budget keeps
+    /// anyone from draining them. Default 60.
+    pub key_claims_per_min: u32,
+    /// Claims one user may make at once. Default 100 (a new contact list, a new group).
+    pub key_claim_burst: u32,
+    /// `UploadKeys` frames per minute per connection (bursts of 10). Default 10.
+    pub key_uploads_per_min: u32,
+    /// Unclaimed one-time keys one device may hold. Default 100.
+    pub max_one_time_keys: u32,
+    /// Below this many unclaimed one-time keys a device is told (`KeysLow`) to upload more.
+    /// Default 20.
+    pub one_time_keys_low: u32,
 }
 
 /// Registration policy.
@@ -353,6 +366,11 @@ impl Default for LimitsConfig {
             per_address_handshakes_per_sec: 100,
             address_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
             quic_retry_above_handshakes: 64,
+            key_claims_per_min: 60,
+            key_claim_burst: 100,
+            key_uploads_per_min: 10,
+            max_one_time_keys: 100,
+            one_time_keys_low: 20,
         }
     }
 }
@@ -497,6 +515,21 @@ impl Config {
         }
         if l.frame_rate_per_sec == 0 {
             return bad("limits.frame_rate_per_sec", "must be at least 1");
+        }
+        if l.key_claims_per_min == 0 {
+            return bad("limits.key_claims_per_min", "must be at least 1");
+        }
+        if l.key_uploads_per_min == 0 {
+            return bad("limits.key_uploads_per_min", "must be at least 1");
+        }
+        if l.max_one_time_keys == 0 || l.max_one_time_keys > 10_000 {
+            return bad("limits.max_one_time_keys", "must be 1..=10000");
+        }
+        if l.one_time_keys_low > l.max_one_time_keys {
+            return bad(
+                "limits.one_time_keys_low",
+                "must be at most limits.max_one_time_keys",
+            );
         }
         if l.frame_rate_per_sec < l.send_rate_per_sec {
             return bad(

@@ -2,6 +2,7 @@
 //! registry events in and out of the [`Session`] state machine. Transport-agnostic: QUIC
 //! streams and TLS streams both arrive here as an `AsyncRead` and an `AsyncWrite`.
 
+use crate::key_requests::KeyStoreRefusal;
 use crate::registry::{OnlineChange, SessionEvent, SessionHandle};
 use crate::session::{Action, DeviceLookup, Session, StoreRefusal};
 use crate::session_queue;
@@ -11,7 +12,10 @@ use missive_proto::{
     encode, ClientMsgId, Frame, FrameDecoder, PresenceState, ServerSeq, TypingNotice, Visibility,
     EXPORTER_LEN,
 };
-use missive_storage::{AppendOutcome, MailboxId, RegisterOutcome, StorageError, StoredItem};
+use missive_storage::{
+    AppendOutcome, ClaimedBundle, KeyStatus, MailboxId, RegisterOutcome, StorageError, StoredItem,
+    UploadOutcome,
+};
 use rand::RngCore;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,10 +69,23 @@ async fn write_step(writer: &mut Outbound, out: &[u8]) -> WriteProgress {
 /// future only waits for the commit.
 enum Completion {
     Registered(Option<RegisterOutcome>),
+    KeysUploaded(u32, Result<UploadOutcome, KeyStoreRefusal>),
+    KeysClaimed(u32, String, Result<Vec<ClaimedBundle>, KeyStoreRefusal>),
+    KeyStatus(Option<KeyStatus>),
     Stored(ClientMsgId, Result<AppendOutcome, StoreRefusal>),
     Acked,
     Read(usize, Result<Vec<(ServerSeq, StoredItem)>, ()>),
     VisibilityStored(Visibility, bool),
+}
+
+fn key_store_refusal(e: StorageError) -> KeyStoreRefusal {
+    match e {
+        StorageError::Unavailable(_) => KeyStoreRefusal::Unavailable,
+        e => {
+            tracing::error!(error = %e, "key directory request failed");
+            KeyStoreRefusal::Failed
+        }
+    }
 }
 
 /// Which transport a connection uses (for logs and metrics).
@@ -442,6 +459,41 @@ impl Driver {
                     };
                     self.write(&missive_proto::Presence { user, state }.into());
                 }
+                Action::UploadKeys { request_id, upload } => {
+                    let fut = self.shared.store.upload_keys(upload);
+                    self.pending.push(Box::pin(async move {
+                        let r = fut.await.map_err(key_store_refusal);
+                        Completion::KeysUploaded(request_id, r)
+                    }));
+                }
+                Action::ClaimKeys { request_id, user } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    if !self.shared.key_claims.try_claim(&me.user, Instant::now()) {
+                        self.session.handle_keys_claimed(
+                            request_id,
+                            user,
+                            Err(KeyStoreRefusal::RateLimited),
+                        );
+                        continue;
+                    }
+                    let fut = self.shared.store.claim_keys(&user);
+                    self.pending.push(Box::pin(async move {
+                        let r = fut.await.map_err(key_store_refusal);
+                        Completion::KeysClaimed(request_id, user, r)
+                    }));
+                }
+                Action::CheckKeys => {
+                    let Some(me) = self.mailbox.clone() else {
+                        continue;
+                    };
+                    let store = self.shared.store.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        store.key_status(&me.user, me.device).ok()
+                    });
+                    self.pending.push(Box::pin(async move {
+                        Completion::KeyStatus(read.await.ok().flatten())
+                    }));
+                }
                 Action::Typing { to, typing } => {
                     let Some(me) = &self.mailbox else { continue };
                     // Typing goes only into an existing conversation: `to` has written to us.
@@ -457,6 +509,22 @@ impl Driver {
             }
         }
         false
+    }
+
+    /// Devices whose keys a claim took below the low watermark (or whose fallback key it
+    /// handed out) hear it now if they are online; the others at their next login.
+    fn tell_devices_short_of_keys(&self, user: &str, bundles: &[ClaimedBundle]) {
+        for b in bundles {
+            let status = KeyStatus {
+                one_time_keys: b.remaining,
+                fallback_used: b.bundle.fallback,
+                has_identity: b.bundle.identity.is_some(),
+            };
+            if let Some(notice) = self.session.low_notice(status) {
+                let mb = MailboxId::new(user, b.bundle.device);
+                self.shared.registry.forward_to_device(&mb, &notice.into());
+            }
+        }
     }
 
     fn go_online(&mut self, user: String, device: missive_proto::DeviceId) {
@@ -477,6 +545,14 @@ impl Driver {
     fn complete(&mut self, c: Completion) {
         match c {
             Completion::Registered(r) => self.session.handle_register_result(now_ms(), r),
+            Completion::KeysUploaded(id, r) => self.session.handle_keys_uploaded(id, r),
+            Completion::KeysClaimed(id, user, r) => {
+                if let Ok(bundles) = &r {
+                    self.tell_devices_short_of_keys(&user, bundles);
+                }
+                self.session.handle_keys_claimed(id, user, r);
+            }
+            Completion::KeyStatus(status) => self.session.handle_key_status(status),
             Completion::Stored(id, r) => self.session.handle_send_result(id, r, now_ms()),
             Completion::Acked => self.session.handle_ack_result(),
             Completion::Read(limit, r) => self.session.handle_mailbox_read(limit, r),

@@ -30,9 +30,11 @@
 pub mod address_limits;
 pub mod admin;
 pub mod budget;
+pub mod claim_budget;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod key_requests;
 pub mod listener;
 pub mod metrics;
 pub mod notifier;

@@ -86,6 +86,7 @@ impl Metrics {
             }
             Frame::Error(e) => self.error(e.code),
             Frame::Rejected(r) => self.error(r.code),
+            Frame::RequestRefused(r) => self.error(r.code),
             Frame::DeviceMismatch(_) => {
                 self.error(missive_proto::ErrorCode::DeviceMismatch.as_u16())
             }

@@ -186,6 +186,13 @@ impl Registry {
         }
     }
 
+    /// Forwards a frame to the live session of one device, if it has one here.
+    pub fn forward_to_device(&self, mb: &MailboxId, frame: &Frame) {
+        if let Some(h) = self.sessions.get(mb) {
+            h.offer(SessionEvent::Forward(Box::new(frame.clone())));
+        }
+    }
+
     /// Forwards a frame to every live session of `user`.
     pub fn forward_to_user(&self, user: &str, frame: &Frame) {
         let devices = match self.online_devices.get(user) {

@@ -209,6 +209,11 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
         pings: Rate::per_second(l.pings_per_sec, l.pings_per_sec.saturating_mul(4)),
         max_subscriptions: l.max_subscriptions,
         delivery_window_bytes: l.delivery_window_bytes,
+        keys: crate::key_requests::KeyPolicy {
+            uploads: Rate::per_minute(l.key_uploads_per_min, 10),
+            max_one_time_keys: l.max_one_time_keys,
+            low_watermark: l.one_time_keys_low,
+        },
     }
 }
 
@@ -327,6 +332,10 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         metrics: crate::metrics::Metrics::default(),
         addresses: Arc::new(crate::address_limits::AddressLimits::new(
             config.address_budgets(),
+        )),
+        key_claims: crate::claim_budget::ClaimBudgets::new(crate::budget::Rate::per_minute(
+            config.limits.key_claims_per_min,
+            config.limits.key_claim_burst,
         )),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

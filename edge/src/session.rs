@@ -19,6 +19,7 @@
 //! `ReadMailbox`, so every item is either in that read or pushed after it.
 
 use crate::budget::{Rate, TokenBucket};
+use crate::key_requests::{KeyPolicy, KeyRequests, KeyStep, KeyStoreRefusal};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
     login_transcript, max_envelope_len, validate_user_name, AckDelivery, ClientMsgId, Deliver,
@@ -26,7 +27,9 @@ use missive_proto::{
     ProtoError, Rejected, Send, Sent, ServerHello, ServerSeq, Visibility, Welcome, EXPORTER_LEN,
     MAX_DEVICES_PER_USER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-use missive_storage::{AppendOutcome, RegisterOutcome, StoredItem};
+use missive_storage::{
+    AppendOutcome, ClaimedBundle, KeyStatus, KeyUpload, RegisterOutcome, StoredItem, UploadOutcome,
+};
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -67,6 +70,8 @@ pub struct SessionConfig {
     /// Envelope bytes delivered and not yet acknowledged, at most (at least one item always
     /// goes out): with `delivery_window` it bounds what a connection buffers for its peer.
     pub delivery_window_bytes: usize,
+    /// Key-directory budgets and thresholds.
+    pub keys: KeyPolicy,
 }
 
 /// Something the driver must do for the session.
@@ -133,6 +138,23 @@ pub enum Action {
     SetVisibility(Visibility),
     /// Subscribe this session to a user's presence (and send the current state).
     SubscribePresence(String),
+    /// Publish keys of this device; answer with `handle_keys_uploaded`.
+    UploadKeys {
+        /// The request's id.
+        request_id: u32,
+        /// What to store (checked: signed by this device, within the budgets).
+        upload: KeyUpload,
+    },
+    /// Claim one bundle per device of `user` (if the requester's claim budget allows);
+    /// answer with `handle_keys_claimed`.
+    ClaimKeys {
+        /// The request's id.
+        request_id: u32,
+        /// Whose devices.
+        user: String,
+    },
+    /// Read this device's standing in the key directory; answer with `handle_key_status`.
+    CheckKeys,
     /// Forward a typing indicator to the live sessions of `to`.
     Typing {
         /// Recipient user.
@@ -193,6 +215,10 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
+    /// Key-directory requests (uploads, claims) and their budgets.
+    keys: KeyRequests,
+    /// The logged-in device's login key (verifies the identity keys it publishes).
+    device_key: Option<[u8; 32]>,
     challenge: [u8; 32],
     exporter: [u8; EXPORTER_LEN],
     phase: Phase,
@@ -256,6 +282,8 @@ impl Session {
             now,
         );
         Self {
+            keys: KeyRequests::new(config.keys, now),
+            device_key: None,
             login_deadline: now + config.login_timeout,
             sends,
             send_bytes: TokenBucket::new(config.send_bytes, now),
@@ -516,6 +544,7 @@ impl Session {
                     device: r.device,
                     signature: None,
                 };
+                self.device_key = Some(r.device_key);
                 self.actions.push_back(Action::Register {
                     user: r.user,
                     device: r.device,
@@ -525,6 +554,15 @@ impl Session {
                 });
             }
             (Phase::Active { .. }, Frame::Send(s)) => self.on_send(now, s),
+            (Phase::Active { user, device }, Frame::UploadKeys(u)) => {
+                let key = self.device_key.unwrap_or_default();
+                let step = self.keys.upload(now, (user, *device, &key), u);
+                self.key_step(step);
+            }
+            (Phase::Active { .. }, Frame::ClaimKeys(c)) => {
+                let step = self.keys.claim(c);
+                self.key_step(step);
+            }
             (Phase::Active { .. }, Frame::AckDelivery(a)) => self.on_ack(a),
             (Phase::Active { .. }, Frame::SetPresenceVisibility(v)) => {
                 if !self.presence_changes.try_take(now, 1.0) {
@@ -615,6 +653,7 @@ impl Session {
         };
         match lookup {
             DeviceLookup::Found { key, disabled } => {
+                self.device_key = Some(key);
                 if !self.signature_valid(&key, &user, device, &sig) {
                     self.fail(ErrorCode::AuthFailed, "login signature does not verify");
                 } else if disabled {
@@ -662,6 +701,59 @@ impl Session {
         self.actions.push_back(Action::Online { user, device });
         self.backlog = true;
         self.pump();
+        self.actions.push_back(Action::CheckKeys);
+    }
+
+    fn key_step(&mut self, step: KeyStep) {
+        match step {
+            KeyStep::Upload { request_id, upload } => self
+                .actions
+                .push_back(Action::UploadKeys { request_id, upload }),
+            KeyStep::Claim { request_id, user } => self
+                .actions
+                .push_back(Action::ClaimKeys { request_id, user }),
+            KeyStep::Answer(frame) => self.send(frame),
+        }
+    }
+
+    /// Storage's answer to `Action::UploadKeys`.
+    pub fn handle_keys_uploaded(
+        &mut self,
+        request_id: u32,
+        result: Result<UploadOutcome, KeyStoreRefusal>,
+    ) {
+        let frame = self.keys.uploaded(request_id, result);
+        if !self.is_closed() {
+            self.send(frame);
+        }
+    }
+
+    /// Storage's answer to `Action::ClaimKeys`.
+    pub fn handle_keys_claimed(
+        &mut self,
+        request_id: u32,
+        user: String,
+        result: Result<Vec<ClaimedBundle>, KeyStoreRefusal>,
+    ) {
+        let frame = self.keys.claimed(request_id, user, result);
+        if !self.is_closed() {
+            self.send(frame);
+        }
+    }
+
+    /// The answer to `Action::CheckKeys` (`None` when storage could not say): a device
+    /// short of keys is told to upload.
+    pub fn handle_key_status(&mut self, status: Option<KeyStatus>) {
+        if let Some(notice) = status.and_then(|s| self.keys.low_notice(s)) {
+            if !self.is_closed() {
+                self.send(notice);
+            }
+        }
+    }
+
+    /// What a device whose keys were just claimed should be told, if anything.
+    pub fn low_notice(&self, status: KeyStatus) -> Option<missive_proto::KeysLow> {
+        self.keys.low_notice(status)
     }
 
     fn on_send(&mut self, now: Instant, s: Send) {
@@ -1036,6 +1128,11 @@ mod tests {
             pings: Rate::per_second(1000, 1000),
             max_subscriptions: 3,
             delivery_window_bytes: WINDOW_BYTES,
+            keys: KeyPolicy {
+                uploads: Rate::per_minute(10, 10),
+                max_one_time_keys: 100,
+                low_watermark: 10,
+            },
         }
     }
 

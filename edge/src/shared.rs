@@ -23,6 +23,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// Per-address connection, handshake and registration budgets.
     pub addresses: Arc<crate::address_limits::AddressLimits>,
+    /// Key claims per requesting user, across its connections.
+    pub key_claims: crate::claim_budget::ClaimBudgets,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).

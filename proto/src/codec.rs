@@ -307,6 +307,57 @@ mod tests {
                 reconnect_after_ms: 500,
             }
             .into(),
+            UploadKeys {
+                request_id: 1,
+                identity: Some(Box::new(IdentityKeys {
+                    curve25519: [1; 32],
+                    ed25519: [2; 32],
+                    signature: [3; 64],
+                })),
+                one_time_keys: vec![SignedKey {
+                    key: [4; 32],
+                    signature: [5; 64],
+                }],
+                fallback_key: None,
+            }
+            .into(),
+            ClaimKeys {
+                request_id: 2,
+                user: "bob".into(),
+            }
+            .into(),
+            KeysStored {
+                request_id: 1,
+                one_time_keys: 7,
+            }
+            .into(),
+            KeyBundles {
+                request_id: 2,
+                user: "bob".into(),
+                bundles: vec![DeviceBundle {
+                    device: DeviceId(1),
+                    device_key: [6; 32],
+                    identity: None,
+                    one_time_key: Some(SignedKey {
+                        key: [7; 32],
+                        signature: [8; 64],
+                    }),
+                    fallback: true,
+                }],
+            }
+            .into(),
+            KeysLow {
+                one_time_keys: 3,
+                fallback_used: true,
+                has_identity: false,
+            }
+            .into(),
+            RequestRefused {
+                request_id: 9,
+                code: 9,
+                message: "slow down".into(),
+            }
+            .into(),
             DeviceMismatch {
                 client_msg_id: id,
                 current: vec![UserDevices {

@@ -59,6 +59,9 @@ pub enum ErrorCode {
     /// A `Send` named other devices than the recipient's (or the sender's) current ones; the
     /// `DeviceMismatch` frame carries the current lists. Nothing was stored.
     DeviceMismatch = 23,
+    /// Keys uploaded to the key directory are not acceptable: identity keys not signed by
+    /// the uploading device, or other than the ones it already published.
+    InvalidKeys = 24,
 }
 
 impl ErrorCode {
@@ -89,6 +92,7 @@ impl ErrorCode {
             21 => LoginTimeout,
             22 => LimitExceeded,
             23 => DeviceMismatch,
+            24 => InvalidKeys,
             _ => return None,
         })
     }
@@ -125,6 +129,7 @@ impl ErrorCode {
             LoginTimeout => "login_timeout",
             LimitExceeded => "limit_exceeded",
             DeviceMismatch => "device_mismatch",
+            InvalidKeys => "invalid_keys",
         }
     }
 }

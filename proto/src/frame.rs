@@ -80,6 +80,10 @@ frames! {
     10 => Bye,
     /// Answer to `Ping`.
     11 => Pong,
+    /// Publish this device's identity keys, one-time keys and fallback key.
+    12 => UploadKeys,
+    /// Fetch one key bundle per device of a user, claiming one one-time key each.
+    13 => ClaimKeys,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -100,6 +104,14 @@ frames! {
     72 => Goaway,
     /// A `Send` named another device set than the current one; nothing was stored.
     73 => DeviceMismatch,
+    /// Answer to `UploadKeys`: what the server now holds for this device.
+    74 => KeysStored,
+    /// Answer to `ClaimKeys`: one bundle per device.
+    75 => KeyBundles,
+    /// This device's one-time keys are running low (or its fallback key was used): upload.
+    76 => KeysLow,
+    /// A request (`UploadKeys`, `ClaimKeys`) was refused; the connection stays open.
+    77 => RequestRefused,
 }
 
 /// Client → server, first frame on every connection.
@@ -360,6 +372,115 @@ pub struct Error {
     /// Stable code (`ErrorCode`).
     pub code: u16,
     /// Human-readable reason (never message content).
+    pub message: String,
+}
+
+/// A device's long-term end-to-end identity: its Curve25519 and Ed25519 keys (Olm), signed
+/// with the device's login key so that nobody but the device can publish them.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct IdentityKeys {
+    /// Curve25519 identity key.
+    pub curve25519: [u8; 32],
+    /// Ed25519 signing key of the E2EE account (signs one-time keys).
+    pub ed25519: [u8; 32],
+    /// Ed25519 signature by the device's login key over
+    /// [`crate::identity_transcript`]`(user, device, curve25519, ed25519)`.
+    pub signature: [u8; 64],
+}
+
+/// A Curve25519 one-time (or fallback) key, signed by the device's E2EE Ed25519 key.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SignedKey {
+    /// The public key.
+    pub key: [u8; 32],
+    /// Ed25519 signature by `IdentityKeys::ed25519` over [`crate::signed_key_transcript`].
+    /// The server does not check it; the claiming client does.
+    pub signature: [u8; 64],
+}
+
+/// Client → server: publish keys of this (logged-in) device. Answered `KeysStored` or
+/// `RequestRefused`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UploadKeys {
+    /// Echoed in the answer.
+    pub request_id: u32,
+    /// The device's identity keys; may be set once (the same keys again are accepted, other
+    /// keys are refused: a new identity is a new device). Boxed: it would make every
+    /// `Frame` value twice as large.
+    pub identity: Option<Box<IdentityKeys>>,
+    /// More one-time keys (at most [`crate::MAX_KEYS_PER_UPLOAD`]).
+    pub one_time_keys: Vec<SignedKey>,
+    /// A new fallback key, replacing the old one.
+    pub fallback_key: Option<SignedKey>,
+}
+
+/// Server → client: answer to `UploadKeys`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeysStored {
+    /// The upload's id.
+    pub request_id: u32,
+    /// Unclaimed one-time keys the server now holds for this device.
+    pub one_time_keys: u32,
+}
+
+/// Client → server: fetch `user`'s devices with a bundle each, claiming (and so removing)
+/// one one-time key per device. Answered `KeyBundles` or `RequestRefused`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClaimKeys {
+    /// Echoed in the answer.
+    pub request_id: u32,
+    /// Whose devices.
+    pub user: String,
+}
+
+/// What a client needs to start an Olm session with one device.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeviceBundle {
+    /// The device.
+    pub device: DeviceId,
+    /// Its login key (verifies `identity.signature`).
+    pub device_key: [u8; 32],
+    /// Its identity keys; `None` while the device has not published any.
+    pub identity: Option<IdentityKeys>,
+    /// A one-time key claimed for this requester alone, or the device's fallback key when
+    /// none is left (see `fallback`); `None` when the device has neither.
+    pub one_time_key: Option<SignedKey>,
+    /// `one_time_key` is the fallback key (shared by every claimer until replaced).
+    pub fallback: bool,
+}
+
+/// Server → client: answer to `ClaimKeys`: every current device of the user, ascending.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeyBundles {
+    /// The claim's id.
+    pub request_id: u32,
+    /// Whose devices.
+    pub user: String,
+    /// One bundle per device (empty: no such user).
+    pub bundles: Vec<DeviceBundle>,
+}
+
+/// Server → client: this device holds few unclaimed one-time keys (sent after login and
+/// whenever a claim leaves it below the server's threshold): upload more.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct KeysLow {
+    /// Unclaimed one-time keys left.
+    pub one_time_keys: u32,
+    /// The fallback key was handed out since it was uploaded: replace it.
+    pub fallback_used: bool,
+    /// Whether the server holds this device's identity keys (false: upload them).
+    pub has_identity: bool,
+}
+
+/// Server → client: the request `request_id` was refused (stable `code`); the connection
+/// stays open.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RequestRefused {
+    /// The refused request.
+    pub request_id: u32,
+    /// Stable code (`ErrorCode`).
+    pub code: u16,
+    /// Human-readable reason.
     pub message: String,
 }
 

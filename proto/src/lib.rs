@@ -36,6 +36,39 @@ pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest protocol version this build still accepts (version 2 made `Send` carry one
 /// envelope per device; a version 1 `Send` cannot be stored).
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// Most one-time keys one `UploadKeys` may carry.
+pub const MAX_KEYS_PER_UPLOAD: usize = 100;
+
+/// The bytes a device's login key signs to publish its E2EE identity keys: binding user and
+/// device means the keys cannot be moved to another device.
+pub fn identity_transcript(
+    user: &str,
+    device: DeviceId,
+    curve25519: &[u8; 32],
+    ed25519: &[u8; 32],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19 + 4 + user.len() + 4 + 64);
+    out.extend_from_slice(b"missive-identity-v1");
+    out.extend_from_slice(&(user.len() as u32).to_be_bytes());
+    out.extend_from_slice(user.as_bytes());
+    out.extend_from_slice(&device.0.to_be_bytes());
+    out.extend_from_slice(curve25519);
+    out.extend_from_slice(ed25519);
+    out
+}
+
+/// The bytes a device's E2EE Ed25519 key signs for each one-time or fallback key it
+/// publishes, so a claimer can tell the server did not substitute a key of its own.
+pub fn signed_key_transcript(user: &str, device: DeviceId, key: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14 + 4 + user.len() + 4 + 32);
+    out.extend_from_slice(b"missive-otk-v1");
+    out.extend_from_slice(&(user.len() as u32).to_be_bytes());
+    out.extend_from_slice(user.as_bytes());
+    out.extend_from_slice(&device.0.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
 /// ALPN identifier used on both QUIC and TCP+TLS.
 pub const ALPN: &[u8] = b"missive/1";
 /// Label for the TLS exporter that binds a login signature to one connection (RFC 5705/8446).

@@ -20,6 +20,7 @@
 use crate::backup::BackupReport;
 use crate::engine::{self, Engine, EngineSlot, KvEngine, Tuning, WriteBatch};
 use crate::health::{FreeSpaceWatch, HealthCell, StorageHealth};
+use crate::key_directory::{self, ClaimedBundle, KeyUpload, UploadOutcome};
 use crate::records::{decode_item, decode_user, encode, StoredItem, UserRecord};
 use crate::store::{
     AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, StoreStats, SweepOutcome,
@@ -102,6 +103,10 @@ pub(crate) enum Op {
         device: DeviceId,
         key: [u8; 32],
     },
+    UploadKeys(KeyUpload),
+    ClaimKeys {
+        user: String,
+    },
     Sweep {
         now_ms: u64,
     },
@@ -124,6 +129,8 @@ pub(crate) enum Reply {
     Updated(bool),
     Sweep(SweepOutcome),
     Backup(BackupReport),
+    KeysUploaded(UploadOutcome),
+    KeysClaimed(Vec<ClaimedBundle>),
     Done,
 }
 
@@ -594,7 +601,11 @@ struct SyncJob {
 fn adds_data(op: &Op) -> bool {
     matches!(
         op,
-        Op::Append { .. } | Op::Register { .. } | Op::AddInvite { .. } | Op::AddDevice { .. }
+        Op::Append { .. }
+            | Op::Register { .. }
+            | Op::AddInvite { .. }
+            | Op::AddDevice { .. }
+            | Op::UploadKeys(_)
     )
 }
 
@@ -615,6 +626,8 @@ struct Pending {
     used_invites: HashSet<String>,
     new_invites: HashSet<String>,
     deleted: HashSet<Vec<u8>>,
+    /// One-time keys handed out by claims in this batch (deleted when it is applied).
+    claimed_keys: HashSet<Vec<u8>>,
     /// Items deleted by acks answered from the unacked log (not in `deleted`).
     deleted_logged: u64,
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
@@ -977,6 +990,30 @@ impl Committer {
                 batch.insert(keys::device(&user, device), key);
                 pending.devices.entry(user).or_default().push(device);
                 Ok(Reply::Updated(true))
+            }
+            Op::UploadKeys(upload) => {
+                let exists = self
+                    .devices(pending, &upload.user)?
+                    .contains(&upload.device);
+                key_directory::upload(
+                    self.db.as_ref(),
+                    batch,
+                    &pending.claimed_keys,
+                    exists,
+                    upload,
+                )
+                .map(Reply::KeysUploaded)
+            }
+            Op::ClaimKeys { user } => {
+                let devices = self.devices(pending, &user)?;
+                key_directory::claim(
+                    self.db.as_ref(),
+                    batch,
+                    &mut pending.claimed_keys,
+                    &user,
+                    &devices,
+                )
+                .map(Reply::KeysClaimed)
             }
             Op::Sweep { now_ms } => self.sweep(batch, pending, now_ms).map(Reply::Sweep),
             // `run` takes backups out of the batch before it gets here.

@@ -11,6 +11,9 @@
 //! | `k` | `k user\0 device:u32` | Ed25519 public key, 32 bytes |
 //! | `i` | `i token` | created-at ms, u64 (invite) |
 //! | `c` | `c owner\0 other` | first-message ms, u64: `owner` has sent `other` a message |
+//! | `y` | `y user\0 device:u32` | rkyv `IdentityKeys` of the device (E2EE identity) |
+//! | `o` | `o user\0 device:u32 key:[32]` | signature, 64 bytes (an unclaimed one-time key) |
+//! | `f` | `f user\0 device:u32` | rkyv [`crate::records::FallbackRecord`] |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
@@ -22,6 +25,9 @@ pub(crate) const USER: u8 = b'u';
 pub(crate) const DEVICE: u8 = b'k';
 pub(crate) const INVITE: u8 = b'i';
 pub(crate) const CONTACT: u8 = b'c';
+pub(crate) const IDENTITY: u8 = b'y';
+pub(crate) const ONE_TIME_KEY: u8 = b'o';
+pub(crate) const FALLBACK_KEY: u8 = b'f';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
@@ -114,6 +120,28 @@ pub(crate) fn contact(owner: &str, other: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(other.as_bytes());
     k
+}
+
+/// Key of a device's E2EE identity keys.
+pub(crate) fn identity(user: &str, device: DeviceId) -> Vec<u8> {
+    user_device(IDENTITY, user, device, 0)
+}
+
+/// Prefix of a device's unclaimed one-time keys.
+pub(crate) fn one_time_keys_of(user: &str, device: DeviceId) -> Vec<u8> {
+    user_device(ONE_TIME_KEY, user, device, 32)
+}
+
+/// Key of one unclaimed one-time key.
+pub(crate) fn one_time_key(user: &str, device: DeviceId, key: &[u8; 32]) -> Vec<u8> {
+    let mut k = one_time_keys_of(user, device);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Key of a device's fallback key.
+pub(crate) fn fallback_key(user: &str, device: DeviceId) -> Vec<u8> {
+    user_device(FALLBACK_KEY, user, device, 0)
 }
 
 /// Reads a big-endian u64 value; `None` when the stored value has the wrong size.

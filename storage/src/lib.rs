@@ -52,6 +52,7 @@ mod engine;
 mod error;
 mod group_commit;
 mod health;
+mod key_directory;
 mod keys;
 mod layout;
 mod migrate;
@@ -66,8 +67,9 @@ pub use engine::Engine;
 pub use error::StorageError;
 pub use group_commit::SEQ_RESERVATION;
 pub use health::StorageHealth;
+pub use key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 pub use migrate::{migrate, MigrationReport};
-pub use records::{StoredItem, UserRecord};
+pub use records::{FallbackRecord, StoredItem, UserRecord};
 pub use store::{
     AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, Store, StoreConfig, StoreStats,
     SweepOutcome, FLUSH_BUCKETS_US, MAX_COMMIT_DELAY,

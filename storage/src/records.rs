@@ -32,6 +32,28 @@ pub struct UserRecord {
     pub disabled: bool,
 }
 
+/// A device's fallback key: handed out when its one-time keys ran out, until replaced.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FallbackRecord {
+    /// The key and its signature.
+    pub key: missive_proto::SignedKey,
+    /// It was handed out at least once since it was uploaded.
+    pub used: bool,
+}
+
+/// Validates and decodes an rkyv archive read from the store.
+pub(crate) fn decode<T>(bytes: &[u8], what: &str) -> Result<T, crate::StorageError>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| crate::StorageError::Corrupt(format!("{what}: {e}")))
+}
+
 pub(crate) fn encode<T>(value: &T) -> Result<Vec<u8>, crate::StorageError>
 where
     T: for<'a> Serialize<

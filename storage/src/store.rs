@@ -5,6 +5,7 @@ use crate::compact::CompactReport;
 use crate::engine::{self, Engine, EngineSlot, Tuning};
 use crate::group_commit::{self, Op, Request};
 use crate::health::{HealthCell, StorageHealth};
+use crate::key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
 use crate::{keys, layout, MailboxId, StorageError};
 use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId, ServerSeq, UserDevices, Visibility};
@@ -538,6 +539,43 @@ impl Store {
                 _ => None,
             },
         )
+    }
+
+    /// Publishes keys of a device (see [`KeyUpload`]); resolves after the fsync.
+    pub fn upload_keys(
+        &self,
+        upload: KeyUpload,
+    ) -> impl std::future::Future<Output = Result<UploadOutcome, StorageError>> + Send + 'static
+    {
+        self.submit(Op::UploadKeys(upload), |r| match r {
+            group_commit::Reply::KeysUploaded(o) => Some(o),
+            _ => None,
+        })
+    }
+
+    /// One bundle per current device of `user` (ascending; empty for an unknown user), each
+    /// with a one-time key that nobody else will get (deleted durably before this resolves),
+    /// or the device's fallback key when its one-time keys ran out.
+    pub fn claim_keys(
+        &self,
+        user: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<ClaimedBundle>, StorageError>> + Send + 'static
+    {
+        self.submit(
+            Op::ClaimKeys {
+                user: user.to_owned(),
+            },
+            |r| match r {
+                group_commit::Reply::KeysClaimed(b) => Some(b),
+                _ => None,
+            },
+        )
+    }
+
+    /// What a device holds in the key directory (read from the engine; a claim in flight may
+    /// not be counted yet).
+    pub fn key_status(&self, user: &str, device: DeviceId) -> Result<KeyStatus, StorageError> {
+        crate::key_directory::status(self.db.get().as_ref(), user, device)
     }
 
     /// One bounded step of the expiry sweep: removes items and dedup keys older than the

@@ -8,9 +8,10 @@ use common::{config, id, to_device_1};
 use missive_proto::{
     ClientMsgId, DeviceEnvelope, DeviceId, Payload, ServerSeq, UserDevices, Visibility,
 };
+use missive_proto::{IdentityKeys, SignedKey};
 use missive_storage::{
-    AppendOutcome, Engine, MailboxId, RegisterOutcome, StorageError, Store, StoreConfig,
-    StoredItem, SEQ_RESERVATION,
+    AppendOutcome, Engine, KeyStatus, KeyUpload, MailboxId, RegisterOutcome, StorageError, Store,
+    StoreConfig, StoredItem, UploadOutcome, SEQ_RESERVATION,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -52,6 +53,7 @@ for_each_engine!(
     invites_expire_and_are_swept,
     a_message_makes_its_sender_count_the_recipient_as_a_contact,
     reads_stop_at_their_byte_budget,
+    one_time_keys_are_claimed_once_then_the_fallback_serves,
 );
 
 async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine) {
@@ -1035,4 +1037,104 @@ async fn seq_counters_reserve_ahead_and_a_reopen_goes_on_from_the_mark(engine: E
         assert_eq!(seq, ServerSeq(want), "round {round}");
         store.shutdown().await;
     }
+}
+
+fn signed(n: u8) -> SignedKey {
+    SignedKey {
+        key: [n; 32],
+        signature: [n; 64],
+    }
+}
+
+fn upload(user: &str, device: u32, identity: u8, keys: std::ops::Range<u8>) -> KeyUpload {
+    KeyUpload {
+        user: user.into(),
+        device: DeviceId(device),
+        identity: Some(IdentityKeys {
+            curve25519: [identity; 32],
+            ed25519: [identity; 32],
+            signature: [identity; 64],
+        }),
+        one_time_keys: keys.map(signed).collect(),
+        fallback_key: Some(signed(200)),
+        max_held: 8,
+    }
+}
+
+async fn one_time_keys_are_claimed_once_then_the_fallback_serves(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    assert!(store.add_device("bob", DeviceId(2), [9; 32]).await.unwrap());
+    assert_eq!(
+        store.upload_keys(upload("bob", 1, 7, 1..6)).await.unwrap(),
+        UploadOutcome::Stored { one_time_keys: 5 }
+    );
+    // The same identity again (a retry) is fine, and keys already held are not counted twice.
+    assert_eq!(
+        store.upload_keys(upload("bob", 1, 7, 4..7)).await.unwrap(),
+        UploadOutcome::Stored { one_time_keys: 6 }
+    );
+    assert_eq!(
+        store.upload_keys(upload("bob", 1, 8, 0..0)).await.unwrap(),
+        UploadOutcome::IdentityConflict,
+        "a new identity is a new device"
+    );
+    assert_eq!(
+        store
+            .upload_keys(upload("bob", 1, 7, 10..13))
+            .await
+            .unwrap(),
+        UploadOutcome::TooManyKeys { held: 6 }
+    );
+    assert_eq!(
+        store.upload_keys(upload("bob", 5, 7, 0..1)).await.unwrap(),
+        UploadOutcome::UnknownDevice
+    );
+    let status = store.key_status("bob", DeviceId(1)).unwrap();
+    assert_eq!(
+        status,
+        KeyStatus {
+            one_time_keys: 6,
+            fallback_used: false,
+            has_identity: true
+        }
+    );
+    // Ten claimers at once for six keys: six distinct one-time keys, then the fallback.
+    let claims: Vec<_> = (0..10).map(|_| store.claim_keys("bob")).collect();
+    let mut handed = Vec::new();
+    let mut fallbacks = 0;
+    for claim in claims {
+        let bundles = claim.await.unwrap();
+        assert_eq!(bundles.len(), 2, "one bundle per device");
+        let (phone, laptop) = (&bundles[0].bundle, &bundles[1].bundle);
+        assert_eq!((phone.device, laptop.device), (DeviceId(1), DeviceId(2)));
+        assert_eq!(phone.device_key, [1; 32]);
+        assert_eq!(phone.identity.as_ref().map(|i| i.curve25519), Some([7; 32]));
+        assert!(laptop.identity.is_none() && laptop.one_time_key.is_none());
+        let key = phone.one_time_key.clone().expect("a key or the fallback");
+        if phone.fallback {
+            assert_eq!(key, signed(200));
+            fallbacks += 1;
+        } else {
+            handed.push(key.key);
+        }
+    }
+    let distinct: std::collections::HashSet<_> = handed.iter().collect();
+    assert_eq!((handed.len(), distinct.len(), fallbacks), (6, 6, 4));
+    // The claims were durable: after a reopen nothing comes back.
+    store.shutdown().await;
+    drop(store);
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    let status = store.key_status("bob", DeviceId(1)).unwrap();
+    assert_eq!((status.one_time_keys, status.fallback_used), (0, true));
+    assert!(store.claim_keys("nobody").await.unwrap().is_empty());
+    // A new fallback key resets the flag.
+    store
+        .upload_keys(upload("bob", 1, 7, 20..21))
+        .await
+        .unwrap();
+    let status = store.key_status("bob", DeviceId(1)).unwrap();
+    assert_eq!((status.one_time_keys, status.fallback_used), (1, false));
+    store.shutdown().await;
 }

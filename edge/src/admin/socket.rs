@@ -368,6 +368,9 @@ mod tests {
                 addresses: Arc::new(crate::address_limits::AddressLimits::new(
                     config.address_budgets(),
                 )),
+                key_claims: crate::claim_budget::ClaimBudgets::new(
+                    crate::budget::Rate::per_minute(60, 60),
+                ),
             }),
             data_dir: dir.to_path_buf(),
         }

@@ -266,6 +266,9 @@ pub struct Raw {
     pub closer: missive_client::transport::TransportCloser,
     pub exporter: [u8; 32],
     decoder: missive_proto::FrameDecoder,
+    /// `KeysLow` notices the edge sent (a device without keys gets one after each login);
+    /// `recv` sets them aside here so that tests of other frames need not expect them.
+    pub keys_low: Vec<missive_proto::KeysLow>,
 }
 
 impl Raw {
@@ -287,6 +290,7 @@ impl Raw {
             closer,
             exporter,
             decoder: missive_proto::FrameDecoder::new(16 << 20),
+            keys_low: Vec::new(),
         }
     }
 
@@ -328,8 +332,13 @@ impl Raw {
         let deadline = tokio::time::Instant::now() + within;
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(f) = self.decoder.next_frame().expect("server sent a bad frame") {
-                return Received::Frame(f);
+            match self.decoder.next_frame().expect("server sent a bad frame") {
+                Some(missive_proto::Frame::KeysLow(k)) => {
+                    self.keys_low.push(k);
+                    continue;
+                }
+                Some(f) => return Received::Frame(f),
+                None => {}
             }
             match tokio::time::timeout_at(deadline, self.reader.read(&mut buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Received::Closed,
