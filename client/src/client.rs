@@ -49,6 +49,10 @@ pub struct ClientConfig {
     /// Run QUIC on this shared UDP endpoint instead of one socket per connection (default
     /// none). For load generators and apps holding many accounts at once.
     pub quic_endpoint: Option<crate::transport::QuicEndpoint>,
+    /// Handle deliveries (default true). False leaves them in the mailbox untouched, neither
+    /// decrypted nor acknowledged: for a short-lived process that only sends while another
+    /// instance of the same device (sharing its E2EE state on disk) receives.
+    pub receive: bool,
 }
 
 impl ClientConfig {
@@ -66,6 +70,7 @@ impl ClientConfig {
             client_name: concat!("missive-client/", env!("CARGO_PKG_VERSION")).into(),
             seen: SeenSet::default(),
             quic_endpoint: None,
+            receive: true,
         }
     }
 
@@ -248,13 +253,19 @@ pub async fn register(
     let config = config.borrow();
     validate_user_name(&config.identity.user)
         .map_err(|e| ClientError::InvalidName(e.to_string()))?;
-    let conn = establish(
+    let mut conn = establish(
         &config.transport(),
         &config.identity,
         LoginMode::Register { invite },
         &config.client_name,
     )
     .await?;
+    // Others can encrypt to the device from now on, not only after its next connection.
+    // The account exists whatever happens here: a device whose keys did not get through
+    // publishes them when it next connects (the server asks with `KeysLow`).
+    if let Err(e) = conn.publish_keys(&config.identity).await {
+        tracing::warn!(error = %e, "registered, but publishing the device's keys failed");
+    }
     // Welcome means the account exists; a failed goodbye does not undo that.
     if let Err(e) = conn.bye().await {
         tracing::warn!(error = %e, "registered, but the closing Bye exchange failed");

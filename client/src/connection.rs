@@ -119,6 +119,52 @@ impl LiveConnection {
         }
     }
 
+    /// Publishes this new device's keys (identity, one-time keys, fallback) when the server
+    /// asks for them (`KeysLow`, right after the `Welcome` of a registration), so that others
+    /// can encrypt to it before it ever connects again.
+    pub(crate) async fn publish_keys(&mut self, identity: &Identity) -> Result<(), ClientError> {
+        let wait = tokio::time::timeout(BYE_TIMEOUT, async {
+            loop {
+                match self.reader.next().await? {
+                    Some(Frame::KeysLow(k)) => {
+                        let upload = identity.e2ee.lock().upload(
+                            (&identity.user, identity.device, &identity.signing_key),
+                            1,
+                            k.one_time_keys,
+                            k.fallback_used,
+                            k.has_identity,
+                            self.max_frame,
+                        );
+                        // Saved first: keys the server holds must be ones we keep.
+                        identity.e2ee.save()?;
+                        self.writer.send(&upload.into())?;
+                    }
+                    Some(Frame::KeysStored(_)) => return Ok(()),
+                    Some(Frame::RequestRefused(r)) => {
+                        return Err(ClientError::Server {
+                            code: r.code,
+                            message: r.message,
+                        })
+                    }
+                    Some(Frame::Error(e)) => {
+                        return Err(ClientError::from_error_frame(e.code, &e.message))
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(ClientError::ConnectionClosed(
+                            "server closed before storing the device's keys".into(),
+                        ))
+                    }
+                }
+            }
+        })
+        .await;
+        match wait {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout("publishing the device's keys")),
+        }
+    }
+
     /// Shuts the write side down and closes the transport, without a `Bye` exchange.
     pub(crate) async fn close(self) {
         self.writer.shutdown().await;

@@ -27,6 +27,12 @@ mod wire {
             /// The `client_msg_id`s of the messages that were read.
             ids: Vec<ClientMsgId>,
         },
+        /// The SDK's own request: "I could not decrypt these messages of yours, send them
+        /// again" (sent on a fresh session; never shown to the app).
+        ResendRequest {
+            /// The `client_msg_id`s that could not be decrypted.
+            ids: Vec<ClientMsgId>,
+        },
     }
 
     /// What one device's envelope carries once decrypted.
@@ -34,6 +40,9 @@ mod wire {
     pub struct DevicePlaintext {
         /// Set in the copy for the sender's own other devices: the user the message went to.
         pub sent_to: Option<String>,
+        /// Set when this is a message sent again on request (its first copy could not be
+        /// decrypted somewhere): the id it was first sent under.
+        pub resend_of: Option<ClientMsgId>,
         /// The sealed [`Content`] (its archive, see `seal`).
         pub content: Vec<u8>,
     }
@@ -50,13 +59,28 @@ impl DevicePlaintext {
     }
 
     /// Validates and decodes a plaintext, and the content inside it.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<(Option<String>, Content), ClientError> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Opened, ClientError> {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
         let p = rkyv::from_bytes::<Self, rkyv::rancor::Error>(&aligned)
             .map_err(|e| ClientError::InvalidContent(e.to_string()))?;
-        Ok((p.sent_to, Content::decode(&p.content)?))
+        Ok(Opened {
+            sent_to: p.sent_to,
+            resend_of: p.resend_of,
+            content: Content::decode(&p.content)?,
+        })
     }
+}
+
+/// A decrypted and decoded envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Opened {
+    /// See [`DevicePlaintext::sent_to`].
+    pub(crate) sent_to: Option<String>,
+    /// See [`DevicePlaintext::resend_of`].
+    pub(crate) resend_of: Option<missive_proto::ClientMsgId>,
+    /// The content.
+    pub(crate) content: Content,
 }
 
 /// Bytes of archive overhead allowed on top of the variable-length parts when checking size.
@@ -68,7 +92,7 @@ impl Content {
         ARCHIVE_OVERHEAD
             + match self {
                 Self::Text(t) => t.len(),
-                Self::Read { ids } => ids.len().saturating_mul(16),
+                Self::Read { ids } | Self::ResendRequest { ids } => ids.len().saturating_mul(16),
             }
     }
 

@@ -36,6 +36,16 @@ impl DeviceDirectory {
         }
     }
 
+    /// This device's user.
+    pub(crate) fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Whether the server told us `user`'s devices yet.
+    pub(crate) fn knows(&self, user: &str) -> bool {
+        self.lists.contains_key(user)
+    }
+
     /// The devices of `to` a send must carry an envelope for (all of them, this device too
     /// when `to` is ourselves). Empty when `to`'s devices are not known yet.
     pub(crate) fn recipients(&self, to: &str) -> Vec<DeviceId> {

@@ -69,6 +69,8 @@ enum Flow {
 
 pub(crate) struct Driver {
     identity: Identity,
+    /// Where the session's E2EE state is saved (`Output::Persist`).
+    e2ee: crate::e2ee::E2eeStore,
     transport: TransportConfig,
     client_name: String,
     policy: crate::ReconnectPolicy,
@@ -89,15 +91,23 @@ impl Driver {
         counters: std::sync::Arc<crate::delivery_stats::DeliveryCounters>,
     ) -> Self {
         let transport = config.transport();
+        let mut session = Session::new(
+            config.auto_ack,
+            config.seen,
+            ReceiptIds::new(&config.identity.signing_key),
+            counters,
+            crate::session::Me {
+                user: config.identity.user.clone(),
+                device: config.identity.device,
+                login_key: config.identity.signing_key.clone(),
+                e2ee: config.identity.e2ee.clone(),
+            },
+            Instant::now(),
+        );
+        session.set_receive(config.receive);
         Self {
-            session: Session::new(
-                config.auto_ack,
-                config.seen,
-                ReceiptIds::new(&config.identity.signing_key),
-                counters,
-                (&config.identity.user, config.identity.device),
-                Instant::now(),
-            ),
+            session,
+            e2ee: config.identity.e2ee.clone(),
             identity: config.identity,
             transport,
             client_name: config.client_name,
@@ -348,6 +358,16 @@ impl Driver {
                     }
                 }
                 Output::Events(events) => self.emit(events),
+                Output::Persist => {
+                    if end.is_none() {
+                        if let Err(e) = self.e2ee.save() {
+                            // Nothing made with the unsaved state may leave: the frames
+                            // after this are dropped with the connection.
+                            tracing::error!(error = %e, "cannot save the E2EE state");
+                            end = Some(ConnEnd::Fatal(e));
+                        }
+                    }
+                }
                 Output::SendDone { id, result } => {
                     for w in self.waiters.remove(&id).unwrap_or_default() {
                         let _ = w.send(result.clone());

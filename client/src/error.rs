@@ -114,6 +114,10 @@ pub enum ClientError {
     /// A caller-supplied value is not acceptable (bad name, bad address, ...).
     #[error("{0}")]
     InvalidInput(String),
+    /// The device's end-to-end encryption state could not be read or written (a wrong key,
+    /// a damaged file, a full disk).
+    #[error("end-to-end encryption state: {0}")]
+    E2eeState(String),
 }
 
 fn code_name(code: u16) -> String {
@@ -189,6 +193,7 @@ impl ClientError {
                 | Self::Tls(_)
                 | Self::InvalidInput(_)
                 | Self::Profile { .. }
+                | Self::E2eeState(_)
         )
     }
 }

@@ -91,6 +91,29 @@ pub enum Event {
         /// Why (never message content).
         reason: String,
     },
+    /// A message that could not be decrypted (a broken or unknown session, a corrupted
+    /// envelope). Never a silent drop: the SDK has started a fresh session with that device
+    /// and asked the sender to send the message again, which then arrives as a `Message`.
+    Undecryptable {
+        /// Sender user.
+        from: String,
+        /// Sender device.
+        from_device: DeviceId,
+        /// The message's id.
+        client_msg_id: ClientMsgId,
+        /// Position in this device's mailbox (already acknowledged).
+        server_seq: ServerSeq,
+    },
+    /// A device's keys from the key directory did not check out (bad signatures, or other
+    /// identity keys than the ones first seen for it): nothing is encrypted to it.
+    KeysRejected {
+        /// Whose device.
+        user: String,
+        /// The device.
+        device: DeviceId,
+        /// Why.
+        reason: String,
+    },
     /// A user's devices changed since we last looked (a device was linked or removed): from
     /// now on messages are encrypted for the new list. Shown to the user before the next
     /// message to them goes out ("bob has a new device").

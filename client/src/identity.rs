@@ -13,6 +13,9 @@ pub struct Identity {
     pub device: DeviceId,
     /// The device's Ed25519 key; signs each connection's login transcript.
     pub signing_key: SigningKey,
+    /// The device's end-to-end encryption state (Olm account and sessions). Clones of an
+    /// identity share it, as the connections of one device must.
+    pub e2ee: crate::e2ee::E2eeStore,
 }
 
 impl Identity {
@@ -22,6 +25,7 @@ impl Identity {
             user: user.into(),
             device,
             signing_key: SigningKey::generate(&mut rand::rngs::OsRng),
+            e2ee: crate::e2ee::E2eeStore::in_memory(),
         }
     }
 

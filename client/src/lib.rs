@@ -108,6 +108,7 @@ pub mod dedup;
 pub mod delivery_stats;
 mod devices;
 mod driver;
+pub mod e2ee;
 mod error;
 pub mod event;
 mod frame_io;

@@ -278,8 +278,11 @@ async fn cmd_register(
     }
 }
 
+/// Connects for a command that only sends: deliveries stay in the mailbox for `recv`
+/// (which may be running on this profile right now).
 async fn connect(cli: &Cli, profile: &Profile) -> CliResult<(Client, EventStream)> {
-    let cfg = client_config(cli, profile)?;
+    let mut cfg = client_config(cli, profile)?;
+    cfg.receive = false;
     Ok(Client::connect(cfg).await?)
 }
 
@@ -423,6 +426,9 @@ async fn cmd_recv(
         last_disconnect.clear();
         tokio::time::sleep(REPLACED_PAUSE).await;
         cfg.seen = seen.clone();
+        // The other instance moved this device's E2EE state on (new sessions, spent keys):
+        // read it again rather than go on from ours, which is now behind.
+        cfg.identity = Profile::load(&profile.dir)?.identity;
         earlier_stats = add_stats(earlier_stats, client.delivery_stats());
         (client, events) = Client::connect(cfg.clone()).await?;
         acked = None;
@@ -544,6 +550,28 @@ fn render_json(ev: &Event) -> serde_json::Value {
             json!({ "type": "connected", "transport": transport.as_str() })
         }
         Event::Disconnected { reason } => json!({ "type": "disconnected", "reason": reason }),
+        Event::Undecryptable {
+            from,
+            from_device,
+            client_msg_id,
+            server_seq,
+        } => json!({
+            "type": "undecryptable",
+            "from": from,
+            "from_device": from_device.0,
+            "client_msg_id": client_msg_id.to_hex(),
+            "server_seq": server_seq.0,
+        }),
+        Event::KeysRejected {
+            user,
+            device,
+            reason,
+        } => json!({
+            "type": "keys_rejected",
+            "user": user,
+            "device": device.0,
+            "reason": reason,
+        }),
         Event::DevicesChanged {
             user,
             added,
@@ -598,6 +626,23 @@ fn render_text(ev: &Event) -> String {
         } => format!("{from} stopped typing"),
         Event::Connected { transport } => format!("connected over {transport}"),
         Event::Disconnected { reason } => format!("disconnected: {reason}"),
+        Event::Undecryptable {
+            from,
+            from_device,
+            client_msg_id,
+            ..
+        } => format!(
+            "could not decrypt message {client_msg_id} from {from} (device {}); asked for it again",
+            from_device.0
+        ),
+        Event::KeysRejected {
+            user,
+            device,
+            reason,
+        } => format!(
+            "WARNING: not encrypting to {user}'s device {}: {reason}",
+            device.0
+        ),
         Event::DevicesChanged {
             user,
             added,

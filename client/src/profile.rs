@@ -6,6 +6,11 @@
 //! PDIR/ca.pem         the edge's certificate, copied at registration
 //! PDIR/seen.txt       recently handled deliveries (DeliveryKey lines), so a delivery that
 //!                     was printed but not acknowledged is not printed again by the next run
+//! PDIR/e2ee.state     the end-to-end encryption state (Olm account, sessions, the identity
+//!                     keys of peer devices); every secret in it is encrypted with the key:
+//! PDIR/e2ee.key       32 random bytes, hex, mode 0600 (the default), or
+//! PDIR/e2ee.salt      a salt, when the key is derived (Argon2id) from the passphrase in
+//!                     `MISSIVE_PASSPHRASE`: then nothing on disk opens the state without it
 //! ```
 
 use crate::dedup::{DeliveryKey, SeenSet};
@@ -25,6 +30,70 @@ pub const KEY_FILE: &str = "device.key";
 pub const CA_FILE: &str = "ca.pem";
 /// The seen-deliveries file's name.
 pub const SEEN_FILE: &str = "seen.txt";
+/// The E2EE state file's name.
+pub const E2EE_STATE_FILE: &str = "e2ee.state";
+/// The E2EE state key file's name (when no passphrase is used).
+pub const E2EE_KEY_FILE: &str = "e2ee.key";
+/// The salt file's name (when the E2EE state key comes from a passphrase).
+pub const E2EE_SALT_FILE: &str = "e2ee.salt";
+/// The environment variable holding the passphrase the E2EE state key is derived from.
+pub const PASSPHRASE_ENV: &str = "MISSIVE_PASSPHRASE";
+
+/// The key that encrypts the E2EE state: from the passphrase (Argon2id over the profile's
+/// salt) when the profile was created with one, else the key file.
+fn e2ee_key(dir: &Path) -> Result<[u8; 32], ClientError> {
+    let salt_path = dir.join(E2EE_SALT_FILE);
+    if let Ok(salt) = std::fs::read(&salt_path) {
+        let passphrase = std::env::var(PASSPHRASE_ENV).map_err(|_| {
+            perr(
+                &salt_path,
+                format!("this profile's keys are locked by a passphrase: set {PASSPHRASE_ENV}"),
+            )
+        })?;
+        return derive_key(&passphrase, &salt).map_err(|e| perr(&salt_path, e));
+    }
+    let key_path = dir.join(E2EE_KEY_FILE);
+    let text = std::fs::read_to_string(&key_path).map_err(|e| perr(&key_path, e))?;
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| perr(&key_path, "expected 32 bytes of hex"))
+}
+
+/// Argon2id (the crate's defaults: 19 MiB, 2 passes) of `passphrase` with `salt`.
+fn derive_key(passphrase: &str, salt: &[u8]) -> Result<[u8; 32], String> {
+    let mut key = [0u8; 32];
+    argon2::Argon2::default()
+        .hash_password_into(passphrase.as_bytes(), salt, &mut key)
+        .map_err(|e| format!("cannot derive the key: {e}"))?;
+    Ok(key)
+}
+
+/// Makes the E2EE state key of a new profile: a salt for the passphrase in the environment
+/// if there is one, else a random key file.
+fn new_e2ee_key(dir: &Path) -> Result<[u8; 32], ClientError> {
+    use rand::RngCore;
+    match std::env::var(PASSPHRASE_ENV) {
+        Ok(passphrase) if !passphrase.is_empty() => {
+            let mut salt = [0u8; 16];
+            rand::rngs::OsRng.fill_bytes(&mut salt);
+            let path = dir.join(E2EE_SALT_FILE);
+            write_atomic(&path, &salt, true)?;
+            derive_key(&passphrase, &salt).map_err(|e| perr(&path, e))
+        }
+        _ => {
+            let mut key = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut key);
+            let text = format!("{}\n", hex::encode(key));
+            write_atomic(&dir.join(E2EE_KEY_FILE), text.as_bytes(), true)?;
+            Ok(key)
+        }
+    }
+}
+
+fn open_e2ee(dir: &Path, key: [u8; 32]) -> Result<crate::e2ee::E2eeStore, ClientError> {
+    crate::e2ee::E2eeStore::open(&dir.join(E2EE_STATE_FILE), key)
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,12 +159,17 @@ impl Profile {
         };
         let text = toml::to_string(&settings).map_err(|e| perr(&toml_path, e))?;
         write_atomic(&toml_path, text.as_bytes(), false)?;
+        // The device's E2EE identity is made here, in its file; nothing was encrypted with
+        // the identity's in-memory state before the profile existed.
+        let key = new_e2ee_key(dir)?;
+        let mut identity = identity.clone();
+        identity.e2ee = open_e2ee(dir, key)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             server: settings.server,
             server_name: settings.server_name,
             ca_path: dir.join(CA_FILE),
-            identity: identity.clone(),
+            identity,
         })
     }
 
@@ -124,6 +198,7 @@ impl Profile {
                 user: settings.user,
                 device: DeviceId(settings.device),
                 signing_key: SigningKey::from_bytes(&secret),
+                e2ee: open_e2ee(dir, e2ee_key(dir)?)?,
             },
         })
     }
@@ -140,7 +215,15 @@ impl Profile {
 
     /// Deletes the files [`Profile::create`] wrote (after a failed registration).
     pub fn remove_files(&self) {
-        for f in [PROFILE_FILE, KEY_FILE, CA_FILE, SEEN_FILE] {
+        for f in [
+            PROFILE_FILE,
+            KEY_FILE,
+            CA_FILE,
+            SEEN_FILE,
+            E2EE_STATE_FILE,
+            E2EE_KEY_FILE,
+            E2EE_SALT_FILE,
+        ] {
             let _ = std::fs::remove_file(self.dir.join(f));
         }
         // Only removes the directory if nothing else is in it.

@@ -14,16 +14,18 @@
 //! on each [`Output`] **in order**: an `Events` output must reach the app before a later
 //! `Transmit(AckDelivery)` is written, which is what "ack after handing to the app" relies on.
 
-use crate::content::{Content, DevicePlaintext};
+use crate::content::{seal, Content, DevicePlaintext, Opened};
 use crate::dedup::{DeliveryKey, DeliveryKind, SeenSet};
 use crate::delivery_stats::DeliveryCounters;
 use crate::devices::DeviceDirectory;
+use crate::e2ee::sealer::{Readiness, Sealer};
+use crate::e2ee::E2eeStore;
 use crate::event::{Event, ReceiptStatus};
 use crate::receipt_id::ReceiptIds;
 use crate::{ClientError, SendReceipt};
 use missive_proto::{
-    AckDelivery, ClientMsgId, Deliver, DeviceEnvelope, DeviceId, DeviceMismatch, ErrorCode, Frame,
-    Payload, Ping, Pong, ServerSeq, SetPresenceVisibility, SubscribePresence, Typing, Visibility,
+    AckDelivery, ClientMsgId, Deliver, DeviceId, DeviceMismatch, ErrorCode, Frame, Payload, Ping,
+    Pong, ServerSeq, SetPresenceVisibility, SubscribePresence, Typing, Visibility,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -48,6 +50,9 @@ pub(crate) const MAX_IN_FLIGHT: usize = 512;
 /// Something the caller must do.
 #[derive(Debug)]
 pub(crate) enum Output {
+    /// Save the E2EE state now, before anything that follows leaves (a ciphertext made with
+    /// it, an acknowledgement of what it decrypted).
+    Persist,
     /// Write this frame to the connection.
     Transmit(Frame),
     /// Hand these events to the app, together (they came from one frame).
@@ -91,6 +96,8 @@ struct Pending {
     to: String,
     /// The sealed content; each device's envelope is made from it when the send goes out.
     content: Vec<u8>,
+    /// A message sent again on request: the id it was first sent under.
+    resend_of: Option<ClientMsgId>,
     order: u64,
     state: SendState,
 }
@@ -108,7 +115,13 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn add(&mut self, id: ClientMsgId, to: String, content: Vec<u8>) -> bool {
+    fn add(
+        &mut self,
+        id: ClientMsgId,
+        to: String,
+        content: Vec<u8>,
+        resend_of: Option<ClientMsgId>,
+    ) -> bool {
         if self.entries.contains_key(&id) {
             return false;
         }
@@ -119,6 +132,7 @@ impl Outbox {
             Pending {
                 to,
                 content,
+                resend_of,
                 order,
                 state: SendState::Queued,
             },
@@ -261,6 +275,22 @@ impl Acks {
     }
 }
 
+/// Sends kept for a resend request, at most.
+const RECENT_SENDS: usize = 256;
+
+/// Who this device is, for the session.
+#[derive(Debug, Clone)]
+pub(crate) struct Me {
+    /// User name.
+    pub(crate) user: String,
+    /// Device id.
+    pub(crate) device: DeviceId,
+    /// The device's login key (signs its published identity keys).
+    pub(crate) login_key: ed25519_dalek::SigningKey,
+    /// Its E2EE state.
+    pub(crate) e2ee: E2eeStore,
+}
+
 /// The client's state across connections. See the module doc for the input/output contract.
 #[derive(Debug)]
 pub(crate) struct Session {
@@ -274,6 +304,17 @@ pub(crate) struct Session {
     receipt_ids: ReceiptIds,
     /// Device lists of the users we send to (ourselves included).
     devices: DeviceDirectory,
+    /// End-to-end encryption: sessions, key claims, sealing and opening envelopes.
+    sealer: Sealer,
+    /// The latest time an input brought (the session never reads the clock).
+    clock: Instant,
+    /// Deliveries are handled (false: left untouched in the mailbox, see
+    /// `ClientConfig::receive`).
+    receive: bool,
+    /// Recent sends (id, recipient, content), to send again when a device asks.
+    recent: VecDeque<(ClientMsgId, String, Vec<u8>)>,
+    /// Messages we asked to have sent again (at most once each).
+    asked_again: VecDeque<(String, ClientMsgId)>,
     /// Messages delivered, counted before the duplicate filter.
     counters: Arc<DeliveryCounters>,
     /// The highest seq delivered so far (this device's mailbox; seqs only grow).
@@ -295,17 +336,22 @@ pub(crate) struct Session {
 impl Session {
     /// A session; `auto_ack` acknowledges every delivery once its events are handed out;
     /// `seen` holds deliveries already handled; `receipt_ids` recognises our read receipts;
-    /// `me` is this device's user and `my_device` its id.
+    /// `me` is this device: its user, id, login key and E2EE state.
     pub(crate) fn new(
         auto_ack: bool,
         seen: SeenSet,
         receipt_ids: ReceiptIds,
         counters: Arc<DeliveryCounters>,
-        (me, my_device): (&str, DeviceId),
+        me: Me,
         now: Instant,
     ) -> Self {
         Self {
-            devices: DeviceDirectory::new(me, my_device),
+            devices: DeviceDirectory::new(me.user.clone(), me.device),
+            sealer: Sealer::new(me.e2ee, (&me.user, me.device, me.login_key)),
+            recent: VecDeque::new(),
+            asked_again: VecDeque::new(),
+            clock: now,
+            receive: true,
             counters,
             max_seq_seen: None,
             auto_ack,
@@ -329,6 +375,7 @@ impl Session {
 
     /// A connection is logged in: restore subscriptions and resend every unanswered send.
     pub(crate) fn connected(&mut self, now: Instant, max_frame: u32) {
+        self.clock = now;
         self.phase = Phase::Ready;
         self.max_frame = max_frame as usize;
         self.acks.new_connection();
@@ -342,6 +389,7 @@ impl Session {
         for user in subs {
             self.transmit(SubscribePresence { user }.into());
         }
+        self.sealer.new_connection();
         self.outbox.requeue_all();
         self.pump();
     }
@@ -361,8 +409,12 @@ impl Session {
     /// Queues a send. Returns false when this id is already waiting for its `Sent` (the caller
     /// then just waits for the same outcome).
     pub(crate) fn send(&mut self, id: ClientMsgId, to: String, content: Vec<u8>) -> bool {
-        let added = self.outbox.add(id, to, content);
+        let added = self.outbox.add(id, to.clone(), content.clone(), None);
         if added {
+            if self.recent.len() >= RECENT_SENDS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((id, to, content));
             self.pump();
         }
         added
@@ -442,8 +494,7 @@ impl Session {
             return;
         }
         if let Some(up_to) = self.acks.flush() {
-            self.out
-                .push_back(Output::Transmit(AckDelivery { up_to }.into()));
+            self.transmit(AckDelivery { up_to }.into());
         }
     }
 
@@ -455,6 +506,7 @@ impl Session {
 
     /// Handles one frame from the server.
     pub(crate) fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        self.clock = now;
         self.last_rx = now;
         match frame {
             Frame::Sent(s) => {
@@ -502,6 +554,22 @@ impl Session {
                 self.pump();
             }
             Frame::DeviceMismatch(m) => self.on_device_mismatch(now, m),
+            Frame::KeyBundles(kb) => {
+                let events = self.sealer.on_bundles(kb, &mut self.devices);
+                if !events.is_empty() {
+                    self.out.push_back(Output::Events(events));
+                }
+                self.pump();
+            }
+            Frame::KeysLow(k) => {
+                let upload = self.sealer.on_keys_low(&k, self.max_frame as u32);
+                self.transmit(upload);
+            }
+            Frame::KeysStored(_) => {}
+            Frame::RequestRefused(r) => {
+                self.sealer.on_refused(now, &r);
+                self.pump();
+            }
             Frame::Deliver(d) => self.on_deliver(d),
             Frame::Presence(p) => self.out.push_back(Output::Events(vec![Event::Presence {
                 user: p.user,
@@ -573,7 +641,17 @@ impl Session {
         self.pump();
     }
 
+    /// Whether deliveries are handled at all (see `ClientConfig::receive`).
+    pub(crate) fn set_receive(&mut self, receive: bool) {
+        self.receive = receive;
+    }
+
     fn on_deliver(&mut self, d: Deliver) {
+        if !self.receive {
+            // Another instance of this device reads the mailbox: decrypting here would spend
+            // message keys it needs, acknowledging would take messages it has not shown.
+            return;
+        }
         self.acks.received(d.seq);
         let new_seq = self.max_seq_seen.is_none_or(|m| d.seq > m);
         if new_seq {
@@ -615,7 +693,7 @@ impl Session {
             self.acks.processed(d.seq);
             return;
         }
-        let events = match d.payload {
+        let events = match &d.payload {
             Payload::Delivered => vec![Event::Receipt {
                 from: d.from.clone(),
                 client_msg_id: d.client_msg_id,
@@ -624,53 +702,147 @@ impl Session {
                 server_ts_ms: d.server_ts_ms,
                 envelope_id: d.client_msg_id,
             }],
-            Payload::Envelope(bytes) => match DevicePlaintext::decode(&bytes) {
-                Ok((sent_to, Content::Text(text))) => vec![Event::Message {
-                    from: d.from.clone(),
-                    from_device: d.from_device,
-                    client_msg_id: d.client_msg_id,
-                    server_seq: d.seq,
-                    server_ts_ms: d.server_ts_ms,
-                    text,
-                    sent_to,
-                }],
-                // Our own read receipts, copied from another of our devices: that device
-                // already told the sender.
-                Ok((Some(_), Content::Read { .. })) => Vec::new(),
-                Ok((None, Content::Read { ids })) => ids
-                    .into_iter()
-                    .map(|id| Event::Receipt {
-                        from: d.from.clone(),
-                        client_msg_id: id,
-                        status: ReceiptStatus::Read,
-                        server_seq: d.seq,
-                        server_ts_ms: d.server_ts_ms,
-                        envelope_id: d.client_msg_id,
-                    })
-                    .collect(),
-                Err(e) => {
-                    // Nothing the app could do with it; acknowledge so it does not block the
-                    // mailbox forever.
-                    tracing::warn!(seq = d.seq.0, from = %d.from, error = %e, "dropping undecodable envelope");
-                    Vec::new()
+            Payload::Envelope(bytes) => {
+                let bytes = bytes.clone();
+                match self.sealer.open(&d.from, d.from_device, &bytes) {
+                    Ok(plain) => match DevicePlaintext::decode(&plain) {
+                        Ok(opened) => {
+                            if let Some(first) = opened.resend_of {
+                                // Sent again on request: it counts as the message it repeats.
+                                let original = DeliveryKey {
+                                    from: d.from.clone(),
+                                    client_msg_id: first,
+                                    kind,
+                                };
+                                if !self.seen.insert(original) {
+                                    self.seen.insert(key);
+                                    self.acks.processed(d.seq);
+                                    return;
+                                }
+                            }
+                            self.opened(&d, opened)
+                        }
+                        Err(e) => {
+                            tracing::warn!(seq = d.seq.0, from = %d.from, error = %e, "dropping an envelope that decrypts to nothing valid");
+                            Vec::new()
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(seq = d.seq.0, from = %d.from, device = d.from_device.0, error = %e, "cannot decrypt; starting a fresh session and asking for a resend");
+                        self.repair(&d);
+                        vec![Event::Undecryptable {
+                            from: d.from.clone(),
+                            from_device: d.from_device,
+                            client_msg_id: d.client_msg_id,
+                            server_seq: d.seq,
+                        }]
+                    }
                 }
-            },
+            }
         };
         self.seen.insert(key);
         if events.is_empty() {
             self.acks.processed(d.seq);
             return;
         }
+        // The SDK handled an undecryptable delivery itself (it asked for a resend): the app
+        // is told but has nothing to acknowledge.
+        let handled = matches!(events[..], [Event::Undecryptable { .. }]);
         self.out.push_back(Output::Events(events));
-        if self.auto_ack {
+        if self.auto_ack || handled {
             self.acks.processed(d.seq);
         } else {
             self.acks.handed(d.seq);
         }
     }
 
+    /// The events of a decrypted delivery (and the SDK's own requests it carries).
+    fn opened(&mut self, d: &Deliver, opened: Opened) -> Vec<Event> {
+        let Opened {
+            sent_to,
+            resend_of,
+            content,
+        } = opened;
+        match content {
+            Content::Text(text) => vec![Event::Message {
+                from: d.from.clone(),
+                from_device: d.from_device,
+                client_msg_id: resend_of.unwrap_or(d.client_msg_id),
+                server_seq: d.seq,
+                server_ts_ms: d.server_ts_ms,
+                text,
+                sent_to,
+            }],
+            // Our own read receipts, copied from another of our devices: that device
+            // already told the sender.
+            Content::Read { .. } if sent_to.is_some() => Vec::new(),
+            Content::Read { ids } => ids
+                .into_iter()
+                .map(|id| Event::Receipt {
+                    from: d.from.clone(),
+                    client_msg_id: id,
+                    status: ReceiptStatus::Read,
+                    server_seq: d.seq,
+                    server_ts_ms: d.server_ts_ms,
+                    envelope_id: d.client_msg_id,
+                })
+                .collect(),
+            Content::ResendRequest { ids } => {
+                if sent_to.is_none() {
+                    self.resend(&d.from, &ids);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// A device of `from` could not decrypt `ids`: send them again (to every device of the
+    /// user they went to; the others drop the repeat), each under a new id.
+    fn resend(&mut self, from: &str, ids: &[ClientMsgId]) {
+        let me = self.devices_me();
+        let again: Vec<(String, Vec<u8>, ClientMsgId)> = self
+            .recent
+            .iter()
+            .filter(|(id, to, _)| ids.contains(id) && (to == from || from == me))
+            .map(|(id, to, content)| (to.clone(), content.clone(), *id))
+            .collect();
+        for (to, content, first) in again {
+            let id = self.receipt_ids.generate();
+            self.outbox.add(id, to, content, Some(first));
+        }
+        self.pump();
+    }
+
+    fn devices_me(&self) -> String {
+        self.devices.me().to_owned()
+    }
+
+    /// After an undecryptable message: a fresh session with that device, and (once per
+    /// message) a request to its user to send the message again.
+    fn repair(&mut self, d: &Deliver) {
+        self.sealer.reset_sessions(&d.from, d.from_device);
+        let asked = (d.from.clone(), d.client_msg_id);
+        if self.asked_again.contains(&asked) {
+            return;
+        }
+        if self.asked_again.len() >= RECENT_SENDS {
+            self.asked_again.pop_front();
+        }
+        self.asked_again.push_back(asked);
+        let request = Content::ResendRequest {
+            ids: vec![d.client_msg_id],
+        };
+        if let Ok(content) = seal(&request) {
+            // Tagged like our read receipts: the `Delivered` it earns is not the app's.
+            let id = self.receipt_ids.generate();
+            self.outbox.add(id, d.from.clone(), content, None);
+            self.pump();
+        }
+    }
+
     /// Handles the passing of time: due retries, pings, dead-connection detection.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.clock = now;
         if self.phase == Phase::Offline {
             return;
         }
@@ -709,6 +881,7 @@ impl Session {
             self.next_ping,
             self.ack_due,
             self.outbox.next_retry(),
+            self.sealer.next_retry(),
             Some(self.last_rx + DEAD_AFTER),
         ]
         .into_iter()
@@ -727,6 +900,9 @@ impl Session {
     }
 
     fn transmit(&mut self, frame: Frame) {
+        if self.sealer.take_dirty() {
+            self.out.push_back(Output::Persist);
+        }
         self.out.push_back(Output::Transmit(frame));
     }
 
@@ -745,20 +921,33 @@ impl Session {
                 continue;
             }
             let to = p.to.clone();
-            let recipients = self.devices.recipients(&to);
-            let own = self.devices.own_others(&to);
-            let copy = |sent_to: Option<&str>, device: DeviceId| DeviceEnvelope {
-                device,
-                envelope: DevicePlaintext {
-                    sent_to: sent_to.map(str::to_owned),
-                    content: p.content.clone(),
+            match self.sealer.prepare(self.clock, &to, &self.devices) {
+                Readiness::Ready => {}
+                Readiness::Waiting(claims) => {
+                    // First in line waits for its keys, so messages keep their order.
+                    self.outbox.queue.push_front(id);
+                    for c in claims {
+                        self.transmit(c);
+                    }
+                    break;
                 }
-                .encode(),
+            }
+            let Some(p) = self.outbox.entries.get_mut(&id) else {
+                continue;
             };
+            let (content, resend_of) = (p.content.clone(), p.resend_of);
+            let (envelopes, own) = self.sealer.seal(&to, &self.devices, |sent_to| {
+                DevicePlaintext {
+                    sent_to: sent_to.map(str::to_owned),
+                    resend_of,
+                    content: content.clone(),
+                }
+                .encode()
+            });
             let frame = missive_proto::Send {
                 client_msg_id: id,
-                envelopes: recipients.into_iter().map(|d| copy(None, d)).collect(),
-                own: own.into_iter().map(|d| copy(Some(&to), d)).collect(),
+                envelopes,
+                own,
                 to,
             };
             // The edge's bounds: each envelope must fit the `Deliver` that carries it, and
@@ -806,8 +995,9 @@ fn fits(send: &missive_proto::Send, max_frame: usize) -> Result<(), ClientError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::seal;
-    use missive_proto::{DeviceId, Goaway, Presence, PresenceState, Rejected, Sent};
+    use missive_proto::{
+        DeviceEnvelope, DeviceId, Goaway, Presence, PresenceState, Rejected, Sent,
+    };
 
     fn test_ids() -> ReceiptIds {
         ReceiptIds::new(&ed25519_dalek::SigningKey::from_bytes(&[7; 32]))
@@ -830,13 +1020,109 @@ mod tests {
             .collect()
     }
 
-    /// One device's envelope of `content` (as a peer's SDK makes it).
-    fn plaintext(sent_to: Option<&str>, content: &Content) -> Vec<u8> {
-        DevicePlaintext {
+    use crate::e2ee::OlmMachine;
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// This test's own device state (each test runs on its own thread).
+        static ME: RefCell<Option<E2eeStore>> = const { RefCell::new(None) };
+        /// The peers' devices: their login keys and Olm state.
+        static PEERS: RefCell<HashMap<(String, DeviceId), OlmMachine>> = RefCell::new(HashMap::new());
+    }
+
+    fn login_key(user: &str, device: DeviceId) -> ed25519_dalek::SigningKey {
+        let mut seed = [device.0 as u8; 32];
+        seed[..user.len().min(32)].copy_from_slice(&user.as_bytes()[..user.len().min(32)]);
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    }
+
+    /// This device, with fresh E2EE state that the helpers below use.
+    fn me() -> Me {
+        let e2ee = E2eeStore::in_memory();
+        ME.with(|m| *m.borrow_mut() = Some(e2ee.clone()));
+        PEERS.with(|p| p.borrow_mut().clear());
+        Me {
+            user: "me".into(),
+            device: DeviceId(1),
+            login_key: login_key("me", DeviceId(1)),
+            e2ee,
+        }
+    }
+
+    /// What the key directory would hand a claimer of (`user`, `device`), whose Olm state is
+    /// `olm`: its identity and one fresh one-time key.
+    fn bundle_of(
+        olm: &mut OlmMachine,
+        user: &str,
+        device: DeviceId,
+    ) -> missive_proto::DeviceBundle {
+        let key = login_key(user, device);
+        let u = olm.upload((user, device, &key), 0, 0, false, false, 1 << 20);
+        missive_proto::DeviceBundle {
+            device,
+            device_key: key.verifying_key().to_bytes(),
+            identity: u.identity.map(|b| *b),
+            one_time_key: u.one_time_keys.into_iter().next(),
+            fallback: false,
+        }
+    }
+
+    /// `user`'s devices, as if claimed from the key directory: the session knows them and has
+    /// a session with each.
+    fn know(s: &mut Session, user: &str, devices: &[u32]) {
+        s.devices.update(missive_proto::UserDevices {
+            user: user.into(),
+            devices: devices.iter().map(|d| DeviceId(*d)).collect(),
+        });
+        for d in devices {
+            let device = DeviceId(*d);
+            let bundle = PEERS.with(|p| {
+                let mut p = p.borrow_mut();
+                let olm = p.entry((user.into(), device)).or_default();
+                bundle_of(olm, user, device)
+            });
+            s.sealer
+                .store()
+                .lock()
+                .accept_bundle(user, &bundle)
+                .unwrap();
+        }
+    }
+
+    /// What (`from`, `device`)'s SDK puts in an envelope of `content` for this device.
+    fn envelope_from(from: &str, device: u32, sent_to: Option<&str>, content: &Content) -> Vec<u8> {
+        let plain = DevicePlaintext {
             sent_to: sent_to.map(str::to_owned),
+            resend_of: None,
             content: seal(content).unwrap(),
         }
-        .encode()
+        .encode();
+        let me = ("me".to_string(), DeviceId(1));
+        PEERS.with(|p| {
+            let mut p = p.borrow_mut();
+            let olm = p.entry((from.into(), DeviceId(device))).or_default();
+            if !olm.has_session(&me) {
+                let bundle = ME.with(|m| {
+                    let store = m.borrow().clone().expect("me() first");
+                    let mut mine = store.lock();
+                    bundle_of(&mut mine, "me", DeviceId(1))
+                });
+                olm.accept_bundle("me", &bundle).unwrap();
+            }
+            olm.encrypt(&me, &plain).unwrap()
+        })
+    }
+
+    /// What (`user`, `device`) reads in an envelope this device sent it.
+    fn open_as(user: &str, device: u32, envelope: &[u8]) -> Opened {
+        let plain = PEERS.with(|p| {
+            let mut p = p.borrow_mut();
+            let olm = p
+                .get_mut(&(user.into(), DeviceId(device)))
+                .expect("a known peer");
+            olm.decrypt(&("me".into(), DeviceId(1)), envelope).unwrap()
+        });
+        DevicePlaintext::decode(&plain).unwrap()
     }
 
     fn deliver_text(seq: u64, from: &str, msg: u8, text: &str) -> Frame {
@@ -846,7 +1132,7 @@ mod tests {
             from_device: DeviceId(1),
             client_msg_id: id(msg),
             server_ts_ms: 1000 + seq,
-            payload: Payload::Envelope(plaintext(None, &Content::Text(text.into()))),
+            payload: Payload::Envelope(envelope_from(from, 1, None, &Content::Text(text.into()))),
         }
         .into()
     }
@@ -868,11 +1154,13 @@ mod tests {
             SeenSet::new(100),
             test_ids(),
             Arc::default(),
-            ("me", DeviceId(1)),
+            me(),
             now,
         );
         s.connected(now, 1 << 20);
         drain(&mut s);
+        know(&mut s, "bob", &[1]);
+        know(&mut s, "carol", &[1]);
         (s, now)
     }
 
@@ -1047,6 +1335,80 @@ mod tests {
             .collect()
     }
 
+    /// Answers the key claims among `outs` as the key directory would, for these devices.
+    fn answer_claims(s: &mut Session, now: Instant, outs: &[Output], lists: &[(&str, &[u32])]) {
+        for f in transmitted(outs) {
+            let Frame::ClaimKeys(c) = f else { continue };
+            let devices = lists
+                .iter()
+                .find(|(u, _)| *u == c.user)
+                .map(|(_, d)| d.to_vec())
+                .unwrap_or_default();
+            let bundles = devices
+                .iter()
+                .map(|d| {
+                    PEERS.with(|p| {
+                        let mut p = p.borrow_mut();
+                        let olm = p.entry((c.user.clone(), DeviceId(*d))).or_default();
+                        bundle_of(olm, &c.user, DeviceId(*d))
+                    })
+                })
+                .collect();
+            let kb = missive_proto::KeyBundles {
+                request_id: c.request_id,
+                user: c.user.clone(),
+                bundles,
+            };
+            s.handle_frame(now, kb.into());
+        }
+    }
+
+    fn claimed_users(outs: &[Output]) -> Vec<String> {
+        transmitted(outs)
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::ClaimKeys(c) => Some(c.user.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_contact_is_claimed_then_encrypted_for() {
+        let (mut s, now) = ready(true);
+        s.send(
+            id(1),
+            "dave".into(),
+            seal(&Content::Text("hey".into())).unwrap(),
+        );
+        let outs = drain(&mut s);
+        assert_eq!(claimed_users(&outs), vec!["dave"]);
+        assert!(sends_in(&outs).is_empty(), "nothing goes out unencrypted");
+        // A second send to carol waits behind the first and claims nothing more.
+        s.send(
+            id(2),
+            "dave".into(),
+            seal(&Content::Text("2".into())).unwrap(),
+        );
+        assert!(claimed_users(&drain(&mut s)).is_empty());
+        answer_claims(&mut s, now, &outs, &[("dave", &[1, 2])]);
+        let outs = drain(&mut s);
+        assert!(
+            matches!(outs[0], Output::Persist),
+            "saved before it leaves: {outs:?}"
+        );
+        let sends = sends_in(&outs);
+        assert_eq!(sends.len(), 2);
+        assert_eq!(sends[0].client_msg_id, id(1), "in order");
+        for (i, c) in sends[0].envelopes.iter().enumerate() {
+            assert_eq!(c.device, DeviceId(i as u32 + 1));
+            assert!(!c.envelope.windows(3).any(|w| w == b"hey"), "encrypted");
+            let opened = open_as("dave", c.device.0, &c.envelope);
+            assert_eq!(opened.content, Content::Text("hey".into()));
+            assert_eq!(opened.sent_to, None);
+        }
+    }
+
     #[test]
     fn a_mismatch_teaches_the_device_lists_and_the_send_goes_again_with_its_id() {
         let (mut s, now) = ready(true);
@@ -1057,27 +1419,29 @@ mod tests {
         );
         let outs = drain(&mut s);
         let first = sends_in(&outs);
-        assert!(first[0].envelopes.is_empty() && first[0].own.is_empty());
+        assert_eq!(first[0].envelopes.len(), 1, "bob's one known device");
+        assert!(first[0].own.is_empty(), "no other own device known yet");
         // bob has a phone and a laptop; we have a tablet (3) beside this device (1).
         s.handle_frame(now, mismatch(1, &[("bob", &[1, 2]), ("me", &[1, 3])]));
         let outs = drain(&mut s);
-        assert!(
-            !outs.iter().any(|o| matches!(o, Output::Events(_))),
-            "a first look is no change: {outs:?}"
-        );
+        let mut claimed = claimed_users(&outs);
+        claimed.sort();
+        assert_eq!(claimed, vec!["bob", "me"], "keys for the new devices");
+        answer_claims(&mut s, now, &outs, &[("bob", &[1, 2]), ("me", &[1, 3])]);
+        let outs = drain(&mut s);
         let again = sends_in(&outs);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].client_msg_id, id(1));
         let devices = |c: &[DeviceEnvelope]| c.iter().map(|c| c.device.0).collect::<Vec<_>>();
         assert_eq!(devices(&again[0].envelopes), vec![1, 2]);
         assert_eq!(devices(&again[0].own), vec![3]);
-        let (to_bob, _) = DevicePlaintext::decode(&again[0].envelopes[0].envelope).unwrap();
-        let (to_tablet, text) = DevicePlaintext::decode(&again[0].own[0].envelope).unwrap();
-        assert_eq!(to_bob, None);
-        assert_eq!(to_tablet.as_deref(), Some("bob"));
-        assert_eq!(text, Content::Text("hi".into()));
+        let to_laptop = open_as("bob", 2, &again[0].envelopes[1].envelope);
+        let to_tablet = open_as("me", 3, &again[0].own[0].envelope);
+        assert_eq!(to_laptop.sent_to, None);
+        assert_eq!(to_tablet.sent_to.as_deref(), Some("bob"));
+        assert_eq!(to_tablet.content, Content::Text("hi".into()));
 
-        // Later bob removes his laptop: the app hears of it before the message goes again.
+        // Later bob replaces his laptop: the app hears of it before the message goes again.
         s.send(
             id(2),
             "bob".into(),
@@ -1097,7 +1461,131 @@ mod tests {
                 removed: vec![DeviceId(2)],
             }]
         );
+        answer_claims(&mut s, now, &outs, &[("bob", &[1, 4])]);
+        let outs = drain(&mut s);
         assert_eq!(devices(&sends_in(&outs)[0].envelopes), vec![1, 4]);
+    }
+
+    #[test]
+    fn an_undecryptable_message_is_told_repaired_and_resent() {
+        let (mut s, now) = ready(true);
+        // A message on a session this device does not have (it lost its state, say).
+        let mut stranger = OlmMachine::new();
+        let bundle = ME.with(|m| {
+            let store = m.borrow().clone().unwrap();
+            let mut mine = store.lock();
+            bundle_of(&mut mine, "me", DeviceId(1))
+        });
+        stranger.accept_bundle("me", &bundle).unwrap();
+        let plain = DevicePlaintext {
+            sent_to: None,
+            resend_of: None,
+            content: seal(&Content::Text("lost".into())).unwrap(),
+        }
+        .encode();
+        let mut broken = stranger
+            .encrypt(&("me".into(), DeviceId(1)), &plain)
+            .unwrap();
+        let last = broken.len() - 1;
+        broken[last] ^= 1;
+        s.handle_frame(
+            now,
+            Deliver {
+                seq: ServerSeq(4),
+                from: "bob".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id(40),
+                server_ts_ms: 1,
+                payload: Payload::Envelope(broken),
+            }
+            .into(),
+        );
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert!(outs.iter().any(|o| matches!(o, Output::Events(e) if matches!(&e[..], [Event::Undecryptable { client_msg_id, from, .. }] if *client_msg_id == id(40) && from == "bob"))), "{outs:?}");
+        assert_eq!(acks_in(&outs), vec![4], "acknowledged, not stuck");
+        // The session with bob was dropped: the resend request claims fresh keys first.
+        assert_eq!(claimed_users(&outs), vec!["bob"]);
+        answer_claims(&mut s, now, &outs, &[("bob", &[1])]);
+        let outs = drain(&mut s);
+        let request = sends_in(&outs);
+        assert_eq!(request.len(), 1);
+        let opened = open_as("bob", 1, &request[0].envelopes[0].envelope);
+        assert_eq!(opened.content, Content::ResendRequest { ids: vec![id(40)] });
+
+        // bob's side of the repair: a request for a message we sent sends it again, under
+        // a new id that names the first.
+        s.send(
+            id(50),
+            "bob".into(),
+            seal(&Content::Text("again?".into())).unwrap(),
+        );
+        drain(&mut s);
+        let ask = Deliver {
+            seq: ServerSeq(5),
+            from: "bob".into(),
+            from_device: DeviceId(1),
+            client_msg_id: id(60),
+            server_ts_ms: 2,
+            payload: Payload::Envelope(envelope_from(
+                "bob",
+                1,
+                None,
+                &Content::ResendRequest { ids: vec![id(50)] },
+            )),
+        };
+        s.handle_frame(now, ask.into());
+        let outs = drain(&mut s);
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::Events(_))),
+            "not the app's business"
+        );
+        let resent = sends_in(&outs);
+        assert_eq!(resent.len(), 1);
+        assert_ne!(resent[0].client_msg_id, id(50));
+        let opened = open_as("bob", 1, &resent[0].envelopes[0].envelope);
+        assert_eq!(opened.resend_of, Some(id(50)));
+        assert_eq!(opened.content, Content::Text("again?".into()));
+    }
+
+    #[test]
+    fn a_resent_message_counts_as_the_one_it_repeats() {
+        let (mut s, now) = ready(true);
+        s.handle_frame(now, deliver_text(1, "bob", 7, "first"));
+        let plain = DevicePlaintext {
+            sent_to: None,
+            resend_of: Some(id(7)),
+            content: seal(&Content::Text("first".into())).unwrap(),
+        }
+        .encode();
+        let envelope = PEERS.with(|p| {
+            p.borrow_mut()
+                .get_mut(&("bob".into(), DeviceId(1)))
+                .unwrap()
+                .encrypt(&("me".into(), DeviceId(1)), &plain)
+                .unwrap()
+        });
+        s.handle_frame(
+            now,
+            Deliver {
+                seq: ServerSeq(2),
+                from: "bob".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id(8),
+                server_ts_ms: 1,
+                payload: Payload::Envelope(envelope),
+            }
+            .into(),
+        );
+        let events: Vec<Event> = drain(&mut s)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(events.len(), 1, "{events:?}");
     }
 
     #[test]
@@ -1111,7 +1599,12 @@ mod tests {
                 from_device: DeviceId(3),
                 client_msg_id: id(7),
                 server_ts_ms: 1,
-                payload: Payload::Envelope(plaintext(Some("bob"), &Content::Text("yo".into()))),
+                payload: Payload::Envelope(envelope_from(
+                    "me",
+                    3,
+                    Some("bob"),
+                    &Content::Text("yo".into()),
+                )),
             }
             .into(),
         );
@@ -1130,12 +1623,12 @@ mod tests {
             SeenSet::new(10),
             test_ids(),
             Arc::default(),
-            ("me", DeviceId(1)),
+            me(),
             now,
         );
         s.connected(now, 1000);
-        // To ourselves: our one device is known without asking the server.
-        s.send(id(1), "me".into(), vec![0; 2000]);
+        know(&mut s, "bob", &[1]);
+        s.send(id(1), "bob".into(), vec![0; 2000]);
         assert!(matches!(
             &drain(&mut s)[..],
             [Output::SendDone {
@@ -1155,7 +1648,7 @@ mod tests {
             SeenSet::new(100),
             test_ids(),
             counters.clone(),
-            ("me", DeviceId(1)),
+            me(),
             now,
         );
         s.connected(now, 1 << 20);
@@ -1285,7 +1778,9 @@ mod tests {
                 from_device: DeviceId(2),
                 client_msg_id: id(50),
                 server_ts_ms: 1,
-                payload: Payload::Envelope(plaintext(
+                payload: Payload::Envelope(envelope_from(
+                    "bob",
+                    2,
                     None,
                     &Content::Read {
                         ids: vec![id(1), id(2)],
@@ -1401,7 +1896,12 @@ mod tests {
                 from_device: DeviceId(1),
                 client_msg_id: id(200),
                 server_ts_ms: 1,
-                payload: Payload::Envelope(plaintext(None, &Content::Text("hi".into()))),
+                payload: Payload::Envelope(envelope_from(
+                    "bob",
+                    1,
+                    None,
+                    &Content::Text("hi".into()),
+                )),
             }
             .into(),
         );
@@ -1410,7 +1910,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_envelopes_are_acked_not_emitted() {
+    fn garbage_envelopes_are_acked_and_told_as_undecryptable() {
         let (mut s, now) = ready(false);
         s.handle_frame(
             now,
@@ -1426,7 +1926,20 @@ mod tests {
         );
         s.flush_acks();
         let outs = drain(&mut s);
-        assert!(!outs.iter().any(|o| matches!(o, Output::Events(_))));
+        let events: Vec<&Event> = outs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Events(e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(
+            matches!(events[..], [Event::Undecryptable { from, .. }] if from == "mallory"),
+            "never a silent drop: {events:?}"
+        );
+        // Handled by the SDK (it asked for a resend), so acknowledged at once even though
+        // the app acknowledges its messages itself.
         assert_eq!(acks_in(&outs), vec![1]);
     }
 
@@ -1533,7 +2046,7 @@ mod tests {
             SeenSet::new(10),
             test_ids(),
             Arc::default(),
-            ("me", DeviceId(1)),
+            me(),
             now,
         );
         assert!(!offline.close(), "nothing to wait for when offline");

@@ -185,6 +185,12 @@ pub struct RegistrationConfig {
     /// Hours an invite token stays valid; older ones register nobody and are swept.
     /// Default 168 (a week).
     pub invite_ttl_hours: u64,
+    /// Companion devices a user may link beside its first (the phone). Default 4.
+    pub max_linked_devices: usize,
+    /// Seconds a device link code (`missive link new`) stays valid. Default 300.
+    pub link_code_ttl_secs: u64,
+    /// Link codes one connection may create per hour. Default 10.
+    pub link_codes_per_hour: u32,
 }
 
 /// Registration policy values.
@@ -264,8 +270,9 @@ impl StorageConfig {
             mailbox_max_items_per_sender: self.mailbox_max_items_per_sender,
             mailbox_max_bytes_per_sender: self.mailbox_max_mb_per_sender.saturating_mul(MIB),
             deliver_before_fsync: self.deliver_before_fsync,
-            // Set from `registration.invite_ttl_hours` by `Config::store_config`.
+            // Set from `registration.*` by `Config::store_config`.
             invite_ttl: missive_storage::StoreConfig::default().invite_ttl,
+            link_code_ttl: missive_storage::StoreConfig::default().link_code_ttl,
             min_free_bytes: self.min_free_mb.saturating_mul(MIB),
         }
     }
@@ -381,6 +388,9 @@ impl Default for RegistrationConfig {
             mode: RegistrationMode::Open,
             per_address_per_hour: 20,
             invite_ttl_hours: 168,
+            max_linked_devices: 4,
+            link_code_ttl_secs: 300,
+            link_codes_per_hour: 10,
         }
     }
 }
@@ -567,6 +577,18 @@ impl Config {
         if self.registration.per_address_per_hour == 0 {
             return bad("registration.per_address_per_hour", "must be at least 1");
         }
+        if self.registration.max_linked_devices >= missive_proto::MAX_DEVICES_PER_USER {
+            return bad(
+                "registration.max_linked_devices",
+                "must be below 16 (a user's devices, the first included, are at most 16)",
+            );
+        }
+        if !(10..=86_400).contains(&self.registration.link_code_ttl_secs) {
+            return bad("registration.link_code_ttl_secs", "must be 10..=86400");
+        }
+        if self.registration.link_codes_per_hour == 0 {
+            return bad("registration.link_codes_per_hour", "must be at least 1");
+        }
         if self.registration.invite_ttl_hours == 0 {
             return bad("registration.invite_ttl_hours", "must be at least 1");
         }
@@ -745,6 +767,7 @@ impl Config {
     pub fn store_config(&self) -> missive_storage::StoreConfig {
         let mut c = self.storage.store_config();
         c.invite_ttl = Duration::from_secs(self.registration.invite_ttl_hours * 3600);
+        c.link_code_ttl = Duration::from_secs(self.registration.link_code_ttl_secs);
         c
     }
 }

@@ -9,12 +9,12 @@ use crate::session_queue;
 use crate::shared::{now_ms, Shared};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use missive_proto::{
-    encode, ClientMsgId, Frame, FrameDecoder, PresenceState, ServerSeq, TypingNotice, Visibility,
-    EXPORTER_LEN,
+    encode, ClientMsgId, ErrorCode, Frame, FrameDecoder, PresenceState, ServerSeq, TypingNotice,
+    Visibility, EXPORTER_LEN,
 };
 use missive_storage::{
-    AppendOutcome, ClaimedBundle, KeyStatus, MailboxId, RegisterOutcome, StorageError, StoredItem,
-    UploadOutcome,
+    AppendOutcome, ClaimedBundle, KeyStatus, LinkOutcome, MailboxId, RegisterOutcome, StorageError,
+    StoredItem, UploadOutcome,
 };
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -72,10 +72,22 @@ enum Completion {
     KeysUploaded(u32, Result<UploadOutcome, KeyStoreRefusal>),
     KeysClaimed(u32, String, Result<Vec<ClaimedBundle>, KeyStoreRefusal>),
     KeyStatus(Option<KeyStatus>),
+    Linked(Option<LinkOutcome>),
+    /// A device-management answer for the client.
+    Answer(Frame),
     Stored(ClientMsgId, Result<AppendOutcome, StoreRefusal>),
     Acked,
     Read(usize, Result<Vec<(ServerSeq, StoredItem)>, ()>),
     VisibilityStored(Visibility, bool),
+}
+
+fn refused(request_id: u32, code: ErrorCode, message: &str) -> Frame {
+    missive_proto::RequestRefused {
+        request_id,
+        code: code.as_u16(),
+        message: message.into(),
+    }
+    .into()
 }
 
 fn key_store_refusal(e: StorageError) -> KeyStoreRefusal {
@@ -297,6 +309,7 @@ impl Driver {
                     SessionEvent::Replaced => self.session.handle_replaced(),
                     SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
                     SessionEvent::Reread => self.session.handle_overflow(),
+                    SessionEvent::Removed => self.session.handle_removed(),
                 },
                 Some(c) = self.pending.next(), if !self.pending.is_empty() => self.complete(c),
                 step = write_step(&mut self.writer, &self.outbuf),
@@ -482,6 +495,81 @@ impl Driver {
                         Completion::KeysClaimed(request_id, user, r)
                     }));
                 }
+                Action::LinkDevice {
+                    user,
+                    code,
+                    key,
+                    max_devices,
+                } => {
+                    // Budgeted like registrations: a code is not to be guessed.
+                    let addresses = &self.shared.addresses;
+                    if !addresses.allow_registration(self.peer.ip(), Instant::now()) {
+                        self.session.handle_register_refused(
+                            missive_proto::ErrorCode::RateLimited,
+                            "too many attempts from this address; try later",
+                        );
+                        continue;
+                    }
+                    let fut =
+                        self.shared
+                            .store
+                            .link_device(&user, &code, key, max_devices, now_ms());
+                    self.pending
+                        .push(Box::pin(async move { Completion::Linked(fut.await.ok()) }));
+                }
+                Action::CreateLinkCode { request_id } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let code = crate::link_code::generate();
+                    let expires_in_ms = self.shared.link_code_ttl.as_millis() as u32;
+                    let fut = self
+                        .shared
+                        .store
+                        .create_link_code(&me.user, &code, now_ms());
+                    self.pending.push(Box::pin(async move {
+                        Completion::Answer(match fut.await {
+                            Ok(true) => missive_proto::LinkCode {
+                                request_id,
+                                code,
+                                expires_in_ms,
+                            }
+                            .into(),
+                            _ => refused(request_id, ErrorCode::Internal, "storage failed; retry"),
+                        })
+                    }));
+                }
+                Action::ListDevices { request_id } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let answer = match self.shared.store.devices(&me.user) {
+                        Ok(devices) => missive_proto::DeviceList {
+                            request_id,
+                            devices,
+                        }
+                        .into(),
+                        Err(_) => refused(request_id, ErrorCode::Internal, "storage failed; retry"),
+                    };
+                    self.session.answer(answer);
+                }
+                Action::RemoveDevice { request_id, device } => {
+                    let Some(me) = self.mailbox.clone() else {
+                        continue;
+                    };
+                    let fut = self.shared.store.remove_device(&me.user, device);
+                    let registry = self.shared.registry.clone();
+                    self.pending.push(Box::pin(async move {
+                        Completion::Answer(match fut.await {
+                            Ok(Some(_)) => {
+                                registry.device_removed(&MailboxId::new(me.user, device));
+                                missive_proto::DeviceRemoved { request_id, device }.into()
+                            }
+                            Ok(None) => {
+                                refused(request_id, ErrorCode::UnknownRecipient, "no such device")
+                            }
+                            Err(_) => {
+                                refused(request_id, ErrorCode::Internal, "storage failed; retry")
+                            }
+                        })
+                    }));
+                }
                 Action::CheckKeys => {
                     let Some(me) = self.mailbox.clone() else {
                         continue;
@@ -553,6 +641,8 @@ impl Driver {
                 self.session.handle_keys_claimed(id, user, r);
             }
             Completion::KeyStatus(status) => self.session.handle_key_status(status),
+            Completion::Linked(outcome) => self.session.handle_link_result(now_ms(), outcome),
+            Completion::Answer(frame) => self.session.answer(frame),
             Completion::Stored(id, r) => self.session.handle_send_result(id, r, now_ms()),
             Completion::Acked => self.session.handle_ack_result(),
             Completion::Read(limit, r) => self.session.handle_mailbox_read(limit, r),

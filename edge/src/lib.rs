@@ -35,6 +35,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod key_requests;
+pub mod link_code;
 pub mod listener;
 pub mod metrics;
 pub mod notifier;

@@ -28,6 +28,8 @@ pub enum SessionEvent {
     /// Storage came back after a failure: read the mailbox again (items found in the
     /// engine's journal were never pushed).
     Reread,
+    /// The device was removed from its account: tell the client `DeviceRemoved` and close.
+    Removed,
 }
 
 /// Longest wait for room in a full session queue when an event must not be dropped.
@@ -183,6 +185,13 @@ impl Registry {
     pub fn reread_all(&self) {
         for entry in self.sessions.iter() {
             entry.value().offer(SessionEvent::Reread);
+        }
+    }
+
+    /// Tells the live session of a removed device (if any) to close.
+    pub fn device_removed(&self, mb: &MailboxId) {
+        if let Some(h) = self.sessions.get(mb) {
+            h.offer(SessionEvent::Removed);
         }
     }
 

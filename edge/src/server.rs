@@ -214,6 +214,12 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
             max_one_time_keys: l.max_one_time_keys,
             low_watermark: l.one_time_keys_low,
         },
+        max_devices: config.registration.max_linked_devices + 1,
+        link_codes: Rate {
+            rate: f64::from(config.registration.link_codes_per_hour),
+            per: Duration::from_secs(3600),
+            burst: 3.0,
+        },
     }
 }
 
@@ -337,6 +343,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
             config.limits.key_claims_per_min,
             config.limits.key_claim_burst,
         )),
+        link_code_ttl: Duration::from_secs(config.registration.link_code_ttl_secs),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_guard, mut all_done) = mpsc::channel::<()>(1);

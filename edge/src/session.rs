@@ -24,11 +24,12 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
     login_transcript, max_envelope_len, validate_user_name, AckDelivery, ClientMsgId, Deliver,
     DeviceEnvelope, DeviceId, DeviceMismatch, Error, ErrorCode, Frame, Goaway, Payload, Pong,
-    ProtoError, Rejected, Send, Sent, ServerHello, ServerSeq, Visibility, Welcome, EXPORTER_LEN,
-    MAX_DEVICES_PER_USER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ProtoError, Rejected, RequestRefused, Send, Sent, ServerHello, ServerSeq, Visibility, Welcome,
+    EXPORTER_LEN, MAX_DEVICES_PER_USER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use missive_storage::{
-    AppendOutcome, ClaimedBundle, KeyStatus, KeyUpload, RegisterOutcome, StoredItem, UploadOutcome,
+    AppendOutcome, ClaimedBundle, KeyStatus, KeyUpload, LinkOutcome, RegisterOutcome, StoredItem,
+    UploadOutcome,
 };
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -72,6 +73,10 @@ pub struct SessionConfig {
     pub delivery_window_bytes: usize,
     /// Key-directory budgets and thresholds.
     pub keys: KeyPolicy,
+    /// Devices one user may have, the first included.
+    pub max_devices: usize,
+    /// `CreateLinkCode` requests per connection.
+    pub link_codes: Rate,
 }
 
 /// Something the driver must do for the session.
@@ -155,6 +160,35 @@ pub enum Action {
     },
     /// Read this device's standing in the key directory; answer with `handle_key_status`.
     CheckKeys,
+    /// Add a device to `user` with a link code; answer with `handle_link_result` (or
+    /// `handle_register_refused`).
+    LinkDevice {
+        /// The account.
+        user: String,
+        /// The code.
+        code: String,
+        /// The new device's verified login key.
+        key: [u8; 32],
+        /// Devices the user may have, the first included.
+        max_devices: usize,
+    },
+    /// Make and store a link code for this user; answer with `answer`.
+    CreateLinkCode {
+        /// The request's id.
+        request_id: u32,
+    },
+    /// List this user's devices; answer with `answer`.
+    ListDevices {
+        /// The request's id.
+        request_id: u32,
+    },
+    /// Remove a device of this user; answer with `answer`.
+    RemoveDevice {
+        /// The request's id.
+        request_id: u32,
+        /// The device.
+        device: DeviceId,
+    },
     /// Forward a typing indicator to the live sessions of `to`.
     Typing {
         /// Recipient user.
@@ -215,6 +249,8 @@ pub enum CloseReason {
 #[derive(Debug)]
 pub struct Session {
     config: SessionConfig,
+    /// `CreateLinkCode` budget.
+    link_codes: TokenBucket,
     /// Key-directory requests (uploads, claims) and their budgets.
     keys: KeyRequests,
     /// The logged-in device's login key (verifies the identity keys it publishes).
@@ -282,6 +318,7 @@ impl Session {
             now,
         );
         Self {
+            link_codes: TokenBucket::new(config.link_codes, now),
             keys: KeyRequests::new(config.keys, now),
             device_key: None,
             login_deadline: now + config.login_timeout,
@@ -457,6 +494,40 @@ impl Session {
         );
     }
 
+    /// Storage's answer to `Action::LinkDevice` (`None` when storage failed).
+    pub fn handle_link_result(&mut self, now_ms: u64, outcome: Option<LinkOutcome>) {
+        let Phase::Authenticating { user, .. } = self.phase.clone() else {
+            return;
+        };
+        match outcome {
+            Some(LinkOutcome::Linked(device)) => self.activate(user, device, now_ms),
+            Some(LinkOutcome::CodeInvalid) => {
+                self.fail(ErrorCode::AuthFailed, "link code unknown, used or expired")
+            }
+            Some(LinkOutcome::TooManyDevices) => self.fail(
+                ErrorCode::LimitExceeded,
+                "this account has as many devices as allowed; remove one first",
+            ),
+            None => self.fail(ErrorCode::Internal, "storage unavailable"),
+        }
+    }
+
+    /// The answer to a device-management request (`LinkCode`, `DeviceList`,
+    /// `DeviceRemoved`, `RequestRefused`), made by the driver.
+    pub fn answer(&mut self, frame: Frame) {
+        if !self.is_closed() {
+            self.send(frame);
+        }
+    }
+
+    /// This device was removed from its account: tell the client and close.
+    pub fn handle_removed(&mut self) {
+        self.fail(
+            ErrorCode::DeviceRemoved,
+            "this device was removed from its account",
+        );
+    }
+
     /// The same device logged in on another connection, which now owns the mailbox: tell
     /// this client with `SessionReplaced` (it must not reconnect on its own) and close.
     pub fn handle_replaced(&mut self) {
@@ -551,6 +622,53 @@ impl Session {
                     key: r.device_key,
                     invite: r.invite,
                     require_invite: self.config.require_invite,
+                });
+            }
+            (Phase::AwaitAuth, Frame::LinkDevice(l)) => {
+                if let Err(why) = validate_user_name(&l.user) {
+                    self.fail(ErrorCode::InvalidName, why);
+                    return;
+                }
+                // Device 0 in the transcript: the server picks the new device's id.
+                if !self.signature_valid(&l.device_key, &l.user, DeviceId(0), &l.signature) {
+                    self.fail(ErrorCode::AuthFailed, "link signature does not verify");
+                    return;
+                }
+                self.phase = Phase::Authenticating {
+                    user: l.user.clone(),
+                    device: DeviceId(0),
+                    signature: None,
+                };
+                self.device_key = Some(l.device_key);
+                self.actions.push_back(Action::LinkDevice {
+                    user: l.user,
+                    code: l.code,
+                    key: l.device_key,
+                    max_devices: self.config.max_devices,
+                });
+            }
+            (Phase::Active { .. }, Frame::CreateLinkCode(c)) => {
+                if self.link_codes.try_take(now, 1.0) {
+                    self.actions.push_back(Action::CreateLinkCode {
+                        request_id: c.request_id,
+                    });
+                } else {
+                    self.send(RequestRefused {
+                        request_id: c.request_id,
+                        code: ErrorCode::RateLimited.as_u16(),
+                        message: "link code rate exceeded".into(),
+                    });
+                }
+            }
+            (Phase::Active { .. }, Frame::ListDevices(l)) => {
+                self.actions.push_back(Action::ListDevices {
+                    request_id: l.request_id,
+                });
+            }
+            (Phase::Active { .. }, Frame::RemoveDevice(r)) => {
+                self.actions.push_back(Action::RemoveDevice {
+                    request_id: r.request_id,
+                    device: r.device,
                 });
             }
             (Phase::Active { .. }, Frame::Send(s)) => self.on_send(now, s),
@@ -1133,6 +1251,8 @@ mod tests {
                 max_one_time_keys: 100,
                 low_watermark: 10,
             },
+            max_devices: 5,
+            link_codes: Rate::per_minute(1, 2),
         }
     }
 

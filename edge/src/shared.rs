@@ -25,6 +25,8 @@ pub struct Shared {
     pub addresses: Arc<crate::address_limits::AddressLimits>,
     /// Key claims per requesting user, across its connections.
     pub key_claims: crate::claim_budget::ClaimBudgets,
+    /// How long a device link code stays valid (`registration.link_code_ttl_secs`).
+    pub link_code_ttl: std::time::Duration,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).

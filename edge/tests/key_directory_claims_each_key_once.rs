@@ -200,6 +200,7 @@ async fn one_time_keys_go_to_one_claimer_each_then_the_fallback_serves() {
                 user: "alice".into(),
                 device: DeviceId(1),
                 signing_key: test_key("alice"),
+                e2ee: Default::default(),
             })
             .await;
         if let Frame::RequestRefused(r) = claim(&mut again, 100 + i, "bob").await {

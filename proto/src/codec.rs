@@ -352,6 +352,36 @@ mod tests {
                 has_identity: false,
             }
             .into(),
+            LinkDevice {
+                user: "bob".into(),
+                code: "ABCD-EFGH".into(),
+                device_key: [1; 32],
+                signature: [2; 64],
+            }
+            .into(),
+            CreateLinkCode { request_id: 3 }.into(),
+            ListDevices { request_id: 4 }.into(),
+            RemoveDevice {
+                request_id: 5,
+                device: DeviceId(2),
+            }
+            .into(),
+            LinkCode {
+                request_id: 3,
+                code: "ABCD-EFGH".into(),
+                expires_in_ms: 300_000,
+            }
+            .into(),
+            DeviceList {
+                request_id: 4,
+                devices: vec![DeviceId(1), DeviceId(2)],
+            }
+            .into(),
+            DeviceRemoved {
+                request_id: 5,
+                device: DeviceId(2),
+            }
+            .into(),
             RequestRefused {
                 request_id: 9,
                 code: 9,

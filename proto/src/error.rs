@@ -62,6 +62,9 @@ pub enum ErrorCode {
     /// Keys uploaded to the key directory are not acceptable: identity keys not signed by
     /// the uploading device, or other than the ones it already published.
     InvalidKeys = 24,
+    /// This device was removed from its account (by one of its devices); it is closed and
+    /// can no longer log in. Do not reconnect.
+    DeviceRemoved = 25,
 }
 
 impl ErrorCode {
@@ -93,6 +96,7 @@ impl ErrorCode {
             22 => LimitExceeded,
             23 => DeviceMismatch,
             24 => InvalidKeys,
+            25 => DeviceRemoved,
             _ => return None,
         })
     }
@@ -130,6 +134,7 @@ impl ErrorCode {
             LimitExceeded => "limit_exceeded",
             DeviceMismatch => "device_mismatch",
             InvalidKeys => "invalid_keys",
+            DeviceRemoved => "device_removed",
         }
     }
 }

@@ -84,6 +84,14 @@ frames! {
     12 => UploadKeys,
     /// Fetch one key bundle per device of a user, claiming one one-time key each.
     13 => ClaimKeys,
+    /// Join a user's account as a new device, with a link code from one of its devices.
+    14 => LinkDevice,
+    /// Ask for a one-time code that links a new device to this account.
+    15 => CreateLinkCode,
+    /// Ask for this account's devices.
+    16 => ListDevices,
+    /// Remove a device from this account.
+    17 => RemoveDevice,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -110,8 +118,15 @@ frames! {
     75 => KeyBundles,
     /// This device's one-time keys are running low (or its fallback key was used): upload.
     76 => KeysLow,
-    /// A request (`UploadKeys`, `ClaimKeys`) was refused; the connection stays open.
+    /// A request (`UploadKeys`, `ClaimKeys`, device management) was refused; the connection
+    /// stays open.
     77 => RequestRefused,
+    /// Answer to `CreateLinkCode`.
+    78 => LinkCode,
+    /// Answer to `ListDevices`.
+    79 => DeviceList,
+    /// Answer to `RemoveDevice`: the device and everything the server held for it are gone.
+    80 => DeviceRemoved,
 }
 
 /// Client → server, first frame on every connection.
@@ -482,6 +497,75 @@ pub struct RequestRefused {
     pub code: u16,
     /// Human-readable reason.
     pub message: String,
+}
+
+/// Client → server, instead of `Login`/`Register`: join `user` as a new device. The server
+/// picks the device id (never one the user had before) and answers `Welcome` with it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LinkDevice {
+    /// The account to join.
+    pub user: String,
+    /// The one-time code one of its devices got with `CreateLinkCode`.
+    pub code: String,
+    /// Ed25519 public key of the new device.
+    pub device_key: [u8; 32],
+    /// Ed25519 signature over `login_transcript(challenge, exporter, user, DeviceId(0))`
+    /// (device 0: the id is not known yet).
+    pub signature: [u8; 64],
+}
+
+/// Client → server: a code that links one new device (answered `LinkCode`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CreateLinkCode {
+    /// Echoed in the answer.
+    pub request_id: u32,
+}
+
+/// Server → client: a one-time link code, valid for `expires_in_ms`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LinkCode {
+    /// The request's id.
+    pub request_id: u32,
+    /// The code to type on the new device.
+    pub code: String,
+    /// How long it stays valid.
+    pub expires_in_ms: u32,
+}
+
+/// Client → server: this account's devices (answered `DeviceList`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ListDevices {
+    /// Echoed in the answer.
+    pub request_id: u32,
+}
+
+/// Server → client: the account's current devices, ascending.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList {
+    /// The request's id.
+    pub request_id: u32,
+    /// The devices.
+    pub devices: Vec<DeviceId>,
+}
+
+/// Client → server: remove `device` from this account (any device may remove any other, or
+/// itself). Its mailbox and keys are deleted; its live session is closed with
+/// `Error{DeviceRemoved}`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RemoveDevice {
+    /// Echoed in the answer.
+    pub request_id: u32,
+    /// The device to remove.
+    pub device: DeviceId,
+}
+
+/// Server → client: answer to `RemoveDevice`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRemoved {
+    /// The request's id.
+    pub request_id: u32,
+    /// The removed device.
+    pub device: DeviceId,
 }
 
 /// Server → client: this server is draining; reconnect after `reconnect_after_ms`.

@@ -18,6 +18,7 @@
 //! every operation is refused. Below the free-space watermark (`health.rs`) only the writes
 //! that add data are refused.
 use crate::backup::BackupReport;
+use crate::device_registry::{self, LinkOutcome};
 use crate::engine::{self, Engine, EngineSlot, KvEngine, Tuning, WriteBatch};
 use crate::health::{FreeSpaceWatch, HealthCell, StorageHealth};
 use crate::key_directory::{self, ClaimedBundle, KeyUpload, UploadOutcome};
@@ -107,6 +108,22 @@ pub(crate) enum Op {
     ClaimKeys {
         user: String,
     },
+    CreateLinkCode {
+        user: String,
+        code: String,
+        now_ms: u64,
+    },
+    LinkDevice {
+        user: String,
+        code: String,
+        key: [u8; 32],
+        max_devices: usize,
+        now_ms: u64,
+    },
+    RemoveDevice {
+        user: String,
+        device: DeviceId,
+    },
     Sweep {
         now_ms: u64,
     },
@@ -131,6 +148,9 @@ pub(crate) enum Reply {
     Backup(BackupReport),
     KeysUploaded(UploadOutcome),
     KeysClaimed(Vec<ClaimedBundle>),
+    Linked(LinkOutcome),
+    /// `None`: no such device.
+    Removed(Option<usize>),
     Done,
 }
 
@@ -157,6 +177,8 @@ pub(crate) struct Limits {
     pub(crate) mailbox_max_bytes_per_sender: u64,
     /// Invite tokens older than this no longer register anyone, and are swept.
     pub(crate) invite_ttl: Duration,
+    /// Link codes older than this link nothing, and are swept.
+    pub(crate) link_code_ttl: Duration,
     /// Tell the listener of items when their batch is applied, not after its fsync.
     pub(crate) deliver_before_fsync: bool,
 }
@@ -606,6 +628,8 @@ fn adds_data(op: &Op) -> bool {
             | Op::AddInvite { .. }
             | Op::AddDevice { .. }
             | Op::UploadKeys(_)
+            | Op::CreateLinkCode { .. }
+            | Op::LinkDevice { .. }
     )
 }
 
@@ -628,6 +652,10 @@ struct Pending {
     deleted: HashSet<Vec<u8>>,
     /// One-time keys handed out by claims in this batch (deleted when it is applied).
     claimed_keys: HashSet<Vec<u8>>,
+    /// Link codes used by this batch.
+    used_link_codes: HashSet<String>,
+    /// Devices removed by this batch.
+    removed_devices: HashSet<(String, DeviceId)>,
     /// Items deleted by acks answered from the unacked log (not in `deleted`).
     deleted_logged: u64,
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
@@ -714,6 +742,11 @@ impl Committer {
         );
         if pending.usage_stale || self.usage.len() > USAGE_CACHE_LIMIT {
             self.usage.clear();
+        }
+        // A removed device took its mailbox, keys and counters with it: what the committer
+        // remembers of the engine is read again (removals are rare).
+        if !pending.removed_devices.is_empty() {
+            self.forget_caches();
         }
         // Devices added by this batch are in the engine now (a failed fsync clears the cache).
         for (user, added) in pending.devices.drain() {
@@ -1015,6 +1048,49 @@ impl Committer {
                 )
                 .map(Reply::KeysClaimed)
             }
+            Op::CreateLinkCode { user, code, now_ms } => {
+                if self.user_record(pending, &user)?.is_none() {
+                    return Ok(Reply::Updated(false));
+                }
+                batch.insert(
+                    keys::link_code(&code),
+                    device_registry::link_code_value(&user, now_ms),
+                );
+                Ok(Reply::Updated(true))
+            }
+            Op::LinkDevice {
+                user,
+                code,
+                key,
+                max_devices,
+                now_ms,
+            } => {
+                let devices = self.devices(pending, &user)?;
+                let outcome = device_registry::link(
+                    self.db.as_ref(),
+                    batch,
+                    &mut pending.used_link_codes,
+                    (&user, &code, key),
+                    &devices,
+                    max_devices,
+                    self.limits.link_code_ttl.as_millis() as u64,
+                    now_ms,
+                )?;
+                if let LinkOutcome::Linked(device) = outcome {
+                    pending.devices.entry(user).or_default().push(device);
+                }
+                Ok(Reply::Linked(outcome))
+            }
+            Op::RemoveDevice { user, device } => {
+                let devices = self.devices(pending, &user)?;
+                if !devices.contains(&device) {
+                    return Ok(Reply::Removed(None));
+                }
+                let items =
+                    device_registry::remove(self.db.as_ref(), batch, &user, device, &devices)?;
+                pending.removed_devices.insert((user, device));
+                Ok(Reply::Removed(Some(items)))
+            }
             Op::Sweep { now_ms } => self.sweep(batch, pending, now_ms).map(Reply::Sweep),
             // `run` takes backups out of the batch before it gets here.
             Op::Backup { .. } => Err(StorageError::Backup(
@@ -1058,6 +1134,9 @@ impl Committer {
                 }
             }
             devs.sort_unstable();
+        }
+        if !pending.removed_devices.is_empty() {
+            devs.retain(|d| !pending.removed_devices.contains(&(user.to_owned(), *d)));
         }
         Ok(devs)
     }
@@ -1499,6 +1578,19 @@ impl Committer {
                 }
             }
         }
+        let link_cutoff = now_ms.saturating_sub(self.limits.link_code_ttl.as_millis() as u64);
+        for kv in self.db.prefix(&[keys::LINK_CODE]) {
+            let (k, v) = kv?;
+            if device_registry::parse_link_code(&v).is_none_or(|(created, _)| created < link_cutoff)
+            {
+                batch.remove(k);
+                out.invites += 1;
+            }
+            if out.items + out.dedup_keys + out.invites >= SWEEP_STEP_LIMIT {
+                out.more = true;
+                return Ok(out);
+            }
+        }
         let invite_cutoff = now_ms.saturating_sub(self.limits.invite_ttl.as_millis() as u64);
         for kv in self.db.prefix(&[keys::INVITE]) {
             let (k, v) = kv?;
@@ -1667,6 +1759,7 @@ mod tests {
                 mailbox_max_bytes_per_sender: 1 << 20,
                 deliver_before_fsync,
                 invite_ttl: Duration::from_secs(3600),
+                link_code_ttl: Duration::from_secs(300),
             },
             Duration::from_secs(3600),
             Some(listener),

@@ -229,6 +229,21 @@ pub(crate) fn status(
     })
 }
 
+/// Removes every key of a device (when the device is removed).
+pub(crate) fn forget_device(
+    db: &dyn KvEngine,
+    batch: &mut WriteBatch,
+    user: &str,
+    device: DeviceId,
+) -> Result<(), StorageError> {
+    batch.remove(keys::identity(user, device));
+    batch.remove(keys::fallback_key(user, device));
+    for kv in db.prefix(&keys::one_time_keys_of(user, device)) {
+        batch.remove(kv?.0);
+    }
+    Ok(())
+}
+
 fn signed_key_from_record(k: &[u8], v: &[u8]) -> Result<SignedKey, StorageError> {
     let corrupt = || StorageError::Corrupt("one-time key record".into());
     let key: [u8; 32] = k

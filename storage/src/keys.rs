@@ -14,6 +14,8 @@
 //! | `y` | `y user\0 device:u32` | rkyv `IdentityKeys` of the device (E2EE identity) |
 //! | `o` | `o user\0 device:u32 key:[32]` | signature, 64 bytes (an unclaimed one-time key) |
 //! | `f` | `f user\0 device:u32` | rkyv [`crate::records::FallbackRecord`] |
+//! | `l` | `l code` | created-at ms, u64, then the user name (a device link code) |
+//! | `n` | `n user` | the id the next linked device gets, u32 (ids are never reused) |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
@@ -28,6 +30,8 @@ pub(crate) const CONTACT: u8 = b'c';
 pub(crate) const IDENTITY: u8 = b'y';
 pub(crate) const ONE_TIME_KEY: u8 = b'o';
 pub(crate) const FALLBACK_KEY: u8 = b'f';
+pub(crate) const LINK_CODE: u8 = b'l';
+pub(crate) const NEXT_DEVICE: u8 = b'n';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
@@ -142,6 +146,22 @@ pub(crate) fn one_time_key(user: &str, device: DeviceId, key: &[u8; 32]) -> Vec<
 /// Key of a device's fallback key.
 pub(crate) fn fallback_key(user: &str, device: DeviceId) -> Vec<u8> {
     user_device(FALLBACK_KEY, user, device, 0)
+}
+
+/// Key of a device link code.
+pub(crate) fn link_code(code: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + code.len());
+    k.push(LINK_CODE);
+    k.extend_from_slice(code.as_bytes());
+    k
+}
+
+/// Key of a user's next-device-id counter.
+pub(crate) fn next_device(user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + user.len());
+    k.push(NEXT_DEVICE);
+    k.extend_from_slice(user.as_bytes());
+    k
 }
 
 /// Reads a big-endian u64 value; `None` when the stored value has the wrong size.

@@ -48,6 +48,7 @@
 mod backup;
 mod compact;
 mod copy;
+mod device_registry;
 mod engine;
 mod error;
 mod group_commit;
@@ -63,6 +64,7 @@ mod unacked;
 pub use backup::BackupReport;
 pub use compact::{compact, CompactReport};
 pub use copy::EntryCounts;
+pub use device_registry::LinkOutcome;
 pub use engine::Engine;
 pub use error::StorageError;
 pub use group_commit::SEQ_RESERVATION;

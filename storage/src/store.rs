@@ -2,6 +2,7 @@
 
 use crate::backup::BackupReport;
 use crate::compact::CompactReport;
+use crate::device_registry::LinkOutcome;
 use crate::engine::{self, Engine, EngineSlot, Tuning};
 use crate::group_commit::{self, Op, Request};
 use crate::health::{HealthCell, StorageHealth};
@@ -53,6 +54,8 @@ pub struct StoreConfig {
     pub mailbox_max_bytes_per_sender: u64,
     /// Invite tokens older than this register nobody and are swept. Default 7 days.
     pub invite_ttl: Duration,
+    /// Device link codes older than this link nothing and are swept. Default 5 minutes.
+    pub link_code_ttl: Duration,
     /// Free bytes on the store's filesystem below which new messages, accounts, invites and
     /// devices are refused with [`StorageError::Unavailable`] (acks and expiry go on). 0
     /// turns the watermark off. Default 256 MiB.
@@ -80,6 +83,7 @@ impl Default for StoreConfig {
             mailbox_max_items_per_sender: 2_000,
             mailbox_max_bytes_per_sender: 64 * 1024 * 1024,
             invite_ttl: Duration::from_secs(7 * 24 * 3600),
+            link_code_ttl: Duration::from_secs(300),
             min_free_bytes: 256 * 1024 * 1024,
             deliver_before_fsync: false,
         }
@@ -145,7 +149,7 @@ pub struct SweepOutcome {
     pub items: usize,
     /// Expired dedup keys removed.
     pub dedup_keys: usize,
-    /// Expired invite tokens removed.
+    /// Expired invite tokens and device link codes removed.
     pub invites: usize,
     /// The step hit its work limit; call again to continue.
     pub more: bool,
@@ -336,6 +340,7 @@ impl Store {
                 mailbox_max_items_per_sender: config.mailbox_max_items_per_sender.max(1),
                 mailbox_max_bytes_per_sender: config.mailbox_max_bytes_per_sender.max(1),
                 invite_ttl: config.invite_ttl,
+                link_code_ttl: config.link_code_ttl,
                 deliver_before_fsync: config.deliver_before_fsync,
             },
             config.retention,
@@ -536,6 +541,73 @@ impl Store {
             },
             |r| match r {
                 group_commit::Reply::Updated(ok) => Some(ok),
+                _ => None,
+            },
+        )
+    }
+
+    /// Stores a one-time code that links one more device to `user` (see
+    /// [`Store::link_device`]). Returns false for an unknown user.
+    pub fn create_link_code(
+        &self,
+        user: &str,
+        code: &str,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
+        self.submit(
+            Op::CreateLinkCode {
+                user: user.to_owned(),
+                code: code.to_owned(),
+                now_ms,
+            },
+            |r| match r {
+                group_commit::Reply::Updated(ok) => Some(ok),
+                _ => None,
+            },
+        )
+    }
+
+    /// Adds a device with login key `key` to `user`, consuming `code` (made by
+    /// [`Store::create_link_code`], within `StoreConfig::link_code_ttl`), under the next
+    /// device id the user never had, unless it already has `max_devices`.
+    pub fn link_device(
+        &self,
+        user: &str,
+        code: &str,
+        key: [u8; 32],
+        max_devices: usize,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<LinkOutcome, StorageError>> + Send + 'static {
+        self.submit(
+            Op::LinkDevice {
+                user: user.to_owned(),
+                code: code.to_owned(),
+                key,
+                max_devices,
+                now_ms,
+            },
+            |r| match r {
+                group_commit::Reply::Linked(o) => Some(o),
+                _ => None,
+            },
+        )
+    }
+
+    /// Removes a device of `user` and everything stored for it (login key, published keys,
+    /// mailbox). Returns the mailbox items dropped, or `None` when there is no such device.
+    pub fn remove_device(
+        &self,
+        user: &str,
+        device: DeviceId,
+    ) -> impl std::future::Future<Output = Result<Option<usize>, StorageError>> + Send + 'static
+    {
+        self.submit(
+            Op::RemoveDevice {
+                user: user.to_owned(),
+                device,
+            },
+            |r| match r {
+                group_commit::Reply::Removed(n) => Some(n),
                 _ => None,
             },
         )

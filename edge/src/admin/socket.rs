@@ -371,6 +371,7 @@ mod tests {
                 key_claims: crate::claim_budget::ClaimBudgets::new(
                     crate::budget::Rate::per_minute(60, 60),
                 ),
+                link_code_ttl: std::time::Duration::from_secs(300),
             }),
             data_dir: dir.to_path_buf(),
         }

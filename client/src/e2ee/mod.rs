@@ -1,0 +1,13 @@
+//! End-to-end encryption: Olm sessions per peer device (vodozemac), the device's state and
+//! where it is kept, and the part of the session state machine that claims keys, encrypts
+//! each send for every device and decrypts each delivery.
+//!
+//! The server sees only what [`olm`] produces: per device, a version byte, the Olm message
+//! type and the Olm ciphertext of a `DevicePlaintext`.
+
+pub mod olm;
+pub(crate) mod sealer;
+mod store;
+
+pub use olm::{OlmMachine, PeerIdentity};
+pub use store::E2eeStore;
