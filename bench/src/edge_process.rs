@@ -158,7 +158,8 @@ fn spawn(bin: &Path, args: &[String]) -> Result<(Child, SocketAddr, PathBuf), St
     }
 }
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -1,4 +1,4 @@
-//! The SDK handle an app embeds: [`Client`], its [`ClientConfig`], and [`register`].
+//! The SDK handle an app embeds: [`Client`], its [`ClientConfig`], [`register`] and [`link`].
 
 use crate::backoff::ReconnectPolicy;
 use crate::connection::establish;
@@ -10,7 +10,10 @@ use crate::login::LoginMode;
 use crate::receipt_id::ReceiptIds;
 use crate::transport::TransportConfig;
 use crate::{ClientError, Identity};
-use missive_proto::{validate_user_name, ClientMsgId, ServerSeq, Visibility};
+use missive_proto::{
+    validate_user_name, ClientMsgId, CreateLinkCode, DeviceId, Frame, ListDevices, RemoveDevice,
+    ServerSeq, Visibility,
+};
 use std::borrow::Borrow;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -189,6 +192,53 @@ impl Client {
         self.send_with_id(id, to_user, Content::Read { ids })
     }
 
+    /// A one-time code that links a new device to this account (`missive link new`), and how
+    /// long it stays valid. Type it on the new device: [`link`].
+    pub async fn create_link_code(&self) -> Result<(String, Duration), ClientError> {
+        match self
+            .device_request(|request_id| CreateLinkCode { request_id }.into())
+            .await?
+        {
+            Frame::LinkCode(c) => Ok((c.code, Duration::from_millis(u64::from(c.expires_in_ms)))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// This account's devices, ascending.
+    pub async fn devices(&self) -> Result<Vec<DeviceId>, ClientError> {
+        match self
+            .device_request(|request_id| ListDevices { request_id }.into())
+            .await?
+        {
+            Frame::DeviceList(l) => Ok(l.devices),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Removes a device of this account (this one too): the server deletes its mailbox and
+    /// keys and closes its session; it receives nothing more.
+    pub async fn remove_device(&self, device: DeviceId) -> Result<(), ClientError> {
+        match self
+            .device_request(move |request_id| RemoveDevice { request_id, device }.into())
+            .await?
+        {
+            Frame::DeviceRemoved(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn device_request(
+        &self,
+        build: impl FnOnce(u32) -> Frame + Send + 'static,
+    ) -> Result<Frame, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::DeviceRequest {
+            build: Box::new(build),
+            reply,
+        })?;
+        rx.await.map_err(|_| ClientError::ClientClosed)?
+    }
+
     /// Messages the server delivered to this client so far, counted before the duplicate
     /// filter: how many, how many again after a reconnect (expected), and how many the server
     /// had stored twice (never expected; see [`crate::delivery_stats`]).
@@ -242,6 +292,39 @@ impl Client {
 
 fn config_user(conn: &crate::connection::LiveConnection) -> &str {
     &conn.welcome.user
+}
+
+/// Joins `config.identity.user`'s account as a new device with a link code from one of its
+/// devices (see [`Client::create_link_code`]). The server picks the device id; the returned
+/// identity carries it (and `config.identity`'s key and E2EE state), with the device's keys
+/// published. Save it: it is the new device.
+pub async fn link(
+    config: impl Borrow<ClientConfig>,
+    code: impl Into<String>,
+) -> Result<Identity, ClientError> {
+    let config = config.borrow();
+    validate_user_name(&config.identity.user)
+        .map_err(|e| ClientError::InvalidName(e.to_string()))?;
+    let mut conn = establish(
+        &config.transport(),
+        &config.identity,
+        LoginMode::Link { code: code.into() },
+        &config.client_name,
+    )
+    .await?;
+    let mut identity = config.identity.clone();
+    identity.device = conn.welcome.device;
+    if let Err(e) = conn.publish_keys(&identity).await {
+        tracing::warn!(error = %e, "linked, but publishing the device's keys failed");
+    }
+    if let Err(e) = conn.bye().await {
+        tracing::warn!(error = %e, "linked, but the closing Bye exchange failed");
+    }
+    Ok(identity)
+}
+
+fn unexpected(frame: &Frame) -> ClientError {
+    ClientError::MalformedFrame(format!("unexpected answer {}", frame.name()))
 }
 
 /// Creates the account `config.identity.user` bound to its device key, on one connection

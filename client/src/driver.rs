@@ -29,6 +29,11 @@ pub(crate) enum Command {
     Subscribe(String),
     Visibility(Visibility),
     Typing(String, bool),
+    /// A device-management request built from its id; answered with the server's frame.
+    DeviceRequest {
+        build: Box<dyn FnOnce(u32) -> missive_proto::Frame + Send>,
+        reply: oneshot::Sender<Result<missive_proto::Frame, ClientError>>,
+    },
     Close(oneshot::Sender<Result<(), ClientError>>),
 }
 
@@ -41,6 +46,7 @@ impl std::fmt::Debug for Command {
             Self::Subscribe(_) => "Subscribe",
             Self::Visibility(_) => "Visibility",
             Self::Typing(..) => "Typing",
+            Self::DeviceRequest { .. } => "DeviceRequest",
             Self::Close(_) => "Close",
         })
     }
@@ -80,6 +86,8 @@ pub(crate) struct Driver {
     events: mpsc::UnboundedSender<Vec<Event>>,
     waiters: HashMap<ClientMsgId, Vec<oneshot::Sender<Result<SendReceipt, ClientError>>>>,
     close_waiters: Vec<oneshot::Sender<Result<(), ClientError>>>,
+    /// Waiters of device requests, by request id.
+    requests: HashMap<u32, oneshot::Sender<Result<missive_proto::Frame, ClientError>>>,
     close_deadline: Option<Instant>,
 }
 
@@ -116,6 +124,7 @@ impl Driver {
             cmd_open: true,
             events,
             waiters: HashMap::new(),
+            requests: HashMap::new(),
             close_waiters: Vec::new(),
             close_deadline: None,
         }
@@ -319,6 +328,16 @@ impl Driver {
             Command::Subscribe(user) => self.session.subscribe_presence(user),
             Command::Visibility(v) => self.session.set_visibility(v),
             Command::Typing(to, typing) => self.session.typing(to, typing),
+            Command::DeviceRequest { build, reply } => match self.session.device_request(build) {
+                Some(id) => {
+                    self.requests.insert(id, reply);
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::ConnectionClosed(
+                        "not connected; try again once connected".into(),
+                    )));
+                }
+            },
             Command::Close(reply) => {
                 self.close_waiters.push(reply);
                 return self.begin_close();
@@ -366,6 +385,11 @@ impl Driver {
                             tracing::error!(error = %e, "cannot save the E2EE state");
                             end = Some(ConnEnd::Fatal(e));
                         }
+                    }
+                }
+                Output::RequestDone { request_id, result } => {
+                    if let Some(w) = self.requests.remove(&request_id) {
+                        let _ = w.send(result);
                     }
                 }
                 Output::SendDone { id, result } => {

@@ -114,6 +114,9 @@ pub enum ClientError {
     /// A caller-supplied value is not acceptable (bad name, bad address, ...).
     #[error("{0}")]
     InvalidInput(String),
+    /// This device was removed from its account; it can no longer log in.
+    #[error("this device was removed from its account")]
+    DeviceRemoved,
     /// The device's end-to-end encryption state could not be read or written (a wrong key,
     /// a damaged file, a full disk).
     #[error("end-to-end encryption state: {0}")]
@@ -150,6 +153,7 @@ impl ClientError {
             Some(ErrorCode::InvalidName) => Self::InvalidName(message.to_string()),
             Some(ErrorCode::AccountDisabled) => Self::AccountDisabled,
             Some(ErrorCode::SessionReplaced) => Self::SessionReplaced,
+            Some(ErrorCode::DeviceRemoved) => Self::DeviceRemoved,
             Some(ErrorCode::UnsupportedVersion) => Self::UnsupportedVersion {
                 server: 0,
                 min: MIN_PROTOCOL_VERSION,
@@ -171,6 +175,7 @@ impl ClientError {
             Self::InvalidName(_) => Some(ErrorCode::InvalidName),
             Self::AccountDisabled => Some(ErrorCode::AccountDisabled),
             Self::SessionReplaced => Some(ErrorCode::SessionReplaced),
+            Self::DeviceRemoved => Some(ErrorCode::DeviceRemoved),
             Self::UnsupportedVersion { .. } => Some(ErrorCode::UnsupportedVersion),
             Self::Server { code, .. } | Self::Rejected { code, .. } => ErrorCode::from_u16(*code),
             _ => None,
@@ -194,6 +199,7 @@ impl ClientError {
                 | Self::InvalidInput(_)
                 | Self::Profile { .. }
                 | Self::E2eeState(_)
+                | Self::DeviceRemoved
         )
     }
 }

@@ -29,6 +29,13 @@ impl Identity {
         }
     }
 
+    /// The safety number of this user and `other` (`missive safety-number`): the same digits
+    /// on both sides when both know the same devices of each other; `None` while no device
+    /// of `other` is known (no message exchanged yet).
+    pub fn safety_number(&self, other: &str) -> Option<String> {
+        self.e2ee.safety_number(&self.user, self.device, other)
+    }
+
     /// The Ed25519 public key, as sent in `Register`.
     pub fn public_key(&self) -> [u8; 32] {
         self.signing_key.verifying_key().to_bytes()

@@ -121,7 +121,7 @@ mod session;
 pub mod transport;
 
 pub use backoff::ReconnectPolicy;
-pub use client::{register, Client, ClientConfig, SendReceipt};
+pub use client::{link, register, Client, ClientConfig, SendReceipt};
 pub use content::{open, seal, Content};
 pub use dedup::{DeliveryKey, DeliveryKind, SeenSet};
 pub use delivery_stats::DeliveryStats;

@@ -20,6 +20,12 @@ pub(crate) enum LoginMode {
         /// The invite token.
         invite: Option<String>,
     },
+    /// `LinkDevice`: join the user's account as a new device with a link code; the server
+    /// picks the device id (the identity's is ignored).
+    Link {
+        /// The link code.
+        code: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +96,8 @@ impl Login {
             (State::AwaitServerHello, Frame::ServerHello(sh)) => self.on_server_hello(sh),
             (State::AwaitWelcome, Frame::Welcome(w)) => {
                 self.state = State::Done;
-                if w.user != self.identity.user || w.device != self.identity.device {
+                let linked = matches!(self.mode, LoginMode::Link { .. });
+                if w.user != self.identity.user || (!linked && w.device != self.identity.device) {
                     return LoginStep::Fail(ClientError::AuthFailed(format!(
                         "server welcomed {}/{} instead of {}/{}",
                         w.user, w.device.0, self.identity.user, self.identity.device.0
@@ -128,6 +135,23 @@ impl Login {
         self.state = State::AwaitWelcome;
         let signature = self.identity.sign_login(&sh.challenge, &self.exporter);
         let frame: Frame = match &self.mode {
+            LoginMode::Link { code } => {
+                use ed25519_dalek::Signer;
+                // Device 0: the server has not picked the new device's id yet.
+                let transcript = missive_proto::login_transcript(
+                    &sh.challenge,
+                    &self.exporter,
+                    &self.identity.user,
+                    missive_proto::DeviceId(0),
+                );
+                missive_proto::LinkDevice {
+                    user: self.identity.user.clone(),
+                    code: code.clone(),
+                    device_key: self.identity.public_key(),
+                    signature: self.identity.signing_key.sign(&transcript).to_bytes(),
+                }
+                .into()
+            }
             LoginMode::Login => missive_proto::Login {
                 user: self.identity.user.clone(),
                 device: self.identity.device,

@@ -15,7 +15,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use missive_client::profile::resolve;
 use missive_client::{
-    register, Client, ClientConfig, ClientError, ClientMsgId, Content, DeviceId, Event,
+    link, register, Client, ClientConfig, ClientError, ClientMsgId, Content, DeviceId, Event,
     EventStream, Identity, PresenceState, Profile, ServerSeq, Visibility,
 };
 use std::collections::BTreeMap;
@@ -113,6 +113,47 @@ enum Cmd {
         /// everyone or nobody.
         value: VisibilityArg,
     },
+    /// Link another device (laptop, tablet) to this account.
+    Link {
+        #[command(subcommand)]
+        action: LinkCmd,
+    },
+    /// This account's devices.
+    Devices {
+        #[command(subcommand)]
+        action: DevicesCmd,
+    },
+    /// Print the safety number of this user and NAME: compare it with NAME's (in person, or
+    /// over another channel); if both match, nobody sits between you.
+    SafetyNumber {
+        /// The other user.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LinkCmd {
+    /// On an existing device: print a one-time code for the new device (valid minutes).
+    New,
+    /// On the new device: join NAME's account with CODE and save this profile for it
+    /// (needs --server and --ca).
+    Join {
+        /// The account's user name.
+        name: String,
+        /// The code `link new` printed.
+        code: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevicesCmd {
+    /// List the account's devices.
+    List,
+    /// Remove a device: it receives nothing more and cannot log in again.
+    Remove {
+        /// Its id (see `devices list`).
+        id: u32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -194,7 +235,101 @@ async fn run(cli: Cli) -> CliResult {
             };
             cmd_visibility(&cli, &dir, v).await
         }
+        Cmd::Link {
+            action: LinkCmd::New,
+        } => cmd_link_new(&cli, &dir).await,
+        Cmd::Link {
+            action: LinkCmd::Join { name, code },
+        } => cmd_link_join(&cli, &dir, name, code).await,
+        Cmd::Devices {
+            action: DevicesCmd::List,
+        } => cmd_devices_list(&cli, &dir).await,
+        Cmd::Devices {
+            action: DevicesCmd::Remove { id },
+        } => cmd_devices_remove(&cli, &dir, DeviceId(*id)).await,
+        Cmd::SafetyNumber { name } => {
+            let profile = Profile::load(&dir)?;
+            let number = profile.identity.safety_number(name).ok_or_else(|| {
+                format!("no keys of {name} known yet: exchange a message with {name} first")
+            })?;
+            println!("{number}");
+            Ok(())
+        }
     }
+}
+
+async fn cmd_link_new(cli: &Cli, dir: &Path) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    let made = tokio::time::timeout(SEND_TIMEOUT, client.create_link_code()).await;
+    close(&client).await;
+    let (code, valid) = made.map_err(|_| ClientError::Timeout("waiting for a link code"))??;
+    println!("{code}");
+    eprintln!(
+        "missive: on the new device run `missive --profile NEW --server ... --ca ... link join {} {code}` within {} s",
+        profile.identity.user,
+        valid.as_secs()
+    );
+    Ok(())
+}
+
+async fn cmd_link_join(cli: &Cli, dir: &Path, name: &str, code: &str) -> CliResult {
+    missive_proto::validate_user_name(name).map_err(|e| ClientError::InvalidName(e.to_string()))?;
+    let server = cli
+        .server
+        .as_deref()
+        .ok_or("link join needs --server HOST:PORT")?;
+    let ca_path = cli.ca.as_deref().ok_or("link join needs --ca CERT")?;
+    let ca_pem = read_ca(ca_path)?;
+    let server_name = cli.server_name.as_deref().unwrap_or("localhost");
+    // Device 0 until the server picks this device's id.
+    let identity = Identity::generate(name, DeviceId(0));
+    let mut profile = Profile::create(dir, server, server_name, &ca_pem, &identity)?;
+    let linked = match client_config(cli, &profile) {
+        Ok(cfg) => link(&cfg, code).await,
+        Err(e) => {
+            profile.remove_files();
+            return Err(e);
+        }
+    };
+    match linked {
+        Ok(identity) => {
+            profile.set_device(identity.device)?;
+            println!("linked {name} device {}", identity.device.0);
+            Ok(())
+        }
+        Err(e) => {
+            profile.remove_files();
+            Err(e.into())
+        }
+    }
+}
+
+async fn cmd_devices_list(cli: &Cli, dir: &Path) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    let listed = tokio::time::timeout(SEND_TIMEOUT, client.devices()).await;
+    close(&client).await;
+    let devices = listed.map_err(|_| ClientError::Timeout("waiting for the device list"))??;
+    for d in devices {
+        let this = if d == profile.identity.device {
+            " (this device)"
+        } else {
+            ""
+        };
+        println!("{}{this}", d.0);
+    }
+    Ok(())
+}
+
+async fn cmd_devices_remove(cli: &Cli, dir: &Path, device: DeviceId) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    let removed = tokio::time::timeout(SEND_TIMEOUT, client.remove_device(device)).await;
+    close(&client).await;
+    removed.map_err(|_| ClientError::Timeout("waiting for the removal"))??;
+    println!("removed device {}", device.0);
+    Ok(())
 }
 
 fn secs(wait: f64) -> CliResult<Duration> {

@@ -203,6 +203,18 @@ impl Profile {
         })
     }
 
+    /// Records the device id the server picked for this (linked) device.
+    pub fn set_device(&mut self, device: DeviceId) -> Result<(), ClientError> {
+        let toml_path = self.dir.join(PROFILE_FILE);
+        let text = std::fs::read_to_string(&toml_path).map_err(|e| perr(&toml_path, e))?;
+        let mut settings: ProfileToml = toml::from_str(&text).map_err(|e| perr(&toml_path, e))?;
+        settings.device = device.0;
+        let text = toml::to_string(&settings).map_err(|e| perr(&toml_path, e))?;
+        write_atomic(&toml_path, text.as_bytes(), false)?;
+        self.identity.device = device;
+        Ok(())
+    }
+
     /// Reads the CA certificate PEM.
     pub fn ca_pem(&self) -> Result<Vec<u8>, ClientError> {
         std::fs::read(&self.ca_path).map_err(|e| perr(&self.ca_path, e))

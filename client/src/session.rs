@@ -71,6 +71,13 @@ pub(crate) enum Output {
         /// The server asked for this delay (`Goaway`).
         retry_after: Option<Duration>,
     },
+    /// Complete the waiter of this device request with the server's answer.
+    RequestDone {
+        /// The request.
+        request_id: u32,
+        /// The answer frame (`LinkCode`, `DeviceList`, `DeviceRemoved`) or why not.
+        result: Result<Frame, ClientError>,
+    },
     /// End this connection and stop for good: reconnecting cannot help.
     Fatal(ClientError),
     /// Our `Bye` was answered; close the connection and stop.
@@ -275,6 +282,9 @@ impl Acks {
     }
 }
 
+/// The bit that marks a device request's id (key requests use ids below it).
+const DEVICE_REQUEST: u32 = 1 << 31;
+
 /// Sends kept for a resend request, at most.
 const RECENT_SENDS: usize = 256;
 
@@ -311,6 +321,10 @@ pub(crate) struct Session {
     /// Deliveries are handled (false: left untouched in the mailbox, see
     /// `ClientConfig::receive`).
     receive: bool,
+    /// Device requests on the wire (ids with [`DEVICE_REQUEST`] set, apart from the key
+    /// requests' ids).
+    device_requests: BTreeSet<u32>,
+    next_device_request: u32,
     /// Recent sends (id, recipient, content), to send again when a device asks.
     recent: VecDeque<(ClientMsgId, String, Vec<u8>)>,
     /// Messages we asked to have sent again (at most once each).
@@ -352,6 +366,8 @@ impl Session {
             asked_again: VecDeque::new(),
             clock: now,
             receive: true,
+            device_requests: BTreeSet::new(),
+            next_device_request: 0,
             counters,
             max_seq_seen: None,
             auto_ack,
@@ -396,6 +412,14 @@ impl Session {
 
     /// The connection ended; everything unanswered waits for the next one.
     pub(crate) fn disconnected(&mut self) {
+        for request_id in std::mem::take(&mut self.device_requests) {
+            self.out.push_back(Output::RequestDone {
+                request_id,
+                result: Err(ClientError::ConnectionClosed(
+                    "the connection ended before the answer".into(),
+                )),
+            });
+        }
         self.phase = Phase::Offline;
         self.next_ping = None;
         self.outbox.requeue_all();
@@ -566,10 +590,23 @@ impl Session {
                 self.transmit(upload);
             }
             Frame::KeysStored(_) => {}
+            Frame::RequestRefused(r) if r.request_id & DEVICE_REQUEST != 0 => {
+                let id = r.request_id;
+                self.device_answer(
+                    id,
+                    Err(ClientError::Rejected {
+                        code: r.code,
+                        message: r.message,
+                    }),
+                );
+            }
             Frame::RequestRefused(r) => {
                 self.sealer.on_refused(now, &r);
                 self.pump();
             }
+            Frame::LinkCode(ref c) => self.device_answer(c.request_id, Ok(frame.clone())),
+            Frame::DeviceList(ref l) => self.device_answer(l.request_id, Ok(frame.clone())),
+            Frame::DeviceRemoved(ref r) => self.device_answer(r.request_id, Ok(frame.clone())),
             Frame::Deliver(d) => self.on_deliver(d),
             Frame::Presence(p) => self.out.push_back(Output::Events(vec![Event::Presence {
                 user: p.user,
@@ -639,6 +676,27 @@ impl Session {
             self.outbox.release_due(now);
         }
         self.pump();
+    }
+
+    /// Sends a device-management request (`CreateLinkCode`, `ListDevices`, `RemoveDevice`)
+    /// made by `build` from its request id; `None` when offline (the caller fails it: these
+    /// are not repeated after a reconnect).
+    pub(crate) fn device_request(&mut self, build: impl FnOnce(u32) -> Frame) -> Option<u32> {
+        if self.phase != Phase::Ready {
+            return None;
+        }
+        self.next_device_request = self.next_device_request.wrapping_add(1) & !DEVICE_REQUEST;
+        let id = DEVICE_REQUEST | self.next_device_request;
+        self.device_requests.insert(id);
+        self.transmit(build(id));
+        Some(id)
+    }
+
+    fn device_answer(&mut self, request_id: u32, result: Result<Frame, ClientError>) {
+        if self.device_requests.remove(&request_id) {
+            self.out
+                .push_back(Output::RequestDone { request_id, result });
+        }
     }
 
     /// Whether deliveries are handled at all (see `ClientConfig::receive`).
@@ -740,7 +798,11 @@ impl Session {
                 }
             }
         };
-        self.seen.insert(key);
+        // An undecryptable message was not handled: its repeat (sent again on request under
+        // this id) must still get through.
+        if !matches!(events[..], [Event::Undecryptable { .. }]) {
+            self.seen.insert(key);
+        }
         if events.is_empty() {
             self.acks.processed(d.seq);
             return;

@@ -10,8 +10,8 @@ use missive_proto::{
 };
 use missive_proto::{IdentityKeys, SignedKey};
 use missive_storage::{
-    AppendOutcome, Engine, KeyStatus, KeyUpload, MailboxId, RegisterOutcome, StorageError, Store,
-    StoreConfig, StoredItem, UploadOutcome, SEQ_RESERVATION,
+    AppendOutcome, Engine, KeyStatus, KeyUpload, LinkOutcome, MailboxId, RegisterOutcome,
+    StorageError, Store, StoreConfig, StoredItem, UploadOutcome, SEQ_RESERVATION,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +54,7 @@ for_each_engine!(
     a_message_makes_its_sender_count_the_recipient_as_a_contact,
     reads_stop_at_their_byte_budget,
     one_time_keys_are_claimed_once_then_the_fallback_serves,
+    linked_devices_get_new_ids_and_removal_takes_everything,
 );
 
 async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine) {
@@ -1136,5 +1137,122 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_serves(engine: Engine)
         .unwrap();
     let status = store.key_status("bob", DeviceId(1)).unwrap();
     assert_eq!((status.one_time_keys, status.fallback_used), (1, false));
+    store.shutdown().await;
+}
+
+async fn linked_devices_get_new_ids_and_removal_takes_everything(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    assert!(store
+        .create_link_code("bob", "CODE-1", 1_000)
+        .await
+        .unwrap());
+    assert!(!store
+        .create_link_code("nobody", "CODE-X", 1_000)
+        .await
+        .unwrap());
+    // Wrong user, then the right one; a code links once.
+    assert_eq!(
+        store
+            .link_device("alice", "CODE-1", [5; 32], 5, 2_000)
+            .await
+            .unwrap(),
+        LinkOutcome::CodeInvalid
+    );
+    assert_eq!(
+        store
+            .link_device("bob", "CODE-1", [5; 32], 5, 2_000)
+            .await
+            .unwrap(),
+        LinkOutcome::Linked(DeviceId(2))
+    );
+    assert_eq!(
+        store
+            .link_device("bob", "CODE-1", [6; 32], 5, 2_000)
+            .await
+            .unwrap(),
+        LinkOutcome::CodeInvalid
+    );
+    // Expired (the default lifetime is five minutes), and the device limit.
+    store.create_link_code("bob", "OLD", 1_000).await.unwrap();
+    assert_eq!(
+        store
+            .link_device("bob", "OLD", [6; 32], 5, 400_000)
+            .await
+            .unwrap(),
+        LinkOutcome::CodeInvalid
+    );
+    store.create_link_code("bob", "FULL", 1_000).await.unwrap();
+    assert_eq!(
+        store
+            .link_device("bob", "FULL", [6; 32], 2, 2_000)
+            .await
+            .unwrap(),
+        LinkOutcome::TooManyDevices
+    );
+    assert_eq!(store.device_key("bob", DeviceId(2)).unwrap(), Some([5; 32]));
+    // The laptop has mail and keys; removing it takes both, and its id is never reused.
+    store.upload_keys(upload("bob", 2, 7, 1..4)).await.unwrap();
+    store
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(1),
+            "bob",
+            [1, 2]
+                .map(|d| DeviceEnvelope {
+                    device: DeviceId(d),
+                    envelope: vec![d as u8],
+                })
+                .to_vec(),
+            Vec::new(),
+            5,
+        )
+        .await
+        .unwrap();
+    let laptop = MailboxId::new("bob", DeviceId(2));
+    assert_eq!(store.mailbox_depth(&laptop).unwrap(), 1);
+    assert_eq!(
+        store.remove_device("bob", DeviceId(2)).await.unwrap(),
+        Some(1)
+    );
+    assert_eq!(store.remove_device("bob", DeviceId(2)).await.unwrap(), None);
+    assert_eq!(store.mailbox_depth(&laptop).unwrap(), 0);
+    assert_eq!(store.device_key("bob", DeviceId(2)).unwrap(), None);
+    assert_eq!(store.devices("bob").unwrap(), vec![DeviceId(1)]);
+    let status = store.key_status("bob", DeviceId(2)).unwrap();
+    assert_eq!((status.one_time_keys, status.has_identity), (0, false));
+    // A send naming the removed device is a mismatch now.
+    let stale = store
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(2),
+            "bob",
+            [1, 2]
+                .map(|d| DeviceEnvelope {
+                    device: DeviceId(d),
+                    envelope: vec![d as u8],
+                })
+                .to_vec(),
+            Vec::new(),
+            6,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(stale, AppendOutcome::DeviceMismatch(_)),
+        "{stale:?}"
+    );
+    store.create_link_code("bob", "NEXT", 10_000).await.unwrap();
+    assert_eq!(
+        store
+            .link_device("bob", "NEXT", [8; 32], 5, 10_000)
+            .await
+            .unwrap(),
+        LinkOutcome::Linked(DeviceId(3)),
+        "device 2 is never handed out again"
+    );
     store.shutdown().await;
 }

@@ -29,6 +29,8 @@ pub async fn run(
     let users = register_users(&under.target, &run_prefix("chat"), n).await?;
     let clients = connect_all(&users).await?;
     let cpu_start = under.server_cpu_seconds();
+    // The clients' side (this process: the SDKs' encryption, framing, TLS).
+    let bench_cpu_start = crate::edge_process::cpu_seconds(std::process::id());
     let clock = RunClock(Instant::now());
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -131,6 +133,15 @@ pub async fn run(
     }
     let duration = clock.0.elapsed();
     let message_phase_cpu_s = cpu_between(cpu_start, under.server_cpu_seconds());
+    let bench_cpu = cpu_between(
+        bench_cpu_start,
+        crate::edge_process::cpu_seconds(std::process::id()),
+    );
+    let delivered = lock(&tracker).delivered;
+    if let (Some(cpu), true) = (bench_cpu, delivered > 0) {
+        // Sender and receiver SDKs both run here: this is the cost of one message at both ends.
+        extra.insert("client_cpu_us_per_msg".into(), cpu * 1e6 / delivered as f64);
+    }
     // Give stray duplicates a moment to show up before counting.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = stop_tx.send(true);
