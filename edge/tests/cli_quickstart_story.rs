@@ -241,3 +241,76 @@ fn recv_yields_to_a_send_on_its_profile_and_comes_back() {
         "from bob's other window"
     );
 }
+
+/// The README's "linking a laptop" with the CLI: `link new` on the phone, `link join` on the
+/// laptop, both read what alice sends, `devices list`, equal safety numbers on both sides,
+/// and `devices remove` locks the laptop out. The profile's E2EE state holds no plaintext.
+#[test]
+fn link_a_laptop_compare_safety_numbers_and_remove_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(&dir.path().join("edge"), &[]);
+    let alice = dir.path().join("alice");
+    let bob = dir.path().join("bob");
+    let laptop = dir.path().join("bob-laptop");
+    register_alice_and_bob(&edge, &alice, &bob);
+
+    let (ok, code, err) = missive(&bob, &["link", "new"]);
+    assert!(ok, "link new: {err}");
+    let code = code.trim().to_string();
+    assert_eq!(code.len(), 11, "{code:?}");
+    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
+    let (ok, out, err) = missive(
+        &laptop,
+        &["--server", &server, "--ca", &ca, "link", "join", "bob", &code],
+    );
+    assert!(ok, "link join: {err}");
+    assert_eq!(out.trim(), "linked bob device 2");
+    let (ok, out, err) = missive(&bob, &["devices", "list"]);
+    assert!(ok, "devices list: {err}");
+    assert_eq!(out, "1 (this device)\n2\n");
+
+    let (ok, _, err) = missive(&alice, &["send", "bob", "to both of you"]);
+    assert!(ok, "send: {err}");
+    for p in [&bob, &laptop] {
+        let got = recv(p, "1");
+        let msgs = of_type(&got, "message");
+        assert_eq!(msgs.len(), 1, "{}: {got:?}", p.display());
+        assert_eq!(msgs[0]["text"], "to both of you");
+    }
+    // bob answers from the phone: alice reads it, the laptop sees it as sent to alice.
+    let (ok, _, err) = missive(&bob, &["send", "alice", "from the phone"]);
+    assert!(ok, "send: {err}");
+    let got = recv(&laptop, "1");
+    let copy = of_type(&got, "message");
+    assert_eq!(copy.len(), 1, "{got:?}");
+    assert_eq!(copy[0]["sent_to"], "alice");
+    assert_eq!(copy[0]["text"], "from the phone");
+    let got = recv(&alice, "1");
+    assert_eq!(of_type(&got, "message")[0]["text"], "from the phone");
+
+    let (ok, at_alice, err) = missive(&alice, &["safety-number", "bob"]);
+    assert!(ok, "safety-number: {err}");
+    let (ok, at_bob, err) = missive(&bob, &["safety-number", "alice"]);
+    assert!(ok, "safety-number: {err}");
+    assert_eq!(at_alice, at_bob);
+    assert_eq!(at_alice.trim().split(' ').count(), 12, "{at_alice}");
+    let (ok, _, err) = missive(&alice, &["safety-number", "nobody"]);
+    assert!(!ok && err.contains("no keys of nobody"), "{err}");
+
+    // Nothing in the profiles' files is a message's text.
+    for p in [&alice, &bob, &laptop] {
+        for entry in std::fs::read_dir(p).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            for text in ["to both of you", "from the phone"] {
+                assert!(!bytes.windows(text.len()).any(|w| w == text.as_bytes()));
+            }
+        }
+    }
+
+    let (ok, out, err) = missive(&bob, &["devices", "remove", "2"]);
+    assert!(ok, "devices remove: {err}");
+    assert_eq!(out.trim(), "removed device 2");
+    let (ok, _, err) = missive(&laptop, &["recv", "--wait", "1"]);
+    assert!(!ok, "a removed device still logs in");
+    assert!(err.contains("unknown device"), "{err}");
+}
