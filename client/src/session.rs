@@ -1436,6 +1436,61 @@ mod tests {
     }
 
     #[test]
+    fn encryption_adds_a_bounded_number_of_bytes_per_device() {
+        let (mut s, now) = ready(true);
+        let text = Content::Text("x".repeat(100));
+        let plain_frame = |content: &Content| {
+            let plain = DevicePlaintext {
+                sent_to: None,
+                resend_of: None,
+                content: seal(content).unwrap(),
+            }
+            .encode();
+            missive_proto::encode_to_vec(
+                &missive_proto::Send {
+                    client_msg_id: id(0),
+                    to: "bob".into(),
+                    envelopes: vec![DeviceEnvelope {
+                        device: DeviceId(1),
+                        envelope: plain,
+                    }],
+                    own: Vec::new(),
+                }
+                .into(),
+            )
+            .unwrap()
+            .len()
+        };
+        let mut sizes = Vec::new();
+        for n in 1..=2u8 {
+            s.send(id(n), "bob".into(), seal(&text).unwrap());
+            let outs = drain(&mut s);
+            let Some(Frame::Send(send)) = transmitted(&outs)
+                .into_iter()
+                .find(|f| matches!(f, Frame::Send(_)))
+                .cloned()
+            else {
+                panic!("{outs:?}")
+            };
+            sizes.push(
+                missive_proto::encode_to_vec(&send.clone().into())
+                    .unwrap()
+                    .len(),
+            );
+            // bob reads it and answers: from then on our messages are normal Olm messages.
+            open_as("bob", 1, &send.envelopes[0].envelope);
+            s.handle_frame(now, deliver_text(u64::from(n), "bob", 100 + n, "ok"));
+            drain(&mut s);
+        }
+        let plain = plain_frame(&text);
+        // The first message sets the session up (pre-key: base and one-time keys); the
+        // following ones carry the ratchet key, a counter, a MAC and AES-CBC padding.
+        // Measured when written: plaintext 212 B; Olm 376 B for the first, 272 B after.
+        assert!(sizes[0] > sizes[1], "{sizes:?}");
+        assert!(sizes[1] - plain <= 120, "{} > {plain} + 120", sizes[1]);
+    }
+
+    #[test]
     fn a_new_contact_is_claimed_then_encrypted_for() {
         let (mut s, now) = ready(true);
         s.send(

@@ -261,7 +261,9 @@ fn link_a_laptop_compare_safety_numbers_and_remove_it() {
     let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
     let (ok, out, err) = missive(
         &laptop,
-        &["--server", &server, "--ca", &ca, "link", "join", "bob", &code],
+        &[
+            "--server", &server, "--ca", &ca, "link", "join", "bob", &code,
+        ],
     );
     assert!(ok, "link join: {err}");
     assert_eq!(out.trim(), "linked bob device 2");
