@@ -84,13 +84,11 @@ async fn backup_of_a_running_or_stopped_edge_restores() {
     let restored = Edge::start(&live_copy, &[]);
     let mut raw = common::Raw::connect(&restored, false).await;
     raw.login(&bob_cfg.identity).await;
-    let mut queued = Vec::new();
-    while queued.len() < 5 {
-        match raw.recv().await {
-            Some(missive_proto::Frame::Deliver(d)) => queued.push(d.client_msg_id),
-            Some(_) => {}
-            None => panic!("the restored edge closed"),
-        }
-    }
+    let queued: Vec<_> = raw
+        .deliveries(5)
+        .await
+        .into_iter()
+        .map(|d| d.client_msg_id)
+        .collect();
     assert_eq!(queued, ids, "the live copy holds the same five");
 }

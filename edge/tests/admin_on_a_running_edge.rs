@@ -185,14 +185,12 @@ async fn admin_actions_act_on_a_running_fjall_edge() {
     let restored = Edge::start(&copy, &["--config", config.to_str().unwrap()]);
     let mut raw = common::Raw::connect(&restored, false).await;
     raw.login(&bob_cfg.identity).await;
-    let mut queued = Vec::new();
-    while queued.len() < 3 {
-        match raw.recv().await {
-            Some(missive_proto::Frame::Deliver(d)) => queued.push(d.client_msg_id),
-            Some(_) => {}
-            None => panic!("the restored edge closed"),
-        }
-    }
+    let queued: Vec<_> = raw
+        .deliveries(3)
+        .await
+        .into_iter()
+        .map(|d| d.client_msg_id)
+        .collect();
     assert_eq!(queued, ids);
 }
 

@@ -348,6 +348,20 @@ impl Raw {
         }
     }
 
+    /// The next `n` mailbox items the edge delivers (other frames are skipped). Panics if
+    /// the edge closes first.
+    pub async fn deliveries(&mut self, n: usize) -> Vec<missive_proto::Deliver> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.recv().await {
+                Some(missive_proto::Frame::Deliver(d)) => out.push(d),
+                Some(_) => {}
+                None => panic!("the edge closed after {} of {n} deliveries", out.len()),
+            }
+        }
+        out
+    }
+
     /// Logs in as `identity` on this connection and waits for `Welcome`.
     pub async fn login(&mut self, identity: &missive_client::Identity) {
         use ed25519_dalek::Signer;
