@@ -661,6 +661,7 @@ impl Session {
         for current in m.current {
             let user = current.user.clone();
             let change = self.devices.update(current);
+            self.sealer.forget_devices(&user, &change.removed);
             if change.was_known && (!change.added.is_empty() || !change.removed.is_empty()) {
                 events.push(Event::DevicesChanged {
                     user,
@@ -1581,6 +1582,10 @@ mod tests {
         answer_claims(&mut s, now, &outs, &[("bob", &[1, 4])]);
         let outs = drain(&mut s);
         assert_eq!(devices(&sends_in(&outs)[0].envelopes), vec![1, 4]);
+        // The removed laptop no longer counts: no session, no identity (safety numbers).
+        let olm = s.sealer.store().lock();
+        assert!(olm.peer_identity(&("bob".into(), DeviceId(2))).is_none());
+        assert!(olm.peer_identity(&("bob".into(), DeviceId(4))).is_some());
     }
 
     #[test]

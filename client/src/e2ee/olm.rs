@@ -344,6 +344,13 @@ impl OlmMachine {
         Ok(created.plaintext)
     }
 
+    /// Forgets a device that was removed from its account: its sessions and its identity
+    /// (it no longer counts in safety numbers; device ids are never reused).
+    pub(crate) fn forget_device(&mut self, addr: &DeviceAddr) {
+        self.sessions.remove(addr);
+        self.known.remove(addr);
+    }
+
     /// Drops every session with `addr` (after an undecryptable message: the next message
     /// to it starts a fresh session from a new bundle).
     pub(crate) fn forget_sessions(&mut self, addr: &DeviceAddr) {

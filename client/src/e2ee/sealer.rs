@@ -168,6 +168,7 @@ impl Sealer {
             user: kb.user.clone(),
             devices: kb.bundles.iter().map(|b| b.device).collect(),
         });
+        self.forget_devices(&kb.user, &change.removed);
         if change.was_known && (!change.added.is_empty() || !change.removed.is_empty()) {
             events.push(Event::DevicesChanged {
                 user: kb.user.clone(),
@@ -250,6 +251,20 @@ impl Sealer {
             self.dirty = true;
         }
         r
+    }
+
+    /// Devices removed from `user`'s account: their sessions and identities go.
+    pub(crate) fn forget_devices(&mut self, user: &str, removed: &[DeviceId]) {
+        if removed.is_empty() {
+            return;
+        }
+        let mut olm = self.store.lock();
+        for d in removed {
+            let addr = (user.to_owned(), *d);
+            olm.forget_device(&addr);
+            self.keyless.remove(&addr);
+        }
+        self.dirty = true;
     }
 
     /// After an undecryptable message: our sessions with that device are dropped, so the
