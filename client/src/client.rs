@@ -12,7 +12,7 @@ use crate::transport::TransportConfig;
 use crate::{ClientError, Identity};
 use missive_proto::{
     validate_user_name, ClientMsgId, CreateLinkCode, DeviceId, Frame, ListDevices, RemoveDevice,
-    ServerSeq, Visibility,
+    Retract, ServerSeq, Visibility,
 };
 use std::borrow::Borrow;
 use std::net::SocketAddr;
@@ -213,6 +213,41 @@ impl Client {
             Frame::DeviceList(l) => Ok(l.devices),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Delete for everyone: the server drops the copies of our message `client_msg_id` to
+    /// `to` that no device has taken yet, and a tombstone (end-to-end encrypted) tells the
+    /// devices that have it to hide it (`Event::Deleted`). Returns how many undelivered
+    /// copies the server dropped.
+    pub async fn delete_for_everyone(
+        &self,
+        to: impl Into<String>,
+        client_msg_id: ClientMsgId,
+    ) -> Result<u32, ClientError> {
+        let to = to.into();
+        let user = to.clone();
+        let removed = match self
+            .device_request(move |request_id| {
+                Retract {
+                    request_id,
+                    client_msg_id,
+                    to: user,
+                }
+                .into()
+            })
+            .await?
+        {
+            Frame::Retracted(r) => r.removed,
+            other => return Err(unexpected(&other)),
+        };
+        self.send(
+            to,
+            Content::Delete {
+                ids: vec![client_msg_id],
+            },
+        )
+        .await?;
+        Ok(removed)
     }
 
     /// Removes a device of this account (this one too): the server deletes its mailbox and

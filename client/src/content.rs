@@ -27,6 +27,12 @@ mod wire {
             /// The `client_msg_id`s of the messages that were read.
             ids: Vec<ClientMsgId>,
         },
+        /// Delete for everyone: the sender withdraws these messages of its own; clients that
+        /// have them hide them (the server dropped the copies not yet delivered).
+        Delete {
+            /// The `client_msg_id`s withdrawn.
+            ids: Vec<ClientMsgId>,
+        },
         /// The SDK's own request: "I could not decrypt these messages of yours, send them
         /// again" (sent on a fresh session; never shown to the app).
         ResendRequest {
@@ -92,7 +98,9 @@ impl Content {
         ARCHIVE_OVERHEAD
             + match self {
                 Self::Text(t) => t.len(),
-                Self::Read { ids } | Self::ResendRequest { ids } => ids.len().saturating_mul(16),
+                Self::Read { ids } | Self::ResendRequest { ids } | Self::Delete { ids } => {
+                    ids.len().saturating_mul(16)
+                }
             }
     }
 

@@ -91,6 +91,19 @@ pub enum Event {
         /// Why (never message content).
         reason: String,
     },
+    /// Delete for everyone: `from` withdrew its message `client_msg_id`. Hide that message
+    /// only if `from` is its sender (anyone can send a tombstone naming any id). For a
+    /// message this user sent from another of its devices, `from` is this user.
+    Deleted {
+        /// Who withdrew it (its sender).
+        from: String,
+        /// The withdrawn message.
+        client_msg_id: ClientMsgId,
+        /// Position in this device's mailbox of the tombstone; acknowledge it.
+        server_seq: ServerSeq,
+        /// Id of the tombstone message itself (one tombstone may withdraw several).
+        envelope_id: ClientMsgId,
+    },
     /// A message that could not be decrypted (a broken or unknown session, a corrupted
     /// envelope). Never a silent drop: the SDK has started a fresh session with that device
     /// and asked the sender to send the message again, which then arrives as a `Message`.
@@ -131,9 +144,9 @@ impl Event {
     /// The mailbox position of an event that came from a `Deliver` frame.
     pub fn server_seq(&self) -> Option<ServerSeq> {
         match self {
-            Self::Message { server_seq, .. } | Self::Receipt { server_seq, .. } => {
-                Some(*server_seq)
-            }
+            Self::Message { server_seq, .. }
+            | Self::Receipt { server_seq, .. }
+            | Self::Deleted { server_seq, .. } => Some(*server_seq),
             _ => None,
         }
     }
@@ -149,6 +162,13 @@ impl Event {
             } => Some(DeliveryKey {
                 from: from.clone(),
                 client_msg_id: *client_msg_id,
+                kind: DeliveryKind::Message,
+            }),
+            Self::Deleted {
+                from, envelope_id, ..
+            } => Some(DeliveryKey {
+                from: from.clone(),
+                client_msg_id: *envelope_id,
                 kind: DeliveryKind::Message,
             }),
             Self::Receipt {

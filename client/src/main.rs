@@ -123,6 +123,13 @@ enum Cmd {
         #[command(subcommand)]
         action: DevicesCmd,
     },
+    /// Delete for everyone a message this user sent to NAME (ID as `send` printed it).
+    Delete {
+        /// Its recipient.
+        name: String,
+        /// Its id (32 hex digits).
+        id: String,
+    },
     /// Print the safety number of this user and NAME: compare it with NAME's (in person, or
     /// over another channel); if both match, nobody sits between you.
     SafetyNumber {
@@ -247,6 +254,18 @@ async fn run(cli: Cli) -> CliResult {
         Cmd::Devices {
             action: DevicesCmd::Remove { id },
         } => cmd_devices_remove(&cli, &dir, DeviceId(*id)).await,
+        Cmd::Delete { name, id } => {
+            let id = ClientMsgId::from_hex(id)
+                .ok_or_else(|| format!("not a message id (32 hex digits): {id}"))?;
+            let profile = Profile::load(&dir)?;
+            let (client, _events) = connect(&cli, &profile).await?;
+            let done =
+                tokio::time::timeout(SEND_TIMEOUT, client.delete_for_everyone(name, id)).await;
+            close(&client).await;
+            let removed = done.map_err(|_| ClientError::Timeout("waiting for the deletion"))??;
+            println!("deleted ({removed} undelivered copies dropped by the server)");
+            Ok(())
+        }
         Cmd::SafetyNumber { name } => {
             let profile = Profile::load(&dir)?;
             let number = profile.identity.safety_number(name).ok_or_else(|| {
@@ -685,6 +704,17 @@ fn render_json(ev: &Event) -> serde_json::Value {
             json!({ "type": "connected", "transport": transport.as_str() })
         }
         Event::Disconnected { reason } => json!({ "type": "disconnected", "reason": reason }),
+        Event::Deleted {
+            from,
+            client_msg_id,
+            server_seq,
+            ..
+        } => json!({
+            "type": "deleted",
+            "from": from,
+            "client_msg_id": client_msg_id.to_hex(),
+            "server_seq": server_seq.0,
+        }),
         Event::Undecryptable {
             from,
             from_device,
@@ -761,6 +791,11 @@ fn render_text(ev: &Event) -> String {
         } => format!("{from} stopped typing"),
         Event::Connected { transport } => format!("connected over {transport}"),
         Event::Disconnected { reason } => format!("disconnected: {reason}"),
+        Event::Deleted {
+            from,
+            client_msg_id,
+            ..
+        } => format!("{from} deleted message {client_msg_id}"),
         Event::Undecryptable {
             from,
             from_device,

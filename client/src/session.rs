@@ -607,6 +607,7 @@ impl Session {
             Frame::LinkCode(ref c) => self.device_answer(c.request_id, Ok(frame.clone())),
             Frame::DeviceList(ref l) => self.device_answer(l.request_id, Ok(frame.clone())),
             Frame::DeviceRemoved(ref r) => self.device_answer(r.request_id, Ok(frame.clone())),
+            Frame::Retracted(ref r) => self.device_answer(r.request_id, Ok(frame.clone())),
             Frame::Deliver(d) => self.on_deliver(d),
             Frame::Presence(p) => self.out.push_back(Output::Events(vec![Event::Presence {
                 user: p.user,
@@ -847,6 +848,15 @@ impl Session {
                     status: ReceiptStatus::Read,
                     server_seq: d.seq,
                     server_ts_ms: d.server_ts_ms,
+                    envelope_id: d.client_msg_id,
+                })
+                .collect(),
+            Content::Delete { ids } => ids
+                .into_iter()
+                .map(|id| Event::Deleted {
+                    from: d.from.clone(),
+                    client_msg_id: id,
+                    server_seq: d.seq,
                     envelope_id: d.client_msg_id,
                 })
                 .collect(),

@@ -549,6 +549,26 @@ impl Driver {
                     };
                     self.session.answer(answer);
                 }
+                Action::Retract {
+                    request_id,
+                    client_msg_id,
+                    to,
+                } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let fut = self.shared.store.retract(&me.user, client_msg_id, &to);
+                    self.pending.push(Box::pin(async move {
+                        Completion::Answer(match fut.await {
+                            Ok(n) => missive_proto::Retracted {
+                                request_id,
+                                removed: u32::try_from(n).unwrap_or(u32::MAX),
+                            }
+                            .into(),
+                            Err(_) => {
+                                refused(request_id, ErrorCode::Internal, "storage failed; retry")
+                            }
+                        })
+                    }));
+                }
                 Action::RemoveDevice { request_id, device } => {
                     let Some(me) = self.mailbox.clone() else {
                         continue;

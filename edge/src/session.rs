@@ -182,6 +182,15 @@ pub enum Action {
         /// The request's id.
         request_id: u32,
     },
+    /// Drop the undelivered copies of this user's message to `to`; answer with `answer`.
+    Retract {
+        /// The request's id.
+        request_id: u32,
+        /// The message.
+        client_msg_id: ClientMsgId,
+        /// Its recipient.
+        to: String,
+    },
     /// Remove a device of this user; answer with `answer`.
     RemoveDevice {
         /// The request's id.
@@ -664,6 +673,22 @@ impl Session {
                 self.actions.push_back(Action::ListDevices {
                     request_id: l.request_id,
                 });
+            }
+            (Phase::Active { .. }, Frame::Retract(r)) => {
+                // A retraction costs a storage scan: it spends the send budget.
+                if validate_user_name(&r.to).is_ok() && self.sends.try_take(now, 1.0) {
+                    self.actions.push_back(Action::Retract {
+                        request_id: r.request_id,
+                        client_msg_id: r.client_msg_id,
+                        to: r.to,
+                    });
+                } else {
+                    self.send(RequestRefused {
+                        request_id: r.request_id,
+                        code: ErrorCode::RateLimited.as_u16(),
+                        message: "send rate exceeded (or no such user)".into(),
+                    });
+                }
             }
             (Phase::Active { .. }, Frame::RemoveDevice(r)) => {
                 self.actions.push_back(Action::RemoveDevice {

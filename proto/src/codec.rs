@@ -382,6 +382,17 @@ mod tests {
                 device: DeviceId(2),
             }
             .into(),
+            Retract {
+                request_id: 6,
+                client_msg_id: id,
+                to: "bob".into(),
+            }
+            .into(),
+            Retracted {
+                request_id: 6,
+                removed: 2,
+            }
+            .into(),
             RequestRefused {
                 request_id: 9,
                 code: 9,

@@ -92,6 +92,8 @@ frames! {
     16 => ListDevices,
     /// Remove a device from this account.
     17 => RemoveDevice,
+    /// Delete for everyone: drop the still-undelivered copies of one of this user's messages.
+    18 => Retract,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -127,6 +129,8 @@ frames! {
     79 => DeviceList,
     /// Answer to `RemoveDevice`: the device and everything the server held for it are gone.
     80 => DeviceRemoved,
+    /// Answer to `Retract`: how many undelivered copies were dropped.
+    81 => Retracted,
 }
 
 /// Client → server, first frame on every connection.
@@ -566,6 +570,29 @@ pub struct DeviceRemoved {
     pub request_id: u32,
     /// The removed device.
     pub device: DeviceId,
+}
+
+/// Client → server: "delete for everyone", the server's half. Every copy of this user's
+/// message `client_msg_id` to `to` that is still waiting in a mailbox (of `to`'s devices, or
+/// of the sender's other devices) is dropped. The clients' half is a tombstone message
+/// (end-to-end encrypted like any other) that devices which already have it apply.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Retract {
+    /// Echoed in the answer.
+    pub request_id: u32,
+    /// The message to drop.
+    pub client_msg_id: ClientMsgId,
+    /// The user it was sent to.
+    pub to: String,
+}
+
+/// Server → client: answer to `Retract`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Retracted {
+    /// The request's id.
+    pub request_id: u32,
+    /// Undelivered copies dropped (0: every device had it already, or no such message).
+    pub removed: u32,
 }
 
 /// Server → client: this server is draining; reconnect after `reconnect_after_ms`.

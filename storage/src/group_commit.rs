@@ -124,6 +124,11 @@ pub(crate) enum Op {
         user: String,
         device: DeviceId,
     },
+    Retract {
+        from: String,
+        client_msg_id: ClientMsgId,
+        to: String,
+    },
     Sweep {
         now_ms: u64,
     },
@@ -151,6 +156,7 @@ pub(crate) enum Reply {
     Linked(LinkOutcome),
     /// `None`: no such device.
     Removed(Option<usize>),
+    Retracted(usize),
     Done,
 }
 
@@ -1090,6 +1096,48 @@ impl Committer {
                     device_registry::remove(self.db.as_ref(), batch, &user, device, &devices)?;
                 pending.removed_devices.insert((user, device));
                 Ok(Reply::Removed(Some(items)))
+            }
+            Op::Retract {
+                from,
+                client_msg_id,
+                to,
+            } => {
+                let mut mailboxes: Vec<MailboxId> = self
+                    .devices(pending, &to)?
+                    .into_iter()
+                    .map(|d| MailboxId::new(to.clone(), d))
+                    .collect();
+                if from != to {
+                    mailboxes.extend(
+                        self.devices(pending, &from)?
+                            .into_iter()
+                            .map(|d| MailboxId::new(from.clone(), d)),
+                    );
+                }
+                let mut removed = 0;
+                for mb in &mailboxes {
+                    for kv in self.db.prefix(&keys::mailbox_prefix(mb)) {
+                        let (k, v) = kv?;
+                        if pending.deleted.contains(&k) {
+                            continue;
+                        }
+                        let Ok(item) = decode_item(&v) else { continue };
+                        if item.from == from
+                            && item.client_msg_id == client_msg_id
+                            && matches!(item.payload, Payload::Envelope(_))
+                        {
+                            batch.remove(k.clone());
+                            pending.deleted.insert(k);
+                            removed += 1;
+                        }
+                    }
+                }
+                if removed > 0 {
+                    // Deleted outside the usage and unacked bookkeeping: counted afresh.
+                    pending.usage_stale = true;
+                    self.unacked.clear();
+                }
+                Ok(Reply::Retracted(removed))
             }
             Op::Sweep { now_ms } => self.sweep(batch, pending, now_ms).map(Reply::Sweep),
             // `run` takes backups out of the batch before it gets here.

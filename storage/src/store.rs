@@ -613,6 +613,28 @@ impl Store {
         )
     }
 
+    /// Drops every still-queued copy of `from`'s message `client_msg_id` to `to`, in the
+    /// mailboxes of `to`'s devices and `from`'s other devices ("delete for everyone"). Returns
+    /// how many were dropped; resolves after the fsync.
+    pub fn retract(
+        &self,
+        from: &str,
+        client_msg_id: ClientMsgId,
+        to: &str,
+    ) -> impl std::future::Future<Output = Result<usize, StorageError>> + Send + 'static {
+        self.submit(
+            Op::Retract {
+                from: from.to_owned(),
+                client_msg_id,
+                to: to.to_owned(),
+            },
+            |r| match r {
+                group_commit::Reply::Retracted(n) => Some(n),
+                _ => None,
+            },
+        )
+    }
+
     /// Publishes keys of a device (see [`KeyUpload`]); resolves after the fsync.
     pub fn upload_keys(
         &self,

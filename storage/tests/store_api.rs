@@ -55,6 +55,7 @@ for_each_engine!(
     reads_stop_at_their_byte_budget,
     one_time_keys_are_claimed_once_then_the_fallback_serves,
     linked_devices_get_new_ids_and_removal_takes_everything,
+    a_retraction_drops_only_the_senders_undelivered_copies,
 );
 
 async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine) {
@@ -1254,5 +1255,59 @@ async fn linked_devices_get_new_ids_and_removal_takes_everything(engine: Engine)
         LinkOutcome::Linked(DeviceId(3)),
         "device 2 is never handed out again"
     );
+    store.shutdown().await;
+}
+
+async fn a_retraction_drops_only_the_senders_undelivered_copies(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    with_users(&store, &["alice", "bob", "carol"]).await;
+    for (from, n) in [("alice", 1), ("alice", 2), ("carol", 1)] {
+        store
+            .append_message(
+                from,
+                DeviceId(1),
+                id(n),
+                "bob",
+                to_device_1(vec![n as u8]),
+                Vec::new(),
+                5,
+            )
+            .await
+            .unwrap();
+    }
+    let bob = MailboxId::new("bob", DeviceId(1));
+    // carol's message 1 has the same id as alice's: only the retracting sender's goes.
+    assert_eq!(store.retract("alice", id(1), "bob").await.unwrap(), 1);
+    assert_eq!(store.retract("alice", id(1), "bob").await.unwrap(), 0);
+    assert_eq!(store.retract("alice", id(9), "bob").await.unwrap(), 0);
+    let left: Vec<(String, ClientMsgId)> = store
+        .read_mailbox(&bob, ServerSeq(0), 10, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, item)| (item.from, item.client_msg_id))
+        .collect();
+    assert_eq!(
+        left,
+        vec![("alice".to_string(), id(2)), ("carol".to_string(), id(1))]
+    );
+    // The retried original is still a duplicate: nothing comes back.
+    let again = store
+        .append_message(
+            "alice",
+            DeviceId(1),
+            id(1),
+            "bob",
+            to_device_1(vec![1]),
+            Vec::new(),
+            6,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(again, AppendOutcome::Duplicate { .. }));
+    // Acks after a retraction still work and count right.
+    let out = store.ack(bob.clone(), ServerSeq(10), 7).await.unwrap();
+    assert_eq!(out.deleted, 2);
+    assert_eq!(store.mailbox_depth(&bob).unwrap(), 0);
     store.shutdown().await;
 }
