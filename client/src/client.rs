@@ -56,6 +56,9 @@ pub struct ClientConfig {
     /// decrypted nor acknowledged: for a short-lived process that only sends while another
     /// instance of the same device (sharing its E2EE state on disk) receives.
     pub receive: bool,
+    /// Disappearing-message timers per chat (other user → seconds), as the app saved them
+    /// from `Event::TimerChanged` and [`Client::set_disappearing`] (default none).
+    pub disappearing: std::collections::HashMap<String, u32>,
 }
 
 impl ClientConfig {
@@ -74,6 +77,7 @@ impl ClientConfig {
             seen: SeenSet::default(),
             quic_endpoint: None,
             receive: true,
+            disappearing: std::collections::HashMap::new(),
         }
     }
 
@@ -213,6 +217,16 @@ impl Client {
             Frame::DeviceList(l) => Ok(l.devices),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Disappearing messages for the chat with `user`: from now on messages both ways
+    /// disappear `secs` after they are sent (0: off). The server drops the copies still
+    /// undelivered at that time; the clients hide the rest (`Event::Message::expires_in_secs`).
+    /// `user`'s devices and this user's other devices hear it as `Event::TimerChanged`.
+    pub fn set_disappearing(&self, user: impl Into<String>, secs: u32) -> Result<(), ClientError> {
+        // Tagged like a read receipt: the `Delivered` it earns is not the app's.
+        let id = self.receipt_ids.generate();
+        self.command(Command::Timer(id, user.into(), secs))
     }
 
     /// Delete for everyone: the server drops the copies of our message `client_msg_id` to

@@ -27,6 +27,12 @@ mod wire {
             /// The `client_msg_id`s of the messages that were read.
             ids: Vec<ClientMsgId>,
         },
+        /// Disappearing messages: from now on this chat's messages disappear `secs` after
+        /// they are sent (0: they stay). Either side may set it; both apply it.
+        Timer {
+            /// Seconds (0: off).
+            secs: u32,
+        },
         /// Delete for everyone: the sender withdraws these messages of its own; clients that
         /// have them hide them (the server dropped the copies not yet delivered).
         Delete {
@@ -49,6 +55,8 @@ mod wire {
         /// Set when this is a message sent again on request (its first copy could not be
         /// decrypted somewhere): the id it was first sent under.
         pub resend_of: Option<ClientMsgId>,
+        /// The chat's disappearing-message timer when it was sent, seconds (0: none).
+        pub expires_in_secs: u32,
         /// The sealed [`Content`] (its archive, see `seal`).
         pub content: Vec<u8>,
     }
@@ -73,6 +81,7 @@ impl DevicePlaintext {
         Ok(Opened {
             sent_to: p.sent_to,
             resend_of: p.resend_of,
+            expires_in_secs: p.expires_in_secs,
             content: Content::decode(&p.content)?,
         })
     }
@@ -85,6 +94,8 @@ pub(crate) struct Opened {
     pub(crate) sent_to: Option<String>,
     /// See [`DevicePlaintext::resend_of`].
     pub(crate) resend_of: Option<missive_proto::ClientMsgId>,
+    /// See [`DevicePlaintext::expires_in_secs`].
+    pub(crate) expires_in_secs: u32,
     /// The content.
     pub(crate) content: Content,
 }
@@ -98,6 +109,7 @@ impl Content {
         ARCHIVE_OVERHEAD
             + match self {
                 Self::Text(t) => t.len(),
+                Self::Timer { .. } => 4,
                 Self::Read { ids } | Self::ResendRequest { ids } | Self::Delete { ids } => {
                     ids.len().saturating_mul(16)
                 }

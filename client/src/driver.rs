@@ -29,6 +29,8 @@ pub(crate) enum Command {
     Subscribe(String),
     Visibility(Visibility),
     Typing(String, bool),
+    /// Set a chat's disappearing-message timer (and tell the chat under this id).
+    Timer(ClientMsgId, String, u32),
     /// A device-management request built from its id; answered with the server's frame.
     DeviceRequest {
         build: Box<dyn FnOnce(u32) -> missive_proto::Frame + Send>,
@@ -47,6 +49,7 @@ impl std::fmt::Debug for Command {
             Self::Visibility(_) => "Visibility",
             Self::Typing(..) => "Typing",
             Self::DeviceRequest { .. } => "DeviceRequest",
+            Self::Timer(..) => "Timer",
             Self::Close(_) => "Close",
         })
     }
@@ -113,6 +116,7 @@ impl Driver {
             Instant::now(),
         );
         session.set_receive(config.receive);
+        session.load_timers(config.disappearing);
         Self {
             session,
             e2ee: config.identity.e2ee.clone(),
@@ -328,6 +332,7 @@ impl Driver {
             Command::Subscribe(user) => self.session.subscribe_presence(user),
             Command::Visibility(v) => self.session.set_visibility(v),
             Command::Typing(to, typing) => self.session.typing(to, typing),
+            Command::Timer(id, user, secs) => self.session.set_timer(id, user, secs),
             Command::DeviceRequest { build, reply } => match self.session.device_request(build) {
                 Some(id) => {
                     self.requests.insert(id, reply);

@@ -49,6 +49,8 @@ pub enum Event {
         /// Set when this is the copy of a message this user sent from another of its devices:
         /// the user it was sent to (`from` is then this user).
         sent_to: Option<String>,
+        /// Disappearing messages: hide it this many seconds after `server_ts_ms` (0: keep).
+        expires_in_secs: u32,
     },
     /// A delivery or read receipt for a message this user sent.
     Receipt {
@@ -90,6 +92,19 @@ pub enum Event {
     Disconnected {
         /// Why (never message content).
         reason: String,
+    },
+    /// The chat's disappearing-message timer changed (`missive timer`): messages sent from
+    /// now on in the chat with `chat` disappear `secs` after they are sent (0: off). The
+    /// SDK applies it to this device's sends to `chat` too.
+    TimerChanged {
+        /// The other user of the chat.
+        chat: String,
+        /// Who set it (`chat`, or this user from another device).
+        by: String,
+        /// Seconds (0: off).
+        secs: u32,
+        /// Position in this device's mailbox; acknowledge it.
+        server_seq: ServerSeq,
     },
     /// Delete for everyone: `from` withdrew its message `client_msg_id`. Hide that message
     /// only if `from` is its sender (anyone can send a tombstone naming any id). For a
@@ -146,7 +161,8 @@ impl Event {
         match self {
             Self::Message { server_seq, .. }
             | Self::Receipt { server_seq, .. }
-            | Self::Deleted { server_seq, .. } => Some(*server_seq),
+            | Self::Deleted { server_seq, .. }
+            | Self::TimerChanged { server_seq, .. } => Some(*server_seq),
             _ => None,
         }
     }

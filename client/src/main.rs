@@ -123,6 +123,14 @@ enum Cmd {
         #[command(subcommand)]
         action: DevicesCmd,
     },
+    /// Disappearing messages in the chat with NAME: messages sent from now on disappear
+    /// SECS seconds after they are sent (0: off). Both sides apply it.
+    Timer {
+        /// The other user.
+        name: String,
+        /// Seconds (0 turns it off).
+        secs: u32,
+    },
     /// Delete for everyone a message this user sent to NAME (ID as `send` printed it).
     Delete {
         /// Its recipient.
@@ -254,6 +262,16 @@ async fn run(cli: Cli) -> CliResult {
         Cmd::Devices {
             action: DevicesCmd::Remove { id },
         } => cmd_devices_remove(&cli, &dir, DeviceId(*id)).await,
+        Cmd::Timer { name, secs } => {
+            let profile = Profile::load(&dir)?;
+            let (client, _events) = connect(&cli, &profile).await?;
+            client.set_disappearing(name.as_str(), *secs)?;
+            // Bye is answered only after the server stored what was sent before it.
+            client.close().await?;
+            profile.set_timer(name, *secs)?;
+            println!("disappearing messages with {name}: {secs} s");
+            Ok(())
+        }
         Cmd::Delete { name, id } => {
             let id = ClientMsgId::from_hex(id)
                 .ok_or_else(|| format!("not a message id (32 hex digits): {id}"))?;
@@ -375,6 +393,7 @@ fn client_config(cli: &Cli, profile: &Profile) -> CliResult<ClientConfig> {
     cfg.force_tcp = cli.force_tcp;
     // The CLI acknowledges only what it has printed.
     cfg.auto_ack = false;
+    cfg.disappearing = profile.timers()?;
     Ok(cfg)
 }
 
@@ -542,6 +561,11 @@ async fn cmd_recv(
                         last_disconnect.clone_from(reason);
                     }
                     Event::Connected { .. } => {}
+                    Event::TimerChanged { chat, secs, .. } => {
+                        // Later `send`s on this profile apply the chat's new timer.
+                        profile.set_timer(chat, *secs)?;
+                        writeln!(out, "{}", render(&e, json))?
+                    }
                     _ => writeln!(out, "{}", render(&e, json))?,
                 }
                 if let Event::Message {
@@ -659,6 +683,7 @@ fn render_json(ev: &Event) -> serde_json::Value {
             server_ts_ms,
             text,
             sent_to,
+            expires_in_secs,
         } => {
             let mut v = json!({
                 "type": "message",
@@ -672,8 +697,23 @@ fn render_json(ev: &Event) -> serde_json::Value {
             if let Some(to) = sent_to {
                 v["sent_to"] = json!(to);
             }
+            if *expires_in_secs > 0 {
+                v["expires_in_secs"] = json!(expires_in_secs);
+            }
             v
         }
+        Event::TimerChanged {
+            chat,
+            by,
+            secs,
+            server_seq,
+        } => json!({
+            "type": "timer",
+            "chat": chat,
+            "by": by,
+            "secs": secs,
+            "server_seq": server_seq.0,
+        }),
         Event::Receipt {
             from,
             client_msg_id,
@@ -796,6 +836,14 @@ fn render_text(ev: &Event) -> String {
             client_msg_id,
             ..
         } => format!("{from} deleted message {client_msg_id}"),
+        Event::TimerChanged {
+            chat, by, secs: 0, ..
+        } => {
+            format!("{by} turned disappearing messages off in the chat with {chat}")
+        }
+        Event::TimerChanged { chat, by, secs, .. } => {
+            format!("{by} set disappearing messages to {secs} s in the chat with {chat}")
+        }
         Event::Undecryptable {
             from,
             from_device,
@@ -848,6 +896,7 @@ mod tests {
             server_ts_ms: 99,
             text: "hi".into(),
             sent_to: None,
+            expires_in_secs: 0,
         });
         assert_eq!(m["type"], "message");
         assert_eq!(m["from"], "alice");

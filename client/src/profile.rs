@@ -30,6 +30,8 @@ pub const KEY_FILE: &str = "device.key";
 pub const CA_FILE: &str = "ca.pem";
 /// The seen-deliveries file's name.
 pub const SEEN_FILE: &str = "seen.txt";
+/// The disappearing-message timers file's name (`user seconds` lines).
+pub const TIMERS_FILE: &str = "timers.txt";
 /// The E2EE state file's name.
 pub const E2EE_STATE_FILE: &str = "e2ee.state";
 /// The E2EE state key file's name (when no passphrase is used).
@@ -203,6 +205,36 @@ impl Profile {
         })
     }
 
+    /// The disappearing-message timers of this profile's chats (missing file: none).
+    pub fn timers(&self) -> Result<std::collections::HashMap<String, u32>, ClientError> {
+        let path = self.dir.join(TIMERS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter_map(|l| {
+                    let (user, secs) = l.split_once(' ')?;
+                    Some((user.to_owned(), secs.trim().parse().ok()?))
+                })
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(perr(&path, e)),
+        }
+    }
+
+    /// Records a chat's disappearing-message timer (0 removes it).
+    pub fn set_timer(&self, user: &str, secs: u32) -> Result<(), ClientError> {
+        let mut timers = self.timers()?;
+        if secs == 0 {
+            timers.remove(user);
+        } else {
+            timers.insert(user.to_owned(), secs);
+        }
+        let mut sorted: Vec<_> = timers.into_iter().collect();
+        sorted.sort();
+        let text: String = sorted.iter().map(|(u, s)| format!("{u} {s}\n")).collect();
+        write_atomic(&self.dir.join(TIMERS_FILE), text.as_bytes(), false)
+    }
+
     /// Records the device id the server picked for this (linked) device.
     pub fn set_device(&mut self, device: DeviceId) -> Result<(), ClientError> {
         let toml_path = self.dir.join(PROFILE_FILE);
@@ -232,6 +264,7 @@ impl Profile {
             KEY_FILE,
             CA_FILE,
             SEEN_FILE,
+            TIMERS_FILE,
             E2EE_STATE_FILE,
             E2EE_KEY_FILE,
             E2EE_SALT_FILE,

@@ -321,6 +321,8 @@ pub(crate) struct Session {
     /// Deliveries are handled (false: left untouched in the mailbox, see
     /// `ClientConfig::receive`).
     receive: bool,
+    /// Disappearing-message timers per chat (the other user), seconds.
+    timers: HashMap<String, u32>,
     /// Device requests on the wire (ids with [`DEVICE_REQUEST`] set, apart from the key
     /// requests' ids).
     device_requests: BTreeSet<u32>,
@@ -368,6 +370,7 @@ impl Session {
             receive: true,
             device_requests: BTreeSet::new(),
             next_device_request: 0,
+            timers: HashMap::new(),
             counters,
             max_seq_seen: None,
             auto_ack,
@@ -701,6 +704,21 @@ impl Session {
         }
     }
 
+    /// Sets the disappearing-message timer of the chat with `user` (0: off) and tells the
+    /// chat (the other user's devices and ours) with a `Timer` message under `id`.
+    pub(crate) fn set_timer(&mut self, id: ClientMsgId, user: String, secs: u32) {
+        self.timers.insert(user.clone(), secs);
+        if let Ok(content) = seal(&Content::Timer { secs }) {
+            self.outbox.add(id, user, content, None);
+            self.pump();
+        }
+    }
+
+    /// Timers known from before (an app's saved chat settings).
+    pub(crate) fn load_timers(&mut self, timers: impl IntoIterator<Item = (String, u32)>) {
+        self.timers.extend(timers);
+    }
+
     /// Whether deliveries are handled at all (see `ClientConfig::receive`).
     pub(crate) fn set_receive(&mut self, receive: bool) {
         self.receive = receive;
@@ -826,6 +844,7 @@ impl Session {
             sent_to,
             resend_of,
             content,
+            expires_in_secs,
         } = opened;
         match content {
             Content::Text(text) => vec![Event::Message {
@@ -836,7 +855,18 @@ impl Session {
                 server_ts_ms: d.server_ts_ms,
                 text,
                 sent_to,
+                expires_in_secs,
             }],
+            Content::Timer { secs } => {
+                let chat = sent_to.unwrap_or_else(|| d.from.clone());
+                self.timers.insert(chat.clone(), secs);
+                vec![Event::TimerChanged {
+                    chat,
+                    by: d.from.clone(),
+                    secs,
+                    server_seq: d.seq,
+                }]
+            }
             // Our own read receipts, copied from another of our devices: that device
             // already told the sender.
             Content::Read { .. } if sent_to.is_some() => Vec::new(),
@@ -1009,10 +1039,12 @@ impl Session {
                 continue;
             };
             let (content, resend_of) = (p.content.clone(), p.resend_of);
+            let expires_in_secs = self.timers.get(&to).copied().unwrap_or(0);
             let (envelopes, own) = self.sealer.seal(&to, &self.devices, |sent_to| {
                 DevicePlaintext {
                     sent_to: sent_to.map(str::to_owned),
                     resend_of,
+                    expires_in_secs,
                     content: content.clone(),
                 }
                 .encode()
@@ -1022,6 +1054,7 @@ impl Session {
                 envelopes,
                 own,
                 to,
+                expires_in_secs,
             };
             // The edge's bounds: each envelope must fit the `Deliver` that carries it, and
             // all of them the one `Send` frame.
@@ -1167,6 +1200,8 @@ mod tests {
         let plain = DevicePlaintext {
             sent_to: sent_to.map(str::to_owned),
             resend_of: None,
+
+            expires_in_secs: 0,
             content: seal(content).unwrap(),
         }
         .encode();
@@ -1454,6 +1489,8 @@ mod tests {
             let plain = DevicePlaintext {
                 sent_to: None,
                 resend_of: None,
+
+                expires_in_secs: 0,
                 content: seal(content).unwrap(),
             }
             .encode();
@@ -1466,6 +1503,7 @@ mod tests {
                         envelope: plain,
                     }],
                     own: Vec::new(),
+                    expires_in_secs: 0,
                 }
                 .into(),
             )
@@ -1612,6 +1650,8 @@ mod tests {
         let plain = DevicePlaintext {
             sent_to: None,
             resend_of: None,
+
+            expires_in_secs: 0,
             content: seal(&Content::Text("lost".into())).unwrap(),
         }
         .encode();
@@ -1687,6 +1727,8 @@ mod tests {
         let plain = DevicePlaintext {
             sent_to: None,
             resend_of: Some(id(7)),
+
+            expires_in_secs: 0,
             content: seal(&Content::Text("first".into())).unwrap(),
         }
         .encode();

@@ -386,16 +386,15 @@ impl Driver {
                     to,
                     envelopes,
                     own,
+                    expires_in_secs,
                 } => {
                     let Some(me) = &self.mailbox else { continue };
                     // Enqueued now, in frame order; resolves after the fsync.
-                    let fut = self.shared.store.append_message(
-                        &me.user,
-                        me.device,
-                        client_msg_id,
+                    let fut = self.shared.store.append_expiring(
+                        (&me.user, me.device, client_msg_id),
                         &to,
-                        envelopes,
-                        own,
+                        (envelopes, own),
+                        expires_in_secs,
                         now_ms(),
                     );
                     self.pending.push(Box::pin(async move {

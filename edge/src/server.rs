@@ -394,6 +394,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         tokio::spawn(socket.serve(ctx, shutdown_rx.clone()))
     });
     let storage_watch = tokio::spawn(watch_storage(shared.clone()));
+    let expirer = tokio::spawn(expire_loop(store.clone()));
     let sweeper = tokio::spawn(sweep_loop(
         store.clone(),
         Duration::from_secs(config.storage.sweep_interval_secs),
@@ -469,6 +470,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         let _ = t.await;
     }
     sweeper.abort();
+    expirer.abort();
     storage_watch.abort();
     // Every connection task holds a guard clone; recv() returns None once all are gone.
     let drain = Duration::from_secs(config.drain_timeout_secs);
@@ -587,6 +589,35 @@ async fn watch_storage(shared: Arc<Shared>) {
 }
 
 /// Expires old envelopes and dedup keys, in bounded steps, every `interval`.
+/// How often disappearing messages past their timer are looked for (the look reads only the
+/// due entries of a time-ordered index, so it is cheap).
+const EXPIRE_EVERY: Duration = Duration::from_secs(2);
+
+/// Drops the undelivered copies of disappearing messages whose timer ran out.
+async fn expire_loop(store: Store) {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match store.expire(now_ms()).await {
+                Ok(out) => {
+                    if out.items > 0 {
+                        tracing::debug!(items = out.items, "disappearing messages dropped");
+                    }
+                    if !out.more {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "disappearing-message expiry failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 async fn sweep_loop(store: Store, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

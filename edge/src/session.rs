@@ -121,6 +121,8 @@ pub enum Action {
         envelopes: Vec<DeviceEnvelope>,
         /// One opaque copy per other device of the sender.
         own: Vec<DeviceEnvelope>,
+        /// Undelivered copies are dropped after this many seconds (0: never).
+        expires_in_secs: u32,
     },
     /// Delete this device's mailbox up to `up_to` (and queue receipts); answer with
     /// `handle_ack_result`.
@@ -958,6 +960,7 @@ impl Session {
             to: s.to,
             envelopes: s.envelopes,
             own: s.own,
+            expires_in_secs: s.expires_in_secs,
         });
     }
 
@@ -1441,6 +1444,7 @@ mod tests {
                 to: "bob".into(),
                 envelopes: one_copy(vec![]),
                 own: Vec::new(),
+                expires_in_secs: 0,
             }
             .into(),
         );
@@ -1765,6 +1769,7 @@ mod tests {
             to: "alice".into(),
             envelopes: one_copy(vec![n]),
             own: Vec::new(),
+            expires_in_secs: 0,
         }
         .into()
     }
@@ -2033,6 +2038,7 @@ mod tests {
                     to: "alice".into(),
                     envelopes: one_copy(vec![0; len]),
                     own: Vec::new(),
+                    expires_in_secs: 0,
                 }
                 .into(),
             );
@@ -2190,6 +2196,7 @@ mod tests {
                     to: "alice".into(),
                     envelopes: one_copy(vec![0; 1000]),
                     own: Vec::new(),
+                    expires_in_secs: 0,
                 }
                 .into(),
             );

@@ -113,6 +113,7 @@ async fn floods_are_refused_with_typed_errors_while_others_chat() {
                 to: "flood1".into(),
                 envelopes: one_copy(vec![n; 32]),
                 own: Vec::new(),
+                expires_in_secs: 0,
             }
             .into(),
             &mut frames,

@@ -100,6 +100,7 @@ async fn send_and_wait(alice: &mut Raw, n: u32) -> Result<(), u16> {
                 to: "bob".into(),
                 envelopes: one_copy(vec![n as u8; 200]),
                 own: Vec::new(),
+                expires_in_secs: 0,
             }
             .into(),
         )
@@ -240,6 +241,7 @@ async fn a_full_disk_fails_the_engine_which_reopens_and_loses_nothing() {
                 to: "bob".into(),
                 envelopes: one_copy(vec![7; 64 * 1024]),
                 own: Vec::new(),
+                expires_in_secs: 0,
             };
             alice.send(big.into()).await;
             loop {

@@ -100,6 +100,7 @@ async fn send_rate_limit_rejects_only_the_excess() {
                 to: "rita".into(),
                 envelopes: one_copy(vec![0; 10]),
                 own: Vec::new(),
+                expires_in_secs: 0,
             }
             .into(),
             &mut bytes,

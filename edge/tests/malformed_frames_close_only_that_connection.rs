@@ -86,6 +86,7 @@ async fn bad_input_closes_only_that_connection() {
                 to: "bob".into(),
                 envelopes: one_copy(vec![1]),
                 own: Vec::new(),
+                expires_in_secs: 0,
             }
             .into(),
         )

@@ -45,6 +45,7 @@ async fn the_largest_accepted_envelope_is_delivered_and_what_follows_too() {
                 to: bob_name.clone(),
                 envelopes: one_copy(noise(len, u64::from(n))),
                 own: Vec::new(),
+                expires_in_secs: 0,
             }
             .into(),
         )

@@ -24,6 +24,7 @@ fn send(n: u8, to: &[u32], own: &[u32]) -> Frame {
         to: "bob".into(),
         envelopes: copies(to),
         own: copies(own),
+        expires_in_secs: 0,
     }
     .into()
 }
@@ -94,6 +95,7 @@ async fn a_wrong_device_set_gets_the_current_lists_and_stores_nothing() {
                 to: "bob".into(),
                 envelopes: one_copy(vec![9]),
                 own: Vec::new(),
+                expires_in_secs: 0,
             }
             .into(),
         )

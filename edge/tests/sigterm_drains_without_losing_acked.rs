@@ -79,6 +79,7 @@ async fn sigterm_drains_and_loses_nothing() {
                         to: "carol".into(),
                         envelopes: one_copy(vec![1; 64]),
                         own: Vec::new(),
+                        expires_in_secs: 0,
                     }
                     .into(),
                     &mut bytes,

@@ -70,6 +70,7 @@ async fn a_peer_that_does_not_read_is_closed_and_others_go_on() {
                     to: "nobody".into(),
                     envelopes: one_copy(vec![0; 16]),
                     own: Vec::new(),
+                    expires_in_secs: 0,
                 }
                 .into(),
                 &mut bytes,

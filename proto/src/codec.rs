@@ -231,6 +231,7 @@ mod tests {
                     device: DeviceId(2),
                     envelope: vec![8; 100],
                 }],
+                expires_in_secs: 3600,
             }
             .into(),
             AckDelivery {
@@ -446,6 +447,7 @@ mod tests {
                 envelope: vec![b'a'; 64 * 1024],
             }],
             own: Vec::new(),
+            expires_in_secs: 0,
         }
         .into();
         let wire = encode_to_vec(&f).unwrap();

@@ -56,6 +56,7 @@ mod tests {
                 envelope,
             }],
             own: Vec::new(),
+            expires_in_secs: 0,
         }
         .into()
     }

@@ -218,6 +218,10 @@ pub struct Send {
     pub envelopes: Vec<DeviceEnvelope>,
     /// One copy per other device of the sender (so every device sees the conversation).
     pub own: Vec<DeviceEnvelope>,
+    /// Disappearing messages: the server drops copies still undelivered this many seconds
+    /// after storing them (0: kept until delivered, or the server's retention). The clients
+    /// apply the chat's timer to what they show.
+    pub expires_in_secs: u32,
 }
 
 impl Send {

@@ -76,6 +76,8 @@ pub(crate) enum Op {
         envelopes: Vec<DeviceEnvelope>,
         /// One copy per other device of `from`.
         own: Vec<DeviceEnvelope>,
+        /// Undelivered copies are dropped this long after `now_ms` (0: never).
+        expires_in_secs: u32,
         now_ms: u64,
     },
     Ack {
@@ -128,6 +130,9 @@ pub(crate) enum Op {
         from: String,
         client_msg_id: ClientMsgId,
         to: String,
+    },
+    Expire {
+        now_ms: u64,
     },
     Sweep {
         now_ms: u64,
@@ -959,6 +964,7 @@ impl Committer {
                 to,
                 envelopes,
                 own,
+                expires_in_secs,
                 now_ms,
             } => self
                 .append(
@@ -970,8 +976,8 @@ impl Committer {
                         client_msg_id,
                     },
                     &to,
-                    envelopes,
-                    own,
+                    (envelopes, own),
+                    expires_in_secs,
                     now_ms,
                 )
                 .map(Reply::Append),
@@ -1139,6 +1145,11 @@ impl Committer {
                 }
                 Ok(Reply::Retracted(removed))
             }
+            Op::Expire { now_ms } => {
+                let mut out = SweepOutcome::default();
+                self.expire(batch, pending, now_ms, &mut out)?;
+                Ok(Reply::Sweep(out))
+            }
             Op::Sweep { now_ms } => self.sweep(batch, pending, now_ms).map(Reply::Sweep),
             // `run` takes backups out of the batch before it gets here.
             Op::Backup { .. } => Err(StorageError::Backup(
@@ -1271,7 +1282,7 @@ impl Committer {
         pending: &mut Pending,
         mb: MailboxId,
         item: StoredItem,
-    ) -> Result<(), StorageError> {
+    ) -> Result<ServerSeq, StorageError> {
         let seq = self.next_seq(pending, &mb)?;
         let record = encode(&item)?;
         let bytes = record.len() as u64;
@@ -1298,7 +1309,7 @@ impl Committer {
             },
         );
         pending.events.push((mb, seq, item));
-        Ok(())
+        Ok(seq)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1308,8 +1319,8 @@ impl Committer {
         pending: &mut Pending,
         sender: Sender<'_>,
         to: &str,
-        envelopes: Vec<DeviceEnvelope>,
-        own: Vec<DeviceEnvelope>,
+        (envelopes, own): (Vec<DeviceEnvelope>, Vec<DeviceEnvelope>),
+        expires_in_secs: u32,
         now_ms: u64,
     ) -> Result<AppendOutcome, StorageError> {
         let Sender {
@@ -1385,7 +1396,11 @@ impl Committer {
                 server_ts_ms: now_ms,
                 payload: Payload::Envelope(envelope),
             };
-            self.push_item(batch, pending, mb, item)?;
+            let seq = self.push_item(batch, pending, mb.clone(), item)?;
+            if expires_in_secs > 0 {
+                let at = now_ms.saturating_add(u64::from(expires_in_secs) * 1000);
+                batch.insert(keys::expiry(at, &keys::mailbox_item(&mb, seq)), Vec::new());
+            }
         }
         batch.insert(dedup_key.clone(), now_ms.to_be_bytes());
         pending.dedup.insert(dedup_key, now_ms);
@@ -1566,6 +1581,46 @@ impl Committer {
         Ok(RegisterOutcome::Created)
     }
 
+    /// Drops the disappearing messages whose timer ran out (the index is ordered by time, so
+    /// this reads only what is due). Bounded like a sweep step.
+    fn expire(
+        &mut self,
+        batch: &mut WriteBatch,
+        pending: &mut Pending,
+        now_ms: u64,
+        out: &mut SweepOutcome,
+    ) -> Result<(), StorageError> {
+        let mut expired = Vec::new();
+        for kv in self.db.prefix(&[keys::EXPIRY]) {
+            let (k, _) = kv?;
+            match keys::parse_expiry(&k) {
+                Some((at, _)) if at > now_ms => break,
+                _ => expired.push(k),
+            }
+            if expired.len() >= SWEEP_STEP_LIMIT {
+                out.more = true;
+                break;
+            }
+        }
+        for k in expired {
+            if let Some((_, item)) = keys::parse_expiry(&k) {
+                // Gone already when it was delivered and acknowledged.
+                if !pending.deleted.contains(item) && self.db.get(item)?.is_some() {
+                    batch.remove(item.to_vec());
+                    pending.deleted.insert(item.to_vec());
+                    pending.usage_stale = true;
+                    out.items += 1;
+                }
+            }
+            batch.remove(k);
+        }
+        if pending.usage_stale {
+            // Deleted outside the unacked log: acks look items up again.
+            self.unacked.clear();
+        }
+        Ok(())
+    }
+
     fn sweep(
         &mut self,
         batch: &mut WriteBatch,
@@ -1625,6 +1680,10 @@ impl Committer {
                     return Ok(out);
                 }
             }
+        }
+        self.expire(batch, pending, now_ms, &mut out)?;
+        if out.more {
+            return Ok(out);
         }
         let link_cutoff = now_ms.saturating_sub(self.limits.link_code_ttl.as_millis() as u64);
         for kv in self.db.prefix(&[keys::LINK_CODE]) {
@@ -1845,6 +1904,7 @@ mod tests {
                 envelope: vec![n],
             }],
             own: Vec::new(),
+            expires_in_secs: 0,
             now_ms: 1,
         }
     }

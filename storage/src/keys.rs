@@ -16,6 +16,7 @@
 //! | `f` | `f user\0 device:u32` | rkyv [`crate::records::FallbackRecord`] |
 //! | `l` | `l code` | created-at ms, u64, then the user name (a device link code) |
 //! | `n` | `n user` | the id the next linked device gets, u32 (ids are never reused) |
+//! | `e` | `e at_ms:u64 mailbox-item-key` | empty: that item expires at `at_ms` (disappearing) |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
@@ -32,6 +33,7 @@ pub(crate) const ONE_TIME_KEY: u8 = b'o';
 pub(crate) const FALLBACK_KEY: u8 = b'f';
 pub(crate) const LINK_CODE: u8 = b'l';
 pub(crate) const NEXT_DEVICE: u8 = b'n';
+pub(crate) const EXPIRY: u8 = b'e';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
@@ -154,6 +156,21 @@ pub(crate) fn link_code(code: &str) -> Vec<u8> {
     k.push(LINK_CODE);
     k.extend_from_slice(code.as_bytes());
     k
+}
+
+/// Key saying that the mailbox item `item_key` expires at `at_ms` (ordered by time).
+pub(crate) fn expiry(at_ms: u64, item_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + item_key.len());
+    k.push(EXPIRY);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(item_key);
+    k
+}
+
+/// Splits an expiry key into (at_ms, mailbox item key).
+pub(crate) fn parse_expiry(key: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = key.strip_prefix(&[EXPIRY])?;
+    Some((be_u64(rest.get(..8)?)?, rest.get(8..)?))
 }
 
 /// Key of a user's next-device-id counter.

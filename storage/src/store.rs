@@ -402,6 +402,26 @@ impl Store {
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<AppendOutcome, StorageError>> + Send + 'static
     {
+        self.append_expiring(
+            (from, from_device, client_msg_id),
+            to,
+            (envelopes, own),
+            0,
+            now_ms,
+        )
+    }
+
+    /// [`Store::append_message`] for a disappearing message: the copies still undelivered
+    /// `expires_in_secs` after `now_ms` are dropped by the sweep (0: never).
+    pub fn append_expiring(
+        &self,
+        (from, from_device, client_msg_id): (&str, DeviceId, ClientMsgId),
+        to: &str,
+        (envelopes, own): (Vec<DeviceEnvelope>, Vec<DeviceEnvelope>),
+        expires_in_secs: u32,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<AppendOutcome, StorageError>> + Send + 'static
+    {
         let op = Op::Append {
             from: from.to_owned(),
             from_device,
@@ -409,6 +429,7 @@ impl Store {
             to: to.to_owned(),
             envelopes,
             own,
+            expires_in_secs,
             now_ms,
         };
         self.submit(op, |r| match r {
@@ -670,6 +691,19 @@ impl Store {
     /// not be counted yet).
     pub fn key_status(&self, user: &str, device: DeviceId) -> Result<KeyStatus, StorageError> {
         crate::key_directory::status(self.db.get().as_ref(), user, device)
+    }
+
+    /// One bounded step dropping the disappearing messages whose timer ran out (cheap: it
+    /// reads only what is due; run it every few seconds). Call again while `more` is true.
+    pub fn expire(
+        &self,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<SweepOutcome, StorageError>> + Send + 'static
+    {
+        self.submit(Op::Expire { now_ms }, |r| match r {
+            group_commit::Reply::Sweep(o) => Some(o),
+            _ => None,
+        })
     }
 
     /// One bounded step of the expiry sweep: removes items and dedup keys older than the

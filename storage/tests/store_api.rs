@@ -56,6 +56,7 @@ for_each_engine!(
     one_time_keys_are_claimed_once_then_the_fallback_serves,
     linked_devices_get_new_ids_and_removal_takes_everything,
     a_retraction_drops_only_the_senders_undelivered_copies,
+    disappearing_copies_go_when_their_timer_runs_out,
 );
 
 async fn mailbox_quotas_refuse_before_writing_and_free_up_on_ack(engine: Engine) {
@@ -1308,6 +1309,45 @@ async fn a_retraction_drops_only_the_senders_undelivered_copies(engine: Engine) 
     // Acks after a retraction still work and count right.
     let out = store.ack(bob.clone(), ServerSeq(10), 7).await.unwrap();
     assert_eq!(out.deleted, 2);
+    assert_eq!(store.mailbox_depth(&bob).unwrap(), 0);
+    store.shutdown().await;
+}
+
+async fn disappearing_copies_go_when_their_timer_runs_out(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine), None).unwrap();
+    with_users(&store, &["alice", "bob"]).await;
+    let bob = MailboxId::new("bob", DeviceId(1));
+    for (n, secs) in [(1u64, 10u32), (2, 0), (3, 20)] {
+        store
+            .append_expiring(
+                ("alice", DeviceId(1), id(n)),
+                "bob",
+                (to_device_1(vec![n as u8]), Vec::new()),
+                secs,
+                1_000,
+            )
+            .await
+            .unwrap();
+    }
+    // Acked before its timer: nothing left to drop later.
+    let out = store.expire(5_000).await.unwrap();
+    assert_eq!(out.items, 0);
+    let at_11s = store.expire(11_000).await.unwrap();
+    assert_eq!(at_11s.items, 1, "message 1's ten seconds are over");
+    let left: Vec<ClientMsgId> = store
+        .read_mailbox(&bob, ServerSeq(0), 10, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, i)| i.client_msg_id)
+        .collect();
+    assert_eq!(left, vec![id(2), id(3)]);
+    store.ack(bob.clone(), ServerSeq(10), 12_000).await.unwrap();
+    assert_eq!(
+        store.expire(30_000).await.unwrap().items,
+        0,
+        "acked already"
+    );
     assert_eq!(store.mailbox_depth(&bob).unwrap(), 0);
     store.shutdown().await;
 }
