@@ -467,7 +467,7 @@ async fn close(client: &Client) {
 
 async fn cmd_send(cli: &Cli, dir: &Path, to: &str, text: &str) -> CliResult {
     let profile = Profile::load(dir)?;
-    let (client, _events) = connect(cli, &profile).await?;
+    let (client, mut events) = connect(cli, &profile).await?;
     let sent = tokio::time::timeout(SEND_TIMEOUT, client.send(to, Content::Text(text.into())))
         .await
         .map_err(|_| ClientError::Timeout("waiting for the server to store the message"))?;
@@ -478,6 +478,12 @@ async fn cmd_send(cli: &Cli, dir: &Path, to: &str, text: &str) -> CliResult {
             return Err(e.into());
         }
     };
+    // What the SDK learnt before encrypting ("bob has a new device"), for the user to see.
+    while let Some(e) = events.try_next() {
+        if matches!(e, Event::DevicesChanged { .. } | Event::KeysRejected { .. }) {
+            eprintln!("missive: {}", render(&e, false));
+        }
+    }
     let mut out = std::io::stdout();
     writeln!(out, "{}", receipt.client_msg_id.to_hex())?;
     out.flush()?;

@@ -253,6 +253,10 @@ fn link_a_laptop_compare_safety_numbers_and_remove_it() {
     let bob = dir.path().join("bob");
     let laptop = dir.path().join("bob-laptop");
     register_alice_and_bob(&edge, &alice, &bob);
+    // alice has written to bob's phone before: her device knows bob's devices.
+    let (ok, _, err) = missive(&alice, &["send", "bob", "before the laptop"]);
+    assert!(ok, "send: {err}");
+    assert_eq!(of_type(&recv(&bob, "1"), "message").len(), 1);
 
     let (ok, code, err) = missive(&bob, &["link", "new"]);
     assert!(ok, "link new: {err}");
@@ -273,6 +277,8 @@ fn link_a_laptop_compare_safety_numbers_and_remove_it() {
 
     let (ok, _, err) = missive(&alice, &["send", "bob", "to both of you"]);
     assert!(ok, "send: {err}");
+    // Told before the message was encrypted for it, in a new `missive` process.
+    assert!(err.contains("bob has a new device (2)"), "{err}");
     for p in [&bob, &laptop] {
         let got = recv(p, "1");
         let msgs = of_type(&got, "message");

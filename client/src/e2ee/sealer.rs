@@ -164,16 +164,47 @@ impl Sealer {
             return Vec::new();
         }
         let mut events = Vec::new();
+        let listed: Vec<DeviceId> = kb.bundles.iter().map(|b| b.device).collect();
         let change = dir.update(missive_proto::UserDevices {
             user: kb.user.clone(),
-            devices: kb.bundles.iter().map(|b| b.device).collect(),
+            devices: listed.clone(),
         });
-        self.forget_devices(&kb.user, &change.removed);
-        if change.was_known && (!change.added.is_empty() || !change.removed.is_empty()) {
+        let (added, removed) = if change.was_known {
+            (change.added, change.removed)
+        } else {
+            // No list in this run yet: the devices whose identities we pinned before (kept
+            // with the E2EE state, so across restarts) say what changed since.
+            let pinned: Vec<DeviceId> = self
+                .store
+                .lock()
+                .identities_of(&kb.user)
+                .into_iter()
+                .map(|(d, _)| d)
+                .collect();
+            let mine = |d: &DeviceId| kb.user == self.me && *d == self.my_device;
+            if pinned.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                (
+                    listed
+                        .iter()
+                        .filter(|d| !pinned.contains(d) && !mine(d))
+                        .copied()
+                        .collect(),
+                    pinned
+                        .iter()
+                        .filter(|d| !listed.contains(d))
+                        .copied()
+                        .collect(),
+                )
+            }
+        };
+        self.forget_devices(&kb.user, &removed);
+        if !added.is_empty() || !removed.is_empty() {
             events.push(Event::DevicesChanged {
                 user: kb.user.clone(),
-                added: change.added,
-                removed: change.removed,
+                added,
+                removed,
             });
         }
         let mut olm = self.store.lock();
