@@ -351,29 +351,7 @@ pub async fn link(
     config: impl Borrow<ClientConfig>,
     code: impl Into<String>,
 ) -> Result<Identity, ClientError> {
-    let config = config.borrow();
-    validate_user_name(&config.identity.user)
-        .map_err(|e| ClientError::InvalidName(e.to_string()))?;
-    let mut conn = establish(
-        &config.transport(),
-        &config.identity,
-        LoginMode::Link { code: code.into() },
-        &config.client_name,
-    )
-    .await?;
-    let mut identity = config.identity.clone();
-    identity.device = conn.welcome.device;
-    if let Err(e) = conn.publish_keys(&identity).await {
-        tracing::warn!(error = %e, "linked, but publishing the device's keys failed");
-    }
-    if let Err(e) = conn.bye().await {
-        tracing::warn!(error = %e, "linked, but the closing Bye exchange failed");
-    }
-    Ok(identity)
-}
-
-fn unexpected(frame: &Frame) -> ClientError {
-    ClientError::MalformedFrame(format!("unexpected answer {}", frame.name()))
+    new_device(config.borrow(), LoginMode::Link { code: code.into() }).await
 }
 
 /// Creates the account `config.identity.user` bound to its device key, on one connection
@@ -382,25 +360,37 @@ pub async fn register(
     config: impl Borrow<ClientConfig>,
     invite: Option<String>,
 ) -> Result<(), ClientError> {
-    let config = config.borrow();
+    new_device(config.borrow(), LoginMode::Register { invite }).await?;
+    Ok(())
+}
+
+/// The first connection of a new device (registered or linked): log in as `mode` says,
+/// publish the device's keys, say `Bye`. Returns the identity under the id the server gave.
+async fn new_device(config: &ClientConfig, mode: LoginMode) -> Result<Identity, ClientError> {
     validate_user_name(&config.identity.user)
         .map_err(|e| ClientError::InvalidName(e.to_string()))?;
     let mut conn = establish(
         &config.transport(),
         &config.identity,
-        LoginMode::Register { invite },
+        mode,
         &config.client_name,
     )
     .await?;
+    let mut identity = config.identity.clone();
+    identity.device = conn.welcome.device;
     // Others can encrypt to the device from now on, not only after its next connection.
-    // The account exists whatever happens here: a device whose keys did not get through
-    // publishes them when it next connects (the server asks with `KeysLow`).
-    if let Err(e) = conn.publish_keys(&config.identity).await {
-        tracing::warn!(error = %e, "registered, but publishing the device's keys failed");
+    // The device exists whatever happens here: keys that did not get through are published
+    // at its next connection (the server asks with `KeysLow`), and a failed goodbye undoes
+    // nothing.
+    if let Err(e) = conn.publish_keys(&identity).await {
+        tracing::warn!(error = %e, "device created, but publishing its keys failed");
     }
-    // Welcome means the account exists; a failed goodbye does not undo that.
     if let Err(e) = conn.bye().await {
-        tracing::warn!(error = %e, "registered, but the closing Bye exchange failed");
+        tracing::warn!(error = %e, "device created, but the closing Bye exchange failed");
     }
-    Ok(())
+    Ok(identity)
+}
+
+fn unexpected(frame: &Frame) -> ClientError {
+    ClientError::MalformedFrame(format!("unexpected answer {}", frame.name()))
 }

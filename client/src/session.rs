@@ -1024,8 +1024,8 @@ impl Session {
                 continue;
             }
             let to = p.to.clone();
-            match self.sealer.prepare(self.clock, &to, &self.devices) {
-                Readiness::Ready => {}
+            let targets = match self.sealer.prepare(self.clock, &to, &self.devices) {
+                Readiness::Ready(targets) => targets,
                 Readiness::Waiting(claims) => {
                     // First in line waits for its keys, so messages keep their order.
                     self.outbox.queue.push_front(id);
@@ -1034,13 +1034,13 @@ impl Session {
                     }
                     break;
                 }
-            }
+            };
             let Some(p) = self.outbox.entries.get_mut(&id) else {
                 continue;
             };
             let (content, resend_of) = (p.content.clone(), p.resend_of);
             let expires_in_secs = self.timers.get(&to).copied().unwrap_or(0);
-            let (envelopes, own) = self.sealer.seal(&to, &self.devices, |sent_to| {
+            let (envelopes, own) = self.sealer.seal(&to, &targets, |sent_to| {
                 DevicePlaintext {
                     sent_to: sent_to.map(str::to_owned),
                     resend_of,

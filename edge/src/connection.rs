@@ -81,15 +81,6 @@ enum Completion {
     VisibilityStored(Visibility, bool),
 }
 
-fn refused(request_id: u32, code: ErrorCode, message: &str) -> Frame {
-    missive_proto::RequestRefused {
-        request_id,
-        code: code.as_u16(),
-        message: message.into(),
-    }
-    .into()
-}
-
 fn key_store_refusal(e: StorageError) -> KeyStoreRefusal {
     match e {
         StorageError::Unavailable(_) => KeyStoreRefusal::Unavailable,
@@ -532,7 +523,12 @@ impl Driver {
                                 expires_in_ms,
                             }
                             .into(),
-                            _ => refused(request_id, ErrorCode::Internal, "storage failed; retry"),
+                            _ => missive_proto::RequestRefused::new(
+                                request_id,
+                                ErrorCode::Internal,
+                                "storage failed; retry",
+                            )
+                            .into(),
                         })
                     }));
                 }
@@ -544,7 +540,12 @@ impl Driver {
                             devices,
                         }
                         .into(),
-                        Err(_) => refused(request_id, ErrorCode::Internal, "storage failed; retry"),
+                        Err(_) => missive_proto::RequestRefused::new(
+                            request_id,
+                            ErrorCode::Internal,
+                            "storage failed; retry",
+                        )
+                        .into(),
                     };
                     self.session.answer(answer);
                 }
@@ -562,9 +563,12 @@ impl Driver {
                                 removed: u32::try_from(n).unwrap_or(u32::MAX),
                             }
                             .into(),
-                            Err(_) => {
-                                refused(request_id, ErrorCode::Internal, "storage failed; retry")
-                            }
+                            Err(_) => missive_proto::RequestRefused::new(
+                                request_id,
+                                ErrorCode::Internal,
+                                "storage failed; retry",
+                            )
+                            .into(),
                         })
                     }));
                 }
@@ -580,12 +584,18 @@ impl Driver {
                                 registry.device_removed(&MailboxId::new(me.user, device));
                                 missive_proto::DeviceRemoved { request_id, device }.into()
                             }
-                            Ok(None) => {
-                                refused(request_id, ErrorCode::UnknownRecipient, "no such device")
-                            }
-                            Err(_) => {
-                                refused(request_id, ErrorCode::Internal, "storage failed; retry")
-                            }
+                            Ok(None) => missive_proto::RequestRefused::new(
+                                request_id,
+                                ErrorCode::UnknownRecipient,
+                                "no such device",
+                            )
+                            .into(),
+                            Err(_) => missive_proto::RequestRefused::new(
+                                request_id,
+                                ErrorCode::Internal,
+                                "storage failed; retry",
+                            )
+                            .into(),
                         })
                     }));
                 }

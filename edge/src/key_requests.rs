@@ -70,14 +70,7 @@ pub struct KeyRequests {
 }
 
 fn refuse(request_id: u32, code: ErrorCode, message: impl Into<String>) -> KeyStep {
-    KeyStep::Answer(
-        RequestRefused {
-            request_id,
-            code: code.as_u16(),
-            message: message.into(),
-        }
-        .into(),
-    )
+    KeyStep::Answer(RequestRefused::new(request_id, code, message).into())
 }
 
 impl KeyRequests {
@@ -171,14 +164,8 @@ impl KeyRequests {
         result: Result<UploadOutcome, KeyStoreRefusal>,
     ) -> Frame {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let refused = |code: ErrorCode, message: &str| -> Frame {
-            RequestRefused {
-                request_id,
-                code: code.as_u16(),
-                message: message.to_owned(),
-            }
-            .into()
-        };
+        let refused =
+            |code: ErrorCode, message: &str| RequestRefused::new(request_id, code, message).into();
         match result {
             Ok(UploadOutcome::Stored { one_time_keys }) => KeysStored {
                 request_id,
@@ -243,12 +230,7 @@ fn refusal(request_id: u32, e: KeyStoreRefusal) -> Frame {
         KeyStoreRefusal::Failed => (ErrorCode::Internal, "storage failed; retry"),
         KeyStoreRefusal::RateLimited => (ErrorCode::RateLimited, "key claim rate exceeded"),
     };
-    RequestRefused {
-        request_id,
-        code: code.as_u16(),
-        message: message.into(),
-    }
-    .into()
+    RequestRefused::new(request_id, code, message).into()
 }
 
 #[cfg(test)]

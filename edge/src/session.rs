@@ -664,11 +664,11 @@ impl Session {
                         request_id: c.request_id,
                     });
                 } else {
-                    self.send(RequestRefused {
-                        request_id: c.request_id,
-                        code: ErrorCode::RateLimited.as_u16(),
-                        message: "link code rate exceeded".into(),
-                    });
+                    self.send(RequestRefused::new(
+                        c.request_id,
+                        ErrorCode::RateLimited,
+                        "link code rate exceeded",
+                    ));
                 }
             }
             (Phase::Active { .. }, Frame::ListDevices(l)) => {
@@ -685,11 +685,11 @@ impl Session {
                         to: r.to,
                     });
                 } else {
-                    self.send(RequestRefused {
-                        request_id: r.request_id,
-                        code: ErrorCode::RateLimited.as_u16(),
-                        message: "send rate exceeded (or no such user)".into(),
-                    });
+                    self.send(RequestRefused::new(
+                        r.request_id,
+                        ErrorCode::RateLimited,
+                        "send rate exceeded (or no such user)",
+                    ));
                 }
             }
             (Phase::Active { .. }, Frame::RemoveDevice(r)) => {

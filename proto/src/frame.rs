@@ -606,6 +606,17 @@ pub struct Goaway {
     pub reconnect_after_ms: u32,
 }
 
+impl RequestRefused {
+    /// Builds the refusal of request `request_id` from a code and a reason.
+    pub fn new(request_id: u32, code: crate::ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            request_id,
+            code: code.as_u16(),
+            message: message.into(),
+        }
+    }
+}
+
 impl Error {
     /// Builds an error frame from a code and a reason.
     pub fn new(code: crate::ErrorCode, message: impl Into<String>) -> Self {

@@ -39,8 +39,8 @@ pub(crate) struct Sealer {
 /// What a send needs before it can be sealed.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Readiness {
-    /// Every device has a session (or is known keyless).
-    Ready,
+    /// Every device has a session (or is known keyless): seal for these.
+    Ready(Vec<DeviceAddr>),
     /// Keys are being claimed: transmit these frames (maybe none: a claim is already out)
     /// and try again when bundles arrive.
     Waiting(Vec<Frame>),
@@ -98,19 +98,18 @@ impl Sealer {
         if !dir.knows(to) {
             need.push(to.to_owned());
         }
+        let targets = self.targets(to, dir);
         {
             let olm = self.store.lock();
-            for addr in self.targets(to, dir) {
-                if !olm.has_session(&addr)
-                    && !self.keyless.contains(&addr)
-                    && !need.contains(&addr.0)
+            for addr in &targets {
+                if !olm.has_session(addr) && !self.keyless.contains(addr) && !need.contains(&addr.0)
                 {
-                    need.push(addr.0);
+                    need.push(addr.0.clone());
                 }
             }
         }
         if need.is_empty() {
-            return Readiness::Ready;
+            return Readiness::Ready(targets);
         }
         let mut frames = Vec::new();
         for user in need {
@@ -127,22 +126,29 @@ impl Sealer {
         Readiness::Waiting(frames)
     }
 
-    /// One envelope per target device: `plaintext(sent_to)` encrypted for it (`sent_to` is
-    /// `to` for our own other devices). Call after [`Sealer::prepare`] said `Ready`.
+    /// One envelope per target device (as [`Sealer::prepare`] returned them): the
+    /// recipient's devices get `plaintext(None)` encrypted for each, our own other devices
+    /// `plaintext(Some(to))`; each plaintext is made once.
     pub(crate) fn seal(
         &mut self,
         to: &str,
-        dir: &DeviceDirectory,
+        targets: &[DeviceAddr],
         plaintext: impl Fn(Option<&str>) -> Vec<u8>,
     ) -> (Vec<DeviceEnvelope>, Vec<DeviceEnvelope>) {
         let mut olm = self.store.lock();
         let mut envelopes = Vec::new();
         let mut own = Vec::new();
-        for addr in self.targets(to, dir) {
+        let for_them = plaintext(None);
+        let mut for_me: Option<Vec<u8>> = None;
+        for addr in targets {
             let copy_for_me = addr.0 == self.me && to != self.me;
-            let bytes = plaintext(copy_for_me.then_some(to));
+            let bytes = if copy_for_me {
+                for_me.get_or_insert_with(|| plaintext(Some(to)))
+            } else {
+                &for_them
+            };
             // A keyless device gets an empty envelope: it cannot read anything yet.
-            let envelope = olm.encrypt(&addr, &bytes).unwrap_or_default();
+            let envelope = olm.encrypt(addr, bytes).unwrap_or_default();
             let c = DeviceEnvelope {
                 device: addr.1,
                 envelope,
