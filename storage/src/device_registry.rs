@@ -2,10 +2,10 @@
 //! id (ids are never reused, so a new identity is always a new device to everyone), and
 //! removing a device with everything the store holds for it. Applied by the committer.
 
-use crate::engine::{KvEngine, WriteBatch};
+use crate::accounts::user_record;
+use crate::write::{Class, Reads, Tx, Write};
 use crate::{keys, MailboxId, StorageError};
 use missive_proto::DeviceId;
-use std::collections::HashSet;
 
 /// Result of linking a device with a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,13 +32,9 @@ pub(crate) fn parse_link_code(v: &[u8]) -> Option<(u64, &str)> {
 }
 
 /// The id the next linked device of `user` gets: past every id it ever had.
-fn next_device_id(
-    db: &dyn KvEngine,
-    user: &str,
-    devices: &[DeviceId],
-) -> Result<u32, StorageError> {
-    let counted = db
-        .get(&keys::next_device(user))?
+fn next_device_id(tx: &Tx<'_>, user: &str, devices: &[DeviceId]) -> Result<u32, StorageError> {
+    let counted = tx
+        .read(&keys::next_device(user))?
         .and_then(|v| Some(u32::from_be_bytes(v.as_slice().try_into().ok()?)))
         .unwrap_or(0);
     let above = devices
@@ -49,62 +45,119 @@ fn next_device_id(
     Ok(counted.max(above))
 }
 
-/// Links a device to `user` with `code` (consumed). `devices` are the user's current ones.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn link(
-    db: &dyn KvEngine,
-    batch: &mut WriteBatch,
-    used_codes: &mut HashSet<String>,
-    (user, code, key): (&str, &str, [u8; 32]),
-    devices: &[DeviceId],
-    max_devices: usize,
-    ttl_ms: u64,
-    now_ms: u64,
-) -> Result<LinkOutcome, StorageError> {
-    if used_codes.contains(code) {
-        return Ok(LinkOutcome::CodeInvalid);
-    }
-    let Some(v) = db.get(&keys::link_code(code))? else {
-        return Ok(LinkOutcome::CodeInvalid);
-    };
-    let valid = parse_link_code(&v)
-        .is_some_and(|(created, owner)| owner == user && now_ms.saturating_sub(created) <= ttl_ms);
-    if !valid {
-        return Ok(LinkOutcome::CodeInvalid);
-    }
-    if devices.len() >= max_devices {
-        return Ok(LinkOutcome::TooManyDevices);
-    }
-    let id = next_device_id(db, user, devices)?;
-    batch.insert(keys::device(user, DeviceId(id)), key);
-    batch.insert(keys::next_device(user), id.saturating_add(1).to_be_bytes());
-    batch.remove(keys::link_code(code));
-    used_codes.insert(code.to_owned());
-    Ok(LinkOutcome::Linked(DeviceId(id)))
+/// Stores a one-time code that links one more device to `user`; false for an unknown user.
+#[derive(Debug)]
+pub(crate) struct CreateLinkCode {
+    pub(crate) user: String,
+    pub(crate) code: String,
+    pub(crate) now_ms: u64,
 }
 
-/// Removes `device` of `user`: its login key, its keys in the key directory, its mailbox and
-/// seq counter. Returns the mailbox items removed.
-pub(crate) fn remove(
-    db: &dyn KvEngine,
-    batch: &mut WriteBatch,
-    user: &str,
-    device: DeviceId,
-    devices: &[DeviceId],
-) -> Result<usize, StorageError> {
-    // Its id is never handed out again.
-    let next = next_device_id(db, user, devices)?;
-    batch.insert(keys::next_device(user), next.to_be_bytes());
-    batch.remove(keys::device(user, device));
-    crate::key_directory::forget_device(db, batch, user, device)?;
-    let mb = MailboxId::new(user, device);
-    let mut items = 0;
-    for kv in db.prefix(&keys::mailbox_prefix(&mb)) {
-        batch.remove(kv?.0);
-        items += 1;
+impl Write for CreateLinkCode {
+    type Output = bool;
+
+    fn class(&self) -> Class {
+        Class::ADDS
     }
-    batch.remove(keys::seq_counter(&mb));
-    Ok(items)
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<bool, StorageError> {
+        if user_record(tx, &self.user)?.is_none() {
+            return Ok(false);
+        }
+        tx.put(
+            keys::link_code(&self.code),
+            link_code_value(&self.user, self.now_ms),
+        );
+        Ok(true)
+    }
+}
+
+/// Links a device to `user` with `code` (consumed), under the next id the user never had,
+/// unless it already has `max_devices`.
+#[derive(Debug)]
+pub(crate) struct LinkDevice {
+    pub(crate) user: String,
+    pub(crate) code: String,
+    pub(crate) key: [u8; 32],
+    pub(crate) max_devices: usize,
+    pub(crate) now_ms: u64,
+}
+
+impl Write for LinkDevice {
+    type Output = LinkOutcome;
+
+    fn class(&self) -> Class {
+        Class::ADDS
+    }
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<LinkOutcome, StorageError> {
+        let (user, code) = (self.user.as_str(), self.code.as_str());
+        let ttl_ms = tx.limits.link_code_ttl.as_millis() as u64;
+        let Some(v) = tx.read(&keys::link_code(code))? else {
+            return Ok(LinkOutcome::CodeInvalid);
+        };
+        let valid = parse_link_code(&v).is_some_and(|(created, owner)| {
+            owner == user && self.now_ms.saturating_sub(created) <= ttl_ms
+        });
+        if !valid {
+            return Ok(LinkOutcome::CodeInvalid);
+        }
+        let devices = tx.devices(user)?;
+        if devices.len() >= self.max_devices {
+            return Ok(LinkOutcome::TooManyDevices);
+        }
+        let id = next_device_id(tx, user, &devices)?;
+        tx.put(keys::device(user, DeviceId(id)), self.key.to_vec());
+        tx.put(
+            keys::next_device(user),
+            id.saturating_add(1).to_be_bytes().to_vec(),
+        );
+        tx.remove(keys::link_code(code));
+        tx.device_added(user, DeviceId(id));
+        Ok(LinkOutcome::Linked(DeviceId(id)))
+    }
+}
+
+/// Removes a device of `user` and everything stored for it: its login key, its keys in the
+/// key directory, its mailbox and seq counter. Answers the mailbox items removed, or `None`
+/// when there is no such device.
+#[derive(Debug)]
+pub(crate) struct RemoveDevice {
+    pub(crate) user: String,
+    pub(crate) device: DeviceId,
+}
+
+impl Write for RemoveDevice {
+    type Output = Option<usize>;
+
+    fn class(&self) -> Class {
+        Class::UPDATE
+    }
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<Option<usize>, StorageError> {
+        let (user, device) = (self.user.as_str(), self.device);
+        let devices = tx.devices(user)?;
+        if !devices.contains(&device) {
+            return Ok(None);
+        }
+        // Its id is never handed out again.
+        let next = next_device_id(tx, user, &devices)?;
+        tx.put(keys::next_device(user), next.to_be_bytes().to_vec());
+        tx.remove(keys::device(user, device));
+        crate::key_directory::forget_device(tx, user, device)?;
+        let mb = MailboxId::new(user, device);
+        let items: Vec<Vec<u8>> = tx
+            .scan(&keys::mailbox_prefix(&mb))
+            .map(|kv| kv.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        let n = items.len();
+        for k in items {
+            tx.remove(k);
+        }
+        tx.remove(keys::seq_counter(&mb));
+        tx.pending.removed_devices.insert((user.to_owned(), device));
+        Ok(Some(n))
+    }
 }
 
 #[cfg(test)]

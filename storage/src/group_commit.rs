@@ -6,7 +6,12 @@
 //! A batch is applied on the submitting thread when the committer is idle, or by the
 //! committer thread from its queue when it is busy (see [`Handle`]).
 //!
-//! A backup ([`Op::Backup`]) is not part of a batch: the committer commits what was queued
+//! What each write puts and removes is not decided here: a write is a value implementing
+//! `write::Write`, applied over a `write::Tx`, and lives beside its records (`mailbox.rs`,
+//! `accounts.rs`, `key_directory.rs`, `device_registry.rs`, ...). The committer only batches,
+//! applies, fsyncs and answers.
+//!
+//! A backup ([`Request::Backup`]) is not part of a batch: the committer commits what was queued
 //! before it, runs the copy (see `backup.rs`) while every later write waits, then goes on.
 //!
 //! Faults: when the engine fails a batch or an fsync, nothing of what was not made durable
@@ -18,157 +23,50 @@
 //! every operation is refused. Below the free-space watermark (`health.rs`) only the writes
 //! that add data are refused.
 use crate::backup::BackupReport;
-use crate::device_registry::{self, LinkOutcome};
 use crate::engine::{self, Engine, EngineSlot, KvEngine, Tuning, WriteBatch};
 use crate::health::{FreeSpaceWatch, HealthCell, StorageHealth};
-use crate::key_directory::{self, ClaimedBundle, KeyUpload, UploadOutcome};
-use crate::records::{decode_item, decode_user, encode, StoredItem, UserRecord};
-use crate::store::{
-    AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, StoreStats, SweepOutcome,
-};
-use crate::unacked::{LoggedItem, Taken, UnackedLog};
+use crate::mailbox::USAGE_CACHE_LIMIT;
+use crate::records::StoredItem;
+use crate::store::{CommitListener, StoreStats};
+use crate::write::{Job, Memory, Pending, Tx};
 use crate::{keys, MailboxId, StorageError};
-use missive_proto::{
-    ClientMsgId, DeviceEnvelope, DeviceId, Payload, ServerSeq, UserDevices, Visibility,
-};
-use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
+use missive_proto::ServerSeq;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Most items a single sweep step removes, so one step never makes a huge batch.
-const SWEEP_STEP_LIMIT: usize = 10_000;
-
-/// Mailboxes whose item count and bytes the committer keeps in memory; past this the cache
-/// starts over (a mailbox not in it is counted again by a scan on its next append).
-const USAGE_CACHE_LIMIT: usize = 100_000;
-
-/// Contact marks the committer remembers having written; past this it starts over.
-const CONTACT_CACHE_LIMIT: usize = 100_000;
-
 /// How often a failed engine is tried again.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
-/// Users whose device list the committer keeps in memory; past this the cache starts over, so
-/// sends to many (or made-up) names cannot grow it without bound.
-const DEVICE_CACHE_LIMIT: usize = 100_000;
-
-/// A change to a user record.
-#[derive(Debug)]
-pub(crate) enum UserUpdate {
-    Visibility(Visibility),
-    LastSeen(u64),
-    Disabled(bool),
-}
-
-/// A write operation.
-#[derive(Debug)]
-pub(crate) enum Op {
-    Append {
-        from: String,
-        from_device: DeviceId,
-        client_msg_id: ClientMsgId,
-        to: String,
-        /// One copy per device of `to`.
-        envelopes: Vec<DeviceEnvelope>,
-        /// One copy per other device of `from`.
-        own: Vec<DeviceEnvelope>,
-        /// Undelivered copies are dropped this long after `now_ms` (0: never).
-        expires_in_secs: u32,
-        now_ms: u64,
-    },
-    Ack {
-        mailbox: MailboxId,
-        up_to: ServerSeq,
-        now_ms: u64,
-    },
-    Register {
-        user: String,
-        device: DeviceId,
-        key: [u8; 32],
-        invite: Option<String>,
-        require_invite: bool,
-        now_ms: u64,
-    },
-    UpdateUser {
-        user: String,
-        update: UserUpdate,
-    },
-    AddInvite {
-        token: String,
-        now_ms: u64,
-    },
-    AddDevice {
-        user: String,
-        device: DeviceId,
-        key: [u8; 32],
-    },
-    UploadKeys(KeyUpload),
-    ClaimKeys {
-        user: String,
-    },
-    CreateLinkCode {
-        user: String,
-        code: String,
-        now_ms: u64,
-    },
-    LinkDevice {
-        user: String,
-        code: String,
-        key: [u8; 32],
-        max_devices: usize,
-        now_ms: u64,
-    },
-    RemoveDevice {
-        user: String,
-        device: DeviceId,
-    },
-    Retract {
-        from: String,
-        client_msg_id: ClientMsgId,
-        to: String,
-    },
-    Expire {
-        now_ms: u64,
-    },
-    Sweep {
-        now_ms: u64,
-    },
+/// What the committer is asked to do.
+pub(crate) enum Request {
+    /// A write, applied in a batch with the others waiting (see `write.rs`).
+    Write(Box<dyn Job>),
     /// A consistent copy of the whole store into the store directory `dest`; runs alone,
     /// between two commits.
     Backup {
-        dest: std::path::PathBuf,
+        dest: PathBuf,
         engine: Engine,
         tuning: Tuning,
+        reply: oneshot::Sender<Result<BackupReport, StorageError>>,
     },
-    Shutdown,
+    /// Commit what is queued, close the engine, stop; answered once the engine is closed.
+    Shutdown(oneshot::Sender<()>),
 }
 
-/// The committer's answer to one operation.
-#[derive(Debug)]
-pub(crate) enum Reply {
-    Append(AppendOutcome),
-    Ack(AckOutcome),
-    Register(RegisterOutcome),
-    Updated(bool),
-    Sweep(SweepOutcome),
-    Backup(BackupReport),
-    KeysUploaded(UploadOutcome),
-    KeysClaimed(Vec<ClaimedBundle>),
-    Linked(LinkOutcome),
-    /// `None`: no such device.
-    Removed(Option<usize>),
-    Retracted(usize),
-    Done,
-}
-
-/// An operation and where to send its answer.
-pub(crate) struct Request {
-    pub(crate) op: Op,
-    pub(crate) reply: oneshot::Sender<Result<Reply, StorageError>>,
+impl Request {
+    /// Answers the waiter with `e` without doing anything.
+    fn refuse(self, e: StorageError) {
+        match self {
+            Self::Write(job) => job.answer(Some(e)),
+            Self::Backup { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Self::Shutdown(reply) => drop(reply),
+        }
+    }
 }
 
 /// How the committer forms its commits.
@@ -192,6 +90,8 @@ pub(crate) struct Limits {
     pub(crate) link_code_ttl: Duration,
     /// Tell the listener of items when their batch is applied, not after its fsync.
     pub(crate) deliver_before_fsync: bool,
+    /// Undelivered items and dedup keys older than this are swept.
+    pub(crate) retention: Duration,
 }
 
 /// Opens the store's engine afresh from its files (after a failure).
@@ -212,7 +112,6 @@ pub(crate) fn spawn(
     slot: Arc<EngineSlot>,
     home: EngineHome,
     limits: Limits,
-    retention: Duration,
     listener: Option<CommitListener>,
     stats: Arc<StoreStats>,
     health: Arc<HealthCell>,
@@ -226,18 +125,10 @@ pub(crate) fn spawn(
         home,
         health,
         next_reopen: None,
-        reopened: false,
-        usage: HashMap::new(),
-        contacts: HashMap::new(),
-        contact_count: 0,
-        seqs: HashMap::new(),
-        acked_floor: HashMap::new(),
-        unacked: UnackedLog::new(UNACKED_LOG_LIMIT),
-        devices: HashMap::new(),
+        mem: Memory::new(UNACKED_LOG_LIMIT),
         listener,
         stats,
         limits,
-        retention_ms: retention.as_millis() as u64,
         unsynced: Unsynced::default(),
         last_sync: None,
         syncing: false,
@@ -310,7 +201,7 @@ impl Handle {
     /// Applies `req` on this thread if that cannot reorder it behind anything; gives it back
     /// when it must be queued instead. Never blocks on the committer: a busy lock means queue.
     fn try_apply_here(&self, req: Request) -> Option<Request> {
-        if !applies_inline(&req.op) || !self.is_alive() {
+        if !applies_inline(&req) || !self.is_alive() {
             return Some(req);
         }
         let Ok(mut core) = self.core.try_lock() else {
@@ -330,7 +221,10 @@ impl Handle {
             return Some(req);
         }
         let was_durable = core.unsynced.since.is_none();
-        core.apply_batch(vec![req]);
+        let Request::Write(job) = req else {
+            return Some(req);
+        };
+        core.apply_batch(vec![job]);
         // A failure arms the reopen timer, which the committer must learn of too.
         let ring = (was_durable && core.unsynced.since.is_some())
             || core.unsynced.answers.len() >= self.max_batch
@@ -352,8 +246,8 @@ const INLINE_OPS_PER_SYNC: u64 = 16;
 
 /// Operations that may be applied on the caller's thread: the small, frequent ones. Sweeps
 /// (up to thousands of deletes), backups and the shutdown always go through the committer.
-fn applies_inline(op: &Op) -> bool {
-    !matches!(op, Op::Sweep { .. } | Op::Backup { .. } | Op::Shutdown)
+fn applies_inline(req: &Request) -> bool {
+    matches!(req, Request::Write(job) if job.class().inline)
 }
 
 /// Locks the committer state. A panic while holding the lock cannot leave it half-written in
@@ -370,6 +264,7 @@ fn run(
     parked: &AtomicBool,
 ) {
     let mut shutting_down = false;
+    let mut shutdown_reply = None;
     while !shutting_down {
         if queued.is_empty() {
             let deadline = {
@@ -398,11 +293,12 @@ fn run(
         let mut writes = Vec::new();
         while writes.len() < c.limits.max_batch {
             let Ok(req) = queued.try_recv() else { break };
-            match req.op {
-                Op::Backup {
+            match req {
+                Request::Backup {
                     dest,
                     engine,
                     tuning,
+                    reply,
                 } => {
                     // The writes queued before the backup are in it, those after it are
                     // not: commit the first, and hold the rest until the copy is verified
@@ -412,17 +308,14 @@ fn run(
                     }
                     c.sync();
                     let r = crate::backup::backup(c.db.as_ref(), engine, tuning, &dest);
-                    let _ = req.reply.send(r.map(Reply::Backup));
+                    let _ = reply.send(r);
                 }
-                Op::Shutdown => {
+                Request::Shutdown(reply) => {
                     shutting_down = true;
-                    writes.push(req);
+                    shutdown_reply = Some(reply);
                     break;
                 }
-                op => writes.push(Request {
-                    op,
-                    reply: req.reply,
-                }),
+                Request::Write(job) => writes.push(job),
             }
         }
         if !writes.is_empty() {
@@ -432,6 +325,9 @@ fn run(
             c.try_reopen();
         }
         if shutting_down {
+            // The last fsync runs even with nothing applied since the one before: what a
+            // caller's thread applied is then surely on disk before the engine closes.
+            c.unsynced.since.get_or_insert_with(Instant::now);
             c.sync();
         } else if c.sync_due() {
             sync_unlocked(c, core);
@@ -445,7 +341,7 @@ fn run(
         // the receiver is gone (below), later submissions fail at once, and a request caught
         // in between is dropped with it, which its waiter also sees as `Closed`.
         while let Ok(r) = queued.try_recv() {
-            let _ = r.reply.send(Err(StorageError::Closed));
+            r.refuse(StorageError::Closed);
         }
     }
     if let Err(e) = c.db.close() {
@@ -455,6 +351,10 @@ fn run(
     // receiver goes with this thread, which `Handle::is_alive` sees; the `syncing` mark keeps
     // a writer that already checked it off the engine.
     c.syncing = true;
+    drop(c);
+    if let Some(reply) = shutdown_reply {
+        let _ = reply.send(());
+    }
 }
 
 /// Runs the owed fsync without holding the lock, so that reads of the committer state are
@@ -469,78 +369,6 @@ fn sync_unlocked(mut c: MutexGuard<'_, Committer>, core: &Mutex<Committer>) {
     c.finish_sync(job, result);
 }
 
-/// Devices of `name` as stored on disk.
-/// Who sent a message, and its id.
-#[derive(Debug, Clone, Copy)]
-struct Sender<'a> {
-    user: &'a str,
-    device: DeviceId,
-    client_msg_id: ClientMsgId,
-}
-
-/// Whether `copies` name each of `devices` (ascending, distinct) exactly once.
-fn names_exactly(copies: &[DeviceEnvelope], devices: &[DeviceId]) -> bool {
-    if copies.len() != devices.len() {
-        return false;
-    }
-    let mut named: Vec<DeviceId> = copies.iter().map(|c| c.device).collect();
-    named.sort_unstable();
-    named == devices
-}
-
-/// Whether acknowledging `item` in `mb` tells its sender "delivered": a message does, except
-/// the copy a sender's own other device gets (that device is not the recipient).
-fn earns_receipt(mb: &MailboxId, item: &StoredItem) -> bool {
-    matches!(item.payload, Payload::Envelope(_))
-        && !(item.from == mb.user && item.from_device != mb.device)
-}
-
-pub(crate) fn devices_on_disk(
-    db: &dyn KvEngine,
-    name: &str,
-) -> Result<Vec<DeviceId>, StorageError> {
-    let prefix = keys::devices_of(name);
-    let mut out = Vec::new();
-    for kv in db.prefix(&prefix) {
-        let (k, _) = kv?;
-        let tail: [u8; 4] = k[prefix.len()..]
-            .try_into()
-            .map_err(|_| StorageError::Corrupt(format!("device key of {name}")))?;
-        out.push(DeviceId(u32::from_be_bytes(tail)));
-    }
-    Ok(out)
-}
-
-/// Seqs a mailbox's counter reserves at a time: the `s` counter on disk is written once per
-/// this many items instead of with every batch that appends to the mailbox (at a sparse load,
-/// where a batch holds one operation, that was two of the ~7 memtable writes of a message). After a crash the mailbox goes on from the mark, leaving a gap
-/// of fewer than this many seqs: seqs only have to grow, clients ack them cumulatively and
-/// nobody counts on them being dense.
-pub const SEQ_RESERVATION: u64 = 256;
-
-/// A mailbox's seqs as the committer allocates them.
-struct SeqState {
-    /// The seq the next item gets.
-    next: u64,
-    /// Every seq at or above this is unused, as written (or about to be) in the `s` counter.
-    reserved: u64,
-}
-
-impl SeqState {
-    /// Takes the next seq; past the reserved mark, raises the mark in this batch's writes.
-    fn allocate(&mut self, pending: &mut Pending, mb: &MailboxId) -> ServerSeq {
-        let seq = self.next;
-        self.next += 1;
-        if seq >= self.reserved {
-            self.reserved = seq + SEQ_RESERVATION;
-            pending.seq_marks.insert(mb.clone(), self.reserved);
-        }
-        ServerSeq(seq)
-    }
-}
-
-/// Acks spanning fewer seqs than this read each item by key instead of scanning a range.
-const POINT_ACK_LIMIT: u64 = 64;
 /// Unacknowledged items the committer remembers so that their acks need no reads (about
 /// 100 bytes each: ~13 MB at the limit).
 const UNACKED_LOG_LIMIT: usize = 131_072;
@@ -558,34 +386,11 @@ struct Committer {
     next_reopen: Option<Instant>,
     /// When to look at the free space again (with no write to trigger a look).
     recheck_at: Option<Instant>,
-    /// The engine was reopened after a failure in this process (see `next_seq`).
-    reopened: bool,
-    /// Items and record bytes per device mailbox, loaded by a scan on first use.
-    usage: HashMap<MailboxId, Usage>,
-    /// Contact marks known to be written (see `keys::contact`).
-    /// Per sender, the recipients it is known to have a mark for.
-    contacts: HashMap<String, HashSet<String>>,
-    /// Marks held in `contacts`, for its bound.
-    contact_count: usize,
-    /// Next seq and reserved mark per mailbox, loaded lazily from the `s` counters.
-    seqs: HashMap<MailboxId, SeqState>,
-    /// Per mailbox, a seq at or below which every item is known deleted (by an earlier ack in
-    /// this process). Acks scan from just above it: in an LSM engine the deleted items stay
-    /// as tombstones until compaction, and scanning from seq 0 walked all of them on every
-    /// ack (a third of the edge's CPU at 4,000 msgs/s on fjall). Seqs only grow, so nothing
-    /// can appear below it later. Cleared with `seqs` when a commit fails.
-    acked_floor: HashMap<MailboxId, u64>,
-    /// Devices per user as committed, loaded lazily, so that an append needs no prefix scan
-    /// (the scan was a fifth of the committer's time on fjall). Only the committer adds
-    /// devices, so it keeps this exact: see `commit`.
-    devices: HashMap<String, Vec<DeviceId>>,
-    /// Items stored by this process and not acknowledged yet: acks of them need no reads.
-    /// Cleared when a commit fails or a sweep deletes items.
-    unacked: UnackedLog,
+    /// What the committer remembers of the engine between batches (seqs, usage, devices).
+    mem: Memory,
     listener: Option<CommitListener>,
     stats: Arc<StoreStats>,
     limits: Limits,
-    retention_ms: u64,
     /// Applied writes not yet fsync'd, and the answers waiting for that fsync.
     unsynced: Unsynced,
     /// When the last fsync began.
@@ -594,12 +399,6 @@ struct Committer {
     syncing: bool,
 }
 
-/// An answer to give once its operation is durable.
-type Answer = (
-    oneshot::Sender<Result<Reply, StorageError>>,
-    Result<Reply, StorageError>,
-);
-
 /// What the next fsync makes durable.
 #[derive(Default)]
 struct Unsynced {
@@ -607,73 +406,16 @@ struct Unsynced {
     since: Option<Instant>,
     /// Operations applied since the last fsync (the acks answered early among them).
     ops: u64,
-    /// Answers that promise durability, given after the fsync.
-    answers: Vec<Answer>,
+    /// Writes whose answers promise durability, answered after the fsync.
+    answers: Vec<Box<dyn Job>>,
     /// Items for the listener, told after the fsync (never about writes that did not last).
     events: Vec<(MailboxId, ServerSeq, StoredItem)>,
-}
-
-/// What one device mailbox holds.
-#[derive(Debug, Clone, Default)]
-struct Usage {
-    items: u64,
-    bytes: u64,
-    /// Envelopes (items, record bytes) per sender: one sender may fill only a share of a
-    /// mailbox.
-    by_sender: HashMap<String, (u64, u64)>,
 }
 
 /// One fsync in progress: what it covers and when it began.
 struct SyncJob {
     unsynced: Unsynced,
     started: Instant,
-}
-
-/// Whether `op` only adds data, and is refused below the free-space watermark. Acks, expiry
-/// and user-record updates go on: the first two free space, the last is a few bytes.
-fn adds_data(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Append { .. }
-            | Op::Register { .. }
-            | Op::AddInvite { .. }
-            | Op::AddDevice { .. }
-            | Op::UploadKeys(_)
-            | Op::CreateLinkCode { .. }
-            | Op::LinkDevice { .. }
-    )
-}
-
-/// Whether `op`'s answer may go out before its batch is fsync'd. An ack only deletes
-/// delivered items (and queues receipts): should a crash undo it, the items are delivered
-/// again and the recipient's SDK drops what it has seen, so nobody needs to wait for its fsync.
-fn answer_before_sync(op: &Op) -> bool {
-    matches!(op, Op::Ack { .. })
-}
-
-/// What the operations of the current batch have written so far, so that later operations in
-/// the same batch see it (the tree only changes when the batch is applied).
-#[derive(Default)]
-struct Pending {
-    dedup: HashMap<Vec<u8>, u64>,
-    users: HashMap<String, UserRecord>,
-    devices: HashMap<String, Vec<DeviceId>>,
-    used_invites: HashSet<String>,
-    new_invites: HashSet<String>,
-    deleted: HashSet<Vec<u8>>,
-    /// One-time keys handed out by claims in this batch (deleted when it is applied).
-    claimed_keys: HashSet<Vec<u8>>,
-    /// Link codes used by this batch.
-    used_link_codes: HashSet<String>,
-    /// Devices removed by this batch.
-    removed_devices: HashSet<(String, DeviceId)>,
-    /// Items deleted by acks answered from the unacked log (not in `deleted`).
-    deleted_logged: u64,
-    events: Vec<(MailboxId, ServerSeq, StoredItem)>,
-    /// The new reserved mark of every mailbox this batch raised one for (see `next_seq`).
-    seq_marks: HashMap<MailboxId, u64>,
-    /// A sweep deleted items without counting them: usage is counted afresh after the batch.
-    usage_stale: bool,
 }
 
 impl Committer {
@@ -698,13 +440,13 @@ impl Committer {
         }
     }
 
-    /// Builds one batch from `reqs`, applies it, and tells the listener about its items (live
+    /// Builds one batch from `jobs`, applies it, and tells the listener about its items (live
     /// recipients get them before the fsync). Answers that need no fsync go out now, the rest
     /// wait in `unsynced` for [`Committer::sync`].
-    fn apply_batch(&mut self, reqs: Vec<Request>) {
+    fn apply_batch(&mut self, jobs: Vec<Box<dyn Job>>) {
         if self.next_reopen.is_some() {
-            for req in reqs {
-                let _ = req.reply.send(Err(StorageError::Unavailable(
+            for job in jobs {
+                job.answer(Some(StorageError::Unavailable(
                     "storage failed and is being reopened".into(),
                 )));
             }
@@ -713,31 +455,40 @@ impl Committer {
         let low_space = self.space_is_low();
         let mut batch = WriteBatch::default();
         let mut pending = Pending::default();
-        let mut answers = Vec::with_capacity(reqs.len());
+        let mut applied_jobs = Vec::with_capacity(jobs.len());
         let build_started = Instant::now();
-        for req in reqs {
-            if low_space && adds_data(&req.op) {
-                let _ = req.reply.send(Err(StorageError::Unavailable(
-                    "free disk space is below the watermark".into(),
-                )));
-                continue;
+        {
+            let mut tx = Tx::new(
+                self.db.as_ref(),
+                &mut batch,
+                &mut pending,
+                &mut self.mem,
+                &self.limits,
+            );
+            for mut job in jobs {
+                let class = job.class();
+                if low_space && class.adds_data {
+                    job.answer(Some(StorageError::Unavailable(
+                        "free disk space is below the watermark".into(),
+                    )));
+                    continue;
+                }
+                job.apply(&mut tx);
+                applied_jobs.push((class.answer_before_sync, job));
             }
-            let early = answer_before_sync(&req.op);
-            let r = self.apply(&mut batch, &mut pending, req.op);
-            answers.push((early, req.reply, r));
         }
         for (mb, mark) in pending.seq_marks.drain() {
             batch.insert(keys::seq_counter(&mb), mark.to_be_bytes());
         }
-        if answers.is_empty() {
+        if applied_jobs.is_empty() {
             return;
         }
         let applied = self.db.apply(batch);
         self.stats
             .record_build(build_started.elapsed().as_micros() as u64);
         if let Err(e) = applied {
-            for (_, reply, _) in answers {
-                let _ = reply.send(Err(StorageError::Unavailable(format!(
+            for (_, job) in applied_jobs {
+                job.answer(Some(StorageError::Unavailable(format!(
                     "the write failed: {e}"
                 ))));
             }
@@ -747,12 +498,11 @@ impl Committer {
         self.stats
             .items_appended
             .fetch_add(pending.events.len() as u64, Ordering::Relaxed);
-        self.stats.items_deleted.fetch_add(
-            pending.deleted.len() as u64 + pending.deleted_logged,
-            Ordering::Relaxed,
-        );
-        if pending.usage_stale || self.usage.len() > USAGE_CACHE_LIMIT {
-            self.usage.clear();
+        self.stats
+            .items_deleted
+            .fetch_add(pending.deleted + pending.deleted_logged, Ordering::Relaxed);
+        if pending.usage_stale || self.mem.usage.len() > USAGE_CACHE_LIMIT {
+            self.mem.usage.clear();
         }
         // A removed device took its mailbox, keys and counters with it: what the committer
         // remembers of the engine is read again (removals are rare).
@@ -761,7 +511,7 @@ impl Committer {
         }
         // Devices added by this batch are in the engine now (a failed fsync clears the cache).
         for (user, added) in pending.devices.drain() {
-            if let Some(devs) = self.devices.get_mut(&user) {
+            if let Some(devs) = self.mem.devices.get_mut(&user) {
                 for d in added {
                     if !devs.contains(&d) {
                         devs.push(d);
@@ -783,12 +533,12 @@ impl Committer {
             self.unsynced.events.append(&mut pending.events);
         }
         self.unsynced.since.get_or_insert_with(Instant::now);
-        self.unsynced.ops += answers.len() as u64;
-        for (early, reply, r) in answers {
+        self.unsynced.ops += applied_jobs.len() as u64;
+        for (early, job) in applied_jobs {
             if early {
-                let _ = reply.send(r);
+                job.answer(None);
             } else {
-                self.unsynced.answers.push((reply, r));
+                self.unsynced.answers.push(job);
             }
         }
     }
@@ -831,13 +581,13 @@ impl Committer {
                         listener(mb, *seq, item);
                     }
                 }
-                for (reply, r) in unsynced.answers {
-                    let _ = reply.send(r);
+                for job in unsynced.answers {
+                    job.answer(None);
                 }
             }
             Err(e) => {
-                for (reply, _) in unsynced.answers {
-                    let _ = reply.send(Err(StorageError::Unavailable(format!(
+                for job in unsynced.answers {
+                    job.answer(Some(StorageError::Unavailable(format!(
                         "the fsync failed: {e}"
                     ))));
                 }
@@ -857,8 +607,8 @@ impl Committer {
         );
         self.forget_caches();
         let unsynced = std::mem::take(&mut self.unsynced);
-        for (reply, _) in unsynced.answers {
-            let _ = reply.send(Err(StorageError::Unavailable(format!(
+        for job in unsynced.answers {
+            job.answer(Some(StorageError::Unavailable(format!(
                 "an earlier write failed: {e}"
             ))));
         }
@@ -900,7 +650,7 @@ impl Committer {
                 self.db = db.clone();
                 drop(self.slot.replace(db));
                 self.next_reopen = None;
-                self.reopened = true;
+                self.mem.reopened = true;
                 self.health.set(StorageHealth::Ok, "");
                 self.stats.reopens.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("storage engine reopened: taking writes again");
@@ -941,776 +691,7 @@ impl Committer {
     /// Drops what the committer remembers of the engine's state, after a write that may or
     /// may not have landed: seq counters may have advanced in memory for writes that never did.
     fn forget_caches(&mut self) {
-        self.usage.clear();
-        self.contacts.clear();
-        self.contact_count = 0;
-        self.seqs.clear();
-        self.acked_floor.clear();
-        self.unacked.clear();
-        self.devices.clear();
-    }
-
-    fn apply(
-        &mut self,
-        batch: &mut WriteBatch,
-        pending: &mut Pending,
-        op: Op,
-    ) -> Result<Reply, StorageError> {
-        match op {
-            Op::Append {
-                from,
-                from_device,
-                client_msg_id,
-                to,
-                envelopes,
-                own,
-                expires_in_secs,
-                now_ms,
-            } => self
-                .append(
-                    batch,
-                    pending,
-                    Sender {
-                        user: &from,
-                        device: from_device,
-                        client_msg_id,
-                    },
-                    &to,
-                    (envelopes, own),
-                    expires_in_secs,
-                    now_ms,
-                )
-                .map(Reply::Append),
-            Op::Ack {
-                mailbox,
-                up_to,
-                now_ms,
-            } => self
-                .ack(batch, pending, &mailbox, up_to, now_ms)
-                .map(Reply::Ack),
-            Op::Register {
-                user,
-                device,
-                key,
-                invite,
-                require_invite,
-                now_ms,
-            } => self
-                .register(
-                    batch,
-                    pending,
-                    &user,
-                    device,
-                    key,
-                    invite,
-                    require_invite,
-                    now_ms,
-                )
-                .map(Reply::Register),
-            Op::UpdateUser { user, update } => {
-                let Some(mut rec) = self.user_record(pending, &user)? else {
-                    return Ok(Reply::Updated(false));
-                };
-                match update {
-                    UserUpdate::Visibility(v) => rec.visibility = v,
-                    UserUpdate::LastSeen(ms) => rec.last_seen_ms = rec.last_seen_ms.max(ms),
-                    UserUpdate::Disabled(d) => rec.disabled = d,
-                }
-                batch.insert(keys::user(&user), encode(&rec)?);
-                pending.users.insert(user, rec);
-                Ok(Reply::Updated(true))
-            }
-            Op::AddInvite { token, now_ms } => {
-                batch.insert(keys::invite(&token), now_ms.to_be_bytes());
-                pending.used_invites.remove(&token);
-                pending.new_invites.insert(token);
-                Ok(Reply::Done)
-            }
-            Op::AddDevice { user, device, key } => {
-                if self.user_record(pending, &user)?.is_none()
-                    || self.devices(pending, &user)?.contains(&device)
-                {
-                    return Ok(Reply::Updated(false));
-                }
-                batch.insert(keys::device(&user, device), key);
-                pending.devices.entry(user).or_default().push(device);
-                Ok(Reply::Updated(true))
-            }
-            Op::UploadKeys(upload) => {
-                let exists = self
-                    .devices(pending, &upload.user)?
-                    .contains(&upload.device);
-                key_directory::upload(
-                    self.db.as_ref(),
-                    batch,
-                    &pending.claimed_keys,
-                    exists,
-                    upload,
-                )
-                .map(Reply::KeysUploaded)
-            }
-            Op::ClaimKeys { user } => {
-                let devices = self.devices(pending, &user)?;
-                key_directory::claim(
-                    self.db.as_ref(),
-                    batch,
-                    &mut pending.claimed_keys,
-                    &user,
-                    &devices,
-                )
-                .map(Reply::KeysClaimed)
-            }
-            Op::CreateLinkCode { user, code, now_ms } => {
-                if self.user_record(pending, &user)?.is_none() {
-                    return Ok(Reply::Updated(false));
-                }
-                batch.insert(
-                    keys::link_code(&code),
-                    device_registry::link_code_value(&user, now_ms),
-                );
-                Ok(Reply::Updated(true))
-            }
-            Op::LinkDevice {
-                user,
-                code,
-                key,
-                max_devices,
-                now_ms,
-            } => {
-                let devices = self.devices(pending, &user)?;
-                let outcome = device_registry::link(
-                    self.db.as_ref(),
-                    batch,
-                    &mut pending.used_link_codes,
-                    (&user, &code, key),
-                    &devices,
-                    max_devices,
-                    self.limits.link_code_ttl.as_millis() as u64,
-                    now_ms,
-                )?;
-                if let LinkOutcome::Linked(device) = outcome {
-                    pending.devices.entry(user).or_default().push(device);
-                }
-                Ok(Reply::Linked(outcome))
-            }
-            Op::RemoveDevice { user, device } => {
-                let devices = self.devices(pending, &user)?;
-                if !devices.contains(&device) {
-                    return Ok(Reply::Removed(None));
-                }
-                let items =
-                    device_registry::remove(self.db.as_ref(), batch, &user, device, &devices)?;
-                pending.removed_devices.insert((user, device));
-                Ok(Reply::Removed(Some(items)))
-            }
-            Op::Retract {
-                from,
-                client_msg_id,
-                to,
-            } => {
-                let mut mailboxes: Vec<MailboxId> = self
-                    .devices(pending, &to)?
-                    .into_iter()
-                    .map(|d| MailboxId::new(to.clone(), d))
-                    .collect();
-                if from != to {
-                    mailboxes.extend(
-                        self.devices(pending, &from)?
-                            .into_iter()
-                            .map(|d| MailboxId::new(from.clone(), d)),
-                    );
-                }
-                let mut removed = 0;
-                for mb in &mailboxes {
-                    for kv in self.db.prefix(&keys::mailbox_prefix(mb)) {
-                        let (k, v) = kv?;
-                        if pending.deleted.contains(&k) {
-                            continue;
-                        }
-                        let Ok(item) = decode_item(&v) else { continue };
-                        if item.from == from
-                            && item.client_msg_id == client_msg_id
-                            && matches!(item.payload, Payload::Envelope(_))
-                        {
-                            batch.remove(k.clone());
-                            pending.deleted.insert(k);
-                            removed += 1;
-                        }
-                    }
-                }
-                if removed > 0 {
-                    // Deleted outside the usage and unacked bookkeeping: counted afresh.
-                    pending.usage_stale = true;
-                    self.unacked.clear();
-                }
-                Ok(Reply::Retracted(removed))
-            }
-            Op::Expire { now_ms } => {
-                let mut out = SweepOutcome::default();
-                self.expire(batch, pending, now_ms, &mut out)?;
-                Ok(Reply::Sweep(out))
-            }
-            Op::Sweep { now_ms } => self.sweep(batch, pending, now_ms).map(Reply::Sweep),
-            // `run` takes backups out of the batch before it gets here.
-            Op::Backup { .. } => Err(StorageError::Backup(
-                "a backup cannot be part of a batch".into(),
-            )),
-            Op::Shutdown => Ok(Reply::Done),
-        }
-    }
-
-    fn user_record(
-        &self,
-        pending: &Pending,
-        user: &str,
-    ) -> Result<Option<UserRecord>, StorageError> {
-        if let Some(r) = pending.users.get(user) {
-            return Ok(Some(r.clone()));
-        }
-        match self.db.get(&keys::user(user))? {
-            Some(v) => Ok(Some(decode_user(&v)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Devices of `user`: committed ones (cached) plus those added earlier in this batch.
-    fn devices(&mut self, pending: &Pending, user: &str) -> Result<Vec<DeviceId>, StorageError> {
-        let mut devs = match self.devices.get(user) {
-            Some(devs) => devs.clone(),
-            None => {
-                let devs = devices_on_disk(self.db.as_ref(), user)?;
-                if self.devices.len() >= DEVICE_CACHE_LIMIT {
-                    self.devices.clear();
-                }
-                self.devices.insert(user.to_owned(), devs.clone());
-                devs
-            }
-        };
-        if let Some(extra) = pending.devices.get(user) {
-            for d in extra {
-                if !devs.contains(d) {
-                    devs.push(*d);
-                }
-            }
-            devs.sort_unstable();
-        }
-        if !pending.removed_devices.is_empty() {
-            devs.retain(|d| !pending.removed_devices.contains(&(user.to_owned(), *d)));
-        }
-        Ok(devs)
-    }
-
-    /// The next seq of `mb`. The mailbox's counter on disk is a mark every seq at or above
-    /// which is unused; it is raised by [`SEQ_RESERVATION`] (in the batch that takes the first
-    /// seq past it) rather than written with every batch.
-    fn next_seq(
-        &mut self,
-        pending: &mut Pending,
-        mb: &MailboxId,
-    ) -> Result<ServerSeq, StorageError> {
-        if let Some(state) = self.seqs.get_mut(mb) {
-            return Ok(state.allocate(pending, mb));
-        }
-        let mut mark = match self.db.get(&keys::seq_counter(mb))? {
-            Some(v) => keys::be_u64(&v)
-                .ok_or_else(|| StorageError::Corrupt(format!("seq counter of {mb}")))?,
-            None => 1,
-        };
-        if self.reopened {
-            // A live session may have read items of a failed batch (applied, never durable)
-            // whose seqs lie above the mark on disk; it skips seqs below what it delivered.
-            // Past a reopen, seqs go on a whole reservation above the mark: a gap, never a
-            // reuse.
-            mark += SEQ_RESERVATION;
-        }
-        let mut state = SeqState {
-            next: mark,
-            reserved: mark,
-        };
-        let seq = state.allocate(pending, mb);
-        self.seqs.insert(mb.clone(), state);
-        Ok(seq)
-    }
-
-    /// What `mb` holds (items, record bytes), counted by a scan the first time it is needed.
-    fn usage(&mut self, mb: &MailboxId) -> Result<&mut Usage, StorageError> {
-        if !self.usage.contains_key(mb) {
-            let mut counted = Usage::default();
-            for kv in self.db.prefix(&keys::mailbox_prefix(mb)) {
-                let (_, v) = kv?;
-                counted.items += 1;
-                counted.bytes += v.len() as u64;
-                // A damaged item counts for the mailbox, not for any sender.
-                if let Ok(item) = decode_item(&v) {
-                    if matches!(item.payload, Payload::Envelope(_)) {
-                        let share = counted.by_sender.entry(item.from).or_default();
-                        share.0 += 1;
-                        share.1 += v.len() as u64;
-                    }
-                }
-            }
-            // Not bounded here: dropping counts in the middle of a batch would lose its own
-            // pending writes; `apply_batch` bounds the map after each batch.
-            self.usage.insert(mb.clone(), counted);
-        }
-        self.usage
-            .get_mut(mb)
-            .ok_or_else(|| StorageError::Db("mailbox usage vanished".into()))
-    }
-
-    /// Takes a deleted item of `mb` (an envelope of `sender`, or a receipt) off its usage,
-    /// when the usage is loaded (otherwise the next scan counts without it).
-    fn unuse(&mut self, mb: &MailboxId, bytes: u64, sender: Option<&str>) {
-        if let Some(u) = self.usage.get_mut(mb) {
-            u.items = u.items.saturating_sub(1);
-            u.bytes = u.bytes.saturating_sub(bytes);
-            if let Some(share) = sender.and_then(|s| u.by_sender.get_mut(s)) {
-                share.0 = share.0.saturating_sub(1);
-                share.1 = share.1.saturating_sub(bytes);
-                if share.0 == 0 {
-                    if let Some(s) = sender {
-                        u.by_sender.remove(s);
-                    }
-                }
-            }
-        }
-    }
-
-    fn push_item(
-        &mut self,
-        batch: &mut WriteBatch,
-        pending: &mut Pending,
-        mb: MailboxId,
-        item: StoredItem,
-    ) -> Result<ServerSeq, StorageError> {
-        let seq = self.next_seq(pending, &mb)?;
-        let record = encode(&item)?;
-        let bytes = record.len() as u64;
-        batch.insert(keys::mailbox_item(&mb, seq), record);
-        let usage = self.usage(&mb)?;
-        usage.items += 1;
-        usage.bytes += bytes;
-        if matches!(item.payload, Payload::Envelope(_)) {
-            // A sender already counted here (the common case) costs no allocation.
-            match usage.by_sender.get_mut(&item.from) {
-                Some(share) => *share = (share.0 + 1, share.1 + bytes),
-                None => {
-                    usage.by_sender.insert(item.from.clone(), (1, bytes));
-                }
-            }
-        }
-        let receipt_to = earns_receipt(&mb, &item).then(|| (item.from.clone(), item.client_msg_id));
-        self.unacked.stored(
-            &mb,
-            LoggedItem {
-                seq: seq.0,
-                receipt_to,
-                bytes,
-            },
-        );
-        pending.events.push((mb, seq, item));
-        Ok(seq)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn append(
-        &mut self,
-        batch: &mut WriteBatch,
-        pending: &mut Pending,
-        sender: Sender<'_>,
-        to: &str,
-        (envelopes, own): (Vec<DeviceEnvelope>, Vec<DeviceEnvelope>),
-        expires_in_secs: u32,
-        now_ms: u64,
-    ) -> Result<AppendOutcome, StorageError> {
-        let Sender {
-            user: from,
-            device: from_device,
-            client_msg_id,
-        } = sender;
-        let dedup_key = keys::dedup(from, from_device, &client_msg_id);
-        if let Some(ts) = pending.dedup.get(&dedup_key) {
-            return Ok(AppendOutcome::Duplicate { server_ts_ms: *ts });
-        }
-        if let Some(v) = self.db.get(&dedup_key)? {
-            let ts = keys::be_u64(&v).unwrap_or(0);
-            return Ok(AppendOutcome::Duplicate { server_ts_ms: ts });
-        }
-        let recipients = self.devices(pending, to)?;
-        if recipients.is_empty() {
-            return Ok(AppendOutcome::UnknownRecipient);
-        }
-        // Checked here, in the batch that writes, so a device linked or removed a moment ago
-        // is never missed: every device gets its own copy or nobody gets one.
-        let mut current = Vec::new();
-        if !names_exactly(&envelopes, &recipients) {
-            current.push(UserDevices {
-                user: to.to_owned(),
-                devices: recipients,
-            });
-        }
-        let mine = if from == to {
-            Vec::new()
-        } else {
-            self.devices(pending, from)?
-        };
-        let others: Vec<DeviceId> = mine.iter().copied().filter(|d| *d != from_device).collect();
-        if !names_exactly(&own, &others) {
-            current.push(UserDevices {
-                user: from.to_owned(),
-                devices: mine,
-            });
-        }
-        if !current.is_empty() {
-            return Ok(AppendOutcome::DeviceMismatch(current));
-        }
-        let copies: Vec<(MailboxId, Vec<u8>)> = envelopes
-            .into_iter()
-            .map(|c| (MailboxId::new(to, c.device), c.envelope))
-            .chain(
-                own.into_iter()
-                    .map(|c| (MailboxId::new(from, c.device), c.envelope)),
-            )
-            .collect();
-        // Nothing is written unless every device mailbox has room for its copy.
-        let limits = self.limits;
-        for (mb, envelope) in &copies {
-            let len = envelope.len() as u64;
-            let u = self.usage(mb)?;
-            let (mine, my_bytes) = u.by_sender.get(from).copied().unwrap_or_default();
-            if u.items >= limits.mailbox_max_items
-                || u.bytes.saturating_add(len) > limits.mailbox_max_bytes
-                || mine >= limits.mailbox_max_items_per_sender
-                || my_bytes.saturating_add(len) > limits.mailbox_max_bytes_per_sender
-            {
-                return Ok(AppendOutcome::MailboxFull);
-            }
-        }
-        self.mark_contact(batch, from, to, now_ms)?;
-        let n = copies.len();
-        for (mb, envelope) in copies {
-            let item = StoredItem {
-                from: from.to_owned(),
-                from_device,
-                client_msg_id,
-                server_ts_ms: now_ms,
-                payload: Payload::Envelope(envelope),
-            };
-            let seq = self.push_item(batch, pending, mb.clone(), item)?;
-            if expires_in_secs > 0 {
-                let at = now_ms.saturating_add(u64::from(expires_in_secs) * 1000);
-                batch.insert(keys::expiry(at, &keys::mailbox_item(&mb, seq)), Vec::new());
-            }
-        }
-        batch.insert(dedup_key.clone(), now_ms.to_be_bytes());
-        pending.dedup.insert(dedup_key, now_ms);
-        Ok(AppendOutcome::Stored {
-            server_ts_ms: now_ms,
-            devices: n,
-        })
-    }
-
-    /// Writes that `from` has messaged `to` (once: later sends find it in the cache or the
-    /// engine). Presence and typing between users follow these marks.
-    fn mark_contact(
-        &mut self,
-        batch: &mut WriteBatch,
-        from: &str,
-        to: &str,
-        now_ms: u64,
-    ) -> Result<(), StorageError> {
-        // The common case, a known pair, allocates nothing.
-        if from == to
-            || self
-                .contacts
-                .get(from)
-                .is_some_and(|known| known.contains(to))
-        {
-            return Ok(());
-        }
-        let key = keys::contact(from, to);
-        if self.db.get(&key)?.is_none() {
-            batch.insert(key, now_ms.to_be_bytes());
-        }
-        if self.contact_count >= CONTACT_CACHE_LIMIT {
-            self.contacts.clear();
-            self.contact_count = 0;
-        }
-        self.contacts
-            .entry(from.to_owned())
-            .or_default()
-            .insert(to.to_owned());
-        self.contact_count += 1;
-        Ok(())
-    }
-
-    fn ack(
-        &mut self,
-        batch: &mut WriteBatch,
-        pending: &mut Pending,
-        mb: &MailboxId,
-        up_to: ServerSeq,
-        now_ms: u64,
-    ) -> Result<AckOutcome, StorageError> {
-        let floor = self.acked_floor.get(mb).copied().unwrap_or(0);
-        if up_to.0 <= floor && floor > 0 {
-            return Ok(AckOutcome::default());
-        }
-        let first = floor.saturating_add(1).min(up_to.0);
-        // Counted before this batch deletes anything: a scan later in the batch would still
-        // see the items deleted here (the engine changes only when the batch is applied).
-        self.usage(mb)?;
-        let mut out = AckOutcome::default();
-        let mut receipts = Vec::new();
-        let mut acked = Vec::new();
-        if let Taken::Exact(items) = self.unacked.take_acked(mb, first, up_to.0) {
-            for item in items {
-                batch.remove_written_once(keys::mailbox_item(mb, ServerSeq(item.seq)));
-                let sender = item.receipt_to.as_ref().map(|(s, _)| s.as_str());
-                self.unuse(mb, item.bytes, sender);
-                pending.deleted_logged += 1;
-                out.deleted += 1;
-                receipts.extend(item.receipt_to);
-            }
-        } else if up_to.0 - first < POINT_ACK_LIMIT {
-            // A short span: point reads (bloom filters skip the tables that cannot hold the
-            // key) cost far less than setting up a merged range scan over every table.
-            for seq in first..=up_to.0 {
-                let k = keys::mailbox_item(mb, ServerSeq(seq));
-                if let Some(v) = self.db.get(&k)? {
-                    acked.push((k, v));
-                }
-            }
-        } else {
-            let start = keys::mailbox_item(mb, ServerSeq(first));
-            let end = keys::mailbox_item(mb, up_to);
-            for kv in self.db.range(Bound::Included(start), Bound::Included(end)) {
-                acked.push(kv?);
-            }
-        }
-        for (k, v) in acked {
-            if !pending.deleted.insert(k.clone()) {
-                continue; // already acked earlier in this batch
-            }
-            batch.remove_written_once(k);
-            out.deleted += 1;
-            // A damaged item is still deleted, it just cannot produce a receipt.
-            match decode_item(&v) {
-                Ok(item) if matches!(item.payload, Payload::Envelope(_)) => {
-                    self.unuse(mb, v.len() as u64, Some(&item.from));
-                    if earns_receipt(mb, &item) {
-                        receipts.push((item.from, item.client_msg_id))
-                    }
-                }
-                Ok(_) => self.unuse(mb, v.len() as u64, None),
-                Err(e) => {
-                    self.unuse(mb, v.len() as u64, None);
-                    tracing::warn!(mailbox = %mb, error = %e, "acked a damaged item")
-                }
-            }
-        }
-        match self.acked_floor.get_mut(mb) {
-            Some(f) => *f = (*f).max(up_to.0),
-            None => {
-                self.acked_floor.insert(mb.clone(), up_to.0);
-            }
-        }
-        for (sender, client_msg_id) in receipts {
-            for device in self.devices(pending, &sender)? {
-                let item = StoredItem {
-                    from: mb.user.clone(),
-                    from_device: mb.device,
-                    client_msg_id,
-                    server_ts_ms: now_ms,
-                    payload: Payload::Delivered,
-                };
-                self.push_item(batch, pending, MailboxId::new(sender.clone(), device), item)?;
-                out.receipts += 1;
-            }
-        }
-        Ok(out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn register(
-        &mut self,
-        batch: &mut WriteBatch,
-        pending: &mut Pending,
-        user: &str,
-        device: DeviceId,
-        key: [u8; 32],
-        invite: Option<String>,
-        require_invite: bool,
-        now_ms: u64,
-    ) -> Result<RegisterOutcome, StorageError> {
-        if self.user_record(pending, user)?.is_some() {
-            return Ok(RegisterOutcome::Taken);
-        }
-        if require_invite {
-            let Some(token) = invite else {
-                return Ok(RegisterOutcome::InviteInvalid);
-            };
-            let ttl_ms = self.limits.invite_ttl.as_millis() as u64;
-            let valid = pending.new_invites.contains(&token)
-                || self
-                    .db
-                    .get(&keys::invite(&token))?
-                    .and_then(|v| keys::be_u64(&v))
-                    .is_some_and(|created| now_ms.saturating_sub(created) <= ttl_ms);
-            if !valid || pending.used_invites.contains(&token) {
-                return Ok(RegisterOutcome::InviteInvalid);
-            }
-            batch.remove(keys::invite(&token));
-            pending.new_invites.remove(&token);
-            pending.used_invites.insert(token);
-        }
-        let rec = UserRecord {
-            created_ms: now_ms,
-            visibility: Visibility::Everyone,
-            last_seen_ms: 0,
-            disabled: false,
-        };
-        batch.insert(keys::user(user), encode(&rec)?);
-        batch.insert(keys::device(user, device), key);
-        pending.users.insert(user.to_owned(), rec);
-        pending
-            .devices
-            .entry(user.to_owned())
-            .or_default()
-            .push(device);
-        Ok(RegisterOutcome::Created)
-    }
-
-    /// Drops the disappearing messages whose timer ran out (the index is ordered by time, so
-    /// this reads only what is due). Bounded like a sweep step.
-    fn expire(
-        &mut self,
-        batch: &mut WriteBatch,
-        pending: &mut Pending,
-        now_ms: u64,
-        out: &mut SweepOutcome,
-    ) -> Result<(), StorageError> {
-        let mut expired = Vec::new();
-        for kv in self.db.prefix(&[keys::EXPIRY]) {
-            let (k, _) = kv?;
-            match keys::parse_expiry(&k) {
-                Some((at, _)) if at > now_ms => break,
-                _ => expired.push(k),
-            }
-            if expired.len() >= SWEEP_STEP_LIMIT {
-                out.more = true;
-                break;
-            }
-        }
-        for k in expired {
-            if let Some((_, item)) = keys::parse_expiry(&k) {
-                // Gone already when it was delivered and acknowledged.
-                if !pending.deleted.contains(item) && self.db.get(item)?.is_some() {
-                    batch.remove(item.to_vec());
-                    pending.deleted.insert(item.to_vec());
-                    pending.usage_stale = true;
-                    out.items += 1;
-                }
-            }
-            batch.remove(k);
-        }
-        if pending.usage_stale {
-            // Deleted outside the unacked log: acks look items up again.
-            self.unacked.clear();
-        }
-        Ok(())
-    }
-
-    fn sweep(
-        &mut self,
-        batch: &mut WriteBatch,
-        pending: &mut Pending,
-        now_ms: u64,
-    ) -> Result<SweepOutcome, StorageError> {
-        let cutoff = now_ms.saturating_sub(self.retention_ms);
-        let mut out = SweepOutcome::default();
-        // Expired items leave the mailboxes without an ack: the log would name them. The
-        // usage counts are dropped once the batch is applied (see `apply_batch`): dropped
-        // now, an append later in this batch would count items this sweep deletes.
-        self.unacked.clear();
-        pending.usage_stale = true;
-        // Mailbox items: seq order within a mailbox follows store time, so after the first
-        // young item of a mailbox we jump to the next mailbox.
-        let mut from: Bound<Vec<u8>> = Bound::Included(vec![keys::MAILBOX]);
-        'mailboxes: loop {
-            let mut iter = self.db.range(from.clone(), Bound::Unbounded);
-            loop {
-                let Some(kv) = iter.next() else {
-                    break 'mailboxes;
-                };
-                let (k, v) = kv?;
-                if k.first() != Some(&keys::MAILBOX) {
-                    break 'mailboxes;
-                }
-                let Some((mb, _)) = keys::parse_mailbox_item(&k) else {
-                    continue;
-                };
-                let expired = decode_item(&v)
-                    .map(|i| i.server_ts_ms < cutoff)
-                    .unwrap_or(true);
-                if expired {
-                    if pending.deleted.insert(k.clone()) {
-                        batch.remove_written_once(k);
-                        out.items += 1;
-                        if out.items >= SWEEP_STEP_LIMIT {
-                            out.more = true;
-                            return Ok(out);
-                        }
-                    }
-                } else {
-                    let mut past = keys::mailbox_prefix(&mb);
-                    past.extend_from_slice(&[0xff; 8]);
-                    from = Bound::Excluded(past);
-                    continue 'mailboxes;
-                }
-            }
-        }
-        for kv in self.db.prefix(&[keys::DEDUP]) {
-            let (k, v) = kv?;
-            if keys::be_u64(&v).is_none_or(|ts| ts < cutoff) {
-                batch.remove(k);
-                out.dedup_keys += 1;
-                if out.items + out.dedup_keys >= SWEEP_STEP_LIMIT {
-                    out.more = true;
-                    return Ok(out);
-                }
-            }
-        }
-        self.expire(batch, pending, now_ms, &mut out)?;
-        if out.more {
-            return Ok(out);
-        }
-        let link_cutoff = now_ms.saturating_sub(self.limits.link_code_ttl.as_millis() as u64);
-        for kv in self.db.prefix(&[keys::LINK_CODE]) {
-            let (k, v) = kv?;
-            if device_registry::parse_link_code(&v).is_none_or(|(created, _)| created < link_cutoff)
-            {
-                batch.remove(k);
-                out.invites += 1;
-            }
-            if out.items + out.dedup_keys + out.invites >= SWEEP_STEP_LIMIT {
-                out.more = true;
-                return Ok(out);
-            }
-        }
-        let invite_cutoff = now_ms.saturating_sub(self.limits.invite_ttl.as_millis() as u64);
-        for kv in self.db.prefix(&[keys::INVITE]) {
-            let (k, v) = kv?;
-            if keys::be_u64(&v).is_none_or(|created| created < invite_cutoff) {
-                batch.remove(k);
-                out.invites += 1;
-                if out.items + out.dedup_keys + out.invites >= SWEEP_STEP_LIMIT {
-                    out.more = true;
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        self.mem.forget();
     }
 }
 
@@ -1721,7 +702,12 @@ mod tests {
 
     use super::*;
     use crate::engine::{Kv, KvIter, Write};
+    use crate::mailbox::{Ack, Append};
+    use crate::store::{AckOutcome, AppendOutcome};
+    use crate::write::Typed;
+    use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId};
     use std::collections::BTreeMap;
+    use std::ops::Bound;
     use std::sync::Mutex;
 
     /// What the gated engine's next `sync` does.
@@ -1867,8 +853,8 @@ mod tests {
                 deliver_before_fsync,
                 invite_ttl: Duration::from_secs(3600),
                 link_code_ttl: Duration::from_secs(300),
+                retention: Duration::from_secs(3600),
             },
-            Duration::from_secs(3600),
             Some(listener),
             Arc::default(),
             Arc::default(),
@@ -1886,15 +872,18 @@ mod tests {
         }
     }
 
-    fn submit(h: &Harness, op: Op) -> oneshot::Receiver<Result<Reply, StorageError>> {
+    fn submit<W: crate::write::Write>(
+        h: &Harness,
+        write: W,
+    ) -> oneshot::Receiver<Result<W::Output, StorageError>> {
         let (reply, rx) = oneshot::channel();
-        assert!(h.ops.submit(Request { op, reply }));
+        assert!(h.ops.submit(Request::Write(Typed::boxed(write, reply))));
         rx
     }
 
     /// Message `n` from alice to bob.
-    fn append_op(n: u8) -> Op {
-        Op::Append {
+    fn append_op(n: u8) -> Append {
+        Append {
             from: "alice".into(),
             from_device: DeviceId(1),
             client_msg_id: ClientMsgId([n; 16]),
@@ -1909,14 +898,14 @@ mod tests {
         }
     }
 
-    fn append(h: &Harness, n: u8) -> oneshot::Receiver<Result<Reply, StorageError>> {
+    fn append(h: &Harness, n: u8) -> oneshot::Receiver<Result<AppendOutcome, StorageError>> {
         submit(h, append_op(n))
     }
 
-    fn ack(h: &Harness, up_to: u64) -> oneshot::Receiver<Result<Reply, StorageError>> {
+    fn ack(h: &Harness, up_to: u64) -> oneshot::Receiver<Result<AckOutcome, StorageError>> {
         submit(
             h,
-            Op::Ack {
+            Ack {
                 mailbox: MailboxId::new("bob", DeviceId(1)),
                 up_to: ServerSeq(up_to),
                 now_ms: 2,
@@ -1934,10 +923,7 @@ mod tests {
 
     fn shutdown(h: Harness) {
         let (reply, _rx) = oneshot::channel();
-        assert!(h.ops.submit(Request {
-            op: Op::Shutdown,
-            reply
-        }));
+        assert!(h.ops.submit(Request::Shutdown(reply)));
         h.entered.recv().unwrap();
         h.gate.send(Gate::Pass).unwrap();
         h.committer.join().unwrap();
@@ -1974,10 +960,7 @@ mod tests {
         assert!(h.events.lock().unwrap().is_empty());
         h.gate.send(Gate::Pass).unwrap();
         let r = reply.blocking_recv().unwrap().unwrap();
-        assert!(matches!(
-            r,
-            Reply::Append(AppendOutcome::Stored { devices: 1, .. })
-        ));
+        assert!(matches!(r, AppendOutcome::Stored { devices: 1, .. }));
         assert_eq!(*h.events.lock().unwrap(), vec![ServerSeq(1)]);
         shutdown(h);
     }
@@ -2028,20 +1011,18 @@ mod tests {
         // While the first write's sync is held, queue a backup and a write behind it.
         h.entered.recv().unwrap();
         let (reply, backup) = oneshot::channel();
-        let op = Op::Backup {
+        assert!(h.ops.submit(Request::Backup {
             dest: dir.path().join("copy"),
             engine: Engine::Fjall,
             tuning: crate::StoreConfig::default().tuning(),
-        };
-        assert!(h.ops.submit(Request { op, reply }));
+            reply,
+        }));
         let second = append(&h, 2);
         h.gate.send(Gate::Pass).unwrap();
         assert!(first.blocking_recv().unwrap().is_ok());
         // The second write's sync starts only once the backup has answered.
         h.entered.recv().unwrap();
-        let Reply::Backup(report) = backup.blocking_recv().unwrap().unwrap() else {
-            panic!("not a backup reply")
-        };
+        let report = backup.blocking_recv().unwrap().unwrap();
         assert_eq!(report.counts.mailbox_items, 1, "{report:?}");
         h.gate.send(Gate::Pass).unwrap();
         assert!(second.blocking_recv().unwrap().is_ok());
@@ -2056,7 +1037,7 @@ mod tests {
         // The ack's batch is applied and its sync is held: the ack already has its answer
         // (one item deleted, one receipt queued for alice's device… which has no device here).
         h.entered.recv().unwrap();
-        let Ok(Ok(Reply::Ack(outcome))) = acked.try_recv() else {
+        let Ok(Ok(outcome)) = acked.try_recv() else {
             panic!("the ack waited for its sync")
         };
         assert_eq!(outcome.deleted, 1);
@@ -2173,10 +1154,7 @@ mod tests {
         shutdown(h);
         assert!(!ops.is_alive());
         let (reply, rx) = oneshot::channel();
-        assert!(!ops.submit(Request {
-            op: append_op(9),
-            reply
-        }));
+        assert!(!ops.submit(Request::Write(Typed::boxed(append_op(9), reply))));
         assert!(rx.blocking_recv().is_err());
         assert_eq!(
             events.lock().unwrap().len(),

@@ -3,8 +3,9 @@
 //! claimers can never take the same one-time key: a claim deletes the key it hands out in the
 //! batch that answers it, and later claims in that batch skip it.
 
-use crate::engine::{KvEngine, WriteBatch};
+use crate::engine::KvEngine;
 use crate::records::{decode, encode, FallbackRecord};
+use crate::write::{Class, Reads, Tx, Write};
 use crate::{keys, StorageError};
 use missive_proto::{DeviceBundle, DeviceId, IdentityKeys, SignedKey};
 use std::collections::HashSet;
@@ -65,26 +66,23 @@ pub struct KeyStatus {
     pub has_identity: bool,
 }
 
-/// Unclaimed one-time keys of a device, skipping those claimed earlier in this batch.
+/// Unclaimed one-time keys of a device (in a [`Tx`]: without those claimed earlier in the
+/// batch).
 fn one_time_keys<'a>(
-    db: &'a dyn KvEngine,
+    r: &'a (impl Reads + ?Sized),
     user: &str,
     device: DeviceId,
-    claimed: &'a HashSet<Vec<u8>>,
 ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a {
-    let prefix = keys::one_time_keys_of(user, device);
-    db.prefix(&prefix)
-        .filter(move |kv| kv.as_ref().map_or(true, |(k, _)| !claimed.contains(k)))
+    r.scan(&keys::one_time_keys_of(user, device))
 }
 
 fn count_one_time_keys(
-    db: &dyn KvEngine,
+    r: &(impl Reads + ?Sized),
     user: &str,
     device: DeviceId,
-    claimed: &HashSet<Vec<u8>>,
 ) -> Result<u32, StorageError> {
     let mut n = 0u32;
-    for kv in one_time_keys(db, user, device, claimed) {
+    for kv in one_time_keys(r, user, device) {
         kv?;
         n = n.saturating_add(1);
     }
@@ -92,128 +90,144 @@ fn count_one_time_keys(
 }
 
 fn identity_of(
-    db: &dyn KvEngine,
+    r: &(impl Reads + ?Sized),
     user: &str,
     device: DeviceId,
 ) -> Result<Option<IdentityKeys>, StorageError> {
-    db.get(&keys::identity(user, device))?
+    r.read(&keys::identity(user, device))?
         .map(|v| decode::<IdentityKeys>(&v, "identity keys"))
         .transpose()
 }
 
 fn fallback_of(
-    db: &dyn KvEngine,
+    r: &(impl Reads + ?Sized),
     user: &str,
     device: DeviceId,
 ) -> Result<Option<FallbackRecord>, StorageError> {
-    db.get(&keys::fallback_key(user, device))?
+    r.read(&keys::fallback_key(user, device))?
         .map(|v| decode::<FallbackRecord>(&v, "fallback key"))
         .transpose()
 }
 
-/// Applies an upload to `batch`. `device_exists` says whether the device is registered
-/// (including in this batch).
-pub(crate) fn upload(
-    db: &dyn KvEngine,
-    batch: &mut WriteBatch,
-    claimed: &HashSet<Vec<u8>>,
-    device_exists: bool,
-    u: KeyUpload,
-) -> Result<UploadOutcome, StorageError> {
-    if !device_exists {
-        return Ok(UploadOutcome::UnknownDevice);
+/// Publishing keys of a device is a write of the key directory.
+impl Write for KeyUpload {
+    type Output = UploadOutcome;
+
+    fn class(&self) -> Class {
+        Class::ADDS
     }
-    if let Some(identity) = &u.identity {
-        match identity_of(db, &u.user, u.device)? {
-            Some(known) if &known != identity => return Ok(UploadOutcome::IdentityConflict),
-            Some(_) => {}
-            None => batch.insert(keys::identity(&u.user, u.device), encode(identity)?),
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<UploadOutcome, StorageError> {
+        let u = self;
+        if !tx.devices(&u.user)?.contains(&u.device) {
+            return Ok(UploadOutcome::UnknownDevice);
         }
-    }
-    let held = count_one_time_keys(db, &u.user, u.device, claimed)?;
-    let mut fresh = Vec::new();
-    let mut seen = HashSet::new();
-    for k in u.one_time_keys {
-        let key = keys::one_time_key(&u.user, u.device, &k.key);
-        if seen.insert(k.key) && !claimed.contains(&key) && db.get(&key)?.is_none() {
-            fresh.push((key, k.signature));
+        let identity_known = match &u.identity {
+            Some(identity) => match identity_of(tx, &u.user, u.device)? {
+                Some(known) if &known != identity => return Ok(UploadOutcome::IdentityConflict),
+                Some(_) => true,
+                None => false,
+            },
+            None => true,
+        };
+        let held = count_one_time_keys(tx, &u.user, u.device)?;
+        let mut fresh = Vec::new();
+        let mut seen = HashSet::new();
+        for k in u.one_time_keys {
+            let key = keys::one_time_key(&u.user, u.device, &k.key);
+            // A key claimed earlier in this batch reads as absent: it is not taken back.
+            if seen.insert(k.key) && !tx.removed(&key) && tx.read(&key)?.is_none() {
+                fresh.push((key, k.signature));
+            }
         }
+        let total = held.saturating_add(fresh.len() as u32);
+        if total > u.max_held {
+            return Ok(UploadOutcome::TooManyKeys { held });
+        }
+        if let (false, Some(identity)) = (identity_known, &u.identity) {
+            tx.put(keys::identity(&u.user, u.device), encode(identity)?);
+        }
+        for (key, signature) in fresh {
+            tx.put(key, signature.to_vec());
+        }
+        if let Some(key) = u.fallback_key {
+            let record = FallbackRecord { key, used: false };
+            tx.put(keys::fallback_key(&u.user, u.device), encode(&record)?);
+        }
+        Ok(UploadOutcome::Stored {
+            one_time_keys: total,
+        })
     }
-    let total = held.saturating_add(fresh.len() as u32);
-    if total > u.max_held {
-        return Ok(UploadOutcome::TooManyKeys { held });
-    }
-    for (key, signature) in fresh {
-        batch.insert(key, signature.to_vec());
-    }
-    if let Some(key) = u.fallback_key {
-        let record = FallbackRecord { key, used: false };
-        batch.insert(keys::fallback_key(&u.user, u.device), encode(&record)?);
-    }
-    Ok(UploadOutcome::Stored {
-        one_time_keys: total,
-    })
 }
 
-/// Claims one key for each of `devices` of `user` (ascending): an unclaimed one-time key,
-/// deleted in `batch` and remembered in `claimed`, or else the fallback key, marked used.
-pub(crate) fn claim(
-    db: &dyn KvEngine,
-    batch: &mut WriteBatch,
-    claimed: &mut HashSet<Vec<u8>>,
-    user: &str,
-    devices: &[DeviceId],
-) -> Result<Vec<ClaimedBundle>, StorageError> {
-    let mut out = Vec::with_capacity(devices.len());
-    for &device in devices {
-        let device_key: [u8; 32] = match db.get(&keys::device(user, device))? {
-            Some(v) => v
-                .as_slice()
-                .try_into()
-                .map_err(|_| StorageError::Corrupt(format!("device key of {user}")))?,
-            None => continue,
-        };
-        let identity = identity_of(db, user, device)?;
-        let mut taken = None;
-        let mut remaining = 0u32;
-        for kv in one_time_keys(db, user, device, claimed) {
-            let (k, v) = kv?;
-            if taken.is_none() {
-                taken = Some((k, v));
-            } else {
-                remaining = remaining.saturating_add(1);
-            }
-        }
-        let (one_time_key, fallback) = match taken {
-            Some((k, v)) => {
-                let key = signed_key_from_record(&k, &v)?;
-                batch.remove(k.clone());
-                claimed.insert(k);
-                (Some(key), false)
-            }
-            None => match fallback_of(db, user, device)? {
-                Some(mut record) => {
-                    if !record.used {
-                        record.used = true;
-                        batch.insert(keys::fallback_key(user, device), encode(&record)?);
-                    }
-                    (Some(record.key), true)
-                }
-                None => (None, false),
-            },
-        };
-        out.push(ClaimedBundle {
-            bundle: DeviceBundle {
-                device,
-                device_key,
-                identity,
-                one_time_key,
-                fallback,
-            },
-            remaining,
-        });
+/// Claims one key for each current device of `user` (ascending): an unclaimed one-time key,
+/// deleted in the same batch (so no two claimers get it), or else the fallback key, marked
+/// used.
+#[derive(Debug)]
+pub(crate) struct ClaimKeys {
+    pub(crate) user: String,
+}
+
+impl Write for ClaimKeys {
+    type Output = Vec<ClaimedBundle>;
+
+    fn class(&self) -> Class {
+        Class::UPDATE
     }
-    Ok(out)
+
+    fn apply(self, tx: &mut Tx<'_>) -> Result<Vec<ClaimedBundle>, StorageError> {
+        let user = self.user.as_str();
+        let devices = tx.devices(user)?;
+        let mut out = Vec::with_capacity(devices.len());
+        for device in devices {
+            let device_key: [u8; 32] = match tx.read(&keys::device(user, device))? {
+                Some(v) => v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt(format!("device key of {user}")))?,
+                None => continue,
+            };
+            let identity = identity_of(tx, user, device)?;
+            let mut taken = None;
+            let mut remaining = 0u32;
+            for kv in one_time_keys(tx, user, device) {
+                let (k, v) = kv?;
+                if taken.is_none() {
+                    taken = Some((k, v));
+                } else {
+                    remaining = remaining.saturating_add(1);
+                }
+            }
+            let (one_time_key, fallback) = match taken {
+                Some((k, v)) => {
+                    let key = signed_key_from_record(&k, &v)?;
+                    tx.remove(k);
+                    (Some(key), false)
+                }
+                None => match fallback_of(tx, user, device)? {
+                    Some(mut record) => {
+                        if !record.used {
+                            record.used = true;
+                            tx.put(keys::fallback_key(user, device), encode(&record)?);
+                        }
+                        (Some(record.key), true)
+                    }
+                    None => (None, false),
+                },
+            };
+            out.push(ClaimedBundle {
+                bundle: DeviceBundle {
+                    device,
+                    device_key,
+                    identity,
+                    one_time_key,
+                    fallback,
+                },
+                remaining,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// A device's standing: keys held, fallback used, identity published.
@@ -223,7 +237,7 @@ pub(crate) fn status(
     device: DeviceId,
 ) -> Result<KeyStatus, StorageError> {
     Ok(KeyStatus {
-        one_time_keys: count_one_time_keys(db, user, device, &HashSet::new())?,
+        one_time_keys: count_one_time_keys(db, user, device)?,
         fallback_used: fallback_of(db, user, device)?.is_none_or(|f| f.used),
         has_identity: identity_of(db, user, device)?.is_some(),
     })
@@ -231,15 +245,18 @@ pub(crate) fn status(
 
 /// Removes every key of a device (when the device is removed).
 pub(crate) fn forget_device(
-    db: &dyn KvEngine,
-    batch: &mut WriteBatch,
+    tx: &mut Tx<'_>,
     user: &str,
     device: DeviceId,
 ) -> Result<(), StorageError> {
-    batch.remove(keys::identity(user, device));
-    batch.remove(keys::fallback_key(user, device));
-    for kv in db.prefix(&keys::one_time_keys_of(user, device)) {
-        batch.remove(kv?.0);
+    tx.remove(keys::identity(user, device));
+    tx.remove(keys::fallback_key(user, device));
+    let held: Vec<Vec<u8>> = tx
+        .scan(&keys::one_time_keys_of(user, device))
+        .map(|kv| kv.map(|(k, _)| k))
+        .collect::<Result<_, _>>()?;
+    for k in held {
+        tx.remove(k);
     }
     Ok(())
 }

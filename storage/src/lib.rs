@@ -27,7 +27,10 @@
 //!
 //! ## Durability: one committer, group commit
 //!
-//! Every write goes through one committer thread (see `group_commit.rs`). It takes whatever
+//! Every write goes through one committer thread (see `group_commit.rs`). What a write puts
+//! and removes is decided by the module that owns its records (`mailbox.rs`, `accounts.rs`,
+//! `key_directory.rs`, `device_registry.rs`), as a `write::Write` applied over a `write::Tx`
+//! that reads through the batch being built; the committer only batches, applies and fsyncs. It takes whatever
 //! operations are waiting, applies them as one engine batch, makes it durable, and only then
 //! completes each waiter. So a caller's future resolving `Ok` means the write is on disk.
 //!
@@ -45,6 +48,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accounts;
 mod backup;
 mod compact;
 mod copy;
@@ -56,10 +60,12 @@ mod health;
 mod key_directory;
 mod keys;
 mod layout;
+mod mailbox;
 mod migrate;
 mod records;
 mod store;
 mod unacked;
+mod write;
 
 pub use backup::BackupReport;
 pub use compact::{compact, CompactReport};
@@ -67,9 +73,9 @@ pub use copy::EntryCounts;
 pub use device_registry::LinkOutcome;
 pub use engine::Engine;
 pub use error::StorageError;
-pub use group_commit::SEQ_RESERVATION;
 pub use health::StorageHealth;
 pub use key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
+pub use mailbox::SEQ_RESERVATION;
 pub use migrate::{migrate, MigrationReport};
 pub use records::{FallbackRecord, StoredItem, UserRecord};
 pub use store::{

@@ -4,10 +4,12 @@ use crate::backup::BackupReport;
 use crate::compact::CompactReport;
 use crate::device_registry::LinkOutcome;
 use crate::engine::{self, Engine, EngineSlot, Tuning};
-use crate::group_commit::{self, Op, Request};
+use crate::group_commit::{self, Request};
 use crate::health::{HealthCell, StorageHealth};
 use crate::key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
+use crate::write::{Typed, Write};
+use crate::{accounts, device_registry, key_directory, mailbox};
 use crate::{keys, layout, MailboxId, StorageError};
 use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId, ServerSeq, UserDevices, Visibility};
 use std::ops::Bound;
@@ -342,8 +344,8 @@ impl Store {
                 invite_ttl: config.invite_ttl,
                 link_code_ttl: config.link_code_ttl,
                 deliver_before_fsync: config.deliver_before_fsync,
+                retention: config.retention,
             },
-            config.retention,
             listener,
             stats.clone(),
             health.clone(),
@@ -360,25 +362,20 @@ impl Store {
         })
     }
 
-    /// Applies or enqueues `op` now (so operations keep the order of the calls that made
-    /// them) and returns a future that resolves once the committer has made it durable.
-    fn submit<T>(
+    /// Applies or enqueues `write` now (so writes keep the order of the calls that made
+    /// them) and returns a future that resolves once the committer has made it durable (or,
+    /// for the writes whose class allows it, once it is applied).
+    fn write<W: Write>(
         &self,
-        op: Op,
-        take: impl FnOnce(group_commit::Reply) -> Option<T> + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static
-    where
-        T: Send + 'static,
-    {
+        write: W,
+    ) -> impl std::future::Future<Output = Result<W::Output, StorageError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        let queued = self.ops.submit(Request { op, reply });
+        let queued = self.ops.submit(Request::Write(Typed::boxed(write, reply)));
         async move {
             if !queued {
                 return Err(StorageError::Closed);
             }
-            let r = rx.await.map_err(|_| StorageError::Closed)??;
-            take(r)
-                .ok_or_else(|| StorageError::Db("committer answered with the wrong reply".into()))
+            rx.await.map_err(|_| StorageError::Closed)?
         }
     }
 
@@ -422,7 +419,7 @@ impl Store {
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<AppendOutcome, StorageError>> + Send + 'static
     {
-        let op = Op::Append {
+        self.write(mailbox::Append {
             from: from.to_owned(),
             from_device,
             client_msg_id,
@@ -431,10 +428,6 @@ impl Store {
             own,
             expires_in_secs,
             now_ms,
-        };
-        self.submit(op, |r| match r {
-            group_commit::Reply::Append(o) => Some(o),
-            _ => None,
         })
     }
 
@@ -446,17 +439,11 @@ impl Store {
         up_to: ServerSeq,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<AckOutcome, StorageError>> + Send + 'static {
-        self.submit(
-            Op::Ack {
-                mailbox,
-                up_to,
-                now_ms,
-            },
-            |r| match r {
-                group_commit::Reply::Ack(o) => Some(o),
-                _ => None,
-            },
-        )
+        self.write(mailbox::Ack {
+            mailbox,
+            up_to,
+            now_ms,
+        })
     }
 
     /// Creates `user` with its first `device` and public key. When `require_invite`, the
@@ -471,20 +458,14 @@ impl Store {
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<RegisterOutcome, StorageError>> + Send + 'static
     {
-        self.submit(
-            Op::Register {
-                user: user.to_owned(),
-                device,
-                key,
-                invite,
-                require_invite,
-                now_ms,
-            },
-            |r| match r {
-                group_commit::Reply::Register(o) => Some(o),
-                _ => None,
-            },
-        )
+        self.write(accounts::Register {
+            user: user.to_owned(),
+            device,
+            key,
+            invite,
+            require_invite,
+            now_ms,
+        })
     }
 
     /// Sets who may see `user`'s presence. Returns false when the user does not exist.
@@ -493,7 +474,7 @@ impl Store {
         user: &str,
         visibility: Visibility,
     ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
-        self.update_user(user, group_commit::UserUpdate::Visibility(visibility))
+        self.update_user(user, accounts::UserUpdate::Visibility(visibility))
     }
 
     /// Records when a device of `user` was last online. Returns false for an unknown user.
@@ -502,7 +483,7 @@ impl Store {
         user: &str,
         at_ms: u64,
     ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
-        self.update_user(user, group_commit::UserUpdate::LastSeen(at_ms))
+        self.update_user(user, accounts::UserUpdate::LastSeen(at_ms))
     }
 
     /// Enables or disables an account. Returns false for an unknown user.
@@ -511,24 +492,18 @@ impl Store {
         user: &str,
         disabled: bool,
     ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
-        self.update_user(user, group_commit::UserUpdate::Disabled(disabled))
+        self.update_user(user, accounts::UserUpdate::Disabled(disabled))
     }
 
     fn update_user(
         &self,
         user: &str,
-        update: group_commit::UserUpdate,
+        update: accounts::UserUpdate,
     ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
-        self.submit(
-            Op::UpdateUser {
-                user: user.to_owned(),
-                update,
-            },
-            |r| match r {
-                group_commit::Reply::Updated(found) => Some(found),
-                _ => None,
-            },
-        )
+        self.write(accounts::UpdateUser {
+            user: user.to_owned(),
+            update,
+        })
     }
 
     /// Stores an invite token that one registration may consume.
@@ -537,13 +512,10 @@ impl Store {
         token: &str,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send + 'static {
-        self.submit(
-            Op::AddInvite {
-                token: token.to_owned(),
-                now_ms,
-            },
-            |r| matches!(r, group_commit::Reply::Done).then_some(()),
-        )
+        self.write(accounts::AddInvite {
+            token: token.to_owned(),
+            now_ms,
+        })
     }
 
     /// Links another device (with its public key) to an existing user. Returns false when the
@@ -554,17 +526,11 @@ impl Store {
         device: DeviceId,
         key: [u8; 32],
     ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
-        self.submit(
-            Op::AddDevice {
-                user: user.to_owned(),
-                device,
-                key,
-            },
-            |r| match r {
-                group_commit::Reply::Updated(ok) => Some(ok),
-                _ => None,
-            },
-        )
+        self.write(accounts::AddDevice {
+            user: user.to_owned(),
+            device,
+            key,
+        })
     }
 
     /// Stores a one-time code that links one more device to `user` (see
@@ -575,17 +541,11 @@ impl Store {
         code: &str,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
-        self.submit(
-            Op::CreateLinkCode {
-                user: user.to_owned(),
-                code: code.to_owned(),
-                now_ms,
-            },
-            |r| match r {
-                group_commit::Reply::Updated(ok) => Some(ok),
-                _ => None,
-            },
-        )
+        self.write(device_registry::CreateLinkCode {
+            user: user.to_owned(),
+            code: code.to_owned(),
+            now_ms,
+        })
     }
 
     /// Adds a device with login key `key` to `user`, consuming `code` (made by
@@ -599,19 +559,13 @@ impl Store {
         max_devices: usize,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<LinkOutcome, StorageError>> + Send + 'static {
-        self.submit(
-            Op::LinkDevice {
-                user: user.to_owned(),
-                code: code.to_owned(),
-                key,
-                max_devices,
-                now_ms,
-            },
-            |r| match r {
-                group_commit::Reply::Linked(o) => Some(o),
-                _ => None,
-            },
-        )
+        self.write(device_registry::LinkDevice {
+            user: user.to_owned(),
+            code: code.to_owned(),
+            key,
+            max_devices,
+            now_ms,
+        })
     }
 
     /// Removes a device of `user` and everything stored for it (login key, published keys,
@@ -622,16 +576,10 @@ impl Store {
         device: DeviceId,
     ) -> impl std::future::Future<Output = Result<Option<usize>, StorageError>> + Send + 'static
     {
-        self.submit(
-            Op::RemoveDevice {
-                user: user.to_owned(),
-                device,
-            },
-            |r| match r {
-                group_commit::Reply::Removed(n) => Some(n),
-                _ => None,
-            },
-        )
+        self.write(device_registry::RemoveDevice {
+            user: user.to_owned(),
+            device,
+        })
     }
 
     /// Drops every still-queued copy of `from`'s message `client_msg_id` to `to`, in the
@@ -643,17 +591,11 @@ impl Store {
         client_msg_id: ClientMsgId,
         to: &str,
     ) -> impl std::future::Future<Output = Result<usize, StorageError>> + Send + 'static {
-        self.submit(
-            Op::Retract {
-                from: from.to_owned(),
-                client_msg_id,
-                to: to.to_owned(),
-            },
-            |r| match r {
-                group_commit::Reply::Retracted(n) => Some(n),
-                _ => None,
-            },
-        )
+        self.write(mailbox::Retract {
+            from: from.to_owned(),
+            client_msg_id,
+            to: to.to_owned(),
+        })
     }
 
     /// Publishes keys of a device (see [`KeyUpload`]); resolves after the fsync.
@@ -662,10 +604,7 @@ impl Store {
         upload: KeyUpload,
     ) -> impl std::future::Future<Output = Result<UploadOutcome, StorageError>> + Send + 'static
     {
-        self.submit(Op::UploadKeys(upload), |r| match r {
-            group_commit::Reply::KeysUploaded(o) => Some(o),
-            _ => None,
-        })
+        self.write(upload)
     }
 
     /// One bundle per current device of `user` (ascending; empty for an unknown user), each
@@ -676,15 +615,9 @@ impl Store {
         user: &str,
     ) -> impl std::future::Future<Output = Result<Vec<ClaimedBundle>, StorageError>> + Send + 'static
     {
-        self.submit(
-            Op::ClaimKeys {
-                user: user.to_owned(),
-            },
-            |r| match r {
-                group_commit::Reply::KeysClaimed(b) => Some(b),
-                _ => None,
-            },
-        )
+        self.write(key_directory::ClaimKeys {
+            user: user.to_owned(),
+        })
     }
 
     /// What a device holds in the key directory (read from the engine; a claim in flight may
@@ -700,10 +633,7 @@ impl Store {
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<SweepOutcome, StorageError>> + Send + 'static
     {
-        self.submit(Op::Expire { now_ms }, |r| match r {
-            group_commit::Reply::Sweep(o) => Some(o),
-            _ => None,
-        })
+        self.write(mailbox::Expire { now_ms })
     }
 
     /// One bounded step of the expiry sweep: removes items and dedup keys older than the
@@ -713,10 +643,7 @@ impl Store {
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<SweepOutcome, StorageError>> + Send + 'static
     {
-        self.submit(Op::Sweep { now_ms }, |r| match r {
-            group_commit::Reply::Sweep(o) => Some(o),
-            _ => None,
-        })
+        self.write(mailbox::Sweep { now_ms })
     }
 
     /// Makes a consistent, verified copy of the whole store in the store directory `dest`
@@ -730,17 +657,19 @@ impl Store {
         dest: &Path,
     ) -> impl std::future::Future<Output = Result<BackupReport, StorageError>> + Send + 'static
     {
-        self.submit(
-            Op::Backup {
-                dest: dest.to_path_buf(),
-                engine: self.engine,
-                tuning: self.tuning,
-            },
-            |r| match r {
-                group_commit::Reply::Backup(report) => Some(report),
-                _ => None,
-            },
-        )
+        let (reply, rx) = oneshot::channel();
+        let queued = self.ops.submit(Request::Backup {
+            dest: dest.to_path_buf(),
+            engine: self.engine,
+            tuning: self.tuning,
+            reply,
+        });
+        async move {
+            if !queued {
+                return Err(StorageError::Closed);
+            }
+            rx.await.map_err(|_| StorageError::Closed)?
+        }
     }
 
     /// Gives back the disk space of deleted entries while the store is in use (fjall: a
@@ -858,7 +787,7 @@ impl Store {
 
     /// Every registered device of `name`.
     pub fn devices(&self, name: &str) -> Result<Vec<DeviceId>, StorageError> {
-        group_commit::devices_on_disk(self.db.get().as_ref(), name)
+        mailbox::devices_on_disk(self.db.get().as_ref(), name)
     }
 
     /// The engine this store runs on.
@@ -886,10 +815,7 @@ impl Store {
     /// for it. Reads still work afterwards. Safe to call more than once.
     pub async fn shutdown(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.ops.submit(Request {
-            op: Op::Shutdown,
-            reply,
-        }) {
+        if self.ops.submit(Request::Shutdown(reply)) {
             let _ = rx.await;
         }
         let handle = self
