@@ -736,7 +736,9 @@ impl Session {
             self.max_seq_seen = Some(d.seq);
         }
         let kind = match d.payload {
-            Payload::Envelope(_) => DeliveryKind::Message,
+            Payload::Envelope(_) | Payload::Group(_) | Payload::GroupEvent(_) => {
+                DeliveryKind::Message
+            }
             Payload::Delivered => DeliveryKind::Delivered,
         };
         if kind == DeliveryKind::Delivered {
@@ -772,6 +774,8 @@ impl Session {
             return;
         }
         let events = match &d.payload {
+            // Groups arrive with protocol version 3; this SDK does not join groups yet.
+            Payload::Group(_) | Payload::GroupEvent(_) => Vec::new(),
             Payload::Delivered => vec![Event::Receipt {
                 from: d.from.clone(),
                 client_msg_id: d.client_msg_id,

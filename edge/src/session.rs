@@ -1217,11 +1217,12 @@ impl Session {
     }
 }
 
-/// What a delivered item counts against the byte window: its envelope.
+/// What a delivered item counts against the byte window: its envelope or group body.
 fn item_bytes(item: &StoredItem) -> usize {
     match &item.payload {
         Payload::Envelope(e) => e.len(),
-        Payload::Delivered => 0,
+        Payload::Group(g) => g.body.len(),
+        Payload::Delivered | Payload::GroupEvent(_) => 0,
     }
 }
 

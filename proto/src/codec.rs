@@ -293,6 +293,74 @@ mod tests {
                 payload: Payload::Delivered,
             }
             .into(),
+            Deliver {
+                seq: ServerSeq(5),
+                from: "carol".into(),
+                from_device: DeviceId(2),
+                client_msg_id: id,
+                server_ts_ms: 7,
+                payload: Payload::Group(Box::new(GroupMessage {
+                    group: GroupId(9),
+                    body: vec![4, 5],
+                })),
+            }
+            .into(),
+            Deliver {
+                seq: ServerSeq(6),
+                from: "alice".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id,
+                server_ts_ms: 8,
+                payload: Payload::GroupEvent(Box::new(GroupNotice {
+                    group: GroupId(9),
+                    epoch: 2,
+                    change: GroupChange::Added(vec!["bob".into()]),
+                })),
+            }
+            .into(),
+            GroupRequest {
+                request_id: 10,
+                op: GroupOp::Add {
+                    group: GroupId(9),
+                    users: vec!["bob".into(), "carol".into()],
+                },
+            }
+            .into(),
+            GroupSend {
+                client_msg_id: id,
+                group: GroupId(9),
+                epoch: 2,
+                body: vec![1; 40],
+                expires_in_secs: 0,
+            }
+            .into(),
+            GroupRead {
+                group: GroupId(9),
+                from: "alice".into(),
+                client_msg_id: id,
+            }
+            .into(),
+            GroupAnswer {
+                request_id: 10,
+                answer: GroupAnswerKind::Info(GroupInfo {
+                    group: GroupId(9),
+                    name: "hikers".into(),
+                    epoch: 2,
+                    members: vec![GroupMember {
+                        user: "alice".into(),
+                        admin: true,
+                    }],
+                }),
+            }
+            .into(),
+            GroupReceipt {
+                group: GroupId(9),
+                client_msg_id: id,
+                delivered: 2,
+                read: 1,
+                of: 2,
+            }
+            .into(),
             Presence {
                 user: "bob".into(),
                 state: PresenceState::LastSeen(77),
@@ -409,6 +477,13 @@ mod tests {
             }
             .into(),
         ]
+    }
+
+    /// Mailbox items on disk hold an archived `Payload`: new kinds must not change its size,
+    /// or items stored by an earlier version would no longer read.
+    #[test]
+    fn the_archived_payload_keeps_its_size() {
+        assert_eq!(std::mem::size_of::<ArchivedPayload>(), 12);
     }
 
     #[test]

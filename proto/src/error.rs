@@ -65,6 +65,19 @@ pub enum ErrorCode {
     /// This device was removed from its account (by one of its devices); it is closed and
     /// can no longer log in. Do not reconnect.
     DeviceRemoved = 25,
+    /// No such group (or it is not visible to the requester).
+    UnknownGroup = 26,
+    /// Only members may do this (send to the group, read its info or receipts).
+    NotGroupMember = 27,
+    /// Only admins may do this (change membership, make invites).
+    NotGroupAdmin = 28,
+    /// The group has as many members as allowed.
+    GroupFull = 29,
+    /// The group's membership changed since the epoch the send named: fetch `Info`, rotate
+    /// the group session, and send again. Nothing was stored.
+    GroupChanged = 30,
+    /// The group invite token is unknown, expired or revoked.
+    GroupInviteInvalid = 31,
 }
 
 impl ErrorCode {
@@ -97,6 +110,12 @@ impl ErrorCode {
             23 => DeviceMismatch,
             24 => InvalidKeys,
             25 => DeviceRemoved,
+            26 => UnknownGroup,
+            27 => NotGroupMember,
+            28 => NotGroupAdmin,
+            29 => GroupFull,
+            30 => GroupChanged,
+            31 => GroupInviteInvalid,
             _ => return None,
         })
     }
@@ -135,6 +154,12 @@ impl ErrorCode {
             DeviceMismatch => "device_mismatch",
             InvalidKeys => "invalid_keys",
             DeviceRemoved => "device_removed",
+            UnknownGroup => "unknown_group",
+            NotGroupMember => "not_group_member",
+            NotGroupAdmin => "not_group_admin",
+            GroupFull => "group_full",
+            GroupChanged => "group_changed",
+            GroupInviteInvalid => "group_invite_invalid",
         }
     }
 }

@@ -15,6 +15,18 @@ pub const MAX_DEVICES_PER_USER: usize = 16;
 )]
 pub struct DeviceId(pub u32);
 
+/// A group, numbered by the server that created it.
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub struct GroupId(pub u64);
+
+impl std::fmt::Display for GroupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// Position of an envelope in one device's mailbox; strictly increasing per mailbox.
 #[derive(
     Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,

@@ -18,6 +18,7 @@ pub mod codec;
 pub mod envelope_limit;
 pub mod error;
 pub mod frame;
+pub mod group;
 pub mod ids;
 
 pub use codec::{
@@ -27,14 +28,17 @@ pub use codec::{
 pub use envelope_limit::{max_envelope_len, ENVELOPE_FRAME_OVERHEAD};
 pub use error::{ErrorCode, ProtoError};
 pub use frame::*;
+pub use group::*;
 pub use ids::{
-    validate_user_name, ClientMsgId, DeviceId, ServerSeq, MAX_DEVICES_PER_USER, MAX_USER_NAME,
+    validate_user_name, ClientMsgId, DeviceId, GroupId, ServerSeq, MAX_DEVICES_PER_USER,
+    MAX_USER_NAME,
 };
 
 /// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build still accepts (version 2 made `Send` carry one
-/// envelope per device; a version 1 `Send` cannot be stored).
+/// envelope per device; a version 1 `Send` cannot be stored). Version 3 added groups: frames
+/// a version 2 client never sends, and `Payload` kinds it is only sent once it speaks 3.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Most one-time keys one `UploadKeys` may carry.
 pub const MAX_KEYS_PER_UPLOAD: usize = 100;
