@@ -17,9 +17,15 @@
 //! | `l` | `l code` | created-at ms, u64, then the user name (a device link code) |
 //! | `n` | `n user` | the id the next linked device gets, u32 (ids are never reused) |
 //! | `e` | `e at_ms:u64 mailbox-item-key` | empty: that item expires at `at_ms` (disappearing) |
+//! | `g` | `g group:u64` | rkyv `groups::GroupRecord` (name, epoch, members) |
+//! | `G` | `G user\0 group:u64` | empty: `user` is a member of `group` |
+//! | `x` | `x` | the id the next group gets, u64 |
+//! | `t` | `t token` | rkyv `groups::InviteRecord` (a group invite token) |
+//! | `b` | `b group:u64 sender\0 client_msg_id:[16]` | a group message's body, stored once |
+//! | `r` | `r group:u64 sender\0 client_msg_id:[16]` | rkyv `groups::ReceiptRecord` of that message |
 
 use crate::MailboxId;
-use missive_proto::{ClientMsgId, DeviceId, ServerSeq};
+use missive_proto::{ClientMsgId, DeviceId, GroupId, ServerSeq};
 
 pub(crate) const MAILBOX: u8 = b'm';
 pub(crate) const SEQ: u8 = b's';
@@ -34,6 +40,12 @@ pub(crate) const FALLBACK_KEY: u8 = b'f';
 pub(crate) const LINK_CODE: u8 = b'l';
 pub(crate) const NEXT_DEVICE: u8 = b'n';
 pub(crate) const EXPIRY: u8 = b'e';
+pub(crate) const GROUP: u8 = b'g';
+pub(crate) const MEMBERSHIP: u8 = b'G';
+pub(crate) const NEXT_GROUP: u8 = b'x';
+pub(crate) const GROUP_INVITE: u8 = b't';
+pub(crate) const GROUP_BODY: u8 = b'b';
+pub(crate) const GROUP_RECEIPT: u8 = b'r';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
@@ -179,6 +191,81 @@ pub(crate) fn next_device(user: &str) -> Vec<u8> {
     k.push(NEXT_DEVICE);
     k.extend_from_slice(user.as_bytes());
     k
+}
+
+/// Key of a group record.
+pub(crate) fn group(group: GroupId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(GROUP);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k
+}
+
+/// Prefix of the membership marks of `user`.
+pub(crate) fn memberships_of(user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + user.len());
+    k.push(MEMBERSHIP);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Key marking `user` as a member of `group`.
+pub(crate) fn membership(user: &str, group: GroupId) -> Vec<u8> {
+    let mut k = memberships_of(user);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k
+}
+
+/// Key of the next-group-id counter.
+pub(crate) fn next_group() -> Vec<u8> {
+    vec![NEXT_GROUP]
+}
+
+/// Key of a group invite token.
+pub(crate) fn group_invite(token: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + token.len());
+    k.push(GROUP_INVITE);
+    k.extend_from_slice(token.as_bytes());
+    k
+}
+
+fn group_message(tag: u8, group: GroupId, sender: &str, id: &ClientMsgId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(26 + sender.len());
+    k.push(tag);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k.extend_from_slice(sender.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Key of a group message's body.
+pub(crate) fn group_body(group: GroupId, sender: &str, id: &ClientMsgId) -> Vec<u8> {
+    group_message(GROUP_BODY, group, sender, id)
+}
+
+/// Key of a group message's receipt record.
+pub(crate) fn group_receipt(group: GroupId, sender: &str, id: &ClientMsgId) -> Vec<u8> {
+    group_message(GROUP_RECEIPT, group, sender, id)
+}
+
+/// The receipt key of the message whose body key is `body_key`.
+pub(crate) fn receipt_of_body(body_key: &[u8]) -> Option<Vec<u8>> {
+    let rest = body_key.strip_prefix(&[GROUP_BODY])?;
+    let mut k = Vec::with_capacity(body_key.len());
+    k.push(GROUP_RECEIPT);
+    k.extend_from_slice(rest);
+    Some(k)
+}
+
+/// The body key of the message whose receipt key is `receipt_key`.
+pub(crate) fn body_of_receipt(receipt_key: &[u8]) -> Option<Vec<u8>> {
+    let rest = receipt_key.strip_prefix(&[GROUP_RECEIPT])?;
+    let mut k = Vec::with_capacity(receipt_key.len());
+    k.push(GROUP_BODY);
+    k.extend_from_slice(rest);
+    Some(k)
 }
 
 /// Reads a big-endian u64 value; `None` when the stored value has the wrong size.

@@ -56,6 +56,7 @@ mod device_registry;
 mod engine;
 mod error;
 mod group_commit;
+mod groups;
 mod health;
 mod key_directory;
 mod keys;
@@ -73,14 +74,15 @@ pub use copy::EntryCounts;
 pub use device_registry::LinkOutcome;
 pub use engine::Engine;
 pub use error::StorageError;
+pub use groups::{GroupRefusal, GroupSendOutcome};
 pub use health::StorageHealth;
 pub use key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 pub use mailbox::SEQ_RESERVATION;
 pub use migrate::{migrate, MigrationReport};
 pub use records::{FallbackRecord, StoredItem, UserRecord};
 pub use store::{
-    AckOutcome, AppendOutcome, CommitListener, RegisterOutcome, Store, StoreConfig, StoreStats,
-    SweepOutcome, FLUSH_BUCKETS_US, MAX_COMMIT_DELAY,
+    AckOutcome, AppendOutcome, CommitListener, GroupChangeRequest, RegisterOutcome, Store,
+    StoreConfig, StoreStats, SweepOutcome, FLUSH_BUCKETS_US, MAX_COMMIT_DELAY,
 };
 
 use missive_proto::DeviceId;

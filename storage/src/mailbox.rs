@@ -240,6 +240,26 @@ impl Tx<'_> {
         mb: MailboxId,
         item: StoredItem,
     ) -> Result<ServerSeq, StorageError> {
+        self.push_item_as(mb, item, None)
+    }
+
+    /// Appends a reference to a group message (`stored`, whose body is empty) to `mb`; the
+    /// listener hears of it as `shown` (with the body), so live delivery needs no read.
+    pub(crate) fn push_reference(
+        &mut self,
+        mb: MailboxId,
+        stored: StoredItem,
+        shown: StoredItem,
+    ) -> Result<ServerSeq, StorageError> {
+        self.push_item_as(mb, stored, Some(shown))
+    }
+
+    fn push_item_as(
+        &mut self,
+        mb: MailboxId,
+        item: StoredItem,
+        shown: Option<StoredItem>,
+    ) -> Result<ServerSeq, StorageError> {
         let seq = self.next_seq(&mb)?;
         let record = encode(&item)?;
         let bytes = record.len() as u64;
@@ -258,16 +278,22 @@ impl Tx<'_> {
                 }
             }
         }
-        let receipt_to = earns_receipt(&mb, &item).then(|| (item.from.clone(), item.client_msg_id));
+        let group = match &item.payload {
+            Payload::Group(g) => Some(g.group),
+            _ => None,
+        };
+        let receipt_to = (earns_receipt(&mb, &item) || group.is_some())
+            .then(|| (item.from.clone(), item.client_msg_id));
         self.mem.unacked.stored(
             &mb,
             LoggedItem {
                 seq: seq.0,
                 receipt_to,
+                group,
                 bytes,
             },
         );
-        self.pending.events.push((mb, seq, item));
+        self.pending.events.push((mb, seq, shown.unwrap_or(item)));
         Ok(seq)
     }
 
@@ -460,14 +486,23 @@ impl Write for Ack {
         let mut out = AckOutcome::default();
         let mut receipts = Vec::new();
         let mut acked = Vec::new();
+        let mut referenced = Vec::new();
         if let Taken::Exact(items) = tx.mem.unacked.take_acked(mb, first, up_to.0) {
             for item in items {
                 tx.remove_unseen(keys::mailbox_item(mb, ServerSeq(item.seq)));
-                let sender = item.receipt_to.as_ref().map(|(s, _)| s.as_str());
-                tx.unuse(mb, item.bytes, sender);
                 tx.pending.deleted_logged += 1;
                 out.deleted += 1;
-                receipts.extend(item.receipt_to);
+                match (item.group, item.receipt_to) {
+                    (Some(group), Some((sender, id))) => {
+                        tx.unuse(mb, item.bytes, None);
+                        referenced.push((group, sender, id));
+                    }
+                    (_, receipt_to) => {
+                        let sender = receipt_to.as_ref().map(|(s, _)| s.as_str());
+                        tx.unuse(mb, item.bytes, sender);
+                        receipts.extend(receipt_to);
+                    }
+                }
             }
         } else if up_to.0 - first < POINT_ACK_LIMIT {
             // A short span: point reads (bloom filters skip the tables that cannot hold the
@@ -500,6 +535,15 @@ impl Write for Ack {
                         receipts.push((item.from, item.client_msg_id))
                     }
                 }
+                Ok(StoredItem {
+                    from,
+                    client_msg_id,
+                    payload: Payload::Group(g),
+                    ..
+                }) => {
+                    tx.unuse(mb, v.len() as u64, None);
+                    referenced.push((g.group, from, client_msg_id));
+                }
                 Ok(_) => tx.unuse(mb, v.len() as u64, None),
                 Err(e) => {
                     tx.unuse(mb, v.len() as u64, None);
@@ -511,6 +555,12 @@ impl Write for Ack {
             Some(f) => *f = (*f).max(up_to.0),
             None => {
                 tx.mem.acked_floor.insert(mb.clone(), up_to.0);
+            }
+        }
+        for (group, sender, id) in referenced {
+            if let Some(update) = crate::groups::reference_acked(tx, &mb.user, group, &sender, id)?
+            {
+                out.group_receipts.push(update);
             }
         }
         for (sender, client_msg_id) in receipts {
@@ -626,8 +676,11 @@ fn expire(tx: &mut Tx<'_>, now_ms: u64, out: &mut SweepOutcome) -> Result<(), St
     let mut dropped = false;
     for k in expired {
         if let Some((_, item)) = keys::parse_expiry(&k) {
-            // Gone already when it was delivered and acknowledged.
-            if !tx.removed(item) && tx.db.get(item)?.is_some() {
+            if item.first() == Some(&keys::GROUP_BODY) {
+                crate::groups::expire_body(tx, item);
+                out.items += 1;
+            } else if !tx.removed(item) && tx.db.get(item)?.is_some() {
+                // (Gone already when it was delivered and acknowledged.)
                 tx.remove(item.to_vec());
                 tx.pending.deleted += 1;
                 dropped = true;
@@ -728,6 +781,13 @@ impl Write for Sweep {
         }
         expire(tx, now_ms, &mut out)?;
         if out.more {
+            return Ok(out);
+        }
+        let left = SWEEP_STEP_LIMIT.saturating_sub(out.items + out.dedup_keys);
+        let swept = crate::groups::sweep(tx, cutoff, left)?;
+        out.items += swept;
+        if swept >= left {
+            out.more = true;
             return Ok(out);
         }
         let budget = |out: &SweepOutcome, n: usize| out.items + out.dedup_keys + n;

@@ -5,13 +5,17 @@ use crate::compact::CompactReport;
 use crate::device_registry::LinkOutcome;
 use crate::engine::{self, Engine, EngineSlot, Tuning};
 use crate::group_commit::{self, Request};
+use crate::groups::{self, GroupRefusal, GroupSendOutcome};
 use crate::health::{HealthCell, StorageHealth};
 use crate::key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
 use crate::write::{Typed, Write};
 use crate::{accounts, device_registry, key_directory, mailbox};
 use crate::{keys, layout, MailboxId, StorageError};
-use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId, ServerSeq, UserDevices, Visibility};
+use missive_proto::{
+    ClientMsgId, DeviceEnvelope, DeviceId, GroupId, GroupInfo, GroupReceipt, GroupSummary,
+    ServerSeq, UserDevices, Visibility,
+};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,12 +129,28 @@ pub enum AppendOutcome {
 }
 
 /// Result of acknowledging a mailbox range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AckOutcome {
     /// Items removed from the mailbox.
     pub deleted: usize,
     /// Delivery receipts appended to senders' mailboxes.
     pub receipts: usize,
+    /// Group messages whose delivered count grew: (sender, new counts). Senders learn these
+    /// live; they are not queued (see `groups.rs`).
+    pub group_receipts: Vec<(String, missive_proto::GroupReceipt)>,
+}
+
+/// A change of a group's membership, asked by one of its members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupChangeRequest {
+    /// Add users (admins only).
+    Add(Vec<String>),
+    /// Remove members (admins only).
+    Remove(Vec<String>),
+    /// Make a member an admin (admins only).
+    Promote(String),
+    /// The asker leaves.
+    Leave,
 }
 
 /// Result of a registration.
@@ -598,6 +618,165 @@ impl Store {
         })
     }
 
+    /// Creates a group named `name` with `creator` as its first member and admin.
+    pub fn create_group(
+        &self,
+        creator: &str,
+        name: &str,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<GroupInfo, StorageError>> + Send + 'static {
+        self.write(groups::CreateGroup {
+            creator: creator.to_owned(),
+            name: name.to_owned(),
+            now_ms,
+        })
+    }
+
+    /// Adds or removes members, promotes one, or lets `actor` leave (see `groups::Change`),
+    /// with the group's limit of `max_members`. Members hear of it in their mailboxes.
+    pub fn change_group(
+        &self,
+        actor: &str,
+        group: GroupId,
+        change: GroupChangeRequest,
+        max_members: usize,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<Result<GroupInfo, GroupRefusal>, StorageError>>
+           + Send
+           + 'static {
+        let change = match change {
+            GroupChangeRequest::Add(users) => groups::Change::Add(users),
+            GroupChangeRequest::Remove(users) => groups::Change::Remove(users),
+            GroupChangeRequest::Promote(user) => groups::Change::Promote(user),
+            GroupChangeRequest::Leave => groups::Change::Leave,
+        };
+        self.write(groups::ChangeMembers {
+            actor: actor.to_owned(),
+            group,
+            change,
+            max_members,
+            now_ms,
+        })
+    }
+
+    /// Stores an invite token of `group` made by the admin `actor` (`expires_at_ms` 0: valid
+    /// until revoked).
+    pub fn create_group_invite(
+        &self,
+        actor: &str,
+        group: GroupId,
+        token: &str,
+        expires_at_ms: u64,
+    ) -> impl std::future::Future<Output = Result<Result<(), GroupRefusal>, StorageError>> + Send + 'static
+    {
+        self.write(groups::CreateInvite {
+            actor: actor.to_owned(),
+            group,
+            token: token.to_owned(),
+            expires_at_ms,
+        })
+    }
+
+    /// Revokes an invite token of `group` (the admin `actor`).
+    pub fn revoke_group_invite(
+        &self,
+        actor: &str,
+        group: GroupId,
+        token: &str,
+    ) -> impl std::future::Future<Output = Result<Result<(), GroupRefusal>, StorageError>> + Send + 'static
+    {
+        self.write(groups::RevokeInvite {
+            actor: actor.to_owned(),
+            group,
+            token: token.to_owned(),
+        })
+    }
+
+    /// `user` joins the group of invite `token`.
+    pub fn join_group(
+        &self,
+        user: &str,
+        token: &str,
+        max_members: usize,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<Result<GroupInfo, GroupRefusal>, StorageError>>
+           + Send
+           + 'static {
+        self.write(groups::JoinByInvite {
+            user: user.to_owned(),
+            token: token.to_owned(),
+            max_members,
+            now_ms,
+        })
+    }
+
+    /// Stores a group message once and a reference to it in every member device's mailbox
+    /// (the sending device excepted), all in one batch; resolves after its fsync. Refused
+    /// (nothing written) for a non-member or a stale `epoch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_send(
+        &self,
+        (from, from_device, client_msg_id): (&str, DeviceId, ClientMsgId),
+        group: GroupId,
+        epoch: u64,
+        body: Vec<u8>,
+        expires_in_secs: u32,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<GroupSendOutcome, StorageError>> + Send + 'static
+    {
+        self.write(groups::GroupSend {
+            from: from.to_owned(),
+            from_device,
+            client_msg_id,
+            group,
+            epoch,
+            body,
+            expires_in_secs,
+            now_ms,
+        })
+    }
+
+    /// `reader` read `sender`'s group message: the new counts when they changed.
+    pub fn mark_group_read(
+        &self,
+        reader: &str,
+        group: GroupId,
+        sender: &str,
+        client_msg_id: ClientMsgId,
+    ) -> impl std::future::Future<Output = Result<Option<GroupReceipt>, StorageError>> + Send + 'static
+    {
+        self.write(groups::MarkRead {
+            reader: reader.to_owned(),
+            group,
+            sender: sender.to_owned(),
+            client_msg_id,
+        })
+    }
+
+    /// `group` as the member `user` sees it.
+    pub fn group_info(
+        &self,
+        group: GroupId,
+        user: &str,
+    ) -> Result<Result<GroupInfo, GroupRefusal>, StorageError> {
+        groups::info_for(self.db.get().as_ref(), group, user)
+    }
+
+    /// The groups `user` is a member of.
+    pub fn groups_of(&self, user: &str) -> Result<Vec<GroupSummary>, StorageError> {
+        groups::groups_of(self.db.get().as_ref(), user)
+    }
+
+    /// Receipts of `sender`'s messages `ids` in `group` (those still known).
+    pub fn group_receipts(
+        &self,
+        group: GroupId,
+        sender: &str,
+        ids: &[ClientMsgId],
+    ) -> Result<Vec<GroupReceipt>, StorageError> {
+        groups::receipts(self.db.get().as_ref(), group, sender, ids)
+    }
+
     /// Publishes keys of a device (see [`KeyUpload`]); resolves after the fsync.
     pub fn upload_keys(
         &self,
@@ -725,9 +904,15 @@ impl Store {
             let (k, v) = kv?;
             let (_, seq) = keys::parse_mailbox_item(&k)
                 .ok_or_else(|| StorageError::Corrupt("mailbox key".into()))?;
-            let item = decode_item(&v)?;
-            if let missive_proto::Payload::Envelope(e) = &item.payload {
-                bytes = bytes.saturating_add(e.len());
+            let mut item = decode_item(&v)?;
+            // A reference to a group message whose body expired is not delivered.
+            if !groups::resolve(db.as_ref(), &mut item)? {
+                continue;
+            }
+            match &item.payload {
+                missive_proto::Payload::Envelope(e) => bytes = bytes.saturating_add(e.len()),
+                missive_proto::Payload::Group(g) => bytes = bytes.saturating_add(g.body.len()),
+                _ => {}
             }
             out.push((seq, item));
             if bytes >= max_bytes {
@@ -803,6 +988,18 @@ impl Store {
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
         self.db.get().size_on_disk()
+    }
+
+    /// Bytes of every key and value in the store (a full scan: for tests, the bench and admin
+    /// stats). Unlike [`Store::size_on_disk`] it does not depend on how the engine lays out
+    /// its files, so it shows what a write added.
+    pub fn logical_bytes(&self) -> Result<u64, StorageError> {
+        let mut n = 0u64;
+        for kv in self.db.get().range(Bound::Unbounded, Bound::Unbounded) {
+            let (k, v) = kv?;
+            n += (k.len() + v.len()) as u64;
+        }
+        Ok(n)
     }
 
     /// False once the committer has stopped (shut down, or died): writes cannot complete.

@@ -13,7 +13,7 @@
 //! fall back to reads.
 
 use crate::MailboxId;
-use missive_proto::ClientMsgId;
+use missive_proto::{ClientMsgId, GroupId};
 use std::collections::{HashMap, VecDeque};
 
 /// A stored item as an ack needs it.
@@ -24,6 +24,9 @@ pub(crate) struct LoggedItem {
     /// For an envelope: who sent it (and which of their messages it was), to receive a
     /// "delivered" receipt. `None` for items that make no receipt (receipts themselves).
     pub(crate) receipt_to: Option<(String, ClientMsgId)>,
+    /// For a reference to a group message: its group (`receipt_to` then names the message,
+    /// whose receipts are counted per group message instead of sent one by one).
+    pub(crate) group: Option<GroupId>,
     /// Bytes of its stored record (what it counts against the mailbox's byte quota).
     pub(crate) bytes: u64,
 }
@@ -142,6 +145,7 @@ mod tests {
         LoggedItem {
             seq,
             receipt_to: Some(("s".into(), ClientMsgId([seq as u8; 16]))),
+            group: None,
             bytes: 10,
         }
     }
