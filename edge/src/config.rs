@@ -73,6 +73,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Who may register.
     pub registration: RegistrationConfig,
+    /// Group chats.
+    pub groups: GroupsConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// Push notifications for offline devices.
@@ -191,6 +193,27 @@ pub struct RegistrationConfig {
     pub link_code_ttl_secs: u64,
     /// Link codes one connection may create per hour. Default 10.
     pub link_codes_per_hour: u32,
+}
+
+/// Group chats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    /// Most members a group may have. Default 1024 (WhatsApp's limit); at most 4096. A group
+    /// message writes one small reference per member device, all in one batch.
+    pub max_members: usize,
+    /// Group requests (create, add, remove, invites, info...) one connection may make per
+    /// minute, in bursts of 20. Default 60.
+    pub requests_per_min: u32,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            max_members: 1024,
+            requests_per_min: 60,
+        }
+    }
 }
 
 /// Registration policy values.
@@ -332,6 +355,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
+            groups: GroupsConfig::default(),
             storage: StorageConfig::default(),
             push: PushConfig::default(),
             log: LogConfig::default(),
@@ -585,6 +609,12 @@ impl Config {
         }
         if !(10..=86_400).contains(&self.registration.link_code_ttl_secs) {
             return bad("registration.link_code_ttl_secs", "must be 10..=86400");
+        }
+        if !(2..=missive_proto::MAX_GROUP_MEMBERS).contains(&self.groups.max_members) {
+            return bad("groups.max_members", "must be 2..=4096");
+        }
+        if self.groups.requests_per_min == 0 {
+            return bad("groups.requests_per_min", "must be at least 1");
         }
         if self.registration.link_codes_per_hour == 0 {
             return bad("registration.link_codes_per_hour", "must be at least 1");

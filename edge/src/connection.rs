@@ -13,8 +13,8 @@ use missive_proto::{
     Visibility, EXPORTER_LEN,
 };
 use missive_storage::{
-    AppendOutcome, ClaimedBundle, KeyStatus, LinkOutcome, MailboxId, RegisterOutcome, StorageError,
-    StoredItem, UploadOutcome,
+    AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, LinkOutcome, MailboxId,
+    RegisterOutcome, StorageError, StoredItem, UploadOutcome,
 };
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -76,9 +76,25 @@ enum Completion {
     /// A device-management answer for the client.
     Answer(Frame),
     Stored(ClientMsgId, Result<AppendOutcome, StoreRefusal>),
+    StoredGroup(ClientMsgId, Result<GroupSendOutcome, StoreRefusal>),
     Acked,
+    /// Nothing for the session to hear (a group read receipt was counted).
+    Done,
     Read(usize, Result<Vec<(ServerSeq, StoredItem)>, ()>),
     VisibilityStored(Visibility, bool),
+}
+
+fn store_refusal(e: StorageError) -> StoreRefusal {
+    match e {
+        StorageError::Unavailable(why) => {
+            tracing::debug!(why, "send refused: storage unavailable");
+            StoreRefusal::Unavailable
+        }
+        e => {
+            tracing::error!(error = %e, "storing a send failed");
+            StoreRefusal::Failed
+        }
+    }
 }
 
 fn key_store_refusal(e: StorageError) -> KeyStoreRefusal {
@@ -389,16 +405,7 @@ impl Driver {
                         now_ms(),
                     );
                     self.pending.push(Box::pin(async move {
-                        let r = fut.await.map_err(|e| match e {
-                            StorageError::Unavailable(why) => {
-                                tracing::debug!(why, "append refused: storage unavailable");
-                                StoreRefusal::Unavailable
-                            }
-                            e => {
-                                tracing::error!(error = %e, "append failed");
-                                StoreRefusal::Failed
-                            }
-                        });
+                        let r = fut.await.map_err(store_refusal);
                         Completion::Stored(client_msg_id, r)
                     }));
                 }
@@ -407,11 +414,76 @@ impl Driver {
                         continue;
                     };
                     let fut = self.shared.store.ack(me, up_to, now_ms());
+                    let registry = self.shared.registry.clone();
                     self.pending.push(Box::pin(async move {
-                        if let Err(e) = fut.await {
-                            tracing::warn!(error = %e, "ack not applied; items will be redelivered");
+                        match fut.await {
+                            // Group senders hear their new counts live (they are not queued).
+                            Ok(outcome) => {
+                                for (sender, receipt) in outcome.group_receipts {
+                                    registry.forward_to_user(&sender, &receipt.into());
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ack not applied; items will be redelivered")
+                            }
                         }
                         Completion::Acked
+                    }));
+                }
+                Action::StoreGroup {
+                    client_msg_id,
+                    group,
+                    epoch,
+                    body,
+                    expires_in_secs,
+                } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    // Enqueued now, in frame order (after the key messages the sender sent
+                    // before it); resolves after the fsync.
+                    let fut = self.shared.store.group_send(
+                        (&me.user, me.device, client_msg_id),
+                        group,
+                        epoch,
+                        body,
+                        expires_in_secs,
+                        now_ms(),
+                    );
+                    self.pending.push(Box::pin(async move {
+                        let r = fut.await.map_err(store_refusal);
+                        Completion::StoredGroup(client_msg_id, r)
+                    }));
+                }
+                Action::Group {
+                    request_id,
+                    op,
+                    max_members,
+                } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let fut = crate::group_service::answer(
+                        &self.shared.store,
+                        &me.user,
+                        request_id,
+                        op,
+                        max_members,
+                        now_ms(),
+                    );
+                    self.pending
+                        .push(Box::pin(async move { Completion::Answer(fut.await) }));
+                }
+                Action::GroupRead(r) => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let fut = self.shared.store.mark_group_read(
+                        &me.user,
+                        r.group,
+                        &r.from,
+                        r.client_msg_id,
+                    );
+                    let registry = self.shared.registry.clone();
+                    self.pending.push(Box::pin(async move {
+                        if let Ok(Some(receipt)) = fut.await {
+                            registry.forward_to_user(&r.from, &receipt.into());
+                        }
+                        Completion::Done
                     }));
                 }
                 Action::ReadMailbox {
@@ -673,7 +745,11 @@ impl Driver {
             Completion::Linked(outcome) => self.session.handle_link_result(now_ms(), outcome),
             Completion::Answer(frame) => self.session.answer(frame),
             Completion::Stored(id, r) => self.session.handle_send_result(id, r, now_ms()),
+            Completion::StoredGroup(id, r) => {
+                self.session.handle_group_send_result(id, r, now_ms())
+            }
             Completion::Acked => self.session.handle_ack_result(),
+            Completion::Done => {}
             Completion::Read(limit, r) => self.session.handle_mailbox_read(limit, r),
             Completion::VisibilityStored(v, stored) => {
                 if let (true, Some(me)) = (stored, &self.mailbox) {

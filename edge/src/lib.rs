@@ -33,6 +33,8 @@ pub mod budget;
 pub mod claim_budget;
 pub mod config;
 pub mod connection;
+pub mod group_requests;
+pub mod group_service;
 pub mod http;
 pub mod key_requests;
 pub mod link_code;

@@ -220,6 +220,8 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
             per: Duration::from_secs(3600),
             burst: 3.0,
         },
+        group_requests: Rate::per_minute(config.groups.requests_per_min, 20),
+        max_group_members: config.groups.max_members,
     }
 }
 

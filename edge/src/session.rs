@@ -4,7 +4,8 @@
 //!
 //! - inputs: [`Session::handle_frame`], [`Session::handle_decode_error`],
 //!   [`Session::handle_device_key`], [`Session::handle_register_result`],
-//!   [`Session::handle_send_result`], [`Session::handle_ack_result`],
+//!   [`Session::handle_send_result`], [`Session::handle_group_send_result`],
+//!   [`Session::handle_ack_result`],
 //!   [`Session::handle_mailbox_read`], [`Session::handle_pushed`],
 //!   [`Session::handle_overflow`], [`Session::handle_goaway`], [`Session::handle_timeout`];
 //! - outputs: after **every** input the driver drains [`Session::poll_action`] until `None`,
@@ -19,17 +20,19 @@
 //! `ReadMailbox`, so every item is either in that read or pushed after it.
 
 use crate::budget::{Rate, TokenBucket};
+use crate::group_requests;
 use crate::key_requests::{KeyPolicy, KeyRequests, KeyStep, KeyStoreRefusal};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
     login_transcript, max_envelope_len, validate_user_name, AckDelivery, ClientMsgId, Deliver,
-    DeviceEnvelope, DeviceId, DeviceMismatch, Error, ErrorCode, Frame, Goaway, Payload, Pong,
-    ProtoError, Rejected, RequestRefused, Send, Sent, ServerHello, ServerSeq, Visibility, Welcome,
-    EXPORTER_LEN, MAX_DEVICES_PER_USER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    DeviceEnvelope, DeviceId, DeviceMismatch, Error, ErrorCode, Frame, Goaway, GroupId, GroupOp,
+    GroupRead, GroupRequest, GroupSend, Payload, Pong, ProtoError, Rejected, RequestRefused, Send,
+    Sent, ServerHello, ServerSeq, Visibility, Welcome, EXPORTER_LEN, MAX_DEVICES_PER_USER,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use missive_storage::{
-    AppendOutcome, ClaimedBundle, KeyStatus, KeyUpload, LinkOutcome, RegisterOutcome, StoredItem,
-    UploadOutcome,
+    AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, KeyUpload, LinkOutcome,
+    RegisterOutcome, StoredItem, UploadOutcome,
 };
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -77,6 +80,10 @@ pub struct SessionConfig {
     pub max_devices: usize,
     /// `CreateLinkCode` requests per connection.
     pub link_codes: Rate,
+    /// `GroupRequest` frames per connection (`RequestRefused{RateLimited}` past it).
+    pub group_requests: Rate,
+    /// Most members a group may have.
+    pub max_group_members: usize,
 }
 
 /// Something the driver must do for the session.
@@ -200,6 +207,31 @@ pub enum Action {
         /// The device.
         device: DeviceId,
     },
+    /// Carry out a group request of this user (already checked well-formed); answer with
+    /// `answer` (a `GroupAnswer` or a `RequestRefused`).
+    Group {
+        /// The request's id.
+        request_id: u32,
+        /// What is asked.
+        op: GroupOp,
+        /// Most members a group may have.
+        max_members: usize,
+    },
+    /// Store a group message once for every member; answer with `handle_group_send_result`.
+    StoreGroup {
+        /// Sender's message id.
+        client_msg_id: ClientMsgId,
+        /// The group.
+        group: GroupId,
+        /// The membership epoch it was encrypted for.
+        epoch: u64,
+        /// The ciphertext.
+        body: Vec<u8>,
+        /// Undelivered references are dropped after this many seconds (0: never).
+        expires_in_secs: u32,
+    },
+    /// Count a read receipt of a group message and tell its sender's live devices.
+    GroupRead(GroupRead),
     /// Forward a typing indicator to the live sessions of `to`.
     Typing {
         /// Recipient user.
@@ -262,6 +294,8 @@ pub struct Session {
     config: SessionConfig,
     /// `CreateLinkCode` budget.
     link_codes: TokenBucket,
+    /// `GroupRequest` budget.
+    group_requests: TokenBucket,
     /// Key-directory requests (uploads, claims) and their budgets.
     keys: KeyRequests,
     /// The logged-in device's login key (verifies the identity keys it publishes).
@@ -330,6 +364,7 @@ impl Session {
         );
         Self {
             link_codes: TokenBucket::new(config.link_codes, now),
+            group_requests: TokenBucket::new(config.group_requests, now),
             keys: KeyRequests::new(config.keys, now),
             device_key: None,
             login_deadline: now + config.login_timeout,
@@ -699,6 +734,14 @@ impl Session {
                 });
             }
             (Phase::Active { .. }, Frame::Send(s)) => self.on_send(now, s),
+            (Phase::Active { .. }, Frame::GroupSend(g)) => self.on_group_send(now, g),
+            (Phase::Active { .. }, Frame::GroupRequest(r)) => self.on_group_request(now, r),
+            (Phase::Active { .. }, Frame::GroupRead(r)) => {
+                // A read receipt is a small write: a quarter of a send's budget.
+                if validate_user_name(&r.from).is_ok() && self.sends.try_take(now, 0.25) {
+                    self.actions.push_back(Action::GroupRead(r));
+                }
+            }
             (Phase::Active { user, device }, Frame::UploadKeys(u)) => {
                 let key = self.device_key.unwrap_or_default();
                 let step = self.keys.upload(now, (user, *device, &key), u);
@@ -936,25 +979,13 @@ impl Session {
             self.send(r);
             return;
         }
-        if self.sends_in_flight >= self.config.max_in_flight_sends {
-            let r = reject(ErrorCode::TooManyInFlight, "too many unanswered sends");
-            self.send(r);
-            return;
-        }
-        if !self.sends.try_take(now, 1.0) {
-            let r = reject(ErrorCode::RateLimited, "send rate exceeded");
-            self.send(r);
-            return;
-        }
         // The copies fit one frame, and the burst is at least one frame (config).
         let bytes: usize = s.copies().map(|c| c.envelope.len()).sum();
-        if !self.send_bytes.try_take(now, bytes as f64) {
-            let r = reject(ErrorCode::RateLimited, "send byte rate exceeded");
+        if let Err((code, message)) = self.admit_send(now, s.client_msg_id, bytes) {
+            let r = reject(code, message);
             self.send(r);
             return;
         }
-        self.sends_in_flight += 1;
-        self.awaiting_sent.push(s.client_msg_id);
         self.actions.push_back(Action::Store {
             client_msg_id: s.client_msg_id,
             to: s.to,
@@ -962,6 +993,122 @@ impl Session {
             own: s.own,
             expires_in_secs: s.expires_in_secs,
         });
+    }
+
+    /// Counts a send (1:1 or group) against the in-flight limit and the rate and byte
+    /// budgets; on success it awaits its `Sent`.
+    fn admit_send(
+        &mut self,
+        now: Instant,
+        client_msg_id: ClientMsgId,
+        bytes: usize,
+    ) -> Result<(), (ErrorCode, &'static str)> {
+        if self.sends_in_flight >= self.config.max_in_flight_sends {
+            return Err((ErrorCode::TooManyInFlight, "too many unanswered sends"));
+        }
+        if !self.sends.try_take(now, 1.0) {
+            return Err((ErrorCode::RateLimited, "send rate exceeded"));
+        }
+        if !self.send_bytes.try_take(now, bytes as f64) {
+            return Err((ErrorCode::RateLimited, "send byte rate exceeded"));
+        }
+        self.sends_in_flight += 1;
+        self.awaiting_sent.push(client_msg_id);
+        Ok(())
+    }
+
+    fn on_group_send(&mut self, now: Instant, g: GroupSend) {
+        let reject = |code: ErrorCode, message: &str| Rejected {
+            client_msg_id: g.client_msg_id,
+            code: code.as_u16(),
+            message: message.to_owned(),
+        };
+        if self.bye_requested || self.draining {
+            let r = reject(ErrorCode::ShuttingDown, "connection is closing");
+            self.send(r);
+            return;
+        }
+        // Every member's `Deliver` carries the body: it must fit their frame limit.
+        let max_body = max_envelope_len(self.config.max_frame);
+        if g.body.len() > max_body {
+            let message = format!(
+                "group message of {} bytes exceeds the limit of {max_body}",
+                g.body.len()
+            );
+            let r = reject(ErrorCode::EnvelopeTooLarge, &message);
+            self.send(r);
+            return;
+        }
+        if let Err((code, message)) = self.admit_send(now, g.client_msg_id, g.body.len()) {
+            let r = reject(code, message);
+            self.send(r);
+            return;
+        }
+        self.actions.push_back(Action::StoreGroup {
+            client_msg_id: g.client_msg_id,
+            group: g.group,
+            epoch: g.epoch,
+            body: g.body,
+            expires_in_secs: g.expires_in_secs,
+        });
+    }
+
+    fn on_group_request(&mut self, now: Instant, r: GroupRequest) {
+        let refuse = |code: ErrorCode, message: String| RequestRefused {
+            request_id: r.request_id,
+            code: code.as_u16(),
+            message,
+        };
+        if let Err(why) = group_requests::check(&r.op) {
+            let f = refuse(ErrorCode::InvalidName, why);
+            self.send(f);
+            return;
+        }
+        if !self.group_requests.try_take(now, 1.0) {
+            let f = refuse(ErrorCode::RateLimited, "group request rate exceeded".into());
+            self.send(f);
+            return;
+        }
+        self.actions.push_back(Action::Group {
+            request_id: r.request_id,
+            op: r.op,
+            max_members: self.config.max_group_members,
+        });
+    }
+
+    /// Storage's answer to `Action::StoreGroup`.
+    pub fn handle_group_send_result(
+        &mut self,
+        client_msg_id: ClientMsgId,
+        result: Result<GroupSendOutcome, StoreRefusal>,
+        now_ms: u64,
+    ) {
+        let result = match result {
+            Ok(GroupSendOutcome::Stored { server_ts_ms, .. }) => Ok(AppendOutcome::Stored {
+                server_ts_ms,
+                devices: 0,
+            }),
+            Ok(GroupSendOutcome::Duplicate { server_ts_ms }) => {
+                Ok(AppendOutcome::Duplicate { server_ts_ms })
+            }
+            Ok(GroupSendOutcome::Refused(why)) => {
+                let (code, message) = group_requests::refusal(&why);
+                self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
+                self.awaiting_sent.retain(|id| *id != client_msg_id);
+                if !self.is_closed() {
+                    self.send(Rejected {
+                        client_msg_id,
+                        code: code.as_u16(),
+                        message,
+                    });
+                }
+                self.release_held_frames();
+                self.maybe_finish();
+                return;
+            }
+            Err(e) => Err(e),
+        };
+        self.handle_send_result(client_msg_id, result, now_ms);
     }
 
     /// Storage's answer to `Action::Store`.
@@ -1282,6 +1429,8 @@ mod tests {
             },
             max_devices: 5,
             link_codes: Rate::per_minute(1, 2),
+            group_requests: Rate::per_minute(60, 20),
+            max_group_members: 1024,
         }
     }
 
