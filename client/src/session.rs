@@ -736,9 +736,10 @@ impl Session {
             self.max_seq_seen = Some(d.seq);
         }
         let kind = match d.payload {
-            Payload::Envelope(_) | Payload::Group(_) | Payload::GroupEvent(_) => {
-                DeliveryKind::Message
-            }
+            Payload::Envelope(_)
+            | Payload::Group(_)
+            | Payload::GroupEvent(_)
+            | Payload::Story(_) => DeliveryKind::Message,
             Payload::Delivered => DeliveryKind::Delivered,
         };
         if kind == DeliveryKind::Delivered {
@@ -775,7 +776,7 @@ impl Session {
         }
         let events = match &d.payload {
             // Groups arrive with protocol version 3; this SDK does not join groups yet.
-            Payload::Group(_) | Payload::GroupEvent(_) => Vec::new(),
+            Payload::Group(_) | Payload::GroupEvent(_) | Payload::Story(_) => Vec::new(),
             Payload::Delivered => vec![Event::Receipt {
                 from: d.from.clone(),
                 client_msg_id: d.client_msg_id,

@@ -75,6 +75,8 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// Group chats.
     pub groups: GroupsConfig,
+    /// Status updates.
+    pub stories: StoriesConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// Push notifications for offline devices.
@@ -212,6 +214,26 @@ impl Default for GroupsConfig {
         Self {
             max_members: 1024,
             requests_per_min: 60,
+        }
+    }
+}
+
+/// Status updates ("stories").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoriesConfig {
+    /// Seconds a status update lives before the edge drops it (body, references, viewers).
+    /// Default 86400 (24 h, as users expect of a status); 1..=604800.
+    pub ttl_secs: u64,
+    /// Most users one status update may go to. Default 1024.
+    pub max_audience: usize,
+}
+
+impl Default for StoriesConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 86_400,
+            max_audience: 1024,
         }
     }
 }
@@ -356,6 +378,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
             groups: GroupsConfig::default(),
+            stories: StoriesConfig::default(),
             storage: StorageConfig::default(),
             push: PushConfig::default(),
             log: LogConfig::default(),
@@ -612,6 +635,12 @@ impl Config {
         }
         if !(2..=missive_proto::MAX_GROUP_MEMBERS).contains(&self.groups.max_members) {
             return bad("groups.max_members", "must be 2..=4096");
+        }
+        if !(1..=604_800).contains(&self.stories.ttl_secs) {
+            return bad("stories.ttl_secs", "must be 1..=604800 (a week)");
+        }
+        if !(1..=missive_proto::MAX_GROUP_MEMBERS).contains(&self.stories.max_audience) {
+            return bad("stories.max_audience", "must be 1..=4096");
         }
         if self.groups.requests_per_min == 0 {
             return bad("groups.requests_per_min", "must be at least 1");

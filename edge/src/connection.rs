@@ -14,7 +14,7 @@ use missive_proto::{
 };
 use missive_storage::{
     AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, LinkOutcome, MailboxId,
-    RegisterOutcome, StorageError, StoredItem, UploadOutcome,
+    RegisterOutcome, StorageError, StoredItem, StoryOutcome, UploadOutcome,
 };
 use rand::RngCore;
 use std::net::SocketAddr;
@@ -77,6 +77,7 @@ enum Completion {
     Answer(Frame),
     Stored(ClientMsgId, Result<AppendOutcome, StoreRefusal>),
     StoredGroup(ClientMsgId, Result<GroupSendOutcome, StoreRefusal>),
+    StoredStory(ClientMsgId, Result<StoryOutcome, StoreRefusal>),
     Acked,
     /// Nothing for the session to hear (a group read receipt was counted).
     Done,
@@ -470,6 +471,60 @@ impl Driver {
                     self.pending
                         .push(Box::pin(async move { Completion::Answer(fut.await) }));
                 }
+                Action::StoreStory {
+                    client_msg_id,
+                    audience,
+                    body,
+                } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let fut = self.shared.store.post_story(
+                        (&me.user, me.device, client_msg_id),
+                        audience,
+                        body,
+                        self.shared.story_ttl,
+                        now_ms(),
+                    );
+                    self.pending.push(Box::pin(async move {
+                        let r = fut.await.map_err(store_refusal);
+                        Completion::StoredStory(client_msg_id, r)
+                    }));
+                }
+                Action::StoryViewed(v) => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let fut =
+                        self.shared
+                            .store
+                            .mark_story_viewed(&me.user, &v.from, v.client_msg_id);
+                    let registry = self.shared.registry.clone();
+                    let viewer = me.user.clone();
+                    self.pending.push(Box::pin(async move {
+                        if let Ok(true) = fut.await {
+                            let view = missive_proto::StoryView {
+                                client_msg_id: v.client_msg_id,
+                                viewer,
+                            };
+                            registry.forward_to_user(&v.from, &view.into());
+                        }
+                        Completion::Done
+                    }));
+                }
+                Action::ListStories { request_id } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let answer = match self.shared.store.stories_of(&me.user, now_ms()) {
+                        Ok(stories) => missive_proto::StoryList {
+                            request_id,
+                            stories,
+                        }
+                        .into(),
+                        Err(_) => missive_proto::RequestRefused::new(
+                            request_id,
+                            ErrorCode::Internal,
+                            "storage failed; retry",
+                        )
+                        .into(),
+                    };
+                    self.session.answer(answer);
+                }
                 Action::GroupRead(r) => {
                     let Some(me) = &self.mailbox else { continue };
                     let fut = self.shared.store.mark_group_read(
@@ -745,6 +800,7 @@ impl Driver {
             Completion::Linked(outcome) => self.session.handle_link_result(now_ms(), outcome),
             Completion::Answer(frame) => self.session.answer(frame),
             Completion::Stored(id, r) => self.session.handle_send_result(id, r, now_ms()),
+            Completion::StoredStory(id, r) => self.session.handle_story_result(id, r, now_ms()),
             Completion::StoredGroup(id, r) => {
                 self.session.handle_group_send_result(id, r, now_ms())
             }

@@ -222,6 +222,7 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
         },
         group_requests: Rate::per_minute(config.groups.requests_per_min, 20),
         max_group_members: config.groups.max_members,
+        max_story_audience: config.stories.max_audience,
     }
 }
 
@@ -346,6 +347,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
             config.limits.key_claim_burst,
         )),
         link_code_ttl: Duration::from_secs(config.registration.link_code_ttl_secs),
+        story_ttl: Duration::from_secs(config.stories.ttl_secs),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_guard, mut all_done) = mpsc::channel::<()>(1);

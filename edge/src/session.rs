@@ -27,12 +27,12 @@ use missive_proto::{
     login_transcript, max_envelope_len, validate_user_name, AckDelivery, ClientMsgId, Deliver,
     DeviceEnvelope, DeviceId, DeviceMismatch, Error, ErrorCode, Frame, Goaway, GroupId, GroupOp,
     GroupRead, GroupRequest, GroupSend, Payload, Pong, ProtoError, Rejected, RequestRefused, Send,
-    Sent, ServerHello, ServerSeq, Visibility, Welcome, EXPORTER_LEN, MAX_DEVICES_PER_USER,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    Sent, ServerHello, ServerSeq, StoryPost, StoryViewed, Visibility, Welcome, EXPORTER_LEN,
+    MAX_DEVICES_PER_USER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use missive_storage::{
     AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, KeyUpload, LinkOutcome,
-    RegisterOutcome, StoredItem, UploadOutcome,
+    RegisterOutcome, StoredItem, StoryOutcome, UploadOutcome,
 };
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -84,6 +84,8 @@ pub struct SessionConfig {
     pub group_requests: Rate,
     /// Most members a group may have.
     pub max_group_members: usize,
+    /// Most users one status update may go to.
+    pub max_story_audience: usize,
 }
 
 /// Something the driver must do for the session.
@@ -232,6 +234,22 @@ pub enum Action {
     },
     /// Count a read receipt of a group message and tell its sender's live devices.
     GroupRead(GroupRead),
+    /// Store a status update once for its audience; answer with `handle_story_result`.
+    StoreStory {
+        /// Poster's id of the post.
+        client_msg_id: ClientMsgId,
+        /// Who may view it (checked names).
+        audience: Vec<String>,
+        /// The encrypted post.
+        body: Vec<u8>,
+    },
+    /// Record a view of a status update and tell its poster's live devices.
+    StoryViewed(StoryViewed),
+    /// List this user's live status updates; answer with `answer`.
+    ListStories {
+        /// The request's id.
+        request_id: u32,
+    },
     /// Forward a typing indicator to the live sessions of `to`.
     Typing {
         /// Recipient user.
@@ -736,6 +754,25 @@ impl Session {
             (Phase::Active { .. }, Frame::Send(s)) => self.on_send(now, s),
             (Phase::Active { .. }, Frame::GroupSend(g)) => self.on_group_send(now, g),
             (Phase::Active { .. }, Frame::GroupRequest(r)) => self.on_group_request(now, r),
+            (Phase::Active { .. }, Frame::StoryPost(p)) => self.on_story_post(now, p),
+            (Phase::Active { .. }, Frame::StoryViewed(v)) => {
+                if validate_user_name(&v.from).is_ok() && self.sends.try_take(now, 0.25) {
+                    self.actions.push_back(Action::StoryViewed(v));
+                }
+            }
+            (Phase::Active { .. }, Frame::ListStories(l)) => {
+                if self.group_requests.try_take(now, 1.0) {
+                    self.actions.push_back(Action::ListStories {
+                        request_id: l.request_id,
+                    });
+                } else {
+                    self.send(RequestRefused::new(
+                        l.request_id,
+                        ErrorCode::RateLimited,
+                        "request rate exceeded",
+                    ));
+                }
+            }
             (Phase::Active { .. }, Frame::GroupRead(r)) => {
                 // A read receipt is a small write: a quarter of a send's budget.
                 if validate_user_name(&r.from).is_ok() && self.sends.try_take(now, 0.25) {
@@ -1051,6 +1088,68 @@ impl Session {
             body: g.body,
             expires_in_secs: g.expires_in_secs,
         });
+    }
+
+    fn on_story_post(&mut self, now: Instant, p: StoryPost) {
+        let reject = |code: ErrorCode, message: &str| Rejected {
+            client_msg_id: p.client_msg_id,
+            code: code.as_u16(),
+            message: message.to_owned(),
+        };
+        if self.bye_requested || self.draining {
+            let r = reject(ErrorCode::ShuttingDown, "connection is closing");
+            self.send(r);
+            return;
+        }
+        if p.audience.is_empty() || p.audience.len() > self.config.max_story_audience {
+            let r = reject(
+                ErrorCode::LimitExceeded,
+                "a status goes to 1 to max_audience users",
+            );
+            self.send(r);
+            return;
+        }
+        if p.audience.iter().any(|u| validate_user_name(u).is_err()) {
+            let r = reject(ErrorCode::UnknownRecipient, "no such user in the audience");
+            self.send(r);
+            return;
+        }
+        if p.body.len() > max_envelope_len(self.config.max_frame) {
+            let r = reject(ErrorCode::EnvelopeTooLarge, "status update too large");
+            self.send(r);
+            return;
+        }
+        if let Err((code, message)) = self.admit_send(now, p.client_msg_id, p.body.len()) {
+            let r = reject(code, message);
+            self.send(r);
+            return;
+        }
+        self.actions.push_back(Action::StoreStory {
+            client_msg_id: p.client_msg_id,
+            audience: p.audience,
+            body: p.body,
+        });
+    }
+
+    /// Storage's answer to `Action::StoreStory`.
+    pub fn handle_story_result(
+        &mut self,
+        client_msg_id: ClientMsgId,
+        result: Result<StoryOutcome, StoreRefusal>,
+        now_ms: u64,
+    ) {
+        let result = match result {
+            Ok(StoryOutcome::Stored { server_ts_ms, .. }) => Ok(AppendOutcome::Stored {
+                server_ts_ms,
+                devices: 0,
+            }),
+            Ok(StoryOutcome::Duplicate { server_ts_ms }) => {
+                Ok(AppendOutcome::Duplicate { server_ts_ms })
+            }
+            Ok(StoryOutcome::UnknownUser(_)) => Ok(AppendOutcome::UnknownRecipient),
+            Err(e) => Err(e),
+        };
+        self.handle_send_result(client_msg_id, result, now_ms);
     }
 
     fn on_group_request(&mut self, now: Instant, r: GroupRequest) {
@@ -1369,6 +1468,7 @@ fn item_bytes(item: &StoredItem) -> usize {
     match &item.payload {
         Payload::Envelope(e) => e.len(),
         Payload::Group(g) => g.body.len(),
+        Payload::Story(s) => s.body.len(),
         Payload::Delivered | Payload::GroupEvent(_) => 0,
     }
 }
@@ -1431,6 +1531,7 @@ mod tests {
             link_codes: Rate::per_minute(1, 2),
             group_requests: Rate::per_minute(60, 20),
             max_group_members: 1024,
+            max_story_audience: 1024,
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Shared {
     pub key_claims: crate::claim_budget::ClaimBudgets,
     /// How long a device link code stays valid (`registration.link_code_ttl_secs`).
     pub link_code_ttl: std::time::Duration,
+    /// How long a status update lives (`stories.ttl_secs`).
+    pub story_ttl: std::time::Duration,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).

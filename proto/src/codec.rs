@@ -361,6 +361,46 @@ mod tests {
                 of: 2,
             }
             .into(),
+            StoryPost {
+                client_msg_id: id,
+                audience: vec!["bob".into()],
+                body: vec![3; 20],
+            }
+            .into(),
+            StoryViewed {
+                from: "alice".into(),
+                client_msg_id: id,
+            }
+            .into(),
+            ListStories { request_id: 11 }.into(),
+            StoryView {
+                client_msg_id: id,
+                viewer: "bob".into(),
+            }
+            .into(),
+            StoryList {
+                request_id: 11,
+                stories: vec![StorySummary {
+                    client_msg_id: id,
+                    posted_ms: 1,
+                    expires_at_ms: 2,
+                    audience: 3,
+                    viewers: vec!["bob".into()],
+                }],
+            }
+            .into(),
+            Deliver {
+                seq: ServerSeq(7),
+                from: "alice".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id,
+                server_ts_ms: 9,
+                payload: Payload::Story(Box::new(StoryMessage {
+                    expires_at_ms: 100,
+                    body: vec![1],
+                })),
+            }
+            .into(),
             Presence {
                 user: "bob".into(),
                 state: PresenceState::LastSeen(77),

@@ -6,6 +6,8 @@
 pub use crate::group::{GroupAnswer, GroupRead, GroupReceipt, GroupRequest, GroupSend};
 use crate::group::{GroupMessage, GroupNotice};
 use crate::ids::{ClientMsgId, DeviceId, ServerSeq};
+use crate::story::StoryMessage;
+pub use crate::story::{ListStories, StoryList, StoryPost, StoryView, StoryViewed};
 use rkyv::{Archive, Deserialize, Serialize};
 
 macro_rules! frames {
@@ -103,6 +105,12 @@ frames! {
     20 => GroupSend,
     /// A group message was read (aggregated into the sender's receipts).
     21 => GroupRead,
+    /// Post a status update to an audience, stored once.
+    22 => StoryPost,
+    /// A status update was viewed (its poster learns who).
+    23 => StoryViewed,
+    /// Ask for this user's live status updates and their viewers.
+    24 => ListStories,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -144,6 +152,10 @@ frames! {
     82 => GroupAnswer,
     /// The delivery and read counts of one of this user's group messages changed.
     83 => GroupReceipt,
+    /// Someone viewed one of this user's status updates.
+    84 => StoryView,
+    /// Answer to `ListStories`.
+    85 => StoryList,
 }
 
 /// Client → server, first frame on every connection.
@@ -300,6 +312,8 @@ pub enum Payload {
     Group(Box<GroupMessage>),
     /// A change of a group's membership, in order with its messages.
     GroupEvent(Box<GroupNotice>),
+    /// A status update of the `Deliver`'s `from`.
+    Story(Box<StoryMessage>),
 }
 
 /// Server → client: one item from this device's mailbox. Acknowledge with `AckDelivery`.

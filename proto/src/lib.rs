@@ -20,6 +20,7 @@ pub mod error;
 pub mod frame;
 pub mod group;
 pub mod ids;
+pub mod story;
 
 pub use codec::{
     decode_payload, encode, encode_to_vec, FrameDecoder, Header, COMPRESS_THRESHOLD, FLAG_ZSTD,
@@ -33,6 +34,7 @@ pub use ids::{
     validate_user_name, ClientMsgId, DeviceId, GroupId, ServerSeq, MAX_DEVICES_PER_USER,
     MAX_USER_NAME,
 };
+pub use story::*;
 
 /// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].
 pub const PROTOCOL_VERSION: u16 = 3;

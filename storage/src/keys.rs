@@ -23,6 +23,8 @@
 //! | `t` | `t token` | rkyv `groups::InviteRecord` (a group invite token) |
 //! | `b` | `b group:u64 sender\0 client_msg_id:[16]` | a group message's body, stored once |
 //! | `r` | `r group:u64 sender\0 client_msg_id:[16]` | rkyv `groups::ReceiptRecord` of that message |
+//! | `p` | `p poster\0 client_msg_id:[16]` | rkyv `stories::StoryRecord` (audience, viewers) |
+//! | `q` | `q poster\0 client_msg_id:[16]` | a status update's body, stored once |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, GroupId, ServerSeq};
@@ -46,6 +48,8 @@ pub(crate) const NEXT_GROUP: u8 = b'x';
 pub(crate) const GROUP_INVITE: u8 = b't';
 pub(crate) const GROUP_BODY: u8 = b'b';
 pub(crate) const GROUP_RECEIPT: u8 = b'r';
+pub(crate) const STORY: u8 = b'p';
+pub(crate) const STORY_BODY: u8 = b'q';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
@@ -266,6 +270,29 @@ pub(crate) fn body_of_receipt(receipt_key: &[u8]) -> Option<Vec<u8>> {
     k.push(GROUP_BODY);
     k.extend_from_slice(rest);
     Some(k)
+}
+
+/// Prefix of `poster`'s status updates.
+pub(crate) fn stories_of(poster: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18 + poster.len());
+    k.push(STORY);
+    k.extend_from_slice(poster.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Key of a status update's record.
+pub(crate) fn story(poster: &str, id: &ClientMsgId) -> Vec<u8> {
+    let mut k = stories_of(poster);
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Key of a status update's body.
+pub(crate) fn story_body(poster: &str, id: &ClientMsgId) -> Vec<u8> {
+    let mut k = story(poster, id);
+    k[0] = STORY_BODY;
+    k
 }
 
 /// Reads a big-endian u64 value; `None` when the stored value has the wrong size.

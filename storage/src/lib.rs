@@ -65,6 +65,7 @@ mod mailbox;
 mod migrate;
 mod records;
 mod store;
+mod stories;
 mod unacked;
 mod write;
 
@@ -84,6 +85,7 @@ pub use store::{
     AckOutcome, AppendOutcome, CommitListener, GroupChangeRequest, RegisterOutcome, Store,
     StoreConfig, StoreStats, SweepOutcome, FLUSH_BUCKETS_US, MAX_COMMIT_DELAY,
 };
+pub use stories::StoryOutcome;
 
 use missive_proto::DeviceId;
 

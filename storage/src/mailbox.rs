@@ -6,7 +6,7 @@
 use crate::device_registry;
 use crate::records::{decode_item, encode, StoredItem};
 use crate::store::{AckOutcome, AppendOutcome, SweepOutcome};
-use crate::unacked::{LoggedItem, Taken};
+use crate::unacked::{LoggedItem, Reference, Taken};
 use crate::write::{Class, Reads, Tx, Write};
 use crate::{keys, MailboxId, StorageError};
 use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId, Payload, ServerSeq, UserDevices};
@@ -278,18 +278,19 @@ impl Tx<'_> {
                 }
             }
         }
-        let group = match &item.payload {
-            Payload::Group(g) => Some(g.group),
+        let reference = match &item.payload {
+            Payload::Group(g) => Some(Reference::Group(g.group)),
+            Payload::Story(_) => Some(Reference::Story),
             _ => None,
         };
-        let receipt_to = (earns_receipt(&mb, &item) || group.is_some())
+        let receipt_to = (earns_receipt(&mb, &item) || reference.is_some())
             .then(|| (item.from.clone(), item.client_msg_id));
         self.mem.unacked.stored(
             &mb,
             LoggedItem {
                 seq: seq.0,
                 receipt_to,
-                group,
+                reference,
                 bytes,
             },
         );
@@ -492,10 +493,10 @@ impl Write for Ack {
                 tx.remove_unseen(keys::mailbox_item(mb, ServerSeq(item.seq)));
                 tx.pending.deleted_logged += 1;
                 out.deleted += 1;
-                match (item.group, item.receipt_to) {
-                    (Some(group), Some((sender, id))) => {
+                match (item.reference, item.receipt_to) {
+                    (Some(r), Some((sender, id))) => {
                         tx.unuse(mb, item.bytes, None);
-                        referenced.push((group, sender, id));
+                        referenced.push((r, sender, id));
                     }
                     (_, receipt_to) => {
                         let sender = receipt_to.as_ref().map(|(s, _)| s.as_str());
@@ -542,7 +543,16 @@ impl Write for Ack {
                     ..
                 }) => {
                     tx.unuse(mb, v.len() as u64, None);
-                    referenced.push((g.group, from, client_msg_id));
+                    referenced.push((Reference::Group(g.group), from, client_msg_id));
+                }
+                Ok(StoredItem {
+                    from,
+                    client_msg_id,
+                    payload: Payload::Story(_),
+                    ..
+                }) => {
+                    tx.unuse(mb, v.len() as u64, None);
+                    referenced.push((Reference::Story, from, client_msg_id));
                 }
                 Ok(_) => tx.unuse(mb, v.len() as u64, None),
                 Err(e) => {
@@ -557,10 +567,16 @@ impl Write for Ack {
                 tx.mem.acked_floor.insert(mb.clone(), up_to.0);
             }
         }
-        for (group, sender, id) in referenced {
-            if let Some(update) = crate::groups::reference_acked(tx, &mb.user, group, &sender, id)?
-            {
-                out.group_receipts.push(update);
+        for (reference, sender, id) in referenced {
+            match reference {
+                Reference::Group(group) => {
+                    if let Some(update) =
+                        crate::groups::reference_acked(tx, &mb.user, group, &sender, id)?
+                    {
+                        out.group_receipts.push(update);
+                    }
+                }
+                Reference::Story => crate::stories::reference_acked(tx, &sender, id)?,
             }
         }
         for (sender, client_msg_id) in receipts {
@@ -678,6 +694,11 @@ fn expire(tx: &mut Tx<'_>, now_ms: u64, out: &mut SweepOutcome) -> Result<(), St
         if let Some((_, item)) = keys::parse_expiry(&k) {
             if item.first() == Some(&keys::GROUP_BODY) {
                 crate::groups::expire_body(tx, item);
+                tx.pending.deleted += 1;
+                out.items += 1;
+            } else if item.first() == Some(&keys::STORY) {
+                crate::stories::expire(tx, item);
+                tx.pending.deleted += 1;
                 out.items += 1;
             } else if !tx.removed(item) && tx.db.get(item)?.is_some() {
                 // (Gone already when it was delivered and acknowledged.)

@@ -9,6 +9,7 @@ use crate::groups::{self, GroupRefusal, GroupSendOutcome};
 use crate::health::{HealthCell, StorageHealth};
 use crate::key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
+use crate::stories::{self, StoryOutcome};
 use crate::write::{Typed, Write};
 use crate::{accounts, device_registry, key_directory, mailbox};
 use crate::{keys, layout, MailboxId, StorageError};
@@ -777,6 +778,53 @@ impl Store {
         groups::receipts(self.db.get().as_ref(), group, sender, ids)
     }
 
+    /// Posts a status update of (`poster`, `device`) to `audience` for `ttl`: the body once,
+    /// a reference in each audience device's mailbox (and the poster's other devices'), in
+    /// one batch; resolves after its fsync.
+    pub fn post_story(
+        &self,
+        (poster, device, client_msg_id): (&str, DeviceId, ClientMsgId),
+        audience: Vec<String>,
+        body: Vec<u8>,
+        ttl: Duration,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<StoryOutcome, StorageError>> + Send + 'static
+    {
+        self.write(stories::PostStory {
+            poster: poster.to_owned(),
+            device,
+            client_msg_id,
+            audience,
+            body,
+            ttl_ms: ttl.as_millis() as u64,
+            now_ms,
+        })
+    }
+
+    /// `viewer` viewed `poster`'s status update: true on the first view by a member of its
+    /// audience (the poster is then told).
+    pub fn mark_story_viewed(
+        &self,
+        viewer: &str,
+        poster: &str,
+        client_msg_id: ClientMsgId,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
+        self.write(stories::MarkViewed {
+            viewer: viewer.to_owned(),
+            poster: poster.to_owned(),
+            client_msg_id,
+        })
+    }
+
+    /// `poster`'s status updates that have not expired at `now_ms`, with their viewers.
+    pub fn stories_of(
+        &self,
+        poster: &str,
+        now_ms: u64,
+    ) -> Result<Vec<missive_proto::StorySummary>, StorageError> {
+        stories::stories_of(self.db.get().as_ref(), poster, now_ms)
+    }
+
     /// Publishes keys of a device (see [`KeyUpload`]); resolves after the fsync.
     pub fn upload_keys(
         &self,
@@ -906,12 +954,15 @@ impl Store {
                 .ok_or_else(|| StorageError::Corrupt("mailbox key".into()))?;
             let mut item = decode_item(&v)?;
             // A reference to a group message whose body expired is not delivered.
-            if !groups::resolve(db.as_ref(), &mut item)? {
+            if !groups::resolve(db.as_ref(), &mut item)?
+                || !stories::resolve(db.as_ref(), &mut item)?
+            {
                 continue;
             }
             match &item.payload {
                 missive_proto::Payload::Envelope(e) => bytes = bytes.saturating_add(e.len()),
                 missive_proto::Payload::Group(g) => bytes = bytes.saturating_add(g.body.len()),
+                missive_proto::Payload::Story(s) => bytes = bytes.saturating_add(s.body.len()),
                 _ => {}
             }
             out.push((seq, item));

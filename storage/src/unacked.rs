@@ -14,6 +14,15 @@
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, GroupId};
+
+/// What a mailbox reference points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reference {
+    /// A message of this group.
+    Group(GroupId),
+    /// A status update.
+    Story,
+}
 use std::collections::{HashMap, VecDeque};
 
 /// A stored item as an ack needs it.
@@ -24,9 +33,10 @@ pub(crate) struct LoggedItem {
     /// For an envelope: who sent it (and which of their messages it was), to receive a
     /// "delivered" receipt. `None` for items that make no receipt (receipts themselves).
     pub(crate) receipt_to: Option<(String, ClientMsgId)>,
-    /// For a reference to a group message: its group (`receipt_to` then names the message,
-    /// whose receipts are counted per group message instead of sent one by one).
-    pub(crate) group: Option<GroupId>,
+    /// For a reference to a message stored once (a group message, a status update): what it
+    /// refers to (`receipt_to` then names the message, whose receipts are counted where it
+    /// is stored instead of sent one by one).
+    pub(crate) reference: Option<Reference>,
     /// Bytes of its stored record (what it counts against the mailbox's byte quota).
     pub(crate) bytes: u64,
 }
@@ -145,7 +155,7 @@ mod tests {
         LoggedItem {
             seq,
             receipt_to: Some(("s".into(), ClientMsgId([seq as u8; 16]))),
-            group: None,
+            reference: None,
             bytes: 10,
         }
     }

@@ -372,6 +372,7 @@ mod tests {
                     crate::budget::Rate::per_minute(60, 60),
                 ),
                 link_code_ttl: std::time::Duration::from_secs(300),
+                story_ttl: std::time::Duration::from_secs(86_400),
             }),
             data_dir: dir.to_path_buf(),
         }
