@@ -369,6 +369,10 @@ fn sync_unlocked(mut c: MutexGuard<'_, Committer>, core: &Mutex<Committer>) {
     c.finish_sync(job, result);
 }
 
+/// Puts and removes after which an engine batch is closed (between two writes, never inside
+/// one): bounds the work of one engine batch when group messages fan out.
+const MAX_BATCH_WRITES: usize = 16_384;
+
 /// Unacknowledged items the committer remembers so that their acks need no reads (about
 /// 100 bytes each: ~13 MB at the limit).
 const UNACKED_LOG_LIMIT: usize = 131_072;
@@ -444,6 +448,16 @@ impl Committer {
     /// recipients get them before the fsync). Answers that need no fsync go out now, the rest
     /// wait in `unsynced` for [`Committer::sync`].
     fn apply_batch(&mut self, jobs: Vec<Box<dyn Job>>) {
+        let mut jobs = jobs.into_iter();
+        while jobs.len() > 0 {
+            self.apply_engine_batch(&mut jobs);
+        }
+    }
+
+    /// Applies jobs from `jobs` as one engine batch, stopping after the job that takes the
+    /// batch past [`MAX_BATCH_WRITES`] (a group message writes a reference per member device:
+    /// others queued behind it go in the next engine batch, under the same fsync).
+    fn apply_engine_batch(&mut self, jobs: &mut std::vec::IntoIter<Box<dyn Job>>) {
         if self.next_reopen.is_some() {
             for job in jobs {
                 job.answer(Some(StorageError::Unavailable(
@@ -465,7 +479,7 @@ impl Committer {
                 &mut self.mem,
                 &self.limits,
             );
-            for mut job in jobs {
+            for mut job in jobs.by_ref() {
                 let class = job.class();
                 if low_space && class.adds_data {
                     job.answer(Some(StorageError::Unavailable(
@@ -475,6 +489,9 @@ impl Committer {
                 }
                 job.apply(&mut tx);
                 applied_jobs.push((class.answer_before_sync, job));
+                if tx.writes() >= MAX_BATCH_WRITES {
+                    break;
+                }
             }
         }
         for (mb, mark) in pending.seq_marks.drain() {

@@ -275,6 +275,11 @@ impl<'a> Tx<'a> {
         self.batch.remove_written_once(key);
     }
 
+    /// Puts and removes in the batch so far.
+    pub(crate) fn writes(&self) -> usize {
+        self.batch.len()
+    }
+
     /// Whether `key` was removed earlier in this batch.
     pub(crate) fn removed(&self, key: &[u8]) -> bool {
         matches!(self.pending.written.get(key), Some(None))
