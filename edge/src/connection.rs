@@ -85,6 +85,12 @@ enum Completion {
     VisibilityStored(Visibility, bool),
 }
 
+/// The refusal of request `request_id` when storage failed it.
+fn storage_failed(request_id: u32) -> Frame {
+    missive_proto::RequestRefused::new(request_id, ErrorCode::Internal, "storage failed; retry")
+        .into()
+}
+
 fn store_refusal(e: StorageError) -> StoreRefusal {
     match e {
         StorageError::Unavailable(why) => {
@@ -516,12 +522,7 @@ impl Driver {
                             stories,
                         }
                         .into(),
-                        Err(_) => missive_proto::RequestRefused::new(
-                            request_id,
-                            ErrorCode::Internal,
-                            "storage failed; retry",
-                        )
-                        .into(),
+                        Err(_) => storage_failed(request_id),
                     };
                     self.session.answer(answer);
                 }
@@ -650,12 +651,7 @@ impl Driver {
                                 expires_in_ms,
                             }
                             .into(),
-                            _ => missive_proto::RequestRefused::new(
-                                request_id,
-                                ErrorCode::Internal,
-                                "storage failed; retry",
-                            )
-                            .into(),
+                            _ => storage_failed(request_id),
                         })
                     }));
                 }
@@ -667,12 +663,7 @@ impl Driver {
                             devices,
                         }
                         .into(),
-                        Err(_) => missive_proto::RequestRefused::new(
-                            request_id,
-                            ErrorCode::Internal,
-                            "storage failed; retry",
-                        )
-                        .into(),
+                        Err(_) => storage_failed(request_id),
                     };
                     self.session.answer(answer);
                 }
@@ -690,12 +681,7 @@ impl Driver {
                                 removed: u32::try_from(n).unwrap_or(u32::MAX),
                             }
                             .into(),
-                            Err(_) => missive_proto::RequestRefused::new(
-                                request_id,
-                                ErrorCode::Internal,
-                                "storage failed; retry",
-                            )
-                            .into(),
+                            Err(_) => storage_failed(request_id),
                         })
                     }));
                 }
@@ -717,12 +703,7 @@ impl Driver {
                                 "no such device",
                             )
                             .into(),
-                            Err(_) => missive_proto::RequestRefused::new(
-                                request_id,
-                                ErrorCode::Internal,
-                                "storage failed; retry",
-                            )
-                            .into(),
+                            Err(_) => storage_failed(request_id),
                         })
                     }));
                 }
