@@ -7,6 +7,7 @@
 
 pub mod olm;
 pub(crate) mod sealer;
+pub mod status_key;
 mod store;
 
 pub use olm::{OlmMachine, PeerIdentity};
