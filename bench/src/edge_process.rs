@@ -18,7 +18,7 @@ pub struct SpawnedEdge {
     /// PEM certificate to trust.
     pub cert: PathBuf,
     /// Keeps the temp data dir alive for the run.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// CPU seconds of earlier incarnations (before a restart).
     cpu_before_restart: f64,
     /// Peak RSS of earlier incarnations.
@@ -67,7 +67,7 @@ impl SpawnedEdge {
             args,
             addr,
             cert,
-            _dir: dir,
+            dir,
             cpu_before_restart: 0.0,
             peak_before_restart: 0,
         })
@@ -108,6 +108,12 @@ impl SpawnedEdge {
             .max(peak_rss(self.pid()).unwrap_or(0))
     }
 
+    /// Bytes in the edge's data dir (the sum of its files' lengths, recursively): what the
+    /// store holds on disk, garbage not yet compacted included.
+    pub fn data_dir_bytes(&self) -> u64 {
+        dir_bytes(self.dir.path())
+    }
+
     /// Current resident set size in bytes.
     pub fn rss(&self) -> u64 {
         status_kib(self.pid(), "VmRSS:").unwrap_or(0) * 1024
@@ -119,6 +125,21 @@ impl Drop for SpawnedEdge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The lengths of the files under `dir`, summed (unreadable entries count 0).
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn spawn(bin: &Path, args: &[String]) -> Result<(Child, SocketAddr, PathBuf), String> {

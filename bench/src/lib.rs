@@ -7,6 +7,7 @@ pub mod edge_process;
 pub mod fleet;
 pub mod flood;
 pub mod payload;
+pub mod raw;
 pub mod remote;
 pub mod report;
 pub mod scenario;

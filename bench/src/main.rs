@@ -6,7 +6,7 @@
 //!               [--window W] [--json FILE] [--svg FILE]
 //! ```
 //!
-//! Scenarios: `chat`, `offline`, `crash` (needs `--spawn`), `connections`. The harness checks
+//! Scenarios: `chat`, `offline`, `crash` (needs `--spawn`), `connections`, `group`. The harness checks
 //! loss, duplicates and per-sender order itself; it exits 1 when an acknowledged message was
 //! lost or duplicated. `--flood KIND` runs hostile connections beside the scenario (see
 //! `flood.rs`), so the report shows what they cost the edge and the legitimate clients.
@@ -77,6 +77,10 @@ struct Cli {
     /// evenly over one interval, a smooth load.
     #[arg(long, requires = "rate")]
     aligned: bool,
+    /// `group`: the share of the members that are online and receive; the rest stay offline
+    /// and keep their references.
+    #[arg(long, default_value_t = 0.2, value_parser = share)]
+    online_share: f64,
     /// QUIC clients sharing one UDP socket (0 = one each while the process's open-file limit
     /// allows, else as few per socket as fit in half of it).
     #[arg(long, default_value_t = 0)]
@@ -105,6 +109,19 @@ enum Scenario {
     Offline,
     Crash,
     Connections,
+    /// One group of `--clients` members: member 0 sends, `--online-share` of the others
+    /// receive on frame-level connections (fan-out, `Sent` latency, disk per message).
+    Group,
+}
+
+/// Parses a share: a number above 0 and at most 1.
+fn share(s: &str) -> Result<f64, String> {
+    let v = positive_number(s)?;
+    if v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("must be at most 1, got {s}"))
+    }
 }
 
 /// Parses a finite number above zero (a rate or a duration; zero, negative, NaN or infinite
@@ -133,7 +150,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("missive-bench: acknowledged messages were lost or duplicated");
+            eprintln!("missive-bench: acknowledged messages were lost, duplicated or out of order");
             ExitCode::FAILURE
         }
         Err(e) => {
@@ -180,6 +197,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         window: cli.window,
         one_way: cli.one_way,
         aligned: cli.aligned,
+        online_share: cli.online_share,
     };
     let remote_start = cli.metrics.and_then(missive_bench::remote::sample);
     let cpu_start = spawned.as_ref().map(|e| e.cpu_seconds());
@@ -205,6 +223,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::Crash => scenario::chat::run(&mut under, &knobs, tracker, true).await,
         Scenario::Offline => scenario::offline::run(&mut under, &knobs, tracker).await,
         Scenario::Connections => scenario::connections::run(&mut under, &knobs, tracker).await,
+        Scenario::Group => scenario::group::run(&mut under, &knobs, tracker).await,
     };
     progress.abort();
     let _ = stop_flood.send(true);
@@ -243,7 +262,9 @@ async fn run(cli: Cli) -> Result<bool, String> {
     if let Some(path) = &cli.svg {
         std::fs::write(path, report.svg()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(report.correct())
+    // In a group every member must see the one sender's messages in its order.
+    let in_order = !matches!(cli.scenario, Scenario::Group) || report.out_of_order == 0;
+    Ok(report.correct() && in_order)
 }
 
 /// A one-line progress display on stderr (sent / acked / delivered and the current rate), only
@@ -285,5 +306,8 @@ mod tests {
         let err = Cli::try_parse_from(["missive-bench", "chat", "--spawn", "--rate", "0"])
             .expect_err("--rate 0 must be refused");
         assert!(err.to_string().contains("--rate"), "{err}");
+        assert_eq!(share("0.2"), Ok(0.2));
+        assert_eq!(share("1"), Ok(1.0));
+        assert!(share("1.5").is_err() && share("0").is_err());
     }
 }

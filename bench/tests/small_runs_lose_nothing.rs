@@ -1,5 +1,6 @@
-//! Small `chat`, `crash` and `offline` runs against a spawned edge: correctness only (nothing
-//! acknowledged lost or duplicated, order kept). The figures are benchmarks, never asserted.
+//! Small `chat`, `crash`, `offline` and `group` runs against a spawned edge: correctness only
+//! (nothing acknowledged lost or duplicated, order kept). The figures are benchmarks, never
+//! asserted.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -102,4 +103,37 @@ fn offline_small() {
     let r = run(&["offline", "--clients", "8", "--messages", "2000"]);
     assert_exact(&r, 2000);
     assert!(r["extra"]["drain_msgs_per_s"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn group_small() {
+    // 12 members, 6 online (member 0 sends): each answered message is owed to 6 members.
+    let r = run(&[
+        "group",
+        "--clients",
+        "12",
+        "--online-share",
+        "0.5",
+        "--messages",
+        "300",
+        "--window",
+        "8",
+    ]);
+    assert_eq!(r["scenario"], "group");
+    assert_exact(&r, 300 * 6);
+    let extra = &r["extra"];
+    assert_eq!(extra["members"], 12.0, "{r}");
+    assert_eq!(extra["online"], 6.0, "{r}");
+    assert_eq!(extra["group_msgs_answered_sent"], 300.0, "{r}");
+    assert_eq!(extra["group_msgs_rejected"], 0.0, "{r}");
+    assert_eq!(extra["member_connections_failed"], 0.0, "{r}");
+    for key in [
+        "member_deliveries_per_s",
+        "group_msgs_per_s",
+        "sent_p50_ms",
+        "sent_p99_ms",
+        "disk_bytes_per_group_msg",
+    ] {
+        assert!(extra[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod connections;
+pub mod group;
 pub mod offline;
 
 use crate::edge_process::SpawnedEdge;
@@ -36,6 +37,8 @@ pub struct Knobs {
     /// are spread evenly over one interval, so the offered load is smooth, as a fleet of
     /// independent phones makes it.
     pub aligned: bool,
+    /// `group`: the share of the members that are online and receive (0 < share <= 1).
+    pub online_share: f64,
 }
 
 /// When one paced sender sends: `rate` msgs/s, the first at `phase` after the run starts.
