@@ -32,8 +32,9 @@ const ACK_EVERY: u64 = 64;
 /// Quiet time after which a member acknowledges what it has.
 const IDLE: Duration = Duration::from_millis(2);
 /// How long every answered message may take to reach every online member after the last
-/// `Sent` before the remainder counts as lost.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// `Sent` before the remainder counts as lost. Below the edge's default idle timeout (60 s):
+/// a connection quiet for that long is closed, and the members' final acks need theirs.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the sends may wait for their answers after the last one was written.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Quiet time that ends a member's catch-up of the membership events before the run.
@@ -56,6 +57,9 @@ pub async fn run(
     let n = knobs.clients.max(2);
     let online = online_count(n, knobs.online_share);
     let m = knobs.messages;
+    if m == 0 || knobs.seconds.is_some() {
+        return Err("group sends a fixed count: give --messages above 0 (not --seconds)".into());
+    }
     let users = register_users(&under.target, &run_prefix("group"), n).await?;
     let (mut owner_r, mut owner_w) = raw::login(&users[0]).await?;
     let mut owner_acks = Acker::new(ACK_EVERY);
@@ -204,7 +208,9 @@ pub async fn run(
         }
     }
     let disk_end = under.spawned.as_ref().map(|e| e.data_dir_bytes());
-    owner_w.send(&[Bye {}.into()]).await?;
+    // The sender has been quiet since its last send; if the edge closed it meanwhile, its
+    // reader has already ended.
+    let _ = owner_w.send(&[Bye {}.into()]).await;
     let sender = owner_reader.await.map_err(|e| e.to_string())??;
     if let Some(first) = closed_early.first() {
         eprintln!(
