@@ -83,6 +83,14 @@ impl ReceiptRecord {
     }
 }
 
+/// Whether a count that just grew to `n` of `of` is worth a live update to the sender: every
+/// step in a small group; in a large one the first, each tenth of the way, and the last (the
+/// sender can always ask for the exact counts), so a 1,024-member group's acks do not send
+/// its sender a thousand frames per message.
+fn worth_telling(n: u32, of: u32) -> bool {
+    of <= 32 || n <= 1 || n >= of || (n * 10 / of) != ((n - 1) * 10 / of)
+}
+
 fn count_bits(bits: &[u8]) -> u32 {
     bits.iter().map(|b| b.count_ones()).sum()
 }
@@ -245,10 +253,62 @@ pub(crate) fn resolve(
     }
 }
 
+/// Groups whose records the committer holds decoded, with each member's slot: an ack of a
+/// group message needs its member's slot, and decoding a 1,024-member record per ack was
+/// most of the fan-out's cost. Written through by every change of a record.
+#[derive(Default)]
+struct GroupCache {
+    groups: std::collections::HashMap<GroupId, std::sync::Arc<CachedGroup>>,
+}
+
+/// A decoded group record and its members' slots.
+struct CachedGroup {
+    record: GroupRecord,
+    slots: std::collections::HashMap<String, u32>,
+}
+
+/// Groups the cache holds at most; past this it starts over.
+const GROUP_CACHE_LIMIT: usize = 10_000;
+
+impl CachedGroup {
+    fn new(record: GroupRecord) -> Self {
+        let slots = record
+            .members
+            .iter()
+            .map(|m| (m.user.clone(), m.slot))
+            .collect();
+        Self { record, slots }
+    }
+}
+
 impl Tx<'_> {
     fn put_group(&mut self, group: GroupId, rec: &GroupRecord) -> Result<(), StorageError> {
         self.put(keys::group(group), encode(rec)?);
+        self.mem
+            .cache::<GroupCache>()
+            .groups
+            .insert(group, std::sync::Arc::new(CachedGroup::new(rec.clone())));
         Ok(())
+    }
+
+    /// `group`'s record as this batch sees it, decoded once and then remembered.
+    fn cached_group(
+        &mut self,
+        group: GroupId,
+    ) -> Result<Option<std::sync::Arc<CachedGroup>>, StorageError> {
+        if let Some(g) = self.mem.cache::<GroupCache>().groups.get(&group) {
+            return Ok(Some(g.clone()));
+        }
+        let Some(rec) = record(self, group)? else {
+            return Ok(None);
+        };
+        let cached = std::sync::Arc::new(CachedGroup::new(rec));
+        let cache = self.mem.cache::<GroupCache>();
+        if cache.groups.len() >= GROUP_CACHE_LIMIT {
+            cache.groups.clear();
+        }
+        cache.groups.insert(group, cached.clone());
+        Ok(Some(cached))
     }
 
     /// Puts `change` in the mailbox of every device of `users`.
@@ -494,6 +554,7 @@ impl Write for ChangeMembers {
         if rec.members.is_empty() {
             // The last member left: nobody can see or use the group any more.
             tx.remove(keys::group(self.group));
+            tx.mem.cache::<GroupCache>().groups.remove(&self.group);
         } else {
             tx.put_group(self.group, &rec)?;
         }
@@ -655,9 +716,10 @@ impl Write for GroupSend {
             return Ok(GroupSendOutcome::Duplicate { server_ts_ms: ts });
         }
         let refuse = |r| Ok(GroupSendOutcome::Refused(r));
-        let Some(rec) = record(tx, self.group)? else {
+        let Some(cached) = tx.cached_group(self.group)? else {
             return refuse(GroupRefusal::UnknownGroup);
         };
+        let rec = &cached.record;
         if !rec.members.iter().any(|m| m.user == self.from) {
             return refuse(GroupRefusal::NotMember);
         }
@@ -708,8 +770,9 @@ impl Write for GroupSend {
             ..stored.clone()
         };
         let references = mailboxes.len();
+        let record = encode(&stored)?;
         for mb in mailboxes {
-            tx.push_reference(mb, stored.clone(), shown.clone())?;
+            tx.push_reference(mb, &stored, &record, shown.clone())?;
         }
         // The body record is written once; the mailboxes hold references to it.
         tx.put_unseen(body_key, self.body);
@@ -742,15 +805,10 @@ impl Write for MarkRead {
         if self.reader == self.sender {
             return Ok(None);
         }
-        let Some(rec) = record(tx, self.group)? else {
+        let Some(cached) = tx.cached_group(self.group)? else {
             return Ok(None);
         };
-        let Some(slot) = rec
-            .members
-            .iter()
-            .find(|m| m.user == self.reader)
-            .map(|m| m.slot)
-        else {
+        let Some(&slot) = cached.slots.get(&self.reader) else {
             return Ok(None);
         };
         let key = keys::group_receipt(self.group, &self.sender, &self.client_msg_id);
@@ -764,7 +822,8 @@ impl Write for MarkRead {
             return Ok(None);
         }
         tx.put(key, encode(&receipt)?);
-        Ok(Some(receipt.receipt(self.group, self.client_msg_id)))
+        let tell = worth_telling(count_bits(&receipt.read), receipt.of);
+        Ok(tell.then(|| receipt.receipt(self.group, self.client_msg_id)))
     }
 }
 
@@ -789,18 +848,16 @@ pub(crate) fn reference_acked(
     }
     let mut changed = false;
     if member != sender {
-        let slot = record(tx, group)?.and_then(|rec| {
-            rec.members
-                .iter()
-                .find(|m| m.user == member)
-                .map(|m| m.slot)
-        });
+        let slot = tx
+            .cached_group(group)?
+            .and_then(|g| g.slots.get(member).copied());
         if let Some(slot) = slot {
             changed = set_bit(&mut receipt.delivered, slot);
         }
     }
     tx.put(key, encode(&receipt)?);
-    Ok(changed.then(|| (sender.to_owned(), receipt.receipt(group, client_msg_id))))
+    let tell = changed && worth_telling(count_bits(&receipt.delivered), receipt.of);
+    Ok(tell.then(|| (sender.to_owned(), receipt.receipt(group, client_msg_id))))
 }
 
 /// Drops a group message whose timer ran out: its body and receipt record (its references

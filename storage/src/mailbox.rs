@@ -240,28 +240,31 @@ impl Tx<'_> {
         mb: MailboxId,
         item: StoredItem,
     ) -> Result<ServerSeq, StorageError> {
-        self.push_item_as(mb, item, None)
+        let record = encode(&item)?;
+        self.push_item_as(mb, item, record, None)
     }
 
-    /// Appends a reference to a group message (`stored`, whose body is empty) to `mb`; the
-    /// listener hears of it as `shown` (with the body), so live delivery needs no read.
+    /// Appends a reference to a message stored once (`stored`, whose body is empty, already
+    /// encoded as `record`: the same bytes for every mailbox) to `mb`; the listener hears of
+    /// it as `shown` (with the body), so live delivery needs no read.
     pub(crate) fn push_reference(
         &mut self,
         mb: MailboxId,
-        stored: StoredItem,
+        stored: &StoredItem,
+        record: &[u8],
         shown: StoredItem,
     ) -> Result<ServerSeq, StorageError> {
-        self.push_item_as(mb, stored, Some(shown))
+        self.push_item_as(mb, stored.clone(), record.to_vec(), Some(shown))
     }
 
     fn push_item_as(
         &mut self,
         mb: MailboxId,
         item: StoredItem,
+        record: Vec<u8>,
         shown: Option<StoredItem>,
     ) -> Result<ServerSeq, StorageError> {
         let seq = self.next_seq(&mb)?;
-        let record = encode(&item)?;
         let bytes = record.len() as u64;
         // Mailbox items are read back only through scans of the committed engine and the
         // unacked log, never by a later write of the same batch: no copy in `written`.

@@ -122,8 +122,9 @@ impl Write for PostStory {
             ..stored.clone()
         };
         let references = mailboxes.len();
+        let record = encode(&stored)?;
         for mb in mailboxes {
-            tx.push_reference(mb, stored.clone(), shown.clone())?;
+            tx.push_reference(mb, &stored, &record, shown.clone())?;
         }
         tx.put_unseen(
             keys::story_body(&self.poster, &self.client_msg_id),

@@ -15,6 +15,7 @@ use crate::records::StoredItem;
 use crate::unacked::UnackedLog;
 use crate::{MailboxId, StorageError};
 use missive_proto::{DeviceId, ServerSeq};
+use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::oneshot;
 
@@ -157,6 +158,8 @@ pub(crate) struct Memory {
     pub(crate) unacked: UnackedLog,
     /// The engine was reopened after a failure in this process (seqs then skip ahead).
     pub(crate) reopened: bool,
+    /// Caches of other concerns, one per type (see [`Memory::cache`]).
+    caches: HashMap<TypeId, Box<dyn Any + Send>>,
 }
 
 impl Memory {
@@ -171,7 +174,18 @@ impl Memory {
             devices: HashMap::new(),
             unacked: UnackedLog::new(unacked_limit),
             reopened: false,
+            caches: HashMap::new(),
         }
+    }
+
+    /// The cache of type `T` (made empty on first use): a module keeps what it remembers of
+    /// its records between batches here, and it is forgotten with the rest after a failure.
+    pub(crate) fn cache<T: Default + Send + 'static>(&mut self) -> &mut T {
+        self.caches
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()))
+            .downcast_mut::<T>()
+            .expect("a cache is stored under its own type id")
     }
 
     /// Drops what is remembered of the engine's state (after a write that may or may not
@@ -184,6 +198,7 @@ impl Memory {
         self.acked_floor.clear();
         self.unacked.clear();
         self.devices.clear();
+        self.caches.clear();
     }
 }
 

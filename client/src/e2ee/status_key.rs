@@ -70,10 +70,16 @@ mod tests {
     fn a_post_opens_with_its_key_only_and_as_itself_only() {
         let id = ClientMsgId([1; 16]);
         let (key, ct) = seal_status("alice", &id, b"at the beach");
-        assert_eq!(open_status(&key, "alice", &id, &ct).unwrap(), b"at the beach");
+        assert_eq!(
+            open_status(&key, "alice", &id, &ct).unwrap(),
+            b"at the beach"
+        );
         let (other_key, _) = seal_status("alice", &id, b"x");
         assert_ne!(key, other_key, "a fresh key per post");
-        assert_eq!(open_status(&other_key, "alice", &id, &ct), Err(StatusOpenError));
+        assert_eq!(
+            open_status(&other_key, "alice", &id, &ct),
+            Err(StatusOpenError)
+        );
         assert_eq!(open_status(&key, "mallory", &id, &ct), Err(StatusOpenError));
         assert_eq!(
             open_status(&key, "alice", &ClientMsgId([2; 16]), &ct),
@@ -81,6 +87,9 @@ mod tests {
         );
         let mut tampered = ct.clone();
         tampered[0] ^= 1;
-        assert_eq!(open_status(&key, "alice", &id, &tampered), Err(StatusOpenError));
+        assert_eq!(
+            open_status(&key, "alice", &id, &tampered),
+            Err(StatusOpenError)
+        );
     }
 }
