@@ -11,8 +11,9 @@ use crate::receipt_id::ReceiptIds;
 use crate::transport::TransportConfig;
 use crate::{ClientError, Identity};
 use missive_proto::{
-    validate_user_name, ClientMsgId, CreateLinkCode, DeviceId, Frame, ListDevices, RemoveDevice,
-    Retract, ServerSeq, Visibility,
+    validate_group_name, validate_user_name, ClientMsgId, CreateLinkCode, DeviceId, Frame,
+    GroupAnswerKind, GroupId, GroupInfo, GroupOp, GroupRead, GroupReceipt, GroupRequest,
+    GroupSummary, ListDevices, RemoveDevice, Retract, ServerSeq, Visibility,
 };
 use std::borrow::Borrow;
 use std::net::SocketAddr;
@@ -59,6 +60,12 @@ pub struct ClientConfig {
     /// Disappearing-message timers per chat (other user → seconds), as the app saved them
     /// from `Event::TimerChanged` and [`Client::set_disappearing`] (default none).
     pub disappearing: std::collections::HashMap<String, u32>,
+    /// A group's Megolm session is replaced after this many messages (default 100): a key
+    /// copied from a member's device reads at most this many messages ahead. It is also
+    /// replaced at every membership change.
+    pub rotate_after_messages: u32,
+    /// ... and once it is this old, however few messages it carried (default 7 days).
+    pub rotate_after: Duration,
 }
 
 impl ClientConfig {
@@ -78,6 +85,8 @@ impl ClientConfig {
             quic_endpoint: None,
             receive: true,
             disappearing: std::collections::HashMap::new(),
+            rotate_after_messages: crate::e2ee::RotationPolicy::default().messages,
+            rotate_after: crate::e2ee::RotationPolicy::default().age,
         }
     }
 
@@ -102,6 +111,17 @@ pub struct SendReceipt {
     pub server_ts_ms: u64,
     /// True when the server had already stored this id (a retry); it was not stored twice.
     pub duplicate: bool,
+}
+
+/// An invite token of a group (see [`Client::create_group_invite`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInvite {
+    /// The group.
+    pub group: GroupId,
+    /// The token; share it out of band. Whoever holds it may join ([`Client::join_group`]).
+    pub token: String,
+    /// When it stops working, ms since the Unix epoch (0: only when revoked).
+    pub expires_at_ms: u64,
 }
 
 /// A connected client. Cheap to clone; every clone drives the same connection.
@@ -276,6 +296,186 @@ impl Client {
         }
     }
 
+    /// Creates a group named `name` (1 to 128 bytes, no control characters); this user is
+    /// its first member and admin.
+    pub async fn create_group(&self, name: impl Into<String>) -> Result<GroupInfo, ClientError> {
+        let name = name.into();
+        validate_group_name(&name).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        self.group_info_request(GroupOp::Create { name }).await
+    }
+
+    /// Adds users to a group (admins only). Returns the group after the change; the next
+    /// group message from any member uses a new key that the new members get.
+    pub async fn add_members(
+        &self,
+        group: GroupId,
+        users: Vec<String>,
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_info_request(GroupOp::Add { group, users }).await
+    }
+
+    /// Removes members from a group (admins only). They get no key made after this, so they
+    /// cannot read what is sent from now on.
+    pub async fn remove_members(
+        &self,
+        group: GroupId,
+        users: Vec<String>,
+    ) -> Result<GroupInfo, ClientError> {
+        self.group_info_request(GroupOp::Remove { group, users })
+            .await
+    }
+
+    /// Makes a member an admin (admins only).
+    pub async fn promote(
+        &self,
+        group: GroupId,
+        user: impl Into<String>,
+    ) -> Result<GroupInfo, ClientError> {
+        let user = user.into();
+        self.group_info_request(GroupOp::Promote { group, user })
+            .await
+    }
+
+    /// Leaves a group. The last admin leaving makes the longest-standing member admin.
+    pub async fn leave_group(&self, group: GroupId) -> Result<(), ClientError> {
+        match self.group_request(GroupOp::Leave { group }).await? {
+            GroupAnswerKind::Left { .. } => Ok(()),
+            other => Err(unexpected_group(&other)),
+        }
+    }
+
+    /// A group's name, epoch and members (members only).
+    pub async fn group_info(&self, group: GroupId) -> Result<GroupInfo, ClientError> {
+        self.group_info_request(GroupOp::Info { group }).await
+    }
+
+    /// The groups this user is a member of.
+    pub async fn groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        match self.group_request(GroupOp::List).await? {
+            GroupAnswerKind::List(list) => Ok(list),
+            other => Err(unexpected_group(&other)),
+        }
+    }
+
+    /// An invite token that lets anyone holding it join the group (admins only); it stops
+    /// working after `expires_in_secs` (0: only when revoked).
+    pub async fn create_group_invite(
+        &self,
+        group: GroupId,
+        expires_in_secs: u32,
+    ) -> Result<GroupInvite, ClientError> {
+        let op = GroupOp::CreateInvite {
+            group,
+            expires_in_secs,
+        };
+        match self.group_request(op).await? {
+            GroupAnswerKind::Invite {
+                group,
+                token,
+                expires_at_ms,
+            } => Ok(GroupInvite {
+                group,
+                token,
+                expires_at_ms,
+            }),
+            other => Err(unexpected_group(&other)),
+        }
+    }
+
+    /// Joins a group with an invite token. Messages sent before joining stay unreadable.
+    pub async fn join_group(&self, token: impl Into<String>) -> Result<GroupInfo, ClientError> {
+        let token = token.into();
+        self.group_info_request(GroupOp::Join { token }).await
+    }
+
+    /// Revokes an invite token (admins only).
+    pub async fn revoke_group_invite(
+        &self,
+        group: GroupId,
+        token: impl Into<String>,
+    ) -> Result<(), ClientError> {
+        let token = token.into();
+        match self.group_request(GroupOp::Revoke { group, token }).await? {
+            GroupAnswerKind::Revoked => Ok(()),
+            other => Err(unexpected_group(&other)),
+        }
+    }
+
+    /// Sends `text` to every member of `group` under a fresh random id (in the receipt);
+    /// resolves once the server has stored it. Queued at call time, like [`Client::send`].
+    /// When the membership changed since this device last looked, the SDK learns the new
+    /// members, makes a new key for them and sends again under the same id. A refusal
+    /// (`NotGroupMember`, `UnknownGroup`) is [`ClientError::GroupRefused`].
+    pub fn send_group(
+        &self,
+        group: GroupId,
+        text: impl Into<String>,
+    ) -> impl std::future::Future<Output = Result<SendReceipt, ClientError>> + Send + 'static {
+        let id = ClientMsgId(rand::random());
+        let queued = seal(&Content::Text(text.into())).and_then(|envelope| {
+            let (reply, rx) = oneshot::channel();
+            self.command(Command::GroupSend {
+                id,
+                group,
+                envelope,
+                reply,
+            })?;
+            Ok(rx)
+        });
+        async move { queued?.await.map_err(|_| ClientError::ClientClosed)? }
+    }
+
+    /// Tells the server that `from`'s group message `id` was read here; the sender's devices
+    /// get the group's counts (`Event::GroupReceipt`). Sent once connected; not answered
+    /// ([`Client::close`] waits until the server applied it).
+    pub fn mark_group_read(
+        &self,
+        group: GroupId,
+        from: impl Into<String>,
+        id: ClientMsgId,
+    ) -> Result<(), ClientError> {
+        self.command(Command::GroupRead(GroupRead {
+            group,
+            from: from.into(),
+            client_msg_id: id,
+        }))
+    }
+
+    /// Delivery and read counts of this user's group messages `ids` (those the server still
+    /// knows).
+    pub async fn group_receipts(
+        &self,
+        group: GroupId,
+        ids: Vec<ClientMsgId>,
+    ) -> Result<Vec<GroupReceipt>, ClientError> {
+        match self.group_request(GroupOp::Receipts { group, ids }).await? {
+            GroupAnswerKind::Receipts(r) => Ok(r),
+            other => Err(unexpected_group(&other)),
+        }
+    }
+
+    async fn group_info_request(&self, op: GroupOp) -> Result<GroupInfo, ClientError> {
+        match self.group_request(op).await? {
+            GroupAnswerKind::Info(info) => Ok(info),
+            other => Err(unexpected_group(&other)),
+        }
+    }
+
+    /// A group request and its answer; a refusal is [`ClientError::GroupRefused`].
+    async fn group_request(&self, op: GroupOp) -> Result<GroupAnswerKind, ClientError> {
+        let answer = self
+            .device_request(move |request_id| GroupRequest { request_id, op }.into())
+            .await;
+        match answer {
+            Ok(Frame::GroupAnswer(a)) => Ok(a.answer),
+            Ok(other) => Err(unexpected(&other)),
+            Err(ClientError::Rejected { code, message }) => {
+                Err(ClientError::GroupRefused { code, message })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn device_request(
         &self,
         build: impl FnOnce(u32) -> Frame + Send + 'static,
@@ -389,6 +589,18 @@ async fn new_device(config: &ClientConfig, mode: LoginMode) -> Result<Identity, 
         tracing::warn!(error = %e, "device created, but the closing Bye exchange failed");
     }
     Ok(identity)
+}
+
+fn unexpected_group(answer: &GroupAnswerKind) -> ClientError {
+    let name = match answer {
+        GroupAnswerKind::Info(_) => "Info",
+        GroupAnswerKind::Left { .. } => "Left",
+        GroupAnswerKind::List(_) => "List",
+        GroupAnswerKind::Invite { .. } => "Invite",
+        GroupAnswerKind::Revoked => "Revoked",
+        GroupAnswerKind::Receipts(_) => "Receipts",
+    };
+    ClientError::MalformedFrame(format!("unexpected group answer {name}"))
 }
 
 fn unexpected(frame: &Frame) -> ClientError {

@@ -8,13 +8,13 @@
 use crate::ClientError;
 use missive_proto::HARD_MAX_FRAME;
 
-pub use wire::{ArchivedContent, Content};
+pub use wire::{ArchivedContent, Content, GroupKey};
 
 // rkyv's derive generates helper types for the `Read { ids }` variant that carry no docs;
 // the allow is scoped to this module, which holds nothing but the documented `Content`.
 #[allow(missing_docs)]
 mod wire {
-    use missive_proto::ClientMsgId;
+    use missive_proto::{ClientMsgId, GroupId};
     use rkyv::{Archive, Deserialize, Serialize};
 
     /// The plaintext of one message.
@@ -45,6 +45,25 @@ mod wire {
             /// The `client_msg_id`s that could not be decrypted.
             ids: Vec<ClientMsgId>,
         },
+        /// The SDK's own message: the key of the sender's new Megolm session for a group
+        /// (sent over Olm to every other member when the sender starts a session; never
+        /// shown to the app). Taken only from a member's device. Boxed: the archived enum
+        /// keeps the size and alignment it had before groups, so contents made by SDKs
+        /// without groups still decode (and theirs by them).
+        GroupKey(Box<GroupKey>),
+    }
+
+    /// A Megolm session key for a group (inside [`Content::GroupKey`]).
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct GroupKey {
+        /// The group.
+        pub group: GroupId,
+        /// The membership epoch the session is for.
+        pub epoch: u64,
+        /// The session's id.
+        pub session_id: String,
+        /// The exported Megolm session key.
+        pub session_key: Vec<u8>,
     }
 
     /// What one device's envelope carries once decrypted.
@@ -113,6 +132,7 @@ impl Content {
                 Self::Read { ids } | Self::ResendRequest { ids } | Self::Delete { ids } => {
                     ids.len().saturating_mul(16)
                 }
+                Self::GroupKey(k) => 32 + k.session_id.len() + k.session_key.len(),
             }
     }
 
@@ -172,6 +192,12 @@ mod tests {
             Content::Read {
                 ids: vec![ClientMsgId([1; 16]), ClientMsgId([0xfe; 16])],
             },
+            Content::GroupKey(Box::new(GroupKey {
+                group: missive_proto::GroupId(u64::MAX),
+                epoch: 3,
+                session_id: "s".repeat(43),
+                session_key: vec![7; 229],
+            })),
         ] {
             let bytes = seal(&c).unwrap();
             assert!(bytes.len() <= c.encoded_size_hint(), "size hint too small");

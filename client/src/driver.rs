@@ -25,6 +25,15 @@ pub(crate) enum Command {
         envelope: Vec<u8>,
         reply: oneshot::Sender<Result<SendReceipt, ClientError>>,
     },
+    /// A message to every member of a group (the content sealed).
+    GroupSend {
+        id: ClientMsgId,
+        group: missive_proto::GroupId,
+        envelope: Vec<u8>,
+        reply: oneshot::Sender<Result<SendReceipt, ClientError>>,
+    },
+    /// A group message was read.
+    GroupRead(missive_proto::GroupRead),
     Ack(ServerSeq),
     Subscribe(String),
     Visibility(Visibility),
@@ -44,6 +53,8 @@ impl std::fmt::Debug for Command {
         // No recipients or content in logs.
         f.write_str(match self {
             Self::Send { .. } => "Send",
+            Self::GroupSend { .. } => "GroupSend",
+            Self::GroupRead(_) => "GroupRead",
             Self::Ack(_) => "Ack",
             Self::Subscribe(_) => "Subscribe",
             Self::Visibility(_) => "Visibility",
@@ -116,6 +127,18 @@ impl Driver {
             Instant::now(),
         );
         session.set_receive(config.receive);
+        session.configure_groups(
+            crate::e2ee::RotationPolicy {
+                messages: config.rotate_after_messages,
+                age: config.rotate_after,
+            },
+            crate::group::WallClock {
+                at: Instant::now(),
+                unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            },
+        );
         session.load_timers(config.disappearing);
         Self {
             session,
@@ -325,6 +348,16 @@ impl Driver {
                 self.waiters.entry(id).or_default().push(reply);
                 self.session.send(id, to, envelope);
             }
+            Command::GroupSend {
+                id,
+                group,
+                envelope,
+                reply,
+            } => {
+                self.waiters.entry(id).or_default().push(reply);
+                self.session.send_group(id, group, envelope);
+            }
+            Command::GroupRead(read) => self.session.group_read(read),
             Command::Ack(seq) => {
                 self.session.ack(seq);
                 self.session.flush_acks();

@@ -86,6 +86,15 @@ pub enum ClientError {
         /// The server's reason.
         message: String,
     },
+    /// The server refused a group request or a group send (`UnknownGroup`, `NotGroupMember`,
+    /// `NotGroupAdmin`, `GroupFull`, `GroupInviteInvalid`, ...; see [`ClientError::code`]).
+    #[error("group request refused ({}): {message}", code_name(*code))]
+    GroupRefused {
+        /// Raw wire code.
+        code: u16,
+        /// The server's reason.
+        message: String,
+    },
     /// The content is too large for one frame of this server.
     #[error("message too large: {size} bytes, the server accepts at most {max}")]
     TooLarge {
@@ -177,7 +186,9 @@ impl ClientError {
             Self::SessionReplaced => Some(ErrorCode::SessionReplaced),
             Self::DeviceRemoved => Some(ErrorCode::DeviceRemoved),
             Self::UnsupportedVersion { .. } => Some(ErrorCode::UnsupportedVersion),
-            Self::Server { code, .. } | Self::Rejected { code, .. } => ErrorCode::from_u16(*code),
+            Self::Server { code, .. }
+            | Self::Rejected { code, .. }
+            | Self::GroupRefused { code, .. } => ErrorCode::from_u16(*code),
             _ => None,
         }
     }
@@ -229,5 +240,15 @@ mod tests {
             "reconnecting would take the session back"
         );
         assert_eq!(replaced.code(), Some(ErrorCode::SessionReplaced));
+        let refused = ClientError::GroupRefused {
+            code: ErrorCode::NotGroupAdmin.as_u16(),
+            message: "admins only".into(),
+        };
+        assert_eq!(refused.code(), Some(ErrorCode::NotGroupAdmin));
+        assert!(!refused.is_fatal());
+        assert_eq!(
+            refused.to_string(),
+            "group request refused (not_group_admin): admins only"
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::dedup::{DeliveryKey, DeliveryKind};
 use crate::TransportKind;
-use missive_proto::{ClientMsgId, DeviceId, PresenceState, ServerSeq};
+use missive_proto::{ClientMsgId, DeviceId, GroupChange, GroupId, PresenceState, ServerSeq};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
@@ -153,6 +153,68 @@ pub enum Event {
         /// Devices that were removed.
         removed: Vec<DeviceId>,
     },
+    /// A text message to a group this user is in.
+    GroupMessage {
+        /// The group.
+        group: GroupId,
+        /// Sender user (this user, when sent from another of its devices).
+        from: String,
+        /// Sender device.
+        from_device: DeviceId,
+        /// The sender's id for this message (what `mark_group_read` and receipts name).
+        client_msg_id: ClientMsgId,
+        /// The text.
+        text: String,
+        /// Position in this device's mailbox; acknowledge it.
+        server_seq: ServerSeq,
+        /// When the server stored it, ms since the Unix epoch.
+        server_ts_ms: u64,
+    },
+    /// A group's membership changed (in order with its messages). The SDK has applied it:
+    /// the next message this device sends to the group uses a new key that only the members
+    /// after the change get.
+    GroupChanged {
+        /// The group.
+        group: GroupId,
+        /// Who made the change (the one who left or joined, for `Left` and `Joined`).
+        by: String,
+        /// The membership epoch after it.
+        epoch: u64,
+        /// What changed.
+        change: GroupChange,
+        /// Position in this device's mailbox; acknowledge it.
+        server_seq: ServerSeq,
+    },
+    /// Delivery and read counts of one of this user's group messages changed.
+    GroupReceipt {
+        /// The group.
+        group: GroupId,
+        /// The message.
+        client_msg_id: ClientMsgId,
+        /// Members with a device that received it.
+        delivered: u32,
+        /// Members who read it.
+        read: u32,
+        /// Members it was sent to (the sender not counted).
+        of: u32,
+    },
+    /// A group message that could not be decrypted: this device never got the sender's key
+    /// for it (it was sent before this user joined, or the key message was lost), or it was
+    /// damaged. Never a silent drop; the SDK has acknowledged it.
+    GroupUndecryptable {
+        /// The group.
+        group: GroupId,
+        /// Sender user.
+        from: String,
+        /// Sender device.
+        from_device: DeviceId,
+        /// The message's id.
+        client_msg_id: ClientMsgId,
+        /// Position in this device's mailbox (already acknowledged).
+        server_seq: ServerSeq,
+        /// Why (never message content).
+        reason: String,
+    },
 }
 
 impl Event {
@@ -162,7 +224,9 @@ impl Event {
             Self::Message { server_seq, .. }
             | Self::Receipt { server_seq, .. }
             | Self::Deleted { server_seq, .. }
-            | Self::TimerChanged { server_seq, .. } => Some(*server_seq),
+            | Self::TimerChanged { server_seq, .. }
+            | Self::GroupMessage { server_seq, .. }
+            | Self::GroupChanged { server_seq, .. } => Some(*server_seq),
             _ => None,
         }
     }
@@ -172,6 +236,11 @@ impl Event {
     pub fn delivery_key(&self) -> Option<DeliveryKey> {
         match self {
             Self::Message {
+                from,
+                client_msg_id,
+                ..
+            }
+            | Self::GroupMessage {
                 from,
                 client_msg_id,
                 ..

@@ -112,6 +112,7 @@ pub mod e2ee;
 mod error;
 pub mod event;
 mod frame_io;
+mod group;
 pub mod identity;
 mod login;
 #[cfg(feature = "cli")]
@@ -121,10 +122,11 @@ mod session;
 pub mod transport;
 
 pub use backoff::ReconnectPolicy;
-pub use client::{link, register, Client, ClientConfig, SendReceipt};
+pub use client::{link, register, Client, ClientConfig, GroupInvite, SendReceipt};
 pub use content::{open, seal, Content};
 pub use dedup::{DeliveryKey, DeliveryKind, SeenSet};
 pub use delivery_stats::DeliveryStats;
+pub use e2ee::RotationPolicy;
 pub use error::ClientError;
 pub use event::{Event, EventStream, ReceiptStatus};
 pub use identity::Identity;
@@ -132,4 +134,7 @@ pub use identity::Identity;
 pub use profile::Profile;
 pub use transport::{QuicEndpoint, Transport, TransportConfig, TransportKind};
 
-pub use missive_proto::{ClientMsgId, DeviceId, PresenceState, ServerSeq, Visibility};
+pub use missive_proto::{
+    ClientMsgId, DeviceId, GroupChange, GroupId, GroupInfo, GroupMember, GroupReceipt,
+    GroupSummary, PresenceState, ServerSeq, Visibility,
+};

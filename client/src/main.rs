@@ -3,6 +3,10 @@
 //! ```text
 //! missive --profile PDIR --server HOST:PORT --ca CERT register NAME [--invite TOKEN] [--device N]
 //! missive --profile PDIR send NAME TEXT          # prints the client_msg_id once the server stored it
+//! missive --profile PDIR send --group ID TEXT    # the same, to every member of group ID
+//! missive --profile PDIR group create NAME       # prints the new group's id
+//! missive --profile PDIR group add|remove ID USER...  |  promote ID USER  |  leave ID
+//! missive --profile PDIR group info ID | list | invite ID [--expires SECS] | join TOKEN | revoke ID TOKEN
 //! missive --profile PDIR recv --wait SECS [--json] [--no-read] [--stats]
 //! missive --profile PDIR presence NAME --wait SECS [--json]
 //! missive --profile PDIR visibility everyone|nobody
@@ -16,7 +20,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use missive_client::profile::resolve;
 use missive_client::{
     link, register, Client, ClientConfig, ClientError, ClientMsgId, Content, DeviceId, Event,
-    EventStream, Identity, PresenceState, Profile, ServerSeq, Visibility,
+    EventStream, GroupChange, GroupId, GroupInfo, Identity, PresenceState, Profile, ServerSeq,
+    Visibility,
 };
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -73,12 +78,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         device: u32,
     },
-    /// Send TEXT to NAME; prints the message id once the server has stored it.
+    /// Send TEXT to NAME (or, with --group ID, to every member of the group); prints the
+    /// message id once the server has stored it.
     Send {
-        /// Recipient user.
+        /// The group to send to (then the only argument is the text).
+        #[arg(long, value_name = "ID")]
+        group: Option<u64>,
+        /// Recipient user (with --group: the text).
         name: String,
         /// Message text.
-        text: String,
+        text: Option<String>,
+    },
+    /// Group chats: create, change membership, invites.
+    Group {
+        #[command(subcommand)]
+        action: GroupCmd,
     },
     /// Print incoming events for a while, acknowledge them, send read receipts.
     Recv {
@@ -161,6 +175,70 @@ enum LinkCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Create a group named NAME with this user as its admin; prints its id.
+    Create {
+        /// Its name.
+        name: String,
+    },
+    /// Add users to group ID (admins only).
+    Add {
+        /// The group.
+        id: u64,
+        /// Who.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove members from group ID (admins only); they cannot read what is sent after.
+    Remove {
+        /// The group.
+        id: u64,
+        /// Who.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Make USER an admin of group ID (admins only).
+    Promote {
+        /// The group.
+        id: u64,
+        /// Who.
+        user: String,
+    },
+    /// Leave group ID.
+    Leave {
+        /// The group.
+        id: u64,
+    },
+    /// Print group ID's name, epoch and members.
+    Info {
+        /// The group.
+        id: u64,
+    },
+    /// List this user's groups.
+    List,
+    /// Print an invite token for group ID (admins only).
+    Invite {
+        /// The group.
+        id: u64,
+        /// The token stops working after SECS seconds (0: only when revoked).
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        expires: u32,
+    },
+    /// Join a group with an invite token.
+    Join {
+        /// The token `group invite` printed.
+        token: String,
+    },
+    /// Revoke an invite token of group ID (admins only).
+    Revoke {
+        /// The group.
+        id: u64,
+        /// The token.
+        token: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum DevicesCmd {
     /// List the account's devices.
     List,
@@ -227,7 +305,27 @@ async fn run(cli: Cli) -> CliResult {
             invite,
             device,
         } => cmd_register(&cli, &dir, name, invite.clone(), *device).await,
-        Cmd::Send { name, text } => cmd_send(&cli, &dir, name, text).await,
+        Cmd::Send {
+            group: None,
+            name,
+            text: Some(text),
+        } => cmd_send(&cli, &dir, name, text).await,
+        Cmd::Send {
+            group: None,
+            text: None,
+            ..
+        } => Err("send needs NAME TEXT (or --group ID TEXT)".into()),
+        Cmd::Send {
+            group: Some(id),
+            name: text,
+            text: None,
+        } => cmd_send_group(&cli, &dir, GroupId(*id), text).await,
+        Cmd::Send {
+            group: Some(_),
+            text: Some(_),
+            ..
+        } => Err("send --group ID takes only the TEXT".into()),
+        Cmd::Group { action } => cmd_group(&cli, &dir, action).await,
         Cmd::Recv {
             wait,
             json,
@@ -491,6 +589,111 @@ async fn cmd_send(cli: &Cli, dir: &Path, to: &str, text: &str) -> CliResult {
     Ok(())
 }
 
+async fn cmd_send_group(cli: &Cli, dir: &Path, group: GroupId, text: &str) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, mut events) = connect(cli, &profile).await?;
+    let sent = tokio::time::timeout(SEND_TIMEOUT, client.send_group(group, text)).await;
+    let receipt = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            close(&client).await;
+            return Err(e.into());
+        }
+        Err(_) => {
+            close(&client).await;
+            return Err(ClientError::Timeout("waiting for the server to store the message").into());
+        }
+    };
+    while let Some(e) = events.try_next() {
+        if matches!(e, Event::DevicesChanged { .. } | Event::KeysRejected { .. }) {
+            eprintln!("missive: {}", render(&e, false));
+        }
+    }
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", receipt.client_msg_id.to_hex())?;
+    out.flush()?;
+    // The Bye also saves what the send changed in the group state (a new key).
+    close(&client).await;
+    Ok(())
+}
+
+async fn cmd_group(cli: &Cli, dir: &Path, action: &GroupCmd) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    let done = tokio::time::timeout(SEND_TIMEOUT, group_action(&client, action)).await;
+    // Closing saves what the answer taught the SDK (epoch, members) in the profile.
+    close(&client).await;
+    let lines = done.map_err(|_| ClientError::Timeout("waiting for the server's answer"))??;
+    let mut out = std::io::stdout();
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Runs one `group` command; returns the lines to print.
+async fn group_action(client: &Client, action: &GroupCmd) -> Result<Vec<String>, ClientError> {
+    Ok(match action {
+        GroupCmd::Create { name } => {
+            vec![client.create_group(name.as_str()).await?.group.to_string()]
+        }
+        GroupCmd::Add { id, users } => {
+            info_lines(&client.add_members(GroupId(*id), users.clone()).await?)
+        }
+        GroupCmd::Remove { id, users } => {
+            info_lines(&client.remove_members(GroupId(*id), users.clone()).await?)
+        }
+        GroupCmd::Promote { id, user } => {
+            info_lines(&client.promote(GroupId(*id), user.as_str()).await?)
+        }
+        GroupCmd::Leave { id } => {
+            client.leave_group(GroupId(*id)).await?;
+            vec![format!("left group {id}")]
+        }
+        GroupCmd::Info { id } => info_lines(&client.group_info(GroupId(*id)).await?),
+        GroupCmd::List => client
+            .groups()
+            .await?
+            .into_iter()
+            .map(|g| {
+                let admin = if g.admin { ", admin" } else { "" };
+                format!("{} {} ({} members{admin})", g.group, g.name, g.members)
+            })
+            .collect(),
+        GroupCmd::Invite { id, expires } => {
+            let invite = client.create_group_invite(GroupId(*id), *expires).await?;
+            if invite.expires_at_ms > 0 {
+                eprintln!(
+                    "missive: valid until {} ms after the epoch; join with `missive group join TOKEN`",
+                    invite.expires_at_ms
+                );
+            }
+            vec![invite.token]
+        }
+        GroupCmd::Join { token } => info_lines(&client.join_group(token.as_str()).await?),
+        GroupCmd::Revoke { id, token } => {
+            client
+                .revoke_group_invite(GroupId(*id), token.as_str())
+                .await?;
+            vec![format!("revoked the invite to group {id}")]
+        }
+    })
+}
+
+/// `ID NAME (epoch E)` and one line per member, longest-standing first.
+fn info_lines(info: &GroupInfo) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{} {} (epoch {})",
+        info.group, info.name, info.epoch
+    )];
+    lines.extend(info.members.iter().map(|m| {
+        let admin = if m.admin { " (admin)" } else { "" };
+        format!("  {}{admin}", m.user)
+    }));
+    lines
+}
+
 async fn cmd_visibility(cli: &Cli, dir: &Path, v: Visibility) -> CliResult {
     let profile = Profile::load(dir)?;
     let (client, _events) = connect(cli, &profile).await?;
@@ -546,6 +749,7 @@ async fn cmd_recv(
     let deadline = Instant::now() + wait;
     let mut out = std::io::stdout();
     let mut to_mark_read: BTreeMap<String, Vec<ClientMsgId>> = BTreeMap::new();
+    let mut group_reads: Vec<(GroupId, String, ClientMsgId)> = Vec::new();
     let mut acked: Option<ServerSeq> = None;
     let replaced = ClientError::SessionReplaced.to_string();
     let mut last_disconnect = String::new();
@@ -584,6 +788,17 @@ async fn cmd_recv(
                         .entry(from.clone())
                         .or_default()
                         .push(*client_msg_id);
+                }
+                if let Event::GroupMessage {
+                    group,
+                    from,
+                    client_msg_id,
+                    ..
+                } = &e
+                {
+                    if *from != profile.identity.user {
+                        group_reads.push((*group, from.clone(), *client_msg_id));
+                    }
                 }
                 if let Some(key) = e.delivery_key() {
                     new_keys |= seen.insert(key);
@@ -639,6 +854,10 @@ async fn cmd_recv(
     }
     let mut result: CliResult = Ok(());
     if !no_read {
+        for (group, from, id) in group_reads {
+            // Applied by the server before it answers the closing Bye.
+            client.mark_group_read(group, from, id)?;
+        }
         for (from, ids) in to_mark_read {
             let sent =
                 tokio::time::timeout(SEND_TIMEOUT, client.mark_read(from.clone(), ids)).await;
@@ -783,6 +1002,76 @@ fn render_json(ev: &Event) -> serde_json::Value {
             "device": device.0,
             "reason": reason,
         }),
+        Event::GroupMessage {
+            group,
+            from,
+            from_device,
+            client_msg_id,
+            text,
+            server_seq,
+            server_ts_ms,
+        } => json!({
+            "type": "group_message",
+            "group": group.0,
+            "from": from,
+            "text": text,
+            "server_seq": server_seq.0,
+            "client_msg_id": client_msg_id.to_hex(),
+            "server_ts_ms": server_ts_ms,
+            "from_device": from_device.0,
+        }),
+        Event::GroupChanged {
+            group,
+            by,
+            epoch,
+            change,
+            server_seq,
+        } => {
+            let (name, users) = change_parts(change, by);
+            let mut v = json!({
+                "type": "group_changed",
+                "group": group.0,
+                "by": by,
+                "epoch": epoch,
+                "change": name,
+                "users": users,
+                "server_seq": server_seq.0,
+            });
+            if let GroupChange::Created(group_name) = change {
+                v["name"] = json!(group_name);
+            }
+            v
+        }
+        Event::GroupReceipt {
+            group,
+            client_msg_id,
+            delivered,
+            read,
+            of,
+        } => json!({
+            "type": "group_receipt",
+            "group": group.0,
+            "client_msg_id": client_msg_id.to_hex(),
+            "delivered": delivered,
+            "read": read,
+            "of": of,
+        }),
+        Event::GroupUndecryptable {
+            group,
+            from,
+            from_device,
+            client_msg_id,
+            server_seq,
+            reason,
+        } => json!({
+            "type": "group_undecryptable",
+            "group": group.0,
+            "from": from,
+            "from_device": from_device.0,
+            "client_msg_id": client_msg_id.to_hex(),
+            "server_seq": server_seq.0,
+            "reason": reason,
+        }),
         Event::DevicesChanged {
             user,
             added,
@@ -793,6 +1082,19 @@ fn render_json(ev: &Event) -> serde_json::Value {
             "added": added.iter().map(|d| d.0).collect::<Vec<_>>(),
             "removed": removed.iter().map(|d| d.0).collect::<Vec<_>>(),
         }),
+    }
+}
+
+/// A membership change's name and the users it names (`by` for `Left`, `Joined`, `Created`).
+fn change_parts<'a>(change: &'a GroupChange, by: &'a str) -> (&'static str, Vec<&'a str>) {
+    let names = |users: &'a [String]| users.iter().map(String::as_str).collect();
+    match change {
+        GroupChange::Created(_) => ("created", vec![by]),
+        GroupChange::Added(users) => ("added", names(users)),
+        GroupChange::Removed(users) => ("removed", names(users)),
+        GroupChange::Left => ("left", vec![by]),
+        GroupChange::Joined => ("joined", vec![by]),
+        GroupChange::Promoted(users) => ("promoted", names(users)),
     }
 }
 
@@ -866,6 +1168,45 @@ fn render_text(ev: &Event) -> String {
         } => format!(
             "WARNING: not encrypting to {user}'s device {}: {reason}",
             device.0
+        ),
+        Event::GroupMessage {
+            group,
+            from,
+            text,
+            server_seq,
+            ..
+        } => format!("[{}] #{group} {from}: {text}", server_seq.0),
+        Event::GroupChanged {
+            group, by, change, ..
+        } => match change {
+            GroupChange::Created(name) => format!("#{group}: {by} created the group \"{name}\""),
+            GroupChange::Added(users) => format!("#{group}: {by} added {}", users.join(", ")),
+            GroupChange::Removed(users) => {
+                format!("#{group}: {by} removed {}", users.join(", "))
+            }
+            GroupChange::Left => format!("#{group}: {by} left"),
+            GroupChange::Joined => format!("#{group}: {by} joined"),
+            GroupChange::Promoted(users) => {
+                format!("#{group}: {} now admin (by {by})", users.join(", "))
+            }
+        },
+        Event::GroupReceipt {
+            group,
+            client_msg_id,
+            delivered,
+            read,
+            of,
+        } => format!("#{group} {client_msg_id}: delivered {delivered}/{of}, read {read}/{of}"),
+        Event::GroupUndecryptable {
+            group,
+            from,
+            from_device,
+            client_msg_id,
+            reason,
+            ..
+        } => format!(
+            "could not decrypt group message {client_msg_id} in #{group} from {from} (device {}): {reason}",
+            from_device.0
         ),
         Event::DevicesChanged {
             user,
@@ -1004,6 +1345,118 @@ mod tests {
         assert!(c.force_tcp);
         assert!(
             Cli::try_parse_from(["missive", "--profile", "/p", "visibility", "friends"]).is_err()
+        );
+    }
+
+    #[test]
+    fn cli_parses_the_group_commands() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["missive", "--profile", "/p"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|c| c.command)
+        };
+        assert!(matches!(
+            parse(&["send", "--group", "5", "hello all"]).unwrap(),
+            Cmd::Send { group: Some(5), ref name, text: None } if name == "hello all"
+        ));
+        assert!(matches!(
+            parse(&["send", "bob", "hi"]).unwrap(),
+            Cmd::Send {
+                group: None,
+                text: Some(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["group", "create", "team"]).unwrap(),
+            Cmd::Group { action: GroupCmd::Create { ref name } } if name == "team"
+        ));
+        assert!(matches!(
+            parse(&["group", "add", "5", "bob", "carol"]).unwrap(),
+            Cmd::Group { action: GroupCmd::Add { id: 5, ref users } } if users.len() == 2
+        ));
+        assert!(parse(&["group", "add", "5"]).is_err(), "at least one user");
+        assert!(matches!(
+            parse(&["group", "remove", "5", "bob"]).unwrap(),
+            Cmd::Group {
+                action: GroupCmd::Remove { id: 5, .. }
+            }
+        ));
+        assert!(matches!(
+            parse(&["group", "promote", "5", "bob"]).unwrap(),
+            Cmd::Group {
+                action: GroupCmd::Promote { id: 5, .. }
+            }
+        ));
+        assert!(matches!(
+            parse(&["group", "invite", "5", "--expires", "60"]).unwrap(),
+            Cmd::Group {
+                action: GroupCmd::Invite { id: 5, expires: 60 }
+            }
+        ));
+        assert!(matches!(
+            parse(&["group", "invite", "5"]).unwrap(),
+            Cmd::Group {
+                action: GroupCmd::Invite { id: 5, expires: 0 }
+            }
+        ));
+        for args in [
+            &["group", "leave", "5"][..],
+            &["group", "info", "5"],
+            &["group", "list"],
+            &["group", "join", "tok"],
+            &["group", "revoke", "5", "tok"],
+        ] {
+            assert!(parse(args).is_ok(), "{args:?}");
+        }
+        assert!(parse(&["group", "info", "five"]).is_err());
+    }
+
+    #[test]
+    fn group_events_render_with_their_group() {
+        let id = ClientMsgId([0xcd; 16]);
+        let m = render_json(&Event::GroupMessage {
+            group: GroupId(5),
+            from: "alice".into(),
+            from_device: DeviceId(2),
+            client_msg_id: id,
+            text: "hi all".into(),
+            server_seq: ServerSeq(3),
+            server_ts_ms: 10,
+        });
+        assert_eq!(m["type"], "group_message");
+        assert_eq!(m["group"], 5);
+        assert_eq!(m["from"], "alice");
+        assert_eq!(m["text"], "hi all");
+        assert_eq!(m["client_msg_id"], "cd".repeat(16));
+        let c = render_json(&Event::GroupChanged {
+            group: GroupId(5),
+            by: "alice".into(),
+            epoch: 4,
+            change: GroupChange::Removed(vec!["bob".into()]),
+            server_seq: ServerSeq(4),
+        });
+        assert_eq!(
+            c.to_string(),
+            r#"{"by":"alice","change":"removed","epoch":4,"group":5,"server_seq":4,"type":"group_changed","users":["bob"]}"#
+        );
+        let j = render_json(&Event::GroupChanged {
+            group: GroupId(5),
+            by: "dave".into(),
+            epoch: 5,
+            change: GroupChange::Joined,
+            server_seq: ServerSeq(5),
+        });
+        assert_eq!(j["users"], serde_json::json!(["dave"]));
+        assert_eq!(
+            render_text(&Event::GroupChanged {
+                group: GroupId(5),
+                by: "alice".into(),
+                epoch: 1,
+                change: GroupChange::Created("team".into()),
+                server_seq: ServerSeq(1),
+            }),
+            "#5: alice created the group \"team\""
         );
     }
 }

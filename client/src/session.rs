@@ -21,11 +21,13 @@ use crate::devices::DeviceDirectory;
 use crate::e2ee::sealer::{Readiness, Sealer};
 use crate::e2ee::E2eeStore;
 use crate::event::{Event, ReceiptStatus};
+use crate::group::{GroupReadiness, Groups, WallClock};
 use crate::receipt_id::ReceiptIds;
 use crate::{ClientError, SendReceipt};
 use missive_proto::{
-    AckDelivery, ClientMsgId, Deliver, DeviceId, DeviceMismatch, ErrorCode, Frame, Payload, Ping,
-    Pong, ServerSeq, SetPresenceVisibility, SubscribePresence, Typing, Visibility,
+    AckDelivery, ClientMsgId, Deliver, DeviceId, DeviceMismatch, ErrorCode, Frame, GroupId,
+    GroupOp, GroupRead, GroupRequest, GroupSend, Payload, Ping, Pong, ServerSeq,
+    SetPresenceVisibility, SubscribePresence, Typing, Visibility,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -98,9 +100,18 @@ enum SendState {
     Retry,
 }
 
+/// Where a send goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// Every device of a user (and our other devices).
+    User(String),
+    /// Every member of a group (one Megolm ciphertext).
+    Group(GroupId),
+}
+
 #[derive(Debug)]
 struct Pending {
-    to: String,
+    to: Target,
     /// The sealed content; each device's envelope is made from it when the send goes out.
     content: Vec<u8>,
     /// A message sent again on request: the id it was first sent under.
@@ -129,6 +140,21 @@ impl Outbox {
         content: Vec<u8>,
         resend_of: Option<ClientMsgId>,
     ) -> bool {
+        let added = self.insert(id, Target::User(to), content, resend_of);
+        if added {
+            self.queue.push_back(id);
+        }
+        added
+    }
+
+    /// Adds a send without queueing it (the caller puts it in the queue where it belongs).
+    fn insert(
+        &mut self,
+        id: ClientMsgId,
+        to: Target,
+        content: Vec<u8>,
+        resend_of: Option<ClientMsgId>,
+    ) -> bool {
         if self.entries.contains_key(&id) {
             return false;
         }
@@ -144,8 +170,26 @@ impl Outbox {
                 state: SendState::Queued,
             },
         );
-        self.queue.push_back(id);
         true
+    }
+
+    /// Moves these queued sends to the front of the queue, in the given order. Returns
+    /// whether any was queued.
+    fn move_to_front(&mut self, ids: &[ClientMsgId]) -> bool {
+        self.queue.retain(|q| !ids.contains(q));
+        let queued: Vec<ClientMsgId> = ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.entries
+                    .get(id)
+                    .is_some_and(|p| p.state == SendState::Queued)
+            })
+            .collect();
+        for id in queued.iter().rev() {
+            self.queue.push_front(*id);
+        }
+        !queued.is_empty()
     }
 
     fn remove(&mut self, id: &ClientMsgId) -> Option<Pending> {
@@ -316,6 +360,8 @@ pub(crate) struct Session {
     devices: DeviceDirectory,
     /// End-to-end encryption: sessions, key claims, sealing and opening envelopes.
     sealer: Sealer,
+    /// Groups: membership as known, Megolm sessions, key distribution.
+    groups: Groups,
     /// The latest time an input brought (the session never reads the clock).
     clock: Instant,
     /// Deliveries are handled (false: left untouched in the mailbox, see
@@ -363,6 +409,7 @@ impl Session {
     ) -> Self {
         Self {
             devices: DeviceDirectory::new(me.user.clone(), me.device),
+            groups: Groups::new(me.e2ee.clone(), &me.user, me.device, now),
             sealer: Sealer::new(me.e2ee, (&me.user, me.device, me.login_key)),
             recent: VecDeque::new(),
             asked_again: VecDeque::new(),
@@ -409,6 +456,10 @@ impl Session {
             self.transmit(SubscribePresence { user }.into());
         }
         self.sealer.new_connection();
+        self.groups.new_connection();
+        for read in self.groups.take_reads() {
+            self.transmit(read.into());
+        }
         self.outbox.requeue_all();
         self.pump();
     }
@@ -438,13 +489,40 @@ impl Session {
     pub(crate) fn send(&mut self, id: ClientMsgId, to: String, content: Vec<u8>) -> bool {
         let added = self.outbox.add(id, to.clone(), content.clone(), None);
         if added {
-            if self.recent.len() >= RECENT_SENDS {
-                self.recent.pop_front();
-            }
-            self.recent.push_back((id, to, content));
+            self.remember(id, to, content);
             self.pump();
         }
         added
+    }
+
+    /// Queues a message to every member of `group` (`content` sealed). Returns false when
+    /// this id is already waiting for its `Sent`.
+    pub(crate) fn send_group(&mut self, id: ClientMsgId, group: GroupId, content: Vec<u8>) -> bool {
+        let added = self.outbox.insert(id, Target::Group(group), content, None);
+        if added {
+            self.outbox.queue.push_back(id);
+            self.pump();
+        }
+        added
+    }
+
+    /// Tells the server that the group message `id` of `from` was read (once connected).
+    pub(crate) fn group_read(&mut self, read: GroupRead) {
+        if self.is_ready() {
+            self.transmit(read.into());
+        } else {
+            self.groups.queue_read(read);
+        }
+    }
+
+    /// When group sessions rotate, and the Unix time at an instant (session ages are kept
+    /// across runs).
+    pub(crate) fn configure_groups(
+        &mut self,
+        policy: crate::e2ee::RotationPolicy,
+        wall: WallClock,
+    ) {
+        self.groups.configure(policy, wall);
     }
 
     /// Watches `user`'s presence, now and after every reconnect. Asking again asks the
@@ -538,6 +616,7 @@ impl Session {
         match frame {
             Frame::Sent(s) => {
                 if self.outbox.remove(&s.client_msg_id).is_some() {
+                    self.groups.send_finished(s.client_msg_id, true);
                     self.out.push_back(Output::SendDone {
                         id: s.client_msg_id,
                         result: Ok(SendReceipt {
@@ -551,6 +630,20 @@ impl Session {
             }
             Frame::Rejected(r) => {
                 let code = ErrorCode::from_u16(r.code);
+                let group = match self.outbox.entries.get(&r.client_msg_id).map(|p| &p.to) {
+                    Some(Target::Group(g)) => Some(*g),
+                    _ => None,
+                };
+                if let (Some(group), Some(ErrorCode::GroupChanged)) = (group, code) {
+                    // Nothing was stored: learn the members, rotate, send again (same id).
+                    tracing::debug!(group = group.0, "group changed; fetching its members");
+                    self.groups.mark_stale(group);
+                    if self.outbox.retry_later(r.client_msg_id, now) {
+                        self.outbox.release_due(now);
+                    }
+                    self.pump();
+                    return;
+                }
                 // `ShuttingDown`: the server is draining this connection (a `Goaway` follows);
                 // the send goes again after the reconnect, in its original order.
                 // `StorageUnavailable` (the server's disk is low or failing) and `MailboxFull`
@@ -570,12 +663,15 @@ impl Session {
                     tracing::debug!(code = r.code, "send refused for now; retrying");
                     self.outbox.retry_later(r.client_msg_id, now + delay);
                 } else if self.outbox.remove(&r.client_msg_id).is_some() {
+                    self.groups.send_finished(r.client_msg_id, false);
+                    let (code, message) = (r.code, r.message);
+                    let err = match group {
+                        Some(_) => ClientError::GroupRefused { code, message },
+                        None => ClientError::Rejected { code, message },
+                    };
                     self.out.push_back(Output::SendDone {
                         id: r.client_msg_id,
-                        result: Err(ClientError::Rejected {
-                            code: r.code,
-                            message: r.message,
-                        }),
+                        result: Err(err),
                     });
                 }
                 self.pump();
@@ -595,6 +691,12 @@ impl Session {
             Frame::KeysStored(_) => {}
             Frame::RequestRefused(r) if r.request_id & DEVICE_REQUEST != 0 => {
                 let id = r.request_id;
+                if let Some(group) = self.groups.fetch_done(id) {
+                    tracing::debug!(group = group.0, code = r.code, "group info refused");
+                    self.fail_group_sends(group, r.code, &r.message);
+                    self.pump();
+                    return;
+                }
                 self.device_answer(
                     id,
                     Err(ClientError::Rejected {
@@ -611,6 +713,22 @@ impl Session {
             Frame::DeviceList(ref l) => self.device_answer(l.request_id, Ok(frame.clone())),
             Frame::DeviceRemoved(ref r) => self.device_answer(r.request_id, Ok(frame.clone())),
             Frame::Retracted(ref r) => self.device_answer(r.request_id, Ok(frame.clone())),
+            Frame::GroupAnswer(a) => {
+                self.groups.on_answer(&a.answer);
+                if self.groups.fetch_done(a.request_id).is_none() {
+                    self.device_answer(a.request_id, Ok(Frame::GroupAnswer(a)));
+                }
+                self.pump();
+            }
+            Frame::GroupReceipt(r) => {
+                self.out.push_back(Output::Events(vec![Event::GroupReceipt {
+                    group: r.group,
+                    client_msg_id: r.client_msg_id,
+                    delivered: r.delivered,
+                    read: r.read,
+                    of: r.of,
+                }]))
+            }
             Frame::Deliver(d) => self.on_deliver(d),
             Frame::Presence(p) => self.out.push_back(Output::Events(vec![Event::Presence {
                 user: p.user,
@@ -690,11 +808,53 @@ impl Session {
         if self.phase != Phase::Ready {
             return None;
         }
-        self.next_device_request = self.next_device_request.wrapping_add(1) & !DEVICE_REQUEST;
-        let id = DEVICE_REQUEST | self.next_device_request;
+        let id = self.next_request_id();
         self.device_requests.insert(id);
         self.transmit(build(id));
         Some(id)
+    }
+
+    /// Allocates the id of a request answered by `RequestDone` (or consumed by the session).
+    fn next_request_id(&mut self) -> u32 {
+        self.next_device_request = self.next_device_request.wrapping_add(1) & !DEVICE_REQUEST;
+        DEVICE_REQUEST | self.next_device_request
+    }
+
+    /// Asks the server for `group`'s members (the session's own request), unless asked.
+    fn fetch_info(&mut self, group: GroupId) {
+        if self.phase != Phase::Ready || self.groups.fetching(group) {
+            return;
+        }
+        let request_id = self.next_request_id();
+        self.groups.fetch_started(request_id, group);
+        self.transmit(
+            GroupRequest {
+                request_id,
+                op: GroupOp::Info { group },
+            }
+            .into(),
+        );
+    }
+
+    /// Fails every send to `group` with the server's refusal.
+    fn fail_group_sends(&mut self, group: GroupId, code: u16, message: &str) {
+        let ids: Vec<ClientMsgId> = self
+            .outbox
+            .entries
+            .iter()
+            .filter(|(_, p)| p.to == Target::Group(group))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.outbox.remove(&id);
+            self.out.push_back(Output::SendDone {
+                id,
+                result: Err(ClientError::GroupRefused {
+                    code,
+                    message: message.to_owned(),
+                }),
+            });
+        }
     }
 
     fn device_answer(&mut self, request_id: u32, result: Result<Frame, ClientError>) {
@@ -775,8 +935,10 @@ impl Session {
             return;
         }
         let events = match &d.payload {
-            // Groups arrive with protocol version 3; this SDK does not join groups yet.
-            Payload::Group(_) | Payload::GroupEvent(_) | Payload::Story(_) => Vec::new(),
+            Payload::Group(m) => self.on_group_message(&d, m),
+            Payload::GroupEvent(n) => self.on_group_notice(&d, n),
+            // Status updates: not handled by this SDK yet.
+            Payload::Story(_) => Vec::new(),
             Payload::Delivered => vec![Event::Receipt {
                 from: d.from.clone(),
                 client_msg_id: d.client_msg_id,
@@ -825,16 +987,19 @@ impl Session {
         };
         // An undecryptable message was not handled: its repeat (sent again on request under
         // this id) must still get through.
-        if !matches!(events[..], [Event::Undecryptable { .. }]) {
+        let handled = matches!(
+            events[..],
+            [Event::Undecryptable { .. }] | [Event::GroupUndecryptable { .. }]
+        );
+        if !handled {
             self.seen.insert(key);
         }
         if events.is_empty() {
             self.acks.processed(d.seq);
             return;
         }
-        // The SDK handled an undecryptable delivery itself (it asked for a resend): the app
-        // is told but has nothing to acknowledge.
-        let handled = matches!(events[..], [Event::Undecryptable { .. }]);
+        // The SDK handled an undecryptable delivery itself (it asked for a resend, or there
+        // is nothing more to get): the app is told but has nothing to acknowledge.
         self.out.push_back(Output::Events(events));
         if self.auto_ack || handled {
             self.acks.processed(d.seq);
@@ -901,7 +1066,70 @@ impl Session {
                 }
                 Vec::new()
             }
+            Content::GroupKey(k) => {
+                self.groups.accept_key(
+                    (&d.from, d.from_device),
+                    k.group,
+                    &k.session_id,
+                    &k.session_key,
+                );
+                Vec::new()
+            }
         }
+    }
+
+    /// The events of a delivered group message.
+    fn on_group_message(&mut self, d: &Deliver, m: &missive_proto::GroupMessage) -> Vec<Event> {
+        match self
+            .groups
+            .open((&d.from, d.from_device), d.client_msg_id, m)
+        {
+            Ok(Content::Text(text)) => vec![Event::GroupMessage {
+                group: m.group,
+                from: d.from.clone(),
+                from_device: d.from_device,
+                client_msg_id: d.client_msg_id,
+                text,
+                server_seq: d.seq,
+                server_ts_ms: d.server_ts_ms,
+            }],
+            Ok(_) => {
+                // Other contents have no meaning in a group (yet).
+                tracing::debug!(
+                    seq = d.seq.0,
+                    group = m.group.0,
+                    "ignoring a group message that is not text"
+                );
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(seq = d.seq.0, group = m.group.0, from = %d.from, device = d.from_device.0, error = %e, "cannot decrypt a group message");
+                vec![Event::GroupUndecryptable {
+                    group: m.group,
+                    from: d.from.clone(),
+                    from_device: d.from_device,
+                    client_msg_id: d.client_msg_id,
+                    server_seq: d.seq,
+                    reason: e.to_string(),
+                }]
+            }
+        }
+    }
+
+    /// The events of a delivered membership change (and the Info it may call for).
+    fn on_group_notice(&mut self, d: &Deliver, n: &missive_proto::GroupNotice) -> Vec<Event> {
+        let effect = self.groups.on_notice(&d.from, n);
+        if effect.incomplete && self.groups.needs_members(n.group) {
+            // Keys from members we do not know yet are taken provisionally until then.
+            self.fetch_info(n.group);
+        }
+        vec![Event::GroupChanged {
+            group: n.group,
+            by: d.from.clone(),
+            epoch: n.epoch,
+            change: n.change.clone(),
+            server_seq: d.seq,
+        }]
     }
 
     /// A device of `from` could not decrypt `ids`: send them again (to every device of the
@@ -1008,7 +1236,9 @@ impl Session {
     }
 
     fn transmit(&mut self, frame: Frame) {
-        if self.sealer.take_dirty() {
+        let olm = self.sealer.take_dirty();
+        let groups = self.groups.take_dirty();
+        if olm || groups {
             self.out.push_back(Output::Persist);
         }
         self.out.push_back(Output::Transmit(frame));
@@ -1028,7 +1258,15 @@ impl Session {
             if p.state != SendState::Queued {
                 continue;
             }
-            let to = p.to.clone();
+            let to = match p.to.clone() {
+                Target::User(to) => to,
+                Target::Group(group) => {
+                    if self.pump_group(id, group) {
+                        continue;
+                    }
+                    break;
+                }
+            };
             let targets = match self.sealer.prepare(self.clock, &to, &self.devices) {
                 Readiness::Ready(targets) => targets,
                 Readiness::Waiting(claims) => {
@@ -1072,6 +1310,85 @@ impl Session {
             self.outbox.in_flight += 1;
             self.transmit(frame.into());
         }
+    }
+}
+
+impl Session {
+    /// One step of [`Session::pump`] for the group send `id` at the head of the queue.
+    /// Returns whether pumping goes on (false: the send waits, first in line).
+    fn pump_group(&mut self, id: ClientMsgId, group: GroupId) -> bool {
+        match self.groups.readiness(group, self.clock) {
+            GroupReadiness::Ready(epoch) => {
+                let Some(content) = self.outbox.entries.get(&id).map(|p| p.content.clone()) else {
+                    return true;
+                };
+                let body = self.groups.seal(group, id, &content);
+                let max = missive_proto::max_envelope_len(self.max_frame as u32);
+                if body.len() > max {
+                    self.outbox.remove(&id);
+                    self.out.push_back(Output::SendDone {
+                        id,
+                        result: Err(ClientError::TooLarge {
+                            size: body.len(),
+                            max,
+                        }),
+                    });
+                    return true;
+                }
+                if let Some(p) = self.outbox.entries.get_mut(&id) {
+                    p.state = SendState::InFlight;
+                    self.outbox.in_flight += 1;
+                }
+                self.transmit(
+                    GroupSend {
+                        client_msg_id: id,
+                        group,
+                        epoch,
+                        body,
+                        // Disappearing messages are per 1:1 chat for now.
+                        expires_in_secs: 0,
+                    }
+                    .into(),
+                );
+                true
+            }
+            GroupReadiness::Fetch => {
+                self.outbox.queue.push_front(id);
+                self.fetch_info(group);
+                false
+            }
+            GroupReadiness::Wait => {
+                self.outbox.queue.push_front(id);
+                // After a reconnect its key sends may be queued behind it: they go first.
+                let keys = self.groups.pending_keys(group);
+                self.outbox.move_to_front(&keys)
+            }
+            GroupReadiness::Distribute { session_id, keys } => {
+                let mut ids = Vec::with_capacity(keys.len());
+                for (to, content) in keys {
+                    // Tagged like our read receipts: the `Delivered` it earns is not the app's.
+                    let key_id = self.receipt_ids.generate();
+                    self.outbox
+                        .insert(key_id, Target::User(to.clone()), content.clone(), None);
+                    // A member's device that cannot decrypt it asks for it again.
+                    self.remember(key_id, to, content);
+                    ids.push(key_id);
+                }
+                self.groups
+                    .distributing(group, session_id, ids.iter().copied());
+                self.outbox.queue.push_front(id);
+                self.outbox.move_to_front(&ids);
+                true
+            }
+        }
+    }
+
+    /// Keeps a send for a resend request.
+    fn remember(&mut self, id: ClientMsgId, to: String, content: Vec<u8>) {
+        if self.recent.len() >= RECENT_SENDS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((id, to, content));
     }
 }
 
