@@ -1421,6 +1421,9 @@ fn fits(send: &missive_proto::Send, max_frame: usize) -> Result<(), ClientError>
 }
 
 #[cfg(test)]
+mod group_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use missive_proto::{

@@ -123,8 +123,8 @@ impl GroupDirectory {
             .or_insert_with(GroupView::empty);
         // A notice that is not the next epoch: we missed changes (or this is the first).
         let follows = v.complete && notice.epoch == v.epoch + 1;
-        if notice.epoch < v.epoch {
-            // Older than what `Info` told us already: nothing to learn from it.
+        if notice.epoch <= v.epoch && v.complete {
+            // Already in what `Info` told us: nothing to learn from it.
             return NoticeEffect {
                 left: !v.joined,
                 incomplete: !v.complete,
