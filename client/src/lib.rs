@@ -15,7 +15,7 @@
 //! pub struct ClientConfig { pub server: SocketAddr, pub server_name: String, pub ca_pem: Vec<u8>,
 //!     pub identity: Identity, pub quic_timeout: Duration, pub force_tcp: bool,
 //!     pub reconnect: ReconnectPolicy, pub auto_ack: bool, pub client_name: String,
-//!     pub seen: SeenSet }
+//!     pub seen: SeenSet, pub rotate_after_messages: u32, pub rotate_after: Duration, ... }
 //! impl ClientConfig { pub fn new(server: SocketAddr, ca_pem: impl Into<Vec<u8>>, identity: Identity) -> Self; }
 //! pub struct ReconnectPolicy { pub initial: Duration, pub max: Duration, pub jitter: f64 }
 //! pub async fn register(config: impl Borrow<ClientConfig>, invite: Option<String>) -> Result<(), ClientError>;
@@ -31,7 +31,22 @@
 //!     pub fn typing(&self, to: impl Into<String>, typing: bool) -> Result<(), ClientError>;
 //!     pub fn ack(&self, seq: ServerSeq) -> Result<(), ClientError>;
 //!     pub async fn close(&self) -> Result<(), ClientError>;
+//!     // Groups (refusals are ClientError::GroupRefused { code, .. }; see ClientError::code)
+//!     pub async fn create_group(&self, name) -> Result<GroupInfo, ClientError>;
+//!     pub async fn add_members(&self, group: GroupId, users: Vec<String>) -> Result<GroupInfo, ClientError>;
+//!     pub async fn remove_members(&self, group, users) -> Result<GroupInfo, ClientError>;
+//!     pub async fn promote(&self, group, user) -> Result<GroupInfo, ClientError>;
+//!     pub async fn leave_group(&self, group) -> Result<(), ClientError>;
+//!     pub async fn group_info(&self, group) -> Result<GroupInfo, ClientError>;
+//!     pub async fn groups(&self) -> Result<Vec<GroupSummary>, ClientError>;
+//!     pub async fn create_group_invite(&self, group, expires_in_secs: u32) -> Result<GroupInvite, ClientError>;
+//!     pub async fn join_group(&self, token) -> Result<GroupInfo, ClientError>;
+//!     pub async fn revoke_group_invite(&self, group, token) -> Result<(), ClientError>;
+//!     pub fn send_group(&self, group, text) -> impl Future<Output = Result<SendReceipt, ClientError>>; // queued at call time
+//!     pub fn mark_group_read(&self, group, from, id: ClientMsgId) -> Result<(), ClientError>;
+//!     pub async fn group_receipts(&self, group, ids: Vec<ClientMsgId>) -> Result<Vec<GroupReceipt>, ClientError>;
 //! }
+//! pub struct GroupInvite { pub group: GroupId, pub token: String, pub expires_at_ms: u64 }
 //! pub struct SendReceipt { pub client_msg_id: ClientMsgId, pub server_ts_ms: u64, pub duplicate: bool }
 //! impl EventStream {
 //!     pub async fn next(&mut self) -> Option<Event>;
@@ -45,12 +60,17 @@
 //!     Typing { from, typing: bool },
 //!     Connected { transport: TransportKind },
 //!     Disconnected { reason: String },
+//!     GroupMessage { group, from, from_device, client_msg_id, text, server_seq, server_ts_ms },
+//!     GroupChanged { group, by, epoch, change: GroupChange, server_seq },
+//!     GroupReceipt { group, client_msg_id, delivered, read, of },
+//!     GroupUndecryptable { group, from, from_device, client_msg_id, server_seq, reason },
+//!     ... // Undecryptable, TimerChanged, Deleted, KeysRejected, DevicesChanged
 //! }
 //! impl Event { pub fn server_seq(&self) -> Option<ServerSeq>; pub fn delivery_key(&self) -> Option<DeliveryKey>; }
 //! pub enum ReceiptStatus { Delivered, Read }
 //!
 //! // Envelope content and the end-to-end encryption seam
-//! pub enum Content { Text(String), Read { ids: Vec<ClientMsgId> } }
+//! pub enum Content { Text(String), Read { ids }, Timer { secs }, Delete { ids }, ResendRequest { ids }, GroupKey(Box<GroupKey>) }
 //! impl Content { pub fn encode(&self) -> Vec<u8>; pub fn decode(bytes: &[u8]) -> Result<Content, ClientError>; }
 //! pub fn seal(content: &Content) -> Result<Vec<u8>, ClientError>;
 //! pub fn open(envelope: &[u8]) -> Result<Content, ClientError>;
@@ -62,7 +82,8 @@
 //! pub struct SeenSet; pub struct DeliveryKey { pub from, pub client_msg_id, pub kind: DeliveryKind }
 //! pub struct Profile;    // feature `cli`: the CLI's profile directory (profile.toml, device.key, ca.pem, seen.txt)
 //! pub enum ClientError;  // one error type; `is_fatal()`, `code()`
-//! // Re-exported from missive_proto: ClientMsgId, DeviceId, PresenceState, ServerSeq, Visibility
+//! // Re-exported from missive_proto: ClientMsgId, DeviceId, PresenceState, ServerSeq, Visibility,
+//! // GroupId, GroupInfo, GroupMember, GroupSummary, GroupReceipt, GroupChange
 //! ```
 //!
 //! # How it fits together
@@ -87,6 +108,15 @@
 //!   validated on receipt. [`seal`]/[`open`] are the seam where end-to-end encryption will
 //!   wrap exactly these bytes; nothing else touches envelope bytes.
 //!
+//! - **Groups** (`group`): the server keeps the membership and an epoch that grows with each
+//!   change; every message is one Megolm ciphertext stored once. This device makes a new
+//!   Megolm session at each epoch (and after `rotate_after_messages` / `rotate_after`), sends
+//!   its key to every other member as an Olm-encrypted `Content::GroupKey` and sends the
+//!   message only once the server stored those keys, so a member's mailbox holds the key
+//!   before the message, a removed member never gets a later key and a new member no earlier
+//!   one. A stale epoch is refused (`GroupChanged`): the session fetches `Info`, rotates and
+//!   sends again under the same id. Sessions and the groups this device is in are kept in
+//!   the E2EE state.
 //! - **Read receipts** are ordinary messages (`Content::Read`), so the edge answers them with
 //!   `Delivered` receipts like any message. Their ids are tagged with this device's key
 //!   (`receipt_id`), which lets the session drop those `Delivered` receipts without keeping

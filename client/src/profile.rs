@@ -7,7 +7,9 @@
 //! PDIR/seen.txt       recently handled deliveries (DeliveryKey lines), so a delivery that
 //!                     was printed but not acknowledged is not printed again by the next run
 //! PDIR/e2ee.state     the end-to-end encryption state (Olm account, sessions, the identity
-//!                     keys of peer devices); every secret in it is encrypted with the key:
+//!                     keys of peer devices, Megolm group sessions, the groups this device
+//!                     is in with their epochs and members); every secret in it is
+//!                     encrypted with the key:
 //! PDIR/e2ee.key       32 random bytes, hex, mode 0600 (the default), or
 //! PDIR/e2ee.salt      a salt, when the key is derived (Argon2id) from the passphrase in
 //!                     `MISSIVE_PASSPHRASE`: then nothing on disk opens the state without it

@@ -6,7 +6,7 @@
 //!
 //! Inputs: [`Session::connected`] / [`Session::disconnected`] around each logged-in
 //! connection; [`Session::handle_frame`] for every frame received; the command methods
-//! ([`Session::send`], [`Session::ack`], ...) for the app's requests;
+//! ([`Session::send`], [`Session::send_group`], [`Session::ack`], ...) for the app's requests;
 //! [`Session::handle_timeout`] when [`Session::poll_timeout`]'s instant has passed.
 //!
 //! Outputs: after each input (or batch of frame inputs followed by
@@ -1303,6 +1303,8 @@ impl Session {
             // all of them the one `Send` frame.
             if let Err(e) = fits(&frame, self.max_frame) {
                 self.outbox.remove(&id);
+                // A group key that cannot go: its group's sends must not wait for it.
+                self.groups.send_finished(id, false);
                 self.out.push_back(Output::SendDone { id, result: Err(e) });
                 continue;
             }
