@@ -135,6 +135,10 @@ pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
     receipt_ids: ReceiptIds,
     counters: std::sync::Arc<crate::delivery_stats::DeliveryCounters>,
+    /// This device's user (status updates bind it into their encryption).
+    user: String,
+    /// This device's end-to-end state (shared with the driver).
+    e2ee: crate::e2ee::E2eeStore,
 }
 
 impl Client {
@@ -153,6 +157,7 @@ impl Client {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let receipt_ids = ReceiptIds::new(&config.identity.signing_key);
+        let (user, e2ee) = (config.identity.user.clone(), config.identity.e2ee.clone());
         let counters = std::sync::Arc::default();
         let driver = Driver::new(config, cmd_rx, ev_tx, std::sync::Arc::clone(&counters));
         let span = tracing::info_span!(
@@ -165,6 +170,8 @@ impl Client {
             cmd: cmd_tx,
             receipt_ids,
             counters,
+            user,
+            e2ee,
         };
         Ok((client, EventStream::new(ev_rx)))
     }
@@ -452,6 +459,91 @@ impl Client {
             GroupAnswerKind::Receipts(r) => Ok(r),
             other => Err(unexpected_group(&other)),
         }
+    }
+
+    /// Posts a status update with `text` to `audience` (user names; see
+    /// [`Client::contacts`] for the usual audience). The post is encrypted once under a fresh
+    /// key, the key goes to each user of the audience (and this user's other devices) over
+    /// Olm first, then the server stores the post once for all of them and drops it after its
+    /// lifetime (24 h by default). Resolves once the post is stored.
+    pub async fn post_status(
+        &self,
+        text: impl Into<String>,
+        audience: Vec<String>,
+    ) -> Result<SendReceipt, ClientError> {
+        let id = ClientMsgId(rand::random());
+        let plain = seal(&Content::Text(text.into()))?;
+        let (key, body) = crate::e2ee::status_key::seal_status(&self.user, &id, &plain);
+        let key_content = seal(&Content::PostKey(Box::new(crate::content::PostKey {
+            post: id,
+            key,
+        })))?;
+        let mut keys = Vec::with_capacity(audience.len());
+        for user in &audience {
+            let (reply, rx) = oneshot::channel();
+            self.command(Command::Send {
+                id: ClientMsgId(rand::random()),
+                to: user.clone(),
+                envelope: key_content.clone(),
+                reply,
+            })?;
+            keys.push(rx);
+        }
+        // The post goes only once every key is stored ahead of it in each mailbox.
+        for rx in keys {
+            rx.await.map_err(|_| ClientError::ClientClosed)??;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.command(Command::StoryPost {
+            id,
+            audience,
+            body,
+            reply,
+        })?;
+        rx.await.map_err(|_| ClientError::ClientClosed)?
+    }
+
+    /// Tells `from` that their status update `id` was viewed here.
+    pub fn view_status(&self, from: impl Into<String>, id: ClientMsgId) -> Result<(), ClientError> {
+        self.command(Command::StoryViewed(missive_proto::StoryViewed {
+            from: from.into(),
+            client_msg_id: id,
+        }))
+    }
+
+    /// This user's status updates that have not expired, with who viewed each.
+    pub async fn my_statuses(&self) -> Result<Vec<missive_proto::StorySummary>, ClientError> {
+        match self
+            .device_request(|request_id| missive_proto::ListStories { request_id }.into())
+            .await?
+        {
+            Frame::StoryList(l) => Ok(l.stories),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Sends `text` to each of `users` as its own 1:1 message (a broadcast list: each
+    /// recipient sees an ordinary message from this user). One result per user, in order.
+    pub async fn broadcast(
+        &self,
+        users: &[String],
+        text: &str,
+    ) -> Vec<Result<SendReceipt, ClientError>> {
+        let pending: Vec<_> = users
+            .iter()
+            .map(|u| self.send(u.clone(), Content::Text(text.to_owned())))
+            .collect();
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            out.push(p.await);
+        }
+        out
+    }
+
+    /// The users this device has end-to-end sessions with (whose identities it pinned):
+    /// the usual audience of a status update.
+    pub fn contacts(&self) -> Vec<String> {
+        self.e2ee.known_users()
     }
 
     async fn group_info_request(&self, op: GroupOp) -> Result<GroupInfo, ClientError> {

@@ -8,7 +8,7 @@
 use crate::ClientError;
 use missive_proto::HARD_MAX_FRAME;
 
-pub use wire::{ArchivedContent, Content, GroupKey};
+pub use wire::{ArchivedContent, Content, GroupKey, PostKey};
 
 // rkyv's derive generates helper types for the `Read { ids }` variant that carry no docs;
 // the allow is scoped to this module, which holds nothing but the documented `Content`.
@@ -51,6 +51,19 @@ mod wire {
         /// keeps the size and alignment it had before groups, so contents made by SDKs
         /// without groups still decode (and theirs by them).
         GroupKey(Box<GroupKey>),
+        /// The SDK's own message: the key of one of the sender's status updates (sent over
+        /// Olm to its audience before the post; never shown to the app). Boxed like
+        /// `GroupKey`.
+        PostKey(Box<PostKey>),
+    }
+
+    /// The key of one status update (inside [`Content::PostKey`]).
+    #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+    pub struct PostKey {
+        /// The post's id.
+        pub post: ClientMsgId,
+        /// Its ChaCha20-Poly1305 key.
+        pub key: [u8; 32],
     }
 
     /// A Megolm session key for a group (inside [`Content::GroupKey`]).
@@ -133,6 +146,7 @@ impl Content {
                     ids.len().saturating_mul(16)
                 }
                 Self::GroupKey(k) => 32 + k.session_id.len() + k.session_key.len(),
+                Self::PostKey(_) => 48,
             }
     }
 
@@ -192,6 +206,10 @@ mod tests {
             Content::Read {
                 ids: vec![ClientMsgId([1; 16]), ClientMsgId([0xfe; 16])],
             },
+            Content::PostKey(Box::new(PostKey {
+                post: ClientMsgId([3; 16]),
+                key: [9; 32],
+            })),
             Content::GroupKey(Box::new(GroupKey {
                 group: missive_proto::GroupId(u64::MAX),
                 epoch: 3,

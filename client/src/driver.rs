@@ -34,6 +34,15 @@ pub(crate) enum Command {
     },
     /// A group message was read.
     GroupRead(missive_proto::GroupRead),
+    /// A status update (encrypted under its key, which went to the audience before).
+    StoryPost {
+        id: ClientMsgId,
+        audience: Vec<String>,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<SendReceipt, ClientError>>,
+    },
+    /// A status update was viewed.
+    StoryViewed(missive_proto::StoryViewed),
     Ack(ServerSeq),
     Subscribe(String),
     Visibility(Visibility),
@@ -55,6 +64,8 @@ impl std::fmt::Debug for Command {
             Self::Send { .. } => "Send",
             Self::GroupSend { .. } => "GroupSend",
             Self::GroupRead(_) => "GroupRead",
+            Self::StoryPost { .. } => "StoryPost",
+            Self::StoryViewed(_) => "StoryViewed",
             Self::Ack(_) => "Ack",
             Self::Subscribe(_) => "Subscribe",
             Self::Visibility(_) => "Visibility",
@@ -358,6 +369,16 @@ impl Driver {
                 self.session.send_group(id, group, envelope);
             }
             Command::GroupRead(read) => self.session.group_read(read),
+            Command::StoryPost {
+                id,
+                audience,
+                body,
+                reply,
+            } => {
+                self.waiters.entry(id).or_default().push(reply);
+                self.session.post_story(id, audience, body);
+            }
+            Command::StoryViewed(viewed) => self.session.story_viewed(viewed),
             Command::Ack(seq) => {
                 self.session.ack(seq);
                 self.session.flush_acks();

@@ -215,6 +215,42 @@ pub enum Event {
         /// Why (never message content).
         reason: String,
     },
+    /// A status update of a contact (or of this user, from another of its devices).
+    Status {
+        /// The poster.
+        from: String,
+        /// The poster's device.
+        from_device: DeviceId,
+        /// The post's id (what `Client::view_status` names).
+        client_msg_id: ClientMsgId,
+        /// The text.
+        text: String,
+        /// When the server drops it, ms since the Unix epoch: not to be shown after.
+        expires_at_ms: u64,
+        /// Position in this device's mailbox; acknowledge it.
+        server_seq: ServerSeq,
+        /// When the server stored it, ms since the Unix epoch.
+        server_ts_ms: u64,
+    },
+    /// A status update that could not be read (its key never arrived, or it was damaged).
+    /// The SDK has acknowledged it.
+    StatusUnreadable {
+        /// The poster.
+        from: String,
+        /// The post's id.
+        client_msg_id: ClientMsgId,
+        /// Position in this device's mailbox (already acknowledged).
+        server_seq: ServerSeq,
+        /// Why (never content).
+        reason: String,
+    },
+    /// Someone viewed one of this user's status updates.
+    StatusViewed {
+        /// The post.
+        client_msg_id: ClientMsgId,
+        /// Who viewed it.
+        viewer: String,
+    },
 }
 
 impl Event {
@@ -226,7 +262,8 @@ impl Event {
             | Self::Deleted { server_seq, .. }
             | Self::TimerChanged { server_seq, .. }
             | Self::GroupMessage { server_seq, .. }
-            | Self::GroupChanged { server_seq, .. } => Some(*server_seq),
+            | Self::GroupChanged { server_seq, .. }
+            | Self::Status { server_seq, .. } => Some(*server_seq),
             _ => None,
         }
     }
@@ -241,6 +278,11 @@ impl Event {
                 ..
             }
             | Self::GroupMessage {
+                from,
+                client_msg_id,
+                ..
+            }
+            | Self::Status {
                 from,
                 client_msg_id,
                 ..

@@ -145,6 +145,7 @@ mod frame_io;
 mod group;
 pub mod identity;
 mod login;
+mod post_keys;
 #[cfg(feature = "cli")]
 pub mod profile;
 mod receipt_id;

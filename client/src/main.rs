@@ -94,6 +94,16 @@ enum Cmd {
         #[command(subcommand)]
         action: GroupCmd,
     },
+    /// Status updates: post one to your contacts, list, mark one viewed.
+    Status {
+        #[command(subcommand)]
+        action: StatusCmd,
+    },
+    /// Broadcast lists: one command sends a separate 1:1 message to each user of a list.
+    Broadcast {
+        #[command(subcommand)]
+        action: BroadcastCmd,
+    },
     /// Print incoming events for a while, acknowledge them, send read receipts.
     Recv {
         /// Seconds to listen.
@@ -171,6 +181,57 @@ enum LinkCmd {
         name: String,
         /// The code `link new` printed.
         code: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StatusCmd {
+    /// Post TEXT to your contacts (the users this device has talked with), or to --to users;
+    /// prints its id. It lives 24 h (the server's `stories.ttl_secs`).
+    Post {
+        /// The text.
+        text: String,
+        /// Post to these users instead of all contacts.
+        #[arg(long = "to", value_name = "USER")]
+        to: Vec<String>,
+    },
+    /// Print your live status updates with who viewed each, then your contacts' updates
+    /// that arrive within --wait seconds (acknowledged as printed).
+    List {
+        /// Seconds to listen for contacts' updates.
+        #[arg(long, default_value_t = 2.0)]
+        wait: f64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tell NAME you viewed their status update ID.
+    View {
+        /// The poster.
+        name: String,
+        /// The update's id (as `status list` or `recv` printed it).
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BroadcastCmd {
+    /// Save the broadcast list NAME with USERS (replacing a list of that name).
+    Create {
+        /// The list's name (one word).
+        name: String,
+        /// Its recipients.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Print the saved lists.
+    List,
+    /// Send TEXT to each user of list NAME as a 1:1 message; prints one id per user.
+    Send {
+        /// The list.
+        name: String,
+        /// The text.
+        text: String,
     },
 }
 
@@ -326,6 +387,8 @@ async fn run(cli: Cli) -> CliResult {
             ..
         } => Err("send --group ID takes only the TEXT".into()),
         Cmd::Group { action } => cmd_group(&cli, &dir, action).await,
+        Cmd::Status { action } => cmd_status(&cli, &dir, action).await,
+        Cmd::Broadcast { action } => cmd_broadcast(&cli, &dir, action).await,
         Cmd::Recv {
             wait,
             json,
@@ -615,6 +678,139 @@ async fn cmd_send_group(cli: &Cli, dir: &Path, group: GroupId, text: &str) -> Cl
     // The Bye also saves what the send changed in the group state (a new key).
     close(&client).await;
     Ok(())
+}
+
+async fn cmd_status(cli: &Cli, dir: &Path, action: &StatusCmd) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, mut events) = connect(cli, &profile).await?;
+    let result = match action {
+        StatusCmd::Post { text, to } => {
+            let audience = if to.is_empty() {
+                client.contacts()
+            } else {
+                to.clone()
+            };
+            if audience.is_empty() {
+                close(&client).await;
+                return Err("no contacts yet: name the audience with --to USER".into());
+            }
+            match tokio::time::timeout(SEND_TIMEOUT, client.post_status(text.as_str(), audience))
+                .await
+            {
+                Ok(Ok(r)) => {
+                    println!("{}", r.client_msg_id.to_hex());
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => {
+                    Err(ClientError::Timeout("waiting for the server to store the update").into())
+                }
+            }
+        }
+        StatusCmd::View { name, id } => match ClientMsgId::from_hex(id) {
+            Some(id) => client.view_status(name.as_str(), id).map_err(Into::into),
+            None => Err(format!("not a status id: {id}").into()),
+        },
+        StatusCmd::List { wait, json } => {
+            let mine = tokio::time::timeout(SEND_TIMEOUT, client.my_statuses())
+                .await
+                .map_err(|_| ClientError::Timeout("waiting for your status updates"));
+            match mine {
+                Ok(Ok(mine)) => {
+                    for s in mine {
+                        if *json {
+                            println!(
+                                "{}",
+                                serde_json::json!({
+                                    "type": "my_status",
+                                    "client_msg_id": s.client_msg_id.to_hex(),
+                                    "posted_ms": s.posted_ms,
+                                    "expires_at_ms": s.expires_at_ms,
+                                    "audience": s.audience,
+                                    "viewers": s.viewers,
+                                })
+                            );
+                        } else {
+                            println!(
+                                "mine {}: to {}, viewed by {} ({})",
+                                s.client_msg_id.to_hex(),
+                                s.audience,
+                                s.viewers.len(),
+                                s.viewers.join(", ")
+                            );
+                        }
+                    }
+                    let deadline = tokio::time::Instant::now() + secs(*wait)?;
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
+                        let live = match &e {
+                            Event::Status { expires_at_ms, .. } => *expires_at_ms > now_ms,
+                            Event::StatusUnreadable { .. } | Event::StatusViewed { .. } => true,
+                            _ => false,
+                        };
+                        if live {
+                            println!("{}", render(&e, *json));
+                        }
+                        if let Some(seq) = e.server_seq() {
+                            client.ack(seq)?;
+                        }
+                    }
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    close(&client).await;
+    result
+}
+
+async fn cmd_broadcast(cli: &Cli, dir: &Path, action: &BroadcastCmd) -> CliResult {
+    let profile = Profile::load(dir)?;
+    match action {
+        BroadcastCmd::Create { name, users } => {
+            for u in users {
+                missive_proto::validate_user_name(u).map_err(|e| format!("{u}: {e}"))?;
+            }
+            profile.save_broadcast_list(name, users)?;
+            println!("broadcast list {name}: {}", users.join(" "));
+            Ok(())
+        }
+        BroadcastCmd::List => {
+            for (name, users) in profile.broadcast_lists()? {
+                println!("{name}: {}", users.join(" "));
+            }
+            Ok(())
+        }
+        BroadcastCmd::Send { name, text } => {
+            let lists = profile.broadcast_lists()?;
+            let users = lists
+                .get(name)
+                .ok_or_else(|| format!("no broadcast list {name} (see `broadcast list`)"))?;
+            let (client, _events) = connect(cli, &profile).await?;
+            let sent = tokio::time::timeout(SEND_TIMEOUT, client.broadcast(users, text)).await;
+            close(&client).await;
+            let results = sent.map_err(|_| ClientError::Timeout("waiting for the sends"))?;
+            let mut failed = 0;
+            for (user, r) in users.iter().zip(results) {
+                match r {
+                    Ok(r) => println!("{user} {}", r.client_msg_id.to_hex()),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("missive: {user}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(format!("{failed} of {} sends failed", users.len()).into());
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn cmd_group(cli: &Cli, dir: &Path, action: &GroupCmd) -> CliResult {
@@ -1042,6 +1238,44 @@ fn render_json(ev: &Event) -> serde_json::Value {
             }
             v
         }
+        Event::Status {
+            from,
+            from_device,
+            client_msg_id,
+            text,
+            expires_at_ms,
+            server_seq,
+            server_ts_ms,
+        } => json!({
+            "type": "status",
+            "from": from,
+            "from_device": from_device.0,
+            "client_msg_id": client_msg_id.to_hex(),
+            "text": text,
+            "expires_at_ms": expires_at_ms,
+            "server_seq": server_seq.0,
+            "server_ts_ms": server_ts_ms,
+        }),
+        Event::StatusUnreadable {
+            from,
+            client_msg_id,
+            server_seq,
+            reason,
+        } => json!({
+            "type": "status_unreadable",
+            "from": from,
+            "client_msg_id": client_msg_id.to_hex(),
+            "server_seq": server_seq.0,
+            "reason": reason,
+        }),
+        Event::StatusViewed {
+            client_msg_id,
+            viewer,
+        } => json!({
+            "type": "status_viewed",
+            "client_msg_id": client_msg_id.to_hex(),
+            "viewer": viewer,
+        }),
         Event::GroupReceipt {
             group,
             client_msg_id,
@@ -1197,6 +1431,25 @@ fn render_text(ev: &Event) -> String {
             read,
             of,
         } => format!("#{group} {client_msg_id}: delivered {delivered}/{of}, read {read}/{of}"),
+        Event::Status {
+            from,
+            client_msg_id,
+            text,
+            ..
+        } => format!("status {} from {from}: {text}", client_msg_id.to_hex()),
+        Event::StatusUnreadable {
+            from,
+            client_msg_id,
+            reason,
+            ..
+        } => format!(
+            "could not read status {} from {from}: {reason}",
+            client_msg_id.to_hex()
+        ),
+        Event::StatusViewed {
+            client_msg_id,
+            viewer,
+        } => format!("{viewer} viewed your status {}", client_msg_id.to_hex()),
         Event::GroupUndecryptable {
             group,
             from,

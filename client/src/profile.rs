@@ -34,6 +34,8 @@ pub const CA_FILE: &str = "ca.pem";
 pub const SEEN_FILE: &str = "seen.txt";
 /// The disappearing-message timers file's name (`user seconds` lines).
 pub const TIMERS_FILE: &str = "timers.txt";
+/// The broadcast lists' file: one `NAME user user ...` line per list.
+pub const BROADCASTS_FILE: &str = "broadcasts.txt";
 /// The E2EE state file's name.
 pub const E2EE_STATE_FILE: &str = "e2ee.state";
 /// The E2EE state key file's name (when no passphrase is used).
@@ -237,6 +239,36 @@ impl Profile {
         write_atomic(&self.dir.join(TIMERS_FILE), text.as_bytes(), false)
     }
 
+    /// This profile's broadcast lists: name → recipients.
+    pub fn broadcast_lists(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ClientError> {
+        let path = self.dir.join(BROADCASTS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter_map(|l| {
+                    let mut words = l.split_whitespace();
+                    let name = words.next()?.to_owned();
+                    Some((name, words.map(str::to_owned).collect()))
+                })
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(perr(&path, e)),
+        }
+    }
+
+    /// Saves the broadcast list `name` with `users` (replacing one of that name).
+    pub fn save_broadcast_list(&self, name: &str, users: &[String]) -> Result<(), ClientError> {
+        let mut lists = self.broadcast_lists()?;
+        lists.insert(name.to_owned(), users.to_vec());
+        let text: String = lists
+            .iter()
+            .map(|(n, u)| format!("{n} {}\n", u.join(" ")))
+            .collect();
+        write_atomic(&self.dir.join(BROADCASTS_FILE), text.as_bytes(), false)
+    }
+
     /// Records the device id the server picked for this (linked) device.
     pub fn set_device(&mut self, device: DeviceId) -> Result<(), ClientError> {
         let toml_path = self.dir.join(PROFILE_FILE);
@@ -267,6 +299,7 @@ impl Profile {
             CA_FILE,
             SEEN_FILE,
             TIMERS_FILE,
+            BROADCASTS_FILE,
             E2EE_STATE_FILE,
             E2EE_KEY_FILE,
             E2EE_SALT_FILE,

@@ -22,12 +22,13 @@ use crate::e2ee::sealer::{Readiness, Sealer};
 use crate::e2ee::E2eeStore;
 use crate::event::{Event, ReceiptStatus};
 use crate::group::{GroupReadiness, Groups, WallClock};
+use crate::post_keys::PostKeys;
 use crate::receipt_id::ReceiptIds;
 use crate::{ClientError, SendReceipt};
 use missive_proto::{
     AckDelivery, ClientMsgId, Deliver, DeviceId, DeviceMismatch, ErrorCode, Frame, GroupId,
     GroupOp, GroupRead, GroupRequest, GroupSend, Payload, Ping, Pong, ServerSeq,
-    SetPresenceVisibility, SubscribePresence, Typing, Visibility,
+    SetPresenceVisibility, StoryPost, SubscribePresence, Typing, Visibility,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -107,6 +108,9 @@ enum Target {
     User(String),
     /// Every member of a group (one Megolm ciphertext).
     Group(GroupId),
+    /// A status update to these users (the content is the post, already encrypted under its
+    /// own key, which went to them before).
+    Story(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -362,6 +366,8 @@ pub(crate) struct Session {
     sealer: Sealer,
     /// Groups: membership as known, Megolm sessions, key distribution.
     groups: Groups,
+    /// Keys of status updates received (poster, post id), until the post arrives.
+    post_keys: PostKeys,
     /// The latest time an input brought (the session never reads the clock).
     clock: Instant,
     /// Deliveries are handled (false: left untouched in the mailbox, see
@@ -410,6 +416,7 @@ impl Session {
         Self {
             devices: DeviceDirectory::new(me.user.clone(), me.device),
             groups: Groups::new(me.e2ee.clone(), &me.user, me.device, now),
+            post_keys: PostKeys::default(),
             sealer: Sealer::new(me.e2ee, (&me.user, me.device, me.login_key)),
             recent: VecDeque::new(),
             asked_again: VecDeque::new(),
@@ -512,6 +519,14 @@ impl Session {
             self.transmit(read.into());
         } else {
             self.groups.queue_read(read);
+        }
+    }
+
+    /// Tells the server a status update was viewed (only when connected: a view is not
+    /// worth keeping across a reconnect).
+    pub(crate) fn story_viewed(&mut self, viewed: missive_proto::StoryViewed) {
+        if self.is_ready() {
+            self.transmit(viewed.into());
         }
     }
 
@@ -720,6 +735,11 @@ impl Session {
                 }
                 self.pump();
             }
+            Frame::StoryView(v) => self.out.push_back(Output::Events(vec![Event::StatusViewed {
+                client_msg_id: v.client_msg_id,
+                viewer: v.viewer,
+            }])),
+            Frame::StoryList(ref l) => self.device_answer(l.request_id, Ok(frame.clone())),
             Frame::GroupReceipt(r) => {
                 self.out.push_back(Output::Events(vec![Event::GroupReceipt {
                     group: r.group,
@@ -937,8 +957,7 @@ impl Session {
         let events = match &d.payload {
             Payload::Group(m) => self.on_group_message(&d, m),
             Payload::GroupEvent(n) => self.on_group_notice(&d, n),
-            // Status updates: not handled by this SDK yet.
-            Payload::Story(_) => Vec::new(),
+            Payload::Story(post) => vec![self.on_story(&d, post)],
             Payload::Delivered => vec![Event::Receipt {
                 from: d.from.clone(),
                 client_msg_id: d.client_msg_id,
@@ -989,7 +1008,9 @@ impl Session {
         // this id) must still get through.
         let handled = matches!(
             events[..],
-            [Event::Undecryptable { .. }] | [Event::GroupUndecryptable { .. }]
+            [Event::Undecryptable { .. }]
+                | [Event::GroupUndecryptable { .. }]
+                | [Event::StatusUnreadable { .. }]
         );
         if !handled {
             self.seen.insert(key);
@@ -1066,6 +1087,10 @@ impl Session {
                 }
                 Vec::new()
             }
+            Content::PostKey(k) => {
+                self.post_keys.insert((d.from.clone(), k.post), k.key);
+                Vec::new()
+            }
             Content::GroupKey(k) => {
                 self.groups.accept_key(
                     (&d.from, d.from_device),
@@ -1075,6 +1100,52 @@ impl Session {
                 );
                 Vec::new()
             }
+        }
+    }
+
+    /// Queues a status update (`body`: the post encrypted under its key, which was sent to
+    /// `audience` before). Returns false when this id is already waiting for its `Sent`.
+    pub(crate) fn post_story(
+        &mut self,
+        id: ClientMsgId,
+        audience: Vec<String>,
+        body: Vec<u8>,
+    ) -> bool {
+        let added = self.outbox.insert(id, Target::Story(audience), body, None);
+        if added {
+            self.outbox.queue.push_back(id);
+            self.pump();
+        }
+        added
+    }
+
+    /// The event of a delivered status update: its text, or why it cannot be read.
+    fn on_story(&mut self, d: &Deliver, post: &missive_proto::StoryMessage) -> Event {
+        let unreadable = |reason: &str| Event::StatusUnreadable {
+            from: d.from.clone(),
+            client_msg_id: d.client_msg_id,
+            server_seq: d.seq,
+            reason: reason.to_owned(),
+        };
+        let Some(key) = self.post_keys.take(&(d.from.clone(), d.client_msg_id)) else {
+            return unreadable("its key never arrived");
+        };
+        let opened =
+            crate::e2ee::status_key::open_status(&key, &d.from, &d.client_msg_id, &post.body)
+                .map_err(|e| e.to_string())
+                .and_then(|plain| crate::content::open(&plain).map_err(|e| e.to_string()));
+        match opened {
+            Ok(Content::Text(text)) => Event::Status {
+                from: d.from.clone(),
+                from_device: d.from_device,
+                client_msg_id: d.client_msg_id,
+                text,
+                expires_at_ms: post.expires_at_ms,
+                server_seq: d.seq,
+                server_ts_ms: d.server_ts_ms,
+            },
+            Ok(_) => unreadable("not a text"),
+            Err(e) => unreadable(&e),
         }
     }
 
@@ -1265,6 +1336,20 @@ impl Session {
                         continue;
                     }
                     break;
+                }
+                Target::Story(audience) => {
+                    p.state = SendState::InFlight;
+                    let body = p.content.clone();
+                    self.outbox.in_flight += 1;
+                    self.transmit(
+                        StoryPost {
+                            client_msg_id: id,
+                            audience,
+                            body,
+                        }
+                        .into(),
+                    );
+                    continue;
                 }
             };
             let targets = match self.sealer.prepare(self.clock, &to, &self.devices) {

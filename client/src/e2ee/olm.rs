@@ -138,6 +138,14 @@ impl OlmMachine {
         Some(safety_number((me, &mine), (other, &theirs)))
     }
 
+    /// The users with a known device, sorted.
+    pub(crate) fn known_users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self.known.keys().map(|(u, _)| u.clone()).collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
     /// The identities of every known device of `user`.
     pub(crate) fn identities_of(&self, user: &str) -> Vec<(DeviceId, PeerIdentity)> {
         let mut v: Vec<_> = self

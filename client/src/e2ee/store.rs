@@ -152,6 +152,12 @@ impl E2eeStore {
         Ok(store)
     }
 
+    /// The users whose device identities this device pinned (it exchanged messages with
+    /// them), sorted.
+    pub fn known_users(&self) -> Vec<String> {
+        self.lock().known_users()
+    }
+
     /// This device's identity keys.
     pub fn identity(&self) -> PeerIdentity {
         self.lock().identity()
