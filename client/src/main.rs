@@ -682,7 +682,12 @@ async fn cmd_send_group(cli: &Cli, dir: &Path, group: GroupId, text: &str) -> Cl
 
 async fn cmd_status(cli: &Cli, dir: &Path, action: &StatusCmd) -> CliResult {
     let profile = Profile::load(dir)?;
-    let (client, mut events) = connect(cli, &profile).await?;
+    // `status list` reads the mailbox (contacts' updates); the others only send.
+    let (client, mut events) = if matches!(action, StatusCmd::List { .. }) {
+        Client::connect(client_config(cli, &profile)?).await?
+    } else {
+        connect(cli, &profile).await?
+    };
     let result = match action {
         StatusCmd::Post { text, to } => {
             let audience = if to.is_empty() {
