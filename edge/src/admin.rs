@@ -196,6 +196,7 @@ fn stats(store: &Store) -> Result<Response, String> {
         users: store.user_count().map_err(e)? as u64,
         queued: store.total_queued().map_err(e)? as u64,
         disk_bytes: store.size_on_disk().map_err(e)?,
+        stored_bytes: store.logical_bytes().map_err(e)?,
         live: None,
     })
 }

@@ -76,6 +76,9 @@ pub enum Response {
         queued: u64,
         /// Bytes the database occupies.
         disk_bytes: u64,
+        /// Bytes of every key and value stored (what the data takes, whatever the engine's
+        /// file layout).
+        stored_bytes: u64,
         /// Present when a running edge answered.
         live: Option<LiveStats>,
     },
@@ -185,11 +188,12 @@ impl Response {
                 users,
                 queued,
                 disk_bytes,
+                stored_bytes,
                 live,
             } => {
                 let mut out = format!(
                     "storage engine: {engine}\nusers: {users}\nqueued envelopes: {queued}\n\
-                     disk bytes: {disk_bytes}\n"
+                     disk bytes: {disk_bytes}\nstored bytes: {stored_bytes}\n"
                 );
                 if let Some(l) = live {
                     out += &format!(
@@ -336,6 +340,7 @@ mod tests {
             users: 2,
             queued: 5,
             disk_bytes: 1000,
+            stored_bytes: 800,
             live: Some(LiveStats {
                 sessions: 1,
                 quic_connections: 1,
