@@ -4,60 +4,15 @@
 
 mod common;
 
+use common::cli::{cli_bin, missive, of_type, recv, recv_args};
 use common::Edge;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The `missive` binary beside `missive-edge` (built by `cargo test --workspace`; built here
-/// when only this package's tests run).
-fn cli_bin() -> PathBuf {
-    let edge = PathBuf::from(common::edge_bin());
-    let bin = edge.with_file_name(format!("missive{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "missive-client", "--bin", "missive"]);
-        if edge.components().any(|c| c.as_os_str() == "release") {
-            cmd.arg("--release");
-        }
-        assert!(
-            cmd.status().unwrap().success(),
-            "building the missive CLI failed"
-        );
-    }
-    bin
-}
-
-fn missive(profile: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cli_bin())
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn recv(profile: &Path, secs: &str) -> Vec<Value> {
-    recv_args(profile, &["recv", "--wait", secs, "--json"])
-}
 
 /// `recv --json --stats`: the events, then the delivery counts.
 fn recv_with_stats(profile: &Path, secs: &str) -> Vec<Value> {
     recv_args(profile, &["recv", "--wait", secs, "--json", "--stats"])
-}
-
-fn recv_args(profile: &Path, args: &[&str]) -> Vec<Value> {
-    let (ok, out, err) = missive(profile, args);
-    assert!(ok, "recv failed: {err}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
 }
 
 /// Registers profiles `alice` and `bob` with the CLI against `edge`.
@@ -68,10 +23,6 @@ fn register_alice_and_bob(edge: &Edge, alice: &Path, bob: &Path) {
         let (ok, _, err) = missive(p, &["--server", &server, "--ca", &ca, "register", name]);
         assert!(ok, "register {name}: {err}");
     }
-}
-
-fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == t).collect()
 }
 
 #[test]

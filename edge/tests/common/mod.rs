@@ -1,6 +1,7 @@
 //! Test harness: runs the real `missive-edge` binary on a temp data dir and real sockets.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cli;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
