@@ -769,11 +769,7 @@ impl Write for GroupSend {
             })),
             ..stored.clone()
         };
-        let references = mailboxes.len();
-        let record = encode(&stored)?;
-        for mb in mailboxes {
-            tx.push_reference(mb, &stored, &record, shown.clone())?;
-        }
+        let references = tx.push_references(mailboxes, &stored, &shown)?;
         // The body record is written once; the mailboxes hold references to it.
         tx.put_unseen(body_key, self.body);
         tx.put(dedup_key, self.now_ms.to_be_bytes().to_vec());

@@ -244,17 +244,21 @@ impl Tx<'_> {
         self.push_item_as(mb, item, record, None)
     }
 
-    /// Appends a reference to a message stored once (`stored`, whose body is empty, already
-    /// encoded as `record`: the same bytes for every mailbox) to `mb`; the listener hears of
-    /// it as `shown` (with the body), so live delivery needs no read.
-    pub(crate) fn push_reference(
+    /// Appends a reference to a message stored once (`stored`, whose body is empty: the same
+    /// bytes for every mailbox, encoded once) to each of `mailboxes`; the listener hears of
+    /// each as `shown` (with the body), so live delivery needs no read. Returns how many.
+    pub(crate) fn push_references(
         &mut self,
-        mb: MailboxId,
+        mailboxes: Vec<MailboxId>,
         stored: &StoredItem,
-        record: &[u8],
-        shown: StoredItem,
-    ) -> Result<ServerSeq, StorageError> {
-        self.push_item_as(mb, stored.clone(), record.to_vec(), Some(shown))
+        shown: &StoredItem,
+    ) -> Result<usize, StorageError> {
+        let record = encode(stored)?;
+        let n = mailboxes.len();
+        for mb in mailboxes {
+            self.push_item_as(mb, stored.clone(), record.clone(), Some(shown.clone()))?;
+        }
+        Ok(n)
     }
 
     fn push_item_as(

@@ -121,11 +121,7 @@ impl Write for PostStory {
             })),
             ..stored.clone()
         };
-        let references = mailboxes.len();
-        let record = encode(&stored)?;
-        for mb in mailboxes {
-            tx.push_reference(mb, &stored, &record, shown.clone())?;
-        }
+        let references = tx.push_references(mailboxes, &stored, &shown)?;
         tx.put_unseen(
             keys::story_body(&self.poster, &self.client_msg_id),
             self.body,
