@@ -17,7 +17,7 @@ pub struct Sample {
 pub fn sample(addr: SocketAddr) -> Option<Sample> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: missive\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: missive\r\nConnection: close\r\n\r\n")
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;

@@ -7,7 +7,6 @@ use missive_storage::MailboxId;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Wake-ups waiting to be sent before new ones are dropped (and counted).
@@ -155,60 +154,25 @@ pub fn wake_body(mb: &MailboxId) -> String {
 }
 
 async fn post(gateway: &GatewayUrl, body: &str) -> Attempt {
-    let mut stream = match tokio::net::TcpStream::connect(&gateway.authority).await {
-        Ok(s) => s,
-        Err(e) => return Attempt::Retry(e.to_string()),
-    };
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nUser-Agent: missive-edge\r\n\r\n{}",
-        gateway.path,
-        gateway.authority,
-        body.len(),
-        body
-    );
-    if let Err(e) = stream.write_all(request.as_bytes()).await {
-        return Attempt::Retry(e.to_string());
+    let sent = crate::http::client::post(
+        &gateway.authority,
+        &gateway.path,
+        "application/json",
+        body.to_owned(),
+    )
+    .await;
+    match sent {
+        Ok(s) if (200..300).contains(&s) => Attempt::Accepted,
+        Ok(s) if (400..500).contains(&s) && s != 408 && s != 429 => Attempt::Refused(s),
+        Ok(s) => Attempt::Retry(format!("status {s}")),
+        Err(e) => Attempt::Retry(e.to_string()),
     }
-    // Only the status line matters; read a bounded prefix of the response.
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        match stream.read(&mut head[n..]).await {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Attempt::Retry(e.to_string()),
-        }
-    }
-    match parse_status(&head[..n]) {
-        Some(s) if (200..300).contains(&s) => Attempt::Accepted,
-        Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => Attempt::Refused(s),
-        Some(s) => Attempt::Retry(format!("status {s}")),
-        None => Attempt::Retry("no HTTP status line".into()),
-    }
-}
-
-/// Status code of an `HTTP/1.x NNN` status line.
-fn parse_status(head: &[u8]) -> Option<u16> {
-    let text = std::str::from_utf8(head).ok()?;
-    let mut parts = text.split(' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.get(..3)?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use missive_proto::DeviceId;
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status(b"HTTP/1.1 204 No Content\r\n"), Some(204));
-        assert_eq!(parse_status(b"HTTP/1.0 503 x"), Some(503));
-        assert_eq!(parse_status(b"SSH-2.0"), None);
-        assert_eq!(parse_status(b""), None);
-    }
 
     #[test]
     fn body_has_no_content() {

@@ -1,7 +1,7 @@
 //! What the operations endpoint reports: metrics sampled from every component, liveness
 //! and readiness.
 
-use crate::http::OpsState;
+use crate::http::ops::OpsState;
 use crate::shared::Shared;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -384,7 +384,9 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     let metrics_text = match metrics_listener {
         Some(l) => {
             let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            tokio::spawn(crate::http::serve(l, ops.clone(), shutdown_rx.clone()));
+            let router =
+                crate::http::ops::routes(ops.clone()).fallback(crate::http::ops::not_found);
+            tokio::spawn(crate::http::serve(l, router, None, shutdown_rx.clone()));
             addr
         }
         None => "off".into(),
@@ -438,7 +440,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
             loop {
                 tick.tick().await;
                 // Only a live committer earns a ping: a wedged store should get us restarted.
-                if crate::http::OpsState::healthy(&*ops) {
+                if crate::http::ops::OpsState::healthy(&*ops) {
                     crate::sd_notify::notify("WATCHDOG=1");
                 }
             }
