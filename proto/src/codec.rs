@@ -389,6 +389,50 @@ mod tests {
                 }],
             }
             .into(),
+            MediaUploadOpen {
+                blob: crate::BlobId([7; 32]),
+                size: 1 << 31,
+                downloads: 2,
+            }
+            .into(),
+            MediaUploadState {
+                blob: crate::BlobId([7; 32]),
+                size: 100,
+                have: vec![crate::ByteRange { start: 0, end: 60 }],
+                complete: false,
+            }
+            .into(),
+            MediaChunk {
+                offset: 60,
+                bytes: vec![9; 40],
+            }
+            .into(),
+            MediaChunkAck {
+                offset: 60,
+                held: 100,
+            }
+            .into(),
+            MediaDownload {
+                blob: crate::BlobId([7; 32]),
+                range: crate::ByteRange { start: 0, end: 100 },
+            }
+            .into(),
+            MediaData {
+                offset: 0,
+                size: 100,
+                bytes: vec![1; 100],
+            }
+            .into(),
+            MediaSignUrl {
+                blob: crate::BlobId([7; 32]),
+            }
+            .into(),
+            MediaUrl {
+                blob: crate::BlobId([7; 32]),
+                url: "https://edge/media/07".into(),
+                expires_at_secs: 9,
+            }
+            .into(),
             Deliver {
                 seq: ServerSeq(7),
                 from: "alice".into(),

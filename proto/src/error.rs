@@ -78,6 +78,14 @@ pub enum ErrorCode {
     GroupChanged = 30,
     /// The group invite token is unknown, expired or revoked.
     GroupInviteInvalid = 31,
+    /// A media upload is larger than the server's maximum file size.
+    MediaTooLarge = 32,
+    /// A media upload would take the user past their storage quota.
+    MediaQuotaExceeded = 33,
+    /// No such blob (never uploaded, not complete yet, deleted or expired).
+    UnknownMedia = 34,
+    /// A media upload's bytes do not hash to its name; what was held is dropped, send again.
+    MediaHashMismatch = 35,
 }
 
 impl ErrorCode {
@@ -116,6 +124,10 @@ impl ErrorCode {
             29 => GroupFull,
             30 => GroupChanged,
             31 => GroupInviteInvalid,
+            32 => MediaTooLarge,
+            33 => MediaQuotaExceeded,
+            34 => UnknownMedia,
+            35 => MediaHashMismatch,
             _ => return None,
         })
     }
@@ -160,6 +172,10 @@ impl ErrorCode {
             GroupFull => "group_full",
             GroupChanged => "group_changed",
             GroupInviteInvalid => "group_invite_invalid",
+            MediaTooLarge => "media_too_large",
+            MediaQuotaExceeded => "media_quota_exceeded",
+            UnknownMedia => "unknown_media",
+            MediaHashMismatch => "media_hash_mismatch",
         }
     }
 }

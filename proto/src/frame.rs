@@ -6,6 +6,10 @@
 pub use crate::group::{GroupAnswer, GroupRead, GroupReceipt, GroupRequest, GroupSend};
 use crate::group::{GroupMessage, GroupNotice};
 use crate::ids::{ClientMsgId, DeviceId, ServerSeq};
+pub use crate::media::{
+    MediaChunk, MediaChunkAck, MediaData, MediaDownload, MediaSignUrl, MediaUploadOpen,
+    MediaUploadState, MediaUrl,
+};
 use crate::story::StoryMessage;
 pub use crate::story::{ListStories, StoryList, StoryPost, StoryView, StoryViewed};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -111,6 +115,14 @@ frames! {
     23 => StoryViewed,
     /// Ask for this user's live status updates and their viewers.
     24 => ListStories,
+    /// Open (or resume) an upload; first frame of an upload stream.
+    25 => MediaUploadOpen,
+    /// Bytes of an upload.
+    26 => MediaChunk,
+    /// Download a range of a blob; first frame of a download stream.
+    27 => MediaDownload,
+    /// Ask for a signed HTTPS URL of a blob.
+    28 => MediaSignUrl,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -156,6 +168,14 @@ frames! {
     84 => StoryView,
     /// Answer to `ListStories`.
     85 => StoryList,
+    /// Which bytes of an upload the server holds.
+    86 => MediaUploadState,
+    /// A chunk of an upload was written.
+    87 => MediaChunkAck,
+    /// Bytes of a download.
+    88 => MediaData,
+    /// Answer to `MediaSignUrl`.
+    89 => MediaUrl,
 }
 
 /// Client → server, first frame on every connection.

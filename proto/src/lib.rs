@@ -20,6 +20,7 @@ pub mod error;
 pub mod frame;
 pub mod group;
 pub mod ids;
+pub mod media;
 pub mod story;
 
 pub use codec::{
@@ -34,13 +35,15 @@ pub use ids::{
     validate_user_name, ClientMsgId, DeviceId, GroupId, ServerSeq, MAX_DEVICES_PER_USER,
     MAX_USER_NAME,
 };
+pub use media::{BlobId, ByteRange};
 pub use story::*;
 
 /// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The oldest protocol version this build still accepts (version 2 made `Send` carry one
 /// envelope per device; a version 1 `Send` cannot be stored). Version 3 added groups: frames
 /// a version 2 client never sends, and `Payload` kinds it is only sent once it speaks 3.
+/// Version 4 added media transfers: frames that travel on transfer streams of their own.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Most one-time keys one `UploadKeys` may carry.
 pub const MAX_KEYS_PER_UPLOAD: usize = 100;
