@@ -25,6 +25,8 @@
 //! | `r` | `r group:u64 sender\0 client_msg_id:[16]` | rkyv `groups::ReceiptRecord` of that message |
 //! | `p` | `p poster\0 client_msg_id:[16]` | rkyv `stories::StoryRecord` (audience, viewers) |
 //! | `q` | `q poster\0 client_msg_id:[16]` | a status update's body, stored once |
+//! | `M` | `M blob:[32]` | rkyv `media::BlobRecord` (size, owner, lifetime, downloads) |
+//! | `Q` | `Q user` | bytes of live blobs the user owns, u64 |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, GroupId, ServerSeq};
@@ -50,6 +52,8 @@ pub(crate) const GROUP_BODY: u8 = b'b';
 pub(crate) const GROUP_RECEIPT: u8 = b'r';
 pub(crate) const STORY: u8 = b'p';
 pub(crate) const STORY_BODY: u8 = b'q';
+pub(crate) const BLOB: u8 = b'M';
+pub(crate) const MEDIA_USAGE: u8 = b'Q';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);

@@ -50,6 +50,7 @@
 
 mod accounts;
 mod backup;
+mod blobs;
 mod compact;
 mod copy;
 mod device_registry;
@@ -62,6 +63,7 @@ mod key_directory;
 mod keys;
 mod layout;
 mod mailbox;
+mod media;
 mod migrate;
 mod records;
 mod store;
@@ -70,6 +72,7 @@ mod unacked;
 mod write;
 
 pub use backup::BackupReport;
+pub use blobs::{hash_file, BlobError, BlobFiles, PartialBlob, RangeSet, CHECKPOINT_BYTES};
 pub use compact::{compact, CompactReport};
 pub use copy::EntryCounts;
 pub use device_registry::LinkOutcome;
@@ -79,6 +82,7 @@ pub use groups::{GroupRefusal, GroupSendOutcome};
 pub use health::StorageHealth;
 pub use key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 pub use mailbox::SEQ_RESERVATION;
+pub use media::{BlobRecord, MediaLimits, OpenOutcome};
 pub use migrate::{migrate, MigrationReport};
 pub use records::{FallbackRecord, StoredItem, UserRecord};
 pub use store::{

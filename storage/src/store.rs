@@ -8,13 +8,14 @@ use crate::group_commit::{self, Request};
 use crate::groups::{self, GroupRefusal, GroupSendOutcome};
 use crate::health::{HealthCell, StorageHealth};
 use crate::key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
+use crate::media::{self, BlobRecord, MediaLimits, OpenOutcome};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
 use crate::stories::{self, StoryOutcome};
 use crate::write::{Typed, Write};
 use crate::{accounts, device_registry, key_directory, mailbox};
 use crate::{keys, layout, MailboxId, StorageError};
 use missive_proto::{
-    ClientMsgId, DeviceEnvelope, DeviceId, GroupId, GroupInfo, GroupReceipt, GroupSummary,
+    BlobId, ClientMsgId, DeviceEnvelope, DeviceId, GroupId, GroupInfo, GroupReceipt, GroupSummary,
     ServerSeq, UserDevices, Visibility,
 };
 use std::ops::Bound;
@@ -823,6 +824,69 @@ impl Store {
         now_ms: u64,
     ) -> Result<Vec<missive_proto::StorySummary>, StorageError> {
         stories::stories_of(self.db.get().as_ref(), poster, now_ms)
+    }
+
+    /// Opens (or resumes) `owner`'s upload of `blob` under `limits`: a new blob's size is
+    /// counted against the owner's quota at once. Resolves after the fsync.
+    pub fn open_upload(
+        &self,
+        owner: &str,
+        blob: BlobId,
+        size: u64,
+        downloads: u32,
+        limits: MediaLimits,
+        now_ms: u64,
+    ) -> impl std::future::Future<Output = Result<OpenOutcome, StorageError>> + Send + 'static {
+        self.write(media::OpenUpload {
+            blob,
+            owner: owner.to_owned(),
+            size,
+            downloads,
+            limits,
+            now_ms,
+        })
+    }
+
+    /// Marks `blob` complete (its file is installed and verified); false when it has no record.
+    pub fn complete_upload(
+        &self,
+        blob: BlobId,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
+        self.write(media::CompleteUpload { blob })
+    }
+
+    /// Forgets `blob` and gives its bytes back to its owner's quota; the caller removes its
+    /// file. False when it had no record.
+    pub fn delete_blob(
+        &self,
+        blob: BlobId,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
+        self.write(media::DeleteBlob { blob })
+    }
+
+    /// The device tagged `tag` downloaded all of `blob`. True when that was the last expected
+    /// download: the record is gone, and the caller removes the file.
+    pub fn record_download(
+        &self,
+        blob: BlobId,
+        tag: u64,
+    ) -> impl std::future::Future<Output = Result<bool, StorageError>> + Send + 'static {
+        self.write(media::RecordDownload { blob, tag })
+    }
+
+    /// The record of `blob`.
+    pub fn blob(&self, blob: &BlobId) -> Result<Option<BlobRecord>, StorageError> {
+        media::blob(self.db.get().as_ref(), blob)
+    }
+
+    /// Every blob record (for expiry and collection).
+    pub fn blobs(&self) -> Result<Vec<(BlobId, BlobRecord)>, StorageError> {
+        media::blobs(self.db.get().as_ref())
+    }
+
+    /// Bytes of live blobs `user` owns (what their quota counts).
+    pub fn media_usage(&self, user: &str) -> Result<u64, StorageError> {
+        media::user_usage(self.db.get().as_ref(), user)
     }
 
     /// Publishes keys of a device (see [`KeyUpload`]); resolves after the fsync.

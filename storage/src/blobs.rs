@@ -1,0 +1,430 @@
+//! Blob files: content-addressed ciphertext under the media directory, never in the database.
+//!
+//! ```text
+//! media/blobs/ab/abcd…(64 hex)      complete, verified blobs (read-only once there)
+//! media/partial/abcd….part          an upload in progress, written at offsets
+//! media/partial/abcd….ranges        the byte ranges of the .part known durable
+//! ```
+//!
+//! An upload is written where its bytes go (positional writes, so chunks may arrive in any
+//! order and from several streams), so memory stays bounded whatever the size. Every
+//! [`CHECKPOINT_BYTES`] the part file is synced and its ranges written beside it, so a
+//! restarted edge resumes from what is on disk. At the end the whole part is hashed: only a
+//! part whose BLAKE3 hash is its name becomes a blob (synced, renamed, directory synced).
+
+use missive_proto::{BlobId, ByteRange};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Bytes written to a part between two checkpoints (sync and ranges file).
+pub const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Why an upload's bytes were not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// The bytes fall outside the blob's size.
+    #[error("bytes {start}..{end} are outside a blob of {size} bytes")]
+    OutOfBounds {
+        /// First byte.
+        start: u64,
+        /// One past the last.
+        end: u64,
+        /// The blob's size.
+        size: u64,
+    },
+    /// Every byte arrived but they do not hash to the blob's name; the part is dropped.
+    #[error("the bytes hash to {actual}, not to the blob's name")]
+    HashMismatch {
+        /// What they hash to.
+        actual: BlobId,
+    },
+    /// The part is not complete yet.
+    #[error("the upload is missing bytes")]
+    Incomplete,
+    /// The file system failed.
+    #[error("blob file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sorted, disjoint, non-adjacent byte ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeSet(Vec<ByteRange>);
+
+impl RangeSet {
+    /// Adds `start..end`, merging with what it touches.
+    pub fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut s, mut e) = (start, end);
+        let mut kept = Vec::with_capacity(self.0.len() + 1);
+        for r in self.0.drain(..) {
+            if r.end < s || r.start > e {
+                kept.push(r);
+            } else {
+                s = s.min(r.start);
+                e = e.max(r.end);
+            }
+        }
+        let at = kept.partition_point(|r| r.start < s);
+        kept.insert(at, ByteRange { start: s, end: e });
+        self.0 = kept;
+    }
+
+    /// Total bytes covered.
+    pub fn len(&self) -> u64 {
+        self.0.iter().map(|r| r.end - r.start).sum()
+    }
+
+    /// Nothing covered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `0..size` is covered.
+    pub fn covers(&self, size: u64) -> bool {
+        size == 0 || (self.0.len() == 1 && self.0[0].start == 0 && self.0[0].end >= size)
+    }
+
+    /// The ranges.
+    pub fn ranges(&self) -> &[ByteRange] {
+        &self.0
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * 16);
+        for r in &self.0 {
+            out.extend_from_slice(&r.start.to_be_bytes());
+            out.extend_from_slice(&r.end.to_be_bytes());
+        }
+        out
+    }
+
+    /// Reads what [`RangeSet::encode`] wrote; anything malformed reads as nothing held (the
+    /// client then sends the bytes again, which is slower but right).
+    fn decode(bytes: &[u8], size: u64) -> Self {
+        let mut set = Self::default();
+        if bytes.len() % 16 != 0 {
+            return set;
+        }
+        for pair in bytes.chunks_exact(16) {
+            let start = u64::from_be_bytes(pair[..8].try_into().unwrap_or_default());
+            let end = u64::from_be_bytes(pair[8..].try_into().unwrap_or_default());
+            if start >= end || end > size {
+                return Self::default();
+            }
+            set.insert(start, end);
+        }
+        set
+    }
+}
+
+/// The media directory.
+#[derive(Debug, Clone)]
+pub struct BlobFiles {
+    blobs: PathBuf,
+    partial: PathBuf,
+}
+
+impl BlobFiles {
+    /// Opens (creating, owner-only) the media directory `root`.
+    pub fn open(root: &Path) -> std::io::Result<Self> {
+        let blobs = root.join("blobs");
+        let partial = root.join("partial");
+        for dir in [root, &blobs, &partial] {
+            std::fs::create_dir_all(dir)?;
+            set_owner_only(dir)?;
+        }
+        Ok(Self { blobs, partial })
+    }
+
+    /// Where the complete blob `id` lives. The name comes from the id's hex only, so no
+    /// request can make it point outside the blob directory.
+    pub fn blob_path(&self, id: &BlobId) -> PathBuf {
+        let hex = id.to_hex();
+        self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    fn part_path(&self, id: &BlobId) -> PathBuf {
+        self.partial.join(format!("{}.part", id.to_hex()))
+    }
+
+    fn ranges_path(&self, id: &BlobId) -> PathBuf {
+        self.partial.join(format!("{}.ranges", id.to_hex()))
+    }
+
+    /// Whether the complete blob `id` is on disk.
+    pub fn has(&self, id: &BlobId) -> bool {
+        self.blob_path(id).is_file()
+    }
+
+    /// Opens the complete blob `id` for reading, with its size.
+    pub fn open_blob(&self, id: &BlobId) -> std::io::Result<(File, u64)> {
+        let file = File::open(self.blob_path(id))?;
+        let size = file.metadata()?.len();
+        Ok((file, size))
+    }
+
+    /// Opens the upload of `id` (`size` bytes), resuming from its part and ranges files when
+    /// they are there.
+    pub fn partial(&self, id: &BlobId, size: u64) -> Result<PartialBlob, BlobError> {
+        let path = self.part_path(id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let ranges_path = self.ranges_path(id);
+        let ranges = match std::fs::read(&ranges_path) {
+            Ok(bytes) => RangeSet::decode(&bytes, size),
+            Err(_) => RangeSet::default(),
+        };
+        Ok(PartialBlob {
+            id: *id,
+            file,
+            size,
+            ranges,
+            unsynced: 0,
+            path,
+            ranges_path,
+        })
+    }
+
+    /// Removes the complete blob `id` (no error when it is already gone).
+    pub fn remove(&self, id: &BlobId) -> std::io::Result<()> {
+        ignore_missing(std::fs::remove_file(self.blob_path(id)))
+    }
+
+    /// Removes the part and ranges files of `id`'s upload (no error when already gone).
+    pub fn remove_partial(&self, id: &BlobId) -> std::io::Result<()> {
+        ignore_missing(std::fs::remove_file(self.part_path(id)))?;
+        ignore_missing(std::fs::remove_file(self.ranges_path(id)))
+    }
+
+    /// Uploads whose part file was not written for `idle`: stalled.
+    pub fn stalled(&self, idle: Duration) -> std::io::Result<Vec<BlobId>> {
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.partial)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+                continue;
+            };
+            let Some(id) = BlobId::from_hex(hex) else {
+                continue;
+            };
+            let modified = entry.metadata()?.modified()?;
+            if now.duration_since(modified).unwrap_or_default() >= idle {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes in complete blobs and parts (what the media directory holds).
+    pub fn bytes_on_disk(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return 0;
+            };
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.blobs) + walk(&self.partial)
+    }
+
+    /// Moves a verified part into place as blob `id`, durably.
+    fn install(&self, part: &Path, id: &BlobId) -> std::io::Result<()> {
+        let dest = self.blob_path(id);
+        let dir = dest.parent().unwrap_or(&self.blobs);
+        std::fs::create_dir_all(dir)?;
+        std::fs::rename(part, &dest)?;
+        File::open(dir)?.sync_all()?;
+        File::open(&self.blobs)?.sync_all()
+    }
+}
+
+/// An upload in progress: the part file and which of its bytes are written.
+#[derive(Debug)]
+pub struct PartialBlob {
+    id: BlobId,
+    file: File,
+    size: u64,
+    ranges: RangeSet,
+    unsynced: u64,
+    path: PathBuf,
+    ranges_path: PathBuf,
+}
+
+impl PartialBlob {
+    /// The blob's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The ranges written so far.
+    pub fn ranges(&self) -> &RangeSet {
+        &self.ranges
+    }
+
+    /// Whether every byte is written.
+    pub fn is_full(&self) -> bool {
+        self.ranges.covers(self.size)
+    }
+
+    /// Writes `bytes` at `offset`; returns how many bytes of the blob are held now.
+    pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<u64, BlobError> {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end > self.size {
+            return Err(BlobError::OutOfBounds {
+                start: offset,
+                end,
+                size: self.size,
+            });
+        }
+        self.file.write_all_at(bytes, offset)?;
+        self.ranges.insert(offset, end);
+        self.unsynced += bytes.len() as u64;
+        if self.unsynced >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
+        }
+        Ok(self.ranges.len())
+    }
+
+    /// Syncs the part, then records its ranges (ranges never claim bytes a crash could lose).
+    pub fn checkpoint(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        let tmp = self.ranges_path.with_extension("ranges.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&self.ranges.encode())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.ranges_path)?;
+        self.unsynced = 0;
+        Ok(())
+    }
+
+    /// Verifies the hash of the full part and installs it as the blob. On a mismatch the part
+    /// is removed and the error names what the bytes hash to.
+    pub fn finish(self, files: &BlobFiles) -> Result<(), BlobError> {
+        if !self.is_full() {
+            return Err(BlobError::Incomplete);
+        }
+        self.file.set_len(self.size)?;
+        self.file.sync_all()?;
+        let actual = hash_file(&self.path)?;
+        if actual != self.id {
+            files.remove_partial(&self.id)?;
+            return Err(BlobError::HashMismatch { actual });
+        }
+        files.install(&self.path, &self.id)?;
+        ignore_missing(std::fs::remove_file(&self.ranges_path))?;
+        Ok(())
+    }
+}
+
+/// BLAKE3 of a file, read in bounded chunks.
+pub fn hash_file(path: &Path) -> std::io::Result<BlobId> {
+    let mut hasher = blake3::Hasher::new();
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(BlobId(*hasher.finalize().as_bytes()))
+}
+
+fn ignore_missing(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn set_owner_only(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_cover() {
+        let mut r = RangeSet::default();
+        r.insert(10, 20);
+        r.insert(30, 40);
+        assert_eq!(r.len(), 20);
+        r.insert(20, 30);
+        assert_eq!(r.ranges(), &[ByteRange { start: 10, end: 40 }]);
+        r.insert(0, 5);
+        assert!(!r.covers(40));
+        r.insert(5, 10);
+        assert!(r.covers(40));
+        assert!(!r.covers(41));
+        let back = RangeSet::decode(&r.encode(), 40);
+        assert_eq!(back, r);
+        assert!(RangeSet::decode(&r.encode(), 39).is_empty());
+        assert!(RangeSet::decode(&[1, 2, 3], 40).is_empty());
+    }
+
+    fn id_of(bytes: &[u8]) -> BlobId {
+        BlobId(*blake3::hash(bytes).as_bytes())
+    }
+
+    #[test]
+    fn out_of_order_parts_resume_after_reopen_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlobFiles::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let id = id_of(&data);
+        let mut part = files.partial(&id, data.len() as u64).unwrap();
+        part.write_at(50_000, &data[50_000..]).unwrap();
+        part.checkpoint().unwrap();
+        drop(part);
+        let mut part = files.partial(&id, data.len() as u64).unwrap();
+        assert_eq!(
+            part.ranges().len(),
+            50_000,
+            "the checkpoint survives a reopen"
+        );
+        assert!(matches!(
+            part.write_at(99_999, &[1, 2]),
+            Err(BlobError::OutOfBounds { .. })
+        ));
+        part.write_at(0, &data[..50_000]).unwrap();
+        assert!(part.is_full());
+        part.finish(&files).unwrap();
+        assert_eq!(std::fs::read(files.blob_path(&id)).unwrap(), data);
+        assert!(files.stalled(Duration::ZERO).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_part_that_does_not_hash_to_its_name_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlobFiles::open(dir.path()).unwrap();
+        let id = id_of(b"the real bytes");
+        let mut part = files.partial(&id, 14).unwrap();
+        part.write_at(0, b"forged bytes!!").unwrap();
+        assert!(matches!(
+            part.finish(&files),
+            Err(BlobError::HashMismatch { .. })
+        ));
+        assert!(!files.has(&id));
+        assert!(files.stalled(Duration::ZERO).unwrap().is_empty());
+    }
+}
