@@ -107,7 +107,7 @@ impl RangeSet {
     /// client then sends the bytes again, which is slower but right).
     fn decode(bytes: &[u8], size: u64) -> Self {
         let mut set = Self::default();
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             return set;
         }
         for pair in bytes.chunks_exact(16) {
