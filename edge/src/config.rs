@@ -77,6 +77,8 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// Status updates.
     pub stories: StoriesConfig,
+    /// Media uploads and downloads.
+    pub media: MediaConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// Push notifications for offline devices.
@@ -238,6 +240,63 @@ impl Default for StoriesConfig {
     }
 }
 
+/// Media: client-encrypted blobs uploaded on transfer streams, downloaded there or over
+/// HTTPS with signed URLs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// HTTPS listener for signed downloads (what a CDN pulls from), with the edge's TLS
+    /// certificate, e.g. `"[::]:8443"`. Default off: clients then download over their own
+    /// connection, and asking for a signed URL is refused.
+    pub listen: Option<String>,
+    /// Start of download URLs, e.g. `https://media.example.com` when a CDN sits in front.
+    /// Default: `https://<first dev_cert_names entry or localhost>:<listen port>`.
+    pub public_url: Option<String>,
+    /// Largest file, bytes of ciphertext. Default 2 GiB (2147483648 plus the encryption's
+    /// 16 bytes per 64 KiB); at most 64 GiB.
+    pub max_file_bytes: u64,
+    /// Bytes of live blobs one user may have uploaded. Default 20 GiB.
+    pub quota_bytes: u64,
+    /// Days a blob lives whether or not everyone downloaded it. Default 30; 1..=365.
+    pub ttl_days: u64,
+    /// Seconds an unfinished upload may go without new bytes before it is collected.
+    /// Default 86400; at least 10.
+    pub stall_secs: u64,
+    /// Seconds a signed download URL stays valid. Default 3600; 10..=604800.
+    pub url_ttl_secs: u64,
+    /// Transfers (uploads, downloads, URL requests) one connection may open per minute, in
+    /// bursts of 32. Default 240.
+    pub transfers_per_min: u32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            public_url: None,
+            max_file_bytes: (2u64 << 30) + (2u64 << 30) / (64 * 1024) * 16 + 16,
+            quota_bytes: 20 << 30,
+            ttl_days: 30,
+            stall_secs: 86_400,
+            url_ttl_secs: 3600,
+            transfers_per_min: 240,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The HTTPS listener's address, `None` when off.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.listen.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("not an address ({e})")),
+        }
+    }
+}
+
 /// Registration policy values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -378,6 +437,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
             groups: GroupsConfig::default(),
+            media: MediaConfig::default(),
             stories: StoriesConfig::default(),
             storage: StorageConfig::default(),
             push: PushConfig::default(),
@@ -641,6 +701,35 @@ impl Config {
         }
         if !(1..=missive_proto::MAX_GROUP_MEMBERS).contains(&self.stories.max_audience) {
             return bad("stories.max_audience", "must be 1..=4096");
+        }
+        if let Err(e) = self.media.listen_addr() {
+            return bad("media.listen", e);
+        }
+        if let Some(u) = &self.media.public_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) || u.ends_with('/') {
+                return bad(
+                    "media.public_url",
+                    "must be an http(s) URL without a trailing slash",
+                );
+            }
+        }
+        if !(1..=64u64 << 30).contains(&self.media.max_file_bytes) {
+            return bad("media.max_file_bytes", "must be 1..=68719476736");
+        }
+        if self.media.quota_bytes == 0 {
+            return bad("media.quota_bytes", "must be at least 1");
+        }
+        if !(1..=365).contains(&self.media.ttl_days) {
+            return bad("media.ttl_days", "must be 1..=365");
+        }
+        if self.media.stall_secs < 10 {
+            return bad("media.stall_secs", "must be at least 10");
+        }
+        if !(10..=604_800).contains(&self.media.url_ttl_secs) {
+            return bad("media.url_ttl_secs", "must be 10..=604800");
+        }
+        if self.media.transfers_per_min == 0 {
+            return bad("media.transfers_per_min", "must be at least 1");
         }
         if self.groups.requests_per_min == 0 {
             return bad("groups.requests_per_min", "must be at least 1");

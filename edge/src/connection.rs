@@ -193,6 +193,7 @@ pub async fn serve(
     writer: Outbound,
     exporter: [u8; EXPORTER_LEN],
     shutdown: watch::Receiver<bool>,
+    on_login: Option<tokio::sync::oneshot::Sender<crate::media::streams::Owner>>,
 ) {
     let transport = inbound.transport();
     let conn_id = shared.registry.next_conn_id();
@@ -205,10 +206,9 @@ pub async fn serve(
         user = tracing::field::Empty,
         device = tracing::field::Empty
     );
-    Driver::new(shared, conn_id, peer, exporter, writer)
-        .run(inbound, shutdown)
-        .instrument(span)
-        .await;
+    let mut driver = Driver::new(shared, conn_id, peer, exporter, writer);
+    driver.on_login = on_login;
+    driver.run(inbound, shutdown).instrument(span).await;
     metrics_shared.metrics.connection_closed(transport);
 }
 
@@ -232,6 +232,8 @@ struct Driver {
     max_outbuf: usize,
     /// The output buffer passed `max_outbuf`.
     slow_reader: bool,
+    /// Told who logged in (QUIC: the connection's transfer streams wait for it).
+    on_login: Option<tokio::sync::oneshot::Sender<crate::media::streams::Owner>>,
 }
 
 impl Driver {
@@ -263,6 +265,7 @@ impl Driver {
             peer,
             max_outbuf,
             slow_reader: false,
+            on_login: None,
         }
     }
 
@@ -758,6 +761,12 @@ impl Driver {
         span.record("device", device.0);
         let mb = MailboxId::new(user.clone(), device);
         self.mailbox = Some(mb.clone());
+        if let Some(tx) = self.on_login.take() {
+            let _ = tx.send(crate::media::streams::Owner {
+                user: user.clone(),
+                device: device.0,
+            });
+        }
         // Registered before the first mailbox read (the next action): every item is then
         // either in that read or pushed after it.
         if self.shared.registry.register(mb, self.handle.clone()) == OnlineChange::CameOnline {

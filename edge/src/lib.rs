@@ -39,6 +39,7 @@ pub mod http;
 pub mod key_requests;
 pub mod link_code;
 pub mod listener;
+pub mod media;
 pub mod metrics;
 pub mod notifier;
 pub mod ops;

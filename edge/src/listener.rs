@@ -243,6 +243,15 @@ async fn serve_quic(accepted: AcceptedQuic, ctx: ServeCtx) {
         exporter,
         _permits,
     } = accepted;
+    let (on_login, login) = tokio::sync::oneshot::channel();
+    let transfers = ctx.shared.media.clone().map(|media| {
+        tokio::spawn(crate::media::streams::accept(
+            conn.clone(),
+            login,
+            media,
+            ctx.shared.transfers_per_min,
+        ))
+    });
     serve(
         ctx.shared,
         ctx.peer,
@@ -250,8 +259,12 @@ async fn serve_quic(accepted: AcceptedQuic, ctx: ServeCtx) {
         Box::new(send),
         exporter,
         ctx.shutdown,
+        Some(on_login),
     )
     .await;
+    if let Some(t) = transfers {
+        t.abort();
+    }
     // Give the peer a moment to read the final frames and close first.
     let _ = tokio::time::timeout(QUIC_LINGER, conn.closed()).await;
     conn.close(0u32.into(), b"bye");
@@ -350,6 +363,7 @@ async fn serve_tcp(accepted: AcceptedTcp, ctx: ServeCtx) {
         Box::new(w),
         exporter,
         ctx.shutdown,
+        None,
     )
     .await;
 }

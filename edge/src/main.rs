@@ -33,6 +33,9 @@ struct Cli {
     /// Operations HTTP address for /metrics, /healthz, /readyz ("" disables).
     #[arg(long)]
     metrics_listen: Option<String>,
+    /// HTTPS address for signed media downloads, e.g. [::]:8443 (default off).
+    #[arg(long)]
+    media_listen: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -149,6 +152,9 @@ fn apply_flags(cli: &Cli, config: &mut Config) {
     }
     if let Some(m) = &cli.metrics_listen {
         config.metrics_listen = Some(m.clone());
+    }
+    if let Some(m) = &cli.media_listen {
+        config.media.listen = Some(m.clone());
     }
     if let Some(f) = cli.log_format {
         config.log.format = f;

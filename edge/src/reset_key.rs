@@ -47,6 +47,9 @@ pub struct RestartKeys {
     pub reset: ring::hmac::Key,
     /// Key of the connection-ID generator (quinn's `HashedConnectionIdGenerator`).
     pub cid: u64,
+    /// Key of the media download URL signatures (keyed BLAKE3): URLs an edge signed stay
+    /// valid across its restarts.
+    pub media_url: [u8; 32],
 }
 
 impl std::fmt::Debug for RestartKeys {
@@ -94,9 +97,14 @@ pub fn load_or_create(data_dir: &Path) -> Result<RestartKeys, ResetKeyError> {
     let derived = ring::hmac::sign(&reset, b"missive quic connection-id generator key");
     let mut cid = [0u8; 8];
     cid.copy_from_slice(&derived.as_ref()[..8]);
+    let mut media_url = [0u8; 32];
+    media_url.copy_from_slice(
+        &ring::hmac::sign(&reset, b"missive media url signing key").as_ref()[..32],
+    );
     Ok(RestartKeys {
         reset,
         cid: u64::from_le_bytes(cid),
+        media_url,
     })
 }
 

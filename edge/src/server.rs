@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// `net.core.rmem_max`/`wmem_max`; `systemd/` ships a sysctl drop-in raising those.
 const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
+/// Media transfer streams one QUIC connection may have open at once (a client uploads a
+/// file on a few in parallel).
+const TRANSFER_STREAMS: u32 = 8;
+
 /// Least time between two QUIC stateless resets (10,000 per second).
 const RESET_INTERVAL: Duration = Duration::from_micros(100);
 
@@ -59,6 +63,14 @@ pub enum StartError {
     /// The admin socket could not be opened.
     #[error(transparent)]
     AdminSocket(#[from] crate::admin::socket::AdminSocketError),
+    /// The media directory could not be made or opened.
+    #[error("cannot open the media directory {dir}: {source}")]
+    Media {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
@@ -226,6 +238,47 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
     }
 }
 
+/// The media service over `<data_dir>/media`, signing URLs that start with the configured
+/// public URL, or the HTTPS listener's own address (`https://<certificate name>:<port>`).
+fn open_media(
+    config: &Config,
+    store: Store,
+    url_key: [u8; 32],
+    https: Option<SocketAddr>,
+) -> Result<crate::media::MediaService, StartError> {
+    let root = config.data_dir.join("media");
+    let files = missive_storage::BlobFiles::open(&root).map_err(|e| StartError::Media {
+        dir: root.display().to_string(),
+        source: e,
+    })?;
+    let public_url = match (&config.media.public_url, https) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(addr)) => {
+            let host = config
+                .tls
+                .dev_cert_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into());
+            Some(format!("https://{host}:{}", addr.port()))
+        }
+        (None, None) => None,
+    };
+    Ok(crate::media::MediaService::new(
+        store,
+        files,
+        missive_storage::MediaLimits {
+            max_size: config.media.max_file_bytes,
+            quota: config.media.quota_bytes,
+            ttl_ms: config.media.ttl_days * 86_400_000,
+        },
+        crate::media::url::UrlSigner::new(url_key),
+        public_url,
+        Duration::from_secs(config.media.url_ttl_secs),
+        Duration::from_secs(config.media.stall_secs),
+    ))
+}
+
 /// Runs the edge until SIGTERM or SIGINT, then drains and returns. SIGHUP reloads the TLS
 /// certificate and the limits for new sessions via `reload`.
 pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
@@ -274,8 +327,9 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         .map_err(|e| tls::TlsError::Config(e.to_string()))?;
     let mut quic_config = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
     let mut transport = quinn::TransportConfig::default();
-    // One control stream per connection; media streams come with their own issue.
-    transport.max_concurrent_bidi_streams(1u8.into());
+    // The control stream, and up to `TRANSFER_STREAMS` media transfers at once (each on its
+    // own stream, so a large upload never blocks chat frames).
+    transport.max_concurrent_bidi_streams((1 + TRANSFER_STREAMS).into());
     transport.max_concurrent_uni_streams(0u8.into());
     // No QUIC datagrams yet (typing indicators ride the stream); without this quinn reserves a
     // receive buffer budget per connection.
@@ -300,6 +354,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     // A reset key that survives restarts: clients of a crashed or restarted edge learn at
     // their next packet that their connection is gone (see `reset_key`).
     let keys = crate::reset_key::load_or_create(&config.data_dir)?;
+    let media_url_key = keys.media_url;
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(keys.reset));
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(keys.cid))
@@ -333,6 +388,25 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         None => None,
     };
 
+    let media_listener = match config.media.listen_addr().ok().flatten() {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: "media",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let media = Arc::new(open_media(
+        &config,
+        store.clone(),
+        media_url_key,
+        media_listener.as_ref().and_then(|l| l.local_addr().ok()),
+    )?);
+
     let shared = Arc::new(Shared {
         store: store.clone(),
         registry,
@@ -348,6 +422,8 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         )),
         link_code_ttl: Duration::from_secs(config.registration.link_code_ttl_secs),
         story_ttl: Duration::from_secs(config.stories.ttl_secs),
+        media: Some(media.clone()),
+        transfers_per_min: config.media.transfers_per_min,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_guard, mut all_done) = mpsc::channel::<()>(1);
@@ -391,6 +467,27 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         }
         None => "off".into(),
     };
+    let media_text = match media_listener {
+        Some(l) => {
+            let addr = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            let router =
+                crate::http::media::routes(media.clone()).fallback(crate::http::ops::not_found);
+            let tls =
+                tokio_rustls::TlsAcceptor::from(tls::http_server_config(cert_resolver.clone())?);
+            tokio::spawn(crate::http::serve(
+                l,
+                router,
+                Some(tls),
+                shutdown_rx.clone(),
+            ));
+            addr
+        }
+        None => "off".into(),
+    };
+    tokio::spawn(crate::media::janitor::run(
+        media.clone(),
+        shutdown_rx.clone(),
+    ));
     ops.start_depth_scan();
     let admin_task = admin_socket.map(|socket| {
         let ctx = Arc::new(crate::admin::socket::AdminCtx {
@@ -415,10 +512,11 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     tracing::info!(quic = %bound.quic, tcp = %tcp_text, metrics = %metrics_text, admin = %admin_text, cert = %material.trust_path.display(), "missive-edge ready");
     // A stable, greppable line on stdout for scripts and tests.
     println!(
-        "missive-edge ready quic={} tcp={} metrics={} admin={} cert={}",
+        "missive-edge ready quic={} tcp={} metrics={} media={} admin={} cert={}",
         bound.quic,
         tcp_text,
         metrics_text,
+        media_text,
         admin_text,
         material.trust_path.display()
     );

@@ -29,6 +29,10 @@ pub struct Shared {
     pub link_code_ttl: std::time::Duration,
     /// How long a status update lives (`stories.ttl_secs`).
     pub story_ttl: std::time::Duration,
+    /// Media uploads and downloads; `None` only in tools that serve no connections.
+    pub media: Option<Arc<crate::media::MediaService>>,
+    /// Transfers one connection may open per minute (`media.transfers_per_min`).
+    pub transfers_per_min: u32,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).

@@ -193,3 +193,18 @@ pub fn server_config(resolver: Arc<ReloadableCert>) -> Result<Arc<rustls::Server
     cfg.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(cfg))
 }
+
+/// rustls server config of the HTTPS media listener: TLS 1.2 and 1.3 (CDNs and plain HTTP
+/// clients), ALPN `http/1.1`, the same reloadable certificate as the client transports.
+pub fn http_server_config(
+    resolver: Arc<ReloadableCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}

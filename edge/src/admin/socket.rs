@@ -373,6 +373,8 @@ mod tests {
                 ),
                 link_code_ttl: std::time::Duration::from_secs(300),
                 story_ttl: std::time::Duration::from_secs(86_400),
+                media: None,
+                transfers_per_min: 1,
             }),
             data_dir: dir.to_path_buf(),
         }

@@ -2,6 +2,7 @@
 //! and the push gateway client. Nothing else in the edge parses or writes HTTP.
 
 pub mod client;
+pub mod media;
 pub mod ops;
 
 use axum::Router;

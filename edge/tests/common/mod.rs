@@ -16,6 +16,8 @@ pub struct Edge {
     pub tcp: Option<SocketAddr>,
     pub cert: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// The HTTPS media listener, when started with `--media-listen`.
+    pub media: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Where the harness keeps the edge's stderr (the data dir unless said otherwise).
     log_dir: PathBuf,
@@ -137,6 +139,7 @@ impl Edge {
         let quic: SocketAddr = field("quic").parse().unwrap();
         let tcp = field("tcp").parse().ok();
         let metrics = field("metrics").parse().ok();
+        let media = field("media").parse().ok();
         let cert = PathBuf::from(field("cert"));
         Self {
             child,
@@ -144,6 +147,7 @@ impl Edge {
             tcp,
             cert,
             metrics,
+            media,
             data_dir: data_dir.to_owned(),
             log_dir: log_dir.to_owned(),
             args,

@@ -1,0 +1,350 @@
+//! The media service: opens uploads against the store's limits, writes their bytes into
+//! blob files with bounded memory, verifies and installs complete blobs, serves ranges, signs
+//! URLs, counts downloads, and collects expired, stalled and fully downloaded blobs.
+
+use super::transfer::{Opened, Written};
+use super::url::{Signed, UrlSigner};
+use crate::shared::now_ms;
+use missive_proto::{BlobId, ByteRange, ErrorCode, MediaUploadOpen, MediaUrl};
+use missive_storage::{
+    BlobError, BlobFiles, MediaLimits, OpenOutcome, PartialBlob, StorageError, Store,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct MediaStats {
+    /// Upload bytes written into blob files.
+    pub bytes_received: AtomicU64,
+    /// Download bytes sent (transfer streams and HTTP).
+    pub bytes_sent: AtomicU64,
+    /// Blobs verified and stored.
+    pub uploads_completed: AtomicU64,
+    /// Uploads whose bytes did not hash to their name.
+    pub hash_mismatches: AtomicU64,
+    /// Blobs deleted (downloaded by every recipient, expired, or stalled).
+    pub blobs_deleted: AtomicU64,
+}
+
+/// An upload in progress, shared by every stream writing to it.
+type Upload = Arc<Mutex<Option<PartialBlob>>>;
+
+/// Everything media, shared by the transfer streams and the HTTP routes.
+#[derive(Debug)]
+pub struct MediaService {
+    store: Store,
+    files: BlobFiles,
+    uploads: Mutex<HashMap<BlobId, Upload>>,
+    limits: MediaLimits,
+    signer: UrlSigner,
+    /// Start of signed URLs; `None` when no HTTPS listener serves them.
+    public_url: Option<String>,
+    url_ttl: Duration,
+    stall: Duration,
+    /// Counters.
+    pub stats: MediaStats,
+}
+
+/// What one collection pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    /// Blobs past their lifetime.
+    pub expired: usize,
+    /// Uploads that got no bytes for the stall timeout.
+    pub stalled: usize,
+}
+
+fn refused(e: StorageError) -> (ErrorCode, String) {
+    match e {
+        StorageError::Unavailable(_) => (
+            ErrorCode::StorageUnavailable,
+            "storage unavailable; retry".into(),
+        ),
+        e => {
+            tracing::error!(error = %e, "media storage failed");
+            (ErrorCode::Internal, "storage failed; retry".into())
+        }
+    }
+}
+
+impl MediaService {
+    /// A service over `files` and `store`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        files: BlobFiles,
+        limits: MediaLimits,
+        signer: UrlSigner,
+        public_url: Option<String>,
+        url_ttl: Duration,
+        stall: Duration,
+    ) -> Self {
+        Self {
+            store,
+            files,
+            uploads: Mutex::default(),
+            limits,
+            signer,
+            public_url,
+            url_ttl,
+            stall,
+            stats: MediaStats::default(),
+        }
+    }
+
+    /// The blob files.
+    pub fn files(&self) -> &BlobFiles {
+        &self.files
+    }
+
+    /// The URL signer.
+    pub fn signer(&self) -> &UrlSigner {
+        &self.signer
+    }
+
+    fn upload(&self, blob: &BlobId) -> Option<Upload> {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(blob)
+            .cloned()
+    }
+
+    /// Opens (or resumes) `user`'s upload.
+    pub async fn open(self: &Arc<Self>, user: &str, open: &MediaUploadOpen) -> Opened {
+        let outcome = self
+            .store
+            .open_upload(
+                user,
+                open.blob,
+                open.size,
+                open.downloads,
+                self.limits,
+                now_ms(),
+            )
+            .await;
+        match outcome {
+            Err(e) => {
+                let (code, why) = refused(e);
+                Opened::Refused(code, why)
+            }
+            Ok(OpenOutcome::TooLarge { max }) => Opened::Refused(
+                ErrorCode::MediaTooLarge,
+                format!("{} bytes is more than the {max} a file may have", open.size),
+            ),
+            Ok(OpenOutcome::OverQuota { used, quota }) => Opened::Refused(
+                ErrorCode::MediaQuotaExceeded,
+                format!(
+                    "{used} of {quota} bytes in use; {} more do not fit",
+                    open.size
+                ),
+            ),
+            Ok(OpenOutcome::Complete) => Opened::Complete,
+            Ok(outcome @ (OpenOutcome::New | OpenOutcome::Resume)) => {
+                let me = self.clone();
+                let (blob, size) = (open.blob, open.size);
+                let fresh = outcome == OpenOutcome::New;
+                tokio::task::spawn_blocking(move || me.attach(blob, size, fresh))
+                    .await
+                    .unwrap_or_else(|_| Opened::Refused(ErrorCode::Internal, "panicked".into()))
+            }
+        }
+    }
+
+    /// The shared upload of `blob`, opened from its files when no stream has it open.
+    fn attach(&self, blob: BlobId, size: u64, fresh: bool) -> Opened {
+        if self.files.has(&blob) {
+            return Opened::Complete;
+        }
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(upload) = uploads.get(&blob) {
+            let part = upload.lock().unwrap_or_else(|p| p.into_inner());
+            return match part.as_ref() {
+                Some(p) => Opened::Ready(p.ranges().ranges().to_vec()),
+                None => Opened::Complete,
+            };
+        }
+        if fresh {
+            // Leftovers of an upload whose record is gone must not count as held bytes.
+            let _ = self.files.remove_partial(&blob);
+        }
+        match self.files.partial(&blob, size) {
+            Ok(part) => {
+                let have = part.ranges().ranges().to_vec();
+                uploads.insert(blob, Arc::new(Mutex::new(Some(part))));
+                Opened::Ready(have)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open an upload's file");
+                Opened::Refused(
+                    ErrorCode::StorageUnavailable,
+                    "cannot store media now".into(),
+                )
+            }
+        }
+    }
+
+    /// Writes `bytes` at `offset` of `blob`'s upload; the last byte verifies and installs it.
+    pub async fn write(self: &Arc<Self>, blob: BlobId, offset: u64, bytes: Vec<u8>) -> Written {
+        let Some(upload) = self.upload(&blob) else {
+            if self.files.has(&blob) {
+                return Written::Complete;
+            }
+            return Written::Refused(ErrorCode::UnknownMedia, "no such upload".into());
+        };
+        let me = self.clone();
+        let len = bytes.len() as u64;
+        let step =
+            tokio::task::spawn_blocking(move || me.write_blocking(&upload, blob, offset, &bytes))
+                .await
+                .unwrap_or(Err(BlobError::Incomplete));
+        match step {
+            Ok(Some(held)) => {
+                self.stats.bytes_received.fetch_add(len, Ordering::Relaxed);
+                Written::Held(held)
+            }
+            Ok(None) => {
+                self.stats.bytes_received.fetch_add(len, Ordering::Relaxed);
+                match self.store.complete_upload(blob).await {
+                    Ok(_) => {
+                        self.stats.uploads_completed.fetch_add(1, Ordering::Relaxed);
+                        Written::Complete
+                    }
+                    Err(e) => {
+                        let (code, why) = refused(e);
+                        Written::Refused(code, why)
+                    }
+                }
+            }
+            Err(BlobError::HashMismatch { actual }) => {
+                self.stats.hash_mismatches.fetch_add(1, Ordering::Relaxed);
+                let _ = self.store.delete_blob(blob).await;
+                Written::Refused(
+                    ErrorCode::MediaHashMismatch,
+                    format!("the bytes hash to {actual}; what was held is dropped"),
+                )
+            }
+            Err(BlobError::Incomplete) => Written::Complete,
+            Err(e) => {
+                tracing::error!(error = %e, "writing an upload failed");
+                Written::Refused(
+                    ErrorCode::StorageUnavailable,
+                    "cannot store media now".into(),
+                )
+            }
+        }
+    }
+
+    /// `Some(held)` after a write that left bytes missing; `None` once the blob is installed.
+    fn write_blocking(
+        &self,
+        upload: &Upload,
+        blob: BlobId,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<Option<u64>, BlobError> {
+        let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(part) = slot.as_mut() else {
+            // Another stream completed it meanwhile.
+            return Ok(None);
+        };
+        let held = part.write_at(offset, bytes)?;
+        if !part.is_full() {
+            return Ok(Some(held));
+        }
+        let part = slot.take().ok_or(BlobError::Incomplete)?;
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&blob);
+        part.finish(&self.files)?;
+        Ok(None)
+    }
+
+    /// The file and size of a complete blob, for a download.
+    pub fn source(&self, blob: &BlobId) -> Result<(std::fs::File, u64), ErrorCode> {
+        match self.store.blob(blob) {
+            Ok(Some(r)) if r.complete => {}
+            Ok(_) => return Err(ErrorCode::UnknownMedia),
+            Err(_) => return Err(ErrorCode::StorageUnavailable),
+        }
+        self.files
+            .open_blob(blob)
+            .map_err(|_| ErrorCode::UnknownMedia)
+    }
+
+    /// A device (by tag) downloaded all of `blob`; the last expected download removes it.
+    pub async fn downloaded(&self, blob: BlobId, tag: u64) {
+        if let Ok(true) = self.store.record_download(blob, tag).await {
+            let _ = self.files.remove(&blob);
+            self.stats.blobs_deleted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A signed URL of `blob` for `user`'s `device`.
+    pub fn sign(&self, blob: &BlobId, user: &str, device: u32) -> Result<MediaUrl, ErrorCode> {
+        let Some(base) = &self.public_url else {
+            return Err(ErrorCode::UnknownMedia);
+        };
+        match self.store.blob(blob) {
+            Ok(Some(r)) if r.complete => {}
+            Ok(_) => return Err(ErrorCode::UnknownMedia),
+            Err(_) => return Err(ErrorCode::StorageUnavailable),
+        }
+        let expires_at_secs = now_ms() / 1000 + self.url_ttl.as_secs();
+        let signed = Signed {
+            expires: expires_at_secs,
+            tag: self.signer.device_tag(user, device),
+        };
+        Ok(MediaUrl {
+            blob: *blob,
+            url: format!("{base}{}", self.signer.sign(blob, signed)),
+            expires_at_secs,
+        })
+    }
+
+    /// Removes blobs past their lifetime and uploads stalled for the stall timeout.
+    pub async fn collect(&self) -> Collected {
+        let mut done = Collected::default();
+        let now = now_ms();
+        for (blob, record) in self.store.blobs().unwrap_or_default() {
+            if record.expires_at_ms <= now {
+                self.forget(blob).await;
+                done.expired += 1;
+            }
+        }
+        for blob in self.files.stalled(self.stall).unwrap_or_default() {
+            if self
+                .upload(&blob)
+                .is_some_and(|u| Arc::strong_count(&u) > 2)
+            {
+                continue; // a stream is writing to it right now
+            }
+            self.forget(blob).await;
+            done.stalled += 1;
+        }
+        done
+    }
+
+    async fn forget(&self, blob: BlobId) {
+        let _ = self.store.delete_blob(blob).await;
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&blob);
+        let _ = self.files.remove(&blob);
+        let _ = self.files.remove_partial(&blob);
+        self.stats.blobs_deleted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clamps `range` to `size`.
+    pub fn clamp(range: ByteRange, size: u64) -> ByteRange {
+        ByteRange {
+            start: range.start.min(size),
+            end: range.end.min(size),
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The I/O around [`Transfer`]: accepts a logged-in QUIC connection's transfer streams and
+//! runs each through its machine, with the media service doing the work.
+
+use super::service::MediaService;
+use super::transfer::{Effect, Transfer, MAX_TRANSFER_FRAME};
+use crate::budget::{Rate, TokenBucket};
+use missive_proto::{encode_to_vec, ErrorCode, Frame, FrameDecoder, MediaData, RequestRefused};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bytes per `MediaData` frame of a download.
+const DOWNLOAD_FRAME: usize = 256 * 1024;
+/// Time a stream may take to name its transfer.
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a stream may go without a frame while an upload is open.
+const STREAM_IDLE: Duration = Duration::from_secs(120);
+/// Burst of transfers a connection may open at once.
+const TRANSFER_BURST: u32 = 32;
+
+/// Who a connection's transfers belong to, known once its control stream logged in.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The user.
+    pub user: String,
+    /// The device.
+    pub device: u32,
+}
+
+/// Serves `conn`'s transfer streams once `login` names its owner, until it closes.
+pub async fn accept(
+    conn: quinn::Connection,
+    login: tokio::sync::oneshot::Receiver<Owner>,
+    media: Arc<MediaService>,
+    transfers_per_min: u32,
+) {
+    let Ok(owner) = login.await else {
+        return;
+    };
+    let owner = Arc::new(owner);
+    let mut budget = TokenBucket::new(
+        Rate::per_minute(transfers_per_min, TRANSFER_BURST),
+        Instant::now(),
+    );
+    while let Ok((mut send, recv)) = conn.accept_bi().await {
+        if !budget.try_take(Instant::now(), 1.0) {
+            let refusal: Frame =
+                RequestRefused::new(0, ErrorCode::RateLimited, "too many transfers; slow down")
+                    .into();
+            tokio::spawn(async move {
+                if let Ok(bytes) = encode_to_vec(&refusal) {
+                    let _ = send.write_all(&bytes).await;
+                }
+                let _ = send.finish();
+            });
+            continue;
+        }
+        tokio::spawn(serve_stream(send, recv, media.clone(), owner.clone()));
+    }
+}
+
+/// Runs one transfer stream to its end. Errors only end this stream.
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    media: Arc<MediaService>,
+    owner: Arc<Owner>,
+) {
+    let mut machine = Transfer::new();
+    let mut decoder = FrameDecoder::new(MAX_TRANSFER_FRAME);
+    let mut effects = Vec::new();
+    loop {
+        for effect in std::mem::take(&mut effects) {
+            let more = match effect {
+                Effect::Reply(frame) => {
+                    if write(&mut send, &frame).await.is_err() {
+                        return;
+                    }
+                    Vec::new()
+                }
+                Effect::Open(open) => {
+                    let outcome = media.open(&owner.user, &open).await;
+                    machine.opened(outcome)
+                }
+                Effect::Write {
+                    blob,
+                    offset,
+                    bytes,
+                } => {
+                    let outcome = media.write(blob, offset, bytes).await;
+                    machine.written(outcome)
+                }
+                Effect::Send { blob, range } => {
+                    send_range(&mut send, &media, &owner, blob, range).await;
+                    let _ = send.finish();
+                    return;
+                }
+                Effect::Sign(blob) => {
+                    let frame: Frame = match media.sign(&blob, &owner.user, owner.device) {
+                        Ok(url) => url.into(),
+                        Err(code) => RequestRefused::new(0, code, "no signed URL for that").into(),
+                    };
+                    let _ = write(&mut send, &frame).await;
+                    let _ = send.finish();
+                    return;
+                }
+                Effect::Finish => {
+                    let _ = send.finish();
+                    let _ = recv.stop(0u32.into());
+                    return;
+                }
+            };
+            effects.extend(more);
+        }
+        if !effects.is_empty() {
+            continue;
+        }
+        if machine.is_done() {
+            let _ = send.finish();
+            return;
+        }
+        match decoder.next_frame() {
+            Ok(Some(frame)) => {
+                effects = machine.on_frame(frame);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let refusal: Frame = RequestRefused::new(0, e.code(), e.to_string()).into();
+                let _ = write(&mut send, &refusal).await;
+                let _ = send.finish();
+                return;
+            }
+        }
+        let wait = if machine.is_waiting_for_first() {
+            FIRST_FRAME_TIMEOUT
+        } else {
+            STREAM_IDLE
+        };
+        match tokio::time::timeout(wait, recv.read_chunk(64 * 1024, true)).await {
+            Ok(Ok(Some(chunk))) => decoder.feed(&chunk.bytes),
+            // Closed, reset, or silent for too long: the transfer is left to resume later.
+            _ => return,
+        }
+    }
+}
+
+async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), ()> {
+    let bytes = encode_to_vec(frame).map_err(|_| ())?;
+    send.write_all(&bytes).await.map_err(|_| ())
+}
+
+/// Sends `range` of `blob` as `MediaData` frames (or a refusal); a download that reaches the
+/// blob's last byte counts as this device's.
+async fn send_range(
+    send: &mut quinn::SendStream,
+    media: &Arc<MediaService>,
+    owner: &Owner,
+    blob: missive_proto::BlobId,
+    range: missive_proto::ByteRange,
+) {
+    let (file, size) = match media.source(&blob) {
+        Ok(s) => s,
+        Err(code) => {
+            let refusal: Frame = RequestRefused::new(0, code, "no such media").into();
+            let _ = write(send, &refusal).await;
+            return;
+        }
+    };
+    let range = MediaService::clamp(range, size);
+    let file = Arc::new(file);
+    let mut offset = range.start;
+    while offset < range.end {
+        let len = ((range.end - offset) as usize).min(DOWNLOAD_FRAME);
+        let f = file.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset).map(|_| buf)
+        })
+        .await;
+        let Ok(Ok(bytes)) = read else {
+            return;
+        };
+        let frame: Frame = MediaData {
+            offset,
+            size,
+            bytes,
+        }
+        .into();
+        if write(send, &frame).await.is_err() {
+            return;
+        }
+        media
+            .stats
+            .bytes_sent
+            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
+        offset += len as u64;
+    }
+    if range.end == size {
+        let tag = media.signer().device_tag(&owner.user, owner.device);
+        media.downloaded(blob, tag).await;
+    }
+}
