@@ -10,7 +10,9 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// A blob's name: the BLAKE3 hash of its ciphertext.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct BlobId(pub [u8; 32]);
 
 impl BlobId {
