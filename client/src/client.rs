@@ -139,6 +139,9 @@ pub struct Client {
     user: String,
     /// This device's end-to-end state (shared with the driver).
     e2ee: crate::e2ee::E2eeStore,
+    /// The logged-in QUIC connection, for media transfer streams (`None` while disconnected
+    /// or on TCP+TLS).
+    links: tokio::sync::watch::Receiver<crate::transfer::Link>,
 }
 
 impl Client {
@@ -159,7 +162,9 @@ impl Client {
         let receipt_ids = ReceiptIds::new(&config.identity.signing_key);
         let (user, e2ee) = (config.identity.user.clone(), config.identity.e2ee.clone());
         let counters = std::sync::Arc::default();
-        let driver = Driver::new(config, cmd_rx, ev_tx, std::sync::Arc::clone(&counters));
+        let mut driver = Driver::new(config, cmd_rx, ev_tx, std::sync::Arc::clone(&counters));
+        let (links_tx, links) = tokio::sync::watch::channel(crate::transfer::Link::Down);
+        driver.links = Some(links_tx);
         let span = tracing::info_span!(
             "client",
             user = %config_user(&conn),
@@ -172,6 +177,7 @@ impl Client {
             counters,
             user,
             e2ee,
+            links,
         };
         Ok((client, EventStream::new(ev_rx)))
     }
@@ -608,6 +614,62 @@ impl Client {
     /// what the app has durably processed: the server deletes it.
     pub fn ack(&self, seq: ServerSeq) -> Result<(), ClientError> {
         self.command(Command::Ack(seq))
+    }
+
+    /// Uploads a ciphertext file (see [`crate::media`] to make one) on `parallel` QUIC
+    /// streams beside the control stream, with `progress` called as the edge acknowledges
+    /// bytes. After a lost connection it waits for the client to reconnect and sends only
+    /// what the edge does not hold; a connection that migrates to a new address goes on.
+    /// Refusals (too large, over quota, hash mismatch) are [`ClientError::MediaRefused`].
+    pub async fn upload_blob(
+        &self,
+        src: &crate::transfer::upload::UploadSource,
+        parallel: usize,
+        progress: impl Fn(crate::transfer::Progress) + Send + Sync + 'static,
+    ) -> Result<crate::transfer::upload::UploadReport, ClientError> {
+        let mut links = crate::transfer::Links(self.links.clone());
+        crate::transfer::upload::upload(&mut links, src, parallel, std::sync::Arc::new(progress))
+            .await
+    }
+
+    /// Downloads the ciphertext of `blob` (`size` bytes) into `out`, resuming from what
+    /// `out` already holds. The bytes are not verified here: decrypting them is.
+    pub async fn download_blob(
+        &self,
+        blob: missive_proto::BlobId,
+        size: u64,
+        out: &std::path::Path,
+        progress: impl Fn(crate::transfer::Progress) + Send + Sync + 'static,
+    ) -> Result<(), ClientError> {
+        let mut links = crate::transfer::Links(self.links.clone());
+        crate::transfer::download::download(
+            &mut links,
+            blob,
+            size,
+            out,
+            std::sync::Arc::new(progress),
+        )
+        .await
+    }
+
+    /// A signed HTTPS URL of `blob` (for a plain HTTP client or a CDN), valid for the edge's
+    /// `media.url_ttl_secs`.
+    pub async fn media_url(
+        &self,
+        blob: missive_proto::BlobId,
+    ) -> Result<missive_proto::MediaUrl, ClientError> {
+        let mut links = crate::transfer::Links(self.links.clone());
+        let conn = links.connection(None).await?;
+        crate::transfer::sign_url(&conn, blob).await
+    }
+
+    /// Drops the connection and connects again at once, as an app does when the OS reports
+    /// a network change that QUIC cannot migrate across. Sends, media transfers and
+    /// deliveries resume on the new connection.
+    pub fn reconnect(&self) -> Result<(), ClientError> {
+        self.cmd
+            .send(Command::Reconnect)
+            .map_err(|_| ClientError::ClientClosed)
     }
 
     /// Closes orderly: sends `Bye` and waits (at most 5 s) for the server's `Bye`, so acks and

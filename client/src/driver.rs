@@ -55,6 +55,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<missive_proto::Frame, ClientError>>,
     },
     Close(oneshot::Sender<Result<(), ClientError>>),
+    /// Drop the connection and connect again now (the network changed).
+    Reconnect,
 }
 
 impl std::fmt::Debug for Command {
@@ -73,6 +75,7 @@ impl std::fmt::Debug for Command {
             Self::DeviceRequest { .. } => "DeviceRequest",
             Self::Timer(..) => "Timer",
             Self::Close(_) => "Close",
+            Self::Reconnect => "Reconnect",
         })
     }
 }
@@ -114,6 +117,10 @@ pub(crate) struct Driver {
     /// Waiters of device requests, by request id.
     requests: HashMap<u32, oneshot::Sender<Result<missive_proto::Frame, ClientError>>>,
     close_deadline: Option<Instant>,
+    /// Where the logged-in QUIC connection is published for media transfers.
+    pub(crate) links: Option<tokio::sync::watch::Sender<crate::transfer::Link>>,
+    /// The app asked to drop the connection and connect again.
+    reconnect_now: bool,
 }
 
 impl Driver {
@@ -165,6 +172,8 @@ impl Driver {
             requests: HashMap::new(),
             close_waiters: Vec::new(),
             close_deadline: None,
+            links: None,
+            reconnect_now: false,
         }
     }
 
@@ -250,6 +259,14 @@ impl Driver {
             closer,
             ..
         } = conn;
+        // Asked while offline: this new connection is what was asked for.
+        self.reconnect_now = false;
+        if let Some(links) = &self.links {
+            links.send_replace(match closer.quic_connection() {
+                Some(c) => crate::transfer::Link::Quic(c),
+                None => crate::transfer::Link::Tcp,
+            });
+        }
         let mut end = self.drain(Some(&writer));
         while end.is_none() {
             let deadline = [self.session.poll_timeout(), self.close_deadline]
@@ -298,6 +315,15 @@ impl Driver {
             if let Some(e) = self.drain(Some(&writer)) {
                 end.get_or_insert(e);
             }
+            if std::mem::take(&mut self.reconnect_now) {
+                end.get_or_insert(ConnEnd::Lost {
+                    reason: "reconnect asked".into(),
+                    retry_after: Some(Duration::ZERO),
+                });
+            }
+        }
+        if let Some(links) = &self.links {
+            links.send_replace(crate::transfer::Link::Down);
         }
         writer.shutdown().await;
         drop(reader);
@@ -401,6 +427,7 @@ impl Driver {
                 self.close_waiters.push(reply);
                 return self.begin_close();
             }
+            Command::Reconnect => self.reconnect_now = true,
         }
         Flow::Continue
     }

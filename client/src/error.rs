@@ -95,6 +95,22 @@ pub enum ClientError {
         /// The server's reason.
         message: String,
     },
+    /// The server refused a media transfer (`MediaTooLarge`, `MediaQuotaExceeded`,
+    /// `UnknownMedia`, `MediaHashMismatch`, `RateLimited`, ...; see [`ClientError::code`]).
+    #[error("media transfer refused ({}): {message}", code_name(*code))]
+    MediaRefused {
+        /// Raw wire code.
+        code: u16,
+        /// The server's reason.
+        message: String,
+    },
+    /// Downloaded media failed verification (tampered, truncated, wrong hash or size); the
+    /// plaintext was not written.
+    #[error("media failed verification: {0}")]
+    MediaInvalid(String),
+    /// Media transfers need a QUIC connection; this one fell back to TCP+TLS.
+    #[error("media transfers need QUIC; this connection uses TCP+TLS")]
+    MediaNeedsQuic,
     /// The content is too large for one frame of this server.
     #[error("message too large: {size} bytes, the server accepts at most {max}")]
     TooLarge {
@@ -188,7 +204,8 @@ impl ClientError {
             Self::UnsupportedVersion { .. } => Some(ErrorCode::UnsupportedVersion),
             Self::Server { code, .. }
             | Self::Rejected { code, .. }
-            | Self::GroupRefused { code, .. } => ErrorCode::from_u16(*code),
+            | Self::GroupRefused { code, .. }
+            | Self::MediaRefused { code, .. } => ErrorCode::from_u16(*code),
             _ => None,
         }
     }

@@ -150,6 +150,7 @@ mod post_keys;
 pub mod profile;
 mod receipt_id;
 mod session;
+pub mod transfer;
 pub mod transport;
 
 pub use backoff::ReconnectPolicy;

@@ -78,6 +78,14 @@ impl QuicEndpoint {
             .map_err(ClientError::from)
     }
 
+    /// Moves the endpoint to a new UDP socket bound on `local` (port 0 for any): its
+    /// connections migrate to the new address without reconnecting (what a phone does when
+    /// it moves from Wi-Fi to LTE).
+    pub fn rebind(&self, local: SocketAddr) -> Result<(), ClientError> {
+        let socket = std::net::UdpSocket::bind(local)?;
+        self.0.rebind(socket).map_err(ClientError::from)
+    }
+
     /// The local UDP address.
     pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
         self.0.local_addr().map_err(ClientError::from)
@@ -138,6 +146,12 @@ enum QuicSocket {
 }
 
 impl TransportCloser {
+    /// The QUIC connection, for opening transfer streams beside the control stream; `None`
+    /// over TCP+TLS.
+    pub fn quic_connection(&self) -> Option<quinn::Connection> {
+        self.quic.as_ref().map(|(_, c)| c.clone())
+    }
+
     /// Closes the connection (QUIC: CONNECTION_CLOSE and a short wait for it to be sent; TCP:
     /// nothing beyond the write half's shutdown and dropping the halves).
     pub async fn close(self) {

@@ -260,8 +260,11 @@ pub struct MediaConfig {
     /// Days a blob lives whether or not everyone downloaded it. Default 30; 1..=365.
     pub ttl_days: u64,
     /// Seconds an unfinished upload may go without new bytes before it is collected.
-    /// Default 86400; at least 10.
+    /// Default 86400; at least 1.
     pub stall_secs: u64,
+    /// Seconds between two collection passes (expired blobs, stalled uploads). Default 60;
+    /// 1..=3600.
+    pub collect_interval_secs: u64,
     /// Seconds a signed download URL stays valid. Default 3600; 10..=604800.
     pub url_ttl_secs: u64,
     /// Transfers (uploads, downloads, URL requests) one connection may open per minute, in
@@ -278,6 +281,7 @@ impl Default for MediaConfig {
             quota_bytes: 20 << 30,
             ttl_days: 30,
             stall_secs: 86_400,
+            collect_interval_secs: 60,
             url_ttl_secs: 3600,
             transfers_per_min: 240,
         }
@@ -722,8 +726,11 @@ impl Config {
         if !(1..=365).contains(&self.media.ttl_days) {
             return bad("media.ttl_days", "must be 1..=365");
         }
-        if self.media.stall_secs < 10 {
-            return bad("media.stall_secs", "must be at least 10");
+        if self.media.stall_secs == 0 {
+            return bad("media.stall_secs", "must be at least 1");
+        }
+        if !(1..=3600).contains(&self.media.collect_interval_secs) {
+            return bad("media.collect_interval_secs", "must be 1..=3600");
         }
         if !(10..=604_800).contains(&self.media.url_ttl_secs) {
             return bad("media.url_ttl_secs", "must be 10..=604800");

@@ -85,6 +85,9 @@ impl OpsState for EdgeOps {
             storage_reopens: stats.reopens.load(Ordering::Relaxed),
         };
         let mut text = self.shared.metrics.render(&sampled);
+        if let Some(media) = &self.shared.media {
+            text.push_str(&media_metrics(&media.stats));
+        }
         text.push_str(&process_metrics());
         text
     }
@@ -139,6 +142,44 @@ fn process_metrics() -> String {
         out.push_str(&format!(
             "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}\n",
             fds.count()
+        ));
+    }
+    out
+}
+
+/// The media counters in Prometheus text.
+fn media_metrics(stats: &crate::media::service::MediaStats) -> String {
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "missive_media_bytes_received_total",
+            "Upload bytes written into blob files.",
+            &stats.bytes_received,
+        ),
+        (
+            "missive_media_bytes_sent_total",
+            "Download bytes sent (transfer streams and HTTPS).",
+            &stats.bytes_sent,
+        ),
+        (
+            "missive_media_uploads_completed_total",
+            "Blobs verified and stored.",
+            &stats.uploads_completed,
+        ),
+        (
+            "missive_media_hash_mismatches_total",
+            "Uploads whose bytes did not hash to their name.",
+            &stats.hash_mismatches,
+        ),
+        (
+            "missive_media_blobs_deleted_total",
+            "Blobs deleted: downloaded by every recipient, expired, or stalled.",
+            &stats.blobs_deleted,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            value.load(Ordering::Relaxed)
         ));
     }
     out

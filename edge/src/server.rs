@@ -486,6 +486,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     };
     tokio::spawn(crate::media::janitor::run(
         media.clone(),
+        Duration::from_secs(config.media.collect_interval_secs),
         shutdown_rx.clone(),
     ));
     ops.start_depth_scan();

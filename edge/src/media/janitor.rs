@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Time between two collection passes.
-const INTERVAL: Duration = Duration::from_secs(60);
-
-/// Runs a collection pass every minute (and one at start) until shutdown.
-pub async fn run(media: Arc<MediaService>, mut shutdown: watch::Receiver<bool>) {
+/// Runs a collection pass every `interval` (and one at start) until shutdown.
+pub async fn run(
+    media: Arc<MediaService>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let done = media.collect().await;
         if done.expired + done.stalled > 0 {
@@ -20,7 +21,7 @@ pub async fn run(media: Arc<MediaService>, mut shutdown: watch::Receiver<bool>) 
             );
         }
         tokio::select! {
-            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
     }
