@@ -206,3 +206,8 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 fn peak_rss(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:").map(|k| k * 1024)
 }
+
+/// Current resident set size of process `pid` in bytes.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:").map(|k| k * 1024)
+}

@@ -11,4 +11,5 @@ pub mod raw;
 pub mod remote;
 pub mod report;
 pub mod scenario;
+pub mod tls_copy;
 pub mod tracker;

@@ -81,6 +81,9 @@ struct Cli {
     /// and keep their references.
     #[arg(long, default_value_t = 0.2, value_parser = share)]
     online_share: f64,
+    /// `media`: size of the file uploaded and downloaded, in MB (10^6 bytes).
+    #[arg(long, default_value_t = 50.0, value_parser = positive_number)]
+    file_mb: f64,
     /// QUIC clients sharing one UDP socket (0 = one each while the process's open-file limit
     /// allows, else as few per socket as fit in half of it).
     #[arg(long, default_value_t = 0)]
@@ -112,6 +115,9 @@ enum Scenario {
     /// One group of `--clients` members: member 0 sends, `--online-share` of the others
     /// receive on frame-level connections (fan-out, `Sent` latency, disk per message).
     Group,
+    /// A `--file-mb` file uploaded and downloaded (MB/s beside a plain TLS copy, time to first
+    /// byte, edge RSS), then `--clients` concurrent 1 MB uploads (p50/p99).
+    Media,
 }
 
 /// Parses a share: a number above 0 and at most 1.
@@ -198,6 +204,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         one_way: cli.one_way,
         aligned: cli.aligned,
         online_share: cli.online_share,
+        file_bytes: (cli.file_mb * 1e6) as u64,
     };
     let remote_start = cli.metrics.and_then(missive_bench::remote::sample);
     let cpu_start = spawned.as_ref().map(|e| e.cpu_seconds());
@@ -224,6 +231,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::Offline => scenario::offline::run(&mut under, &knobs, tracker).await,
         Scenario::Connections => scenario::connections::run(&mut under, &knobs, tracker).await,
         Scenario::Group => scenario::group::run(&mut under, &knobs, tracker).await,
+        Scenario::Media => scenario::media::run(&mut under, &knobs, tracker).await,
     };
     progress.abort();
     let _ = stop_flood.send(true);

@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod connections;
 pub mod group;
+pub mod media;
 pub mod offline;
 
 use crate::edge_process::SpawnedEdge;
@@ -39,6 +40,8 @@ pub struct Knobs {
     pub aligned: bool,
     /// `group`: the share of the members that are online and receive (0 < share <= 1).
     pub online_share: f64,
+    /// `media`: bytes of the file uploaded and downloaded.
+    pub file_bytes: u64,
 }
 
 /// When one paced sender sends: `rate` msgs/s, the first at `phase` after the run starts.

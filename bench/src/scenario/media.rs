@@ -1,0 +1,172 @@
+//! `media`: the media path end to end through the SDK and the real edge.
+//!
+//! 1. One file of `--file-mb` MB uploaded on 4 QUIC streams, then downloaded by another
+//!    user: MB/s each way, time to the first downloaded byte, the edge's RSS above idle
+//!    while the upload runs.
+//! 2. The same bytes copied over one plain TLS 1.3 connection (rustls, loopback, this
+//!    process): the baseline the transfers are compared with.
+//! 3. `--clients` uploaders at once, a 1 MB "photo" each: upload time p50/p99.
+
+use super::{Knobs, Run, Under};
+use crate::fleet::{connect_all, register_users, run_prefix};
+use crate::tracker::Tracker;
+use missive_client::transfer::upload::UploadSource;
+use missive_proto::BlobId;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Size of each concurrent uploader's photo.
+const PHOTO_BYTES: usize = 1 << 20;
+
+/// Random bytes into `path`, written in pieces (a 1 GiB file never sits in memory).
+fn random_file(path: &Path, len: u64) -> Result<BlobId, String> {
+    use rand::RngCore;
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rand::thread_rng().fill_bytes(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    Ok(BlobId(*hasher.finalize().as_bytes()))
+}
+
+/// Runs the scenario.
+pub async fn run(
+    under: &mut Under<'_>,
+    knobs: &Knobs,
+    tracker: Arc<Mutex<Tracker>>,
+) -> Result<Run, String> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let prefix = run_prefix("media");
+    let pair = register_users(&under.target, &format!("{prefix}p"), 2).await?;
+    let clients = connect_all(&pair).await?;
+    let (sender, receiver) = (clients[0].0.clone(), clients[1].0.clone());
+    let mut extra = BTreeMap::new();
+
+    // 1. One big file up and down.
+    let size = knobs.file_bytes;
+    let path = dir.path().join("file.bin");
+    let blob = random_file(&path, size)?;
+    let src = UploadSource {
+        path: path.clone(),
+        blob,
+        size,
+        downloads: 1,
+    };
+    let rss_idle = under.spawned.as_deref().map(|e| e.rss());
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = under.spawned.as_deref().map(|e| {
+        let (pid, peak, sampling) = (e.pid(), peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                if let Some(rss) = crate::edge_process::rss_of(pid) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    });
+    let up = Instant::now();
+    sender
+        .upload_blob(&src, 4, |_| {})
+        .await
+        .map_err(|e| format!("upload: {e}"))?;
+    let up_s = up.elapsed().as_secs_f64();
+    sampling.store(false, Ordering::Relaxed);
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
+    let mb = size as f64 / 1e6;
+    extra.insert("file_mb".into(), mb);
+    extra.insert("upload_mb_per_s".into(), mb / up_s);
+    if let Some(idle) = rss_idle {
+        extra.insert(
+            "upload_rss_above_idle_mb".into(),
+            peak.load(Ordering::Relaxed).saturating_sub(idle) as f64 / 1e6,
+        );
+    }
+    let out = dir.path().join("down.bin");
+    let first_byte = Arc::new(Mutex::new(None::<Duration>));
+    let down = Instant::now();
+    let fb = first_byte.clone();
+    receiver
+        .download_blob(blob, size, &out, move |_| {
+            fb.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(|| down.elapsed());
+        })
+        .await
+        .map_err(|e| format!("download: {e}"))?;
+    let down_s = down.elapsed().as_secs_f64();
+    extra.insert("download_mb_per_s".into(), mb / down_s);
+    if let Some(t) = *first_byte.lock().unwrap_or_else(|p| p.into_inner()) {
+        extra.insert("download_first_byte_ms".into(), t.as_secs_f64() * 1e3);
+    }
+    let same = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) == size;
+    extra.insert("download_complete".into(), f64::from(u8::from(same)));
+    let _ = std::fs::remove_file(&out);
+
+    // 2. The same bytes over one plain TLS connection.
+    let tls_s = crate::tls_copy::copy_file(&path).await?;
+    extra.insert("plain_tls_mb_per_s".into(), mb / tls_s);
+    extra.insert("upload_share_of_tls".into(), tls_s / up_s);
+    extra.insert("download_share_of_tls".into(), tls_s / down_s);
+    let _ = std::fs::remove_file(&path);
+
+    // 3. Concurrent photo uploads.
+    let n = knobs.clients.max(1);
+    let users = register_users(&under.target, &format!("{prefix}u"), n).await?;
+    let uploaders = connect_all(&users).await?;
+    let mut photos = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = dir.path().join(format!("photo{i}.jpg"));
+        let blob = random_file(&p, PHOTO_BYTES as u64)?;
+        photos.push(UploadSource {
+            path: p,
+            blob,
+            size: PHOTO_BYTES as u64,
+            downloads: 1,
+        });
+    }
+    let gate = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::with_capacity(n);
+    for ((client, _), photo) in uploaders.iter().zip(photos) {
+        let (client, gate) = (client.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let t = Instant::now();
+            client.upload_blob(&photo, 2, |_| {}).await.map(|_| t.elapsed())
+        }));
+    }
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    for t in tasks {
+        let took = t
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("photo upload: {e}"))?;
+        hist.record(took.as_micros() as u64).map_err(|e| e.to_string())?;
+    }
+    extra.insert("photo_uploaders".into(), n as f64);
+    extra.insert("photo_upload_p50_ms".into(), hist.value_at_quantile(0.5) as f64 / 1e3);
+    extra.insert("photo_upload_p99_ms".into(), hist.value_at_quantile(0.99) as f64 / 1e3);
+    for (c, _) in uploaders.iter().chain(clients.iter()) {
+        let _ = c.close().await;
+    }
+    Ok(Run {
+        tracker,
+        duration: started.elapsed(),
+        extra,
+        message_phase_cpu_s: None,
+    })
+}
