@@ -145,6 +145,7 @@ mod frame_io;
 mod group;
 pub mod identity;
 mod login;
+pub mod media;
 mod post_keys;
 #[cfg(feature = "cli")]
 pub mod profile;

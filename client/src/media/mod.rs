@@ -1,0 +1,18 @@
+//! Client-side media: what happens to a photo, video, voice note or document before it
+//! leaves the device and after it arrives.
+//!
+//! - [`cipher`]: the file is encrypted in 64 KiB chunks under a fresh key (ChaCha20-Poly1305
+//!   in the STREAM construction: chunk index and final flag in the nonce) and named by the
+//!   BLAKE3 hash of its ciphertext. Encryption and decryption stream with two chunks of
+//!   memory, so a 2 GiB file costs what a 64 KiB one does.
+//!
+//! The key, hash, ciphertext length, type and preview travel inside the end-to-end encrypted
+//! message; the edge only ever sees the ciphertext and its hash. Nothing here logs keys or
+//! content.
+
+pub mod cipher;
+
+pub use cipher::{
+    ciphertext_len, decrypt_chunk, decrypt_file, decrypt_to_path, encrypt_file, plaintext_len,
+    MediaError, MediaKey, Sealed, CHUNK_PLAINTEXT, CHUNK_SEALED, TAG_LEN,
+};
