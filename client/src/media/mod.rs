@@ -5,14 +5,17 @@
 //!   in the STREAM construction: chunk index and final flag in the nonce) and named by the
 //!   BLAKE3 hash of its ciphertext. Encryption and decryption stream with two chunks of
 //!   memory, so a 2 GiB file costs what a 64 KiB one does.
+//! - [`kind`]: the media type from the file's first bytes (not its name), for the message.
 //!
 //! The key, hash, ciphertext length, type and preview travel inside the end-to-end encrypted
 //! message; the edge only ever sees the ciphertext and its hash. Nothing here logs keys or
 //! content.
 
 pub mod cipher;
+pub mod kind;
 
 pub use cipher::{
     ciphertext_len, decrypt_chunk, decrypt_file, decrypt_to_path, encrypt_file, plaintext_len,
     MediaError, MediaKey, Sealed, CHUNK_PLAINTEXT, CHUNK_SEALED, TAG_LEN,
 };
+pub use kind::{detect_mime, SNIFF_LEN};
