@@ -48,7 +48,9 @@ type Stream = StreamBE32<ChaCha20Poly1305>;
 /// the end-to-end encrypted message, with the blob's hash and length.
 ///
 /// Wiped from memory when dropped; its `Debug` output never shows it.
-#[derive(Clone, PartialEq, Eq)]
+// No `PartialEq`: comparing secrets with a short-circuiting `==` is a timing leak waiting for
+// a caller.
+#[derive(Clone)]
 pub struct MediaKey([u8; 32]);
 
 impl MediaKey {
@@ -151,7 +153,8 @@ pub fn plaintext_len(ciphertext_len: u64) -> Option<u64> {
     // Full chunks before the last, then the last chunk: 1..=CHUNK_PLAINTEXT bytes + its tag.
     let full = ciphertext_len.checked_sub(1)? / sealed;
     let last = ciphertext_len - full * sealed;
-    if last <= tag || full >= u64::from(u32::MAX) {
+    // The last chunk's index (`full`) must fit the 32-bit counter, as in `encrypt_file`.
+    if last <= tag || full > u64::from(u32::MAX) {
         return None;
     }
     Some(ciphertext_len - (full + 1) * tag)
@@ -449,6 +452,10 @@ mod tests {
         for len in [0, 1, c - 1, c, c + 1, 2 * c, 2 * c + 1, 7 * c + 12_345] {
             assert_eq!(plaintext_len(ciphertext_len(len)), Some(len), "{len}");
         }
+        // The 32-bit counter: 2^32 chunks (the last at index u32::MAX) and not one more.
+        let most = (1u64 << 32) * c;
+        assert_eq!(plaintext_len(ciphertext_len(most)), Some(most));
+        assert_eq!(plaintext_len(ciphertext_len(most + 1)), None);
     }
 
     /// Pins the format: a change of nonce layout, flag or AAD breaks every blob in flight.
@@ -479,7 +486,7 @@ mod tests {
         let plaintext = random_bytes(1000);
         let (key_a, sealed_a, _) = encrypt(&plaintext);
         let (key_b, sealed_b, _) = encrypt(&plaintext);
-        assert_ne!(key_a, key_b);
+        assert_ne!(key_a.as_bytes(), key_b.as_bytes());
         assert_ne!(sealed_a.hash, sealed_b.hash);
     }
 
