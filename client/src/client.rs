@@ -124,6 +124,9 @@ pub struct GroupInvite {
     pub expires_at_ms: u64,
 }
 
+/// QUIC streams one upload runs on.
+const UPLOAD_STREAMS: usize = 4;
+
 /// A connected client. Cheap to clone; every clone drives the same connection.
 ///
 /// A background task owns the connection: it reconnects with backoff, logs in again,
@@ -424,8 +427,17 @@ impl Client {
         group: GroupId,
         text: impl Into<String>,
     ) -> impl std::future::Future<Output = Result<SendReceipt, ClientError>> + Send + 'static {
+        self.send_group_content(group, Content::Text(text.into()))
+    }
+
+    /// Sends `content` (text or media) to every member of `group`, as [`Client::send_group`].
+    pub fn send_group_content(
+        &self,
+        group: GroupId,
+        content: Content,
+    ) -> impl std::future::Future<Output = Result<SendReceipt, ClientError>> + Send + 'static {
         let id = ClientMsgId(rand::random());
-        let queued = seal(&Content::Text(text.into())).and_then(|envelope| {
+        let queued = seal(&content).and_then(|envelope| {
             let (reply, rx) = oneshot::channel();
             self.command(Command::GroupSend {
                 id,
@@ -650,6 +662,56 @@ impl Client {
             std::sync::Arc::new(progress),
         )
         .await
+    }
+
+    /// Uploads the ciphertext of `media` (made by [`crate::media::prepare_file`]) from
+    /// `ciphertext`; then send `Content::Media(media)` to the recipients. `downloads` is the
+    /// number of recipient devices after whose downloads the edge may delete it (0: it
+    /// stays until the edge's media lifetime ends).
+    pub async fn upload_media(
+        &self,
+        media: &crate::content::MediaMessage,
+        ciphertext: &std::path::Path,
+        downloads: u32,
+        progress: impl Fn(crate::transfer::Progress) + Send + Sync + 'static,
+    ) -> Result<crate::transfer::upload::UploadReport, ClientError> {
+        let src = crate::transfer::upload::UploadSource {
+            path: ciphertext.to_owned(),
+            blob: missive_proto::BlobId(media.blob),
+            size: media.size,
+            downloads,
+        };
+        self.upload_blob(&src, UPLOAD_STREAMS, progress).await
+    }
+
+    /// Downloads, verifies and decrypts the file of a media message into `out`. The
+    /// ciphertext is kept beside `out` (`<out>.download`) until it verified, so a broken
+    /// download resumes where it stopped; a tampered, truncated or wrongly named blob is
+    /// [`ClientError::MediaInvalid`] and leaves no file at `out`.
+    pub async fn fetch_media(
+        &self,
+        media: &crate::content::MediaMessage,
+        out: &std::path::Path,
+        progress: impl Fn(crate::transfer::Progress) + Send + Sync + 'static,
+    ) -> Result<u64, ClientError> {
+        let mut part = out.as_os_str().to_owned();
+        part.push(".download");
+        let part = std::path::PathBuf::from(part);
+        self.download_blob(
+            missive_proto::BlobId(media.blob),
+            media.size,
+            &part,
+            progress,
+        )
+        .await?;
+        let (media, out2, part2) = (media.clone(), out.to_owned(), part.clone());
+        let opened =
+            tokio::task::spawn_blocking(move || crate::media::open_file(&media, &part2, &out2))
+                .await
+                .map_err(|e| ClientError::InvalidInput(format!("decrypting: {e}")))?;
+        // Verified or not, these bytes are done with: a bad blob is fetched anew next time.
+        let _ = std::fs::remove_file(&part);
+        opened
     }
 
     /// A signed HTTPS URL of `blob` (for a plain HTTP client or a CDN), valid for the edge's

@@ -8,7 +8,7 @@
 use crate::ClientError;
 use missive_proto::HARD_MAX_FRAME;
 
-pub use wire::{ArchivedContent, Content, GroupKey, PostKey};
+pub use wire::{ArchivedContent, Content, GroupKey, MediaMessage, PostKey};
 
 // rkyv's derive generates helper types for the `Read { ids }` variant that carry no docs;
 // the allow is scoped to this module, which holds nothing but the documented `Content`.
@@ -55,6 +55,41 @@ mod wire {
         /// Olm to its audience before the post; never shown to the app). Boxed like
         /// `GroupKey`.
         PostKey(Box<PostKey>),
+        /// A file: photo, video, voice note or document, encrypted and uploaded by the
+        /// sender; what it takes to fetch, verify and decrypt it. Boxed like `GroupKey`.
+        Media(Box<MediaMessage>),
+    }
+
+    /// A file sent as a message (inside [`Content::Media`]).
+    #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+    pub struct MediaMessage {
+        /// The blob on the edge: BLAKE3 of the ciphertext.
+        pub blob: [u8; 32],
+        /// The file's ChaCha20-Poly1305 key (fresh per file).
+        pub key: [u8; 32],
+        /// Ciphertext size (what the edge stores).
+        pub size: u64,
+        /// Plaintext size.
+        pub plaintext_size: u64,
+        /// The file's name, as the sender had it (no directories).
+        pub name: String,
+        /// MIME type, detected from the file's first bytes.
+        pub mime: String,
+        /// The sender's caption (may be empty).
+        pub caption: String,
+        /// A small JPEG preview of an image (metadata stripped); empty when none.
+        pub preview: Vec<u8>,
+    }
+
+    impl std::fmt::Debug for MediaMessage {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Never the key.
+            f.debug_struct("MediaMessage")
+                .field("size", &self.size)
+                .field("name", &self.name)
+                .field("mime", &self.mime)
+                .finish_non_exhaustive()
+        }
     }
 
     /// The key of one status update (inside [`Content::PostKey`]).
@@ -147,6 +182,9 @@ impl Content {
                 }
                 Self::GroupKey(k) => 32 + k.session_id.len() + k.session_key.len(),
                 Self::PostKey(_) => 48,
+                Self::Media(m) => {
+                    96 + m.name.len() + m.mime.len() + m.caption.len() + m.preview.len()
+                }
             }
     }
 

@@ -52,6 +52,25 @@ pub enum Event {
         /// Disappearing messages: hide it this many seconds after `server_ts_ms` (0: keep).
         expires_in_secs: u32,
     },
+    /// A file arrived (1:1, or in `group`): fetch it with [`crate::Client::fetch_media`].
+    Media {
+        /// The group it was sent to, if any.
+        group: Option<GroupId>,
+        /// Sender user.
+        from: String,
+        /// Sender device.
+        from_device: DeviceId,
+        /// The sender's id for this message (what receipts refer to).
+        client_msg_id: ClientMsgId,
+        /// Position in this device's mailbox; acknowledge it.
+        server_seq: ServerSeq,
+        /// When the server stored it, ms since the Unix epoch.
+        server_ts_ms: u64,
+        /// What it takes to fetch, verify and decrypt the file, and how to show it.
+        media: Box<crate::content::MediaMessage>,
+        /// Set on the copy of a message this user sent from another of its devices.
+        sent_to: Option<String>,
+    },
     /// A delivery or read receipt for a message this user sent.
     Receipt {
         /// The user who received / read the message.
@@ -263,6 +282,7 @@ impl Event {
             | Self::TimerChanged { server_seq, .. }
             | Self::GroupMessage { server_seq, .. }
             | Self::GroupChanged { server_seq, .. }
+            | Self::Media { server_seq, .. }
             | Self::Status { server_seq, .. } => Some(*server_seq),
             _ => None,
         }
@@ -283,6 +303,11 @@ impl Event {
                 ..
             }
             | Self::Status {
+                from,
+                client_msg_id,
+                ..
+            }
+            | Self::Media {
                 from,
                 client_msg_id,
                 ..

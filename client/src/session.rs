@@ -1048,6 +1048,16 @@ impl Session {
                 sent_to,
                 expires_in_secs,
             }],
+            Content::Media(media) => vec![Event::Media {
+                group: None,
+                from: d.from.clone(),
+                from_device: d.from_device,
+                client_msg_id: resend_of.unwrap_or(d.client_msg_id),
+                server_seq: d.seq,
+                server_ts_ms: d.server_ts_ms,
+                media,
+                sent_to,
+            }],
             Content::Timer { secs } => {
                 let chat = sent_to.unwrap_or_else(|| d.from.clone());
                 self.timers.insert(chat.clone(), secs);
@@ -1163,6 +1173,16 @@ impl Session {
                 text,
                 server_seq: d.seq,
                 server_ts_ms: d.server_ts_ms,
+            }],
+            Ok(Content::Media(media)) => vec![Event::Media {
+                group: Some(m.group),
+                from: d.from.clone(),
+                from_device: d.from_device,
+                client_msg_id: d.client_msg_id,
+                server_seq: d.seq,
+                server_ts_ms: d.server_ts_ms,
+                media,
+                sent_to: None,
             }],
             Ok(_) => {
                 // Other contents have no meaning in a group (yet).

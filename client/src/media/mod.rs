@@ -15,6 +15,7 @@
 //! content.
 
 pub mod cipher;
+pub mod file;
 pub mod kind;
 pub mod preview;
 
@@ -22,5 +23,6 @@ pub use cipher::{
     ciphertext_len, decrypt_chunk, decrypt_file, decrypt_to_path, encrypt_file, plaintext_len,
     MediaError, MediaKey, Sealed, CHUNK_PLAINTEXT, CHUNK_SEALED, TAG_LEN,
 };
+pub use file::{open_file, prepare_file};
 pub use kind::{detect_mime, SNIFF_LEN};
 pub use preview::{preview, Preview, PREVIEW_MAX_BYTES, PREVIEW_MAX_SIDE};

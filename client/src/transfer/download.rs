@@ -75,7 +75,13 @@ async fn attempt(
                 state: "media data",
             });
         };
-        if data.offset != at || data.size != size || at + data.bytes.len() as u64 > size {
+        if data.size != size {
+            return Err(ClientError::MediaInvalid(format!(
+                "the edge holds {} bytes of this blob; the message says {size}",
+                data.size
+            )));
+        }
+        if data.offset != at || at + data.bytes.len() as u64 > size {
             return Err(ClientError::MediaInvalid(format!(
                 "the edge sent bytes at {} of a {}-byte blob; expected {at} of {size}",
                 data.offset, data.size
