@@ -66,9 +66,6 @@ pub async fn copy_file(path: &Path) -> Result<f64, String> {
         tls.write_all(&buf[..n]).await.map_err(|e| err(&e))?;
     }
     tls.shutdown().await.map_err(|e| err(&e))?;
-    let (_, done) = receiving
-        .await
-        .map_err(|e| err(&e))?
-        .map_err(|e| err(&e))?;
+    let (_, done) = receiving.await.map_err(|e| err(&e))?.map_err(|e| err(&e))?;
     Ok(done.duration_since(started).as_secs_f64())
 }

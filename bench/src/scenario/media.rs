@@ -146,7 +146,10 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             gate.wait().await;
             let t = Instant::now();
-            client.upload_blob(&photo, 2, |_| {}).await.map(|_| t.elapsed())
+            client
+                .upload_blob(&photo, 2, |_| {})
+                .await
+                .map(|_| t.elapsed())
         }));
     }
     let mut hist = hdrhistogram::Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
@@ -155,11 +158,18 @@ pub async fn run(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("photo upload: {e}"))?;
-        hist.record(took.as_micros() as u64).map_err(|e| e.to_string())?;
+        hist.record(took.as_micros() as u64)
+            .map_err(|e| e.to_string())?;
     }
     extra.insert("photo_uploaders".into(), n as f64);
-    extra.insert("photo_upload_p50_ms".into(), hist.value_at_quantile(0.5) as f64 / 1e3);
-    extra.insert("photo_upload_p99_ms".into(), hist.value_at_quantile(0.99) as f64 / 1e3);
+    extra.insert(
+        "photo_upload_p50_ms".into(),
+        hist.value_at_quantile(0.5) as f64 / 1e3,
+    );
+    extra.insert(
+        "photo_upload_p99_ms".into(),
+        hist.value_at_quantile(0.99) as f64 / 1e3,
+    );
     for (c, _) in uploaders.iter().chain(clients.iter()) {
         let _ = c.close().await;
     }
