@@ -1,0 +1,72 @@
+//! Missive's STUN/TURN relay, run inside the edge process (DESIGN.md, "Relay and calls").
+//!
+//! # Layers
+//!
+//! - [`Relay`] (`turn/`): the protocol as a state machine without sockets or clocks
+//!   (CONVENTIONS §1). STUN Binding (RFC 8489) and TURN over UDP (RFC 8656): Allocate,
+//!   Refresh (lifetime 0 deletes), CreatePermission, ChannelBind, Send and Data indications,
+//!   ChannelData; long-term credentials with 401/438 challenges; permissions (300 s),
+//!   channels (600 s) and allocations expire with the `now` passed in.
+//! - [`credentials`]: coturn's REST scheme (`use-auth-secret`): [`mint`] for the edge,
+//!   the check inside [`Relay`]. The secret is replaceable at runtime; the previous one keeps
+//!   working for credentials already handed out.
+//! - [`peer_policy`]: which peers the relay may reach (403 otherwise).
+//! - [`RelayServer`] (`server/`): the tokio driver: one listening UDP socket, one UDP socket
+//!   per allocation in the configured port range on the relay address, real peer addresses.
+//!
+//! # Safety rules
+//!
+//! - Peers in loopback, private (RFC 1918, CGNAT, ULA), link-local, multicast/broadcast and
+//!   unspecified ranges, and in `deny_peers`, are refused with 403 (dropped for Send), unless
+//!   `allow_loopback_peers` or `allow_peers` say otherwise. IPv4-mapped IPv6 addresses are
+//!   judged as the IPv4 address they reach.
+//! - No amplification: an unauthenticated response (401, 438, 400, 420) is never larger than
+//!   the request that caused it. Reason phrases go first; if it still does not fit, nothing
+//!   is sent (counted as `amplification`). Nonces are 8 characters and the default realm is
+//!   short so the 401 to a standard client's first Allocate fits (52 bytes for
+//!   `turnutils_uclient`'s, answered with 52). The only exception is Binding, whose smallest
+//!   possible answer (32 bytes for IPv4) exceeds a bare 20-byte request; it carries nothing
+//!   optional.
+//! - Limits: allocations per user (486), in total (508), lifetime clamped to
+//!   `max_lifetime_secs`, and a per-allocation token bucket on payload bytes/s and
+//!   packets/s; datagrams over budget are dropped and counted.
+//! - Input never panics the relay: malformed datagrams are dropped and counted
+//!   (`tests/random_datagrams.rs` feeds it random and mutated bytes).
+//!
+//! # Crates (checked on crates.io, 2026)
+//!
+//! - **stun-types 2.0** (MIT/Apache-2.0, actively maintained, RustCrypto `hmac`/`sha1`/
+//!   `sha2`/`md-5` underneath): parsing, writing, MESSAGE-INTEGRITY(-SHA256) and FINGERPRINT.
+//!   Chosen as the codec. The TURN attributes are six TLVs written on its raw attributes
+//!   (`wire.rs`) rather than pulling `turn-types` (which adds stun-proto, hashbrown,
+//!   siphasher and sans-io-time).
+//! - **turn-server-proto 0.7** (MIT/Apache-2.0, sans-IO): the closest fit, but users are a
+//!   static table (`add_user`), so REST credentials would mean pre-parsing every request;
+//!   it has no peer-address policy, quotas or rate limits to hook, unwraps while signing,
+//!   and pulls pnet_packet for ICMP. Our requirements live in the allocation logic, so
+//!   the allocation logic is ours.
+//! - **webrtc-rs `turn` 0.17** (MIT/Apache-2.0): async with its own socket ownership (not
+//!   sans-IO), brings the webrtc-util stack; no per-user quota or amplification bound.
+//! - **turn-server 4.x** (MIT): always builds aws-lc-rs (kept out of the tree) and relays
+//!   only between its own clients through virtual ports: it cannot reach a real peer.
+//! - **stun-rs 0.1** (MIT/Apache-2.0): a codec with more dependencies (precis, non-RustCrypto
+//!   hashes) than stun-types.
+//!
+//! `stun-types` logs malformed input at `warn` from its parser; the edge's log filter should
+//! set `stun_types=error` so a flood of garbage does not flood the log.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod credentials;
+mod nonce;
+pub mod peer_policy;
+mod rate_limit;
+mod server;
+mod turn;
+mod wire;
+
+pub use config::{ConfigError, RelayConfig, Secret};
+pub use credentials::{mint, Credentials};
+pub use server::{RelayHandle, RelayServer, ServerError};
+pub use turn::{AllocationId, Family, OpenRelayError, Output, Refusals, Relay, Stats, Transport};
