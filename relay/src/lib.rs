@@ -20,13 +20,16 @@
 //!   unspecified ranges, and in `deny_peers`, are refused with 403 (dropped for Send), unless
 //!   `allow_loopback_peers` or `allow_peers` say otherwise. IPv4-mapped IPv6 addresses are
 //!   judged as the IPv4 address they reach.
-//! - No amplification: an unauthenticated response (401, 438, 400, 420) is never larger than
-//!   the request that caused it. Reason phrases go first; if it still does not fit, nothing
-//!   is sent (counted as `amplification`). Nonces are 8 characters and the default realm is
-//!   short so the 401 to a standard client's first Allocate fits (52 bytes for
-//!   `turnutils_uclient`'s, answered with 52). The only exception is Binding, whose smallest
-//!   possible answer (32 bytes for IPv4) exceeds a bare 20-byte request; it carries nothing
-//!   optional.
+//! - Amplification: an unauthenticated response (401, 438, 400, 420) is at most the size of
+//!   the request that caused it; reason phrases go first, then everything optional. Nonces
+//!   are 8 characters and the default realm is short, so the minimal 401 is 52 bytes and
+//!   fits `turnutils_uclient`'s 52-byte first Allocate. Its other first Allocate is 44
+//!   bytes, and RFC 8656 allows 28: no challenge can fit those, and a strict rule would lock
+//!   such clients out, so a minimal 401/438 may be up to `challenge_amplification_percent`
+//!   of the request (default 200, worst case 1.86x with the default realm; coturn sends
+//!   2.4-2.8x; 100 makes it strict). Larger ones, and every other oversized response, are
+//!   dropped and counted (`amplification`). Binding's smallest answer (32 bytes for IPv4)
+//!   exceeds a bare 20-byte request; it carries nothing optional.
 //! - Limits: allocations per user (486), in total (508), lifetime clamped to
 //!   `max_lifetime_secs`, and a per-allocation token bucket on payload bytes/s and
 //!   packets/s; datagrams over budget are dropped and counted.

@@ -79,8 +79,10 @@ pub(crate) mod attr {
 /// IANA protocol number of UDP, the only REQUESTED-TRANSPORT this relay serves.
 pub(crate) const PROTO_UDP: u8 = 17;
 
-/// First and last channel number a client may bind (RFC 8656 §12).
-pub(crate) const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x4FFF;
+/// Channel numbers a client may bind. RFC 8656 §12 narrowed the range to 0x4000-0x4FFF, but
+/// RFC 5766 clients (coturn's own `turnutils_uclient` among them) still pick up to 0x7FFE,
+/// and a ChannelData header can carry any of them, so the old range is accepted.
+pub(crate) const CHANNELS: std::ops::RangeInclusive<u16> = 0x4000..=0x7FFE;
 
 /// What the first bytes of a datagram on the listening socket are.
 pub(crate) enum Datagram<'a> {

@@ -339,12 +339,16 @@ impl Relay {
         });
     }
 
-    /// Sends an unauthenticated response only if it is no larger than the request: first
-    /// with reason phrases, then without; otherwise drops it (anti-amplification).
+    /// Sends an unauthenticated response: with reason phrases if that is no larger than the
+    /// request, else minimized (no reason phrase, nothing optional) if that is no larger;
+    /// otherwise a minimized 401/438 challenge (`challenge`) may be up to
+    /// `challenge_amplification_percent` of the request, because without it a client whose
+    /// first Allocate is small can never authenticate; anything else is dropped and counted.
     fn reply_bounded(
         &mut self,
         key: (Transport, SocketAddr),
         request_len: usize,
+        challenge: bool,
         build: impl Fn(bool) -> Vec<u8>,
     ) {
         let full = build(true);
@@ -353,6 +357,12 @@ impl Relay {
         }
         let minimal = build(false);
         if minimal.len() <= request_len {
+            return self.send_client(key, minimal);
+        }
+        let allowance =
+            request_len * usize::from(self.config.challenge_amplification_percent) / 100;
+        if challenge && minimal.len() <= allowance {
+            self.stats.amplified_challenges += 1;
             return self.send_client(key, minimal);
         }
         self.stats.refusals.amplification += 1;
@@ -368,7 +378,7 @@ impl Relay {
         let unknown = wire::unknown_required(msg);
         if !unknown.is_empty() {
             self.stats.refusals.unknown_attribute += 1;
-            return self.reply_bounded(key, raw.len(), |reason| {
+            return self.reply_bounded(key, raw.len(), false, |reason| {
                 wire::unknown_attributes(Reply::error(msg, 420, reason), &unknown).finish(false)
             });
         }
@@ -385,7 +395,7 @@ impl Relay {
         .contains(&m)
         {
             self.stats.refusals.bad_request += 1;
-            return self.reply_bounded(key, raw.len(), |reason| {
+            return self.reply_bounded(key, raw.len(), false, |reason| {
                 Reply::error(msg, 400, reason).finish(false)
             });
         }
@@ -440,7 +450,7 @@ impl Relay {
     ) {
         let nonce = self.nonces.issue(key.1, self.unix(now));
         let realm = self.config.realm.clone();
-        self.reply_bounded(key, request_len, |reason| {
+        self.reply_bounded(key, request_len, true, |reason| {
             Reply::error(msg, code, reason)
                 .challenge(&realm, &nonce)
                 .finish(false)
@@ -469,7 +479,7 @@ impl Relay {
             (text(attr::USERNAME), text(attr::REALM), text(attr::NONCE))
         else {
             self.stats.refusals.bad_request += 1;
-            self.reply_bounded(key, request_len, |reason| {
+            self.reply_bounded(key, request_len, false, |reason| {
                 Reply::error(msg, 400, reason).finish(false)
             });
             return None;

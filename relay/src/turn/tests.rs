@@ -770,29 +770,50 @@ fn unauthenticated_responses_never_exceed_the_request() {
     c.learn(&replies[0]);
     assert!(c.nonce.is_some() && c.realm.as_deref() == Some("missive"));
 
-    // Smaller requests: the minimal challenge when it fits, silence otherwise.
-    for attrs in [
-        vec![Attr::Transport(17), Attr::Lifetime(600)], // 44 bytes with FINGERPRINT
-        vec![Attr::Transport(17)],                      // 36
-        vec![],                                         // 28
-    ] {
-        let mut fresh = Client::new("203.0.113.5:1002", creds("alice"));
-        fresh.software = false;
-        let req = fresh.request(method::ALLOCATE, &attrs);
-        for reply in to_client(&h.client_sends(fresh.addr, &req)) {
-            assert!(reply.len() <= req.len(), "{} > {}", reply.len(), req.len());
+    // Smaller requests: no challenge can fit. Strict (100): nothing is sent. Default (200):
+    // the minimal challenge, at most twice the request.
+    for strict in [false, true] {
+        let mut cfg = config();
+        if strict {
+            cfg.challenge_amplification_percent = 100;
+        }
+        let mut h = Harness::new(cfg);
+        for attrs in [
+            vec![Attr::Transport(17), Attr::Lifetime(600)], // 44 bytes with FINGERPRINT
+            vec![Attr::Transport(17)],                      // 36
+            vec![],                                         // 28
+        ] {
+            let mut fresh = Client::new("203.0.113.5:1002", creds("alice"));
+            fresh.software = false;
+            let req = fresh.request(method::ALLOCATE, &attrs);
+            let replies = to_client(&h.client_sends(fresh.addr, &req));
+            if strict {
+                assert!(replies.is_empty(), "strict: {} bytes answered", req.len());
+            } else {
+                assert_eq!(replies.len(), 1);
+                assert!(replies[0].len() <= 2 * req.len());
+                assert_eq!(replies[0].len(), 52, "the minimal challenge");
+                assert_eq!(code(&replies[0]), Some(401));
+            }
+        }
+        let s = h.relay.stats();
+        if strict {
+            assert_eq!((s.refusals.amplification, s.amplified_challenges), (3, 0));
+        } else {
+            assert_eq!((s.refusals.amplification, s.amplified_challenges), (0, 3));
         }
     }
-    assert!(h.relay.stats().refusals.amplification >= 2);
 
-    // A long realm makes even the uclient-sized 401 too big: dropped, counted.
+    // A long realm makes the minimal challenge too big even for the allowance: dropped.
     let mut cfg = config();
     cfg.realm = "a-very-long-realm.example.org".into();
     let mut h = Harness::new(cfg);
-    let before = h.relay.stats().refusals.amplification;
-    let outs = h.client_sends(c.addr, &req);
-    assert!(to_client(&outs).is_empty());
-    assert_eq!(h.relay.stats().refusals.amplification, before + 1);
+    let mut tiny = Client::new("203.0.113.5:1009", creds("alice"));
+    tiny.software = false;
+    let req = tiny.request(method::ALLOCATE, &[]);
+    assert_eq!(req.len(), 28);
+    assert!(to_client(&h.client_sends(tiny.addr, &req)).is_empty());
+    assert_eq!(h.relay.stats().refusals.amplification, 1);
 
     // Unknown method and unknown comprehension-required attribute: bounded too.
     let mut h = Harness::new(config());
