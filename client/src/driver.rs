@@ -261,11 +261,23 @@ impl Driver {
         } = conn;
         // Asked while offline: this new connection is what was asked for.
         self.reconnect_now = false;
+        let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
         if let Some(links) = &self.links {
-            links.send_replace(match closer.quic_connection() {
+            let link = match closer.quic_connection() {
                 Some(c) => crate::transfer::Link::Quic(c),
-                None => crate::transfer::Link::Tcp,
-            });
+                None => crate::transfer::Link::Tcp(std::sync::Arc::new(
+                    crate::transfer::TcpTransfers {
+                        transport: crate::transport::TransportConfig {
+                            force_tcp: true,
+                            ..self.transport.clone()
+                        },
+                        identity: self.identity.clone(),
+                        client_name: self.client_name.clone(),
+                        lost: lost_rx,
+                    },
+                )),
+            };
+            links.send_replace(link);
         }
         let mut end = self.drain(Some(&writer));
         while end.is_none() {
@@ -325,6 +337,7 @@ impl Driver {
         if let Some(links) = &self.links {
             links.send_replace(crate::transfer::Link::Down);
         }
+        lost_tx.send_replace(true);
         writer.shutdown().await;
         drop(reader);
         closer.close().await;

@@ -26,6 +26,9 @@ pub(crate) enum LoginMode {
         /// The link code.
         code: String,
     },
+    /// `TransferLogin`: a connection of its own for one media transfer (the TCP+TLS
+    /// fallback's transfer stream); the device's session stays where it is.
+    Transfer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +156,12 @@ impl Login {
                 .into()
             }
             LoginMode::Login => missive_proto::Login {
+                user: self.identity.user.clone(),
+                device: self.identity.device,
+                signature,
+            }
+            .into(),
+            LoginMode::Transfer => missive_proto::TransferLogin {
                 user: self.identity.user.clone(),
                 device: self.identity.device,
                 signature,

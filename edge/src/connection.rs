@@ -208,8 +208,28 @@ pub async fn serve(
     );
     let mut driver = Driver::new(shared, conn_id, peer, exporter, writer);
     driver.on_login = on_login;
-    driver.run(inbound, shutdown).instrument(span).await;
+    let handover = driver.run(inbound, shutdown).instrument(span.clone()).await;
+    if let (Some(h), Some(media)) = (handover, metrics_shared.media.clone()) {
+        crate::media::streams::serve_transfer(
+            h.reader,
+            h.writer,
+            h.decoder,
+            media,
+            Arc::new(h.owner),
+        )
+        .instrument(span)
+        .await;
+    }
     metrics_shared.metrics.connection_closed(transport);
+}
+
+/// A connection handed from its session to a media transfer.
+struct Handover {
+    owner: crate::media::streams::Owner,
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    writer: Outbound,
+    /// With what was read past the `TransferLogin` already in it.
+    decoder: FrameDecoder,
 }
 
 struct Driver {
@@ -234,6 +254,8 @@ struct Driver {
     slow_reader: bool,
     /// Told who logged in (QUIC: the connection's transfer streams wait for it).
     on_login: Option<tokio::sync::oneshot::Sender<crate::media::streams::Owner>>,
+    /// Set by a `TransferLogin`: the connection leaves the session to carry one transfer.
+    transfer: Option<crate::media::streams::Owner>,
 }
 
 impl Driver {
@@ -266,10 +288,17 @@ impl Driver {
             max_outbuf,
             slow_reader: false,
             on_login: None,
+            transfer: None,
         }
     }
 
-    async fn run(mut self, mut inbound: Inbound, mut shutdown: watch::Receiver<bool>) {
+    /// Serves the session until the connection closes; `Some` when it became a media
+    /// transfer instead (everything the session sent is flushed by then).
+    async fn run(
+        mut self,
+        mut inbound: Inbound,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Option<Handover> {
         let mut decoder = FrameDecoder::new(self.session.max_frame() as usize);
         // Only byte streams need one; allocated on their first read.
         let mut buf = Vec::new();
@@ -348,7 +377,30 @@ impl Driver {
                 self.session.handle_overflow();
             }
         }
+        if let Some(owner) = self.transfer.take() {
+            let out = std::mem::take(&mut self.outbuf);
+            let writer = &mut self.writer;
+            let flushed = tokio::time::timeout(CLOSE_FLUSH, async move {
+                writer.write_all(&out).await.is_ok() && writer.flush().await.is_ok()
+            })
+            .await;
+            if flushed == Ok(true) && !self.write_failed {
+                decoder.set_max_frame(crate::media::transfer::MAX_TRANSFER_FRAME);
+                let reader: Box<dyn AsyncRead + Send + Unpin> = match inbound {
+                    Inbound::Quic(r) => Box::new(r),
+                    Inbound::Stream(r) => r,
+                };
+                return Some(Handover {
+                    owner,
+                    reader,
+                    writer: self.writer,
+                    decoder,
+                });
+            }
+            return None;
+        }
         self.finish().await;
+        None
     }
 
     /// Executes queued actions; true when the session asked to close.
@@ -357,6 +409,13 @@ impl Driver {
             match action {
                 Action::Send(frame) => self.write(&frame),
                 Action::Close => return true,
+                Action::BecomeTransfer { user, device } => {
+                    self.transfer = Some(crate::media::streams::Owner {
+                        user,
+                        device: device.0,
+                    });
+                    return true;
+                }
                 Action::LookupDevice { user, device } => {
                     let store = &self.shared.store;
                     let lookup = match (store.device_key(&user, device), store.user(&user)) {

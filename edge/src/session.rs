@@ -93,6 +93,14 @@ pub struct SessionConfig {
 pub enum Action {
     /// Write this frame to the client.
     Send(Frame),
+    /// The connection authenticated with `TransferLogin`: after the frames sent so far, it
+    /// carries one media transfer of this device, outside the session.
+    BecomeTransfer {
+        /// User name.
+        user: String,
+        /// Device id.
+        device: DeviceId,
+    },
     /// Look up the stored key of a device; answer with `handle_device_key`.
     LookupDevice {
         /// User name.
@@ -287,7 +295,11 @@ enum Phase {
         device: DeviceId,
         /// For `Login`: the signature to verify once the key is known.
         signature: Option<[u8; 64]>,
+        /// A `TransferLogin`: the connection becomes one media transfer.
+        transfer: bool,
     },
+    /// Handed over to a media transfer; the session takes no more frames.
+    Transfer,
     Active {
         user: String,
         device: DeviceId,
@@ -652,6 +664,23 @@ impl Session {
                     user: l.user.clone(),
                     device: l.device,
                     signature: Some(l.signature),
+                    transfer: false,
+                };
+                self.actions.push_back(Action::LookupDevice {
+                    user: l.user,
+                    device: l.device,
+                });
+            }
+            (Phase::AwaitAuth, Frame::TransferLogin(l)) => {
+                if validate_user_name(&l.user).is_err() {
+                    self.fail(ErrorCode::AuthFailed, "unknown device");
+                    return;
+                }
+                self.phase = Phase::Authenticating {
+                    user: l.user.clone(),
+                    device: l.device,
+                    signature: Some(l.signature),
+                    transfer: true,
                 };
                 self.actions.push_back(Action::LookupDevice {
                     user: l.user,
@@ -678,6 +707,7 @@ impl Session {
                     user: r.user.clone(),
                     device: r.device,
                     signature: None,
+                    transfer: false,
                 };
                 self.device_key = Some(r.device_key);
                 self.actions.push_back(Action::Register {
@@ -702,6 +732,7 @@ impl Session {
                     user: l.user.clone(),
                     device: DeviceId(0),
                     signature: None,
+                    transfer: false,
                 };
                 self.device_key = Some(l.device_key);
                 self.actions.push_back(Action::LinkDevice {
@@ -872,6 +903,7 @@ impl Session {
             user,
             device,
             signature: Some(sig),
+            transfer,
         } = self.phase.clone()
         else {
             return;
@@ -883,6 +915,15 @@ impl Session {
                     self.fail(ErrorCode::AuthFailed, "login signature does not verify");
                 } else if disabled {
                     self.fail(ErrorCode::AccountDisabled, "account disabled");
+                } else if transfer {
+                    self.phase = Phase::Transfer;
+                    self.send(Welcome {
+                        user: user.clone(),
+                        device,
+                        server_time_ms: now_ms,
+                    });
+                    self.actions
+                        .push_back(Action::BecomeTransfer { user, device });
                 } else {
                     self.activate(user, device, now_ms);
                 }
@@ -898,6 +939,7 @@ impl Session {
             user,
             device,
             signature: None,
+            ..
         } = self.phase.clone()
         else {
             return;
@@ -1488,6 +1530,7 @@ fn phase_name(p: &Phase) -> &'static str {
         Phase::AwaitAuth => "await-auth",
         Phase::Authenticating { .. } => "authenticating",
         Phase::Active { .. } => "active",
+        Phase::Transfer => "transfer",
         Phase::Closed => "closed",
     }
 }

@@ -180,3 +180,73 @@ async fn size_quota_and_hash_refusals_are_typed() {
         Some(ErrorCode::UnknownMedia)
     );
 }
+
+/// Over the TCP+TLS fallback each transfer gets a TLS connection of its own (logged in with
+/// `TransferLogin`, the device's session untouched): uploads resume after a drop, and a
+/// TCP client downloads what a QUIC client uploaded and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_work_and_resume_over_the_tcp_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start(dir.path(), &[]);
+    let tcp_user = |name: &'static str| {
+        let identity = Identity::generate(name, DeviceId(1));
+        let mut cfg = ClientConfig::new(edge.quic, edge.ca_pem(), identity);
+        cfg.force_tcp = true;
+        cfg
+    };
+    let alice_cfg = tcp_user("alice");
+    missive_client::register(&alice_cfg, None).await.unwrap();
+    let (alice, mut alice_events) = Client::connect(alice_cfg).await.unwrap();
+    let bob = user_on(&edge, "bob", None).await;
+
+    let file = random_file(&dir.path().join("tcp.bin"), 12 << 20, 3);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (a, d, total) = (alice.clone(), dropped.clone(), file.size);
+    let report = alice
+        .upload_blob(&file, 2, move |p: Progress| {
+            if p.done * 2 >= total && !d.swap(true, Ordering::SeqCst) {
+                a.reconnect().unwrap();
+            }
+        })
+        .await
+        .unwrap();
+    assert!(dropped.load(Ordering::SeqCst));
+    assert!(report.connections >= 2, "{report:?}");
+    assert_eq!(
+        edge.metric("missive_media_bytes_received_total") as u64,
+        file.size,
+        "the edge wrote some bytes twice"
+    );
+    let out = dir.path().join("via-quic.bin");
+    bob.download_blob(file.blob, file.size, &out, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&file.path).unwrap()
+    );
+
+    // bob (QUIC) uploads; alice downloads over TCP.
+    let back = random_file(&dir.path().join("back.bin"), 3 << 20, 4);
+    bob.upload_blob(&back, 2, |_| {}).await.unwrap();
+    let out = dir.path().join("via-tcp.bin");
+    alice
+        .download_blob(back.blob, back.size, &out, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(&back.path).unwrap()
+    );
+    // The transfers left alice's session alone: still connected over TCP, no replacement.
+    let mut seen = Vec::new();
+    while let Some(e) = alice_events.try_next() {
+        seen.push(e);
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, missive_client::Event::Disconnected { reason } if reason.contains("another connection"))),
+        "{seen:?}"
+    );
+}

@@ -156,6 +156,12 @@ impl FrameDecoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Changes the largest payload accepted from now on (a connection that becomes a media
+    /// transfer takes larger frames than chat); capped at [`HARD_MAX_FRAME`].
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.min(HARD_MAX_FRAME);
+    }
+
     /// Bytes buffered but not yet consumed as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
@@ -425,6 +431,12 @@ mod tests {
             .into(),
             MediaSignUrl {
                 blob: crate::BlobId([7; 32]),
+            }
+            .into(),
+            TransferLogin {
+                user: "alice".into(),
+                device: DeviceId(2),
+                signature: [5; 64],
             }
             .into(),
             MediaUrl {

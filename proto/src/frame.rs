@@ -123,6 +123,9 @@ frames! {
     27 => MediaDownload,
     /// Ask for a signed HTTPS URL of a blob.
     28 => MediaSignUrl,
+    /// Authenticate a connection that carries one media transfer (the TCP+TLS fallback's
+    /// transfer stream): like `Login`, but the device's session stays where it is.
+    30 => TransferLogin,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -218,6 +221,20 @@ pub struct Register {
 /// Client → server: log in as a registered device.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Login {
+    /// User name.
+    pub user: String,
+    /// Device id.
+    pub device: DeviceId,
+    /// Ed25519 signature over `login_transcript(challenge, exporter, user, device)`.
+    pub signature: [u8; 64],
+}
+
+/// Client → server, instead of `Login` on a connection of its own: authenticate it for one
+/// media transfer. Answered `Welcome`; the connection then carries the transfer's frames
+/// exactly as a QUIC transfer stream does, and closes when it is done. The device's session
+/// on its control connection is not touched.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TransferLogin {
     /// User name.
     pub user: String,
     /// Device id.

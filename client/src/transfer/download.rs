@@ -1,6 +1,5 @@
 //! Downloads of a blob's ciphertext into a file, resumed from what the file holds.
 
-use super::stream::TransferStream;
 use super::{Links, Progress};
 use crate::ClientError;
 use missive_proto::{BlobId, ByteRange, Frame, MediaDownload};
@@ -17,7 +16,7 @@ pub(crate) async fn download(
     out: &Path,
     progress: Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> Result<(), ClientError> {
-    let mut failed: Option<quinn::Connection> = None;
+    let mut failed: Option<super::Opener> = None;
     loop {
         let have = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
         if have > size {
@@ -42,14 +41,14 @@ pub(crate) async fn download(
 }
 
 async fn attempt(
-    conn: &quinn::Connection,
+    conn: &super::Opener,
     blob: BlobId,
     from: u64,
     size: u64,
     out: &Path,
     progress: &Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> Result<(), ClientError> {
-    let mut stream = TransferStream::open(conn).await?;
+    let mut stream = conn.open().await?;
     stream
         .send(
             &MediaDownload {

@@ -6,11 +6,22 @@ use missive_proto::{encode_to_vec, Frame, FrameDecoder};
 /// Largest frame read from a transfer stream (a 1 MiB chunk and its header).
 const MAX_FRAME: usize = 1024 * 1024 + 1024;
 
-/// One bidirectional transfer stream.
-pub(crate) struct TransferStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
+/// One transfer: a QUIC stream of the logged-in connection, or (over the TCP+TLS fallback)
+/// a TLS connection of its own that logged in for this transfer only.
+pub(crate) enum TransferStream {
+    Quic {
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        decoder: FrameDecoder,
+    },
+    Tcp {
+        reader: crate::frame_io::FrameReader,
+        writer: Option<crate::frame_io::FrameWriter>,
+        /// Keeps the connection open; dropped with the stream.
+        _closer: crate::transport::TransportCloser,
+        /// See [`super::TcpTransfers::lost`].
+        lost: tokio::sync::watch::Receiver<bool>,
+    },
 }
 
 impl TransferStream {
@@ -20,46 +31,95 @@ impl TransferStream {
             .open_bi()
             .await
             .map_err(|e| ClientError::ConnectionClosed(e.to_string()))?;
-        Ok(Self {
+        Ok(Self::Quic {
             send,
             recv,
             decoder: FrameDecoder::new(MAX_FRAME),
         })
     }
 
+    /// Connects over TCP+TLS and logs in for one transfer.
+    pub(crate) async fn open_tcp(via: &super::TcpTransfers) -> Result<Self, ClientError> {
+        let live = crate::connection::establish(
+            &via.transport,
+            &via.identity,
+            crate::login::LoginMode::Transfer,
+            &via.client_name,
+        )
+        .await
+        .map_err(|e| match e {
+            e if e.is_fatal() => e,
+            e => ClientError::ConnectionClosed(e.to_string()),
+        })?;
+        Ok(Self::Tcp {
+            reader: live.reader,
+            writer: Some(live.writer),
+            _closer: live.closer,
+            lost: via.lost.clone(),
+        })
+    }
+
     /// Sends `frame`.
     pub(crate) async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
-        let bytes = encode_to_vec(frame)?;
-        self.send
-            .write_all(&bytes)
-            .await
-            .map_err(|e| ClientError::ConnectionClosed(e.to_string()))
+        match self {
+            Self::Quic { send, .. } => {
+                let bytes = encode_to_vec(frame)?;
+                send.write_all(&bytes)
+                    .await
+                    .map_err(|e| ClientError::ConnectionClosed(e.to_string()))
+            }
+            Self::Tcp { writer, .. } => writer
+                .as_ref()
+                .ok_or_else(|| ClientError::ConnectionClosed("transfer finished".into()))?
+                .send(frame)
+                .map_err(|e| ClientError::ConnectionClosed(e.to_string())),
+        }
     }
 
     /// The next frame; `None` when the edge finished the stream. A `RequestRefused` comes
     /// back as [`ClientError::MediaRefused`].
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>, ClientError> {
-        loop {
-            match self.decoder.next_frame()? {
-                Some(Frame::RequestRefused(r)) => {
-                    return Err(ClientError::MediaRefused {
-                        code: r.code,
-                        message: r.message,
-                    })
+        let frame = match self {
+            Self::Quic { recv, decoder, .. } => loop {
+                if let Some(f) = decoder.next_frame()? {
+                    break Some(f);
                 }
-                Some(f) => return Ok(Some(f)),
-                None => {}
-            }
-            match self.recv.read_chunk(256 * 1024, true).await {
-                Ok(Some(chunk)) => self.decoder.feed(&chunk.bytes),
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(ClientError::ConnectionClosed(e.to_string())),
-            }
+                match recv.read_chunk(256 * 1024, true).await {
+                    Ok(Some(chunk)) => decoder.feed(&chunk.bytes),
+                    Ok(None) => break None,
+                    Err(e) => return Err(ClientError::ConnectionClosed(e.to_string())),
+                }
+            },
+            Self::Tcp { reader, lost, .. } => tokio::select! {
+                r = reader.next() => r.map_err(|e| ClientError::ConnectionClosed(e.to_string()))?,
+                _ = lost.wait_for(|l| *l) => {
+                    return Err(ClientError::ConnectionClosed(
+                        "the connection it came with was lost".into(),
+                    ))
+                }
+            },
+        };
+        match frame {
+            Some(Frame::RequestRefused(r)) => Err(ClientError::MediaRefused {
+                code: r.code,
+                message: r.message,
+            }),
+            other => Ok(other),
         }
     }
 
     /// Finishes the sending side.
     pub(crate) fn finish(&mut self) {
-        let _ = self.send.finish();
+        match self {
+            Self::Quic { send, .. } => {
+                let _ = send.finish();
+            }
+            Self::Tcp { writer, .. } => {
+                // Frames already queued still go out; the edge ends the connection.
+                if let Some(w) = writer.take() {
+                    tokio::spawn(w.shutdown());
+                }
+            }
+        }
     }
 }

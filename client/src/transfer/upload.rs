@@ -51,7 +51,7 @@ pub(crate) async fn upload(
     progress: Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> Result<UploadReport, ClientError> {
     let mut report = UploadReport::default();
-    let mut failed: Option<quinn::Connection> = None;
+    let mut failed: Option<super::Opener> = None;
     let sent = Arc::new(AtomicU64::new(0));
     loop {
         let conn = links.connection(failed.as_ref()).await?;
@@ -123,7 +123,7 @@ impl Shared {
 
 /// One try on one connection; returns the bytes the edge held when it started.
 async fn attempt(
-    conn: &quinn::Connection,
+    conn: &super::Opener,
     src: &UploadSource,
     parallel: usize,
     progress: &Arc<dyn Fn(Progress) + Send + Sync>,
@@ -135,7 +135,7 @@ async fn attempt(
         downloads: src.downloads,
     }
     .into();
-    let mut first = TransferStream::open(conn).await?;
+    let mut first = conn.open().await?;
     first.send(&open).await?;
     let state = match first.next().await? {
         Some(Frame::MediaUploadState(s)) => s,
@@ -181,7 +181,7 @@ async fn attempt(
                     {
                         return Ok(());
                     }
-                    let mut s = TransferStream::open(&conn).await?;
+                    let mut s = conn.open().await?;
                     s.send(&open).await?;
                     match s.next().await? {
                         Some(Frame::MediaUploadState(st)) if st.complete => {

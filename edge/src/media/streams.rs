@@ -1,5 +1,6 @@
-//! The I/O around [`Transfer`]: accepts a logged-in QUIC connection's transfer streams and
-//! runs each through its machine, with the media service doing the work.
+//! The I/O around [`Transfer`]: accepts a logged-in QUIC connection's transfer streams, and
+//! runs each (or a TCP+TLS connection that logged in for one transfer) through its machine,
+//! with the media service doing the work.
 
 use super::service::MediaService;
 use super::transfer::{Effect, Transfer, MAX_TRANSFER_FRAME};
@@ -7,6 +8,7 @@ use crate::budget::{Rate, TokenBucket};
 use missive_proto::{encode_to_vec, ErrorCode, Frame, FrameDecoder, MediaData, RequestRefused};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bytes per `MediaData` frame of a download.
 const DOWNLOAD_FRAME: usize = 256 * 1024;
@@ -54,20 +56,33 @@ pub async fn accept(
             });
             continue;
         }
-        tokio::spawn(serve_stream(send, recv, media.clone(), owner.clone()));
+        tokio::spawn(serve_transfer(
+            Box::new(recv),
+            Box::new(send),
+            FrameDecoder::new(MAX_TRANSFER_FRAME),
+            media.clone(),
+            owner.clone(),
+        ));
     }
 }
 
-/// Runs one transfer stream to its end. Errors only end this stream.
-async fn serve_stream(
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+/// The reading side of a transfer (a QUIC stream, or a TLS stream's read half).
+pub type TransferReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing side of a transfer.
+pub type TransferWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Runs one transfer to its end; `decoder` may hold bytes read already. Errors only end
+/// this transfer. Finishing shuts the writing side down (a QUIC stream's FIN).
+pub async fn serve_transfer(
+    mut recv: TransferReader,
+    mut send: TransferWriter,
+    mut decoder: FrameDecoder,
     media: Arc<MediaService>,
     owner: Arc<Owner>,
 ) {
     let mut machine = Transfer::new();
-    let mut decoder = FrameDecoder::new(MAX_TRANSFER_FRAME);
     let mut effects = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         for effect in std::mem::take(&mut effects) {
             let more = match effect {
@@ -91,7 +106,7 @@ async fn serve_stream(
                 }
                 Effect::Send { blob, range } => {
                     send_range(&mut send, &media, &owner, blob, range).await;
-                    let _ = send.finish();
+                    let _ = send.shutdown().await;
                     return;
                 }
                 Effect::Sign(blob) => {
@@ -100,12 +115,11 @@ async fn serve_stream(
                         Err(code) => RequestRefused::new(0, code, "no signed URL for that").into(),
                     };
                     let _ = write(&mut send, &frame).await;
-                    let _ = send.finish();
+                    let _ = send.shutdown().await;
                     return;
                 }
                 Effect::Finish => {
-                    let _ = send.finish();
-                    let _ = recv.stop(0u32.into());
+                    let _ = send.shutdown().await;
                     return;
                 }
             };
@@ -115,7 +129,7 @@ async fn serve_stream(
             continue;
         }
         if machine.is_done() {
-            let _ = send.finish();
+            let _ = send.shutdown().await;
             return;
         }
         match decoder.next_frame() {
@@ -127,7 +141,7 @@ async fn serve_stream(
             Err(e) => {
                 let refusal: Frame = RequestRefused::new(0, e.code(), e.to_string()).into();
                 let _ = write(&mut send, &refusal).await;
-                let _ = send.finish();
+                let _ = send.shutdown().await;
                 return;
             }
         }
@@ -136,15 +150,15 @@ async fn serve_stream(
         } else {
             STREAM_IDLE
         };
-        match tokio::time::timeout(wait, recv.read_chunk(64 * 1024, true)).await {
-            Ok(Ok(Some(chunk))) => decoder.feed(&chunk.bytes),
+        match tokio::time::timeout(wait, recv.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => decoder.feed(&buf[..n]),
             // Closed, reset, or silent for too long: the transfer is left to resume later.
             _ => return,
         }
     }
 }
 
-async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), ()> {
+async fn write(send: &mut TransferWriter, frame: &Frame) -> Result<(), ()> {
     let bytes = encode_to_vec(frame).map_err(|_| ())?;
     send.write_all(&bytes).await.map_err(|_| ())
 }
@@ -152,7 +166,7 @@ async fn write(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), ()> {
 /// Sends `range` of `blob` as `MediaData` frames (or a refusal); a download that reaches the
 /// blob's last byte counts as this device's.
 async fn send_range(
-    send: &mut quinn::SendStream,
+    send: &mut TransferWriter,
     media: &Arc<MediaService>,
     owner: &Owner,
     blob: missive_proto::BlobId,
