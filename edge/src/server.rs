@@ -18,6 +18,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// `net.core.rmem_max`/`wmem_max`; `systemd/` ships a sysctl drop-in raising those.
 const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
+/// Bytes a client may send on one stream ahead of the edge reading them: a chat frame is
+/// far smaller; a media chunk (up to 1 MiB) should not wait on window updates.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+
 /// Media transfer streams one QUIC connection may have open at once (a client uploads a
 /// file on a few in parallel).
 const TRANSFER_STREAMS: u32 = 8;
@@ -336,7 +340,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     transport.datagram_receive_buffer_size(None);
     // Bounded per-connection windows: a chat connection never needs quinn's multi-megabyte
     // defaults, and they bound what one slow peer can make us buffer.
-    transport.stream_receive_window((256u32 * 1024).into());
+    transport.stream_receive_window(STREAM_WINDOW.into());
     transport.receive_window((512u32 * 1024).into());
     transport.send_window(512 * 1024);
     // Ask clients to acknowledge every 11th ack-eliciting packet (or after their 25 ms ACK

@@ -62,14 +62,16 @@ impl Header {
 
 /// Appends the encoded `frame` (header and payload) to `out`.
 ///
-/// Payloads above [`COMPRESS_THRESHOLD`] are zstd-compressed when that saves bytes.
+/// Payloads above [`COMPRESS_THRESHOLD`] are zstd-compressed when that saves bytes, except
+/// media bytes: encrypted, they never shrink, and trying costs more CPU than the transfer.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
     let archived = frame
         .archive()
         .map_err(|e| ProtoError::Encode(e.to_string()))?;
     let mut flags = 0u8;
     let compressed;
-    let payload: &[u8] = if archived.len() > COMPRESS_THRESHOLD {
+    let ciphertext = matches!(frame, Frame::MediaChunk(_) | Frame::MediaData(_));
+    let payload: &[u8] = if archived.len() > COMPRESS_THRESHOLD && !ciphertext {
         compressed = zstd::bulk::compress(&archived, ZSTD_LEVEL)
             .map_err(|e| ProtoError::Encode(e.to_string()))?;
         if compressed.len() < archived.len() {

@@ -16,6 +16,8 @@ const DOWNLOAD_FRAME: usize = 256 * 1024;
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a stream may go without a frame while an upload is open.
 const STREAM_IDLE: Duration = Duration::from_secs(120);
+/// Connection-level flow-control window of a connection once it transfers media.
+const TRANSFER_WINDOW: u32 = 8 * 1024 * 1024;
 /// Burst of transfers a connection may open at once.
 const TRANSFER_BURST: u32 = 32;
 
@@ -39,11 +41,19 @@ pub async fn accept(
         return;
     };
     let owner = Arc::new(owner);
+    let mut widened = false;
     let mut budget = TokenBucket::new(
         Rate::per_minute(transfers_per_min, TRANSFER_BURST),
         Instant::now(),
     );
     while let Ok((mut send, recv)) = conn.accept_bi().await {
+        if !widened {
+            // Chat needs small windows (they bound what a peer can make the edge buffer);
+            // a connection that transfers media gets room for several chunks in flight.
+            conn.set_receive_window(TRANSFER_WINDOW.into());
+            conn.set_send_window(u64::from(TRANSFER_WINDOW));
+            widened = true;
+        }
         if !budget.try_take(Instant::now(), 1.0) {
             let refusal: Frame =
                 RequestRefused::new(0, ErrorCode::RateLimited, "too many transfers; slow down")
