@@ -6,7 +6,8 @@
 //! - a `send-file` killed (SIGKILL) mid-upload and run again resumes: the edge wrote each
 //!   byte once, and the second run says it resumed;
 //! - a blob tampered with or truncated on the edge's disk is refused by the receiving
-//!   client, which leaves no file behind.
+//!   client, which leaves no file behind;
+//! - `send-file --group ID` reaches the group's members.
 
 mod common;
 
@@ -181,4 +182,22 @@ fn send_file_fetch_resume_and_refuse_bad_blobs() {
     assert_eq!(of_type(&got, "media").len(), 1, "{got:?}");
     ok(&bob, &["fetch", &id2, "--out", fetched.to_str().unwrap()]);
     assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&second).unwrap());
+
+    // 4. To a group: the member's recv shows it with the group's id, and fetch works.
+    let group = ok(&alice, &["group", "create", "trip"]).trim().to_owned();
+    ok(&alice, &["group", "add", &group, "bob"]);
+    let photo = dir.path().join("photo.bin");
+    std::fs::write(&photo, random_bytes(300_000, 11)).unwrap();
+    let out = ok(
+        &alice,
+        &["send-file", "--group", &group, photo.to_str().unwrap()],
+    );
+    let id3 = out.split_whitespace().nth(1).unwrap().to_owned();
+    let got = recv(&bob, "3");
+    let media = of_type(&got, "media");
+    assert_eq!(media.len(), 1, "{got:?}");
+    assert_eq!(media[0]["group"].to_string(), group, "{got:?}");
+    let fetched = dir.path().join("photo-fetched.bin");
+    ok(&bob, &["fetch", &id3, "--out", fetched.to_str().unwrap()]);
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&photo).unwrap());
 }
