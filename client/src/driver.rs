@@ -265,8 +265,8 @@ impl Driver {
         if let Some(links) = &self.links {
             let link = match closer.quic_connection() {
                 Some(c) => crate::transfer::Link::Quic(c),
-                None => crate::transfer::Link::Tcp(std::sync::Arc::new(
-                    crate::transfer::TcpTransfers {
+                None => {
+                    crate::transfer::Link::Tcp(std::sync::Arc::new(crate::transfer::TcpTransfers {
                         transport: crate::transport::TransportConfig {
                             force_tcp: true,
                             ..self.transport.clone()
@@ -274,8 +274,8 @@ impl Driver {
                         identity: self.identity.clone(),
                         client_name: self.client_name.clone(),
                         lost: lost_rx,
-                    },
-                )),
+                    }))
+                }
             };
             links.send_replace(link);
         }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const MIN_CHUNK: u64 = 64 * 1024;
 const MAX_CHUNK: u64 = 1024 * 1024;
 const FIRST_CHUNK: u64 = 256 * 1024;
+/// Chunks a stream has sent and not yet had acknowledged.
+const IN_FLIGHT: usize = 2;
 /// A chunk acknowledged faster than this doubles the next; slower than `SLOW` halves it.
 const FAST: Duration = Duration::from_millis(100);
 const SLOW: Duration = Duration::from_millis(500);
@@ -225,7 +227,8 @@ async fn attempt(
     }
 }
 
-/// Sends chunks from the shared queue on `stream`, one at a time, until none is left.
+/// Sends chunks from the shared queue on `stream`, [`IN_FLIGHT`] at a time (the next goes
+/// out while the edge writes the last), until none is left.
 async fn worker(
     stream: &mut TransferStream,
     shared: &Shared,
@@ -235,27 +238,38 @@ async fn worker(
     sent: &AtomicU64,
 ) -> Result<(), ClientError> {
     let mut chunk_size = FIRST_CHUNK;
-    while let Some(range) = shared.take(chunk_size) {
-        let len = (range.end - range.start) as usize;
-        let f = file.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, range.start).map(|_| buf)
-        })
-        .await
-        .map_err(|e| ClientError::InvalidInput(format!("reading the file: {e}")))??;
-        let started = Instant::now();
-        stream
-            .send(
-                &MediaChunk {
-                    offset: range.start,
-                    bytes,
-                }
-                .into(),
-            )
-            .await?;
-        sent.fetch_add(len as u64, Ordering::Relaxed);
+    let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut drained = false;
+    loop {
+        while !drained && in_flight.len() < IN_FLIGHT {
+            let Some(range) = shared.take(chunk_size) else {
+                drained = true;
+                break;
+            };
+            let len = (range.end - range.start) as usize;
+            let f = file.clone();
+            let bytes = tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                f.read_exact_at(&mut buf, range.start).map(|_| buf)
+            })
+            .await
+            .map_err(|e| ClientError::InvalidInput(format!("reading the file: {e}")))??;
+            in_flight.push_back(Instant::now());
+            stream
+                .send(
+                    &MediaChunk {
+                        offset: range.start,
+                        bytes,
+                    }
+                    .into(),
+                )
+                .await?;
+            sent.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        let Some(started) = in_flight.pop_front() else {
+            break;
+        };
         match stream.next().await? {
             Some(Frame::MediaChunkAck(ack)) => {
                 let done = shared
@@ -282,7 +296,9 @@ async fn worker(
             Some(other) => return Err(unexpected(&other)),
             None => return Err(ClientError::ConnectionClosed("upload stream ended".into())),
         }
-        let took = started.elapsed();
+        // A chunk's time from its send to its ack, with one before it in flight: twice what
+        // it takes alone.
+        let took = started.elapsed() / IN_FLIGHT as u32;
         if took < FAST {
             chunk_size = (chunk_size * 2).min(MAX_CHUNK);
         } else if took > SLOW {
