@@ -447,6 +447,18 @@ mod tests {
                 expires_at_secs: 9,
             }
             .into(),
+            TurnCredentialsRequest { request_id: 12 }.into(),
+            TurnCredentials {
+                request_id: 12,
+                username: "1700003600:alice".into(),
+                password: "bUIJIVaC05oyFgKsQvKAparqg1Q=".into(),
+                ttl_secs: 3600,
+                urls: vec![
+                    "stun:127.0.0.1:3478".into(),
+                    "turn:127.0.0.1:3478?transport=udp".into(),
+                ],
+            }
+            .into(),
             Deliver {
                 seq: ServerSeq(7),
                 from: "alice".into(),

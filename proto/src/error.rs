@@ -86,6 +86,9 @@ pub enum ErrorCode {
     UnknownMedia = 34,
     /// A media upload's bytes do not hash to its name; what was held is dropped, send again.
     MediaHashMismatch = 35,
+    /// The server runs no STUN/TURN relay (it is off in its configuration): a call has to do
+    /// without relayed candidates.
+    RelayUnavailable = 36,
 }
 
 impl ErrorCode {
@@ -128,6 +131,7 @@ impl ErrorCode {
             33 => MediaQuotaExceeded,
             34 => UnknownMedia,
             35 => MediaHashMismatch,
+            36 => RelayUnavailable,
             _ => return None,
         })
     }
@@ -176,6 +180,7 @@ impl ErrorCode {
             MediaQuotaExceeded => "media_quota_exceeded",
             UnknownMedia => "unknown_media",
             MediaHashMismatch => "media_hash_mismatch",
+            RelayUnavailable => "relay_unavailable",
         }
     }
 }

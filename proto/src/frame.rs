@@ -12,6 +12,7 @@ pub use crate::media::{
 };
 use crate::story::StoryMessage;
 pub use crate::story::{ListStories, StoryList, StoryPost, StoryView, StoryViewed};
+pub use crate::turn::{TurnCredentials, TurnCredentialsRequest};
 use rkyv::{Archive, Deserialize, Serialize};
 
 macro_rules! frames {
@@ -123,6 +124,8 @@ frames! {
     27 => MediaDownload,
     /// Ask for a signed HTTPS URL of a blob.
     28 => MediaSignUrl,
+    /// Ask for short-lived credentials for the edge's STUN/TURN relay.
+    29 => TurnCredentialsRequest,
     /// Authenticate a connection that carries one media transfer (the TCP+TLS fallback's
     /// transfer stream): like `Login`, but the device's session stays where it is.
     30 => TransferLogin,
@@ -179,6 +182,8 @@ frames! {
     88 => MediaData,
     /// Answer to `MediaSignUrl`.
     89 => MediaUrl,
+    /// Answer to `TurnCredentialsRequest`.
+    90 => TurnCredentials,
 }
 
 /// Client → server, first frame on every connection.

@@ -22,6 +22,7 @@ pub mod group;
 pub mod ids;
 pub mod media;
 pub mod story;
+pub mod turn;
 
 pub use codec::{
     decode_payload, encode, encode_to_vec, FrameDecoder, Header, COMPRESS_THRESHOLD, FLAG_ZSTD,
