@@ -3,7 +3,7 @@
 
 use missive_storage::Engine;
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +79,8 @@ pub struct Config {
     pub stories: StoriesConfig,
     /// Media uploads and downloads.
     pub media: MediaConfig,
+    /// The STUN/TURN relay for calls.
+    pub relay: RelayConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// Push notifications for offline devices.
@@ -301,6 +303,215 @@ impl MediaConfig {
     }
 }
 
+/// The STUN/TURN relay (`missive-relay`) the edge runs for calls, and the credentials it
+/// hands to logged-in clients. The relay's own keys keep the names and defaults of
+/// [`missive_relay::RelayConfig`], which documents why each default is what it is.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// UDP address answering STUN and TURN, e.g. `"0.0.0.0:3478"` (3478 is the IANA port,
+    /// so ICE URLs need no port). Default off (unset or `""`): a relay must advertise an
+    /// address its peers can reach, which the edge cannot guess behind a wildcard bind, and
+    /// it opens a port range to the Internet; both are the operator's decision, as for
+    /// `media.listen`. Clients then get `RelayUnavailable` when they ask for credentials.
+    pub listen: Option<String>,
+    /// Address the relay sockets bind and advertise (XOR-RELAYED-ADDRESS). Default: the
+    /// `listen` IP; required when `listen` is `0.0.0.0` or `::`.
+    pub relay_ip: Option<IpAddr>,
+    /// Host name or IP put in the ICE URLs handed to clients. Default: `relay_ip`, else the
+    /// `listen` IP.
+    pub public_host: Option<String>,
+    /// Lowest relay port. Default 49152 (start of the dynamic range, RFC 6335).
+    pub min_port: u16,
+    /// Highest relay port (inclusive). Default 65535. Open `min_port..=max_port` (UDP) in
+    /// the firewall; the range bounds concurrent allocations.
+    pub max_port: u16,
+    /// File holding the REST shared secret (coturn's `static-auth-secret`), read at start
+    /// and again on SIGHUP (credentials minted before keep working until they expire). One
+    /// line of text; surrounding whitespace is ignored. Default unset: a random secret is
+    /// made in `<data_dir>/turn-secret` (mode 0600) on first start and kept.
+    pub secret_file: Option<PathBuf>,
+    /// Seconds the credentials handed to a client stay valid. Default 3600: longer than
+    /// most calls (an allocation outlives them only while refreshed), short enough that a
+    /// leaked pair is soon useless. 60..=86400. Reloadable.
+    pub credential_ttl_secs: u64,
+    /// Credential requests one connection may make per minute, in bursts of 10. Default 30:
+    /// a client asks once per call (and again before the TTL runs out). Reloadable.
+    pub credential_requests_per_min: u32,
+    /// REALM of the long-term credentials. Default `missive`.
+    pub realm: String,
+    /// Allocation lifetime (seconds) when the client asks for none or less. Default 600.
+    pub default_lifetime_secs: u64,
+    /// Longest allocation lifetime (seconds); longer requests are clamped. Default 3600.
+    pub max_lifetime_secs: u64,
+    /// Seconds a nonce stays valid (438 after). Default 600.
+    pub nonce_lifetime_secs: u64,
+    /// Allocations one user may hold at once (486 past it). Default 10.
+    pub max_allocations_per_user: usize,
+    /// Allocations the relay holds at once (508 past it). Default 10000.
+    pub max_allocations: usize,
+    /// Relayed payload bytes per second per allocation, both directions (0: no limit).
+    /// Default 1250000 (10 Mbit/s).
+    pub max_bytes_per_sec: u64,
+    /// Relayed packets per second per allocation, both directions (0: no limit). Default 2000.
+    pub max_packets_per_sec: u64,
+    /// Let peers be loopback addresses. Default false (a relay into its own host is an open
+    /// door); tests turn it on.
+    pub allow_loopback_peers: bool,
+    /// Peer ranges allowed although private or link-local, e.g. `["10.1.0.0/16"]`.
+    /// Default empty.
+    pub allow_peers: Vec<missive_relay::peer_policy::IpRange>,
+    /// Further peer ranges refused (403): the edge's own addresses, a cloud metadata
+    /// endpoint. Default empty.
+    pub deny_peers: Vec<missive_relay::peer_policy::IpRange>,
+    /// How large (percent of the request) a minimized 401/438 challenge may be. Default 200;
+    /// 100 is strict (see `missive-relay`'s docs for why not by default).
+    pub challenge_amplification_percent: u16,
+    /// Receive and send buffer asked for the listening socket. Default 4 MiB.
+    pub socket_buffer_bytes: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        // The relay crate's defaults, so the two cannot drift apart.
+        let r = missive_relay::RelayConfig::default();
+        Self {
+            listen: None,
+            relay_ip: r.relay_ip,
+            public_host: None,
+            min_port: r.min_port,
+            max_port: r.max_port,
+            secret_file: None,
+            credential_ttl_secs: 3600,
+            credential_requests_per_min: 30,
+            realm: r.realm,
+            default_lifetime_secs: r.default_lifetime_secs,
+            max_lifetime_secs: r.max_lifetime_secs,
+            nonce_lifetime_secs: r.nonce_lifetime_secs,
+            max_allocations_per_user: r.max_allocations_per_user,
+            max_allocations: r.max_allocations,
+            max_bytes_per_sec: r.max_bytes_per_sec,
+            max_packets_per_sec: r.max_packets_per_sec,
+            allow_loopback_peers: r.allow_loopback_peers,
+            allow_peers: r.allow_peers,
+            deny_peers: r.deny_peers,
+            challenge_amplification_percent: r.challenge_amplification_percent,
+            socket_buffer_bytes: r.socket_buffer_bytes,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The relay's listening address: `None` when it is off.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.listen.as_deref() {
+            None | Some("") => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("not an address ({e}): {s:?}")),
+        }
+    }
+
+    /// The relay crate's configuration for `listen` with `secret`.
+    pub fn relay_config(
+        &self,
+        listen: SocketAddr,
+        secret: missive_relay::Secret,
+    ) -> missive_relay::RelayConfig {
+        missive_relay::RelayConfig {
+            listen,
+            relay_ip: self.relay_ip,
+            min_port: self.min_port,
+            max_port: self.max_port,
+            realm: self.realm.clone(),
+            secret,
+            default_lifetime_secs: self.default_lifetime_secs,
+            max_lifetime_secs: self.max_lifetime_secs,
+            nonce_lifetime_secs: self.nonce_lifetime_secs,
+            max_allocations_per_user: self.max_allocations_per_user,
+            max_allocations: self.max_allocations,
+            max_bytes_per_sec: self.max_bytes_per_sec,
+            max_packets_per_sec: self.max_packets_per_sec,
+            allow_loopback_peers: self.allow_loopback_peers,
+            allow_peers: self.allow_peers.clone(),
+            deny_peers: self.deny_peers.clone(),
+            challenge_amplification_percent: self.challenge_amplification_percent,
+            socket_buffer_bytes: self.socket_buffer_bytes,
+        }
+    }
+
+    /// The host in the ICE URLs: `public_host`, else the relay address (IPv6 in brackets).
+    pub fn url_host(&self, listen: SocketAddr) -> String {
+        if let Some(h) = self.public_host.as_deref().filter(|h| !h.is_empty()) {
+            return h.to_owned();
+        }
+        match self.relay_ip.unwrap_or(listen.ip()) {
+            IpAddr::V6(ip) => format!("[{ip}]"),
+            IpAddr::V4(ip) => ip.to_string(),
+        }
+    }
+
+    /// Checks the `[relay]` keys; the first bad one is named `relay.<key>`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let listen = self.listen_addr().map_err(|e| bad("relay.listen", e))?;
+        if !(60..=86_400).contains(&self.credential_ttl_secs) {
+            return Err(bad(
+                "relay.credential_ttl_secs",
+                "must be 60..=86400".into(),
+            ));
+        }
+        if self.credential_requests_per_min == 0 {
+            return Err(bad(
+                "relay.credential_requests_per_min",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(h) = &self.public_host {
+            if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == '?') {
+                return Err(bad(
+                    "relay.public_host",
+                    format!("must be a host name or IP address, got {h:?}"),
+                ));
+            }
+        }
+        if let Some(path) = &self.secret_file {
+            if path.as_os_str().is_empty() {
+                return Err(bad(
+                    "relay.secret_file",
+                    "must not be empty (leave it unset for a generated secret)".into(),
+                ));
+            }
+        }
+        // The relay crate checks its own keys; the placeholder secret only stands in for the
+        // one read from the file at start. When the relay is off, its keys are checked
+        // against the default address so that a mistake shows before it is turned on.
+        let at = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 3478)));
+        self.relay_config(at, missive_relay::Secret::new("placeholder"))
+            .validate()
+            .map_err(|e| bad(relay_key(e.key), e.message))
+    }
+}
+
+/// `relay.<key>` for a key of the relay crate's configuration.
+fn relay_key(key: &str) -> &'static str {
+    match key {
+        "relay_ip" => "relay.relay_ip",
+        "min_port" => "relay.min_port",
+        "max_port" => "relay.max_port",
+        "realm" => "relay.realm",
+        "default_lifetime_secs" => "relay.default_lifetime_secs",
+        "max_lifetime_secs" => "relay.max_lifetime_secs",
+        "nonce_lifetime_secs" => "relay.nonce_lifetime_secs",
+        "max_allocations_per_user" => "relay.max_allocations_per_user",
+        "max_allocations" => "relay.max_allocations",
+        "challenge_amplification_percent" => "relay.challenge_amplification_percent",
+        "secret" => "relay.secret_file",
+        _ => "relay",
+    }
+}
+
 /// Registration policy values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -442,6 +653,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             groups: GroupsConfig::default(),
             media: MediaConfig::default(),
+            relay: RelayConfig::default(),
             stories: StoriesConfig::default(),
             storage: StorageConfig::default(),
             push: PushConfig::default(),
@@ -798,6 +1010,7 @@ impl Config {
         if self.push.max_attempts == 0 {
             return bad("push.max_attempts", "must be at least 1");
         }
+        self.relay.validate()?;
         if let Err(e) = self.tcp_listen_addr() {
             return bad("tcp_listen", e);
         }
@@ -996,6 +1209,46 @@ mod tests {
         );
         assert_eq!(c.storage.min_free_mb, d.storage.min_free_mb);
         assert_eq!(c.storage.mailbox_max_items, d.storage.mailbox_max_items);
+        assert_eq!(c.relay, d.relay);
+    }
+
+    #[test]
+    fn relay_is_off_by_default_and_its_keys_are_checked() {
+        let c = parse("").unwrap();
+        assert_eq!(c.relay.listen_addr().unwrap(), None);
+        assert_eq!(c.relay.credential_ttl_secs, 3600);
+        let c = parse("[relay]\nlisten = \"127.0.0.1:3478\"\n").unwrap();
+        let at = c.relay.listen_addr().unwrap().unwrap();
+        assert_eq!(c.relay.url_host(at), "127.0.0.1");
+        let c = parse("[relay]\nlisten = \"[::1]:3478\"\n").unwrap();
+        assert_eq!(c.relay.url_host("[::1]:3478".parse().unwrap()), "[::1]");
+        let c = parse(
+            "[relay]\nlisten = \"0.0.0.0:3478\"\nrelay_ip = \"192.0.2.1\"\npublic_host = \"turn.example.com\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.relay.url_host("0.0.0.0:3478".parse().unwrap()),
+            "turn.example.com"
+        );
+        for (text, key) in [
+            ("listen = \"nope\"", "relay.listen"),
+            // A wildcard bind cannot be advertised: the relay address is required.
+            ("listen = \"0.0.0.0:3478\"", "relay.relay_ip"),
+            ("min_port = 5000\nmax_port = 4000", "relay.max_port"),
+            ("credential_ttl_secs = 10", "relay.credential_ttl_secs"),
+            (
+                "credential_requests_per_min = 0",
+                "relay.credential_requests_per_min",
+            ),
+            ("public_host = \"a b\"", "relay.public_host"),
+            ("secret_file = \"\"", "relay.secret_file"),
+            ("realm = \"\"", "relay.realm"),
+        ] {
+            let e = parse(&format!("[relay]\n{text}\n")).unwrap_err();
+            assert!(e.contains(&format!("`{key}`")), "{text}: {e}");
+        }
+        let e = parse("[relay]\nsecret = \"inline\"\n").unwrap_err();
+        assert!(e.contains("secret"), "{e}");
     }
 
     #[test]

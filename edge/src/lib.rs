@@ -15,6 +15,8 @@
 //! - [`registry`]: live sessions per device and presence subscriptions;
 //! - [`session_queue`]: a session's inbox of events from the rest of the edge;
 //! - [`notifier`]: push wake-ups for offline devices;
+//! - [`turn`]: the STUN/TURN relay (`missive-relay`) for calls, and the credentials it
+//!   mints for logged-in clients; [`turn_secret`] reads or makes their shared secret;
 //! - [`admin`]: `missive-edge admin …`, served by the running edge on its admin socket
 //!   ([`admin::socket`]) or run offline on a stopped edge's data directory;
 //! - [`config`], [`tls`], [`server`]: configuration, certificates, wiring and lifecycle.
@@ -51,3 +53,5 @@ pub mod session;
 pub mod session_queue;
 pub mod shared;
 pub mod tls;
+pub mod turn;
+pub mod turn_secret;

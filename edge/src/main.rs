@@ -36,6 +36,9 @@ struct Cli {
     /// HTTPS address for signed media downloads, e.g. [::]:8443 (default off).
     #[arg(long)]
     media_listen: Option<String>,
+    /// UDP address of the STUN/TURN relay, e.g. 0.0.0.0:3478 (default off; "" turns it off).
+    #[arg(long)]
+    relay_listen: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -156,6 +159,9 @@ fn apply_flags(cli: &Cli, config: &mut Config) {
     if let Some(m) = &cli.media_listen {
         config.media.listen = Some(m.clone());
     }
+    if let Some(r) = &cli.relay_listen {
+        config.relay.listen = Some(r.clone());
+    }
     if let Some(f) = cli.log_format {
         config.log.format = f;
     }
@@ -191,9 +197,18 @@ fn apply_flags(cli: &Cli, config: &mut Config) {
 
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| EnvFilter::try_new(s).is_ok())
+        .unwrap_or_else(|| config.log.filter.clone());
+    let mut filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The STUN codec logs every malformed datagram at `warn`: a flood of garbage at the
+    // relay port would flood the log. Its errors stay; an explicit directive wins.
+    if !spec.contains("stun_types") {
+        if let Ok(quiet) = "stun_types=error".parse() {
+            filter = filter.add_directive(quiet);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

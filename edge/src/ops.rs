@@ -88,6 +88,9 @@ impl OpsState for EdgeOps {
         if let Some(media) = &self.shared.media {
             text.push_str(&media_metrics(&media.stats));
         }
+        if let Some(stats) = self.shared.turn.as_ref().and_then(|t| t.stats()) {
+            text.push_str(&relay_metrics(&stats));
+        }
         text.push_str(&process_metrics());
         text
     }
@@ -183,4 +186,95 @@ fn media_metrics(stats: &crate::media::service::MediaStats) -> String {
         ));
     }
     out
+}
+
+/// The STUN/TURN relay's counters in Prometheus text: allocations, what was relayed each
+/// way, and refusals (requests refused and datagrams dropped) by their stable reason names.
+fn relay_metrics(stats: &missive_relay::Stats) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "# HELP missive_relay_allocations_active TURN allocations held now.\n# TYPE missive_relay_allocations_active gauge\nmissive_relay_allocations_active {}\n",
+        stats.allocations_active
+    ));
+    for (name, help, value) in [
+        (
+            "missive_relay_allocations_created_total",
+            "TURN allocations created.",
+            stats.allocations_created,
+        ),
+        (
+            "missive_relay_bindings_total",
+            "STUN Binding requests answered.",
+            stats.bindings,
+        ),
+        (
+            "missive_relay_packets_to_peers_total",
+            "Datagrams relayed from clients to peers.",
+            stats.packets_to_peers,
+        ),
+        (
+            "missive_relay_bytes_to_peers_total",
+            "Payload bytes relayed from clients to peers.",
+            stats.bytes_to_peers,
+        ),
+        (
+            "missive_relay_packets_to_clients_total",
+            "Datagrams relayed from peers to clients.",
+            stats.packets_to_clients,
+        ),
+        (
+            "missive_relay_bytes_to_clients_total",
+            "Payload bytes relayed from peers to clients.",
+            stats.bytes_to_clients,
+        ),
+        (
+            "missive_relay_amplified_challenges_total",
+            "Minimized 401/438 challenges larger than their request (within challenge_amplification_percent).",
+            stats.amplified_challenges,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+        ));
+    }
+    out.push_str(
+        "# HELP missive_relay_refusals_total Relay requests refused and datagrams dropped, by reason.\n# TYPE missive_relay_refusals_total counter\n",
+    );
+    for (reason, value) in stats.refusals.by_reason() {
+        out.push_str(&format!(
+            "missive_relay_refusals_total{{reason=\"{reason}\"}} {value}\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_metrics_name_every_refusal_reason() {
+        let mut stats = missive_relay::Stats {
+            allocations_active: 2,
+            packets_to_peers: 7,
+            ..Default::default()
+        };
+        stats.refusals.unauthorized = 3;
+        let text = relay_metrics(&stats);
+        assert!(
+            text.contains("missive_relay_allocations_active 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("missive_relay_packets_to_peers_total 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("missive_relay_refusals_total{reason=\"unauthorized\"} 3\n"),
+            "{text}"
+        );
+        for (reason, _) in stats.refusals.by_reason() {
+            assert!(text.contains(&format!("reason=\"{reason}\"")), "{reason}");
+        }
+    }
 }

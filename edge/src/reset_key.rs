@@ -110,7 +110,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<RestartKeys, ResetKeyError> {
 
 /// Writes `bytes` to a temporary file (0600), fsyncs it, and renames it into place, so a crash
 /// leaves either no key file or a whole one.
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("key.partial");
     let mut f = std::fs::OpenOptions::new()

@@ -75,6 +75,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The STUN/TURN relay could not start (its secret, its configuration, its socket).
+    #[error(transparent)]
+    Turn(#[from] crate::turn::TurnError),
     /// A listener could not be bound.
     #[error("cannot listen on {what} {addr}: {source}")]
     Bind {
@@ -404,6 +407,12 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         ),
         None => None,
     };
+    // Beside the other listeners: a relay that cannot bind stops the start like they do.
+    let turn = crate::turn::TurnService::start(&config).await?;
+    let relay_text = turn
+        .as_ref()
+        .map(|t| t.local_addr().to_string())
+        .unwrap_or_else(|| "off".into());
     let media = Arc::new(open_media(
         &config,
         store.clone(),
@@ -428,6 +437,7 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         story_ttl: Duration::from_secs(config.stories.ttl_secs),
         media: Some(media.clone()),
         transfers_per_min: config.media.transfers_per_min,
+        turn,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_guard, mut all_done) = mpsc::channel::<()>(1);
@@ -514,14 +524,15 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         .map(|a| a.to_string())
         .unwrap_or_else(|| "off".into());
     ops.set_ready(true);
-    tracing::info!(quic = %bound.quic, tcp = %tcp_text, metrics = %metrics_text, admin = %admin_text, cert = %material.trust_path.display(), "missive-edge ready");
+    tracing::info!(quic = %bound.quic, tcp = %tcp_text, metrics = %metrics_text, relay = %relay_text, admin = %admin_text, cert = %material.trust_path.display(), "missive-edge ready");
     // A stable, greppable line on stdout for scripts and tests.
     println!(
-        "missive-edge ready quic={} tcp={} metrics={} media={} admin={} cert={}",
+        "missive-edge ready quic={} tcp={} metrics={} media={} relay={} admin={} cert={}",
         bound.quic,
         tcp_text,
         metrics_text,
         media_text,
+        relay_text,
         admin_text,
         material.trust_path.display()
     );
@@ -573,6 +584,11 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     if let Some(t) = tcp_task {
         let _ = t.await;
     }
+    // Calls in progress lose their relay here, as chat connections get their Goaway: the
+    // clients reconnect to another edge (or this one restarted) and allocate again.
+    if let Some(turn) = &shared.turn {
+        turn.shutdown().await;
+    }
     // Stops taking admin requests and removes the socket file; a request already running
     // (e.g. a backup) finishes before the store shuts down below.
     if let Some(t) = admin_task {
@@ -604,6 +620,17 @@ fn apply_reload(old: &Config, new: &Config, cert: &tls::ReloadableCert, shared: 
     }
     shared.set_session_config(session_config(new));
     shared.addresses.set_budgets(new.address_budgets());
+    if let Some(turn) = &shared.turn {
+        match turn.reload(new) {
+            Ok(()) => tracing::info!("TURN secret reloaded"),
+            Err(e) => tracing::error!(error = %e, "TURN secret not reloaded; keeping the old one"),
+        }
+    }
+    if relay_needs_restart(&old.relay, &new.relay) {
+        tracing::warn!(
+            "relay settings other than secret_file, credential_ttl_secs and credential_requests_per_min need a restart"
+        );
+    }
     let restart_needed = old.listen != new.listen
         || old.tcp_listen != new.tcp_listen
         || old.metrics_listen != new.metrics_listen
@@ -617,6 +644,17 @@ fn apply_reload(old: &Config, new: &Config, cert: &tls::ReloadableCert, shared: 
         );
     }
     tracing::info!("configuration reloaded: limits apply to new connections");
+}
+
+/// Whether a `[relay]` change needs a restart: everything but the secret file's content,
+/// the credential lifetime and the request budget belongs to the running relay.
+fn relay_needs_restart(old: &crate::config::RelayConfig, new: &crate::config::RelayConfig) -> bool {
+    let running = |c: &crate::config::RelayConfig| crate::config::RelayConfig {
+        credential_ttl_secs: 0,
+        credential_requests_per_min: 0,
+        ..c.clone()
+    };
+    running(old) != running(new)
 }
 
 enum Signal {

@@ -33,6 +33,8 @@ pub struct Shared {
     pub media: Option<Arc<crate::media::MediaService>>,
     /// Transfers one connection may open per minute (`media.transfers_per_min`).
     pub transfers_per_min: u32,
+    /// The STUN/TURN relay and its credentials; `None` when `relay.listen` is off.
+    pub turn: Option<crate::turn::TurnService>,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).

@@ -281,7 +281,7 @@ struct Ready {
 }
 
 /// Starts `missive-edge ARGS` with its stderr in `dir/edge-<pid>.log` and waits for
-/// `missive-edge ready quic=ADDR tcp=ADDR|off metrics=ADDR|off media=ADDR|off admin=PATH|off cert=PATH`.
+/// `missive-edge ready quic=ADDR tcp=ADDR|off metrics=ADDR|off media=ADDR|off relay=ADDR|off admin=PATH|off cert=PATH`.
 fn launch(dir: &Path, args: &[String]) -> (Child, Ready) {
     let mut child = Command::new(edge_bin())
         .args(args)

@@ -375,6 +375,7 @@ mod tests {
                 story_ttl: std::time::Duration::from_secs(86_400),
                 media: None,
                 transfers_per_min: 1,
+                turn: None,
             }),
             data_dir: dir.to_path_buf(),
         }

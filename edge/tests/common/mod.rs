@@ -18,6 +18,8 @@ pub struct Edge {
     pub metrics: Option<SocketAddr>,
     /// The HTTPS media listener, when started with `--media-listen`.
     pub media: Option<SocketAddr>,
+    /// The STUN/TURN relay's UDP address, when started with `--relay-listen`.
+    pub relay: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Where the harness keeps the edge's stderr (the data dir unless said otherwise).
     log_dir: PathBuf,
@@ -140,6 +142,11 @@ impl Edge {
         let tcp = field("tcp").parse().ok();
         let metrics = field("metrics").parse().ok();
         let media = field("media").parse().ok();
+        // Optional, so the harness also reads the line of an edge built before the relay.
+        let relay = ready
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix("relay="))
+            .and_then(|v| v.parse().ok());
         let cert = PathBuf::from(field("cert"));
         Self {
             child,
@@ -148,6 +155,7 @@ impl Edge {
             cert,
             metrics,
             media,
+            relay,
             data_dir: data_dir.to_owned(),
             log_dir: log_dir.to_owned(),
             args,
