@@ -717,6 +717,24 @@ impl Driver {
                         })
                     }));
                 }
+                Action::TurnCredentials { request_id } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let answer = match self
+                        .shared
+                        .turn
+                        .as_ref()
+                        .and_then(|t| t.credentials(&me.user, request_id))
+                    {
+                        Some(credentials) => credentials.into(),
+                        None => missive_proto::RequestRefused::new(
+                            request_id,
+                            ErrorCode::RelayUnavailable,
+                            "this server runs no TURN relay",
+                        )
+                        .into(),
+                    };
+                    self.session.answer(answer);
+                }
                 Action::ListDevices { request_id } => {
                     let Some(me) = &self.mailbox else { continue };
                     let answer = match self.shared.store.devices(&me.user) {

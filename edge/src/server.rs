@@ -242,6 +242,7 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
         group_requests: Rate::per_minute(config.groups.requests_per_min, 20),
         max_group_members: config.groups.max_members,
         max_story_audience: config.stories.max_audience,
+        turn_credentials: Rate::per_minute(config.relay.credential_requests_per_min, 10),
     }
 }
 

@@ -86,6 +86,9 @@ pub struct SessionConfig {
     pub max_group_members: usize,
     /// Most users one status update may go to.
     pub max_story_audience: usize,
+    /// `TurnCredentialsRequest` frames per connection (`RequestRefused{RateLimited}` past
+    /// it): each one is an HMAC, and a client needs one per call.
+    pub turn_credentials: Rate,
 }
 
 /// Something the driver must do for the session.
@@ -258,6 +261,12 @@ pub enum Action {
         /// The request's id.
         request_id: u32,
     },
+    /// Mint TURN credentials for this user; answer with `answer` (`TurnCredentials`, or
+    /// `RequestRefused{RelayUnavailable}` when the edge runs no relay).
+    TurnCredentials {
+        /// The request's id.
+        request_id: u32,
+    },
     /// Forward a typing indicator to the live sessions of `to`.
     Typing {
         /// Recipient user.
@@ -326,6 +335,8 @@ pub struct Session {
     link_codes: TokenBucket,
     /// `GroupRequest` budget.
     group_requests: TokenBucket,
+    /// `TurnCredentialsRequest` budget.
+    turn_credentials: TokenBucket,
     /// Key-directory requests (uploads, claims) and their budgets.
     keys: KeyRequests,
     /// The logged-in device's login key (verifies the identity keys it publishes).
@@ -395,6 +406,7 @@ impl Session {
         Self {
             link_codes: TokenBucket::new(config.link_codes, now),
             group_requests: TokenBucket::new(config.group_requests, now),
+            turn_credentials: TokenBucket::new(config.turn_credentials, now),
             keys: KeyRequests::new(config.keys, now),
             device_key: None,
             login_deadline: now + config.login_timeout,
@@ -759,6 +771,20 @@ impl Session {
                 self.actions.push_back(Action::ListDevices {
                     request_id: l.request_id,
                 });
+            }
+            (Phase::Active { .. }, Frame::TurnCredentialsRequest(t)) => {
+                // Spent before any work, so a flood costs a token check each.
+                if self.turn_credentials.try_take(now, 1.0) {
+                    self.actions.push_back(Action::TurnCredentials {
+                        request_id: t.request_id,
+                    });
+                } else {
+                    self.send(RequestRefused::new(
+                        t.request_id,
+                        ErrorCode::RateLimited,
+                        "TURN credential request rate exceeded",
+                    ));
+                }
             }
             (Phase::Active { .. }, Frame::Retract(r)) => {
                 // A retraction costs a storage scan: it spends the send budget.
@@ -1575,6 +1601,7 @@ mod tests {
             group_requests: Rate::per_minute(60, 20),
             max_group_members: 1024,
             max_story_audience: 1024,
+            turn_credentials: Rate::per_minute(1, 2),
         }
     }
 
@@ -2512,6 +2539,58 @@ mod tests {
         assert_eq!(
             error_code(&drain(&mut s)),
             Some(ErrorCode::RateLimited.as_u16())
+        );
+    }
+
+    #[test]
+    fn turn_credentials_are_asked_of_the_driver_within_their_budget() {
+        let now = Instant::now();
+        // Before login the request is a protocol violation like any other.
+        let mut s = Session::new(now, config(), CHALLENGE, EXPORTER);
+        hello(&mut s, now);
+        s.handle_frame(
+            now,
+            missive_proto::TurnCredentialsRequest { request_id: 1 }.into(),
+        );
+        assert_eq!(
+            error_code(&drain(&mut s)),
+            Some(ErrorCode::ProtocolViolation.as_u16())
+        );
+
+        // The test budget: 1 per minute, bursts of 2.
+        let mut s = active(now);
+        for id in [1, 2] {
+            s.handle_frame(
+                now,
+                missive_proto::TurnCredentialsRequest { request_id: id }.into(),
+            );
+            assert_eq!(
+                drain(&mut s),
+                vec![Action::TurnCredentials { request_id: id }]
+            );
+        }
+        s.handle_frame(
+            now,
+            missive_proto::TurnCredentialsRequest { request_id: 3 }.into(),
+        );
+        let a = drain(&mut s);
+        assert!(
+            matches!(&a[..], [Action::Send(Frame::RequestRefused(r))]
+                if r.request_id == 3 && r.code == ErrorCode::RateLimited.as_u16()),
+            "{a:?}"
+        );
+        assert!(
+            !s.is_closed(),
+            "a refused request leaves the connection open"
+        );
+        let later = now + Duration::from_secs(60);
+        s.handle_frame(
+            later,
+            missive_proto::TurnCredentialsRequest { request_id: 4 }.into(),
+        );
+        assert_eq!(
+            drain(&mut s),
+            vec![Action::TurnCredentials { request_id: 4 }]
         );
     }
 }
