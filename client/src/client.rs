@@ -244,6 +244,21 @@ impl Client {
         }
     }
 
+    /// Short-lived credentials and ICE URLs for the edge's STUN/TURN relay, for a call's
+    /// relayed candidates. `ClientError::Rejected` with code `RelayUnavailable` when the edge
+    /// runs no relay, `RateLimited` when asked too often (the edge allows 30 a minute).
+    pub async fn turn_credentials(&self) -> Result<crate::TurnCredentials, ClientError> {
+        match self
+            .device_request(|request_id| {
+                missive_proto::TurnCredentialsRequest { request_id }.into()
+            })
+            .await?
+        {
+            Frame::TurnCredentials(t) => Ok(t.into()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// This account's devices, ascending.
     pub async fn devices(&self) -> Result<Vec<DeviceId>, ClientError> {
         match self

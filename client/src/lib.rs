@@ -31,6 +31,7 @@
 //!     pub fn typing(&self, to: impl Into<String>, typing: bool) -> Result<(), ClientError>;
 //!     pub fn ack(&self, seq: ServerSeq) -> Result<(), ClientError>;
 //!     pub async fn close(&self) -> Result<(), ClientError>;
+//!     pub async fn turn_credentials(&self) -> Result<TurnCredentials, ClientError>; // username, password, ttl, urls of the edge's relay
 //!     // Groups (refusals are ClientError::GroupRefused { code, .. }; see ClientError::code)
 //!     pub async fn create_group(&self, name) -> Result<GroupInfo, ClientError>;
 //!     pub async fn add_members(&self, group: GroupId, users: Vec<String>) -> Result<GroupInfo, ClientError>;
@@ -153,6 +154,7 @@ mod receipt_id;
 mod session;
 pub mod transfer;
 pub mod transport;
+mod turn;
 
 pub use backoff::ReconnectPolicy;
 pub use client::{link, register, Client, ClientConfig, GroupInvite, SendReceipt};
@@ -166,6 +168,7 @@ pub use identity::Identity;
 #[cfg(feature = "cli")]
 pub use profile::Profile;
 pub use transport::{QuicEndpoint, Transport, TransportConfig, TransportKind};
+pub use turn::TurnCredentials;
 
 pub use missive_proto::{
     ClientMsgId, DeviceId, GroupChange, GroupId, GroupInfo, GroupMember, GroupReceipt,

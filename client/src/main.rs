@@ -10,6 +10,7 @@
 //! missive --profile PDIR recv --wait SECS [--json] [--no-read] [--stats]
 //! missive --profile PDIR presence NAME --wait SECS [--json]
 //! missive --profile PDIR visibility everyone|nobody
+//! missive --profile PDIR turn-credentials [--json]   # username, password, ttl and URLs of the edge's TURN relay
 //! ```
 //!
 //! Exit status 0 on success, 1 on any error (with a message on stderr).
@@ -194,6 +195,13 @@ enum Cmd {
     SafetyNumber {
         /// The other user.
         name: String,
+    },
+    /// Print short-lived credentials for the edge's STUN/TURN relay (username, password,
+    /// lifetime, ICE URLs), e.g. for `turnutils_uclient -u USER -w PASS`.
+    TurnCredentials {
+        /// One JSON object: {"username", "password", "ttl_secs", "urls"}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -487,6 +495,7 @@ async fn run(cli: Cli) -> CliResult {
             println!("deleted ({removed} undelivered copies dropped by the server)");
             Ok(())
         }
+        Cmd::TurnCredentials { json } => cmd_turn_credentials(&cli, &dir, *json).await,
         Cmd::SafetyNumber { name } => {
             let profile = Profile::load(&dir)?;
             let number = profile.identity.safety_number(name).ok_or_else(|| {
@@ -496,6 +505,31 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
     }
+}
+
+async fn cmd_turn_credentials(cli: &Cli, dir: &Path, json: bool) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    let got = tokio::time::timeout(SEND_TIMEOUT, client.turn_credentials()).await;
+    close(&client).await;
+    let creds = got.map_err(|_| ClientError::Timeout("waiting for TURN credentials"))??;
+    if json {
+        let line = serde_json::json!({
+            "username": creds.username,
+            "password": creds.password,
+            "ttl_secs": creds.ttl.as_secs(),
+            "urls": creds.urls,
+        });
+        println!("{line}");
+    } else {
+        println!("username: {}", creds.username);
+        println!("password: {}", creds.password);
+        println!("ttl_secs: {}", creds.ttl.as_secs());
+        for url in &creds.urls {
+            println!("url: {url}");
+        }
+    }
+    Ok(())
 }
 
 async fn cmd_link_new(cli: &Cli, dir: &Path) -> CliResult {

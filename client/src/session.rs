@@ -726,6 +726,7 @@ impl Session {
             }
             Frame::LinkCode(ref c) => self.device_answer(c.request_id, Ok(frame.clone())),
             Frame::DeviceList(ref l) => self.device_answer(l.request_id, Ok(frame.clone())),
+            Frame::TurnCredentials(ref t) => self.device_answer(t.request_id, Ok(frame.clone())),
             Frame::DeviceRemoved(ref r) => self.device_answer(r.request_id, Ok(frame.clone())),
             Frame::Retracted(ref r) => self.device_answer(r.request_id, Ok(frame.clone())),
             Frame::GroupAnswer(a) => {
