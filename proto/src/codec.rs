@@ -401,6 +401,7 @@ mod tests {
                 blob: crate::BlobId([7; 32]),
                 size: 1 << 31,
                 downloads: 2,
+                attempt: 77,
             }
             .into(),
             MediaUploadState {

@@ -60,6 +60,11 @@ pub struct MediaUploadOpen {
     /// How many recipient devices will download it; the blob is deleted once that many
     /// distinct devices did (0: kept until it expires).
     pub downloads: u32,
+    /// The client's id for this try (random; the same on every stream of one try). A try
+    /// with a new id supersedes the one before: chunks still arriving from an older try
+    /// (a connection that died with chunks in flight) are not written, so the ranges a
+    /// resuming client is told stay true.
+    pub attempt: u64,
 }
 
 /// Server → client: which bytes of the blob the server holds. `complete` once every byte is

@@ -44,6 +44,9 @@ pub enum BlobError {
     /// The part is not complete yet.
     #[error("the upload is missing bytes")]
     Incomplete,
+    /// The bytes belong to a try of the upload that a newer one superseded.
+    #[error("a newer try of this upload took over")]
+    Superseded,
     /// The file system failed.
     #[error("blob file: {0}")]
     Io(#[from] std::io::Error),

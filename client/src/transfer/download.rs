@@ -92,6 +92,10 @@ async fn attempt(
             done: at,
             total: size,
         });
+        if at == size {
+            // Everything is here; how the stream ends after that no longer matters.
+            break;
+        }
     }
     file.flush()?;
     if at == size {

@@ -135,6 +135,7 @@ async fn attempt(
         blob: src.blob,
         size: src.size,
         downloads: src.downloads,
+        attempt: rand::random(),
     }
     .into();
     let mut first = conn.open().await?;

@@ -30,7 +30,14 @@ pub struct MediaStats {
 }
 
 /// An upload in progress, shared by every stream writing to it.
-type Upload = Arc<Mutex<Option<PartialBlob>>>;
+type Upload = Arc<Mutex<UploadSlot>>;
+
+/// The part being written (`None` once installed) and the client's current try.
+#[derive(Debug)]
+struct UploadSlot {
+    part: Option<PartialBlob>,
+    attempt: u64,
+}
 
 /// Everything media, shared by the transfer streams and the HTTP routes.
 #[derive(Debug)]
@@ -145,9 +152,9 @@ impl MediaService {
             Ok(OpenOutcome::Complete) => Opened::Complete,
             Ok(outcome @ (OpenOutcome::New | OpenOutcome::Resume)) => {
                 let me = self.clone();
-                let (blob, size) = (open.blob, open.size);
+                let (blob, size, attempt) = (open.blob, open.size, open.attempt);
                 let fresh = outcome == OpenOutcome::New;
-                tokio::task::spawn_blocking(move || me.attach(blob, size, fresh))
+                tokio::task::spawn_blocking(move || me.attach(blob, size, fresh, attempt))
                     .await
                     .unwrap_or_else(|_| Opened::Refused(ErrorCode::Internal, "panicked".into()))
             }
@@ -155,14 +162,17 @@ impl MediaService {
     }
 
     /// The shared upload of `blob`, opened from its files when no stream has it open.
-    fn attach(&self, blob: BlobId, size: u64, fresh: bool) -> Opened {
+    /// `attempt` becomes the upload's current try: writes of other tries are refused from
+    /// now on, and a write under way finishes before the ranges are read (the slot's lock).
+    fn attach(&self, blob: BlobId, size: u64, fresh: bool, attempt: u64) -> Opened {
         if self.files.has(&blob) {
             return Opened::Complete;
         }
         let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(upload) = uploads.get(&blob) {
-            let part = upload.lock().unwrap_or_else(|p| p.into_inner());
-            return match part.as_ref() {
+            let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
+            slot.attempt = attempt;
+            return match slot.part.as_ref() {
                 Some(p) => Opened::Ready(p.ranges().ranges().to_vec()),
                 None => Opened::Complete,
             };
@@ -174,7 +184,13 @@ impl MediaService {
         match self.files.partial(&blob, size) {
             Ok(part) => {
                 let have = part.ranges().ranges().to_vec();
-                uploads.insert(blob, Arc::new(Mutex::new(Some(part))));
+                uploads.insert(
+                    blob,
+                    Arc::new(Mutex::new(UploadSlot {
+                        part: Some(part),
+                        attempt,
+                    })),
+                );
                 Opened::Ready(have)
             }
             Err(e) => {
@@ -188,19 +204,28 @@ impl MediaService {
     }
 
     /// Writes `bytes` at `offset` of `blob`'s upload; the last byte verifies and installs it.
-    pub async fn write(self: &Arc<Self>, blob: BlobId, offset: u64, bytes: Vec<u8>) -> Written {
+    /// Bytes of a try other than the upload's current one are refused unwritten.
+    pub async fn write(
+        self: &Arc<Self>,
+        blob: BlobId,
+        attempt: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Written {
         let Some(upload) = self.upload(&blob) else {
             if self.files.has(&blob) {
                 return Written::Complete;
             }
+            tracing::debug!(%blob, offset, "write to an upload no stream has open");
             return Written::Refused(ErrorCode::UnknownMedia, "no such upload".into());
         };
         let me = self.clone();
         let len = bytes.len() as u64;
-        let step =
-            tokio::task::spawn_blocking(move || me.write_blocking(&upload, blob, offset, &bytes))
-                .await
-                .unwrap_or(Err(BlobError::Incomplete));
+        let step = tokio::task::spawn_blocking(move || {
+            me.write_blocking(&upload, blob, attempt, offset, &bytes)
+        })
+        .await
+        .unwrap_or(Err(BlobError::Incomplete));
         match step {
             Ok(Some(held)) => {
                 self.stats.bytes_received.fetch_add(len, Ordering::Relaxed);
@@ -228,6 +253,10 @@ impl MediaService {
                 )
             }
             Err(BlobError::Incomplete) => Written::Complete,
+            Err(BlobError::Superseded) => Written::Refused(
+                ErrorCode::ProtocolViolation,
+                "a newer try of this upload took over".into(),
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "writing an upload failed");
                 Written::Refused(
@@ -243,11 +272,15 @@ impl MediaService {
         &self,
         upload: &Upload,
         blob: BlobId,
+        attempt: u64,
         offset: u64,
         bytes: &[u8],
     ) -> Result<Option<u64>, BlobError> {
         let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(part) = slot.as_mut() else {
+        if slot.attempt != attempt {
+            return Err(BlobError::Superseded);
+        }
+        let Some(part) = slot.part.as_mut() else {
             // Another stream completed it meanwhile.
             return Ok(None);
         };
@@ -255,7 +288,7 @@ impl MediaService {
         if !part.is_full() {
             return Ok(Some(held));
         }
-        let part = slot.take().ok_or(BlobError::Incomplete)?;
+        let part = slot.part.take().ok_or(BlobError::Incomplete)?;
         self.uploads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -268,7 +301,10 @@ impl MediaService {
     pub fn source(&self, blob: &BlobId) -> Result<(std::fs::File, u64), ErrorCode> {
         match self.store.blob(blob) {
             Ok(Some(r)) if r.complete => {}
-            Ok(_) => return Err(ErrorCode::UnknownMedia),
+            Ok(r) => {
+                tracing::debug!(%blob, record = ?r, "download of a blob that is not complete");
+                return Err(ErrorCode::UnknownMedia);
+            }
             Err(_) => return Err(ErrorCode::StorageUnavailable),
         }
         self.files

@@ -82,9 +82,33 @@ pub type TransferReader = Box<dyn AsyncRead + Send + Unpin>;
 pub type TransferWriter = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Runs one transfer to its end; `decoder` may hold bytes read already. Errors only end
-/// this transfer. Finishing shuts the writing side down (a QUIC stream's FIN).
+/// this transfer. Finishing shuts the writing side down (a QUIC stream's FIN), then reads
+/// what the client still sends (its own close) for a moment: a TCP socket dropped with
+/// unread input is reset, and a reset can destroy answers the client has not read yet.
 pub async fn serve_transfer(
     mut recv: TransferReader,
+    send: TransferWriter,
+    decoder: FrameDecoder,
+    media: Arc<MediaService>,
+    owner: Arc<Owner>,
+) {
+    run_transfer(&mut recv, send, decoder, media, owner).await;
+    let mut sink = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = recv.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// How long a finished transfer waits for the client's side to close.
+const LINGER: Duration = Duration::from_secs(2);
+
+async fn run_transfer(
+    recv: &mut TransferReader,
     mut send: TransferWriter,
     mut decoder: FrameDecoder,
     media: Arc<MediaService>,
@@ -108,10 +132,11 @@ pub async fn serve_transfer(
                 }
                 Effect::Write {
                     blob,
+                    attempt,
                     offset,
                     bytes,
                 } => {
-                    let outcome = media.write(blob, offset, bytes).await;
+                    let outcome = media.write(blob, attempt, offset, bytes).await;
                     machine.written(outcome)
                 }
                 Effect::Send { blob, range } => {

@@ -28,6 +28,8 @@ pub enum Effect {
     Write {
         /// The blob.
         blob: BlobId,
+        /// The client's try the bytes belong to.
+        attempt: u64,
         /// Where.
         offset: u64,
         /// What.
@@ -73,11 +75,16 @@ enum State {
     /// Waiting for the frame that names the transfer.
     First,
     /// The upload is being opened.
-    Opening { blob: BlobId, size: u64 },
+    Opening {
+        blob: BlobId,
+        size: u64,
+        attempt: u64,
+    },
     /// Waiting for chunks, or for a write to finish (`writing`).
     Receiving {
         blob: BlobId,
         size: u64,
+        attempt: u64,
         writing: Option<u64>,
     },
     /// Nothing more is accepted.
@@ -140,6 +147,7 @@ impl Transfer {
                 self.state = State::Opening {
                     blob: open.blob,
                     size: open.size,
+                    attempt: open.attempt,
                 };
                 vec![Effect::Open(open)]
             }
@@ -161,6 +169,7 @@ impl Transfer {
                 State::Receiving {
                     blob,
                     size,
+                    attempt,
                     writing: writing @ None,
                 },
                 Frame::MediaChunk(chunk),
@@ -177,6 +186,7 @@ impl Transfer {
                 *writing = Some(chunk.offset);
                 vec![Effect::Write {
                     blob: *blob,
+                    attempt: *attempt,
                     offset: chunk.offset,
                     bytes: chunk.bytes,
                 }]
@@ -194,7 +204,12 @@ impl Transfer {
 
     /// The driver opened the upload.
     pub fn opened(&mut self, outcome: Opened) -> Vec<Effect> {
-        let State::Opening { blob, size } = self.state else {
+        let State::Opening {
+            blob,
+            size,
+            attempt,
+        } = self.state
+        else {
             return Vec::new();
         };
         let state = |have: Vec<ByteRange>, complete| {
@@ -213,6 +228,7 @@ impl Transfer {
                 self.state = State::Receiving {
                     blob,
                     size,
+                    attempt,
                     writing: None,
                 };
                 vec![state(have, false)]
@@ -238,6 +254,7 @@ impl Transfer {
             blob,
             size,
             writing: ref mut writing @ Some(offset),
+            ..
         } = self.state
         else {
             return Vec::new();
@@ -284,6 +301,7 @@ mod tests {
             blob: BLOB,
             size,
             downloads: 1,
+            attempt: 1,
         }
         .into()
     }

@@ -94,8 +94,9 @@ impl Edge {
         std::fs::create_dir_all(log_dir).unwrap();
         let mut child = Command::new(edge_bin())
             .args(&args)
-            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info")
+            // After the default, so a test can ask for more (e.g. `RUST_LOG`).
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
