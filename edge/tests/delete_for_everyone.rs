@@ -21,13 +21,19 @@ async fn next_kind(events: &mut EventStream) -> Event {
 async fn undelivered_copies_go_and_delivered_ones_are_withdrawn() {
     let dir = tempfile::tempdir().unwrap();
     let edge = Edge::start(dir.path(), &[]);
-    let (alice, _a, _) = sdk_user(&edge, "alice").await;
+    let (alice, mut a_ev, _) = sdk_user(&edge, "alice").await;
     let (carol, _c, _) = sdk_user(&edge, "carol").await;
     let (bob, mut b_ev, bob_cfg) = sdk_user(&edge, "bob").await;
 
     // Delivered already: the tombstone withdraws it.
     let seen = alice.send("bob", text("visible")).await.unwrap();
     assert!(matches!(next_kind(&mut b_ev).await, Event::Message { text, .. } if text == "visible"));
+    // bob's ack has reached the edge once alice hears "delivered" (under load the ack can
+    // still be on its way when the event arrives, and the copy would count as waiting).
+    next_matching(&mut a_ev, WAIT, |e| {
+        matches!(e, Event::Receipt { client_msg_id, .. } if *client_msg_id == seen.client_msg_id)
+    })
+    .await;
     assert_eq!(
         alice
             .delete_for_everyone("bob", seen.client_msg_id)
