@@ -702,25 +702,41 @@ async fn close(client: &Client) {
     }
 }
 
-async fn cmd_send(cli: &Cli, dir: &Path, to: &str, text: &str) -> CliResult {
-    let profile = Profile::load(dir)?;
-    let (client, mut events) = connect(cli, &profile).await?;
-    let sent = tokio::time::timeout(SEND_TIMEOUT, client.send(to, Content::Text(text.into())))
-        .await
-        .map_err(|_| ClientError::Timeout("waiting for the server to store the message"))?;
-    let receipt = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            close(&client).await;
+/// Waits (bounded) for a send to be stored; on failure closes the connection. Then shows
+/// what the SDK learnt before encrypting ("bob has a new device").
+async fn await_stored(
+    client: &Client,
+    events: &mut EventStream,
+    sent: impl std::future::Future<Output = Result<missive_client::SendReceipt, ClientError>>,
+) -> CliResult<missive_client::SendReceipt> {
+    let receipt = match tokio::time::timeout(SEND_TIMEOUT, sent).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            close(client).await;
             return Err(e.into());
         }
+        Err(_) => {
+            close(client).await;
+            return Err(ClientError::Timeout("waiting for the server to store the message").into());
+        }
     };
-    // What the SDK learnt before encrypting ("bob has a new device"), for the user to see.
     while let Some(e) = events.try_next() {
         if matches!(e, Event::DevicesChanged { .. } | Event::KeysRejected { .. }) {
             eprintln!("missive: {}", render(&e, false));
         }
     }
+    Ok(receipt)
+}
+
+async fn cmd_send(cli: &Cli, dir: &Path, to: &str, text: &str) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, mut events) = connect(cli, &profile).await?;
+    let receipt = await_stored(
+        &client,
+        &mut events,
+        client.send(to, Content::Text(text.into())),
+    )
+    .await?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", receipt.client_msg_id.to_hex())?;
     out.flush()?;
@@ -731,23 +747,7 @@ async fn cmd_send(cli: &Cli, dir: &Path, to: &str, text: &str) -> CliResult {
 async fn cmd_send_group(cli: &Cli, dir: &Path, group: GroupId, text: &str) -> CliResult {
     let profile = Profile::load(dir)?;
     let (client, mut events) = connect(cli, &profile).await?;
-    let sent = tokio::time::timeout(SEND_TIMEOUT, client.send_group(group, text)).await;
-    let receipt = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            close(&client).await;
-            return Err(e.into());
-        }
-        Err(_) => {
-            close(&client).await;
-            return Err(ClientError::Timeout("waiting for the server to store the message").into());
-        }
-    };
-    while let Some(e) = events.try_next() {
-        if matches!(e, Event::DevicesChanged { .. } | Event::KeysRejected { .. }) {
-            eprintln!("missive: {}", render(&e, false));
-        }
-    }
+    let receipt = await_stored(&client, &mut events, client.send_group(group, text)).await?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", receipt.client_msg_id.to_hex())?;
     out.flush()?;

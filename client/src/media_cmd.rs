@@ -7,10 +7,10 @@
 //! same `send-file` again after an interruption (a dropped connection, a killed process)
 //! reuses them, so the upload resumes from what the edge holds instead of starting over.
 
-use crate::{close, connect, render, Cli, CliResult, SEND_TIMEOUT};
+use crate::{await_stored, close, connect, Cli, CliResult};
 use missive_client::content::MediaMessage;
 use missive_client::transfer::Progress;
-use missive_client::{ClientError, Content, Event, GroupId, Profile};
+use missive_client::{Content, GroupId, Profile};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -153,29 +153,18 @@ pub(crate) async fn cmd_send_file(
         return Err(e.into());
     }
     let content = Content::Media(Box::new(media.clone()));
-    let sent = match (to, group) {
+    let receipt = match (to, group) {
         (_, Some(g)) => {
-            tokio::time::timeout(SEND_TIMEOUT, client.send_group_content(g, content)).await
+            await_stored(&client, &mut events, client.send_group_content(g, content)).await?
         }
-        (Some(name), None) => tokio::time::timeout(SEND_TIMEOUT, client.send(name, content)).await,
-        (None, None) => return Err("send-file needs NAME or --group ID".into()),
-    };
-    let receipt = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            close(&client).await;
-            return Err(e.into());
+        (Some(name), None) => {
+            await_stored(&client, &mut events, client.send(name, content)).await?
         }
-        Err(_) => {
+        (None, None) => {
             close(&client).await;
-            return Err(ClientError::Timeout("waiting for the server to store the message").into());
+            return Err("send-file needs NAME or --group ID".into());
         }
     };
-    while let Some(e) = events.try_next() {
-        if matches!(e, Event::DevicesChanged { .. } | Event::KeysRejected { .. }) {
-            eprintln!("missive: {}", render(&e, false));
-        }
-    }
     close(&client).await;
     let _ = std::fs::remove_file(&cipher);
     let _ = std::fs::remove_file(&message);

@@ -668,36 +668,10 @@ impl Session {
                 });
             }
             (Phase::AwaitAuth, Frame::Login(l)) => {
-                if validate_user_name(&l.user).is_err() {
-                    self.fail(ErrorCode::AuthFailed, "unknown device");
-                    return;
-                }
-                self.phase = Phase::Authenticating {
-                    user: l.user.clone(),
-                    device: l.device,
-                    signature: Some(l.signature),
-                    transfer: false,
-                };
-                self.actions.push_back(Action::LookupDevice {
-                    user: l.user,
-                    device: l.device,
-                });
+                self.begin_login(l.user, l.device, l.signature, false)
             }
             (Phase::AwaitAuth, Frame::TransferLogin(l)) => {
-                if validate_user_name(&l.user).is_err() {
-                    self.fail(ErrorCode::AuthFailed, "unknown device");
-                    return;
-                }
-                self.phase = Phase::Authenticating {
-                    user: l.user.clone(),
-                    device: l.device,
-                    signature: Some(l.signature),
-                    transfer: true,
-                };
-                self.actions.push_back(Action::LookupDevice {
-                    user: l.user,
-                    device: l.device,
-                });
+                self.begin_login(l.user, l.device, l.signature, true)
             }
             (Phase::AwaitAuth, Frame::Register(r)) => {
                 if let Err(why) = validate_user_name(&r.user) {
@@ -921,6 +895,23 @@ impl Session {
         };
         let transcript = login_transcript(&self.challenge, &self.exporter, user, device);
         vk.verify(&transcript, &Signature::from_bytes(sig)).is_ok()
+    }
+
+    /// A `Login` (or, `transfer`, a `TransferLogin`): the signature is checked once the
+    /// device's key is looked up.
+    fn begin_login(&mut self, user: String, device: DeviceId, signature: [u8; 64], transfer: bool) {
+        if validate_user_name(&user).is_err() {
+            self.fail(ErrorCode::AuthFailed, "unknown device");
+            return;
+        }
+        self.phase = Phase::Authenticating {
+            user: user.clone(),
+            device,
+            signature: Some(signature),
+            transfer,
+        };
+        self.actions
+            .push_back(Action::LookupDevice { user, device });
     }
 
     /// Storage's answer to `Action::LookupDevice`.
