@@ -81,6 +81,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// The STUN/TURN relay for calls.
     pub relay: RelayConfig,
+    /// Call signaling.
+    pub calls: CallsConfig,
     /// Storage tuning.
     pub storage: StorageConfig,
     /// Push notifications for offline devices.
@@ -238,6 +240,37 @@ impl Default for StoriesConfig {
         Self {
             ttl_secs: 86_400,
             max_audience: 1024,
+        }
+    }
+}
+
+/// Call signaling: ringing, timeouts and per-connection budgets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// Seconds an unanswered call rings before it ends as missed. Default 30; 5..=300.
+    pub ring_timeout_secs: u64,
+    /// Seconds a device in a call may be disconnected from the edge (a network change, a
+    /// reconnect) before its call ends; media flows peer to peer meanwhile. Default 15;
+    /// 1..=300.
+    pub reconnect_grace_secs: u64,
+    /// Most calls at once on this edge, ringing or answered. Default 100000.
+    pub max_calls: usize,
+    /// Invites one connection may place per minute, in bursts of 5. Default 10.
+    pub invites_per_min: u32,
+    /// Call actions (accept, decline, candidates, hang up) one connection may send per
+    /// second, in bursts of 50. Default 20.
+    pub actions_per_sec: u32,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            ring_timeout_secs: 30,
+            reconnect_grace_secs: 15,
+            max_calls: 100_000,
+            invites_per_min: 10,
+            actions_per_sec: 20,
         }
     }
 }
@@ -654,6 +687,7 @@ impl Default for Config {
             groups: GroupsConfig::default(),
             media: MediaConfig::default(),
             relay: RelayConfig::default(),
+            calls: CallsConfig::default(),
             stories: StoriesConfig::default(),
             storage: StorageConfig::default(),
             push: PushConfig::default(),
@@ -911,6 +945,21 @@ impl Config {
         }
         if !(2..=missive_proto::MAX_GROUP_MEMBERS).contains(&self.groups.max_members) {
             return bad("groups.max_members", "must be 2..=4096");
+        }
+        if !(5..=300).contains(&self.calls.ring_timeout_secs) {
+            return bad("calls.ring_timeout_secs", "must be 5..=300");
+        }
+        if !(1..=300).contains(&self.calls.reconnect_grace_secs) {
+            return bad("calls.reconnect_grace_secs", "must be 1..=300");
+        }
+        if self.calls.max_calls == 0 {
+            return bad("calls.max_calls", "must be at least 1");
+        }
+        if self.calls.invites_per_min == 0 {
+            return bad("calls.invites_per_min", "must be at least 1");
+        }
+        if self.calls.actions_per_sec == 0 {
+            return bad("calls.actions_per_sec", "must be at least 1");
         }
         if !(1..=604_800).contains(&self.stories.ttl_secs) {
             return bad("stories.ttl_secs", "must be 1..=604800 (a week)");

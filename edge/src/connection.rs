@@ -576,6 +576,25 @@ impl Driver {
                         Completion::Done
                     }));
                 }
+                Action::Call(request) => {
+                    let (Some(me), Some(calls)) = (&self.mailbox, &self.shared.calls) else {
+                        continue;
+                    };
+                    let party = crate::calls::Party::new(me.user.clone(), me.device);
+                    calls.request(&self.shared.registry, party, request);
+                }
+                Action::CallHistory { request_id, limit } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let answer = match self.shared.store.calls_of(&me.user, limit) {
+                        Ok(records) => missive_proto::CallHistory {
+                            request_id,
+                            records,
+                        }
+                        .into(),
+                        Err(_) => storage_failed(request_id),
+                    };
+                    self.session.answer(answer);
+                }
                 Action::ListStories { request_id } => {
                     let Some(me) = &self.mailbox else { continue };
                     let answer = match self.shared.store.stories_of(&me.user, now_ms()) {
@@ -850,7 +869,17 @@ impl Driver {
             let state = self.shared.presence_of(&user);
             self.shared.announce_presence(&user, state);
         }
+        // After the registration, so that a ring the switchboard sends at once finds it. A
+        // session of an older protocol is never rung: it could not read the frames.
+        if let Some(calls) = self.shared.calls.as_ref().filter(|_| self.rings()) {
+            calls.device_online(crate::calls::Party::new(user.clone(), device));
+        }
         tracing::info!("logged in");
+    }
+
+    /// This session may be rung (it speaks call signaling).
+    fn rings(&self) -> bool {
+        self.session.version() >= 5
     }
 
     fn complete(&mut self, c: Completion) {
@@ -924,7 +953,17 @@ impl Driver {
     async fn finish(&mut self) {
         if let Some(mb) = &self.mailbox {
             let registry = &self.shared.registry;
-            if registry.unregister(mb, self.handle.conn_id) == OnlineChange::WentOffline {
+            let unregistered = registry.unregister(mb, self.handle.conn_id);
+            // Only when this session was still the device's (a replaced one must not end the
+            // replacing session's call).
+            if let Some(calls) = self.shared.calls.as_ref().filter(|_| self.rings()) {
+                if registry.online_devices(&mb.user).contains(&mb.device) {
+                    // Replaced by a newer session of the same device: it is online.
+                } else {
+                    calls.device_offline(crate::calls::Party::new(mb.user.clone(), mb.device));
+                }
+            }
+            if unregistered == OnlineChange::WentOffline {
                 let now = now_ms();
                 // Best effort: last-seen is a convenience, not worth delaying the close for.
                 let fut = self.shared.store.set_last_seen(&mb.user, now);

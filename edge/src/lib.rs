@@ -32,6 +32,7 @@
 pub mod address_limits;
 pub mod admin;
 pub mod budget;
+pub mod calls;
 pub mod claim_budget;
 pub mod config;
 pub mod connection;

@@ -1,5 +1,7 @@
 //! Push notifications for devices without a live session: a content-free JSON wake-up POSTed
-//! to a configured gateway, retried with backoff, coalesced per device while one is pending.
+//! to a configured gateway, retried with backoff, coalesced per device and reason while one
+//! is pending. The reason (`message` or `call`) lets the gateway send a call's wake-up as a
+//! high-priority (VoIP) push; it names no caller and no content.
 
 use crate::config::GatewayUrl;
 use dashmap::DashSet;
@@ -27,11 +29,32 @@ pub struct PushStats {
     pub coalesced: AtomicU64,
 }
 
+/// Why a device is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WakeReason {
+    /// Something waits in its mailbox.
+    Message,
+    /// A call rings it.
+    Call,
+}
+
+impl WakeReason {
+    /// The name the gateway sees.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Call => "call",
+        }
+    }
+}
+
+type Wake = (MailboxId, WakeReason);
+
 /// Hands wake-ups to the push gateway; a no-op when push is off.
 #[derive(Debug, Clone)]
 pub struct Notifier {
-    tx: Option<mpsc::Sender<MailboxId>>,
-    pending: Arc<DashSet<MailboxId>>,
+    tx: Option<mpsc::Sender<Wake>>,
+    pending: Arc<DashSet<Wake>>,
     /// Counters, shared with the worker.
     pub stats: Arc<PushStats>,
 }
@@ -49,7 +72,7 @@ impl Notifier {
     /// Starts the worker that POSTs to `gateway`.
     pub fn start(gateway: GatewayUrl, max_attempts: u32, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let pending: Arc<DashSet<MailboxId>> = Arc::default();
+        let pending: Arc<DashSet<Wake>> = Arc::default();
         let stats: Arc<PushStats> = Arc::default();
         tokio::spawn(worker(
             rx,
@@ -66,37 +89,48 @@ impl Notifier {
         }
     }
 
-    /// Asks the gateway to wake `mailbox`'s device. Never blocks; never carries content.
+    /// Asks the gateway to wake `mailbox`'s device: something waits in its mailbox. Never
+    /// blocks; never carries content.
     pub fn wake(&self, mailbox: &MailboxId) {
+        self.wake_because(mailbox, WakeReason::Message)
+    }
+
+    /// Asks the gateway to wake `mailbox`'s device: a call rings it.
+    pub fn wake_for_call(&self, mailbox: &MailboxId) {
+        self.wake_because(mailbox, WakeReason::Call)
+    }
+
+    fn wake_because(&self, mailbox: &MailboxId, reason: WakeReason) {
         let Some(tx) = &self.tx else { return };
-        if !self.pending.insert(mailbox.clone()) {
+        let wake = (mailbox.clone(), reason);
+        if !self.pending.insert(wake.clone()) {
             self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if tx.try_send(mailbox.clone()).is_err() {
-            self.pending.remove(mailbox);
+        if tx.try_send(wake.clone()).is_err() {
+            self.pending.remove(&wake);
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 async fn worker(
-    mut rx: mpsc::Receiver<MailboxId>,
+    mut rx: mpsc::Receiver<Wake>,
     gateway: Arc<GatewayUrl>,
     max_attempts: u32,
     timeout: Duration,
-    pending: Arc<DashSet<MailboxId>>,
+    pending: Arc<DashSet<Wake>>,
     stats: Arc<PushStats>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    while let Some(mb) = rx.recv().await {
+    while let Some(wake) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         let (gateway, pending, stats) = (gateway.clone(), pending.clone(), stats.clone());
         tokio::spawn(async move {
-            let ok = deliver_with_retries(&gateway, &mb, max_attempts, timeout).await;
-            pending.remove(&mb);
+            let ok = deliver_with_retries(&gateway, &wake, max_attempts, timeout).await;
+            pending.remove(&wake);
             if ok {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -118,11 +152,11 @@ enum Attempt {
 
 async fn deliver_with_retries(
     gateway: &GatewayUrl,
-    mb: &MailboxId,
+    (mb, reason): &Wake,
     max_attempts: u32,
     timeout: Duration,
 ) -> bool {
-    let body = wake_body(mb);
+    let body = wake_body(mb, *reason);
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=max_attempts {
         let outcome = match tokio::time::timeout(timeout, post(gateway, &body)).await {
@@ -148,9 +182,10 @@ async fn deliver_with_retries(
     false
 }
 
-/// The JSON body of a wake-up: who to wake, never what arrived.
-pub fn wake_body(mb: &MailboxId) -> String {
-    serde_json::json!({ "user": mb.user, "device": mb.device.0, "reason": "message" }).to_string()
+/// The JSON body of a wake-up: who to wake and why, never what arrived or from whom.
+pub fn wake_body(mb: &MailboxId, reason: WakeReason) -> String {
+    serde_json::json!({ "user": mb.user, "device": mb.device.0, "reason": reason.name() })
+        .to_string()
 }
 
 async fn post(gateway: &GatewayUrl, body: &str) -> Attempt {
@@ -176,10 +211,11 @@ mod tests {
 
     #[test]
     fn body_has_no_content() {
-        let b = wake_body(&MailboxId::new("bob", DeviceId(2)));
+        let b = wake_body(&MailboxId::new("bob", DeviceId(2)), WakeReason::Call);
         let v: serde_json::Value = serde_json::from_str(&b).unwrap();
         assert_eq!(v["user"], "bob");
         assert_eq!(v["device"], 2);
+        assert_eq!(v["reason"], "call");
         assert_eq!(v.as_object().unwrap().len(), 3);
     }
 }

@@ -88,6 +88,9 @@ impl OpsState for EdgeOps {
         if let Some(media) = &self.shared.media {
             text.push_str(&media_metrics(&media.stats));
         }
+        if let Some(calls) = &self.shared.calls {
+            text.push_str(&call_metrics(&calls.stats));
+        }
         if let Some(stats) = self.shared.turn.as_ref().and_then(|t| t.stats()) {
             text.push_str(&relay_metrics(&stats));
         }
@@ -184,6 +187,49 @@ fn media_metrics(stats: &crate::media::service::MediaStats) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
             value.load(Ordering::Relaxed)
         ));
+    }
+    out
+}
+
+/// Call signaling's counters in Prometheus text.
+fn call_metrics(stats: &crate::calls::CallStats) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "# HELP missive_calls_active Calls ringing or answered now.\n# TYPE missive_calls_active gauge\nmissive_calls_active {}\n",
+        stats.active.load(Ordering::Relaxed)
+    );
+    for (name, help, value) in [
+        (
+            "missive_calls_started_total",
+            "Invites that rang (or pushed) the callee.",
+            &stats.started,
+        ),
+        (
+            "missive_calls_answered_total",
+            "Calls picked up.",
+            &stats.answered,
+        ),
+        (
+            "missive_calls_overloaded_total",
+            "Call requests refused because the switchboard's queue was full.",
+            &stats.overloaded,
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str("# HELP missive_calls_ended_total Calls ended (and invites refused), by reason.\n# TYPE missive_calls_ended_total counter\n");
+    for (reason, value) in crate::calls::service::REASONS.iter().zip(&stats.ended) {
+        let _ = writeln!(
+            out,
+            "missive_calls_ended_total{{reason=\"{reason}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
     }
     out
 }

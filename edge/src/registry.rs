@@ -130,6 +130,14 @@ impl Registry {
         self.online_devices.get(user).is_some_and(|d| !d.is_empty())
     }
 
+    /// The devices of `user` with a live session here.
+    pub fn online_devices(&self, user: &str) -> Vec<missive_proto::DeviceId> {
+        self.online_devices
+            .get(user)
+            .map(|d| d.clone())
+            .unwrap_or_default()
+    }
+
     /// Live sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

@@ -243,6 +243,8 @@ pub(crate) fn session_config(config: &Config) -> SessionConfig {
         max_group_members: config.groups.max_members,
         max_story_audience: config.stories.max_audience,
         turn_credentials: Rate::per_minute(config.relay.credential_requests_per_min, 10),
+        call_invites: Rate::per_minute(config.calls.invites_per_min, 5),
+        call_actions: Rate::per_second(config.calls.actions_per_sec, 50),
     }
 }
 
@@ -423,8 +425,8 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
 
     let shared = Arc::new(Shared {
         store: store.clone(),
-        registry,
-        notifier,
+        registry: registry.clone(),
+        notifier: notifier.clone(),
         session: std::sync::RwLock::new(session_config(&config)),
         metrics: crate::metrics::Metrics::default(),
         addresses: Arc::new(crate::address_limits::AddressLimits::new(
@@ -439,6 +441,12 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
         media: Some(media.clone()),
         transfers_per_min: config.media.transfers_per_min,
         turn,
+        calls: Some(crate::calls::CallService::start(
+            call_policy(&config),
+            store.clone(),
+            registry.clone(),
+            notifier.clone(),
+        )),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (done_guard, mut all_done) = mpsc::channel::<()>(1);
@@ -590,6 +598,10 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     if let Some(turn) = &shared.turn {
         turn.shutdown().await;
     }
+    // Calls end with `ShuttingDown` while their sessions can still tell the clients.
+    if let Some(calls) = &shared.calls {
+        calls.shut_down().await;
+    }
     // Stops taking admin requests and removes the socket file; a request already running
     // (e.g. a backup) finishes before the store shuts down below.
     if let Some(t) = admin_task {
@@ -613,6 +625,15 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The switchboard's timers and limits from the config.
+fn call_policy(config: &Config) -> crate::calls::CallPolicy {
+    crate::calls::CallPolicy {
+        ring_timeout: Duration::from_secs(config.calls.ring_timeout_secs),
+        reconnect_grace: Duration::from_secs(config.calls.reconnect_grace_secs),
+        max_calls: config.calls.max_calls,
+    }
+}
+
 /// Applies what can change without a restart; says what cannot.
 fn apply_reload(old: &Config, new: &Config, cert: &tls::ReloadableCert, shared: &Shared) {
     match tls::load_or_generate(new).and_then(|m| cert.replace(&m)) {
@@ -621,6 +642,9 @@ fn apply_reload(old: &Config, new: &Config, cert: &tls::ReloadableCert, shared: 
     }
     shared.set_session_config(session_config(new));
     shared.addresses.set_budgets(new.address_budgets());
+    if let Some(calls) = &shared.calls {
+        calls.set_policy(call_policy(new));
+    }
     if let Some(turn) = &shared.turn {
         match turn.reload(new) {
             Ok(()) => tracing::info!("TURN secret reloaded"),

@@ -24,6 +24,10 @@ use crate::group_requests;
 use crate::key_requests::{KeyPolicy, KeyRequests, KeyStep, KeyStoreRefusal};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
+    check_action, check_invite, CallAction, CallEndReason, CallId, CallInvite, CallUpdate,
+    CallUpdateKind, MAX_CALL_HISTORY,
+};
+use missive_proto::{
     login_transcript, max_envelope_len, validate_user_name, AckDelivery, ClientMsgId, Deliver,
     DeviceEnvelope, DeviceId, DeviceMismatch, Error, ErrorCode, Frame, Goaway, GroupId, GroupOp,
     GroupRead, GroupRequest, GroupSend, Payload, Pong, ProtoError, Rejected, RequestRefused, Send,
@@ -89,6 +93,10 @@ pub struct SessionConfig {
     /// `TurnCredentialsRequest` frames per connection (`RequestRefused{RateLimited}` past
     /// it): each one is an HMAC, and a client needs one per call.
     pub turn_credentials: Rate,
+    /// `CallInvite` frames per connection (the invite ends `Refused{RateLimited}` past it).
+    pub call_invites: Rate,
+    /// `CallAction` and `CallHistoryRequest` frames per connection (dropped past it).
+    pub call_actions: Rate,
 }
 
 /// Something the driver must do for the session.
@@ -267,6 +275,15 @@ pub enum Action {
         /// The request's id.
         request_id: u32,
     },
+    /// Hand a call invite or action of this device to the switchboard.
+    Call(CallRequest),
+    /// Read this user's call history; answer with `answer` (`CallHistory`).
+    CallHistory {
+        /// The request's id.
+        request_id: u32,
+        /// Most records (already capped).
+        limit: usize,
+    },
     /// Forward a typing indicator to the live sessions of `to`.
     Typing {
         /// Recipient user.
@@ -276,6 +293,15 @@ pub enum Action {
     },
     /// Flush queued frames and close the connection.
     Close,
+}
+
+/// A well-formed call request of the logged-in device, for the switchboard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallRequest {
+    /// Ring a user.
+    Invite(CallInvite),
+    /// Act in a call.
+    Action(CallAction),
 }
 
 /// Result of looking up a device for login.
@@ -337,6 +363,12 @@ pub struct Session {
     group_requests: TokenBucket,
     /// `TurnCredentialsRequest` budget.
     turn_credentials: TokenBucket,
+    /// `CallInvite` budget.
+    call_invites: TokenBucket,
+    /// `CallAction` and `CallHistoryRequest` budget.
+    call_actions: TokenBucket,
+    /// The protocol version agreed in `Hello` (0 before it).
+    version: u16,
     /// Key-directory requests (uploads, claims) and their budgets.
     keys: KeyRequests,
     /// The logged-in device's login key (verifies the identity keys it publishes).
@@ -407,6 +439,9 @@ impl Session {
             link_codes: TokenBucket::new(config.link_codes, now),
             group_requests: TokenBucket::new(config.group_requests, now),
             turn_credentials: TokenBucket::new(config.turn_credentials, now),
+            call_invites: TokenBucket::new(config.call_invites, now),
+            call_actions: TokenBucket::new(config.call_actions, now),
+            version: 0,
             keys: KeyRequests::new(config.keys, now),
             device_key: None,
             login_deadline: now + config.login_timeout,
@@ -661,6 +696,7 @@ impl Session {
                     return;
                 }
                 self.phase = Phase::AwaitAuth;
+                self.version = version;
                 self.send(ServerHello {
                     version,
                     challenge: self.challenge,
@@ -786,6 +822,30 @@ impl Session {
             (Phase::Active { .. }, Frame::GroupSend(g)) => self.on_group_send(now, g),
             (Phase::Active { .. }, Frame::GroupRequest(r)) => self.on_group_request(now, r),
             (Phase::Active { .. }, Frame::StoryPost(p)) => self.on_story_post(now, p),
+            (Phase::Active { .. }, Frame::CallInvite(i)) => self.on_call_invite(now, i),
+            (Phase::Active { .. }, Frame::CallAction(a)) => {
+                // Past the budget an action is dropped: a client sends a handful per call.
+                if self.call_actions.try_take(now, 1.0) {
+                    match check_action(&a.action) {
+                        Ok(()) => self.actions.push_back(Action::Call(CallRequest::Action(a))),
+                        Err(why) => self.refuse_call(a.call_id, ErrorCode::ProtocolViolation, why),
+                    }
+                }
+            }
+            (Phase::Active { .. }, Frame::CallHistoryRequest(r)) => {
+                if self.call_actions.try_take(now, 1.0) {
+                    self.actions.push_back(Action::CallHistory {
+                        request_id: r.request_id,
+                        limit: usize::from(r.limit).min(MAX_CALL_HISTORY),
+                    });
+                } else {
+                    self.send(RequestRefused::new(
+                        r.request_id,
+                        ErrorCode::RateLimited,
+                        "call request rate exceeded",
+                    ));
+                }
+            }
             (Phase::Active { .. }, Frame::StoryViewed(v)) => {
                 if validate_user_name(&v.from).is_ok() && self.sends.try_take(now, 0.25) {
                     self.actions.push_back(Action::StoryViewed(v));
@@ -1147,6 +1207,37 @@ impl Session {
             body: g.body,
             expires_in_secs: g.expires_in_secs,
         });
+    }
+
+    fn on_call_invite(&mut self, now: Instant, invite: CallInvite) {
+        let id = invite.call_id;
+        if !self.call_invites.try_take(now, 1.0) {
+            self.refuse_call(id, ErrorCode::RateLimited, "call invite rate exceeded");
+            return;
+        }
+        match check_invite(&invite) {
+            Ok(()) => self
+                .actions
+                .push_back(Action::Call(CallRequest::Invite(invite))),
+            Err(why) => self.refuse_call(id, ErrorCode::ProtocolViolation, why),
+        }
+    }
+
+    /// Ends a call request with a typed refusal; the connection stays open.
+    fn refuse_call(&mut self, call_id: CallId, code: ErrorCode, why: &str) {
+        tracing::debug!(call = %call_id.to_hex(), code = code.name(), why, "call request refused");
+        self.send(CallUpdate {
+            call_id,
+            update: CallUpdateKind::Ended {
+                reason: CallEndReason::Refused(code.as_u16()),
+            },
+        });
+    }
+
+    /// The protocol version agreed in `Hello` (0 before it): a device is rung only once its
+    /// session speaks 5.
+    pub fn version(&self) -> u16 {
+        self.version
     }
 
     fn on_story_post(&mut self, now: Instant, p: StoryPost) {
@@ -1593,6 +1684,8 @@ mod tests {
             max_group_members: 1024,
             max_story_audience: 1024,
             turn_credentials: Rate::per_minute(1, 2),
+            call_invites: Rate::per_minute(2, 2),
+            call_actions: Rate::per_second(5, 5),
         }
     }
 

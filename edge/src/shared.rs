@@ -35,6 +35,8 @@ pub struct Shared {
     pub transfers_per_min: u32,
     /// The STUN/TURN relay and its credentials; `None` when `relay.listen` is off.
     pub turn: Option<crate::turn::TurnService>,
+    /// Call signaling; `None` only in tools that serve no connections.
+    pub calls: Option<crate::calls::CallService>,
 }
 
 /// Wall clock in ms since the Unix epoch (0 if the clock is before 1970).

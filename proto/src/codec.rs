@@ -587,6 +587,69 @@ mod tests {
                 }],
             }
             .into(),
+            CallInvite {
+                call_id: CallId([4; 16]),
+                to: "bob".into(),
+                media: CallMedia::Video,
+                offers: vec![DeviceEnvelope {
+                    device: DeviceId(1),
+                    envelope: vec![5; 300],
+                }],
+            }
+            .into(),
+            CallAction {
+                call_id: CallId([4; 16]),
+                action: CallActionKind::Accept(vec![6; 200]),
+            }
+            .into(),
+            CallAction {
+                call_id: CallId([4; 16]),
+                action: CallActionKind::Hangup,
+            }
+            .into(),
+            CallHistoryRequest {
+                request_id: 3,
+                limit: 50,
+            }
+            .into(),
+            CallIncoming {
+                call_id: CallId([4; 16]),
+                from: "alice".into(),
+                from_device: DeviceId(2),
+                media: CallMedia::Audio,
+                offer: vec![1; 64],
+                rings_for_ms: 30_000,
+            }
+            .into(),
+            CallUpdate {
+                call_id: CallId([4; 16]),
+                update: CallUpdateKind::Ended {
+                    reason: CallEndReason::Refused(9),
+                },
+            }
+            .into(),
+            CallUpdate {
+                call_id: CallId([4; 16]),
+                update: CallUpdateKind::Accepted {
+                    device: DeviceId(3),
+                    answer: vec![2; 40],
+                },
+            }
+            .into(),
+            CallHistory {
+                request_id: 3,
+                records: vec![CallRecord {
+                    call_id: CallId([4; 16]),
+                    peer: "bob".into(),
+                    outgoing: true,
+                    media: CallMedia::Video,
+                    started_ms: 1,
+                    answered_ms: 2,
+                    ended_ms: 3,
+                    end: CallEndReason::HungUp,
+                }],
+            }
+            .into(),
         ]
     }
 

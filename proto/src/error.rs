@@ -89,6 +89,8 @@ pub enum ErrorCode {
     /// The server runs no STUN/TURN relay (it is off in its configuration): a call has to do
     /// without relayed candidates.
     RelayUnavailable = 36,
+    /// No such call (it ended, or this device is not in it).
+    UnknownCall = 37,
 }
 
 impl ErrorCode {
@@ -132,6 +134,7 @@ impl ErrorCode {
             34 => UnknownMedia,
             35 => MediaHashMismatch,
             36 => RelayUnavailable,
+            37 => UnknownCall,
             _ => return None,
         })
     }
@@ -181,6 +184,7 @@ impl ErrorCode {
             UnknownMedia => "unknown_media",
             MediaHashMismatch => "media_hash_mismatch",
             RelayUnavailable => "relay_unavailable",
+            UnknownCall => "unknown_call",
         }
     }
 }

@@ -3,6 +3,9 @@
 //! Kinds 1..=63 travel client → server, 64..=127 server → client; `Ping`, `Pong` and `Bye`
 //! may go both ways.
 
+pub use crate::call::{
+    CallAction, CallHistory, CallHistoryRequest, CallIncoming, CallInvite, CallUpdate,
+};
 pub use crate::group::{GroupAnswer, GroupRead, GroupReceipt, GroupRequest, GroupSend};
 use crate::group::{GroupMessage, GroupNotice};
 use crate::ids::{ClientMsgId, DeviceId, ServerSeq};
@@ -129,6 +132,12 @@ frames! {
     /// Authenticate a connection that carries one media transfer (the TCP+TLS fallback's
     /// transfer stream): like `Login`, but the device's session stays where it is.
     30 => TransferLogin,
+    /// Ring every device of a user (version 5).
+    31 => CallInvite,
+    /// Pick up, decline, send candidates or hang up in a call.
+    32 => CallAction,
+    /// Ask for this user's call history.
+    33 => CallHistoryRequest,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -184,6 +193,12 @@ frames! {
     89 => MediaUrl,
     /// Answer to `TurnCredentialsRequest`.
     90 => TurnCredentials,
+    /// A call rings this device.
+    91 => CallIncoming,
+    /// What happened to a call this device is in.
+    92 => CallUpdate,
+    /// Answer to `CallHistoryRequest`.
+    93 => CallHistory,
 }
 
 /// Client → server, first frame on every connection.

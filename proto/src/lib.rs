@@ -14,6 +14,7 @@
 //!
 //! `PROTOCOL.md` in this crate is the wire contract.
 
+pub mod call;
 pub mod codec;
 pub mod envelope_limit;
 pub mod error;
@@ -24,6 +25,10 @@ pub mod media;
 pub mod story;
 pub mod turn;
 
+pub use call::{
+    check_action, check_invite, CallActionKind, CallEndReason, CallId, CallMedia, CallRecord,
+    CallUpdateKind, MAX_CALL_HISTORY, MAX_CALL_PAYLOAD,
+};
 pub use codec::{
     decode_payload, encode, encode_to_vec, FrameDecoder, Header, COMPRESS_THRESHOLD, FLAG_ZSTD,
     HARD_MAX_FRAME, HEADER_LEN,
@@ -40,11 +45,12 @@ pub use media::{BlobId, ByteRange};
 pub use story::*;
 
 /// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The oldest protocol version this build still accepts (version 2 made `Send` carry one
 /// envelope per device; a version 1 `Send` cannot be stored). Version 3 added groups: frames
 /// a version 2 client never sends, and `Payload` kinds it is only sent once it speaks 3.
 /// Version 4 added media transfers: frames that travel on transfer streams of their own.
+/// Version 5 added call signaling: a device is rung only once its session speaks 5.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Most one-time keys one `UploadKeys` may carry.
 pub const MAX_KEYS_PER_UPLOAD: usize = 100;

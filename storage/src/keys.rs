@@ -27,6 +27,7 @@
 //! | `q` | `q poster\0 client_msg_id:[16]` | a status update's body, stored once |
 //! | `M` | `M blob:[32]` | rkyv `media::BlobRecord` (size, owner, lifetime, downloads) |
 //! | `Q` | `Q user` | bytes of live blobs the user owns, u64 |
+//! | `C` | `C user\0 ended_ms:u64 call_id:[16]` | rkyv `CallRecord` (the user's call history) |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, GroupId, ServerSeq};
@@ -54,6 +55,7 @@ pub(crate) const STORY: u8 = b'p';
 pub(crate) const STORY_BODY: u8 = b'q';
 pub(crate) const BLOB: u8 = b'M';
 pub(crate) const MEDIA_USAGE: u8 = b'Q';
+pub(crate) const CALL: u8 = b'C';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);

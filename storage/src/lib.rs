@@ -51,6 +51,7 @@
 mod accounts;
 mod backup;
 mod blobs;
+mod calls;
 mod compact;
 mod copy;
 mod device_registry;
@@ -73,6 +74,7 @@ mod write;
 
 pub use backup::BackupReport;
 pub use blobs::{hash_file, BlobError, BlobFiles, PartialBlob, RangeSet, CHECKPOINT_BYTES};
+pub use calls::MAX_CALLS_KEPT;
 pub use compact::{compact, CompactReport};
 pub use copy::EntryCounts;
 pub use device_registry::LinkOutcome;

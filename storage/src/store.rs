@@ -1,6 +1,7 @@
 //! The public face of storage: [`Store`], its configuration and the outcomes of each write.
 
 use crate::backup::BackupReport;
+use crate::calls;
 use crate::compact::CompactReport;
 use crate::device_registry::LinkOutcome;
 use crate::engine::{self, Engine, EngineSlot, Tuning};
@@ -887,6 +888,28 @@ impl Store {
     /// Bytes of live blobs `user` owns (what their quota counts).
     pub fn media_usage(&self, user: &str) -> Result<u64, StorageError> {
         media::user_usage(self.db.get().as_ref(), user)
+    }
+
+    /// Adds a call to `user`'s history (dropping the oldest past
+    /// [`crate::MAX_CALLS_KEPT`]); resolves after the fsync.
+    pub fn record_call(
+        &self,
+        user: &str,
+        record: missive_proto::CallRecord,
+    ) -> impl std::future::Future<Output = Result<(), StorageError>> + Send + 'static {
+        self.write(calls::RecordCall {
+            user: user.to_owned(),
+            record,
+        })
+    }
+
+    /// `user`'s most recent `limit` calls, newest first.
+    pub fn calls_of(
+        &self,
+        user: &str,
+        limit: usize,
+    ) -> Result<Vec<missive_proto::CallRecord>, StorageError> {
+        calls::calls_of(self.db.get().as_ref(), user, limit)
     }
 
     /// Publishes keys of a device (see [`KeyUpload`]); resolves after the fsync.

@@ -376,6 +376,7 @@ mod tests {
                 media: None,
                 transfers_per_min: 1,
                 turn: None,
+                calls: None,
             }),
             data_dir: dir.to_path_buf(),
         }
