@@ -1,6 +1,7 @@
 //! The SDK handle an app embeds: [`Client`], its [`ClientConfig`], [`register`] and [`link`].
 
 use crate::backoff::ReconnectPolicy;
+use crate::call::CallDo;
 use crate::connection::establish;
 use crate::content::{seal, Content};
 use crate::dedup::SeenSet;
@@ -255,6 +256,71 @@ impl Client {
             .await?
         {
             Frame::TurnCredentials(t) => Ok(t.into()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Rings every device of `to` with `offer` (sealed for each of them); returns the new
+    /// call's id. What follows comes as [`crate::Event::Call`]: `Ringing`, then `Accepted`
+    /// (with the callee's media description) or `Ended`.
+    pub fn invite_call(
+        &self,
+        to: impl Into<String>,
+        media: missive_proto::CallMedia,
+        offer: crate::CallOffer,
+    ) -> Result<missive_proto::CallId, ClientError> {
+        let call_id = missive_proto::CallId(rand::random());
+        self.command(Command::Invite {
+            call_id,
+            to: to.into(),
+            media,
+            offer,
+        })?;
+        Ok(call_id)
+    }
+
+    /// Picks up a ringing call on this device, with this device's media description (sealed
+    /// for the caller's device). The callee's other devices stop ringing.
+    pub fn accept_call(
+        &self,
+        call: missive_proto::CallId,
+        description: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.command(Command::CallDo(call, CallDo::Accept(description)))
+    }
+
+    /// Declines a ringing call (every device of this user stops ringing).
+    pub fn decline_call(&self, call: missive_proto::CallId) -> Result<(), ClientError> {
+        self.command(Command::CallDo(call, CallDo::Decline))
+    }
+
+    /// Hangs up (a call we placed and nobody answered yet is cancelled).
+    pub fn hang_up(&self, call: missive_proto::CallId) -> Result<(), ClientError> {
+        self.command(Command::CallDo(call, CallDo::Hangup))
+    }
+
+    /// Sends candidates found later (an encoded media description) to the other side of an
+    /// answered call.
+    pub fn send_call_candidates(
+        &self,
+        call: missive_proto::CallId,
+        description: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        self.command(Command::CallDo(call, CallDo::Candidates(description)))
+    }
+
+    /// This user's most recent calls (at most `limit`, and at most 200), newest first.
+    pub async fn call_history(
+        &self,
+        limit: u16,
+    ) -> Result<Vec<missive_proto::CallRecord>, ClientError> {
+        match self
+            .device_request(move |request_id| {
+                missive_proto::CallHistoryRequest { request_id, limit }.into()
+            })
+            .await?
+        {
+            Frame::CallHistory(h) => Ok(h.records),
             other => Err(unexpected(&other)),
         }
     }

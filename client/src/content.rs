@@ -8,7 +8,9 @@
 use crate::ClientError;
 use missive_proto::HARD_MAX_FRAME;
 
-pub use wire::{ArchivedContent, Content, GroupKey, MediaMessage, PostKey};
+pub use wire::{
+    ArchivedContent, CallSignal, CallSignalKind, Content, GroupKey, MediaMessage, PostKey,
+};
 
 // rkyv's derive generates helper types for the `Read { ids }` variant that carry no docs;
 // the allow is scoped to this module, which holds nothing but the documented `Content`.
@@ -58,6 +60,57 @@ mod wire {
         /// A file: photo, video, voice note or document, encrypted and uploaded by the
         /// sender; what it takes to fetch, verify and decrypt it. Boxed like `GroupKey`.
         Media(Box<MediaMessage>),
+        /// The SDK's own: a call's offer, answer or candidates, sealed for the one device
+        /// that takes part (it travels in call frames, never as a message; one that arrives
+        /// as a message is dropped). Boxed like `GroupKey`.
+        Call(Box<CallSignal>),
+    }
+
+    /// What a call's sealed payload says (inside [`Content::Call`]). It names its call, so
+    /// the edge cannot move a payload of one call into another.
+    #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+    pub struct CallSignal {
+        /// The call (its `CallId` bytes).
+        pub call: [u8; 16],
+        /// What it carries.
+        pub kind: CallSignalKind,
+    }
+
+    impl std::fmt::Debug for CallSignal {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            // Never the call's secret.
+            let kind = match self.kind {
+                CallSignalKind::Offer { .. } => "Offer",
+                CallSignalKind::Answer { .. } => "Answer",
+                CallSignalKind::Candidates { .. } => "Candidates",
+            };
+            f.debug_struct("CallSignal")
+                .field("kind", &kind)
+                .finish_non_exhaustive()
+        }
+    }
+
+    /// The three payloads of a call.
+    #[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq)]
+    pub enum CallSignalKind {
+        /// The caller's offer: the call's secret (its media keys derive from it) and the
+        /// caller's media description (ICE credentials and candidates).
+        Offer {
+            /// 32 random bytes chosen by the caller.
+            secret: [u8; 32],
+            /// The caller's encoded media description.
+            description: Vec<u8>,
+        },
+        /// The callee's answer: its media description.
+        Answer {
+            /// The callee's encoded media description.
+            description: Vec<u8>,
+        },
+        /// Candidates found later (trickled), encoded as a media description.
+        Candidates {
+            /// The encoded description carrying them.
+            description: Vec<u8>,
+        },
     }
 
     /// A file sent as a message (inside [`Content::Media`]).
@@ -184,6 +237,13 @@ impl Content {
                 Self::PostKey(_) => 48,
                 Self::Media(m) => {
                     96 + m.name.len() + m.mime.len() + m.caption.len() + m.preview.len()
+                }
+                Self::Call(c) => {
+                    64 + match &c.kind {
+                        CallSignalKind::Offer { description, .. }
+                        | CallSignalKind::Answer { description }
+                        | CallSignalKind::Candidates { description } => description.len(),
+                    }
                 }
             }
     }

@@ -55,6 +55,15 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<missive_proto::Frame, ClientError>>,
     },
     Close(oneshot::Sender<Result<(), ClientError>>),
+    /// Place a call.
+    Invite {
+        call_id: missive_proto::CallId,
+        to: String,
+        media: missive_proto::CallMedia,
+        offer: crate::call::CallOffer,
+    },
+    /// Act in a call.
+    CallDo(missive_proto::CallId, crate::call::CallDo),
     /// Drop the connection and connect again now (the network changed).
     Reconnect,
 }
@@ -75,6 +84,8 @@ impl std::fmt::Debug for Command {
             Self::DeviceRequest { .. } => "DeviceRequest",
             Self::Timer(..) => "Timer",
             Self::Close(_) => "Close",
+            Self::Invite { .. } => "Invite",
+            Self::CallDo(..) => "CallDo",
             Self::Reconnect => "Reconnect",
         })
     }
@@ -441,6 +452,13 @@ impl Driver {
                 return self.begin_close();
             }
             Command::Reconnect => self.reconnect_now = true,
+            Command::Invite {
+                call_id,
+                to,
+                media,
+                offer,
+            } => self.session.invite_call(call_id, to, media, offer),
+            Command::CallDo(call_id, what) => self.session.call_do(call_id, what),
         }
         Flow::Continue
     }

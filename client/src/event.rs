@@ -270,6 +270,8 @@ pub enum Event {
         /// Who viewed it.
         viewer: String,
     },
+    /// Something happened to a call (see [`crate::call`]).
+    Call(crate::call::CallEvent),
 }
 
 impl Event {

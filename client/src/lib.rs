@@ -32,6 +32,13 @@
 //!     pub fn ack(&self, seq: ServerSeq) -> Result<(), ClientError>;
 //!     pub async fn close(&self) -> Result<(), ClientError>;
 //!     pub async fn turn_credentials(&self) -> Result<TurnCredentials, ClientError>; // username, password, ttl, urls of the edge's relay
+//!     // Calls (signaling; what happens comes as Event::Call(CallEvent))
+//!     pub fn invite_call(&self, to, media: CallMedia, offer: CallOffer) -> Result<CallId, ClientError>;
+//!     pub fn accept_call(&self, call: CallId, description: Vec<u8>) -> Result<(), ClientError>;
+//!     pub fn decline_call(&self, call: CallId) -> Result<(), ClientError>;
+//!     pub fn hang_up(&self, call: CallId) -> Result<(), ClientError>;
+//!     pub fn send_call_candidates(&self, call: CallId, description: Vec<u8>) -> Result<(), ClientError>;
+//!     pub async fn call_history(&self, limit: u16) -> Result<Vec<CallRecord>, ClientError>; // newest first
 //!     // Groups (refusals are ClientError::GroupRefused { code, .. }; see ClientError::code)
 //!     pub async fn create_group(&self, name) -> Result<GroupInfo, ClientError>;
 //!     pub async fn add_members(&self, group: GroupId, users: Vec<String>) -> Result<GroupInfo, ClientError>;
@@ -132,6 +139,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod call;
 mod client;
 mod connection;
 pub mod content;
@@ -157,6 +165,7 @@ pub mod transport;
 mod turn;
 
 pub use backoff::ReconnectPolicy;
+pub use call::{CallEvent, CallOffer};
 pub use client::{link, register, Client, ClientConfig, GroupInvite, SendReceipt};
 pub use content::{open, seal, Content};
 pub use dedup::{DeliveryKey, DeliveryKind, SeenSet};
@@ -171,6 +180,6 @@ pub use transport::{QuicEndpoint, Transport, TransportConfig, TransportKind};
 pub use turn::TurnCredentials;
 
 pub use missive_proto::{
-    ClientMsgId, DeviceId, GroupChange, GroupId, GroupInfo, GroupMember, GroupReceipt,
-    GroupSummary, PresenceState, ServerSeq, Visibility,
+    CallEndReason, CallId, CallMedia, CallRecord, ClientMsgId, DeviceId, GroupChange, GroupId,
+    GroupInfo, GroupMember, GroupReceipt, GroupSummary, PresenceState, ServerSeq, Visibility,
 };

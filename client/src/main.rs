@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+mod call_cmd;
 mod media_cmd;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -195,6 +196,16 @@ enum Cmd {
     SafetyNumber {
         /// The other user.
         name: String,
+    },
+    /// Print this user's call history, newest first: peer, direction, type, times, how it
+    /// ended, duration.
+    Calls {
+        /// Most records (at most 200).
+        #[arg(long, default_value_t = 50)]
+        limit: u16,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Print short-lived credentials for the edge's STUN/TURN relay (username, password,
     /// lifetime, ICE URLs), e.g. for `turnutils_uclient -u USER -w PASS`.
@@ -496,6 +507,7 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Cmd::TurnCredentials { json } => cmd_turn_credentials(&cli, &dir, *json).await,
+        Cmd::Calls { limit, json } => cmd_calls(&cli, &dir, *limit, *json).await,
         Cmd::SafetyNumber { name } => {
             let profile = Profile::load(&dir)?;
             let number = profile.identity.safety_number(name).ok_or_else(|| {
@@ -505,6 +517,22 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
     }
+}
+
+async fn cmd_calls(cli: &Cli, dir: &Path, limit: u16, json: bool) -> CliResult {
+    let profile = Profile::load(dir)?;
+    let (client, _events) = connect(cli, &profile).await?;
+    let got = tokio::time::timeout(SEND_TIMEOUT, client.call_history(limit)).await;
+    close(&client).await;
+    let records = got.map_err(|_| ClientError::Timeout("waiting for the call history"))??;
+    for r in &records {
+        if json {
+            println!("{}", call_cmd::record_json(r));
+        } else {
+            println!("{}", call_cmd::record_text(r));
+        }
+    }
+    Ok(())
 }
 
 async fn cmd_turn_credentials(cli: &Cli, dir: &Path, json: bool) -> CliResult {
@@ -1182,6 +1210,7 @@ fn render(ev: &Event, json: bool) -> String {
 fn render_json(ev: &Event) -> serde_json::Value {
     use serde_json::json;
     match ev {
+        Event::Call(c) => call_cmd::event_json(c),
         Event::Media {
             group,
             from,
@@ -1461,6 +1490,7 @@ fn presence_parts(state: &PresenceState) -> (&'static str, Option<u64>) {
 
 fn render_text(ev: &Event) -> String {
     match ev {
+        Event::Call(c) => call_cmd::event_text(c),
         Event::Media {
             group,
             from,

@@ -14,7 +14,8 @@
 //! on each [`Output`] **in order**: an `Events` output must reach the app before a later
 //! `Transmit(AckDelivery)` is written, which is what "ack after handing to the app" relies on.
 
-use crate::content::{seal, Content, DevicePlaintext, Opened};
+use crate::call::{CallBook, CallDo, CallEvent, CallOffer, PendingInvite};
+use crate::content::{seal, CallSignal, CallSignalKind, Content, DevicePlaintext, Opened};
 use crate::dedup::{DeliveryKey, DeliveryKind, SeenSet};
 use crate::delivery_stats::DeliveryCounters;
 use crate::devices::DeviceDirectory;
@@ -29,6 +30,9 @@ use missive_proto::{
     AckDelivery, ClientMsgId, Deliver, DeviceId, DeviceMismatch, ErrorCode, Frame, GroupId,
     GroupOp, GroupRead, GroupRequest, GroupSend, Payload, Ping, Pong, ServerSeq,
     SetPresenceVisibility, StoryPost, SubscribePresence, Typing, Visibility,
+};
+use missive_proto::{
+    CallAction, CallActionKind, CallEndReason, CallId, CallInvite, CallMedia, CallUpdateKind,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -368,6 +372,8 @@ pub(crate) struct Session {
     groups: Groups,
     /// Keys of status updates received (poster, post id), until the post arrives.
     post_keys: PostKeys,
+    /// Calls: invites waiting for keys, the other side's device of each call.
+    calls: CallBook,
     /// The latest time an input brought (the session never reads the clock).
     clock: Instant,
     /// Deliveries are handled (false: left untouched in the mailbox, see
@@ -417,6 +423,7 @@ impl Session {
             devices: DeviceDirectory::new(me.user.clone(), me.device),
             groups: Groups::new(me.e2ee.clone(), &me.user, me.device, now),
             post_keys: PostKeys::default(),
+            calls: CallBook::default(),
             sealer: Sealer::new(me.e2ee, (&me.user, me.device, me.login_key)),
             recent: VecDeque::new(),
             asked_again: VecDeque::new(),
@@ -741,6 +748,9 @@ impl Session {
                 viewer: v.viewer,
             }])),
             Frame::StoryList(ref l) => self.device_answer(l.request_id, Ok(frame.clone())),
+            Frame::CallHistory(ref h) => self.device_answer(h.request_id, Ok(frame.clone())),
+            Frame::CallIncoming(i) => self.on_call_incoming(i),
+            Frame::CallUpdate(u) => self.on_call_update(u),
             Frame::GroupReceipt(r) => {
                 self.out.push_back(Output::Events(vec![Event::GroupReceipt {
                     group: r.group,
@@ -819,6 +829,8 @@ impl Session {
         if self.outbox.retry_later(m.client_msg_id, now) {
             self.outbox.release_due(now);
         }
+        // Or it answered an invite: the call's id is in the message id's place.
+        self.calls.seal_again(&CallId(m.client_msg_id.0));
         self.pump();
     }
 
@@ -1111,6 +1123,8 @@ impl Session {
                 );
                 Vec::new()
             }
+            // Call payloads travel in call frames; one in a message is out of place.
+            Content::Call(_) => Vec::new(),
         }
     }
 
@@ -1340,6 +1354,7 @@ impl Session {
         if self.phase != Phase::Ready {
             return;
         }
+        self.pump_calls();
         while self.outbox.in_flight < MAX_IN_FLIGHT {
             let Some(id) = self.outbox.queue.pop_front() else {
                 break;
@@ -1419,6 +1434,275 @@ impl Session {
             self.transmit(frame.into());
         }
     }
+}
+
+/// Calls: invites sealed once the callee's devices have sessions, actions with payloads
+/// sealed for the other side's one device, and what comes back opened for the app.
+impl Session {
+    /// Places a call: the offer is sealed for every device of `to` once each has a session
+    /// (claiming keys first if needed), then the invite goes.
+    pub(crate) fn invite_call(
+        &mut self,
+        call_id: CallId,
+        to: String,
+        media: CallMedia,
+        offer: CallOffer,
+    ) {
+        let kind = CallSignalKind::Offer {
+            secret: offer.secret,
+            description: offer.description.clone(),
+        };
+        let plaintext = call_plaintext(call_id, kind);
+        self.calls.invite(PendingInvite {
+            call_id,
+            to,
+            media,
+            plaintext,
+        });
+        self.pump();
+    }
+
+    /// This device acts in `call_id`.
+    pub(crate) fn call_do(&mut self, call_id: CallId, what: CallDo) {
+        let action = match what {
+            CallDo::Accept(description) => {
+                match self.seal_for_peer(call_id, CallSignalKind::Answer { description }) {
+                    Some(sealed) => CallActionKind::Accept(sealed),
+                    None => return self.call_gone(call_id),
+                }
+            }
+            CallDo::Candidates(description) => {
+                match self.seal_for_peer(call_id, CallSignalKind::Candidates { description }) {
+                    Some(sealed) => CallActionKind::Candidates(sealed),
+                    None => return self.call_gone(call_id),
+                }
+            }
+            CallDo::Decline => CallActionKind::Decline,
+            CallDo::Hangup => {
+                if self.calls.pending.iter().any(|p| p.call_id == call_id) {
+                    // Never sent: nothing to tell the edge.
+                    self.calls.forget(&call_id);
+                    return self.call_event(CallEvent::Ended {
+                        call_id,
+                        reason: CallEndReason::Cancelled,
+                    });
+                }
+                CallActionKind::Hangup
+            }
+        };
+        if self.phase == Phase::Ready {
+            self.transmit(CallAction { call_id, action }.into());
+        } else {
+            // Offline: the edge ends the call after its reconnect grace if we do not come
+            // back; an action taken meanwhile goes once we are.
+            self.calls.queue_action(CallAction { call_id, action });
+        }
+    }
+
+    fn call_gone(&mut self, call_id: CallId) {
+        self.call_event(CallEvent::Ended {
+            call_id,
+            reason: CallEndReason::Refused(ErrorCode::UnknownCall.as_u16()),
+        });
+    }
+
+    fn call_event(&mut self, event: CallEvent) {
+        if self.sealer.take_dirty() {
+            self.out.push_back(Output::Persist);
+        }
+        self.out.push_back(Output::Events(vec![Event::Call(event)]));
+    }
+
+    /// `kind` sealed for the other side's device in `call_id` (`None`: no such device known,
+    /// or no session with it).
+    fn seal_for_peer(&mut self, call_id: CallId, kind: CallSignalKind) -> Option<Vec<u8>> {
+        let (user, device) = self.calls.peer(&call_id)?.clone();
+        let plaintext = call_plaintext(call_id, kind);
+        let (sealed, _) = self
+            .sealer
+            .seal(&user, &[(user.clone(), device)], |_| plaintext.clone());
+        sealed
+            .into_iter()
+            .next()
+            .map(|e| e.envelope)
+            .filter(|e| !e.is_empty())
+    }
+
+    /// Sends what waits: actions taken while offline, then invites whose keys are here.
+    fn pump_calls(&mut self) {
+        for action in self.calls.take_actions() {
+            self.transmit(action.into());
+        }
+        while let Some(to) = self.calls.pending.front().map(|p| p.to.clone()) {
+            let targets = match self.sealer.prepare(self.clock, &to, &self.devices) {
+                Readiness::Ready(targets) => targets,
+                Readiness::Waiting(claims) => {
+                    for c in claims {
+                        self.transmit(c);
+                    }
+                    return;
+                }
+            };
+            let Some(invite) = self.calls.pending.pop_front() else {
+                return;
+            };
+            // The callee's devices only: our own other devices are not rung.
+            let targets: Vec<_> = targets.into_iter().filter(|a| a.0 == to).collect();
+            let (offers, _) = self
+                .sealer
+                .seal(&to, &targets, |_| invite.plaintext.clone());
+            let offers: Vec<_> = offers
+                .into_iter()
+                .filter(|o| !o.envelope.is_empty())
+                .collect();
+            if offers.is_empty() {
+                self.calls.forget(&invite.call_id);
+                self.call_event(CallEvent::Ended {
+                    call_id: invite.call_id,
+                    reason: CallEndReason::Refused(ErrorCode::UnknownRecipient.as_u16()),
+                });
+                continue;
+            }
+            self.transmit(
+                CallInvite {
+                    call_id: invite.call_id,
+                    to: invite.to.clone(),
+                    media: invite.media,
+                    offers,
+                }
+                .into(),
+            );
+            self.calls.sent(invite);
+        }
+    }
+
+    /// Opens a call payload from `from`'s `device`, which must be a signal of `call_id`.
+    fn open_call(
+        &mut self,
+        from: &str,
+        device: DeviceId,
+        sealed: &[u8],
+        call_id: &CallId,
+    ) -> Result<CallSignalKind, String> {
+        let plain = self
+            .sealer
+            .open(from, device, sealed)
+            .map_err(|e| format!("cannot decrypt: {e:?}"))?;
+        let opened = DevicePlaintext::decode(&plain).map_err(|e| e.to_string())?;
+        crate::call::expect_signal(opened.content, call_id).map_err(str::to_owned)
+    }
+
+    fn on_call_incoming(&mut self, i: missive_proto::CallIncoming) {
+        let event = match self.open_call(&i.from, i.from_device, &i.offer, &i.call_id) {
+            Ok(CallSignalKind::Offer {
+                secret,
+                description,
+            }) => {
+                self.calls
+                    .set_peer(i.call_id, (i.from.clone(), i.from_device));
+                CallEvent::Incoming {
+                    call_id: i.call_id,
+                    from: i.from,
+                    from_device: i.from_device,
+                    media: i.media,
+                    offer: CallOffer {
+                        secret,
+                        description,
+                    },
+                    rings_for: Duration::from_millis(u64::from(i.rings_for_ms)),
+                }
+            }
+            Ok(_) => CallEvent::Unreadable {
+                call_id: i.call_id,
+                from: i.from,
+                reason: "the ring carries no offer".into(),
+            },
+            Err(reason) => CallEvent::Unreadable {
+                call_id: i.call_id,
+                from: i.from,
+                reason,
+            },
+        };
+        self.call_event(event);
+    }
+
+    fn on_call_update(&mut self, u: missive_proto::CallUpdate) {
+        let call_id = u.call_id;
+        let event = match u.update {
+            CallUpdateKind::Ringing { devices } => {
+                self.calls.settled(&call_id);
+                CallEvent::Ringing { call_id, devices }
+            }
+            CallUpdateKind::Accepted { device, answer } => {
+                let Some(callee) = self.calls.callee(&call_id).map(str::to_owned) else {
+                    tracing::warn!(call = %call_id.to_hex(), "answer to a call we did not place");
+                    return;
+                };
+                match self.open_call(&callee, device, &answer, &call_id) {
+                    Ok(CallSignalKind::Answer { description }) => {
+                        self.calls.set_peer(call_id, (callee, device));
+                        CallEvent::Accepted {
+                            call_id,
+                            device,
+                            description,
+                        }
+                    }
+                    _ => {
+                        // An answer we cannot read cannot become media: end the call rather
+                        // than leave both sides waiting.
+                        tracing::warn!(call = %call_id.to_hex(), "unreadable answer; hanging up");
+                        self.transmit(
+                            CallAction {
+                                call_id,
+                                action: CallActionKind::Hangup,
+                            }
+                            .into(),
+                        );
+                        return;
+                    }
+                }
+            }
+            CallUpdateKind::AnsweredElsewhere { device } => {
+                self.calls.forget(&call_id);
+                CallEvent::AnsweredElsewhere { call_id, device }
+            }
+            CallUpdateKind::Candidates(sealed) => {
+                let Some((user, device)) = self.calls.peer(&call_id).cloned() else {
+                    return;
+                };
+                match self.open_call(&user, device, &sealed, &call_id) {
+                    Ok(CallSignalKind::Candidates { description }) => CallEvent::Candidates {
+                        call_id,
+                        description,
+                    },
+                    _ => {
+                        tracing::warn!(call = %call_id.to_hex(), "unreadable candidates dropped");
+                        return;
+                    }
+                }
+            }
+            CallUpdateKind::Ended { reason } => {
+                self.calls.forget(&call_id);
+                CallEvent::Ended { call_id, reason }
+            }
+        };
+        self.call_event(event);
+    }
+}
+
+/// The plaintext sealed for a call's device: a `DevicePlaintext` holding the signal.
+fn call_plaintext(call_id: CallId, kind: CallSignalKind) -> Vec<u8> {
+    let content = Content::Call(Box::new(CallSignal {
+        call: call_id.0,
+        kind,
+    }));
+    DevicePlaintext {
+        sent_to: None,
+        resend_of: None,
+        expires_in_secs: 0,
+        content: content.encode(),
+    }
+    .encode()
 }
 
 impl Session {

@@ -38,8 +38,11 @@ pub enum CallMedia {
 }
 
 /// Client → server: ring every device of `to`. Each device that gets an offer rings (now, or
-/// when it comes online before the ring times out); when none is online the callee gets a
-/// push. Answered with `CallUpdate`s for `call_id`: `Ringing`, then `Accepted` or `Ended`.
+/// when it comes online before the ring times out); offline ones get a push. Answered with
+/// `CallUpdate`s for `call_id`: `Ringing`, then `Accepted` or `Ended`. When the offers do not
+/// name exactly the callee's current devices, nothing rings and the answer is a
+/// `DeviceMismatch` (its `client_msg_id` holds the call id's bytes): seal for the devices it
+/// lists and invite again with the same id.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CallInvite {
     /// Caller-chosen random id.

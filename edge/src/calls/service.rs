@@ -7,7 +7,10 @@ use crate::notifier::Notifier;
 use crate::registry::Registry;
 use crate::session::CallRequest;
 use crate::shared::now_ms;
-use missive_proto::{CallEndReason, CallUpdate, CallUpdateKind, ErrorCode, Frame};
+use missive_proto::{
+    CallEndReason, CallInvite, CallUpdate, CallUpdateKind, ClientMsgId, DeviceId, DeviceMismatch,
+    ErrorCode, Frame, UserDevices,
+};
 use missive_storage::{MailboxId, Store};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -196,23 +199,32 @@ async fn run(mut board: Switchboard, mut rx: mpsc::Receiver<Command>, wiring: Wi
         match command {
             Command::Request(party, CallRequest::Invite(invite)) => {
                 // The switchboard decides on who exists and who is online; this side looks.
-                match wiring.store.user(&invite.to) {
-                    Ok(Some(_)) => {
-                        let online = wiring.registry.online_devices(&invite.to);
-                        board.invite(now(), party, invite, &online);
+                match wiring.store.devices(&invite.to) {
+                    Ok(devices) if devices.is_empty() => {
+                        wiring.refuse(&party, &invite, ErrorCode::UnknownRecipient)
                     }
-                    Ok(None) | Err(_) => {
-                        let code = ErrorCode::UnknownRecipient;
-                        let frame: Frame = CallUpdate {
-                            call_id: invite.call_id,
-                            update: CallUpdateKind::Ended {
-                                reason: CallEndReason::Refused(code.as_u16()),
-                            },
+                    Ok(devices) => {
+                        let mut offered: Vec<DeviceId> =
+                            invite.offers.iter().map(|o| o.device).collect();
+                        offered.sort_unstable();
+                        if offered == devices {
+                            let online = wiring.registry.online_devices(&invite.to);
+                            board.invite(now(), party, invite, &online);
+                        } else {
+                            // Every device must ring: the caller learns the current list (as
+                            // for a send) and seals the offer again.
+                            let frame: Frame = DeviceMismatch {
+                                client_msg_id: ClientMsgId(invite.call_id.0),
+                                current: vec![UserDevices {
+                                    user: invite.to.clone(),
+                                    devices,
+                                }],
+                            }
+                            .into();
+                            wiring.frame(&party, &frame);
                         }
-                        .into();
-                        wiring.count(&frame);
-                        wiring.frame(&party, &frame);
                     }
+                    Err(_) => wiring.refuse(&party, &invite, ErrorCode::StorageUnavailable),
                 }
             }
             Command::Request(party, CallRequest::Action(a)) => {
@@ -240,6 +252,18 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl Wiring {
+    fn refuse(&self, to: &Party, invite: &CallInvite, code: ErrorCode) {
+        let frame: Frame = CallUpdate {
+            call_id: invite.call_id,
+            update: CallUpdateKind::Ended {
+                reason: CallEndReason::Refused(code.as_u16()),
+            },
+        }
+        .into();
+        self.count(&frame);
+        self.frame(to, &frame);
+    }
+
     fn frame(&self, to: &Party, frame: &Frame) {
         let mb = MailboxId::new(to.user.clone(), to.device);
         self.registry.forward_to_device(&mb, frame);
