@@ -140,6 +140,7 @@
 
 pub mod backoff;
 pub mod call;
+pub mod call_media;
 mod client;
 mod connection;
 pub mod content;
