@@ -197,6 +197,43 @@ enum Cmd {
         /// The other user.
         name: String,
     },
+    /// Call NAME: ring every device of NAME, and once one picks up run the call's media
+    /// (synthetic audio, and video with --video) for --seconds, printing the path (direct or
+    /// relay), RTT, loss, jitter, bitrate and an estimated MOS each second and at the end.
+    Call {
+        /// The user to call.
+        name: String,
+        /// A video call (audio only without).
+        #[arg(long)]
+        video: bool,
+        /// Seconds of media before hanging up.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Media only through the edge's TURN relay (which sees only ciphertext).
+        #[arg(long)]
+        force_relay: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait for a call to ring this device, pick it up and run it like `call` does.
+    Answer {
+        /// Seconds to wait for a ring.
+        #[arg(long, default_value_t = 60.0)]
+        wait: f64,
+        /// Seconds of media before hanging up (unless the caller hangs up first).
+        #[arg(long, default_value_t = 3600.0)]
+        seconds: f64,
+        /// Send video too.
+        #[arg(long)]
+        video: bool,
+        /// Media only through the edge's TURN relay.
+        #[arg(long)]
+        force_relay: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print this user's call history, newest first: peer, direction, type, times, how it
     /// ended, duration.
     Calls {
@@ -508,6 +545,44 @@ async fn run(cli: Cli) -> CliResult {
         }
         Cmd::TurnCredentials { json } => cmd_turn_credentials(&cli, &dir, *json).await,
         Cmd::Calls { limit, json } => cmd_calls(&cli, &dir, *limit, *json).await,
+        Cmd::Call {
+            name,
+            video,
+            seconds,
+            force_relay,
+            json,
+        } => {
+            let args = call_cmd::CallArgs {
+                video: *video,
+                seconds: *seconds,
+                force_relay: *force_relay,
+                json: *json,
+            };
+            let profile = Profile::load(&dir)?;
+            let (client, mut events) = connect(&cli, &profile).await?;
+            let done = call_cmd::call(&client, &mut events, name, args).await;
+            close(&client).await;
+            done
+        }
+        Cmd::Answer {
+            wait,
+            seconds,
+            video,
+            force_relay,
+            json,
+        } => {
+            let args = call_cmd::CallArgs {
+                video: *video,
+                seconds: *seconds,
+                force_relay: *force_relay,
+                json: *json,
+            };
+            let profile = Profile::load(&dir)?;
+            let (client, mut events) = connect(&cli, &profile).await?;
+            let done = call_cmd::answer(&client, &mut events, secs(*wait)?, args).await;
+            close(&client).await;
+            done
+        }
         Cmd::SafetyNumber { name } => {
             let profile = Profile::load(&dir)?;
             let number = profile.identity.safety_number(name).ok_or_else(|| {
