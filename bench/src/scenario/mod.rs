@@ -1,5 +1,6 @@
 //! Load scenarios. Each drives real SDK clients against a real edge and fills a [`Run`].
 
+pub mod call;
 pub mod chat;
 pub mod connections;
 pub mod group;
@@ -42,6 +43,8 @@ pub struct Knobs {
     pub online_share: f64,
     /// `media`: bytes of the file uploaded and downloaded.
     pub file_bytes: u64,
+    /// `call`: calls made on each path (direct, relayed).
+    pub calls: usize,
 }
 
 /// When one paced sender sends: `rate` msgs/s, the first at `phase` after the run starts.
