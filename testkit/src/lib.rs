@@ -8,6 +8,10 @@
 //! already there is used as it is: after changing the edge, build it again (or run the
 //! workspace's tests).
 
+pub mod udp_proxy;
+
+pub use udp_proxy::UdpProxy;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,6 +84,8 @@ pub struct Edge {
     pub tcp: Option<SocketAddr>,
     /// The operations HTTP address (`/metrics`, `/healthz`, `/readyz`); `None` when off.
     pub metrics: Option<SocketAddr>,
+    /// The STUN/TURN relay's UDP address (`--relay-listen`); `None` when off.
+    pub relay: Option<SocketAddr>,
     /// The certificate clients must trust (the edge's generated development certificate).
     pub cert: PathBuf,
     /// Holds the data dir (`data/`) and the edge's logs (`edge-<pid>.log`, one per process).
@@ -113,6 +119,7 @@ impl Edge {
             quic: ready.quic,
             tcp: ready.tcp,
             metrics: ready.metrics,
+            relay: ready.relay,
             cert: ready.cert,
             dir,
             args,
@@ -277,6 +284,7 @@ struct Ready {
     quic: SocketAddr,
     tcp: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
+    relay: Option<SocketAddr>,
     cert: PathBuf,
 }
 
@@ -332,6 +340,11 @@ fn launch(dir: &Path, args: &[String]) -> (Child, Ready) {
         quic: field("quic").parse().expect("quic address"),
         tcp: field("tcp").parse().ok(),
         metrics: field("metrics").parse().ok(),
+        // Optional: an edge built before the relay has no such field.
+        relay: line
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix("relay="))
+            .and_then(|v| v.parse().ok()),
         // Last on the line: the path may contain spaces.
         cert: PathBuf::from(line.split_once(" cert=").expect("cert path").1),
     };
