@@ -56,10 +56,17 @@ async fn forced_relay_path_carries_only_ciphertext() {
     // least 100 bytes each (audio frames are the smallest).
     let relayed = metric(&e.edge, "missive_relay_bytes_to_peers_total") - bytes_before;
     let frames = (sa.frames_received + sb.frames_received) as f64;
-    assert!(relayed > frames * 100.0, "relayed {relayed} bytes for {frames} frames");
+    assert!(
+        relayed > frames * 100.0,
+        "relayed {relayed} bytes for {frames} frames"
+    );
     assert!(metric(&e.edge, "missive_relay_packets_to_clients_total") >= frames);
     // The proxy carried the caller's relayed media, and none of it in plaintext.
-    assert!(proxy.forwarded() as f64 > frames / 2.0, "{}", proxy.forwarded());
+    assert!(
+        proxy.forwarded() as f64 > frames / 2.0,
+        "{}",
+        proxy.forwarded()
+    );
     assert_eq!(proxy.marker_hits(), 0, "plaintext frames crossed the relay");
     assert_eq!(metric(&e.edge, "missive_relay_allocations_active"), 0.0);
 }

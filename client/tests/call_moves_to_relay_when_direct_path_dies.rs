@@ -26,9 +26,12 @@ async fn dead_direct_path_moves_the_call_to_the_relay() {
     );
     assert_eq!(call_a.connected(WAIT).await.unwrap(), PathKind::Direct);
     assert_eq!(call_b.connected(WAIT).await.unwrap(), PathKind::Direct);
-    eventually("media on the direct path", WAIT, [&call_a, &call_b], |a, b| {
-        a.frames_decrypted > 200 && b.frames_decrypted > 200
-    })
+    eventually(
+        "media on the direct path",
+        WAIT,
+        [&call_a, &call_b],
+        |a, b| a.frames_decrypted > 200 && b.frames_decrypted > 200,
+    )
     .await;
     let forwarded = proxy.forwarded();
     assert!(forwarded > 400, "media went through the proxy: {forwarded}");
@@ -36,9 +39,12 @@ async fn dead_direct_path_moves_the_call_to_the_relay() {
 
     proxy.set_blackhole(true);
     let died = Instant::now();
-    eventually("both sides on the relay", WAIT, [&call_a, &call_b], |a, b| {
-        a.path == Some(PathKind::Relayed) && b.path == Some(PathKind::Relayed)
-    })
+    eventually(
+        "both sides on the relay",
+        WAIT,
+        [&call_a, &call_b],
+        |a, b| a.path == Some(PathKind::Relayed) && b.path == Some(PathKind::Relayed),
+    )
     .await;
     let switched_after = died.elapsed();
     let (a_at, b_at) = (call_a.stats(), call_b.stats());

@@ -39,7 +39,7 @@ async fn lossy_delayed_path_keeps_the_call_and_lowers_video() {
     })
     .await;
     // Let the measurements settle over a few more seconds of media.
-    let settled = call_a.stats().frames_received + 1500;
+    let settled = call_a.stats().frames_received + 400;
     eventually("more media", WAIT, [&call_a, &call_b], |a, _| {
         a.frames_received > settled
     })

@@ -179,30 +179,35 @@ impl IceAgent {
 
     /// Pairs `c` with every local base (duplicates are ignored).
     pub fn add_remote_candidate(&mut self, c: Candidate) {
-        for (via, local_prio) in self.locals.clone() {
-            if self.pairs.len() >= MAX_PAIRS {
-                return;
-            }
-            if self.find(via, c.addr).is_some() {
-                continue;
-            }
-            let (g, d) = match self.role {
-                Role::Caller => (u64::from(local_prio), u64::from(c.priority)),
-                Role::Callee => (u64::from(c.priority), u64::from(local_prio)),
-            };
-            let priority = (g.min(d) << 32) + 2 * g.max(d) + u64::from(g > d);
-            self.pairs.push(Pair {
-                via,
-                remote: c,
-                priority,
-                state: PairState::Waiting,
-                last_ok: None,
-                check: None,
-                next_check: None,
-                triggered: false,
-                nominated: false,
-            });
+        for (via, _) in self.locals.clone() {
+            self.add_pair(via, c);
         }
+    }
+
+    /// Pairs `c` with the local base `via`.
+    fn add_pair(&mut self, via: Via, c: Candidate) {
+        let Some(local_prio) = self.locals.iter().find(|(v, _)| *v == via).map(|l| l.1) else {
+            return;
+        };
+        if self.pairs.len() >= MAX_PAIRS || self.find(via, c.addr).is_some() {
+            return;
+        }
+        let (g, d) = match self.role {
+            Role::Caller => (u64::from(local_prio), u64::from(c.priority)),
+            Role::Callee => (u64::from(c.priority), u64::from(local_prio)),
+        };
+        let priority = (g.min(d) << 32) + 2 * g.max(d) + u64::from(g > d);
+        self.pairs.push(Pair {
+            via,
+            remote: c,
+            priority,
+            state: PairState::Waiting,
+            last_ok: None,
+            check: None,
+            next_check: None,
+            triggered: false,
+            nominated: false,
+        });
     }
 
     fn find(&self, via: Via, remote: SocketAddr) -> Option<usize> {
@@ -261,18 +266,23 @@ impl IceAgent {
             Some(i) => i,
             None => {
                 // Peer-reflexive: the peer reached us from an address it did not signal.
+                // Paired only with the base it arrived at (RFC 8445 §7.3.1.3): an address
+                // learned through the relay is not a direct path.
                 let prio = wire::u32_attr(msg, attr::PRIORITY)
                     .filter(|p| *p > 0)
                     .unwrap_or_else(|| priority(CandidateKind::PeerReflexive, 65535));
-                self.add_remote_candidate(Candidate {
-                    kind: if via == Via::Relay {
-                        CandidateKind::Relayed
-                    } else {
-                        CandidateKind::PeerReflexive
+                self.add_pair(
+                    via,
+                    Candidate {
+                        kind: if via == Via::Relay {
+                            CandidateKind::Relayed
+                        } else {
+                            CandidateKind::PeerReflexive
+                        },
+                        addr: from,
+                        priority: prio,
                     },
-                    addr: from,
-                    priority: prio,
-                });
+                );
                 match self.find(via, from) {
                     Some(i) => i,
                     None => return true,

@@ -70,7 +70,8 @@ pub fn options(creds: &TurnCredentials) -> MediaOptions {
 /// its server-reflexive ones dropped, so the only direct path goes through the proxy.
 pub fn via_proxy(d: &MediaDescription, host: SocketAddr) -> MediaDescription {
     let mut d = d.clone();
-    d.candidates.retain(|c| c.kind != CandidateKind::ServerReflexive);
+    d.candidates
+        .retain(|c| c.kind != CandidateKind::ServerReflexive);
     for c in &mut d.candidates {
         if c.kind == CandidateKind::Host {
             c.addr = host;

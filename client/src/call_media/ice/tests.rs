@@ -284,3 +284,31 @@ fn garbage_and_forged_messages_change_nothing() {
     assert!(net.agents[1].poll_transmit().is_none());
     assert_eq!(net.agents[1].selected(), None);
 }
+
+#[test]
+fn peer_reflexive_address_learned_through_the_relay_is_not_tried_direct() {
+    let mut net = Net::new();
+    let now = net.now;
+    let x = addr("192.0.2.77:7777");
+    let req = Builder::binding()
+        .username("ufrag1:ufrag0")
+        .u32(attr::PRIORITY, priority(CandidateKind::Host, 65535))
+        .u64(attr::ICE_CONTROLLING, 1)
+        .sign_short(&creds(1).1);
+    let msg = Message::from_bytes(&req).unwrap();
+    assert!(net.agents[1].handle_stun(now, Via::Relay, x, &msg));
+    let mut to_x = Vec::new();
+    let mut t = now;
+    for _ in 0..200 {
+        while let Some(tr) = net.agents[1].poll_transmit() {
+            if tr.to == x {
+                to_x.push(tr.via);
+            }
+        }
+        t += Duration::from_millis(10);
+        net.agents[1].handle_timeout(t);
+    }
+    // Answered and checked back through the relay, never straight from the host.
+    assert!(to_x.contains(&Via::Relay), "{to_x:?}");
+    assert!(!to_x.contains(&Via::Host), "{to_x:?}");
+}
