@@ -472,7 +472,7 @@ mod tests {
                 while let Some(p) = s.poll_transmit() {
                     n += 1;
                     marker_seen |= p.windows(8).any(|w| w == SYNTHETIC_MARKER);
-                    if drop_every == 0 || n % drop_every != 0 {
+                    if drop_every == 0 || !n.is_multiple_of(drop_every) {
                         wire.push((now + delay, to_b, p));
                     }
                 }

@@ -147,8 +147,8 @@ impl TurnClient {
         if self.channels.len() >= MAX_CHANNELS {
             return;
         }
-        if !self.permissions.contains_key(&peer.ip()) {
-            self.permissions.insert(peer.ip(), now + PERMISSION_REFRESH);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.permissions.entry(peer.ip()) {
+            e.insert(now + PERMISSION_REFRESH);
             self.request(now, Req::CreatePermission(peer));
         }
         let number = FIRST_CHANNEL + self.channels.len() as u16;
