@@ -39,9 +39,12 @@ async fn forced_relay_path_carries_only_ciphertext() {
     assert_eq!(call_a.connected(WAIT).await.unwrap(), PathKind::Relayed);
     assert_eq!(call_b.connected(WAIT).await.unwrap(), PathKind::Relayed);
     eventually("media both ways", WAIT, [&call_a, &call_b], |a, b| {
-        a.frames_decrypted > 300 && b.frames_decrypted > 300
+        a.frames_received > 300 && b.frames_received > 300
     })
     .await;
+    // The proxy carried the caller's relayed media, and none of it in plaintext.
+    assert!(proxy.forwarded() > 300, "{}", proxy.forwarded());
+    assert_eq!(proxy.marker_hits(), 0, "plaintext frames crossed the relay");
     let (sa, sb) = (call_a.stop().await, call_b.stop().await);
     for (name, s) in [("caller", &sa), ("callee", &sb)] {
         assert_clean(name, s);
