@@ -609,4 +609,95 @@ mod tests {
         assert!(matches!(c.poll_event(), Some(TurnEvent::Failed(_))));
         assert!(c.relayed().is_none());
     }
+
+    fn allocated(s: &mut FakeServer, now: Instant) -> TurnClient {
+        let mut c = TurnClient::new("192.0.2.1:3478".parse().unwrap(), "u".into(), "p".into());
+        c.allocate(now);
+        pump(&mut c, s, now);
+        assert!(matches!(c.poll_event(), Some(TurnEvent::Allocated { .. })));
+        c
+    }
+
+    #[test]
+    fn refreshes_before_the_lifetime_ends() {
+        let now = Instant::now();
+        let mut s = FakeServer::new();
+        let mut c = allocated(&mut s, now);
+        s.requests.clear();
+        // Nothing due before the refresh time, a Refresh at it.
+        c.handle_timeout(now + Duration::from_secs(60));
+        assert!(c.poll_transmit().is_none());
+        let at = c.poll_timeout().unwrap();
+        assert!(at <= now + Duration::from_secs(540), "{:?}", at - now);
+        c.handle_timeout(at);
+        pump(&mut c, &mut s, at);
+        assert_eq!(s.requests, vec![method::REFRESH]);
+        assert!(!s.lifetime_zero_seen);
+        assert!(c.relayed().is_some());
+    }
+
+    #[test]
+    fn stale_nonce_is_retried_with_the_new_one() {
+        let now = Instant::now();
+        let mut s = FakeServer::new();
+        let mut c = allocated(&mut s, now);
+        let peer: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        c.add_peer(now, peer);
+        // The server answers the first request with 438 and a new nonce.
+        let req = c.poll_transmit().unwrap();
+        let msg = Message::from_bytes(&req).unwrap();
+        let mut b = Message::builder_error(&msg, MessageWriteVec::new());
+        b.add_attribute(&ErrorCode::builder(438).build().unwrap())
+            .unwrap();
+        b.add_attribute(&Realm::new("missive").unwrap()).unwrap();
+        b.add_attribute(&Nonce::new("n2").unwrap()).unwrap();
+        c.handle_stun(now, &Message::from_bytes(&b.finish()).unwrap());
+        // The retry carries the new nonce and is accepted; the channel gets bound.
+        let mut saw_new_nonce = false;
+        while let Some(out) = c.poll_transmit() {
+            let m = Message::from_bytes(&out).unwrap();
+            saw_new_nonce |= wire::realm_nonce(&m).is_some_and(|(_, n)| n == "n2");
+            if let Some(reply) = s.answer(&out) {
+                c.handle_stun(now, &Message::from_bytes(&reply).unwrap());
+            }
+        }
+        assert!(saw_new_nonce);
+        assert!(matches!(
+            wire::classify(&c.wrap(peer, b"x")),
+            Some(wire::Datagram::ChannelData(..))
+        ));
+    }
+
+    #[test]
+    fn success_signed_with_other_credentials_is_ignored() {
+        let now = Instant::now();
+        let mut s = FakeServer::new();
+        let mut c = TurnClient::new("192.0.2.1:3478".parse().unwrap(), "u".into(), "p".into());
+        c.allocate(now);
+        let first = c.poll_transmit().unwrap();
+        let challenge = s.answer(&first).unwrap();
+        c.handle_stun(now, &Message::from_bytes(&challenge).unwrap());
+        let second = c.poll_transmit().unwrap();
+        // A forger who knows the transaction id but not the password.
+        let req = Message::from_bytes(&second).unwrap();
+        let mut b = Message::builder_success(&req, MessageWriteVec::new());
+        let tid = b.transaction_id();
+        let fake =
+            stun_types::attribute::XorSocketAddr::new("203.0.113.66:1".parse().unwrap(), tid);
+        b.add_attribute(&fake.to_raw(attr::XOR_RELAYED_ADDRESS))
+            .unwrap();
+        b.add_message_integrity(
+            &wire::long_term("u", "other", "missive"),
+            stun_types::message::IntegrityAlgorithm::Sha1,
+        )
+        .unwrap();
+        let forged = b.finish();
+        c.handle_stun(now, &Message::from_bytes(&forged).unwrap());
+        assert!(c.poll_event().is_none());
+        assert!(c.relayed().is_none());
+        // The real answer still works.
+        let real = s.answer(&second).unwrap();
+        c.handle_stun(now, &Message::from_bytes(&real).unwrap());
+        assert_eq!(c.relayed(), Some(s.relayed));
+    }
 }
