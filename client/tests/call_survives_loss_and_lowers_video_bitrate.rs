@@ -1,6 +1,7 @@
 //! A direct call through a UDP proxy with 5 % loss each way and 30 ms delay each way keeps
 //! going: both sides measure about that loss and an RTT of about 60 ms, the SDK lowers its
-//! video bitrate (audio keeps its frames), and what arrives still decrypts.
+//! video bitrate (audio keeps its frames), and what arrives still decrypts. When the loss
+//! stops, video climbs back.
 
 mod calls;
 
@@ -65,6 +66,13 @@ async fn lossy_delayed_path_keeps_the_call_and_lowers_video() {
         assert!(s.send_kbps > 40.0, "{name}: {s:?}");
         assert_eq!(s.path_switches, 0, "{name}: {s:?}");
     }
+    // The network recovers: video climbs back, slowly (5 % a report after a 1 s hold).
+    proxy.set_loss(0.0);
+    let low = a_mid.video_target_kbps.max(b_mid.video_target_kbps);
+    eventually("video climbs back", WAIT, [&call_a, &call_b], |a, b| {
+        a.video_target_kbps > low * 1.3 && b.video_target_kbps > low * 1.3
+    })
+    .await;
     let (sa, sb) = (call_a.stop().await, call_b.stop().await);
     assert_clean("caller", &sa);
     assert_clean("callee", &sb);

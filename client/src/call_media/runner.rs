@@ -258,7 +258,7 @@ impl MediaEndpoint {
         MediaCall {
             cmd: cmd_tx,
             status: stats_rx,
-            task,
+            task: Some(task),
         }
     }
 }
@@ -280,12 +280,15 @@ enum Cmd {
 pub struct MediaCall {
     cmd: mpsc::UnboundedSender<Cmd>,
     status: watch::Receiver<Status>,
-    task: tokio::task::JoinHandle<CallStats>,
+    /// `None` only inside [`MediaCall::stop`].
+    task: Option<tokio::task::JoinHandle<CallStats>>,
 }
 
 impl Drop for MediaCall {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -332,10 +335,12 @@ impl MediaCall {
         if self.cmd.send(Cmd::Stop(tx)).is_ok() {
             let _ = rx.await;
         }
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async { CallStats::default() }));
-        match task.await {
-            Ok(s) => s,
-            Err(_) => self.status.borrow().stats.clone(),
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(s) => s,
+                Err(_) => self.status.borrow().stats.clone(),
+            },
+            None => self.status.borrow().stats.clone(),
         }
     }
 }
