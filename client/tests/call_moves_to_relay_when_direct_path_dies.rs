@@ -1,6 +1,7 @@
 //! A call on the direct path (through a UDP proxy) moves to the relay when that path dies
 //! (the proxy blackholes it): consent checks fail, the controlling side nominates a relayed
-//! pair, and media continues both ways, still all decrypting.
+//! pair, and media continues both ways, still all decrypting. When the direct path comes
+//! back the call returns to it.
 
 mod calls;
 
@@ -56,11 +57,46 @@ async fn dead_direct_path_moves_the_call_to_the_relay() {
     .await;
     let relayed = metric(&e.edge, "missive_relay_bytes_to_peers_total") - relayed_before;
     assert!(relayed > 300.0 * 100.0, "relayed {relayed} bytes");
+    for (name, s) in [("caller", call_a.stats()), ("callee", call_b.stats())] {
+        assert_eq!(s.decrypt_failures, 0, "{name}: {s:?}");
+        assert!(s.path_switches >= 1, "{name}: {s:?}");
+    }
+
+    // The direct path comes back: after a few seconds of answers the call returns to it.
+    proxy.set_blackhole(false);
+    let back = Instant::now();
+    eventually(
+        "both sides direct again",
+        WAIT,
+        [&call_a, &call_b],
+        |a, b| a.path == Some(PathKind::Direct) && b.path == Some(PathKind::Direct),
+    )
+    .await;
+    let back_after = back.elapsed();
+    let (a_at, b_at) = (call_a.stats(), call_b.stats());
+    let forwarded = proxy.forwarded();
+    eventually(
+        "media on the direct path again",
+        WAIT,
+        [&call_a, &call_b],
+        |a, b| {
+            a.frames_decrypted > a_at.frames_decrypted + 300
+                && b.frames_decrypted > b_at.frames_decrypted + 300
+        },
+    )
+    .await;
+    assert!(
+        proxy.forwarded() > forwarded + 300,
+        "media through the proxy again"
+    );
     let (sa, sb) = (call_a.stop().await, call_b.stop().await);
     for (name, s) in [("caller", &sa), ("callee", &sb)] {
         assert_clean(name, s);
-        assert_eq!(s.path, Some(PathKind::Relayed), "{name}: {s:?}");
-        assert!(s.path_switches >= 1, "{name}: {s:?}");
+        assert_eq!(s.path, Some(PathKind::Direct), "{name}: {s:?}");
+        assert!(s.path_switches >= 2, "{name}: {s:?}");
     }
-    eprintln!("switched to the relay {switched_after:?} after the direct path died");
+    eprintln!(
+        "switched to the relay {switched_after:?} after the direct path died, \
+         back to direct {back_after:?} after it returned"
+    );
 }

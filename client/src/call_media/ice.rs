@@ -8,7 +8,8 @@
 //! USE-CANDIDATE, and both sides send media on the selected pair. Every pair that answered
 //! keeps being checked (the selected one every [`CONSENT_INTERVAL`]); when the selected
 //! pair has not answered for [`CONSENT_TIMEOUT`] the call moves to the best pair still
-//! answering (the relay when the direct path died).
+//! answering (the relay when the direct path died), and back to a better pair once it has
+//! answered for [`RECOVERY_HOLD`] (the direct path came back).
 //!
 //! Inputs: [`IceAgent::add_remote_candidate`], [`IceAgent::handle_stun`],
 //! [`IceAgent::handle_timeout`]. Outputs, drained after every input:
@@ -40,6 +41,9 @@ pub const CONSENT_TIMEOUT: Duration = Duration::from_millis(2500);
 /// How long the controlling side waits after the first answered pair for a better one
 /// before nominating.
 const NOMINATION_WAIT: Duration = Duration::from_millis(150);
+/// How long a better pair than the selected one must have answered without a break before
+/// the controlling side moves the call back to it (a direct path that came back).
+pub const RECOVERY_HOLD: Duration = Duration::from_secs(3);
 /// Most pairs an agent keeps (16 remote candidates × 2 local bases).
 const MAX_PAIRS: usize = 32;
 
@@ -103,6 +107,8 @@ struct Pair {
     priority: u64,
     state: PairState,
     last_ok: Option<Instant>,
+    /// Start of the current unbroken run of answers.
+    ok_since: Option<Instant>,
     check: Option<Check>,
     next_check: Option<Instant>,
     triggered: bool,
@@ -203,6 +209,7 @@ impl IceAgent {
             priority,
             state: PairState::Waiting,
             last_ok: None,
+            ok_since: None,
             check: None,
             next_check: None,
             triggered: false,
@@ -342,6 +349,9 @@ impl IceAgent {
             p.next_check = Some(now + BACKUP_INTERVAL);
             return true;
         }
+        if !p.alive(now) {
+            p.ok_since = Some(now);
+        }
         p.state = PairState::Succeeded;
         p.last_ok = Some(now);
         p.triggered = false;
@@ -370,6 +380,15 @@ impl IceAgent {
         }
         self.selected = Some(i);
         self.disconnected = false;
+        // One nomination at a time: an older one answered late must not move the call back.
+        for (j, p) in self.pairs.iter_mut().enumerate() {
+            if j != i {
+                p.nominated = false;
+                if let Some(c) = &mut p.check {
+                    c.use_candidate = false;
+                }
+            }
+        }
         let p = &self.pairs[i];
         self.events.push_back(IceEvent::Selected {
             via: p.via,
@@ -458,6 +477,33 @@ impl IceAgent {
                         self.events.push_back(IceEvent::Disconnected);
                     }
                     None => {}
+                }
+            }
+        }
+        // Back to a better pair (the direct path) once it has answered for a while. Checked
+        // on every call; the periodic checks make sure there is one at least every second.
+        if let (Role::Caller, Some(s)) = (self.role, self.selected) {
+            let nominating = self
+                .pairs
+                .iter()
+                .any(|p| p.check.as_ref().is_some_and(|c| c.use_candidate));
+            if !nominating && self.pairs[s].alive(now) {
+                let current = self.pairs[s].priority;
+                let better = self
+                    .pairs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| {
+                        p.priority > current
+                            && p.alive(now)
+                            && p.ok_since
+                                .is_some_and(|t| now.saturating_duration_since(t) >= RECOVERY_HOLD)
+                    })
+                    .max_by_key(|(_, p)| p.priority)
+                    .map(|(i, _)| i);
+                if let Some(i) = better {
+                    self.pairs[i].check = None;
+                    self.send_check(now, i, true);
                 }
             }
         }

@@ -312,3 +312,28 @@ fn peer_reflexive_address_learned_through_the_relay_is_not_tried_direct() {
     assert!(to_x.contains(&Via::Relay), "{to_x:?}");
     assert!(!to_x.contains(&Via::Host), "{to_x:?}");
 }
+
+#[test]
+fn a_direct_path_that_comes_back_is_used_again() {
+    let mut net = Net::new();
+    let t0 = net.now;
+    net.run(t0 + Duration::from_secs(3));
+    net.direct_dead = true;
+    let t1 = net.now;
+    net.run(t1 + Duration::from_secs(5));
+    assert_eq!(net.paths(), [Some(PathKind::Relayed); 2]);
+    net.direct_dead = false;
+    let t2 = net.now;
+    // Not before the hold...
+    net.run(t2 + RECOVERY_HOLD - Duration::from_millis(200));
+    assert_eq!(net.paths(), [Some(PathKind::Relayed); 2]);
+    // ...but within the hold plus a round of backup checks.
+    net.run(t2 + RECOVERY_HOLD + Duration::from_millis(2500));
+    assert_eq!(net.paths(), [Some(PathKind::Direct); 2]);
+    assert_eq!(net.events[0].len(), 3, "{:?}", net.events[0]);
+    // And it stays there.
+    let t3 = net.now;
+    net.run(t3 + Duration::from_secs(20));
+    assert_eq!(net.events[0].len(), 3, "{:?}", net.events[0]);
+    assert_eq!(net.events[1].len(), 3, "{:?}", net.events[1]);
+}
