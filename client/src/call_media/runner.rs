@@ -188,6 +188,15 @@ impl MediaEndpoint {
         })
     }
 
+    /// Gives up the endpoint without a call (declined, cancelled): releases the TURN
+    /// allocation (Refresh with lifetime 0, waiting up to 2 s for the answer). Dropping it
+    /// instead leaves the allocation to time out on the server.
+    pub async fn close(mut self) {
+        if let Some(t) = &mut self.turn {
+            release(&self.socket, t).await;
+        }
+    }
+
     /// What to send the peer: ICE credentials and the candidates (only the relayed one with
     /// `force_relay`).
     pub fn description(&self) -> MediaDescription {
@@ -403,46 +412,14 @@ impl Runner {
             self.session.handle_timeout(now);
         };
         self.session.set_sending(Instant::now(), false);
-        self.release().await;
+        if let Some(t) = &mut self.turn {
+            release(&self.socket, t).await;
+        }
         self.publish();
         if let Some(r) = stop_reply {
             let _ = r.send(());
         }
         self.stats_tx.borrow().stats.clone()
-    }
-
-    /// Releases the allocation and waits (bounded) for the server's answer.
-    async fn release(&mut self) {
-        let Some(t) = &mut self.turn else { return };
-        t.release(Instant::now());
-        let deadline = Instant::now() + RELEASE_WAIT;
-        let mut buf = vec![0u8; RECV_BUF];
-        loop {
-            while let Some(d) = t.poll_transmit() {
-                let _ = self.socket.send_to(&d, t.server()).await;
-            }
-            while let Some(e) = t.poll_event() {
-                if e == TurnEvent::Released {
-                    return;
-                }
-            }
-            if t.is_done() || Instant::now() >= deadline {
-                return;
-            }
-            let wake = t.poll_timeout().unwrap_or(deadline).min(deadline);
-            tokio::select! {
-                r = self.socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r {
-                        if from == t.server() {
-                            if let Some(Datagram::Stun(msg)) = wire::classify(&buf[..n]) {
-                                t.handle_stun(Instant::now(), &msg);
-                            }
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(wake.into()) => t.handle_timeout(Instant::now()),
-            }
-        }
     }
 
     fn publish(&self) {
@@ -547,6 +524,39 @@ async fn send(
             if let Some(t) = turn {
                 let _ = socket.send_to(&t.wrap(to, data), t.server()).await;
             }
+        }
+    }
+}
+
+/// Releases `turn`'s allocation and waits (at most [`RELEASE_WAIT`]) for the server's answer.
+async fn release(socket: &UdpSocket, t: &mut TurnClient) {
+    t.release(Instant::now());
+    let deadline = Instant::now() + RELEASE_WAIT;
+    let mut buf = vec![0u8; RECV_BUF];
+    loop {
+        while let Some(d) = t.poll_transmit() {
+            let _ = socket.send_to(&d, t.server()).await;
+        }
+        while let Some(e) = t.poll_event() {
+            if e == TurnEvent::Released {
+                return;
+            }
+        }
+        if t.is_done() || Instant::now() >= deadline {
+            return;
+        }
+        let wake = t.poll_timeout().unwrap_or(deadline).min(deadline);
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, from)) = r {
+                    if from == t.server() {
+                        if let Some(Datagram::Stun(msg)) = wire::classify(&buf[..n]) {
+                            t.handle_stun(Instant::now(), &msg);
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => t.handle_timeout(Instant::now()),
         }
     }
 }
