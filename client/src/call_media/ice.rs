@@ -307,8 +307,12 @@ impl IceAgent {
         let p = &mut self.pairs[i];
         if p.state != PairState::Succeeded || !p.alive(now) {
             p.triggered = true;
-            if p.check.is_none() {
-                p.next_check = Some(now);
+            match &mut p.check {
+                None => p.next_check = Some(now),
+                // RFC 8445 §7.3.1.4: a triggered check on a pair in progress goes out now
+                // (our first check may have been dropped, e.g. by a relay that had no
+                // permission for us yet) instead of waiting for its retransmission timer.
+                Some(c) => c.next_retx = c.next_retx.min(now),
             }
         }
         if use_candidate && self.role == Role::Callee {

@@ -337,3 +337,29 @@ fn a_direct_path_that_comes_back_is_used_again() {
     assert_eq!(net.events[0].len(), 3, "{:?}", net.events[0]);
     assert_eq!(net.events[1].len(), 3, "{:?}", net.events[1]);
 }
+
+#[test]
+fn a_request_from_the_peer_resends_a_pending_check_at_once() {
+    let mut net = Net::new();
+    let now = net.now;
+    net.agents[0].handle_timeout(now);
+    // The first check is lost (say, the peer's relay had no permission for it yet).
+    let first: Vec<Transmit> = std::iter::from_fn(|| net.agents[0].poll_transmit()).collect();
+    let lost = first.first().expect("a first check").clone();
+    let req = Builder::binding()
+        .username("ufrag0:ufrag1")
+        .u32(attr::PRIORITY, priority(CandidateKind::Host, 65535))
+        .u64(attr::ICE_CONTROLLED, 1)
+        .sign_short(&creds(0).1);
+    let later = now + Duration::from_millis(5);
+    assert!(net.agents[0].handle_stun(
+        later,
+        lost.via,
+        lost.to,
+        &Message::from_bytes(&req).unwrap()
+    ));
+    net.agents[0].handle_timeout(later);
+    let again: Vec<Transmit> = std::iter::from_fn(|| net.agents[0].poll_transmit()).collect();
+    // The answer, and the lost check again 5 ms in rather than at its 100 ms timer.
+    assert!(again.iter().any(|t| t.data == lost.data), "{again:?}");
+}
