@@ -255,6 +255,7 @@ pub(crate) async fn call(
     loop {
         let Some(ev) = next_call_event(events, None, until).await else {
             let _ = client.hang_up(call_id);
+            endpoint.close().await;
             return Err("no answer from the edge".into());
         };
         if ev.call_id() != call_id {
@@ -284,6 +285,7 @@ pub(crate) async fn call(
                 return pick_up(client, events, incoming, endpoint, args).await;
             }
             CallEvent::Ended { reason, .. } => {
+                endpoint.close().await;
                 return Err(format!("call ended: {}", reason_name(reason)).into());
             }
             _ => {}
