@@ -8,6 +8,7 @@ use missive_client::{
     EventStream,
 };
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -45,10 +46,12 @@ pub(crate) fn event_json(ev: &CallEvent) -> Value {
             from_device,
             media,
             rings_for,
+            conference,
             ..
         } => json!({"type": "call", "event": "incoming", "call": id, "from": from,
             "from_device": from_device.0, "media": media_name(*media),
-            "rings_for_ms": rings_for.as_millis() as u64}),
+            "rings_for_ms": rings_for.as_millis() as u64,
+            "group_call": conference.map(|g| g.to_hex())}),
         CallEvent::Unreadable { from, reason, .. } => {
             json!({"type": "call", "event": "unreadable", "call": id, "from": from, "reason": reason})
         }
@@ -62,6 +65,9 @@ pub(crate) fn event_json(ev: &CallEvent) -> Value {
             json!({"type": "call", "event": "answered_elsewhere", "call": id, "device": device.0})
         }
         CallEvent::Candidates { .. } => json!({"type": "call", "event": "candidates", "call": id}),
+        CallEvent::Conference { others, .. } => {
+            json!({"type": "call", "event": "conference", "call": id, "others": others})
+        }
         CallEvent::Ended { reason, .. } => {
             json!({"type": "call", "event": "ended", "call": id, "reason": reason_name(*reason)})
         }
@@ -85,6 +91,15 @@ pub(crate) fn event_text(ev: &CallEvent) -> String {
             format!("call {id}: answered on device {}", device.0)
         }
         CallEvent::Candidates { .. } => format!("call {id}: more candidates"),
+        CallEvent::Conference { others, .. } if others.is_empty() => {
+            format!("call {id}: group call joined")
+        }
+        CallEvent::Conference { others, .. } => {
+            format!(
+                "call {id}: group call joined; calling {}",
+                others.join(", ")
+            )
+        }
         CallEvent::Ended { reason, .. } => format!("call {id}: ended ({})", reason_name(*reason)),
     }
 }
@@ -140,6 +155,12 @@ pub(crate) struct CallArgs {
 
 type CliResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
+/// How long a call waits for its first answer: past the edge's ring timeout (30 s by default,
+/// at most 300), whose `Ended` comes first.
+const RING_WAIT: Duration = Duration::from_secs(330);
+/// How often running legs are looked at (connection, statistics every tenth time).
+const TICK: Duration = Duration::from_millis(100);
+
 /// Media options for this device: the edge's STUN and TURN (with fresh credentials) when it
 /// runs a relay; host candidates only when it does not (and then `force_relay` fails).
 async fn media_options(client: &Client, args: CallArgs) -> CliResult<MediaOptions> {
@@ -173,10 +194,11 @@ fn path_name(p: Option<PathKind>) -> &'static str {
     }
 }
 
-fn stats_json(kind: &str, call: CallId, s: &CallStats) -> Value {
+fn stats_json(kind: &str, call: CallId, peer: &str, s: &CallStats) -> Value {
     json!({
         "type": kind,
         "call": call.to_hex(),
+        "peer": peer,
         "path": path_name(s.path),
         "rtt_ms": round1(s.rtt_ms),
         "loss_percent": round1(s.loss_percent),
@@ -199,9 +221,9 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn stats_text(s: &CallStats) -> String {
+fn stats_text(peer: &str, s: &CallStats) -> String {
     format!(
-        "path {} rtt {:.1} ms loss {:.1}% jitter {:.1} ms send {:.0} kbit/s recv {:.0} kbit/s video {:.0} kbit/s MOS {:.2}",
+        "{peer}: path {} rtt {:.1} ms loss {:.1}% jitter {:.1} ms send {:.0} kbit/s recv {:.0} kbit/s video {:.0} kbit/s MOS {:.2}",
         path_name(s.path),
         s.rtt_ms,
         s.loss_percent,
@@ -213,259 +235,414 @@ fn stats_text(s: &CallStats) -> String {
     )
 }
 
-/// Waits for the next call event of `call`, printing it; `None` when the time is up.
-async fn next_call_event(
-    events: &mut EventStream,
-    call: Option<CallId>,
-    until: Instant,
-) -> Option<CallEvent> {
-    loop {
-        match tokio::time::timeout_at(until, events.next()).await {
-            Ok(Some(Event::Call(c))) if call.is_none_or(|id| c.call_id() == id) => return Some(c),
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => return None,
-        }
-    }
-}
-
-/// `missive call NAME`: rings NAME, and once answered runs the call's media for
-/// `args.seconds`, printing the path and quality each second and a summary at the end.
-pub(crate) async fn call(
-    client: &Client,
-    events: &mut EventStream,
-    to: &str,
-    args: CallArgs,
-) -> CliResult {
-    let opts = media_options(client, args).await?;
-    let endpoint = MediaEndpoint::gather(opts).await?;
-    let secret = CallSecret::random();
-    let offer = CallOffer {
-        secret: *secret.expose_bytes(),
-        description: endpoint.description().encode(),
-    };
-    let media = if args.video {
-        CallMedia::Video
-    } else {
-        CallMedia::Audio
-    };
-    let invited = Instant::now();
-    let call_id = client.invite_call(to, media, offer)?;
-    // The ring timeout is the edge's (30 s by default); wait a little longer for its word.
-    let until = invited + Duration::from_secs(330);
-    loop {
-        let Some(ev) = next_call_event(events, None, until).await else {
-            let _ = client.hang_up(call_id);
-            endpoint.close().await;
-            return Err("no answer from the edge".into());
-        };
-        if ev.call_id() != call_id {
-            if let CallEvent::Incoming { .. } = ev {
-                // Another call rings us meanwhile: we are busy with ours.
-                print_line(args, event_json(&ev), event_text(&ev));
-            }
-            continue;
-        }
-        print_line(args, event_json(&ev), event_text(&ev));
-        match ev {
-            CallEvent::Accepted { description, .. } => {
-                let remote = MediaDescription::decode(&description)?;
-                let media = endpoint.start(remote, Role::Caller, &secret);
-                let times = Times {
-                    began: invited,
-                    media: Instant::now(),
-                };
-                return run_media(client, events, call_id, media, times, args).await;
-            }
-            CallEvent::Ended {
-                reason: CallEndReason::Glare,
-                ..
-            } => {
-                // They called us at the same moment: their call is the one; pick it up.
-                let incoming = wait_incoming(events, Some(to), until, args).await?;
-                return pick_up(client, events, incoming, endpoint, args).await;
-            }
-            CallEvent::Ended { reason, .. } => {
-                endpoint.close().await;
-                return Err(format!("call ended: {}", reason_name(reason)).into());
-            }
-            _ => {}
-        }
-    }
-}
-
-/// A ringing call: its id, the caller and the decrypted offer.
-struct Ringing {
-    call_id: CallId,
-    media: CallMedia,
-    offer: missive_client::CallOffer,
-}
-
-async fn wait_incoming(
-    events: &mut EventStream,
-    from: Option<&str>,
-    until: Instant,
-    args: CallArgs,
-) -> CliResult<Ringing> {
-    loop {
-        let Some(ev) = next_call_event(events, None, until).await else {
-            return Err("no call rang".into());
-        };
-        print_line(args, event_json(&ev), event_text(&ev));
-        if let CallEvent::Incoming {
-            call_id,
-            from: caller,
-            offer,
-            media,
-            ..
-        } = ev
-        {
-            if from.is_none_or(|f| f == caller) {
-                return Ok(Ringing {
-                    call_id,
-                    media,
-                    offer,
-                });
-            }
-        }
-    }
-}
-
-/// `missive answer`: waits up to `wait` for a call to ring this device, picks it up and runs
-/// its media like `call` does.
-pub(crate) async fn answer(
-    client: &Client,
-    events: &mut EventStream,
-    wait: Duration,
-    args: CallArgs,
-) -> CliResult {
-    let ringing = wait_incoming(events, None, Instant::now() + wait, args).await?;
-    // A video call is answered with video: the caller chose it.
-    let args = CallArgs {
-        video: args.video || ringing.media == CallMedia::Video,
-        ..args
-    };
-    let opts = media_options(client, args).await?;
-    let endpoint = MediaEndpoint::gather(opts).await?;
-    pick_up(client, events, ringing, endpoint, args).await
-}
-
-async fn pick_up(
-    client: &Client,
-    events: &mut EventStream,
-    ringing: Ringing,
-    endpoint: MediaEndpoint,
-    args: CallArgs,
-) -> CliResult {
-    let started = Instant::now();
-    let remote = MediaDescription::decode(&ringing.offer.description)?;
-    let secret = CallSecret::from_bytes(ringing.offer.secret);
-    client.accept_call(ringing.call_id, endpoint.description().encode())?;
-    let media = endpoint.start(remote, Role::Callee, &secret);
-    let times = Times {
-        began: started,
-        media: Instant::now(),
-    };
-    run_media(client, events, ringing.call_id, media, times, args).await
-}
-
-/// When a call began on this side (the invite, or the pick-up) and when its media started.
+/// When a leg began on this side (the invite, or the pick-up) and when its media started.
 #[derive(Debug, Clone, Copy)]
 struct Times {
     began: Instant,
     media: Instant,
 }
 
-/// Runs an answered call's media: waits for a path, then for `args.seconds` (or until the
-/// other side hangs up), printing statistics every second and a summary at the end.
-async fn run_media(
-    client: &Client,
-    events: &mut EventStream,
+/// One call of this device: a 1:1 call, or one leg of a group call (one per other user).
+enum Leg {
+    /// Invited; waiting for the answer.
+    Inviting {
+        peer: String,
+        endpoint: Box<MediaEndpoint>,
+        secret: CallSecret,
+        began: Instant,
+    },
+    /// Answered: media runs.
+    Running {
+        peer: String,
+        media: MediaCall,
+        times: Times,
+        connected: bool,
+    },
+}
+
+/// A ringing call: its id, the caller, the call's kind and the decrypted offer.
+struct Ringing {
     call_id: CallId,
-    media: MediaCall,
-    times: Times,
+    from: String,
+    media: CallMedia,
+    conference: Option<CallId>,
+    offer: CallOffer,
+}
+
+/// This device's side of a call: its legs, until the time is up or every leg ended.
+struct CallRun<'a> {
+    client: &'a Client,
     args: CallArgs,
-) -> CliResult {
-    let path = match media.connected(Duration::from_secs(15)).await {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = client.hang_up(call_id);
-            media.stop().await;
-            return Err(format!("call connected no media path: {e}").into());
+    media: CallMedia,
+    /// The group call, for a call of more than two users.
+    conference: Option<CallId>,
+    legs: HashMap<CallId, Leg>,
+    /// A leg has run: the call is on (and the time counts) from then.
+    until: Option<Instant>,
+    /// Why the last leg that never ran ended.
+    last_end: Option<CallEndReason>,
+    /// Ran at least one leg.
+    ran: bool,
+    /// After a lost glare race: the user whose call to us is the one to pick up.
+    pick_up_from: Option<String>,
+}
+
+impl<'a> CallRun<'a> {
+    fn new(client: &'a Client, args: CallArgs, conference: Option<CallId>) -> Self {
+        let media = if args.video {
+            CallMedia::Video
+        } else {
+            CallMedia::Audio
+        };
+        Self {
+            client,
+            args,
+            media,
+            conference,
+            legs: HashMap::new(),
+            until: None,
+            last_end: None,
+            ran: false,
+            pick_up_from: None,
         }
-    };
-    let connect_ms = times.began.elapsed().as_millis() as u64;
-    print_line(
-        args,
-        json!({"type": "call", "event": "connected", "call": call_id.to_hex(),
-            "path": path_name(Some(path)), "connect_ms": connect_ms}),
-        format!(
-            "call {}: connected ({}, {connect_ms} ms after the invite)",
-            call_id.to_hex(),
-            path_name(Some(path))
-        ),
-    );
-    let end = Instant::now() + Duration::from_secs_f64(args.seconds.max(0.0));
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    let mut hung_up_by_peer = None;
-    while Instant::now() < end {
-        tokio::select! {
-            _ = tick.tick() => {
-                let s = media.stats();
-                print_line(args, stats_json("call_stats", call_id, &s), stats_text(&s));
+    }
+
+    /// Gathers this leg's candidates and rings `peer` with the sealed offer.
+    async fn invite(&mut self, peer: &str) -> CliResult {
+        let endpoint = MediaEndpoint::gather(media_options(self.client, self.args).await?).await?;
+        let secret = CallSecret::random();
+        let offer = CallOffer {
+            secret: *secret.expose_bytes(),
+            description: endpoint.description().encode(),
+        };
+        let began = Instant::now();
+        let call_id = match self.conference {
+            Some(g) => self
+                .client
+                .invite_to_group_call(peer, self.media, offer, g)?,
+            None => self.client.invite_call(peer, self.media, offer)?,
+        };
+        self.legs.insert(
+            call_id,
+            Leg::Inviting {
+                peer: peer.to_owned(),
+                endpoint: Box::new(endpoint),
+                secret,
+                began,
+            },
+        );
+        Ok(())
+    }
+
+    /// Picks up a ringing call: gathers, answers with our description, starts the media.
+    async fn pick_up(&mut self, ringing: Ringing) -> CliResult {
+        let began = Instant::now();
+        let endpoint = MediaEndpoint::gather(media_options(self.client, self.args).await?).await?;
+        let remote = MediaDescription::decode(&ringing.offer.description)?;
+        let secret = CallSecret::from_bytes(ringing.offer.secret);
+        self.client
+            .accept_call(ringing.call_id, endpoint.description().encode())?;
+        let media = endpoint.start(remote, Role::Callee, &secret);
+        self.running(ringing.call_id, ringing.from, media, began);
+        Ok(())
+    }
+
+    fn running(&mut self, call_id: CallId, peer: String, media: MediaCall, began: Instant) {
+        let times = Times {
+            began,
+            media: Instant::now(),
+        };
+        self.legs.insert(
+            call_id,
+            Leg::Running {
+                peer,
+                media,
+                times,
+                connected: false,
+            },
+        );
+        self.ran = true;
+        self.until.get_or_insert_with(|| {
+            Instant::now() + Duration::from_secs_f64(self.args.seconds.max(0.0))
+        });
+    }
+
+    /// Handles one call event.
+    async fn on_event(&mut self, ev: CallEvent) -> CliResult {
+        let args = self.args;
+        let id = ev.call_id();
+        match ev {
+            CallEvent::Accepted {
+                ref description, ..
+            } => {
+                print_line(args, event_json(&ev), event_text(&ev));
+                if let Some(Leg::Inviting {
+                    peer,
+                    endpoint,
+                    secret,
+                    began,
+                }) = self.legs.remove(&id)
+                {
+                    let remote = MediaDescription::decode(description)?;
+                    let media = endpoint.start(remote, Role::Caller, &secret);
+                    self.running(id, peer, media, began);
+                }
             }
-            ev = next_call_event(events, Some(call_id), end) => match ev {
-                Some(CallEvent::Candidates { description, .. }) => {
-                    if let Ok(more) = MediaDescription::decode(&description) {
-                        for c in more.candidates {
-                            media.add_remote_candidate(c);
-                        }
+            CallEvent::Conference { ref others, .. } => {
+                print_line(args, event_json(&ev), event_text(&ev));
+                for other in others.clone() {
+                    self.invite(&other).await?;
+                }
+            }
+            CallEvent::Incoming {
+                call_id,
+                ref from,
+                media,
+                conference,
+                ref offer,
+                ..
+            } => {
+                print_line(args, event_json(&ev), event_text(&ev));
+                let ours = conference.is_some() && conference == self.conference;
+                let glare = conference.is_none() && self.pick_up_from.as_deref() == Some(from);
+                if ours || glare {
+                    self.pick_up_from = None;
+                    let ringing = Ringing {
+                        call_id,
+                        from: from.clone(),
+                        media,
+                        conference,
+                        offer: offer.clone(),
+                    };
+                    self.pick_up(ringing).await?;
+                }
+            }
+            CallEvent::Candidates { description, .. } => {
+                if let (Some(Leg::Running { media, .. }), Ok(more)) =
+                    (self.legs.get(&id), MediaDescription::decode(&description))
+                {
+                    for c in more.candidates {
+                        media.add_remote_candidate(c);
                     }
                 }
-                Some(CallEvent::Ended { reason, .. }) => {
-                    hung_up_by_peer = Some(reason);
-                    break;
+            }
+            CallEvent::Ended { reason, .. } => {
+                let Some(leg) = self.legs.remove(&id) else {
+                    return Ok(());
+                };
+                match leg {
+                    Leg::Inviting { peer, endpoint, .. } => {
+                        print_line(args, event_json(&ev), event_text(&ev));
+                        endpoint.close().await;
+                        if reason == CallEndReason::Glare {
+                            // They called us at the same moment: their call is the one.
+                            self.pick_up_from = Some(peer);
+                        } else {
+                            self.last_end = Some(reason);
+                        }
+                    }
+                    Leg::Running {
+                        peer, media, times, ..
+                    } => self.summary(id, &peer, media, times, reason).await,
                 }
-                Some(_) | None => {}
+            }
+            other => print_line(args, event_json(&other), event_text(&other)),
+        }
+        Ok(())
+    }
+
+    /// Prints a leg's connection once, and its statistics when `report` says so.
+    fn look(&mut self, report: bool) {
+        let args = self.args;
+        for (id, leg) in &mut self.legs {
+            let Leg::Running {
+                peer,
+                media,
+                times,
+                connected,
+            } = leg
+            else {
+                continue;
+            };
+            let s = media.stats();
+            if !*connected && s.path.is_some() {
+                *connected = true;
+                let connect_ms = times.began.elapsed().as_millis() as u64;
+                print_line(
+                    args,
+                    json!({"type": "call", "event": "connected", "call": id.to_hex(), "peer": peer,
+                        "path": path_name(s.path), "connect_ms": connect_ms}),
+                    format!(
+                        "call {}: connected to {peer} ({}, {connect_ms} ms after it began)",
+                        id.to_hex(),
+                        path_name(s.path)
+                    ),
+                );
+            }
+            if report && *connected {
+                print_line(
+                    args,
+                    stats_json("call_stats", *id, peer, &s),
+                    stats_text(peer, &s),
+                );
             }
         }
     }
-    if hung_up_by_peer.is_none() {
-        client.hang_up(call_id)?;
+
+    async fn summary(
+        &self,
+        id: CallId,
+        peer: &str,
+        media: MediaCall,
+        times: Times,
+        ended: CallEndReason,
+    ) {
+        let s = media.stop().await;
+        let mut summary = stats_json("call_summary", id, peer, &s);
+        // Set-up time: from the invite (the caller) or the pick-up (the callee) to the first
+        // media packet decrypted here.
+        let setup = s
+            .first_media_after
+            .map(|d| (times.media - times.began + d).as_secs_f64() * 1000.0);
+        summary["setup_ms"] = json!(setup.map(round1));
+        summary["ended"] = json!(reason_name(ended));
+        print_line(
+            self.args,
+            summary,
+            format!(
+                "call {}: ended ({}); {}",
+                id.to_hex(),
+                reason_name(ended),
+                stats_text(peer, &s)
+            ),
+        );
     }
-    let s = media.stop().await;
-    let ended = match hung_up_by_peer {
-        Some(reason) => reason,
-        None => {
-            // Our hang-up, confirmed by the edge (briefly waited for).
-            let wait = Instant::now() + Duration::from_secs(3);
-            let mut reason = CallEndReason::HungUp;
-            while let Some(ev) = next_call_event(events, Some(call_id), wait).await {
-                if let CallEvent::Ended { reason: r, .. } = ev {
-                    reason = r;
-                    break;
+
+    /// Runs until the time is up (then hangs up every leg) or every leg ended.
+    async fn run(mut self, events: &mut EventStream, ring_until: Instant) -> CliResult {
+        let mut tick = tokio::time::interval(TICK);
+        let mut ticks = 0u64;
+        loop {
+            if self.legs.is_empty() && self.pick_up_from.is_none() {
+                break;
+            }
+            let deadline = self.until.unwrap_or(ring_until);
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::select! {
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.look(ticks.is_multiple_of(10));
+                }
+                ev = tokio::time::timeout_at(deadline, events.next()) => match ev {
+                    Ok(Some(Event::Call(c))) => self.on_event(c).await?,
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err("the connection ended".into()),
+                    Err(_) => {}
                 }
             }
-            reason
+        }
+        // Time is up: hang up what is left, and wait (briefly) for the edge's word on each.
+        let left: Vec<CallId> = self.legs.keys().copied().collect();
+        for id in &left {
+            let _ = self.client.hang_up(*id);
+        }
+        let wait = Instant::now() + Duration::from_secs(3);
+        while !self.legs.is_empty() {
+            match tokio::time::timeout_at(wait, events.next()).await {
+                Ok(Some(Event::Call(c @ CallEvent::Ended { .. }))) => self.on_event(c).await?,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        for (id, leg) in std::mem::take(&mut self.legs) {
+            match leg {
+                Leg::Running {
+                    peer, media, times, ..
+                } => {
+                    self.summary(id, &peer, media, times, CallEndReason::HungUp)
+                        .await
+                }
+                Leg::Inviting { endpoint, .. } => endpoint.close().await,
+            }
+        }
+        if self.ran {
+            Ok(())
+        } else {
+            match self.last_end {
+                Some(reason) => Err(format!("call ended: {}", reason_name(reason)).into()),
+                None => Err("nobody answered".into()),
+            }
+        }
+    }
+}
+
+/// `missive call NAME [NAME...]`: rings each of them (a group call of up to four users when
+/// there are several), runs the media of every leg that is answered for `args.seconds`,
+/// printing each leg's path and quality every second and a summary at the end.
+pub(crate) async fn call(
+    client: &Client,
+    events: &mut EventStream,
+    to: &[String],
+    args: CallArgs,
+) -> CliResult {
+    if to.is_empty() || to.len() >= missive_proto::MAX_CONFERENCE {
+        return Err(format!(
+            "name 1 to {} users (a group call has at most {})",
+            missive_proto::MAX_CONFERENCE - 1,
+            missive_proto::MAX_CONFERENCE
+        )
+        .into());
+    }
+    let conference = (to.len() > 1).then(|| CallId(rand::random()));
+    let mut run = CallRun::new(client, args, conference);
+    for peer in to {
+        run.invite(peer).await?;
+    }
+    run.run(events, Instant::now() + RING_WAIT).await
+}
+
+/// `missive answer`: waits up to `wait` for a call to ring this device, picks it up (a group
+/// call: and calls the others already in it) and runs it like `call` does.
+pub(crate) async fn answer(
+    client: &Client,
+    events: &mut EventStream,
+    wait: Duration,
+    args: CallArgs,
+) -> CliResult {
+    let until = Instant::now() + wait;
+    let ringing = loop {
+        let ev = match tokio::time::timeout_at(until, events.next()).await {
+            Ok(Some(Event::Call(c))) => c,
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return Err("no call rang".into()),
+        };
+        print_line(args, event_json(&ev), event_text(&ev));
+        if let CallEvent::Incoming {
+            call_id,
+            from,
+            media,
+            conference,
+            offer,
+            ..
+        } = ev
+        {
+            break Ringing {
+                call_id,
+                from,
+                media,
+                conference,
+                offer,
+            };
         }
     };
-    let mut summary = stats_json("call_summary", call_id, &s);
-    // Set-up time: from the invite (the caller) or the pick-up (the callee) to the first
-    // media packet decrypted here.
-    let setup = s
-        .first_media_after
-        .map(|d| (times.media - times.began + d).as_secs_f64() * 1000.0);
-    summary["setup_ms"] = json!(setup.map(round1));
-    summary["ended"] = json!(reason_name(ended));
-    print_line(
-        args,
-        summary,
-        format!(
-            "call {}: ended ({}); {}",
-            call_id.to_hex(),
-            reason_name(ended),
-            stats_text(&s)
-        ),
-    );
-    Ok(())
+    // A video call is answered with video: the caller chose it.
+    let args = CallArgs {
+        video: args.video || ringing.media == CallMedia::Video,
+        ..args
+    };
+    let mut run = CallRun::new(client, args, ringing.conference);
+    run.pick_up(ringing).await?;
+    run.run(events, Instant::now() + RING_WAIT).await
 }

@@ -269,11 +269,37 @@ impl Client {
         media: missive_proto::CallMedia,
         offer: crate::CallOffer,
     ) -> Result<missive_proto::CallId, ClientError> {
+        self.invite(to.into(), media, None, offer)
+    }
+
+    /// Like [`Client::invite_call`], for one leg of the group call `conference` (an id the
+    /// group call's starter picks at random; at most 4 users, a full mesh of calls). A callee
+    /// that picks up hears `CallEvent::Conference` with the others already in, and calls
+    /// each of them with the same `conference`; a user rung for a leg of a group call it is
+    /// in already is rung only on the device it takes part with.
+    pub fn invite_to_group_call(
+        &self,
+        to: impl Into<String>,
+        media: missive_proto::CallMedia,
+        offer: crate::CallOffer,
+        conference: missive_proto::CallId,
+    ) -> Result<missive_proto::CallId, ClientError> {
+        self.invite(to.into(), media, Some(conference), offer)
+    }
+
+    fn invite(
+        &self,
+        to: String,
+        media: missive_proto::CallMedia,
+        conference: Option<missive_proto::CallId>,
+        offer: crate::CallOffer,
+    ) -> Result<missive_proto::CallId, ClientError> {
         let call_id = missive_proto::CallId(rand::random());
         self.command(Command::Invite {
             call_id,
-            to: to.into(),
+            to,
             media,
+            conference,
             offer,
         })?;
         Ok(call_id)

@@ -60,6 +60,7 @@ pub(crate) enum Command {
         call_id: missive_proto::CallId,
         to: String,
         media: missive_proto::CallMedia,
+        conference: Option<missive_proto::CallId>,
         offer: crate::call::CallOffer,
     },
     /// Act in a call.
@@ -456,8 +457,11 @@ impl Driver {
                 call_id,
                 to,
                 media,
+                conference,
                 offer,
-            } => self.session.invite_call(call_id, to, media, offer),
+            } => self
+                .session
+                .invite_call(call_id, to, (media, conference), offer),
             Command::CallDo(call_id, what) => self.session.call_do(call_id, what),
         }
         Flow::Continue

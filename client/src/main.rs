@@ -200,9 +200,11 @@ enum Cmd {
     /// Call NAME: ring every device of NAME, and once one picks up run the call's media
     /// (synthetic audio, and video with --video) for --seconds, printing the path (direct or
     /// relay), RTT, loss, jitter, bitrate and an estimated MOS each second and at the end.
+    /// Several names (up to 3) make a group call: a full mesh, a call between each pair.
     Call {
-        /// The user to call.
-        name: String,
+        /// The users to call.
+        #[arg(required = true)]
+        names: Vec<String>,
         /// A video call (audio only without).
         #[arg(long)]
         video: bool,
@@ -546,7 +548,7 @@ async fn run(cli: Cli) -> CliResult {
         Cmd::TurnCredentials { json } => cmd_turn_credentials(&cli, &dir, *json).await,
         Cmd::Calls { limit, json } => cmd_calls(&cli, &dir, *limit, *json).await,
         Cmd::Call {
-            name,
+            names,
             video,
             seconds,
             force_relay,
@@ -560,7 +562,7 @@ async fn run(cli: Cli) -> CliResult {
             };
             let profile = Profile::load(&dir)?;
             let (client, mut events) = connect(&cli, &profile).await?;
-            let done = call_cmd::call(&client, &mut events, name, args).await;
+            let done = call_cmd::call(&client, &mut events, names, args).await;
             close(&client).await;
             done
         }

@@ -1445,7 +1445,7 @@ impl Session {
         &mut self,
         call_id: CallId,
         to: String,
-        media: CallMedia,
+        (media, conference): (CallMedia, Option<CallId>),
         offer: CallOffer,
     ) {
         let kind = CallSignalKind::Offer {
@@ -1457,6 +1457,7 @@ impl Session {
             call_id,
             to,
             media,
+            conference,
             plaintext,
         });
         self.pump();
@@ -1569,6 +1570,7 @@ impl Session {
                     to: invite.to.clone(),
                     media: invite.media,
                     offers,
+                    conference: invite.conference,
                 }
                 .into(),
             );
@@ -1610,6 +1612,7 @@ impl Session {
                         description,
                     },
                     rings_for: Duration::from_millis(u64::from(i.rings_for_ms)),
+                    conference: i.conference,
                 }
             }
             Ok(_) => CallEvent::Unreadable {
@@ -1681,6 +1684,7 @@ impl Session {
                     }
                 }
             }
+            CallUpdateKind::Conference { others } => CallEvent::Conference { call_id, others },
             CallUpdateKind::Ended { reason } => {
                 self.calls.forget(&call_id);
                 CallEvent::Ended { call_id, reason }

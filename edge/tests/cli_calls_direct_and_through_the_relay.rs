@@ -174,3 +174,105 @@ fn calls_go_direct_or_through_the_relay_and_decrypt_everything() {
         }
     }
 }
+
+/// A `missive answer` in the background for `profile`.
+fn answering(profile: &Path) -> std::process::Child {
+    Command::new(cli_bin())
+        .args([
+            "--profile",
+            profile.to_str().unwrap(),
+            "answer",
+            "--wait",
+            "30",
+            "--seconds",
+            "6",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn output(child: std::process::Child) -> Vec<Value> {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "answer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lines(&String::from_utf8_lossy(&out.stdout))
+}
+
+#[test]
+fn a_group_call_of_three_is_a_full_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path());
+    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
+    let p = |n: &str| dir.path().join(n);
+    for name in ["alice", "bob", "carol"] {
+        ok(
+            &p(name),
+            &["--server", &server, "--ca", &ca, "register", name],
+        );
+    }
+    let (bob, carol) = (answering(&p("bob")), answering(&p("carol")));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let alice = lines(&ok(
+        &p("alice"),
+        &["call", "bob", "carol", "--seconds", "4", "--json"],
+    ));
+    let (bob, carol) = (output(bob), output(carol));
+
+    // Each of the three talked with both others, and decrypted everything it got.
+    for (who, events, peers) in [
+        ("alice", &alice, ["bob", "carol"]),
+        ("bob", &bob, ["alice", "carol"]),
+        ("carol", &carol, ["alice", "bob"]),
+    ] {
+        let summaries = of_type(events, "call_summary");
+        let mut talked: Vec<&str> = summaries
+            .iter()
+            .map(|s| s["peer"].as_str().unwrap())
+            .collect();
+        talked.sort_unstable();
+        assert_eq!(talked, peers, "{who}: {events:?}");
+        for s in summaries {
+            let received = s["frames_received"].as_u64().unwrap();
+            assert!(received > 20, "{who} got media from {}: {s}", s["peer"]);
+            assert_eq!(
+                s["frames_decrypted"].as_u64().unwrap(),
+                received,
+                "{who}: {s}"
+            );
+            assert_eq!(s["decrypt_failures"], 0, "{who}: {s}");
+        }
+    }
+    // The one who picked up last called the one already in.
+    let joined: Vec<&Value> = bob
+        .iter()
+        .chain(carol.iter())
+        .filter(|e| e["event"] == "conference")
+        .collect();
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    let called: Vec<&Value> = joined
+        .iter()
+        .copied()
+        .filter(|e| e["others"] != serde_json::json!([]))
+        .collect();
+    assert_eq!(
+        called.len(),
+        1,
+        "only the later one calls the other: {joined:?}"
+    );
+    for events in [&alice, &bob, &carol] {
+        assert!(
+            !events
+                .iter()
+                .any(|e| e["reason"] == "refused:limit_exceeded"),
+            "no leg was tried twice: {events:?}"
+        );
+    }
+    let history = lines(&ok(&p("alice"), &["calls", "--json"]));
+    assert_eq!(history.len(), 2, "alice's two legs: {history:?}");
+}

@@ -12,6 +12,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 /// candidates is a few hundred bytes; Olm adds about a hundred).
 pub const MAX_CALL_PAYLOAD: usize = 8 * 1024;
 
+/// Most participants of a group call (a full mesh: each pair of them has a call of its own).
+pub const MAX_CONFERENCE: usize = 4;
+
 /// Most records one `CallHistory` carries.
 pub const MAX_CALL_HISTORY: usize = 200;
 
@@ -54,6 +57,9 @@ pub struct CallInvite {
     /// The offer sealed for each device of the callee (at most one per device, each at most
     /// [`MAX_CALL_PAYLOAD`] bytes).
     pub offers: Vec<DeviceEnvelope>,
+    /// The group call this call is a leg of (`None`: a call between two users). A group call
+    /// of up to [`MAX_CONFERENCE`] users is a full mesh of such legs, one per pair.
+    pub conference: Option<CallId>,
 }
 
 /// Client → server: something this device does in a call it placed or is rung for.
@@ -105,6 +111,8 @@ pub struct CallIncoming {
     pub offer: Vec<u8>,
     /// How much longer it rings before it ends as missed, ms.
     pub rings_for_ms: u32,
+    /// The group call it is a leg of, if any.
+    pub conference: Option<CallId>,
 }
 
 /// Server → client: what happened to a call this device is in.
@@ -145,6 +153,12 @@ mod update_kind_def {
         },
         /// The other side's sealed ICE candidates.
         Candidates(Vec<u8>),
+        /// To a callee that picked up a leg of a group call: the other users in the group
+        /// call already, whom it calls (same `conference`) to complete the mesh.
+        Conference {
+            /// Participants other than the callee and the leg's caller.
+            others: Vec<String>,
+        },
         /// The call is over for this device.
         Ended {
             /// Why.
@@ -207,6 +221,8 @@ pub struct CallRecord {
     pub ended_ms: u64,
     /// Why it ended.
     pub end: CallEndReason,
+    /// The group call it was a leg of, if any.
+    pub conference: Option<CallId>,
 }
 
 impl CallRecord {
@@ -268,6 +284,7 @@ mod tests {
             call_id: CallId([1; 16]),
             to: "bob".into(),
             media: CallMedia::Audio,
+            conference: None,
             offers: offers
                 .into_iter()
                 .map(|(d, n)| DeviceEnvelope {
@@ -304,6 +321,7 @@ mod tests {
             answered_ms: 0,
             ended_ms: 31_000,
             end: CallEndReason::Missed,
+            conference: None,
         };
         assert_eq!(r.duration_ms(), 0);
         assert!(r.missed());

@@ -595,6 +595,7 @@ mod tests {
                     device: DeviceId(1),
                     envelope: vec![5; 300],
                 }],
+                conference: Some(CallId([8; 16])),
             }
             .into(),
             CallAction {
@@ -619,12 +620,20 @@ mod tests {
                 media: CallMedia::Audio,
                 offer: vec![1; 64],
                 rings_for_ms: 30_000,
+                conference: None,
             }
             .into(),
             CallUpdate {
                 call_id: CallId([4; 16]),
                 update: CallUpdateKind::Ended {
                     reason: CallEndReason::Refused(9),
+                },
+            }
+            .into(),
+            CallUpdate {
+                call_id: CallId([4; 16]),
+                update: CallUpdateKind::Conference {
+                    others: vec!["carol".into()],
                 },
             }
             .into(),
@@ -647,6 +656,7 @@ mod tests {
                     answered_ms: 2,
                     ended_ms: 3,
                     end: CallEndReason::HungUp,
+                    conference: Some(CallId([8; 16])),
                 }],
             }
             .into(),

@@ -27,7 +27,7 @@ pub mod turn;
 
 pub use call::{
     check_action, check_invite, CallActionKind, CallEndReason, CallId, CallMedia, CallRecord,
-    CallUpdateKind, MAX_CALL_HISTORY, MAX_CALL_PAYLOAD,
+    CallUpdateKind, MAX_CALL_HISTORY, MAX_CALL_PAYLOAD, MAX_CONFERENCE,
 };
 pub use codec::{
     decode_payload, encode, encode_to_vec, FrameDecoder, Header, COMPRESS_THRESHOLD, FLAG_ZSTD,

@@ -17,6 +17,7 @@ fn record(n: u32, peer: &str) -> CallRecord {
         answered_ms: 0,
         ended_ms: u64::from(n) * 1_000 + 500,
         end: CallEndReason::Missed,
+        conference: None,
     }
 }
 

@@ -54,6 +54,8 @@ pub enum CallEvent {
         offer: CallOffer,
         /// How much longer it rings.
         rings_for: Duration,
+        /// The group call it is a leg of (see [`crate::Client::invite_to_group_call`]).
+        conference: Option<CallId>,
     },
     /// A call rings this device, but its offer could not be decrypted (it cannot be
     /// answered here; it may be on another device).
@@ -89,6 +91,14 @@ pub enum CallEvent {
         /// The device that picked up.
         device: DeviceId,
     },
+    /// We picked up a leg of a group call: these users are in it already; call each of them
+    /// (same conference) to complete the mesh.
+    Conference {
+        /// The leg we picked up.
+        call_id: CallId,
+        /// Participants other than us and the leg's caller.
+        others: Vec<String>,
+    },
     /// More candidates from the other side (decrypted media description).
     Candidates {
         /// The call.
@@ -115,6 +125,7 @@ impl CallEvent {
             | Self::Accepted { call_id, .. }
             | Self::AnsweredElsewhere { call_id, .. }
             | Self::Candidates { call_id, .. }
+            | Self::Conference { call_id, .. }
             | Self::Ended { call_id, .. } => *call_id,
         }
     }
@@ -139,6 +150,8 @@ pub(crate) struct PendingInvite {
     pub(crate) call_id: CallId,
     pub(crate) to: String,
     pub(crate) media: CallMedia,
+    /// The group call it is a leg of.
+    pub(crate) conference: Option<CallId>,
     /// The sealed offer's plaintext (a `DevicePlaintext` holding the `CallSignal`).
     pub(crate) plaintext: Vec<u8>,
 }

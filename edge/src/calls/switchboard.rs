@@ -27,7 +27,7 @@
 
 use missive_proto::{
     CallActionKind, CallEndReason, CallId, CallIncoming, CallInvite, CallMedia, CallRecord,
-    CallUpdate, CallUpdateKind, DeviceEnvelope, DeviceId, ErrorCode, Frame,
+    CallUpdate, CallUpdateKind, DeviceEnvelope, DeviceId, ErrorCode, Frame, MAX_CONFERENCE,
 };
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -121,6 +121,8 @@ struct Call {
     stage: Stage,
     /// Participants' devices that went away, and when the call ends unless they come back.
     lost: Vec<(Party, Instant)>,
+    /// The group call it is a leg of.
+    conference: Option<CallId>,
 }
 
 impl Call {
@@ -151,7 +153,7 @@ pub struct Switchboard {
     policy: CallPolicy,
     calls: HashMap<CallId, Call>,
     /// Each user's one call.
-    by_user: HashMap<String, CallId>,
+    by_user: HashMap<String, Vec<CallId>>,
     outputs: VecDeque<Output>,
 }
 
@@ -195,6 +197,50 @@ impl Switchboard {
         self.calls.values().filter_map(Call::next_deadline).min()
     }
 
+    /// The calls `user` takes part in (ringing or answered).
+    fn calls_of(&self, user: &str) -> Vec<&Call> {
+        self.by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.calls.get(id))
+            .collect()
+    }
+
+    /// The users with an answered leg of group call `g`.
+    fn participants(&self, g: CallId) -> Vec<String> {
+        let mut users = Vec::new();
+        for c in self.calls.values() {
+            if c.conference == Some(g) && matches!(c.stage, Stage::Answered { .. }) {
+                for u in [&c.caller.user, &c.callee] {
+                    if !users.contains(u) {
+                        users.push(u.clone());
+                    }
+                }
+            }
+        }
+        users
+    }
+
+    /// The devices `user` takes part in answered legs of group call `g` with.
+    fn devices_in(&self, g: CallId, user: &str) -> Vec<DeviceId> {
+        let mut devices = Vec::new();
+        for c in self.calls.values() {
+            if c.conference != Some(g) {
+                continue;
+            }
+            let device = match c.stage {
+                Stage::Answered { device, .. } if c.callee == user => Some(device),
+                Stage::Answered { .. } if c.caller.user == user => Some(c.caller.device),
+                _ => None,
+            };
+            if let Some(d) = device.filter(|d| !devices.contains(d)) {
+                devices.push(d);
+            }
+        }
+        devices
+    }
+
     fn send(&mut self, to: Party, frame: Frame) {
         self.outputs.push_back(Output::Frame { to, frame });
     }
@@ -225,14 +271,16 @@ impl Switchboard {
             self.refuse(caller, id, ErrorCode::ProtocolViolation);
             return;
         }
-        if let Some(theirs) = self
-            .by_user
-            .get(&caller.user)
-            .and_then(|c| self.calls.get(c))
-        {
-            let glare = theirs.caller.user == invite.to
-                && theirs.callee == caller.user
-                && matches!(theirs.stage, Stage::Ringing { .. });
+        let conference = invite.conference;
+        let mine = self.calls_of(&caller.user);
+        if !mine.is_empty() && !joins(&mine, conference, &invite.to) {
+            let glare = conference.is_none()
+                && mine.iter().any(|c| {
+                    c.conference.is_none()
+                        && c.caller.user == invite.to
+                        && c.callee == caller.user
+                        && matches!(c.stage, Stage::Ringing { .. })
+                });
             let reason = if glare {
                 CallEndReason::Glare
             } else {
@@ -245,7 +293,20 @@ impl Switchboard {
             self.refuse(caller, id, ErrorCode::LimitExceeded);
             return;
         }
-        if self.by_user.contains_key(&invite.to) {
+        if let Some(g) = conference {
+            let mut users = self.participants(g);
+            for u in [&caller.user, &invite.to] {
+                if !users.contains(u) {
+                    users.push(u.clone());
+                }
+            }
+            if users.len() > MAX_CONFERENCE {
+                self.refuse(caller, id, ErrorCode::LimitExceeded);
+                return;
+            }
+        }
+        let theirs = self.calls_of(&invite.to);
+        if !theirs.is_empty() && !joins(&theirs, conference, &caller.user) {
             let reason = CallEndReason::Busy;
             self.send(caller.clone(), update(id, CallUpdateKind::Ended { reason }));
             let record = |outgoing: bool, peer: &str| CallRecord {
@@ -257,6 +318,7 @@ impl Switchboard {
                 answered_ms: 0,
                 ended_ms: now.ms,
                 end: reason,
+                conference,
             };
             self.outputs.push_back(Output::Record {
                 user: caller.user.clone(),
@@ -268,13 +330,27 @@ impl Switchboard {
             });
             return;
         }
+        // A callee already in the group call is rung only on the device it takes part with.
+        let joined: Vec<DeviceId> = conference
+            .map(|g| self.devices_in(g, &invite.to))
+            .unwrap_or_default();
+        let mut invite = invite;
+        if !joined.is_empty() {
+            invite.offers.retain(|o| joined.contains(&o.device));
+        }
         let deadline = now.at + self.policy.ring_timeout;
         let mut ringing = Vec::new();
         for offer in &invite.offers {
             let to = Party::new(invite.to.clone(), offer.device);
             if online.contains(&offer.device) {
                 ringing.push(offer.device);
-                let frame = incoming(id, &caller, invite.media, offer, self.policy.ring_timeout);
+                let frame = incoming(
+                    id,
+                    &caller,
+                    (invite.media, conference),
+                    offer,
+                    self.policy.ring_timeout,
+                );
                 self.send(to, frame);
             } else {
                 self.outputs.push_back(Output::Push { to });
@@ -285,8 +361,11 @@ impl Switchboard {
             caller.clone(),
             update(id, CallUpdateKind::Ringing { devices }),
         );
-        self.by_user.insert(caller.user.clone(), id);
-        self.by_user.insert(invite.to.clone(), id);
+        self.by_user
+            .entry(caller.user.clone())
+            .or_default()
+            .push(id);
+        self.by_user.entry(invite.to.clone()).or_default().push(id);
         self.calls.insert(
             id,
             Call {
@@ -298,6 +377,7 @@ impl Switchboard {
                 offers: invite.offers,
                 stage: Stage::Ringing { ringing, deadline },
                 lost: Vec::new(),
+                conference,
             },
         );
     }
@@ -339,14 +419,34 @@ impl Switchboard {
                 };
                 call.offers = Vec::new();
                 let caller = call.caller.clone();
+                let conference = call.conference;
+                // Only a newcomer completes the mesh: a user already in the group call picks
+                // up a leg from a newcomer, who does the calling.
+                let newcomer = conference.is_some_and(|g| {
+                    self.calls.iter().all(|(cid, c)| {
+                        *cid == id
+                            || c.conference != Some(g)
+                            || !matches!(c.stage, Stage::Answered { .. })
+                            || (c.caller.user != by.user && c.callee != by.user)
+                    })
+                });
                 let device = by.device;
                 self.send(
-                    caller,
+                    caller.clone(),
                     update(id, CallUpdateKind::Accepted { device, answer }),
                 );
                 for other in others {
                     let to = Party::new(by.user.clone(), other);
                     self.send(to, update(id, CallUpdateKind::AnsweredElsewhere { device }));
+                }
+                if let Some(g) = conference.filter(|_| newcomer) {
+                    // The newcomer calls everyone else already in (the mesh's other legs).
+                    let others: Vec<String> = self
+                        .participants(g)
+                        .into_iter()
+                        .filter(|u| *u != by.user && *u != caller.user)
+                        .collect();
+                    self.send(by, update(id, CallUpdateKind::Conference { others }));
                 }
             }
             CallActionKind::Decline => match call.stage {
@@ -386,9 +486,12 @@ impl Switchboard {
 
     /// `party`'s device has a live session again (a login, or a reconnect).
     pub fn device_online(&mut self, now: Now, party: &Party) {
-        let Some(id) = self.by_user.get(&party.user).copied() else {
-            return;
-        };
+        for id in self.by_user.get(&party.user).cloned().unwrap_or_default() {
+            self.device_online_in(now, party, id);
+        }
+    }
+
+    fn device_online_in(&mut self, now: Now, party: &Party, id: CallId) {
         let policy = self.policy;
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -412,7 +515,7 @@ impl Switchboard {
         let frame = incoming(
             id,
             &call.caller,
-            call.media,
+            (call.media, call.conference),
             offer,
             left.min(policy.ring_timeout),
         );
@@ -421,9 +524,12 @@ impl Switchboard {
 
     /// `party`'s device has no live session any more.
     pub fn device_offline(&mut self, now: Now, party: &Party) {
-        let Some(id) = self.by_user.get(&party.user).copied() else {
-            return;
-        };
+        for id in self.by_user.get(&party.user).cloned().unwrap_or_default() {
+            self.device_offline_in(now, party, id);
+        }
+    }
+
+    fn device_offline_in(&mut self, now: Now, party: &Party, id: CallId) {
         let grace = self.policy.reconnect_grace;
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -473,8 +579,11 @@ impl Switchboard {
             return;
         };
         for user in [&call.caller.user, &call.callee] {
-            if self.by_user.get(user) == Some(&id) {
-                self.by_user.remove(user);
+            if let Some(ids) = self.by_user.get_mut(user) {
+                ids.retain(|c| *c != id);
+                if ids.is_empty() {
+                    self.by_user.remove(user);
+                }
             }
         }
         let ended = || update(id, CallUpdateKind::Ended { reason });
@@ -495,6 +604,7 @@ impl Switchboard {
             answered_ms,
             ended_ms: now.ms.max(call.started_ms),
             end: reason,
+            conference: call.conference,
         };
         self.outputs.push_back(Output::Record {
             user: call.caller.user.clone(),
@@ -510,7 +620,7 @@ impl Switchboard {
 fn incoming(
     call_id: CallId,
     caller: &Party,
-    media: CallMedia,
+    (media, conference): (CallMedia, Option<CallId>),
     offer: &DeviceEnvelope,
     left: Duration,
 ) -> Frame {
@@ -521,8 +631,20 @@ fn incoming(
         media,
         offer: offer.envelope.clone(),
         rings_for_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+        conference,
     }
     .into()
+}
+
+/// Whether a user in `calls` may take part in one more leg of `conference` with `peer`: all
+/// its calls are legs of that group call, none with `peer` already, and the mesh has room.
+fn joins(calls: &[&Call], conference: Option<CallId>, peer: &str) -> bool {
+    conference.is_some()
+        && calls.len() < MAX_CONFERENCE - 1
+        && calls.iter().all(|c| c.conference == conference)
+        && !calls
+            .iter()
+            .any(|c| c.caller.user == peer || c.callee == peer)
 }
 
 #[cfg(test)]

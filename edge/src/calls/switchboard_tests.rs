@@ -38,6 +38,7 @@ fn invite(n: u8, to: &str, devices: &[u32]) -> CallInvite {
         call_id: id(n),
         to: to.into(),
         media: CallMedia::Video,
+        conference: None,
         offers: devices
             .iter()
             .map(|d| DeviceEnvelope {
@@ -460,4 +461,85 @@ fn a_caller_already_in_a_call_and_the_edge_cap_are_refused() {
     );
     b.invite(now, p("dave", 1), invite(3, "erin", &[1]), &on(&[1]));
     assert_eq!(updates_to(&drain(&mut b), &p("dave", 1)), vec![limit]);
+}
+
+fn leg(n: u8, to: &str, devices: &[u32], conference: u8) -> CallInvite {
+    CallInvite {
+        conference: Some(id(conference)),
+        ..invite(n, to, devices)
+    }
+}
+
+#[test]
+fn a_group_call_is_a_mesh_of_legs_of_up_to_four() {
+    let (mut b, now) = board();
+    // alice starts a group call with bob and carol: a leg each.
+    b.invite(now, p("alice", 1), leg(1, "bob", &[1, 2], 99), &on(&[1, 2]));
+    b.invite(now, p("alice", 1), leg(2, "carol", &[1], 99), &on(&[1]));
+    let outs = drain(&mut b);
+    assert_eq!(rung(&outs), vec![p("bob", 1), p("bob", 2), p("carol", 1)]);
+    // bob picks up on his laptop: nobody else is in yet.
+    b.action(now, p("bob", 2), id(1), CallActionKind::Accept(vec![1]));
+    let outs = drain(&mut b);
+    assert_eq!(
+        updates_to(&outs, &p("bob", 2)),
+        vec![CallUpdateKind::Conference { others: vec![] }]
+    );
+    // carol picks up: bob is in, so she calls him to complete the mesh.
+    b.action(now, p("carol", 1), id(2), CallActionKind::Accept(vec![1]));
+    let outs = drain(&mut b);
+    assert_eq!(
+        updates_to(&outs, &p("carol", 1)),
+        vec![CallUpdateKind::Conference {
+            others: vec!["bob".into()]
+        }]
+    );
+    // carol → bob is allowed although both are in calls: same group call. bob is rung only
+    // on the device he is in it with.
+    b.invite(now, p("carol", 1), leg(3, "bob", &[1, 2], 99), &on(&[1, 2]));
+    let outs = drain(&mut b);
+    assert_eq!(rung(&outs), vec![p("bob", 2)]);
+    b.action(now, p("bob", 2), id(3), CallActionKind::Accept(vec![1]));
+    let outs = drain(&mut b);
+    assert!(
+        updates_to(&outs, &p("bob", 2)).is_empty(),
+        "bob was in already: he calls nobody"
+    );
+    assert_eq!(b.len(), 3);
+
+    // Outsiders: a 1:1 call to a participant is busy; a fifth user cannot join; a second
+    // leg between the same two users is refused.
+    b.invite(now, p("dave", 1), invite(4, "bob", &[1]), &on(&[1]));
+    assert_eq!(
+        updates_to(&drain(&mut b), &p("dave", 1)),
+        vec![ended(CallEndReason::Busy)]
+    );
+    b.invite(now, p("alice", 1), leg(5, "dave", &[1], 99), &on(&[1]));
+    b.action(now, p("dave", 1), id(5), CallActionKind::Accept(vec![1]));
+    drain(&mut b);
+    b.invite(now, p("alice", 1), leg(6, "erin", &[1], 99), &on(&[1]));
+    assert_eq!(
+        updates_to(&drain(&mut b), &p("alice", 1)),
+        vec![ended(CallEndReason::Refused(
+            ErrorCode::LimitExceeded as u16
+        ))]
+    );
+    b.invite(now, p("bob", 2), leg(7, "carol", &[1], 99), &on(&[1]));
+    assert_eq!(
+        updates_to(&drain(&mut b), &p("bob", 2)),
+        vec![ended(CallEndReason::Refused(
+            ErrorCode::LimitExceeded as u16
+        ))],
+        "bob and carol have their leg already"
+    );
+
+    // alice leaves: her legs end, bob and carol talk on; records name the group call.
+    b.action(now, p("alice", 1), id(1), CallActionKind::Hangup);
+    b.action(now, p("alice", 1), id(2), CallActionKind::Hangup);
+    b.action(now, p("alice", 1), id(5), CallActionKind::Hangup);
+    let outs = drain(&mut b);
+    assert!(records(&outs)
+        .iter()
+        .all(|(_, r)| r.conference == Some(id(99))));
+    assert_eq!(b.len(), 1, "carol and bob's leg goes on");
 }
