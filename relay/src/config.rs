@@ -121,6 +121,23 @@ pub struct RelayConfig {
     /// (DESIGN.md: at least 4 MB, or bursts overflow the kernel queue); the kernel may clamp
     /// it to `net.core.rmem_max`.
     pub socket_buffer_bytes: usize,
+    /// Also accept TURN over TCP (RFC 8656 §5) on the same port number as `listen`, for
+    /// clients whose network drops UDP; their peers are still reached over UDP. Default true
+    /// (open `<port>/tcp` as well as `<port>/udp`).
+    pub tcp: bool,
+    /// TCP connections one client IP address may hold at once; more are closed at accept.
+    /// Default 64: a call needs one or two per device, and a household or an office behind
+    /// one NAT address needs headroom, while one host cannot hold the relay's file
+    /// descriptors.
+    pub max_tcp_connections_per_ip: usize,
+    /// TCP connections the relay holds at once; more are closed at accept. Default 10,000,
+    /// as `max_allocations` (each allocation over TCP needs its connection).
+    pub max_tcp_connections: usize,
+    /// Seconds a TCP connection may go without a complete message while it holds no
+    /// allocation; it is closed then. Default 30: far more than a client needs between
+    /// connecting and its Allocate, and a connection that holds an allocation lives by the
+    /// allocation's lifetime and refreshes instead.
+    pub tcp_idle_timeout_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -144,6 +161,10 @@ impl Default for RelayConfig {
             deny_peers: Vec::new(),
             challenge_amplification_percent: 200,
             socket_buffer_bytes: 4 << 20,
+            tcp: true,
+            max_tcp_connections_per_ip: 64,
+            max_tcp_connections: 10_000,
+            tcp_idle_timeout_secs: 30,
         }
     }
 }
@@ -225,12 +246,34 @@ impl RelayConfig {
         if self.max_allocations == 0 {
             return Err(ConfigError::new("max_allocations", "must be at least 1"));
         }
+        if self.max_tcp_connections_per_ip == 0 {
+            return Err(ConfigError::new(
+                "max_tcp_connections_per_ip",
+                "must be at least 1 (set `tcp = false` to turn TCP off)",
+            ));
+        }
+        if self.max_tcp_connections == 0 {
+            return Err(ConfigError::new(
+                "max_tcp_connections",
+                "must be at least 1 (set `tcp = false` to turn TCP off)",
+            ));
+        }
+        if !(1..=3600).contains(&self.tcp_idle_timeout_secs) {
+            return Err(ConfigError::new(
+                "tcp_idle_timeout_secs",
+                "must be between 1 and 3600",
+            ));
+        }
         Ok(())
     }
 
     /// The address relay sockets bind and advertise: `relay_ip`, else the `listen` address.
     pub fn relay_ip(&self) -> IpAddr {
         self.relay_ip.unwrap_or(self.listen.ip())
+    }
+
+    pub(crate) fn tcp_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.tcp_idle_timeout_secs)
     }
 
     pub(crate) fn default_lifetime(&self) -> Duration {

@@ -131,15 +131,91 @@ pub(crate) fn parse_channel_data(buf: &[u8]) -> Option<(u16, &[u8])> {
     Some((channel, &rest[..len]))
 }
 
-/// A ChannelData message carrying `payload` on `channel` (no padding: UDP does not need it).
-pub(crate) fn channel_data(channel: u16, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + payload.len());
+/// A ChannelData message carrying `payload` on `channel`, padded with zeroes to a multiple
+/// of 4 bytes when `padded` (over TCP, RFC 8656 §12.5; UDP does not need it).
+pub(crate) fn channel_data(channel: u16, payload: &[u8], padded: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + payload.len() + 3);
     out.extend_from_slice(&channel.to_be_bytes());
     // The caller only relays payloads that arrived in one datagram, so they fit in 16 bits;
     // clamp rather than panic if that ever changes.
     out.extend_from_slice(&(payload.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
     out.extend_from_slice(payload);
+    if padded {
+        out.resize(out.len().next_multiple_of(4), 0);
+    }
     out
+}
+
+/// The largest message a client's TCP stream can carry: a STUN header and a 16-bit length
+/// (ChannelData is at most 4 + 65,535 + 1 byte of padding).
+pub(crate) const MAX_STREAM_MESSAGE: usize = MessageHeader::LENGTH + u16::MAX as usize;
+
+/// STUN's magic cookie (RFC 8489 §5), checked on every message of a stream before trusting
+/// its length.
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// Where the next message of a client's TCP stream ends (RFC 8656 §5, §12.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamFrame {
+    /// Not enough bytes yet to know or to hold the next message (never more than
+    /// [`MAX_STREAM_MESSAGE`] are needed).
+    Incomplete,
+    /// The first `len` bytes are one message, followed by `skip` bytes of ChannelData
+    /// padding that belong to no message.
+    Complete {
+        /// Length of the message (what [`parse_datagram`] takes).
+        len: usize,
+        /// Padding after it.
+        skip: usize,
+    },
+    /// The stream does not continue with a STUN or ChannelData header: close the connection.
+    Malformed,
+}
+
+/// Finds the next message at the start of `buf`, the bytes buffered from a client's stream.
+/// A STUN message must carry the magic cookie and a length that is a multiple of 4; a
+/// ChannelData message a channel number in [`CHANNELS`] and its padding to 4 bytes.
+pub(crate) fn stream_frame(buf: &[u8]) -> StreamFrame {
+    let Some(&first) = buf.first() else {
+        return StreamFrame::Incomplete;
+    };
+    match first >> 6 {
+        0 => {
+            if buf.len() < 8 {
+                return StreamFrame::Incomplete;
+            }
+            let len = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+            if buf[4..8] != MAGIC_COOKIE || len % 4 != 0 {
+                return StreamFrame::Malformed;
+            }
+            let total = MessageHeader::LENGTH + len;
+            if buf.len() < total {
+                StreamFrame::Incomplete
+            } else {
+                StreamFrame::Complete {
+                    len: total,
+                    skip: 0,
+                }
+            }
+        }
+        1 => {
+            if buf.len() < 4 {
+                return StreamFrame::Incomplete;
+            }
+            let channel = u16::from_be_bytes([buf[0], buf[1]]);
+            if !CHANNELS.contains(&channel) {
+                return StreamFrame::Malformed;
+            }
+            let len = 4 + usize::from(u16::from_be_bytes([buf[2], buf[3]]));
+            let skip = len.next_multiple_of(4) - len;
+            if buf.len() < len + skip {
+                StreamFrame::Incomplete
+            } else {
+                StreamFrame::Complete { len, skip }
+            }
+        }
+        _ => StreamFrame::Malformed,
+    }
 }
 
 /// A Data indication carrying `payload` from `peer` (RFC 8656 §11.4).
@@ -329,7 +405,7 @@ mod tests {
 
     #[test]
     fn channel_data_roundtrip_and_bounds() {
-        let m = channel_data(0x4001, b"hello");
+        let m = channel_data(0x4001, b"hello", false);
         assert_eq!(parse_channel_data(&m), Some((0x4001, &b"hello"[..])));
         let mut padded = m.clone();
         padded.extend_from_slice(&[0, 0, 0]);
@@ -338,6 +414,77 @@ mod tests {
         assert_eq!(parse_channel_data(&padded), None);
         assert_eq!(parse_channel_data(&m[..6]), None);
         assert_eq!(parse_channel_data(&[0x40]), None);
+    }
+
+    #[test]
+    fn channel_data_over_tcp_is_padded_to_four_bytes() {
+        for n in 0..9usize {
+            let payload = vec![0xAB; n];
+            let m = channel_data(0x4001, &payload, true);
+            assert_eq!(m.len() % 4, 0, "{n}");
+            assert_eq!(m.len(), (4 + n).next_multiple_of(4));
+            assert_eq!(parse_channel_data(&m), Some((0x4001, &payload[..])));
+            assert_eq!(
+                stream_frame(&m),
+                StreamFrame::Complete {
+                    len: 4 + n,
+                    skip: m.len() - 4 - n
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn stream_frames_cut_stun_and_channel_data_and_wait_for_more() {
+        let stun = data_indication("192.0.2.1:1".parse().expect("addr"), b"abc").expect("fits");
+        let chan = channel_data(0x4002, b"hello", true);
+        let mut stream = stun.clone();
+        stream.extend_from_slice(&chan);
+        stream.extend_from_slice(&stun);
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while at < stream.len() {
+            // Every prefix of a message is Incomplete, never Malformed.
+            match stream_frame(&stream[at..]) {
+                StreamFrame::Complete { len, skip } => {
+                    for cut in 0..len + skip {
+                        assert_eq!(
+                            stream_frame(&stream[at..at + cut]),
+                            StreamFrame::Incomplete,
+                            "prefix {cut} of the message at {at}"
+                        );
+                    }
+                    assert!(parse_datagram(&stream[at..at + len]).is_some());
+                    seen.push((len, skip));
+                    at += len + skip;
+                }
+                other => panic!("{other:?} at {at}"),
+            }
+        }
+        assert_eq!(seen, vec![(stun.len(), 0), (9, 3), (stun.len(), 0)]);
+    }
+
+    #[test]
+    fn stream_garbage_is_malformed_not_incomplete() {
+        // Top bits 10 and 11 are neither STUN nor ChannelData.
+        assert_eq!(stream_frame(&[0x80]), StreamFrame::Malformed);
+        assert_eq!(stream_frame(&[0xC0, 0, 0, 0]), StreamFrame::Malformed);
+        // A STUN header without the magic cookie, or with a length not a multiple of 4.
+        assert_eq!(
+            stream_frame(&[0, 1, 0, 0, 1, 2, 3, 4]),
+            StreamFrame::Malformed
+        );
+        assert_eq!(
+            stream_frame(&[0, 1, 0, 3, 0x21, 0x12, 0xA4, 0x42]),
+            StreamFrame::Malformed
+        );
+        // Channel 0x7FFF is outside the channel range.
+        assert_eq!(stream_frame(&[0x7F, 0xFF, 0, 0]), StreamFrame::Malformed);
+        // The largest STUN length is waited for, not refused.
+        let mut big = vec![0, 1, 0xFF, 0xFC, 0x21, 0x12, 0xA4, 0x42];
+        big.resize(64, 0);
+        assert_eq!(stream_frame(&big), StreamFrame::Incomplete);
+        assert!(20 + 0xFFFC <= MAX_STREAM_MESSAGE);
     }
 
     #[test]

@@ -1,34 +1,55 @@
-//! The socket driver: runs a [`Relay`] on tokio with real UDP sockets.
+//! The socket driver: runs a [`Relay`] on tokio with real sockets.
 //!
-//! One task reads the listening socket; one task per allocation reads its relay socket; one
-//! task ticks the timers. The state machine is the one owner of the relay's state, behind a
-//! mutex held only while a datagram is handled and its outputs collected, never across a
-//! send or an `.await` (CONVENTIONS §4: one owner per concern). Sends go out after the lock
-//! is released: `try_send_to` first, and an awaited `send_to` when the socket buffer is full,
+//! - UDP: one listening socket per core (`SO_REUSEPORT`, so the kernel spreads clients over
+//!   them by 5-tuple), each read by its own task; one task per allocation reads its relay
+//!   socket; one task ticks the timers. Reads are batched (`recvmmsg`, [`batch_recv`]): a
+//!   burst costs one system call per batch, and a short batch proves the queue empty, which
+//!   saves the call that would only have said `EAGAIN`.
+//! - TCP (`tcp = true`): a listener on the same port number; one task per connection cuts
+//!   the stream into messages and writes what the relay sends back ([`tcp`]).
+//!
+//! The state machine is the one owner of the relay's state, behind a mutex held only while
+//! a batch of messages is handled and its outputs collected, never across a send or an
+//! `.await` (CONVENTIONS §4: one owner per concern). Sends go out after the lock is
+//! released: `try_send_to` first, and an awaited `send_to` when the socket buffer is full,
 //! so a burst slows the reader instead of being dropped by us.
 
+mod batch_recv;
 mod ports;
+mod tcp;
 
 use crate::config::{ConfigError, RelayConfig, Secret};
 use crate::credentials::{mint, Credentials};
 use crate::turn::{AllocationId, OpenRelayError, Output, Relay, Stats, Transport};
+use batch_recv::RecvBatch;
 use ports::PortRange;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-/// Largest datagram read from the listening socket (the UDP maximum).
-const LISTEN_BUFFER: usize = 65_536;
+/// Datagrams one read of a listening socket takes.
+const LISTEN_SLOTS: usize = 32;
+/// Largest datagram read from a listening socket. STUN requests and ChannelData with media
+/// stay under the path MTU; a longer datagram is cut, fails to parse and is dropped as
+/// malformed.
+const LISTEN_SLOT: usize = 4_096;
+/// Datagrams one read of a relay socket takes: two, so that one short read (a single
+/// datagram, the common case at call rates) proves the socket drained.
+const RELAY_SLOTS: usize = 4;
 /// Largest datagram read from a relay socket. Media payloads stay under the path MTU; a
 /// bigger datagram from a peer is truncated by the kernel and then relayed truncated, which
-/// is what an MTU-sized path would have done to it anyway.
-const RELAY_BUFFER: usize = 8_192;
+/// is what an MTU-sized path would have done to it anyway. (Two slots of 4 KiB hold the
+/// memory per allocation where one 8 KiB buffer was.)
+const RELAY_SLOT: usize = 4_096;
+/// Most listening UDP sockets (one per core up to this).
+const MAX_LISTEN_SOCKETS: usize = 8;
 /// How often expired allocations, permissions and channels are swept.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -38,6 +59,9 @@ pub enum ServerError {
     /// A configuration value is refused (the error names the key).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start the relay's worker threads: {0}")]
+    Runtime(io::Error),
     /// The listening socket could not be bound.
     #[error("cannot bind the relay's listening socket {addr}: {source}")]
     Bind {
@@ -46,6 +70,86 @@ pub enum ServerError {
         /// Why.
         source: io::Error,
     },
+}
+
+/// A relay thread: a single-threaded tokio runtime that reads one listening socket and the
+/// relay sockets of the allocations it created. A thread per core rather than tasks on the
+/// edge's multi-threaded runtime: a datagram wakes one thread, which handles it and sends
+/// on, without handing work to (and waking) another thread.
+#[derive(Debug)]
+struct Worker {
+    handle: tokio::runtime::Handle,
+    /// Dropping it ends the thread (and drops the tasks still on its runtime).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(index: usize) -> io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("relay-{index}"))
+            .spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The listening sockets: the UDP group and the TCP listener on the same port number.
+struct Listeners {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+}
+
+/// Binds `count` UDP sockets on `listen` (one `SO_REUSEPORT` group when more than one) and,
+/// with `tcp`, a TCP listener on the same port. With port 0 the port is the kernel's choice
+/// for the first UDP socket; if TCP cannot have that port too, another is tried.
+fn bind_listeners(config: &RelayConfig, count: usize) -> io::Result<Listeners> {
+    let attempts = if config.listen.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let reuse = count > 1;
+        let first = ports::bind_udp(config.listen, Some(config.socket_buffer_bytes), reuse)?;
+        let addr = first.local_addr()?;
+        let mut udp = vec![first];
+        for _ in 1..count {
+            udp.push(ports::bind_udp(
+                addr,
+                Some(config.socket_buffer_bytes),
+                true,
+            )?);
+        }
+        if !config.tcp {
+            return Ok(Listeners {
+                udp,
+                tcp: None,
+                addr,
+            });
+        }
+        match ports::bind_tcp(addr) {
+            Ok(tcp) => {
+                return Ok(Listeners {
+                    udp,
+                    tcp: Some(tcp),
+                    addr,
+                })
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::ErrorKind::AddrInUse.into()))
 }
 
 /// Starts relays.
@@ -58,44 +162,80 @@ impl RelayServer {
     /// is dropped, which stops it without waiting).
     pub async fn start(config: RelayConfig) -> Result<RelayHandle, ServerError> {
         config.validate()?;
-        let listen_std =
-            ports::bind_udp(config.listen, Some(config.socket_buffer_bytes)).map_err(|source| {
-                ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                }
-            })?;
-        let listen = UdpSocket::from_std(listen_std).map_err(|source| ServerError::Bind {
+        let bind_err = |source| ServerError::Bind {
             addr: config.listen,
             source,
-        })?;
-        let local_addr = listen.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        };
+        let count = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, MAX_LISTEN_SOCKETS);
+        let bound = bind_listeners(&config, count).map_err(bind_err)?;
+        let workers = (0..bound.udp.len())
+            .map(Worker::start)
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(ServerError::Runtime)?;
+        // Each socket registers with the reactor of the worker that reads it.
+        let mut listen = Vec::with_capacity(bound.udp.len());
+        for (sock, worker) in bound.udp.into_iter().zip(&workers) {
+            let _in = worker.handle.enter();
+            listen.push(UdpSocket::from_std(sock).map_err(bind_err)?);
+        }
+        let tcp_listener = match bound.tcp {
+            Some(l) => {
+                let _in = workers[0].handle.enter();
+                Some(tokio::net::TcpListener::from_std(l).map_err(bind_err)?)
+            }
+            None => None,
+        };
+        let local_addr = bound.addr;
         let ports = PortRange::new(
             config.relay_ip(),
             config.min_port,
             config.max_port,
             rand::random(),
+            // The kernel's default. Tried 1 MiB (2026-12-04): fewer drops under a
+            // `turnutils_uclient -z 0` blast, but 4.5 s of queue (RTT) instead of 0.25 s;
+            // late media is worse than lost media (bench/RESULTS.md).
+            None,
         );
+        let tcp_limits = tcp::Limits::new(&config);
         let relay = Relay::new(config, rand::random(), Instant::now(), unix_now());
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 relay,
                 sockets: HashMap::new(),
                 ports,
+                tcp: HashMap::new(),
             }),
             listen,
+            tcp_limits,
+            tcp_refused: AtomicU64::new(0),
+            tcp_backlog: AtomicU64::new(0),
         });
         let (shutdown, watch_rx) = watch::channel(false);
-        let listener = tokio::spawn(listen_loop(shared.clone(), watch_rx.clone()));
-        let ticker = tokio::spawn(tick_loop(shared.clone(), watch_rx));
+        let mut tasks = Vec::new();
+        for (idx, worker) in workers.iter().enumerate() {
+            tasks.push(
+                worker
+                    .handle
+                    .spawn(listen_loop(shared.clone(), idx, watch_rx.clone())),
+            );
+        }
+        if let Some(l) = tcp_listener {
+            tasks.push(workers[0].handle.spawn(tcp::accept_loop(
+                shared.clone(),
+                l,
+                watch_rx.clone(),
+            )));
+        }
+        tasks.push(workers[0].handle.spawn(tick_loop(shared.clone(), watch_rx)));
         Ok(RelayHandle {
             shared,
             local_addr,
             shutdown,
-            tasks: vec![listener, ticker],
+            tasks,
+            workers,
         })
     }
 }
@@ -107,17 +247,22 @@ pub struct RelayHandle {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    workers: Vec<Worker>,
 }
 
 impl RelayHandle {
-    /// The listening socket's address (the real port when `listen` asked for port 0).
+    /// The listening address (the real port when `listen` asked for port 0); TCP, when on,
+    /// listens on the same one.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.shared.lock().relay.stats()
+        let mut stats = self.shared.lock().relay.stats();
+        stats.refusals.tcp_connections = self.shared.tcp_refused.load(Ordering::Relaxed);
+        stats.refusals.tcp_backlog = self.shared.tcp_backlog.load(Ordering::Relaxed);
+        stats
     }
 
     /// Replaces the REST secret (on SIGHUP). Credentials minted with the previous secret keep
@@ -146,6 +291,12 @@ impl RelayHandle {
             s.task.abort();
             let _ = s.task.await;
         }
+        for mut w in self.workers.drain(..) {
+            drop(w.stop.take());
+            if let Some(t) = w.thread.take() {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        }
     }
 }
 
@@ -163,7 +314,14 @@ impl Drop for RelayHandle {
 #[derive(Debug)]
 struct Shared {
     core: Mutex<Core>,
-    listen: UdpSocket,
+    /// The listening UDP sockets (one `SO_REUSEPORT` group); any of them may answer any
+    /// client, since they share the address.
+    listen: Vec<UdpSocket>,
+    tcp_limits: tcp::Limits,
+    /// TCP connections closed at accept (over a limit).
+    tcp_refused: AtomicU64,
+    /// Messages dropped for TCP clients that did not read.
+    tcp_backlog: AtomicU64,
 }
 
 impl Shared {
@@ -179,6 +337,8 @@ struct Core {
     relay: Relay,
     sockets: HashMap<AllocationId, RelaySocket>,
     ports: PortRange,
+    /// The outgoing queue of every TCP client connection, by its remote address.
+    tcp: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -187,10 +347,14 @@ struct RelaySocket {
     task: JoinHandle<()>,
 }
 
-/// A datagram to send once the lock is released.
+/// A message to send once the lock is released.
 enum Send {
-    Client(SocketAddr, Vec<u8>),
+    /// From listening socket number `.0` to a UDP client.
+    Client(usize, SocketAddr, Vec<u8>),
+    /// From a relay socket to a peer.
     Peer(Arc<UdpSocket>, SocketAddr, Vec<u8>),
+    /// Onto a TCP client's queue.
+    Tcp(mpsc::Sender<Vec<u8>>, Vec<u8>),
 }
 
 fn unix_now() -> u64 {
@@ -201,15 +365,25 @@ fn unix_now() -> u64 {
 }
 
 /// Performs the relay's outputs that need the core (opening and closing sockets) and
-/// collects the sends.
-fn drain(core: &mut Core, shared: &Arc<Shared>, sends: &mut Vec<Send>) {
+/// collects the sends; UDP clients are answered from listening socket number `via`.
+fn drain(core: &mut Core, shared: &Arc<Shared>, sends: &mut Vec<Send>, via: usize) {
     while let Some(out) = core.relay.poll_output() {
         match out {
             Output::ToClient {
                 transport: Transport::Udp,
                 to,
                 data,
-            } => sends.push(Send::Client(to, data)),
+            } => sends.push(Send::Client(via, to, data)),
+            Output::ToClient {
+                transport: Transport::Tcp,
+                to,
+                data,
+            } => {
+                // A connection that just closed has no queue: its messages go nowhere.
+                if let Some(tx) = core.tcp.get(&to) {
+                    sends.push(Send::Tcp(tx.clone(), data));
+                }
+            }
             Output::ToPeer { alloc, to, data } => {
                 if let Some(s) = core.sockets.get(&alloc) {
                     sends.push(Send::Peer(s.socket.clone(), to, data));
@@ -218,7 +392,7 @@ fn drain(core: &mut Core, shared: &Arc<Shared>, sends: &mut Vec<Send>) {
             Output::OpenRelay {
                 alloc, even_port, ..
             } => {
-                let result = open_relay(core, shared, alloc, even_port);
+                let result = open_relay(core, shared, alloc, even_port, via);
                 core.relay.relay_opened(Instant::now(), alloc, result);
             }
             Output::CloseRelay { alloc } => {
@@ -236,6 +410,7 @@ fn open_relay(
     shared: &Arc<Shared>,
     alloc: AllocationId,
     even_port: bool,
+    via: usize,
 ) -> Result<SocketAddr, OpenRelayError> {
     let (std_sock, addr) = core.ports.bind(even_port).ok_or(OpenRelayError::NoPort)?;
     let socket = match UdpSocket::from_std(std_sock) {
@@ -245,7 +420,9 @@ fn open_relay(
             return Err(OpenRelayError::NoPort);
         }
     };
-    let task = tokio::spawn(peer_loop(shared.clone(), alloc, socket.clone()));
+    // On the worker whose listening socket took the Allocate (the current runtime), which
+    // also answers this client from that socket.
+    let task = tokio::spawn(peer_loop(shared.clone(), alloc, socket.clone(), via));
     core.sockets.insert(alloc, RelaySocket { socket, task });
     debug!(%alloc, port = addr.port(), "relay socket opened");
     Ok(addr)
@@ -254,8 +431,13 @@ fn open_relay(
 async fn send_all(shared: &Shared, sends: &mut Vec<Send>) {
     for send in sends.drain(..) {
         match send {
-            Send::Client(to, data) => send_one(&shared.listen, to, &data).await,
+            Send::Client(via, to, data) => send_one(&shared.listen[via], to, &data).await,
             Send::Peer(sock, to, data) => send_one(&sock, to, &data).await,
+            Send::Tcp(tx, data) => {
+                if tx.try_send(data).is_err() {
+                    shared.tcp_backlog.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -272,13 +454,14 @@ async fn send_one(sock: &UdpSocket, to: SocketAddr, data: &[u8]) {
     }
 }
 
-async fn listen_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; LISTEN_BUFFER];
+async fn listen_loop(shared: Arc<Shared>, idx: usize, mut shutdown: watch::Receiver<bool>) {
+    let mut batch = RecvBatch::new(LISTEN_SLOTS, LISTEN_SLOT);
     let mut sends = Vec::new();
+    let sock = &shared.listen[idx];
     loop {
-        let (n, from) = tokio::select! {
-            r = shared.listen.recv_from(&mut buf) => match r {
-                Ok(x) => x,
+        let n = tokio::select! {
+            r = batch_recv::recv(sock, &mut batch) => match r {
+                Ok(n) => n,
                 Err(e) => {
                     // Errors on an unconnected UDP socket are per-datagram (e.g. an ICMP
                     // error reported late); back off briefly so a persistent one cannot spin.
@@ -291,20 +474,28 @@ async fn listen_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         };
         {
             let mut core = shared.lock();
-            core.relay
-                .handle_client(Instant::now(), Transport::Udp, from, &buf[..n]);
-            drain(&mut core, &shared, &mut sends);
+            let now = Instant::now();
+            for i in 0..n {
+                if let Some((from, data)) = batch.get(i) {
+                    core.relay.handle_client(now, Transport::Udp, from, data);
+                    drain(&mut core, &shared, &mut sends, idx);
+                }
+            }
         }
         send_all(&shared, &mut sends).await;
+        // Let the relay sockets of this worker drain what this batch sent them before the
+        // next batch comes in; without it a burst on the listening socket ran 4,096
+        // datagrams (tokio's budget) ahead and overflowed them.
+        tokio::task::yield_now().await;
     }
 }
 
-async fn peer_loop(shared: Arc<Shared>, alloc: AllocationId, socket: Arc<UdpSocket>) {
-    let mut buf = vec![0u8; RELAY_BUFFER];
+async fn peer_loop(shared: Arc<Shared>, alloc: AllocationId, socket: Arc<UdpSocket>, via: usize) {
+    let mut batch = RecvBatch::new(RELAY_SLOTS, RELAY_SLOT);
     let mut sends = Vec::new();
     loop {
-        let (n, from) = match socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let n = match batch_recv::recv(&socket, &mut batch).await {
+            Ok(n) => n,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
@@ -312,9 +503,13 @@ async fn peer_loop(shared: Arc<Shared>, alloc: AllocationId, socket: Arc<UdpSock
         };
         {
             let mut core = shared.lock();
-            core.relay
-                .handle_peer(Instant::now(), alloc, from, &buf[..n]);
-            drain(&mut core, &shared, &mut sends);
+            let now = Instant::now();
+            for i in 0..n {
+                if let Some((from, data)) = batch.get(i) {
+                    core.relay.handle_peer(now, alloc, from, data);
+                }
+            }
+            drain(&mut core, &shared, &mut sends, via);
         }
         send_all(&shared, &mut sends).await;
     }
@@ -332,7 +527,7 @@ async fn tick_loop(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         {
             let mut core = shared.lock();
             core.relay.handle_timeout(Instant::now());
-            drain(&mut core, &shared, &mut sends);
+            drain(&mut core, &shared, &mut sends, 0);
         }
         send_all(&shared, &mut sends).await;
     }

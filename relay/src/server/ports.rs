@@ -9,6 +9,8 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 #[derive(Debug)]
 pub(crate) struct PortRange {
     ip: IpAddr,
+    /// Receive/send buffer asked for each relay socket.
+    buffer: Option<usize>,
     min: u16,
     max: u16,
     next: u16,
@@ -16,10 +18,17 @@ pub(crate) struct PortRange {
 
 impl PortRange {
     /// `start` picks where the walk begins (random at boot, so ports are not predictable).
-    pub(crate) fn new(ip: IpAddr, min: u16, max: u16, start: u16) -> Self {
+    /// Relay sockets get `buffer` bytes of socket buffer when given.
+    pub(crate) fn new(ip: IpAddr, min: u16, max: u16, start: u16, buffer: Option<usize>) -> Self {
         let span = u32::from(max - min) + 1;
         let next = min + (u32::from(start) % span) as u16;
-        Self { ip, min, max, next }
+        Self {
+            ip,
+            buffer,
+            min,
+            max,
+            next,
+        }
     }
 
     /// Binds a non-blocking UDP socket on the next free port (an even one if `even`).
@@ -38,7 +47,7 @@ impl PortRange {
             }
             let addr = SocketAddr::new(self.ip, port);
             // Taken ports (EADDRINUSE) and ports we may not use (EACCES) are skipped alike.
-            if let Ok(sock) = bind_udp(addr, None) {
+            if let Ok(sock) = bind_udp(addr, self.buffer, false) {
                 return Some((sock, addr));
             }
         }
@@ -47,8 +56,13 @@ impl PortRange {
 }
 
 /// A non-blocking UDP socket bound to `addr`, with `buffer` bytes of receive and send
-/// buffer when given (the kernel may clamp them to `net.core.{r,w}mem_max`).
-pub(crate) fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<UdpSocket> {
+/// buffer when given (the kernel may clamp them to `net.core.{r,w}mem_max`), in a
+/// `SO_REUSEPORT` group with the other sockets of this process bound so when `reuse_port`.
+pub(crate) fn bind_udp(
+    addr: SocketAddr,
+    buffer: Option<usize>,
+    reuse_port: bool,
+) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -65,8 +79,31 @@ pub(crate) fn bind_udp(addr: SocketAddr, buffer: Option<usize>) -> io::Result<Ud
         let _ = sock.set_recv_buffer_size(bytes);
         let _ = sock.set_send_buffer_size(bytes);
     }
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// A non-blocking TCP listener on `addr` (`SO_REUSEADDR`, so a restart does not wait for
+/// the previous run's connections in TIME_WAIT; never `SO_REUSEPORT`, so a second relay on
+/// the same port fails to start instead of sharing it).
+pub(crate) fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
     Ok(sock.into())
 }
 
@@ -82,7 +119,7 @@ mod tests {
         let base = probe.local_addr().expect("addr").port();
         drop(probe);
         let (min, max) = (base & !1, (base & !1) + 3);
-        let mut range = PortRange::new(ip, min, max, 0);
+        let mut range = PortRange::new(ip, min, max, 0, None);
         let mut held = Vec::new();
         while let Some((sock, addr)) = range.bind(true) {
             assert_eq!(addr.port() % 2, 0);

@@ -1,5 +1,6 @@
 //! One TURN allocation: its relayed address, lifetime, permissions, channels and budget.
 
+use super::relay::Transport;
 use crate::rate_limit::TokenBucket;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -49,6 +50,8 @@ pub(crate) struct ChannelConflict;
 #[derive(Debug)]
 pub(crate) struct Allocation {
     pub(crate) client: SocketAddr,
+    /// How the client reaches the relay (UDP unless set after [`Allocation::new`]).
+    pub(crate) transport: Transport,
     pub(crate) owner: Owner,
     pub(crate) relayed: SocketAddr,
     pub(crate) expires: Instant,
@@ -82,6 +85,7 @@ impl Allocation {
     ) -> Self {
         Self {
             client,
+            transport: Transport::Udp,
             owner,
             relayed,
             expires,

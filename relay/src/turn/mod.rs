@@ -7,5 +7,5 @@ pub(crate) mod stats;
 mod tests;
 
 pub use allocation::AllocationId;
-pub use relay::{Family, OpenRelayError, Output, Relay, Transport};
+pub use relay::{Family, OpenRelayError, Output, Received, Relay, Transport};
 pub use stats::{Refusals, Stats};

@@ -1,4 +1,5 @@
-//! The relay's state machine: STUN Binding and TURN over UDP, without sockets or clocks.
+//! The relay's state machine: STUN Binding and TURN (clients over UDP or TCP, peers over
+//! UDP), without sockets or clocks.
 
 use super::allocation::{Allocation, AllocationId, Owner};
 use super::stats::Stats;
@@ -14,12 +15,28 @@ use stun_types::message::{
     LongTermKeyCredentials, Message, MessageClass, MessageIntegrityCredentials, BINDING,
 };
 
-/// The transport a client reached the relay over. Only UDP is served today; TCP (RFC 8656
-/// §5, STUN framing over a stream) is for the driver to add without changing this machine.
+/// The transport a client reached the relay over. Peers are always reached over UDP
+/// (REQUESTED-TRANSPORT 17); only the client's leg differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
-    /// UDP on the listening socket.
+    /// UDP on the listening socket: one message per datagram.
     Udp,
+    /// A TCP connection to the listening port (RFC 8656 §5): the driver cuts the stream into
+    /// whole STUN or ChannelData messages and passes one per [`Relay::handle_client`]; the
+    /// address is the connection's remote address. ChannelData to such a client is padded
+    /// to a multiple of 4 bytes (§12.5), and the allocation ends when the driver reports
+    /// the connection closed ([`Relay::client_closed`]).
+    Tcp,
+}
+
+/// What [`Relay::handle_client`] made of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A STUN or ChannelData message (answered, relayed or refused by the protocol's rules).
+    Handled,
+    /// Not a STUN or ChannelData message at all: dropped and counted. Over TCP the stream is
+    /// no longer trustworthy and the driver closes that connection.
+    Malformed,
 }
 
 /// The address family of a relay socket to open.
@@ -82,6 +99,7 @@ pub enum OpenRelayError {
 #[derive(Debug)]
 struct Pending {
     client: SocketAddr,
+    transport: Transport,
     owner: Owner,
     lifetime: Duration,
     tid: stun_types::message::TransactionId,
@@ -218,9 +236,12 @@ impl Relay {
         transport: Transport,
         from: SocketAddr,
         data: &[u8],
-    ) {
+    ) -> Received {
         match wire::parse_datagram(data) {
-            None => self.stats.refusals.malformed += 1,
+            None => {
+                self.stats.refusals.malformed += 1;
+                return Received::Malformed;
+            }
             Some(Datagram::ChannelData(channel, payload)) => {
                 self.channel_data_from_client(now, (transport, from), channel, payload)
             }
@@ -233,6 +254,35 @@ impl Relay {
                 _ => self.stats.refusals.malformed += 1,
             },
         }
+        Received::Handled
+    }
+
+    /// The client's TCP connection closed (or was closed by the driver): its allocation, if
+    /// any, ends at once (RFC 8656 §5: an allocation over TCP lives as long as its
+    /// connection). For UDP there is no such event; allocations expire instead.
+    pub fn client_closed(&mut self, transport: Transport, from: SocketAddr) {
+        match self.slots.get(&(transport, from)).copied() {
+            Some(Slot::Ready(id)) => self.remove_allocation(id),
+            Some(Slot::Pending(id)) => {
+                // The socket being opened is closed when `relay_opened` finds no pending.
+                if let Some(p) = self.pending.remove(&id) {
+                    self.release_slot((transport, from), &p.owner.user);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Counts a client's TCP stream closed for bytes that start no STUN or ChannelData
+    /// message (the driver's framing saw them before any message could be handed in).
+    pub(crate) fn stream_malformed(&mut self) {
+        self.stats.refusals.malformed += 1;
+    }
+
+    /// Whether the client at `from` holds an allocation (or one is being opened): the
+    /// driver's idle rule for TCP connections closes only those that hold none.
+    pub fn has_allocation(&self, transport: Transport, from: SocketAddr) -> bool {
+        self.slots.contains_key(&(transport, from))
     }
 
     /// A datagram from `from` on the relay socket of `alloc`.
@@ -256,7 +306,7 @@ impl Relay {
             return;
         }
         let framed = match a.channel_of(from, now) {
-            Some(ch) => wire::channel_data(ch, data),
+            Some(ch) => wire::channel_data(ch, data, a.transport == Transport::Tcp),
             None => match wire::data_indication(from, data) {
                 Some(m) => m,
                 None => {
@@ -268,7 +318,7 @@ impl Relay {
         self.stats.packets_to_clients += 1;
         self.stats.bytes_to_clients += data.len() as u64;
         self.out.push_back(Output::ToClient {
-            transport: Transport::Udp,
+            transport: a.transport,
             to: a.client,
             data: framed,
         });
@@ -288,7 +338,7 @@ impl Relay {
             }
             return;
         };
-        let key = (Transport::Udp, p.client);
+        let key = (p.transport, p.client);
         // The request was parsed once already; it parses again.
         let Some(Datagram::Stun(req)) = wire::parse_datagram(&p.request) else {
             self.release_slot(key, &p.owner.user);
@@ -310,7 +360,7 @@ impl Relay {
             .u32(attr::LIFETIME, lifetime_secs)
             .mapped(p.client)
             .sign(&p.owner.creds, p.owner.algorithm);
-        let allocation = Allocation::new(
+        let mut allocation = Allocation::new(
             p.client,
             p.owner,
             relayed,
@@ -321,6 +371,7 @@ impl Relay {
             self.config.max_packets_per_sec,
             now,
         );
+        allocation.transport = p.transport;
         self.allocations.insert(alloc, allocation);
         self.slots.insert(key, Slot::Ready(alloc));
         self.stats.allocations_created += 1;
@@ -641,6 +692,7 @@ impl Relay {
             id,
             Pending {
                 client: key.1,
+                transport: key.0,
                 owner,
                 lifetime,
                 tid: msg.transaction_id(),
@@ -844,15 +896,19 @@ impl Relay {
     fn remove_allocation(&mut self, id: AllocationId) {
         if let Some(a) = self.allocations.remove(&id) {
             let user = a.owner.user.clone();
-            self.release_slot((Transport::Udp, a.client), &user);
+            self.release_slot((a.transport, a.client), &user);
             self.out.push_back(Output::CloseRelay { alloc: id });
         }
     }
 
     /// The allocation id of a client (tests).
     #[cfg(test)]
-    pub(crate) fn allocation_id_of(&self, client: SocketAddr) -> Option<AllocationId> {
-        match self.slots.get(&(Transport::Udp, client))? {
+    pub(crate) fn allocation_id_of(
+        &self,
+        transport: Transport,
+        client: SocketAddr,
+    ) -> Option<AllocationId> {
+        match self.slots.get(&(transport, client))? {
             Slot::Ready(id) => Some(*id),
             Slot::Pending(_) => None,
         }

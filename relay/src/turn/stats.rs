@@ -69,13 +69,20 @@ pub struct Refusals {
     /// Unauthenticated responses not sent because even minimized they would have been
     /// larger than the request (anti-amplification).
     pub amplification: u64,
-    /// Datagrams that are neither a valid STUN message nor ChannelData.
+    /// Datagrams that are neither a valid STUN message nor ChannelData (over TCP: streams
+    /// closed for it).
     pub malformed: u64,
+    /// TCP connections closed at accept: their address or the relay held as many as allowed
+    /// (`max_tcp_connections_per_ip`, `max_tcp_connections`).
+    pub tcp_connections: u64,
+    /// Messages for a TCP client dropped because it did not read its connection fast
+    /// enough (its bounded queue was full), as a UDP socket buffer would have dropped them.
+    pub tcp_backlog: u64,
 }
 
 impl Refusals {
     /// Every counter with its stable name.
-    pub fn by_reason(&self) -> [(&'static str, u64); 15] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 17] {
         [
             ("unauthorized", self.unauthorized),
             ("stale_nonce", self.stale_nonce),
@@ -92,6 +99,8 @@ impl Refusals {
             ("no_permission", self.no_permission),
             ("amplification", self.amplification),
             ("malformed", self.malformed),
+            ("tcp_connections", self.tcp_connections),
+            ("tcp_backlog", self.tcp_backlog),
         ]
     }
 }

@@ -35,6 +35,8 @@ fn config() -> RelayConfig {
 
 struct Harness {
     relay: Relay,
+    /// The transport the test clients use (UDP unless a test sets it).
+    transport: Transport,
     now: Instant,
     t0: Instant,
     next_port: u16,
@@ -46,6 +48,7 @@ impl Harness {
         let now = Instant::now();
         Self {
             relay: Relay::new(cfg, [9; 32], now, UNIX0),
+            transport: Transport::Udp,
             now,
             t0: now,
             next_port: 50_000,
@@ -78,7 +81,7 @@ impl Harness {
 
     fn client_sends(&mut self, from: SocketAddr, bytes: &[u8]) -> Vec<Output> {
         self.relay
-            .handle_client(self.now, Transport::Udp, from, bytes);
+            .handle_client(self.now, self.transport, from, bytes);
         self.drain()
     }
 
@@ -129,7 +132,7 @@ impl Harness {
 
     fn alloc_id(&self, client: &Client) -> AllocationId {
         self.relay
-            .allocation_id_of(client.addr)
+            .allocation_id_of(self.transport, client.addr)
             .expect("allocation")
     }
 }
@@ -403,15 +406,21 @@ fn allocate_send_data_and_channels_end_to_end() {
         &[Attr::Channel(0x4001), Attr::Peer(peer)],
     );
     assert_eq!(class(&reply), MessageClass::Success, "{:?}", code(&reply));
-    let sent = to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4001, b"via channel")));
+    let sent = to_peer(&h.client_sends(
+        c.addr,
+        &crate::wire::channel_data(0x4001, b"via channel", false),
+    ));
     assert_eq!(sent, vec![(peer, b"via channel".to_vec())]);
     let back = to_client(&h.peer_sends(id, peer, b"channel back"));
     assert_eq!(
         back,
-        vec![crate::wire::channel_data(0x4001, b"channel back")]
+        vec![crate::wire::channel_data(0x4001, b"channel back", false)]
     );
     // An unbound channel number is dropped.
-    assert!(to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4002, b"x"))).is_empty());
+    assert!(
+        to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4002, b"x", false)))
+            .is_empty()
+    );
     // The same channel for another peer, or another channel for the same peer: 400.
     let other = addr("198.51.100.9:9000");
     let reply = h.request(
@@ -506,7 +515,10 @@ fn allocations_permissions_and_channels_expire() {
     h.advance(Duration::from_secs(2));
     assert!(to_peer(&h.client_sends(c.addr, &send_indication(peer, b"b"))).is_empty());
     assert!(to_client(&h.peer_sends(id, peer, b"c")).is_empty());
-    assert!(to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, b"d"))).is_empty());
+    assert!(
+        to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, b"d", false)))
+            .is_empty()
+    );
     // Refreshing the channel binding refreshes its permission.
     let r = h.request(
         &mut c,
@@ -515,7 +527,7 @@ fn allocations_permissions_and_channels_expire() {
     );
     assert_eq!(class(&r), MessageClass::Success);
     assert_eq!(
-        to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, b"e"))).len(),
+        to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, b"e", false))).len(),
         1
     );
     let a = h.relay.allocation_of(c.addr).expect("alive");
@@ -908,7 +920,8 @@ fn relayed_traffic_over_budget_is_dropped_and_counted() {
     );
     let mut passed = 0;
     for _ in 0..15 {
-        passed += to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, b"x"))).len();
+        passed +=
+            to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, b"x", false))).len();
     }
     assert_eq!(passed, 10, "packets/s budget");
     assert_eq!(h.relay.stats().refusals.rate_limited, 5);
@@ -926,7 +939,81 @@ fn relayed_traffic_over_budget_is_dropped_and_counted() {
     let big = vec![0u8; 400];
     let mut passed = 0;
     for _ in 0..5 {
-        passed += to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, &big))).len();
+        passed +=
+            to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4000, &big, false))).len();
     }
     assert_eq!(passed, 2, "bytes/s budget");
+}
+
+#[test]
+fn over_tcp_channel_data_is_padded_and_the_allocation_ends_with_the_connection() {
+    let mut h = Harness::new(config());
+    h.transport = Transport::Tcp;
+    let mut c = Client::new("203.0.113.5:41000", creds("alice"));
+    let (id, _) = h.allocate(&mut c);
+    assert!(h.relay.has_allocation(Transport::Tcp, c.addr));
+    // The same address over UDP is another 5-tuple, with no allocation.
+    assert!(!h.relay.has_allocation(Transport::Udp, c.addr));
+    let peer = addr(PEER);
+    let reply = h.request(
+        &mut c,
+        method::CHANNEL_BIND,
+        &[Attr::Channel(0x4001), Attr::Peer(peer)],
+    );
+    assert_eq!(class(&reply), MessageClass::Success, "{:?}", code(&reply));
+    // Client to peer: the driver hands in the message without its padding.
+    let sent =
+        to_peer(&h.client_sends(c.addr, &crate::wire::channel_data(0x4001, b"abcde", false)));
+    assert_eq!(sent, vec![(peer, b"abcde".to_vec())]);
+    // Peer to client: 4 + 5 bytes, padded to 12 for the stream, sent over TCP.
+    let outs = h.peer_sends(id, peer, b"abcde");
+    match &outs[..] {
+        [Output::ToClient {
+            transport: Transport::Tcp,
+            to,
+            data,
+        }] => {
+            assert_eq!(*to, c.addr);
+            assert_eq!(data.len(), 12);
+            assert_eq!(data, &crate::wire::channel_data(0x4001, b"abcde", true));
+        }
+        other => panic!("expected one TCP message, got {other:?}"),
+    }
+    // The connection closes: the allocation ends and its relay socket is closed.
+    h.relay.client_closed(Transport::Tcp, c.addr);
+    let outs = h.drain();
+    assert_eq!(outs, vec![Output::CloseRelay { alloc: id }]);
+    assert!(!h.relay.has_allocation(Transport::Tcp, c.addr));
+    assert_eq!(h.relay.stats().allocations_active, 0);
+    // Closing again, or a UDP client that never had one, changes nothing.
+    h.relay.client_closed(Transport::Tcp, c.addr);
+    h.relay.client_closed(Transport::Udp, c.addr);
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn a_tcp_connection_closed_while_its_socket_opens_leaves_nothing_behind() {
+    let mut h = Harness::new(config());
+    h.transport = Transport::Tcp;
+    let mut c = Client::new("203.0.113.5:41000", creds("alice"));
+    let first = h.request(&mut c, method::ALLOCATE, &[Attr::Transport(17)]);
+    assert_eq!(code(&first), Some(401));
+    // Play a driver that has not answered OpenRelay yet when the connection closes.
+    let req = c.request(method::ALLOCATE, &[Attr::Transport(17)]);
+    h.relay.handle_client(h.now, Transport::Tcp, c.addr, &req);
+    let alloc = match h.relay.poll_output() {
+        Some(Output::OpenRelay { alloc, .. }) => alloc,
+        other => panic!("expected OpenRelay, got {other:?}"),
+    };
+    assert!(h.relay.has_allocation(Transport::Tcp, c.addr));
+    h.relay.client_closed(Transport::Tcp, c.addr);
+    assert!(!h.relay.has_allocation(Transport::Tcp, c.addr));
+    // The socket opened late is closed again, and no response goes out.
+    h.relay
+        .relay_opened(h.now, alloc, Ok(addr("192.0.2.1:50000")));
+    assert_eq!(h.drain(), vec![Output::CloseRelay { alloc }]);
+    assert_eq!(h.relay.stats().allocations_active, 0);
+    // The user's quota was given back: a new connection may allocate.
+    let mut d = Client::new("203.0.113.5:41001", creds("alice"));
+    h.allocate(&mut d);
 }
