@@ -95,3 +95,10 @@ print(f"Missive storage engine: {engine}.")
 print("Missive acknowledges a message only after it is fsync'd; mosquitto does not fsync per message.")
 print(f"Raw reports: {out}")
 PY
+
+# The relay side of the comparison (Missive's TURN relay vs coturn, same uclient load):
+# RELAY=0 skips it; its knobs are relay-compare.sh's (PROFILES, PPS, SECS, RUNS, TCP, ...).
+if [ "${RELAY:-1}" = 1 ] && [ "$TABLE_ONLY" != 1 ]; then
+  echo "== relay: missive-edge vs coturn (relay-compare.sh)"
+  OUT="$OUT/relay" "$HERE/relay-compare.sh"
+fi

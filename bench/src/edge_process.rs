@@ -17,6 +17,8 @@ pub struct SpawnedEdge {
     pub addr: SocketAddr,
     /// PEM certificate to trust.
     pub cert: PathBuf,
+    /// The STUN/TURN relay's address, when the edge runs one (`--relay-listen`).
+    pub relay: Option<SocketAddr>,
     /// Keeps the temp data dir alive for the run.
     dir: tempfile::TempDir,
     /// CPU seconds of earlier incarnations (before a restart).
@@ -60,13 +62,14 @@ impl SpawnedEdge {
             "100000000".into(),
         ];
         args.extend(extra.iter().cloned());
-        let (child, addr, cert) = spawn(bin, &args)?;
+        let (child, addr, cert, relay) = spawn(bin, &args)?;
         Ok(Self {
             child,
             bin: bin.to_owned(),
             args,
             addr,
             cert,
+            relay,
             dir,
             cpu_before_restart: 0.0,
             peak_before_restart: 0,
@@ -91,7 +94,7 @@ impl SpawnedEdge {
         if let Some(i) = args.iter().position(|a| a == "--listen") {
             args[i + 1] = self.addr.to_string();
         }
-        let (child, addr, _) = spawn(&self.bin, &args)?;
+        let (child, addr, _, _) = spawn(&self.bin, &args)?;
         self.child = child;
         self.addr = addr;
         Ok(started.elapsed())
@@ -142,7 +145,10 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-fn spawn(bin: &Path, args: &[String]) -> Result<(Child, SocketAddr, PathBuf), String> {
+/// The started child, its QUIC address, certificate and relay address (from the ready line).
+type Spawned = (Child, SocketAddr, PathBuf, Option<SocketAddr>);
+
+fn spawn(bin: &Path, args: &[String]) -> Result<Spawned, String> {
     let mut child = Command::new(bin)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -174,7 +180,8 @@ fn spawn(bin: &Path, args: &[String]) -> Result<(Child, SocketAddr, PathBuf), St
             };
             let addr = field("quic")?.parse().map_err(|e| format!("{e}"))?;
             let cert = PathBuf::from(field("cert")?);
-            return Ok((child, addr, cert));
+            let relay = field("relay").ok().and_then(|r| r.parse().ok());
+            return Ok((child, addr, cert, relay));
         }
     }
 }

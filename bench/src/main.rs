@@ -6,7 +6,8 @@
 //!               [--window W] [--json FILE] [--svg FILE]
 //! ```
 //!
-//! Scenarios: `chat`, `offline`, `crash` (needs `--spawn`), `connections`, `group`. The harness checks
+//! Scenarios: `chat`, `offline`, `crash` (needs `--spawn`), `connections`, `group`, `media`,
+//! `relay` (coturn's `turnutils_uclient` against the edge's relay or `--turn-server`). The harness checks
 //! loss, duplicates and per-sender order itself; it exits 1 when an acknowledged message was
 //! lost or duplicated. `--flood KIND` runs hostile connections beside the scenario (see
 //! `flood.rs`), so the report shows what they cost the edge and the legitimate clients.
@@ -97,6 +98,23 @@ struct Cli {
     /// Draw latency over time as SVG here.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// `relay`: a TURN server to load instead of a spawned edge's relay (e.g. coturn), on
+    /// loopback, taking REST credentials made with `--turn-secret`.
+    #[arg(long)]
+    turn_server: Option<SocketAddr>,
+    /// `relay`: the REST shared secret of `--turn-server` (the spawned edge is given this one).
+    #[arg(long, default_value = "missive-bench-turn-secret")]
+    turn_secret: String,
+    /// `relay`: process id of `--turn-server`, for its CPU per relayed packet and RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// `relay`: parallel `turnutils_uclient` processes sharing the `--clients` allocations
+    /// (one process tops out near 15-20k msgs/s by its own pacing).
+    #[arg(long, default_value_t = 4)]
+    uclient_procs: usize,
+    /// `relay`: clients reach the relay over TCP (`turnutils_uclient -t`).
+    #[arg(long)]
+    tcp: bool,
     /// Hostile connections beside the scenario: what they send.
     #[arg(long, value_enum)]
     flood: Option<missive_bench::flood::FloodKind>,
@@ -125,6 +143,11 @@ enum Scenario {
     /// the invite to the first decrypted media packet (p50/p99), MOS, packets that failed to
     /// decrypt. A spawned edge runs its relay with loopback peers allowed.
     Call,
+    /// TURN relay load with coturn's `turnutils_uclient -y`: `--clients` allocations,
+    /// `--messages` in all of `--size` bytes, at `--rate` msgs/s in all (default: as fast as
+    /// uclient goes), against the spawned edge's relay or `--turn-server`. Reports relayed
+    /// packets/s, Mbit/s and server CPU per relayed packet.
+    Relay,
 }
 
 /// Parses a share: a number above 0 and at most 1.
@@ -150,6 +173,15 @@ fn positive_number(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.scenario, Scenario::Relay) {
+        return match run_relay(&cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("missive-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -258,6 +290,8 @@ async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::Group => scenario::group::run(&mut under, &knobs, tracker).await,
         Scenario::Media => scenario::media::run(&mut under, &knobs, tracker).await,
         Scenario::Call => scenario::call::run(&mut under, &knobs, tracker).await,
+        // Handled in `main` before the runtime starts; never reaches here.
+        Scenario::Relay => Err("the relay scenario runs without the SDK harness".to_owned()),
     };
     progress.abort();
     let _ = stop_flood.send(true);
@@ -299,6 +333,74 @@ async fn run(cli: Cli) -> Result<bool, String> {
     // In a group every member must see the one sender's messages in its order.
     let in_order = !matches!(cli.scenario, Scenario::Group) || report.out_of_order == 0;
     Ok(report.correct() && in_order)
+}
+
+/// The `relay` scenario: no SDK clients, so no runtime; the edge (if spawned) only relays.
+fn run_relay(cli: &Cli) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut spawned = None;
+    let (server, pid, label) = match cli.turn_server {
+        Some(addr) => (addr, cli.server_pid, format!("server {addr}")),
+        None => {
+            let secret = dir.path().join("turn-secret");
+            std::fs::write(&secret, &cli.turn_secret).map_err(|e| e.to_string())?;
+            let config = dir.path().join("relay.toml");
+            // Loopback peers (the load is on loopback), no per-allocation rate limits and
+            // room for every allocation and connection of one bench user on one address.
+            let text = format!(
+                "[relay]\nallow_loopback_peers = true\nsecret_file = {:?}\n\
+                 max_bytes_per_sec = 0\nmax_packets_per_sec = 0\n\
+                 max_allocations_per_user = 100000\nmax_tcp_connections_per_ip = 100000\n",
+                secret.display().to_string()
+            );
+            std::fs::write(&config, text).map_err(|e| e.to_string())?;
+            let bin = find_edge_bin(cli.edge_bin.as_deref());
+            let extra = vec![
+                "--config".to_owned(),
+                config.display().to_string(),
+                "--relay-listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ];
+            let edge = SpawnedEdge::start(&bin, &extra)?;
+            let addr = edge.relay.ok_or("the spawned edge runs no relay")?;
+            let pid = edge.pid();
+            spawned = Some(edge);
+            (addr, Some(pid), "missive-edge relay".to_owned())
+        }
+    };
+    let allocations = cli.clients.max(2);
+    let messages_per_session = (cli.messages / allocations as u64).max(1);
+    // `--rate` is for all sessions; uclient paces each session by whole milliseconds.
+    let interval_ms = cli
+        .rate
+        .map(|r| ((1000.0 * allocations as f64 / r).round() as u64).max(1))
+        .unwrap_or(0);
+    let load = missive_bench::scenario::relay::RelayLoad {
+        server,
+        secret: cli.turn_secret.clone(),
+        server_pid: pid,
+        allocations,
+        procs: cli.uclient_procs,
+        messages_per_session,
+        size: cli.size,
+        interval_ms,
+        tcp: cli.tcp,
+        timeout: Duration::from_secs(300),
+    };
+    let report = missive_bench::scenario::relay::run(&load)?;
+    drop(spawned);
+    print!("{}", report.table(&label));
+    if let Some(path) = &cli.json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if report.procs_ok < cli.uclient_procs.max(1) {
+        return Err(format!(
+            "only {} of {} uclient processes finished",
+            report.procs_ok, cli.uclient_procs
+        ));
+    }
+    Ok(())
 }
 
 /// A one-line progress display on stderr (sent / acked / delivered and the current rate), only

@@ -402,6 +402,16 @@ pub struct RelayConfig {
     pub challenge_amplification_percent: u16,
     /// Receive and send buffer asked for the listening socket. Default 4 MiB.
     pub socket_buffer_bytes: usize,
+    /// Also serve TURN over TCP on the same port number as `listen` (RFC 8656 §5), for
+    /// clients whose network drops UDP; peers are still reached over UDP, and clients get a
+    /// `turn:HOST:PORT?transport=tcp` URL too. Default true: open `<port>/tcp` as well.
+    pub tcp: bool,
+    /// TCP connections one client address may hold. Default 64.
+    pub max_tcp_connections_per_ip: usize,
+    /// TCP connections the relay holds at once. Default 10000.
+    pub max_tcp_connections: usize,
+    /// Seconds a TCP connection without an allocation may stay silent. Default 30.
+    pub tcp_idle_timeout_secs: u64,
 }
 
 impl Default for RelayConfig {
@@ -430,6 +440,10 @@ impl Default for RelayConfig {
             deny_peers: r.deny_peers,
             challenge_amplification_percent: r.challenge_amplification_percent,
             socket_buffer_bytes: r.socket_buffer_bytes,
+            tcp: r.tcp,
+            max_tcp_connections_per_ip: r.max_tcp_connections_per_ip,
+            max_tcp_connections: r.max_tcp_connections,
+            tcp_idle_timeout_secs: r.tcp_idle_timeout_secs,
         }
     }
 }
@@ -471,6 +485,10 @@ impl RelayConfig {
             deny_peers: self.deny_peers.clone(),
             challenge_amplification_percent: self.challenge_amplification_percent,
             socket_buffer_bytes: self.socket_buffer_bytes,
+            tcp: self.tcp,
+            max_tcp_connections_per_ip: self.max_tcp_connections_per_ip,
+            max_tcp_connections: self.max_tcp_connections,
+            tcp_idle_timeout_secs: self.tcp_idle_timeout_secs,
         }
     }
 
@@ -540,6 +558,9 @@ fn relay_key(key: &str) -> &'static str {
         "max_allocations_per_user" => "relay.max_allocations_per_user",
         "max_allocations" => "relay.max_allocations",
         "challenge_amplification_percent" => "relay.challenge_amplification_percent",
+        "max_tcp_connections_per_ip" => "relay.max_tcp_connections_per_ip",
+        "max_tcp_connections" => "relay.max_tcp_connections",
+        "tcp_idle_timeout_secs" => "relay.tcp_idle_timeout_secs",
         "secret" => "relay.secret_file",
         _ => "relay",
     }

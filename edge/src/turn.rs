@@ -54,10 +54,14 @@ impl TurnService {
         let local_addr = handle.local_addr();
         let host = relay.url_host(local_addr);
         let port = local_addr.port();
-        let urls = vec![
+        let mut urls = vec![
             format!("stun:{host}:{port}"),
             format!("turn:{host}:{port}?transport=udp"),
         ];
+        if relay.tcp {
+            // The same port number over TCP, for networks that drop UDP.
+            urls.push(format!("turn:{host}:{port}?transport=tcp"));
+        }
         Ok(Some(Self {
             inner: Mutex::new(Inner {
                 handle: Some(handle),

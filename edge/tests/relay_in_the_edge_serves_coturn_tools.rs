@@ -111,6 +111,7 @@ async fn minted_credentials_relay_without_loss_and_bad_ones_get_nothing() {
         vec![
             format!("stun:127.0.0.1:{port}"),
             format!("turn:127.0.0.1:{port}?transport=udp"),
+            format!("turn:127.0.0.1:{port}?transport=tcp"),
         ]
     );
     alice.close().await.unwrap();

@@ -3,7 +3,8 @@
 //! # Layers
 //!
 //! - [`Relay`] (`turn/`): the protocol as a state machine without sockets or clocks
-//!   (CONVENTIONS §1). STUN Binding (RFC 8489) and TURN over UDP (RFC 8656): Allocate,
+//!   (CONVENTIONS §1). STUN Binding (RFC 8489) and TURN (RFC 8656), clients over UDP or TCP
+//!   ([`Transport`]), peers over UDP: Allocate,
 //!   Refresh (lifetime 0 deletes), CreatePermission, ChannelBind, Send and Data indications,
 //!   ChannelData; long-term credentials with 401/438 challenges; permissions (300 s),
 //!   channels (600 s) and allocations expire with the `now` passed in.
@@ -11,8 +12,14 @@
 //!   the check inside [`Relay`]. The secret is replaceable at runtime; the previous one keeps
 //!   working for credentials already handed out.
 //! - [`peer_policy`]: which peers the relay may reach (403 otherwise).
-//! - [`RelayServer`] (`server/`): the tokio driver: one listening UDP socket, one UDP socket
-//!   per allocation in the configured port range on the relay address, real peer addresses.
+//! - [`RelayServer`] (`server/`): the socket driver: a thread per core (up to 8), each a
+//!   single-threaded tokio runtime reading one listening UDP socket of a `SO_REUSEPORT` group
+//!   and the relay sockets of the allocations it made (one UDP socket per allocation in the
+//!   configured port range on the relay address); reads batched with `recvmmsg`; a TCP
+//!   listener on the same port number for TURN over TCP (RFC 8656 §5: the stream cut into
+//!   STUN/ChannelData messages, ChannelData padded to 4 bytes, the allocation ends with its
+//!   connection; connections per address and in total bounded, an idle timeout, a malformed
+//!   stream closes only its connection).
 //!
 //! # Safety rules
 //!

@@ -6,6 +6,7 @@ pub mod connections;
 pub mod group;
 pub mod media;
 pub mod offline;
+pub mod relay;
 
 use crate::edge_process::SpawnedEdge;
 use crate::fleet::Target;

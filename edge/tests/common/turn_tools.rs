@@ -93,6 +93,28 @@ pub fn uclient(
     cmd
 }
 
+/// [`uclient`] with the client-to-relay leg over TCP (`-t`); peers are still reached over
+/// UDP. Payloads are 173 bytes, not 100, so every ChannelData message needs the padding to 4
+/// bytes that TCP framing requires (RFC 8656 §12.5).
+pub fn uclient_over_tcp(
+    port: u16,
+    user: &str,
+    pass: &str,
+    peer_port: Option<u16>,
+    sessions: u64,
+    msgs: u64,
+) -> Command {
+    let mut cmd = Command::new(tool("turnutils_uclient"));
+    cmd.arg("-t");
+    let base = uclient(port, user, pass, peer_port, sessions, msgs);
+    let mut after_len = false;
+    for arg in base.get_args() {
+        cmd.arg(if after_len { "173".as_ref() } else { arg });
+        after_len = arg == "-l";
+    }
+    cmd
+}
+
 /// The totals `turnutils_uclient` prints at the end: (sent, received, lost).
 pub fn uclient_totals(output: &str) -> (u64, u64, u64) {
     let number_after = |line: &str, key: &str| -> Option<u64> {
