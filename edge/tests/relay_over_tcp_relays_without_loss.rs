@@ -125,7 +125,8 @@ fn garbage_on_one_tcp_connection_closes_only_that_one() {
         (u16::from_be_bytes([head[0], head[1]]), head[8])
     };
     let mut good = TcpStream::connect(relay).expect("connect");
-    good.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    good.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     good.write_all(&binding(1)).unwrap();
     assert_eq!(answer(&mut good), (0x0101, 1));
 

@@ -484,7 +484,7 @@ mod tests {
         let mut big = vec![0, 1, 0xFF, 0xFC, 0x21, 0x12, 0xA4, 0x42];
         big.resize(64, 0);
         assert_eq!(stream_frame(&big), StreamFrame::Incomplete);
-        assert!(20 + 0xFFFC <= MAX_STREAM_MESSAGE);
+        const { assert!(20 + 0xFFFC <= MAX_STREAM_MESSAGE) };
     }
 
     #[test]

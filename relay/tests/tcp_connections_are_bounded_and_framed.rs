@@ -73,7 +73,12 @@ async fn binding_over_tcp_on_the_udp_port_and_garbage_closes_only_its_connection
         .await
         .expect("udp answer")
         .expect("recv");
-    assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), 0x0101, "{:?}", &buf[..n]);
+    assert_eq!(
+        u16::from_be_bytes([buf[0], buf[1]]),
+        0x0101,
+        "{:?}",
+        &buf[..n]
+    );
     // ...and so does TCP, on the same port number.
     let mut good = TcpStream::connect(addr).await.expect("connect");
     assert_eq!(bind_over(&mut good, 2).await, (0x0101, [2; 12]));
@@ -111,7 +116,10 @@ async fn connections_per_address_are_bounded_and_idle_ones_are_closed() {
     assert_eq!(bind_over(&mut a, 1).await.0, 0x0101);
     assert_eq!(bind_over(&mut b, 2).await.0, 0x0101);
     let mut c = TcpStream::connect(addr).await.expect("connect");
-    assert!(closed_by_relay(&mut c).await, "third connection stayed open");
+    assert!(
+        closed_by_relay(&mut c).await,
+        "third connection stayed open"
+    );
     assert_eq!(relay.stats().refusals.tcp_connections, 1);
     // No allocation and no message for 1 s: both are closed (within the 10 s bound).
     assert!(closed_by_relay(&mut a).await, "idle connection stayed open");

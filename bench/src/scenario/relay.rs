@@ -89,7 +89,10 @@ pub struct RelayReport {
 /// Runs the load once and measures it.
 pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
     if !load.server.ip().is_loopback() {
-        return Err(format!("refusing: {} is not a loopback address", load.server));
+        return Err(format!(
+            "refusing: {} is not a loopback address",
+            load.server
+        ));
     }
     let uclient = tool("turnutils_uclient")?;
     let procs = load.procs.max(1);
@@ -124,7 +127,13 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
     };
     let shown = args(per_proc)
         .iter()
-        .map(|a| if *a == load.secret { "SECRET" } else { a.as_str() })
+        .map(|a| {
+            if *a == load.secret {
+                "SECRET"
+            } else {
+                a.as_str()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ");
     let command = format!("{procs} x turnutils_uclient {shown}");
@@ -154,8 +163,8 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
                     if line.contains("Total connect time") {
                         connects += 1;
                     }
-                    let sending = line.contains("tot_send_msgs=")
-                        && !line.contains("tot_send_msgs=0,");
+                    let sending =
+                        line.contains("tot_send_msgs=") && !line.contains("tot_send_msgs=0,");
                     if connects >= 2 || sending {
                         flowing = true;
                         let _ = tx.send(Event::Connected);
@@ -251,8 +260,8 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
         rtt_weighted += t.rtt_ms * t.recv as f64;
     }
     if report.sent > 0 {
-        report.loss_pct = 100.0 * (report.sent - report.delivered.min(report.sent)) as f64
-            / report.sent as f64;
+        report.loss_pct =
+            100.0 * (report.sent - report.delivered.min(report.sent)) as f64 / report.sent as f64;
     }
     if report.delivered > 0 {
         report.rtt_avg_ms = rtt_weighted / report.delivered as f64;
