@@ -210,6 +210,7 @@ impl RelayServer {
             }),
             listen,
             tcp_limits,
+            runtimes: workers.iter().map(|w| w.handle.clone()).collect(),
             tcp_refused: AtomicU64::new(0),
             tcp_backlog: AtomicU64::new(0),
         });
@@ -318,6 +319,9 @@ struct Shared {
     /// client, since they share the address.
     listen: Vec<UdpSocket>,
     tcp_limits: tcp::Limits,
+    /// The workers' runtimes: TCP connections are spread over them (with the relay sockets
+    /// of their allocations), as the kernel spreads UDP clients over the listening sockets.
+    runtimes: Vec<tokio::runtime::Handle>,
     /// TCP connections closed at accept (over a limit).
     tcp_refused: AtomicU64,
     /// Messages dropped for TCP clients that did not read.

@@ -1,7 +1,8 @@
 //! TURN over TCP (RFC 8656 §5): a client whose network drops UDP reaches the relay on a TCP
 //! connection to the listening port; its peers are still reached over UDP.
 //!
-//! One task per connection reads the stream, cuts it into STUN and ChannelData messages
+//! One task per connection, spread round robin over the relay's worker threads, reads the
+//! stream, cuts it into STUN and ChannelData messages
 //! ([`wire::stream_frame`](crate::wire::stream_frame)) and hands each to the relay as
 //! [`Transport::Tcp`], and writes what the relay sends back from a bounded queue, coalescing
 //! what is waiting into one write. Limits: connections per client address and in total
@@ -113,6 +114,7 @@ pub(super) async fn accept_loop(
 ) {
     let mut conns = JoinSet::new();
     let mut backoff = Duration::from_millis(5);
+    let mut next_worker = 0usize;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -122,8 +124,22 @@ pub(super) async fn accept_loop(
                         shared.tcp_refused.fetch_add(1, Ordering::Relaxed);
                         continue; // dropped: closed
                     }
+                    // Moved to the worker it runs on (its reactor then reports the socket's
+                    // readiness); still non-blocking.
+                    let Ok(stream) = stream.into_std() else {
+                        shared.tcp_limits.release(from.ip());
+                        continue;
+                    };
                     let registered = register(&shared, from);
-                    conns.spawn(connection(registered, stream, shutdown.clone()));
+                    // Round robin over the workers; the connection's allocation opens its
+                    // relay socket on the same one (the current runtime of its task).
+                    let worker = next_worker % shared.runtimes.len().max(1);
+                    next_worker = next_worker.wrapping_add(1);
+                    let task = connection(registered, stream, shutdown.clone(), worker);
+                    match shared.runtimes.get(worker) {
+                        Some(rt) => conns.spawn_on(task, rt),
+                        None => conns.spawn(task),
+                    };
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
@@ -165,11 +181,15 @@ enum End {
 
 async fn connection(
     (registered, mut queue): (Registered, mpsc::Receiver<Vec<u8>>),
-    mut stream: TcpStream,
+    stream: std::net::TcpStream,
     mut shutdown: watch::Receiver<bool>,
+    worker: usize,
 ) {
     let shared = registered.shared.clone();
     let from = registered.from;
+    let Ok(mut stream) = TcpStream::from_std(stream) else {
+        return; // dropping `registered` ends it cleanly
+    };
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.split();
     let mut buf = vec![0u8; READ_BUFFER];
@@ -201,7 +221,7 @@ async fn connection(
                                 {
                                     malformed = true;
                                 }
-                                drain(&mut core, &shared, &mut sends, 0);
+                                drain(&mut core, &shared, &mut sends, worker);
                                 start += len + skip;
                                 complete += 1;
                                 if malformed {
@@ -220,6 +240,11 @@ async fn connection(
                 send_all(&shared, &mut sends).await;
                 if malformed {
                     break End::Malformed;
+                }
+                // As the UDP listening loop does after a full batch: let this worker's relay
+                // sockets drain what these messages sent them before reading more.
+                if complete > 1 {
+                    tokio::task::yield_now().await;
                 }
                 if complete > 0 {
                     deadline = tokio::time::Instant::now() + idle;
