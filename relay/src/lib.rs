@@ -72,7 +72,8 @@
 //! path (a loopback send pays for the receiver's delivery too), which both servers pay; the
 //! driver saves system calls (`recvmmsg`, no `EAGAIN` read after a short batch) and
 //! cross-thread wakeups (a single-threaded runtime per core), and reads the listening port
-//! with one socket per core instead of one task.
+//! with one socket per core instead of one task. Clients over TCP (`uclient -t`): 1.15x at
+//! 96 allocations, 1.41x under a blast (6.5 % loss against coturn's 23.9 %).
 //!
 //! `stun-types` logs malformed input at `warn` from its parser; the edge's log filter should
 //! set `stun_types=error` so a flood of garbage does not flood the log.
