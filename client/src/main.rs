@@ -205,18 +205,11 @@ enum Cmd {
         /// The users to call.
         #[arg(required = true)]
         names: Vec<String>,
-        /// A video call (audio only without).
-        #[arg(long)]
-        video: bool,
         /// Seconds of media before hanging up.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
-        /// Media only through the edge's TURN relay (which sees only ciphertext).
-        #[arg(long)]
-        force_relay: bool,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        flags: CallFlags,
     },
     /// Wait for a call to ring this device, pick it up and run it like `call` does.
     Answer {
@@ -226,15 +219,8 @@ enum Cmd {
         /// Seconds of media before hanging up (unless the caller hangs up first).
         #[arg(long, default_value_t = 3600.0)]
         seconds: f64,
-        /// Send video too.
-        #[arg(long)]
-        video: bool,
-        /// Media only through the edge's TURN relay.
-        #[arg(long)]
-        force_relay: bool,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        flags: CallFlags,
     },
     /// Print this user's call history, newest first: peer, direction, type, times, how it
     /// ended, duration.
@@ -253,6 +239,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The flags `call` and `answer` share.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct CallFlags {
+    /// Video as well as audio (`answer`: a video call is answered with video anyway).
+    #[arg(long)]
+    video: bool,
+    /// Media only through the edge's TURN relay (which sees only ciphertext).
+    #[arg(long)]
+    force_relay: bool,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -549,42 +549,14 @@ async fn run(cli: Cli) -> CliResult {
         Cmd::Calls { limit, json } => cmd_calls(&cli, &dir, *limit, *json).await,
         Cmd::Call {
             names,
-            video,
             seconds,
-            force_relay,
-            json,
-        } => {
-            let args = call_cmd::CallArgs {
-                video: *video,
-                seconds: *seconds,
-                force_relay: *force_relay,
-                json: *json,
-            };
-            let profile = Profile::load(&dir)?;
-            let (client, mut events) = connect(&cli, &profile).await?;
-            let done = call_cmd::call(&client, &mut events, names, args).await;
-            close(&client).await;
-            done
-        }
+            flags,
+        } => cmd_call(&cli, &dir, Some(names), None, *seconds, *flags).await,
         Cmd::Answer {
             wait,
             seconds,
-            video,
-            force_relay,
-            json,
-        } => {
-            let args = call_cmd::CallArgs {
-                video: *video,
-                seconds: *seconds,
-                force_relay: *force_relay,
-                json: *json,
-            };
-            let profile = Profile::load(&dir)?;
-            let (client, mut events) = connect(&cli, &profile).await?;
-            let done = call_cmd::answer(&client, &mut events, secs(*wait)?, args).await;
-            close(&client).await;
-            done
-        }
+            flags,
+        } => cmd_call(&cli, &dir, None, Some(secs(*wait)?), *seconds, *flags).await,
         Cmd::SafetyNumber { name } => {
             let profile = Profile::load(&dir)?;
             let number = profile.identity.safety_number(name).ok_or_else(|| {
@@ -594,6 +566,34 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
     }
+}
+
+/// `call` (with `names`) or `answer` (waiting `wait` for a ring).
+async fn cmd_call(
+    cli: &Cli,
+    dir: &Path,
+    names: Option<&[String]>,
+    wait: Option<Duration>,
+    seconds: f64,
+    flags: CallFlags,
+) -> CliResult {
+    let args = call_cmd::CallArgs {
+        video: flags.video,
+        seconds,
+        force_relay: flags.force_relay,
+        json: flags.json,
+    };
+    let profile = Profile::load(dir)?;
+    let (client, mut events) = connect(cli, &profile).await?;
+    let done = match (names, wait) {
+        (Some(names), _) => call_cmd::call(&client, &mut events, names, args).await,
+        (None, wait) => {
+            let wait = wait.unwrap_or(Duration::from_secs(60));
+            call_cmd::answer(&client, &mut events, wait, args).await
+        }
+    };
+    close(&client).await;
+    done
 }
 
 async fn cmd_calls(cli: &Cli, dir: &Path, limit: u16, json: bool) -> CliResult {

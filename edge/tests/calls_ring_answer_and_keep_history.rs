@@ -7,13 +7,13 @@
 
 mod common;
 
+use common::push_gateway::{body, serve_one};
 use common::{next_matching, sdk_user, text, Edge};
 use missive_client::{
     CallEndReason, CallEvent, CallId, CallMedia, CallOffer, Client, ClientConfig, DeviceId, Event,
     EventStream, Identity,
 };
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -293,35 +293,6 @@ async fn missed_busy_and_glare() {
     assert!(edge.metric("missive_calls_ended_total{reason=\"glare\"} ") >= 1.0);
 }
 
-/// Reads one HTTP request and answers 204.
-async fn gateway_request(listener: &TcpListener) -> String {
-    let (mut s, _) = listener.accept().await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "gateway connection closed mid-request");
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-                    .await
-                    .unwrap();
-                return text[end + 4..].to_owned();
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_offline_callee_is_pushed_and_rung_when_it_comes_online() {
     let gateway = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -342,10 +313,11 @@ async fn an_offline_callee_is_pushed_and_rung_when_it_comes_online() {
             devices: 0
         }
     );
-    let body = tokio::time::timeout(WAIT, gateway_request(&gateway))
+    let request = tokio::time::timeout(WAIT, serve_one(&gateway, "204 No Content"))
         .await
         .expect("no wake-up POST");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let body = body(&request);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["reason"], "call", "{body}");
     assert_eq!(v["user"], "bob");
     assert!(!body.contains("alice"), "the push names no caller: {body}");

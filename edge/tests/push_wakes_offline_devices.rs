@@ -3,38 +3,10 @@
 
 mod common;
 
+use common::push_gateway::serve_one;
 use common::{sdk_user, text, Edge};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// Reads one HTTP request (headers + Content-Length body) and answers with `status`.
-async fn serve_one(listener: &TcpListener, status: &str) -> String {
-    let (mut s, _) = listener.accept().await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = s.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "gateway connection closed mid-request");
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let resp = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-                s.write_all(resp.as_bytes()).await.unwrap();
-                return text;
-            }
-        }
-    }
-}
 
 #[tokio::test]
 async fn offline_recipient_gets_a_content_free_wake_up() {

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod cli;
+pub mod push_gateway;
 pub mod turn_tools;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
