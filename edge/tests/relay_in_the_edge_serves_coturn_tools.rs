@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::turn_tools::{run, tool, uclient, uclient_totals, Peer};
+use common::turn_tools::{
+    relay_metric, run, start_relay_edge, tool, uclient, uclient_totals, Peer,
+};
 use common::{sdk_user, Edge};
 use missive_client::ClientError;
 use missive_proto::ErrorCode;
@@ -17,35 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const SECRET: &str = "edge-relay-test-secret";
 
-/// An edge with its relay on a free loopback port, loopback peers allowed (the peer is
-/// `turnutils_peer` on 127.0.0.1) and a known secret.
 fn start_edge(dir: &Path) -> Edge {
-    let secret = dir.join("turn-secret.txt");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    let config = dir.join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[relay]\nallow_loopback_peers = true\nsecret_file = {:?}\n",
-            secret.display().to_string()
-        ),
-    )
-    .unwrap();
-    let edge = Edge::start(
-        &dir.join("edge"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--relay-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    assert!(edge.relay.is_some(), "ready line names the relay");
-    edge
-}
-
-fn relay_metric(edge: &Edge, name: &str) -> f64 {
-    edge.metric(&format!("missive_relay_{name} "))
+    start_relay_edge(dir, SECRET)
 }
 
 fn refusals(edge: &Edge, reason: &str) -> f64 {

@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::turn_tools::{run, uclient_over_tcp, uclient_totals, Peer};
+use common::turn_tools::{
+    relay_metric, run, start_relay_edge, uclient_over_tcp, uclient_totals, Peer,
+};
 use common::{sdk_user, Edge};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -16,32 +18,7 @@ use std::time::Duration;
 const SECRET: &str = "edge-relay-tcp-test-secret";
 
 fn start_edge(dir: &Path) -> Edge {
-    let secret = dir.join("turn-secret.txt");
-    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    let config = dir.join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[relay]\nallow_loopback_peers = true\nsecret_file = {:?}\n",
-            secret.display().to_string()
-        ),
-    )
-    .unwrap();
-    let edge = Edge::start(
-        &dir.join("edge"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--relay-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    assert!(edge.relay.is_some(), "ready line names the relay");
-    edge
-}
-
-fn relay_metric(edge: &Edge, name: &str) -> f64 {
-    edge.metric(&format!("missive_relay_{name} "))
+    start_relay_edge(dir, SECRET)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,3 +175,35 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// An edge with its relay on a free loopback port, loopback peers allowed (the test's peers
+/// and clients are on 127.0.0.1) and `secret` as its TURN secret.
+pub fn start_relay_edge(dir: &std::path::Path, secret: &str) -> super::Edge {
+    let secret_file = dir.join("turn-secret.txt");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[relay]\nallow_loopback_peers = true\nsecret_file = {:?}\n",
+            secret_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let edge = super::Edge::start(
+        &dir.join("edge"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--relay-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(edge.relay.is_some(), "ready line names the relay");
+    edge
+}
+
+/// A `missive_relay_<name>` counter of `edge`.
+pub fn relay_metric(edge: &super::Edge, name: &str) -> f64 {
+    edge.metric(&format!("missive_relay_{name} "))
+}
