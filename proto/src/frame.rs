@@ -18,6 +18,20 @@ pub use crate::story::{ListStories, StoryList, StoryPost, StoryView, StoryViewed
 pub use crate::turn::{TurnCredentials, TurnCredentialsRequest};
 use rkyv::{Archive, Deserialize, Serialize};
 
+impl Frame {
+    /// Bytes to reserve for this frame's archive: a media frame's bytes are serialised into a
+    /// buffer of the right size at once, instead of one grown (and copied) several times.
+    fn archive_size_hint(&self) -> usize {
+        /// Room for the fields beside the bytes and rkyv's padding.
+        const FIELDS: usize = 256;
+        match self {
+            Self::MediaChunk(c) => c.bytes.len() + FIELDS,
+            Self::MediaData(d) => d.bytes.len() + FIELDS,
+            _ => 0,
+        }
+    }
+}
+
 macro_rules! frames {
     ($( $(#[$doc:meta])* $kind:literal => $name:ident ),* $(,)?) => {
         /// One decoded frame of any kind.
@@ -43,7 +57,8 @@ macro_rules! frames {
             }
 
             pub(crate) fn archive(&self) -> Result<rkyv::util::AlignedVec, rkyv::rancor::Error> {
-                match self { $( Self::$name(f) => rkyv::to_bytes::<rkyv::rancor::Error>(f), )* }
+                let out = rkyv::util::AlignedVec::with_capacity(self.archive_size_hint());
+                match self { $( Self::$name(f) => rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(f, out), )* }
             }
 
             /// Validates `bytes` (aligned) as the archive of `kind` and deserialises it.

@@ -30,8 +30,8 @@ pub use call::{
     CallUpdateKind, MAX_CALL_HISTORY, MAX_CALL_PAYLOAD, MAX_CONFERENCE,
 };
 pub use codec::{
-    decode_payload, encode, encode_to_vec, FrameDecoder, Header, COMPRESS_THRESHOLD, FLAG_ZSTD,
-    HARD_MAX_FRAME, HEADER_LEN,
+    decode_payload, encode, encode_to_chunks, encode_to_vec, FrameDecoder, Header,
+    COMPRESS_THRESHOLD, FLAG_ZSTD, HARD_MAX_FRAME, HEADER_LEN,
 };
 pub use envelope_limit::{max_envelope_len, ENVELOPE_FRAME_OVERHEAD};
 pub use error::{ErrorCode, ProtoError};
