@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// `net.core.rmem_max`/`wmem_max`; `systemd/` ships a sysctl drop-in raising those.
 const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Bytes a client may send on one stream ahead of the edge reading them: a chat frame is
-/// far smaller; a media chunk (up to 1 MiB) should not wait on window updates.
-const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Bytes a client may send on one stream ahead of the edge reading them: room for a few
+/// 1 MiB media chunks while the edge writes the last one. It costs a chat connection nothing:
+/// its connection window (512 KiB) bounds what all its streams together may send ahead.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// Media transfer streams one QUIC connection may have open at once (a client uploads a
 /// file on a few in parallel).
