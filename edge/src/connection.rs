@@ -212,7 +212,7 @@ pub async fn serve(
     if let (Some(h), Some(media)) = (handover, metrics_shared.media.clone()) {
         crate::media::streams::serve_transfer(
             h.reader,
-            h.writer,
+            crate::media::streams::TransferWriter::Stream(h.writer),
             h.decoder,
             media,
             Arc::new(h.owner),

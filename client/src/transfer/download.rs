@@ -62,10 +62,55 @@ async fn attempt(
         )
         .await?;
     stream.finish();
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(out)?;
+    // The file is written on a blocking thread while the next frames arrive; a few frames
+    // may wait for it, no more.
+    let (pieces, written) = tokio::sync::mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || write_pieces(file, written));
+    let received = receive(&mut stream, from, size, &pieces, progress).await;
+    drop(pieces);
+    // Whatever happened, the file holds exactly what was written before this returns: a
+    // resumed download starts from its length.
+    let wrote = writer
+        .await
+        .map_err(|e| ClientError::from(std::io::Error::other(e.to_string())))?;
+    let at = received?;
+    wrote?;
+    if at == size {
+        Ok(())
+    } else {
+        Err(ClientError::ConnectionClosed(format!(
+            "download stream ended at {at} of {size} bytes"
+        )))
+    }
+}
+
+/// Frames received but not yet written to the file.
+const WRITE_QUEUE: usize = 4;
+
+/// Appends every piece to `file` until the channel closes.
+fn write_pieces(
+    mut file: std::fs::File,
+    mut pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    while let Some(piece) = pieces.blocking_recv() {
+        file.write_all(&piece)?;
+    }
+    file.flush()
+}
+
+/// Checks each `MediaData` frame of the stream and queues its bytes for the file; the offset
+/// reached.
+async fn receive(
+    stream: &mut super::stream::TransferStream,
+    from: u64,
+    size: u64,
+    pieces: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    progress: &Arc<dyn Fn(Progress) + Send + Sync>,
+) -> Result<u64, ClientError> {
     let mut at = from;
     while let Some(frame) = stream.next().await? {
         let Frame::MediaData(data) = frame else {
@@ -86,8 +131,11 @@ async fn attempt(
                 data.offset, data.size
             )));
         }
-        file.write_all(&data.bytes)?;
         at += data.bytes.len() as u64;
+        if pieces.send(data.bytes).await.is_err() {
+            // The writer stopped: its error is what the caller reports.
+            break;
+        }
         progress(Progress {
             done: at,
             total: size,
@@ -97,12 +145,5 @@ async fn attempt(
             break;
         }
     }
-    file.flush()?;
-    if at == size {
-        Ok(())
-    } else {
-        Err(ClientError::ConnectionClosed(format!(
-            "download stream ended at {at} of {size} bytes"
-        )))
-    }
+    Ok(at)
 }

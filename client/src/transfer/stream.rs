@@ -1,7 +1,7 @@
 //! Frames on one transfer stream.
 
 use crate::ClientError;
-use missive_proto::{encode_to_vec, Frame, FrameDecoder};
+use missive_proto::{encode_to_chunks, Frame, FrameDecoder};
 
 /// Largest frame read from a transfer stream (a 1 MiB chunk and its header).
 const MAX_FRAME: usize = 1024 * 1024 + 1024;
@@ -63,8 +63,10 @@ impl TransferStream {
     pub(crate) async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
         match self {
             Self::Quic { send, .. } => {
-                let bytes = encode_to_vec(frame)?;
-                send.write_all(&bytes)
+                // Header and payload go to quinn as owned chunks: a 1 MiB chunk is not
+                // copied into the stream's buffer.
+                let mut chunks = encode_to_chunks(frame)?;
+                send.write_all_chunks(&mut chunks)
                     .await
                     .map_err(|e| ClientError::ConnectionClosed(e.to_string()))
             }

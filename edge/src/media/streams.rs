@@ -5,7 +5,9 @@
 use super::service::MediaService;
 use super::transfer::{Effect, Transfer, MAX_TRANSFER_FRAME};
 use crate::budget::{Rate, TokenBucket};
-use missive_proto::{encode_to_vec, ErrorCode, Frame, FrameDecoder, MediaData, RequestRefused};
+use missive_proto::{
+    encode_to_chunks, encode_to_vec, ErrorCode, Frame, FrameDecoder, MediaData, RequestRefused,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -68,7 +70,7 @@ pub async fn accept(
         }
         tokio::spawn(serve_transfer(
             Box::new(recv),
-            Box::new(send),
+            TransferWriter::Quic(send),
             FrameDecoder::new(MAX_TRANSFER_FRAME),
             media.clone(),
             owner.clone(),
@@ -78,8 +80,42 @@ pub async fn accept(
 
 /// The reading side of a transfer (a QUIC stream, or a TLS stream's read half).
 pub type TransferReader = Box<dyn AsyncRead + Send + Unpin>;
+
 /// The writing side of a transfer.
-pub type TransferWriter = Box<dyn AsyncWrite + Send + Unpin>;
+pub enum TransferWriter {
+    /// A QUIC stream: frames are handed to quinn as owned chunks, not copied into it.
+    Quic(quinn::SendStream),
+    /// A TLS stream's write half.
+    Stream(Box<dyn AsyncWrite + Send + Unpin>),
+}
+
+impl TransferWriter {
+    /// Writes one frame.
+    async fn send(&mut self, frame: &Frame) -> Result<(), ()> {
+        match self {
+            Self::Quic(send) => {
+                let mut chunks = encode_to_chunks(frame).map_err(|_| ())?;
+                send.write_all_chunks(&mut chunks).await.map_err(|_| ())
+            }
+            Self::Stream(send) => {
+                let bytes = encode_to_vec(frame).map_err(|_| ())?;
+                send.write_all(&bytes).await.map_err(|_| ())
+            }
+        }
+    }
+
+    /// Ends the writing side (a QUIC stream's FIN, a TLS close).
+    async fn shutdown(&mut self) {
+        match self {
+            Self::Quic(send) => {
+                let _ = send.finish();
+            }
+            Self::Stream(send) => {
+                let _ = send.shutdown().await;
+            }
+        }
+    }
+}
 
 /// Runs one transfer to its end; `decoder` may hold bytes read already. Errors only end
 /// this transfer. Finishing shuts the writing side down (a QUIC stream's FIN), then reads
@@ -141,7 +177,7 @@ async fn run_transfer(
                 }
                 Effect::Send { blob, range } => {
                     send_range(&mut send, &media, &owner, blob, range).await;
-                    let _ = send.shutdown().await;
+                    send.shutdown().await;
                     return;
                 }
                 Effect::Sign(blob) => {
@@ -150,11 +186,11 @@ async fn run_transfer(
                         Err(code) => RequestRefused::new(0, code, "no signed URL for that").into(),
                     };
                     let _ = write(&mut send, &frame).await;
-                    let _ = send.shutdown().await;
+                    send.shutdown().await;
                     return;
                 }
                 Effect::Finish => {
-                    let _ = send.shutdown().await;
+                    send.shutdown().await;
                     return;
                 }
             };
@@ -164,7 +200,7 @@ async fn run_transfer(
             continue;
         }
         if machine.is_done() {
-            let _ = send.shutdown().await;
+            send.shutdown().await;
             return;
         }
         match decoder.next_frame() {
@@ -176,7 +212,7 @@ async fn run_transfer(
             Err(e) => {
                 let refusal: Frame = RequestRefused::new(0, e.code(), e.to_string()).into();
                 let _ = write(&mut send, &refusal).await;
-                let _ = send.shutdown().await;
+                send.shutdown().await;
                 return;
             }
         }
@@ -194,12 +230,27 @@ async fn run_transfer(
 }
 
 async fn write(send: &mut TransferWriter, frame: &Frame) -> Result<(), ()> {
-    let bytes = encode_to_vec(frame).map_err(|_| ())?;
-    send.write_all(&bytes).await.map_err(|_| ())
+    send.send(frame).await
 }
 
 /// Sends `range` of `blob` as `MediaData` frames (or a refusal); a download that reaches the
 /// blob's last byte counts as this device's.
+/// Reads up to [`DOWNLOAD_FRAME`] bytes of `file` from `offset` (below `end`) on a blocking
+/// thread.
+fn read_piece(
+    file: &Arc<std::fs::File>,
+    offset: u64,
+    end: u64,
+) -> tokio::task::JoinHandle<std::io::Result<(u64, Vec<u8>)>> {
+    let file = file.clone();
+    let len = ((end - offset) as usize).min(DOWNLOAD_FRAME);
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset).map(|_| (offset, buf))
+    })
+}
+
 async fn send_range(
     send: &mut TransferWriter,
     media: &Arc<MediaService>,
@@ -217,19 +268,16 @@ async fn send_range(
     };
     let range = MediaService::clamp(range, size);
     let file = Arc::new(file);
-    let mut offset = range.start;
-    while offset < range.end {
-        let len = ((range.end - offset) as usize).min(DOWNLOAD_FRAME);
-        let f = file.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, offset).map(|_| buf)
-        })
-        .await;
-        let Ok(Ok(bytes)) = read else {
+    // The next piece is read while the last one is sent.
+    let mut next = (range.start < range.end).then(|| read_piece(&file, range.start, range.end));
+    while let Some(reading) = next.take() {
+        let Ok(Ok((offset, bytes))) = reading.await else {
             return;
         };
+        let len = bytes.len() as u64;
+        if offset + len < range.end {
+            next = Some(read_piece(&file, offset + len, range.end));
+        }
         let frame: Frame = MediaData {
             offset,
             size,
@@ -242,8 +290,7 @@ async fn send_range(
         media
             .stats
             .bytes_sent
-            .fetch_add(len as u64, std::sync::atomic::Ordering::Relaxed);
-        offset += len as u64;
+            .fetch_add(len, std::sync::atomic::Ordering::Relaxed);
     }
     if range.end == size {
         let tag = media.signer().device_tag(&owner.user, owner.device);
