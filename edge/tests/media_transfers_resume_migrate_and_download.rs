@@ -90,7 +90,8 @@ async fn uploads_resume_after_a_drop_survive_migration_and_download_identically(
         first.size,
         "the edge wrote some bytes twice"
     );
-    assert!(report.sent < first.size + (4 << 20), "{report:?}");
+    // Resent: at most what was in flight at the drop (4 streams × 2 chunks of up to 1 MiB).
+    assert!(report.sent <= first.size + (8 << 20), "{report:?}");
 
     // 2. The client's address changes mid-upload: QUIC migrates, no reconnect.
     let second = random_file(&dir.path().join("two.bin"), 16 << 20, 2);

@@ -17,6 +17,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Bytes written to a part between two checkpoints (sync and ranges file).
@@ -188,7 +189,7 @@ impl BlobFiles {
         };
         Ok(PartialBlob {
             id: *id,
-            file,
+            file: Arc::new(file),
             size,
             ranges,
             unsynced: 0,
@@ -257,11 +258,34 @@ impl BlobFiles {
     }
 }
 
+/// Writes into one upload's part file; positional, so writers of one part run side by side.
+#[derive(Debug, Clone)]
+pub struct PartWriter {
+    file: Arc<File>,
+    size: u64,
+}
+
+impl PartWriter {
+    /// Writes `bytes` at `offset` (refused past the blob's end).
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), BlobError> {
+        let end = offset.saturating_add(bytes.len() as u64);
+        if end > self.size {
+            return Err(BlobError::OutOfBounds {
+                start: offset,
+                end,
+                size: self.size,
+            });
+        }
+        self.file.write_all_at(bytes, offset)?;
+        Ok(())
+    }
+}
+
 /// An upload in progress: the part file and which of its bytes are written.
 #[derive(Debug)]
 pub struct PartialBlob {
     id: BlobId,
-    file: File,
+    file: Arc<File>,
     size: u64,
     ranges: RangeSet,
     unsynced: u64,
@@ -287,17 +311,25 @@ impl PartialBlob {
 
     /// Writes `bytes` at `offset`; returns how many bytes of the blob are held now.
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<u64, BlobError> {
-        let end = offset.saturating_add(bytes.len() as u64);
-        if end > self.size {
-            return Err(BlobError::OutOfBounds {
-                start: offset,
-                end,
-                size: self.size,
-            });
+        self.writer().write(offset, bytes)?;
+        self.record(offset, bytes.len() as u64)
+    }
+
+    /// A handle that writes into the part without borrowing it, so several streams of one
+    /// upload write at once; each write is then [`record`](Self::record)ed.
+    pub fn writer(&self) -> PartWriter {
+        PartWriter {
+            file: self.file.clone(),
+            size: self.size,
         }
-        self.file.write_all_at(bytes, offset)?;
-        self.ranges.insert(offset, end);
-        self.unsynced += bytes.len() as u64;
+    }
+
+    /// Counts `len` bytes at `offset` as written (by a [`PartWriter`] that returned); every
+    /// [`CHECKPOINT_BYTES`] the part is synced and its ranges saved. Returns how many bytes of
+    /// the blob are held now.
+    pub fn record(&mut self, offset: u64, len: u64) -> Result<u64, BlobError> {
+        self.ranges.insert(offset, offset.saturating_add(len));
+        self.unsynced += len;
         if self.unsynced >= CHECKPOINT_BYTES {
             self.checkpoint()?;
         }

@@ -73,7 +73,9 @@ mod unacked;
 mod write;
 
 pub use backup::BackupReport;
-pub use blobs::{hash_file, BlobError, BlobFiles, PartialBlob, RangeSet, CHECKPOINT_BYTES};
+pub use blobs::{
+    hash_file, BlobError, BlobFiles, PartWriter, PartialBlob, RangeSet, CHECKPOINT_BYTES,
+};
 pub use calls::MAX_CALLS_KEPT;
 pub use compact::{compact, CompactReport};
 pub use copy::EntryCounts;

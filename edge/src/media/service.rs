@@ -268,6 +268,8 @@ impl MediaService {
     }
 
     /// `Some(held)` after a write that left bytes missing; `None` once the blob is installed.
+    /// The bytes are written without the upload's lock held, so the streams of one upload
+    /// write side by side; only the bookkeeping before and after takes it.
     fn write_blocking(
         &self,
         upload: &Upload,
@@ -276,15 +278,26 @@ impl MediaService {
         offset: u64,
         bytes: &[u8],
     ) -> Result<Option<u64>, BlobError> {
+        let writer = {
+            let slot = upload.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.attempt != attempt {
+                return Err(BlobError::Superseded);
+            }
+            let Some(part) = slot.part.as_ref() else {
+                // Another stream completed it meanwhile.
+                return Ok(None);
+            };
+            part.writer()
+        };
+        writer.write(offset, bytes)?;
         let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
         if slot.attempt != attempt {
             return Err(BlobError::Superseded);
         }
         let Some(part) = slot.part.as_mut() else {
-            // Another stream completed it meanwhile.
             return Ok(None);
         };
-        let held = part.write_at(offset, bytes)?;
+        let held = part.record(offset, bytes.len() as u64)?;
         if !part.is_full() {
             return Ok(Some(held));
         }
