@@ -211,7 +211,7 @@ pub async fn serve(
     let handover = driver.run(inbound, shutdown).instrument(span.clone()).await;
     if let (Some(h), Some(media)) = (handover, metrics_shared.media.clone()) {
         crate::media::streams::serve_transfer(
-            h.reader,
+            crate::media::streams::TransferReader::Stream(h.reader),
             crate::media::streams::TransferWriter::Stream(h.writer),
             h.decoder,
             media,

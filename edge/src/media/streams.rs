@@ -69,7 +69,7 @@ pub async fn accept(
             continue;
         }
         tokio::spawn(serve_transfer(
-            Box::new(recv),
+            TransferReader::Quic(recv),
             TransferWriter::Quic(send),
             FrameDecoder::new(MAX_TRANSFER_FRAME),
             media.clone(),
@@ -78,8 +78,49 @@ pub async fn accept(
     }
 }
 
-/// The reading side of a transfer (a QUIC stream, or a TLS stream's read half).
-pub type TransferReader = Box<dyn AsyncRead + Send + Unpin>;
+/// The reading side of a transfer.
+pub enum TransferReader {
+    /// A QUIC stream: its received chunks are taken as they are, not copied out first.
+    Quic(quinn::RecvStream),
+    /// A TLS stream's read half.
+    Stream(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl TransferReader {
+    /// Reads what has arrived into `decoder`; how many bytes, 0 at the end of the stream.
+    async fn read_into(&mut self, decoder: &mut FrameDecoder) -> std::io::Result<usize> {
+        match self {
+            Self::Quic(recv) => match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    decoder.feed(&chunk.bytes);
+                    Ok(chunk.bytes.len())
+                }
+                Ok(None) => Ok(0),
+                Err(e) => Err(e.into()),
+            },
+            Self::Stream(recv) => {
+                let mut buf = [0u8; 16 * 1024];
+                let n = recv.read(&mut buf).await?;
+                decoder.feed(&buf[..n]);
+                Ok(n)
+            }
+        }
+    }
+
+    /// Reads what has arrived and drops it; how many bytes, 0 at the end of the stream.
+    async fn skip_some(&mut self) -> std::io::Result<usize> {
+        match self {
+            Self::Quic(recv) => match recv.read_chunk(usize::MAX, true).await {
+                Ok(chunk) => Ok(chunk.map_or(0, |c| c.bytes.len())),
+                Err(e) => Err(e.into()),
+            },
+            Self::Stream(recv) => {
+                let mut buf = [0u8; 16 * 1024];
+                recv.read(&mut buf).await
+            }
+        }
+    }
+}
 
 /// The writing side of a transfer.
 pub enum TransferWriter {
@@ -129,9 +170,8 @@ pub async fn serve_transfer(
     owner: Arc<Owner>,
 ) {
     run_transfer(&mut recv, send, decoder, media, owner).await;
-    let mut sink = vec![0u8; 16 * 1024];
     let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(n) = recv.read(&mut sink).await {
+        while let Ok(n) = recv.skip_some().await {
             if n == 0 {
                 break;
             }
@@ -152,7 +192,6 @@ async fn run_transfer(
 ) {
     let mut machine = Transfer::new();
     let mut effects = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
         for effect in std::mem::take(&mut effects) {
             let more = match effect {
@@ -221,8 +260,8 @@ async fn run_transfer(
         } else {
             STREAM_IDLE
         };
-        match tokio::time::timeout(wait, recv.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => decoder.feed(&buf[..n]),
+        match tokio::time::timeout(wait, recv.read_into(&mut decoder)).await {
+            Ok(Ok(n)) if n > 0 => {}
             // Closed, reset, or silent for too long: the transfer is left to resume later.
             _ => return,
         }
