@@ -230,7 +230,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let payload = &avail[HEADER_LEN..total];
-        let aligned = (self.start + HEADER_LEN) % PAYLOAD_ALIGN == 0;
+        let aligned = (self.start + HEADER_LEN).is_multiple_of(PAYLOAD_ALIGN);
         let frame = if aligned && header.flags & FLAG_ZSTD == 0 {
             // The buffer is PAYLOAD_ALIGN-aligned, so is this payload: no copy needed.
             Frame::from_archive(header.kind, payload)?
