@@ -77,12 +77,15 @@ pub async fn run(
             }
         })
     });
+    let cpu = || under.spawned.as_deref().map(|e| e.cpu_seconds());
+    let cpu_before_up = cpu();
     let up = Instant::now();
     sender
         .upload_blob(&src, 4, |_| {})
         .await
         .map_err(|e| format!("upload: {e}"))?;
     let up_s = up.elapsed().as_secs_f64();
+    let cpu_after_up = cpu();
     sampling.store(false, Ordering::Relaxed);
     if let Some(s) = sampler {
         let _ = s.await;
@@ -109,6 +112,12 @@ pub async fn run(
         .await
         .map_err(|e| format!("download: {e}"))?;
     let down_s = down.elapsed().as_secs_f64();
+    let cpu_after_down = cpu();
+    // The edge's CPU per MB each way: steadier than MB/s on a shared machine.
+    if let (Some(a), Some(b), Some(c)) = (cpu_before_up, cpu_after_up, cpu_after_down) {
+        extra.insert("upload_edge_cpu_ms_per_mb".into(), (b - a) * 1e3 / mb);
+        extra.insert("download_edge_cpu_ms_per_mb".into(), (c - b) * 1e3 / mb);
+    }
     extra.insert("download_mb_per_s".into(), mb / down_s);
     if let Some(t) = *first_byte.lock().unwrap_or_else(|p| p.into_inner()) {
         extra.insert("download_first_byte_ms".into(), t.as_secs_f64() * 1e3);
@@ -117,11 +126,21 @@ pub async fn run(
     extra.insert("download_complete".into(), f64::from(u8::from(same)));
     let _ = std::fs::remove_file(&out);
 
-    // 2. The same bytes over one plain TLS connection.
-    let tls_s = crate::tls_copy::copy_file(&path).await?;
-    extra.insert("plain_tls_mb_per_s".into(), mb / tls_s);
-    extra.insert("upload_share_of_tls".into(), tls_s / up_s);
-    extra.insert("download_share_of_tls".into(), tls_s / down_s);
+    // 2. The same bytes over one plain TLS connection: into a file synced at the end (what
+    // the edge does with an upload), into a file (what a downloading client does), and over
+    // the wire alone.
+    use crate::tls_copy::{copy_file, Sink};
+    let copy = dir.path().join("copy.bin");
+    let synced_s = copy_file(&path, Sink::SyncedFile(&copy)).await?;
+    let _ = std::fs::remove_file(&copy);
+    let file_s = copy_file(&path, Sink::File(&copy)).await?;
+    let _ = std::fs::remove_file(&copy);
+    let wire_s = copy_file(&path, Sink::Drop).await?;
+    for (name, tls_s) in [("synced", synced_s), ("file", file_s), ("wire", wire_s)] {
+        extra.insert(format!("plain_tls_{name}_mb_per_s"), mb / tls_s);
+        extra.insert(format!("upload_share_of_tls_{name}"), tls_s / up_s);
+        extra.insert(format!("download_share_of_tls_{name}"), tls_s / down_s);
+    }
     let _ = std::fs::remove_file(&path);
 
     // 3. Concurrent photo uploads.
