@@ -1,10 +1,11 @@
 //! `media`: the media path end to end through the SDK and the real edge.
 //!
 //! 1. One file of `--file-mb` MB uploaded on 4 QUIC streams, then downloaded by another
-//!    user: MB/s each way, time to the first downloaded byte, the edge's RSS above idle
-//!    while the upload runs.
+//!    user: MB/s each way, the edge's CPU per MB each way, time to the first downloaded
+//!    byte, the edge's RSS above idle while the upload runs.
 //! 2. The same bytes copied over one plain TLS 1.3 connection (rustls, loopback, this
-//!    process): the baseline the transfers are compared with.
+//!    process) into a synced file, into a file, and over the wire alone: the baselines the
+//!    transfers are compared with (`*_share_of_tls_{synced,file,wire}`).
 //! 3. `--clients` uploaders at once, a 1 MB "photo" each: upload time p50/p99.
 
 use super::{Knobs, Run, Under};
