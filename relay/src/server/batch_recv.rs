@@ -128,6 +128,17 @@ pub(crate) async fn recv(sock: &UdpSocket, batch: &mut RecvBatch) -> io::Result<
     loop {
         sock.readable().await?;
         let mut got = 0;
+        // Reporting `WouldBlock` for a short batch makes `try_io` clear the readable
+        // readiness without another call. That cannot lose a datagram that arrives after
+        // `recvmmsg` returned: tokio (runtime/io/registration.rs `try_io`,
+        // scheduled_io.rs `set_readiness`) snapshots the readiness with its tick before
+        // calling us and clears it only if the tick is unchanged (`Tick::Clear(t)` is a no-op
+        // when the driver has stored a newer event since). A datagram that arrives later
+        // makes a new epoll edge; the driver turns it into readiness with a newer tick
+        // whenever it next polls, before or after the clear, so the next `readable()` sees
+        // it. On a worker's current-thread runtime the driver cannot even run between the
+        // read and the clear (same thread); on a multi-threaded one a racing event only
+        // turns the clear into a no-op and costs one `EAGAIN` read.
         let result = sock.try_io(Interest::READABLE, || {
             got = batch.recv_raw(sock)?;
             if got < batch.slots {
@@ -221,6 +232,34 @@ mod tests {
         let want: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; usize::from(i) + 1]).collect();
         assert_eq!(seen, want);
         assert!(batch.get(batch.len()).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_short_batch_clears_readiness_and_a_later_datagram_raises_it_again() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = rx.local_addr().expect("addr");
+        let mut batch = RecvBatch::new(4, 64);
+        for round in 0..3u8 {
+            tx.send_to(&[round], to).expect("send");
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), recv(&rx, &mut batch))
+                .await
+                .expect("a datagram sent after a clear wakes the reader within 5 s")
+                .expect("recv");
+            assert_eq!(
+                (n, batch.get(0).map(|(_, d)| d.to_vec())),
+                (1, Some(vec![round]))
+            );
+            // The short batch cleared readiness: tokio reports `WouldBlock` without calling
+            // the closure, i.e. without the system call that would only have said `EAGAIN`.
+            let mut called = false;
+            let r = rx.try_io(Interest::READABLE, || {
+                called = true;
+                Ok(())
+            });
+            assert!(!called, "readiness still set after a short batch");
+            assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
+        }
     }
 
     #[tokio::test]

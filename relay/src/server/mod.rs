@@ -40,7 +40,7 @@ const LISTEN_SLOTS: usize = 32;
 /// stay under the path MTU; a longer datagram is cut, fails to parse and is dropped as
 /// malformed.
 const LISTEN_SLOT: usize = 4_096;
-/// Datagrams one read of a relay socket takes: two, so that one short read (a single
+/// Datagrams one read of a relay socket takes: a few, so that one short read (a single
 /// datagram, the common case at call rates) proves the socket drained.
 const RELAY_SLOTS: usize = 4;
 /// Largest datagram read from a relay socket. Media payloads stay under the path MTU; a
