@@ -11,10 +11,15 @@
 //! The state machine is the one owner of the relay's state, behind a mutex held only while
 //! a batch of messages is handled and its outputs collected, never across a send or an
 //! `.await` (CONVENTIONS §4: one owner per concern). Sends go out after the lock is
-//! released: `try_send_to` first, and an awaited `send_to` when the socket buffer is full,
-//! so a burst slows the reader instead of being dropped by us.
+//! released. To peers: `try_send_to` first, and an awaited `send_to` when the socket buffer
+//! is full, so a burst slows the reader instead of being dropped by us. To UDP clients: into
+//! the worker's [`client_outbox`], which its flush task sends with one `sendmmsg` per
+//! scheduler round ([`batch_send`]); a full outbox makes the pushing task wait, the same
+//! back-pressure.
 
 mod batch_recv;
+mod batch_send;
+mod client_outbox;
 mod ports;
 mod tcp;
 
@@ -22,6 +27,7 @@ use crate::config::{ConfigError, RelayConfig, Secret};
 use crate::credentials::{mint, Credentials};
 use crate::turn::{AllocationId, OpenRelayError, Output, Relay, Stats, Transport};
 use batch_recv::RecvBatch;
+use client_outbox::ClientOutbox;
 use ports::PortRange;
 use std::collections::HashMap;
 use std::io;
@@ -208,6 +214,7 @@ impl RelayServer {
                 ports,
                 tcp: HashMap::new(),
             }),
+            outboxes: listen.iter().map(|_| ClientOutbox::new()).collect(),
             listen,
             tcp_limits,
             runtimes: workers.iter().map(|w| w.handle.clone()).collect(),
@@ -222,6 +229,11 @@ impl RelayServer {
                     .handle
                     .spawn(listen_loop(shared.clone(), idx, watch_rx.clone())),
             );
+            let (outbox_shared, stopped) = (shared.clone(), watch_rx.clone());
+            tasks.push(worker.handle.spawn(async move {
+                let s = &outbox_shared;
+                s.outboxes[idx].run(&s.listen[idx], stopped).await;
+            }));
         }
         if let Some(l) = tcp_listener {
             tasks.push(workers[0].handle.spawn(tcp::accept_loop(
@@ -318,6 +330,8 @@ struct Shared {
     /// The listening UDP sockets (one `SO_REUSEPORT` group); any of them may answer any
     /// client, since they share the address.
     listen: Vec<UdpSocket>,
+    /// What goes out of each listening socket (same index), sent by a task on its worker.
+    outboxes: Vec<ClientOutbox>,
     tcp_limits: tcp::Limits,
     /// The workers' runtimes: TCP connections are spread over them (with the relay sockets
     /// of their allocations), as the kernel spreads UDP clients over the listening sockets.
@@ -435,7 +449,7 @@ fn open_relay(
 async fn send_all(shared: &Shared, sends: &mut Vec<Send>) {
     for send in sends.drain(..) {
         match send {
-            Send::Client(via, to, data) => send_one(&shared.listen[via], to, &data).await,
+            Send::Client(via, to, data) => shared.outboxes[via].push(to, data).await,
             Send::Peer(sock, to, data) => send_one(&sock, to, &data).await,
             Send::Tcp(tx, data) => {
                 if tx.try_send(data).is_err() {
