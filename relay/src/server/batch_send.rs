@@ -16,6 +16,9 @@ use std::os::fd::AsRawFd;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+/// A datagram to send: where to and its bytes.
+pub(crate) type Datagram = (SocketAddr, Vec<u8>);
+
 /// Most datagrams one call sends; longer lists go out in several calls.
 const MAX_SLOTS: usize = 64;
 
@@ -23,7 +26,7 @@ const MAX_SLOTS: usize = 64;
 /// the kernel took (at least 1), `WouldBlock` when the socket buffer had no room for the
 /// first, or the first datagram's own error (a later datagram's error is reported by the call
 /// that starts with it, as `sendmmsg(2)` does).
-fn send_raw(fd: &impl AsRawFd, datagrams: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
+fn send_raw(fd: &impl AsRawFd, datagrams: &[Datagram]) -> io::Result<usize> {
     let count = datagrams.len().min(MAX_SLOTS);
     if count == 0 {
         return Ok(0);
@@ -80,7 +83,7 @@ fn send_raw(fd: &impl AsRawFd, datagrams: &[(SocketAddr, Vec<u8>)]) -> io::Resul
 /// kernel allows; waits for room when the socket buffer is full, so a burst slows its
 /// sender instead of being dropped here. A datagram the kernel refuses (an unreachable
 /// network, a peer's ICMP error reported late) is skipped: UDP errors concern one datagram.
-pub(crate) async fn send(sock: &UdpSocket, datagrams: &[(SocketAddr, Vec<u8>)]) {
+pub(crate) async fn send(sock: &UdpSocket, datagrams: &[Datagram]) {
     let mut done = 0;
     while done < datagrams.len() {
         // `try_io` clears the writable readiness it saw on `WouldBlock`, so the `writable()`

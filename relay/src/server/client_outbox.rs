@@ -8,7 +8,7 @@
 //! single-threaded scheduler queues behind the tasks already woken, so it runs once they
 //! have all pushed and sends what they queued in one system call instead of one each.
 
-use super::batch_send;
+use super::batch_send::{self, Datagram};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use tokio::net::UdpSocket;
@@ -23,7 +23,7 @@ const CAPACITY: usize = 4_096;
 /// The datagrams waiting for one listening socket.
 #[derive(Debug)]
 pub(super) struct ClientOutbox {
-    queue: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    queue: Mutex<Vec<Datagram>>,
     /// Woken by the push that found the queue empty.
     wake: Notify,
     /// Free places in the queue; a push takes one per datagram, a flush gives them back.
@@ -43,7 +43,7 @@ impl ClientOutbox {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<(SocketAddr, Vec<u8>)>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Datagram>> {
         // The queue is a plain Vec; a panic elsewhere cannot leave it half-updated.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -447,15 +447,28 @@ fn open_relay(
 }
 
 async fn send_all(shared: &Shared, sends: &mut Vec<Send>) {
+    // Datagrams for peers, by relay socket: a socket with several goes out in one sendmmsg.
+    let mut to_peers: Vec<(Arc<UdpSocket>, Vec<batch_send::Datagram>)> = Vec::new();
     for send in sends.drain(..) {
         match send {
             Send::Client(via, to, data) => shared.outboxes[via].push(to, data).await,
-            Send::Peer(sock, to, data) => send_one(&sock, to, &data).await,
+            Send::Peer(sock, to, data) => {
+                match to_peers.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &sock)) {
+                    Some((_, group)) => group.push((to, data)),
+                    None => to_peers.push((sock, vec![(to, data)])),
+                }
+            }
             Send::Tcp(tx, data) => {
                 if tx.try_send(data).is_err() {
                     shared.tcp_backlog.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+    for (sock, group) in to_peers {
+        match group.as_slice() {
+            [(to, data)] => send_one(&sock, *to, data).await,
+            _ => batch_send::send(&sock, &group).await,
         }
     }
 }
