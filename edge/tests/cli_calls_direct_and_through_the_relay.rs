@@ -9,17 +9,11 @@
 
 mod common;
 
-use common::cli::{cli_bin, missive, of_type};
+use common::cli::{cli_bin, of_type, ok, register_profiles};
 use common::Edge;
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Stdio};
-
-fn ok(profile: &Path, args: &[&str]) -> String {
-    let (ok, out, err) = missive(profile, args);
-    assert!(ok, "missive {args:?} failed: {err}");
-    out
-}
 
 fn lines(out: &str) -> Vec<Value> {
     out.lines()
@@ -142,14 +136,8 @@ fn check_call(caller: &[Value], callee: &[Value], path: &str) {
 fn calls_go_direct_or_through_the_relay_and_decrypt_everything() {
     let dir = tempfile::tempdir().unwrap();
     let edge = start_edge(dir.path());
-    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
     let p = |n: &str| dir.path().join(n);
-    for name in ["alice", "bob"] {
-        ok(
-            &p(name),
-            &["--server", &server, "--ca", &ca, "register", name],
-        );
-    }
+    register_profiles(&edge, dir.path(), &["alice", "bob"]);
     let (alice, bob) = (p("alice"), p("bob"));
 
     let (caller, callee) = call(&alice, &bob, &[]);
@@ -208,14 +196,8 @@ fn output(child: std::process::Child) -> Vec<Value> {
 fn a_group_call_of_three_is_a_full_mesh() {
     let dir = tempfile::tempdir().unwrap();
     let edge = start_edge(dir.path());
-    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
     let p = |n: &str| dir.path().join(n);
-    for name in ["alice", "bob", "carol"] {
-        ok(
-            &p(name),
-            &["--server", &server, "--ca", &ca, "register", name],
-        );
-    }
+    register_profiles(&edge, dir.path(), &["alice", "bob", "carol"]);
     let (bob, carol) = (answering(&p("bob")), answering(&p("carol")));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let alice = lines(&ok(

@@ -6,29 +6,16 @@
 
 mod common;
 
-use common::cli::{missive, of_type, recv};
+use common::cli::{missive, of_type, ok, recv, register_profiles};
 use common::Edge;
 use serde_json::Value;
-use std::path::Path;
-
-fn ok(profile: &Path, args: &[&str]) -> String {
-    let (ok, out, err) = missive(profile, args);
-    assert!(ok, "missive {args:?} failed: {err}");
-    out
-}
 
 #[test]
 fn cli_groups_status_and_broadcasts() {
     let dir = tempfile::tempdir().unwrap();
     let edge = Edge::start(&dir.path().join("edge"), &[]);
-    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
     let p = |n: &str| dir.path().join(n);
-    for name in ["alice", "bob", "carol"] {
-        ok(
-            &p(name),
-            &["--server", &server, "--ca", &ca, "register", name],
-        );
-    }
+    register_profiles(&edge, dir.path(), &["alice", "bob", "carol"]);
     let (alice, bob, carol) = (p("alice"), p("bob"), p("carol"));
 
     // A group: create, add, send; each member sees the message with the group's id.

@@ -11,17 +11,11 @@
 
 mod common;
 
-use common::cli::{cli_bin, missive, of_type, recv};
+use common::cli::{cli_bin, missive, of_type, ok, recv, register_profiles};
 use common::Edge;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn ok(profile: &Path, args: &[&str]) -> String {
-    let (ok, out, err) = missive(profile, args);
-    assert!(ok, "missive {args:?} failed: {err}");
-    out
-}
 
 fn random_bytes(len: usize, seed: u32) -> Vec<u8> {
     let mut x = seed.max(1);
@@ -66,14 +60,8 @@ fn the_blob(edge: &Edge) -> PathBuf {
 fn send_file_fetch_resume_and_refuse_bad_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let edge = Edge::start(&dir.path().join("edge"), &[]);
-    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
     let p = |n: &str| dir.path().join(n);
-    for name in ["alice", "bob"] {
-        ok(
-            &p(name),
-            &["--server", &server, "--ca", &ca, "register", name],
-        );
-    }
+    register_profiles(&edge, dir.path(), &["alice", "bob"]);
     let (alice, bob) = (p("alice"), p("bob"));
     // A first message makes the Olm sessions both ways.
     ok(&alice, &["send", "bob", "hi"]);

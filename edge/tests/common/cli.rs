@@ -38,6 +38,30 @@ pub fn missive(profile: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs the CLI and returns what it printed; a failure fails the test with its stderr.
+pub fn ok(profile: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = missive(profile, args);
+    assert!(ok, "missive {args:?} failed: {err}");
+    out
+}
+
+/// Registers each of `names` with `edge`, each in the profile directory `dir/<name>`; the
+/// profile directories, in the same order.
+pub fn register_profiles(edge: &super::Edge, dir: &Path, names: &[&str]) -> Vec<PathBuf> {
+    let (server, ca) = (edge.quic.to_string(), edge.cert.display().to_string());
+    names
+        .iter()
+        .map(|name| {
+            let profile = dir.join(name);
+            ok(
+                &profile,
+                &["--server", &server, "--ca", &ca, "register", name],
+            );
+            profile
+        })
+        .collect()
+}
+
 pub fn recv(profile: &Path, secs: &str) -> Vec<Value> {
     recv_args(profile, &["recv", "--wait", secs, "--json"])
 }

@@ -61,6 +61,17 @@ pub fn run(cmd: &mut Command) -> (bool, String) {
     (status.success(), text)
 }
 
+/// Runs a [`uclient`] command of `sessions` × `msgs` to its end and checks that every
+/// message came back (none lost); how many were sent.
+pub fn relayed_without_loss(cmd: &mut Command, sessions: u64, msgs: u64) -> u64 {
+    let (ok, out) = run(cmd);
+    assert!(ok, "uclient failed:\n{out}");
+    let (sent, recv, lost) = uclient_totals(&out);
+    assert_eq!(sent, sessions * msgs, "{out}");
+    assert_eq!((recv, lost), (sent, 0), "{out}");
+    sent
+}
+
 /// `turnutils_uclient` on loopback against the relay at `port` with these credentials:
 /// `sessions` allocations sending `msgs` 100-byte messages each, to `turnutils_peer` at
 /// `peer_port` when given, else client to client (`-y`).
