@@ -113,17 +113,18 @@ fn encode_parts(frame: &Frame) -> Result<(Header, EncodedPayload), ProtoError> {
         .map_err(|e| ProtoError::Encode(e.to_string()))?;
     let mut flags = 0u8;
     let ciphertext = matches!(frame, Frame::MediaChunk(_) | Frame::MediaData(_));
-    let mut payload = EncodedPayload::Archived(archived);
-    if let EncodedPayload::Archived(archived) = &payload {
-        if archived.len() > COMPRESS_THRESHOLD && !ciphertext {
-            let compressed = zstd::bulk::compress(archived, ZSTD_LEVEL)
-                .map_err(|e| ProtoError::Encode(e.to_string()))?;
-            if compressed.len() < archived.len() {
-                flags |= FLAG_ZSTD;
-                payload = EncodedPayload::Compressed(compressed);
-            }
+    let payload = if archived.len() > COMPRESS_THRESHOLD && !ciphertext {
+        let compressed = zstd::bulk::compress(&archived, ZSTD_LEVEL)
+            .map_err(|e| ProtoError::Encode(e.to_string()))?;
+        if compressed.len() < archived.len() {
+            flags |= FLAG_ZSTD;
+            EncodedPayload::Compressed(compressed)
+        } else {
+            EncodedPayload::Archived(archived)
         }
-    }
+    } else {
+        EncodedPayload::Archived(archived)
+    };
     let len = payload.as_ref().len();
     if len > HARD_MAX_FRAME {
         return Err(ProtoError::TooLarge {
