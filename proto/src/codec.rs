@@ -300,6 +300,26 @@ mod tests {
                 up_to: ServerSeq(42),
             }
             .into(),
+            AckGroup {
+                group: GroupId(9),
+                up_to: ServerSeq(43),
+            }
+            .into(),
+            GroupDeliver {
+                group: GroupId(9),
+                deliver: Deliver {
+                    seq: ServerSeq(7),
+                    from: "carol".into(),
+                    from_device: DeviceId(2),
+                    client_msg_id: id,
+                    server_ts_ms: 9,
+                    payload: Payload::Group(Box::new(GroupMessage {
+                        group: GroupId(9),
+                        body: vec![6],
+                    })),
+                },
+            }
+            .into(),
             SetPresenceVisibility {
                 visibility: Visibility::Nobody,
             }

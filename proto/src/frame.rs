@@ -8,7 +8,7 @@ pub use crate::call::{
 };
 pub use crate::group::{GroupAnswer, GroupRead, GroupReceipt, GroupRequest, GroupSend};
 use crate::group::{GroupMessage, GroupNotice};
-use crate::ids::{ClientMsgId, DeviceId, ServerSeq};
+use crate::ids::{ClientMsgId, DeviceId, GroupId, ServerSeq};
 pub use crate::media::{
     MediaChunk, MediaChunkAck, MediaData, MediaDownload, MediaSignUrl, MediaUploadOpen,
     MediaUploadState, MediaUrl,
@@ -153,6 +153,8 @@ frames! {
     32 => CallAction,
     /// Ask for this user's call history.
     33 => CallHistoryRequest,
+    /// Cumulative acknowledgement of a group log's deliveries up to a seq (version 6).
+    34 => AckGroup,
     /// Server's answer to `Hello`: chosen version and the login challenge.
     64 => ServerHello,
     /// Login or registration succeeded.
@@ -214,6 +216,8 @@ frames! {
     92 => CallUpdate,
     /// Answer to `CallHistoryRequest`.
     93 => CallHistory,
+    /// An item of a group's log: a group message or a membership change (version 6).
+    94 => GroupDeliver,
 }
 
 /// Client → server, first frame on every connection.
@@ -409,6 +413,27 @@ pub struct Deliver {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct AckDelivery {
     /// Highest processed sequence.
+    pub up_to: ServerSeq,
+}
+
+/// Server → client (version 6): one item of a group's log, read by this device through its
+/// own cursor. `deliver.seq` is the item's position in the group's log (not in the device's
+/// mailbox); acknowledge with `AckGroup`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GroupDeliver {
+    /// The group whose log this is.
+    pub group: GroupId,
+    /// The item; its payload is `Group` or `GroupEvent` of `group`.
+    pub deliver: Deliver,
+}
+
+/// Client → server (version 6): every item of `group`'s log with `seq <= up_to` was
+/// processed; the server moves this device's cursor there.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AckGroup {
+    /// The group.
+    pub group: GroupId,
+    /// Highest processed seq of its log.
     pub up_to: ServerSeq,
 }
 

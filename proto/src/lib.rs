@@ -45,12 +45,14 @@ pub use media::{BlobId, ByteRange};
 pub use story::*;
 
 /// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The oldest protocol version this build still accepts (version 2 made `Send` carry one
 /// envelope per device; a version 1 `Send` cannot be stored). Version 3 added groups: frames
 /// a version 2 client never sends, and `Payload` kinds it is only sent once it speaks 3.
 /// Version 4 added media transfers: frames that travel on transfer streams of their own.
 /// Version 5 added call signaling: a device is rung only once its session speaks 5.
+/// Version 6 reads group messages from each group's log through a per-device cursor
+/// (`GroupDeliver`, `AckGroup`): a session below 6 gets no group items.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Most one-time keys one `UploadKeys` may carry.
 pub const MAX_KEYS_PER_UPLOAD: usize = 100;
