@@ -213,6 +213,8 @@ pub struct Acker {
     highest: Option<u64>,
     acked: Option<u64>,
     since_ack: u64,
+    /// The group whose log this acknowledges (`AckGroup`), or `None` for the mailbox.
+    group: Option<missive_proto::GroupId>,
 }
 
 impl Acker {
@@ -223,11 +225,19 @@ impl Acker {
             highest: None,
             acked: None,
             since_ack: 0,
+            group: None,
         }
     }
 
-    /// A delivery with mailbox seq `seq`; returns the ack to send now, if one is due.
-    pub fn delivered(&mut self, seq: u64) -> Option<missive_proto::AckDelivery> {
+    /// An item of `group`'s log with seq `seq` (one acker follows one stream: the mailbox or
+    /// one group's log); returns the ack to send now, if one is due.
+    pub fn delivered_in(&mut self, group: missive_proto::GroupId, seq: u64) -> Option<Frame> {
+        self.group = Some(group);
+        self.delivered(seq)
+    }
+
+    /// A delivery with seq `seq`; returns the ack to send now, if one is due.
+    pub fn delivered(&mut self, seq: u64) -> Option<Frame> {
         self.highest = Some(self.highest.map_or(seq, |h| h.max(seq)));
         self.since_ack += 1;
         (self.since_ack >= self.every).then(|| self.ack()).flatten()
@@ -240,19 +250,21 @@ impl Acker {
 
     /// The ack covering everything delivered so far, unless it was already sent (call when
     /// the connection went quiet, and before closing).
-    pub fn idle(&mut self) -> Option<missive_proto::AckDelivery> {
+    pub fn idle(&mut self) -> Option<Frame> {
         self.ack()
     }
 
-    fn ack(&mut self) -> Option<missive_proto::AckDelivery> {
+    fn ack(&mut self) -> Option<Frame> {
         let up_to = self.highest?;
         if self.acked == Some(up_to) {
             return None;
         }
         self.acked = Some(up_to);
         self.since_ack = 0;
-        Some(missive_proto::AckDelivery {
-            up_to: missive_proto::ServerSeq(up_to),
+        let up_to = missive_proto::ServerSeq(up_to);
+        Some(match self.group {
+            None => missive_proto::AckDelivery { up_to }.into(),
+            Some(group) => missive_proto::AckGroup { group, up_to }.into(),
         })
     }
 }
@@ -261,6 +273,30 @@ impl Acker {
 mod tests {
     use super::*;
 
+    /// The mailbox seq an `AckDelivery` acknowledges.
+    fn up_to(f: Frame) -> u64 {
+        match f {
+            Frame::AckDelivery(a) => a.up_to.0,
+            other => panic!("not an AckDelivery: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_group_acker_acknowledges_the_log() {
+        let mut a = Acker::new(1);
+        let g = missive_proto::GroupId(3);
+        assert_eq!(
+            a.delivered_in(g, 4),
+            Some(
+                missive_proto::AckGroup {
+                    group: g,
+                    up_to: missive_proto::ServerSeq(4)
+                }
+                .into()
+            )
+        );
+    }
+
     #[test]
     fn acks_are_cumulative_every_n_and_when_idle_never_twice() {
         let mut a = Acker::new(3);
@@ -268,18 +304,18 @@ mod tests {
         assert!(!a.pending());
         assert_eq!(a.delivered(5), None);
         assert_eq!(a.delivered(6), None);
-        assert_eq!(a.delivered(7).map(|a| a.up_to.0), Some(7));
+        assert_eq!(a.delivered(7).map(up_to), Some(7));
         assert_eq!(a.idle(), None, "7 was acked already");
         assert!(!a.pending());
         assert_eq!(a.delivered(8), None);
         assert!(a.pending());
-        assert_eq!(a.idle().map(|a| a.up_to.0), Some(8));
+        assert_eq!(a.idle().map(up_to), Some(8));
         assert_eq!(
             a.delivered(9),
             None,
             "the count starts again after an idle ack"
         );
         assert_eq!(a.delivered(10), None);
-        assert_eq!(a.delivered(11).map(|a| a.up_to.0), Some(11));
+        assert_eq!(a.delivered(11).map(up_to), Some(11));
     }
 }

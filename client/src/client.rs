@@ -14,7 +14,7 @@ use crate::{ClientError, Identity};
 use missive_proto::{
     validate_group_name, validate_user_name, ClientMsgId, CreateLinkCode, DeviceId, Frame,
     GroupAnswerKind, GroupId, GroupInfo, GroupOp, GroupRead, GroupReceipt, GroupRequest,
-    GroupSummary, ListDevices, RemoveDevice, Retract, ServerSeq, Visibility,
+    GroupSummary, ListDevices, RemoveDevice, Retract, Visibility,
 };
 use std::borrow::Borrow;
 use std::net::SocketAddr;
@@ -729,10 +729,11 @@ impl Client {
         self.command(Command::Typing(to.into(), typing))
     }
 
-    /// Acknowledges every delivery up to `seq` (only needed without `auto_ack`). Ack only
-    /// what the app has durably processed: the server deletes it.
-    pub fn ack(&self, seq: ServerSeq) -> Result<(), ClientError> {
-        self.command(Command::Ack(seq))
+    /// Acknowledges every delivery up to `point` in its mailbox or group log (only needed
+    /// without `auto_ack`; a `ServerSeq` names a mailbox position). Ack only what the app
+    /// has durably processed: the server deletes it (moves this device's group cursor).
+    pub fn ack(&self, point: impl Into<crate::event::AckPoint>) -> Result<(), ClientError> {
+        self.command(Command::Ack(point.into()))
     }
 
     /// Uploads a ciphertext file (see [`crate::media`] to make one) on `parallel` QUIC

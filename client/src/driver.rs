@@ -9,7 +9,7 @@ use crate::receipt_id::ReceiptIds;
 use crate::session::{Output, Session};
 use crate::transport::TransportConfig;
 use crate::{ClientConfig, ClientError, Identity, SendReceipt};
-use missive_proto::{ClientMsgId, ServerSeq, Visibility};
+use missive_proto::{ClientMsgId, Visibility};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -43,7 +43,7 @@ pub(crate) enum Command {
     },
     /// A status update was viewed.
     StoryViewed(missive_proto::StoryViewed),
-    Ack(ServerSeq),
+    Ack(crate::event::AckPoint),
     Subscribe(String),
     Visibility(Visibility),
     Typing(String, bool),

@@ -274,8 +274,38 @@ pub enum Event {
     Call(crate::call::CallEvent),
 }
 
+/// Where a delivery sits: in this device's mailbox (`group` `None`), or in a group's log
+/// (protocol version 6). Without `auto_ack`, the app acknowledges with it
+/// ([`crate::Client::ack`]); acknowledgements are cumulative per mailbox and per group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AckPoint {
+    /// The group whose log it is in, or `None` for the mailbox.
+    pub group: Option<GroupId>,
+    /// Its seq there.
+    pub seq: ServerSeq,
+}
+
+impl From<ServerSeq> for AckPoint {
+    /// A mailbox position.
+    fn from(seq: ServerSeq) -> Self {
+        Self { group: None, seq }
+    }
+}
+
 impl Event {
-    /// The mailbox position of an event that came from a `Deliver` frame.
+    /// Where the delivery of this event sits, to acknowledge it (see [`AckPoint`]).
+    pub fn ack_point(&self) -> Option<AckPoint> {
+        let seq = self.server_seq()?;
+        let group = match self {
+            Self::GroupMessage { group, .. } | Self::GroupChanged { group, .. } => Some(*group),
+            Self::Media { group, .. } => *group,
+            _ => None,
+        };
+        Some(AckPoint { group, seq })
+    }
+
+    /// The position of an event that came from a delivery, in its mailbox or group log
+    /// (see [`Event::ack_point`]).
     pub fn server_seq(&self) -> Option<ServerSeq> {
         match self {
             Self::Message { server_seq, .. }

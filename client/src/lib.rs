@@ -173,7 +173,7 @@ pub use dedup::{DeliveryKey, DeliveryKind, SeenSet};
 pub use delivery_stats::DeliveryStats;
 pub use e2ee::RotationPolicy;
 pub use error::ClientError;
-pub use event::{Event, EventStream, ReceiptStatus};
+pub use event::{AckPoint, Event, EventStream, ReceiptStatus};
 pub use identity::Identity;
 #[cfg(feature = "cli")]
 pub use profile::Profile;

@@ -24,7 +24,7 @@ use missive_client::{
     EventStream, GroupChange, GroupId, GroupInfo, Identity, PresenceState, Profile, ServerSeq,
     Visibility,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -940,8 +940,8 @@ async fn cmd_status(cli: &Cli, dir: &Path, action: &StatusCmd) -> CliResult {
                         if live {
                             println!("{}", render(&e, *json));
                         }
-                        if let Some(seq) = e.server_seq() {
-                            client.ack(seq)?;
+                        if let Some(point) = e.ack_point() {
+                            client.ack(point)?;
                         }
                     }
                     Ok(())
@@ -1132,7 +1132,8 @@ async fn cmd_recv(
     let mut out = std::io::stdout();
     let mut to_mark_read: BTreeMap<String, Vec<ClientMsgId>> = BTreeMap::new();
     let mut group_reads: Vec<(GroupId, String, ClientMsgId)> = Vec::new();
-    let mut acked: Option<ServerSeq> = None;
+    // Per mailbox (`None`) and per group log: the highest seq acknowledged.
+    let mut acked: HashMap<Option<missive_proto::GroupId>, ServerSeq> = HashMap::new();
     let replaced = ClientError::SessionReplaced.to_string();
     let mut last_disconnect = String::new();
     let mut earlier_stats = missive_client::DeliveryStats::default();
@@ -1140,7 +1141,7 @@ async fn cmd_recv(
         while let Ok(Some(first)) = tokio::time::timeout_at(deadline, events.next()).await {
             // Print everything that is ready, then record and acknowledge it as one batch. A
             // delivery's events enter the stream together, so the batch never splits one.
-            let mut batch_max: Option<ServerSeq> = None;
+            let mut batch_max: HashMap<Option<missive_proto::GroupId>, ServerSeq> = HashMap::new();
             let mut new_keys = false;
             let mut ev = Some(first);
             while let Some(e) = ev.take().or_else(|| events.try_next()) {
@@ -1190,16 +1191,19 @@ async fn cmd_recv(
                 if let Some(key) = e.delivery_key() {
                     new_keys |= seen.insert(key);
                 }
-                batch_max = batch_max.max(e.server_seq());
+                if let Some(p) = e.ack_point() {
+                    let max = batch_max.entry(p.group).or_insert(p.seq);
+                    *max = (*max).max(p.seq);
+                }
             }
             out.flush()?;
             if new_keys {
                 profile.save_seen(&seen)?;
             }
-            if let Some(seq) = batch_max {
-                if Some(seq) > acked {
-                    client.ack(seq)?;
-                    acked = Some(seq);
+            for (group, seq) in batch_max {
+                if acked.get(&group).is_none_or(|a| seq > *a) {
+                    client.ack(missive_client::AckPoint { group, seq })?;
+                    acked.insert(group, seq);
                 }
             }
         }
@@ -1217,7 +1221,7 @@ async fn cmd_recv(
         cfg.identity = Profile::load(&profile.dir)?.identity;
         earlier_stats = add_stats(earlier_stats, client.delivery_stats());
         (client, events) = Client::connect(cfg.clone()).await?;
-        acked = None;
+        acked.clear();
     }
     if show.stats {
         // What the edge sent, before the duplicate filter: for scripts and tests that check

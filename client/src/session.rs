@@ -22,13 +22,13 @@ use crate::devices::DeviceDirectory;
 use crate::e2ee::sealer::{Readiness, Sealer};
 use crate::e2ee::E2eeStore;
 use crate::event::{Event, ReceiptStatus};
-use crate::group::{GroupReadiness, Groups, WallClock};
+use crate::group::{GroupReadiness, Groups, Unopened, WallClock};
 use crate::post_keys::PostKeys;
 use crate::receipt_id::ReceiptIds;
 use crate::{ClientError, SendReceipt};
 use missive_proto::{
-    AckDelivery, ClientMsgId, Deliver, DeviceId, DeviceMismatch, ErrorCode, Frame, GroupId,
-    GroupOp, GroupRead, GroupRequest, GroupSend, Payload, Ping, Pong, ServerSeq,
+    AckDelivery, AckGroup, ClientMsgId, Deliver, DeviceId, DeviceMismatch, ErrorCode, Frame,
+    GroupId, GroupOp, GroupRead, GroupRequest, GroupSend, Payload, Ping, Pong, ServerSeq,
     SetPresenceVisibility, StoryPost, SubscribePresence, Typing, Visibility,
 };
 use missive_proto::{
@@ -258,6 +258,20 @@ impl Outbox {
     }
 }
 
+/// How long a group message waits for its key before it counts as undecryptable: the key
+/// comes over Olm in the mailbox, which the edge delivers first, so this is only the rare
+/// race between the two streams (or a key that was lost).
+const KEY_WAIT: Duration = Duration::from_secs(10);
+
+/// A group message waiting for its key.
+#[derive(Debug)]
+struct WaitingForKey {
+    stream: Option<GroupId>,
+    deliver: Deliver,
+    key: DeliveryKey,
+    since: Instant,
+}
+
 /// Acknowledgement bookkeeping. Acks are cumulative, so a seq may be acked only when every
 /// seq below it that the app was given has been acked by the app.
 #[derive(Debug, Default)]
@@ -315,6 +329,11 @@ impl Acks {
 
     fn received(&mut self, seq: ServerSeq) {
         self.received = self.received.max(Some(seq));
+    }
+
+    /// `seq` no longer waits in the SDK (it is handed on or processed next).
+    fn release(&mut self, seq: ServerSeq) {
+        self.outstanding.remove(&seq);
     }
 
     fn new_connection(&mut self) {
@@ -394,6 +413,12 @@ pub(crate) struct Session {
     /// The highest seq delivered so far (this device's mailbox; seqs only grow).
     max_seq_seen: Option<ServerSeq>,
     acks: Acks,
+    /// Per group log (protocol version 6): the same bookkeeping as the mailbox's.
+    group_acks: HashMap<GroupId, Acks>,
+    /// Per group log, the highest seq delivered so far.
+    group_max_seen: HashMap<GroupId, ServerSeq>,
+    /// Group messages whose Megolm key has not arrived yet, in delivery order.
+    waiting_for_keys: Vec<WaitingForKey>,
     /// Deliveries processed since the last ack were only server "delivered" receipts: their
     /// ack can wait (see [`RECEIPT_ACK_DELAY`]) and ride along with the next frame we send.
     lazy_acks: usize,
@@ -443,6 +468,9 @@ impl Session {
             seen,
             receipt_ids,
             acks: Acks::default(),
+            group_acks: HashMap::new(),
+            group_max_seen: HashMap::new(),
+            waiting_for_keys: Vec::new(),
             lazy_acks: 0,
             ack_due: None,
             urgent_ack: false,
@@ -459,6 +487,13 @@ impl Session {
         self.phase = Phase::Ready;
         self.max_frame = max_frame as usize;
         self.acks.new_connection();
+        for acks in self.group_acks.values_mut() {
+            acks.new_connection();
+        }
+        // Never acknowledged: the server delivers them again on this connection.
+        for w in std::mem::take(&mut self.waiting_for_keys) {
+            self.acks_of(w.stream).release(w.deliver.seq);
+        }
         self.reset_ack_timer();
         self.last_rx = now;
         self.next_ping = Some(now + PING_INTERVAL);
@@ -572,9 +607,10 @@ impl Session {
         }
     }
 
-    /// The app has processed every delivery up to `up_to`. Call [`Session::flush_acks`] after.
-    pub(crate) fn ack(&mut self, up_to: ServerSeq) {
-        self.acks.app_ack(up_to);
+    /// The app has processed every delivery of a stream up to a seq. Call
+    /// [`Session::flush_acks`] after.
+    pub(crate) fn ack(&mut self, up_to: crate::event::AckPoint) {
+        self.acks_of(up_to.group).app_ack(up_to.seq);
         // The app is done with it: the server may delete and send receipts now.
         self.urgent_ack = true;
     }
@@ -622,6 +658,18 @@ impl Session {
         }
         if let Some(up_to) = self.acks.flush() {
             self.transmit(AckDelivery { up_to }.into());
+        }
+        let mut group_acks = Vec::new();
+        for (group, acks) in &mut self.group_acks {
+            if let Some(up_to) = acks.flush() {
+                group_acks.push(AckGroup {
+                    group: *group,
+                    up_to,
+                });
+            }
+        }
+        for ack in group_acks {
+            self.transmit(ack.into());
         }
     }
 
@@ -760,7 +808,14 @@ impl Session {
                     of: r.of,
                 }]))
             }
-            Frame::Deliver(d) => self.on_deliver(d),
+            Frame::Deliver(d) => {
+                let may_carry_key = matches!(d.payload, Payload::Envelope(_));
+                self.on_deliver(None, d);
+                if may_carry_key {
+                    self.retry_waiting_for_keys();
+                }
+            }
+            Frame::GroupDeliver(g) => self.on_deliver(Some(g.group), g.deliver),
             Frame::Presence(p) => self.out.push_back(Output::Events(vec![Event::Presence {
                 user: p.user,
                 state: p.state,
@@ -917,17 +972,39 @@ impl Session {
         self.receive = receive;
     }
 
-    fn on_deliver(&mut self, d: Deliver) {
+    /// The acknowledgement bookkeeping of the mailbox (`None`) or of a group's log.
+    fn acks_of(&mut self, group: Option<GroupId>) -> &mut Acks {
+        match group {
+            None => &mut self.acks,
+            Some(g) => self.group_acks.entry(g).or_default(),
+        }
+    }
+
+    /// A delivery from the mailbox (`stream` `None`) or from a group's log.
+    fn on_deliver(&mut self, stream: Option<GroupId>, d: Deliver) {
         if !self.receive {
             // Another instance of this device reads the mailbox: decrypting here would spend
             // message keys it needs, acknowledging would take messages it has not shown.
             return;
         }
-        self.acks.received(d.seq);
-        let new_seq = self.max_seq_seen.is_none_or(|m| d.seq > m);
-        if new_seq {
-            self.max_seq_seen = Some(d.seq);
-        }
+        self.acks_of(stream).received(d.seq);
+        let new_seq = match stream {
+            None => {
+                let new = self.max_seq_seen.is_none_or(|m| d.seq > m);
+                if new {
+                    self.max_seq_seen = Some(d.seq);
+                }
+                new
+            }
+            Some(g) => {
+                let max = self.group_max_seen.entry(g).or_insert(ServerSeq(0));
+                let new = d.seq > *max;
+                if new {
+                    *max = d.seq;
+                }
+                new
+            }
+        };
         let kind = match d.payload {
             Payload::Envelope(_)
             | Payload::Group(_)
@@ -948,7 +1025,7 @@ impl Session {
         };
         if kind == DeliveryKind::Delivered && self.receipt_ids.is_ours(&d.client_msg_id) {
             // "Delivered" for one of our read receipts: nobody asked about that.
-            self.acks.processed(d.seq);
+            self.acks_of(stream).processed(d.seq);
             return;
         }
         if kind == DeliveryKind::Message {
@@ -964,11 +1041,27 @@ impl Session {
                     self.counters.redelivered();
                 }
             }
-            self.acks.processed(d.seq);
+            self.acks_of(stream).processed(d.seq);
+            return;
+        }
+        if let (Some(_), Payload::Group(m)) = (stream, &d.payload) {
+            match self.on_group_message(&d, m, true) {
+                Some(events) => self.handed_out(stream, &d, key, events),
+                None => {
+                    // Its key is still on the way: hold it (and the acks after it).
+                    self.acks_of(stream).handed(d.seq);
+                    self.waiting_for_keys.push(WaitingForKey {
+                        stream,
+                        deliver: d,
+                        key,
+                        since: self.clock,
+                    });
+                }
+            }
             return;
         }
         let events = match &d.payload {
-            Payload::Group(m) => self.on_group_message(&d, m),
+            Payload::Group(m) => self.on_group_message(&d, m, false).unwrap_or_default(),
             Payload::GroupEvent(n) => self.on_group_notice(&d, n),
             Payload::Story(post) => vec![self.on_story(&d, post)],
             Payload::Delivered => vec![Event::Receipt {
@@ -993,7 +1086,7 @@ impl Session {
                                 };
                                 if !self.seen.insert(original) {
                                     self.seen.insert(key);
-                                    self.acks.processed(d.seq);
+                                    self.acks_of(stream).processed(d.seq);
                                     return;
                                 }
                             }
@@ -1017,6 +1110,18 @@ impl Session {
                 }
             }
         };
+        self.handed_out(stream, &d, key, events);
+    }
+
+    /// Hands the events of delivery `d` to the app (or drops them as seen), and books its
+    /// acknowledgement.
+    fn handed_out(
+        &mut self,
+        stream: Option<GroupId>,
+        d: &Deliver,
+        key: DeliveryKey,
+        events: Vec<Event>,
+    ) {
         // An undecryptable message was not handled: its repeat (sent again on request under
         // this id) must still get through.
         let handled = matches!(
@@ -1029,16 +1134,20 @@ impl Session {
             self.seen.insert(key);
         }
         if events.is_empty() {
-            self.acks.processed(d.seq);
+            self.acks_of(stream).processed(d.seq);
             return;
         }
         // The SDK handled an undecryptable delivery itself (it asked for a resend, or there
         // is nothing more to get): the app is told but has nothing to acknowledge.
         self.out.push_back(Output::Events(events));
-        if self.auto_ack || handled {
-            self.acks.processed(d.seq);
+        // A group item in the mailbox was stored before group logs existed: the app
+        // acknowledges group events by their log, so the SDK acknowledges these itself.
+        let legacy_group =
+            stream.is_none() && matches!(d.payload, Payload::Group(_) | Payload::GroupEvent(_));
+        if self.auto_ack || handled || legacy_group {
+            self.acks_of(stream).processed(d.seq);
         } else {
-            self.acks.handed(d.seq);
+            self.acks_of(stream).handed(d.seq);
         }
     }
 
@@ -1175,8 +1284,14 @@ impl Session {
     }
 
     /// The events of a delivered group message.
-    fn on_group_message(&mut self, d: &Deliver, m: &missive_proto::GroupMessage) -> Vec<Event> {
-        match self
+    /// The events of a group message; `None` when its key has not arrived and `may_wait`.
+    fn on_group_message(
+        &mut self,
+        d: &Deliver,
+        m: &missive_proto::GroupMessage,
+        may_wait: bool,
+    ) -> Option<Vec<Event>> {
+        let events = match self
             .groups
             .open((&d.from, d.from_device), d.client_msg_id, m)
         {
@@ -1208,6 +1323,7 @@ impl Session {
                 );
                 Vec::new()
             }
+            Err(Unopened::KeyMissing) if may_wait => return None,
             Err(e) => {
                 tracing::warn!(seq = d.seq.0, group = m.group.0, from = %d.from, device = d.from_device.0, error = %e, "cannot decrypt a group message");
                 vec![Event::GroupUndecryptable {
@@ -1218,6 +1334,30 @@ impl Session {
                     server_seq: d.seq,
                     reason: e.to_string(),
                 }]
+            }
+        };
+        Some(events)
+    }
+
+    /// Opens again the group messages that waited for their keys: after a delivery that may
+    /// have brought one, and on every timer. One that waited [`KEY_WAIT`] is given up
+    /// (`GroupUndecryptable`).
+    fn retry_waiting_for_keys(&mut self) {
+        if self.waiting_for_keys.is_empty() {
+            return;
+        }
+        for w in std::mem::take(&mut self.waiting_for_keys) {
+            let Payload::Group(m) = &w.deliver.payload else {
+                continue;
+            };
+            let may_wait = self.clock.saturating_duration_since(w.since) < KEY_WAIT;
+            match self.on_group_message(&w.deliver, m, may_wait) {
+                Some(events) => {
+                    self.acks_of(w.stream).release(w.deliver.seq);
+                    self.urgent_ack = true;
+                    self.handed_out(w.stream, &w.deliver, w.key, events);
+                }
+                None => self.waiting_for_keys.push(w),
             }
         }
     }
@@ -1289,6 +1429,7 @@ impl Session {
             return;
         }
         self.outbox.release_due(now);
+        self.retry_waiting_for_keys();
         if self.ack_due.is_some_and(|due| now >= due) {
             self.flush_acks_now();
         }
@@ -1324,6 +1465,7 @@ impl Session {
             self.ack_due,
             self.outbox.next_retry(),
             self.sealer.next_retry(),
+            self.waiting_for_keys.first().map(|w| w.since + KEY_WAIT),
             Some(self.last_rx + DEAD_AFTER),
         ]
         .into_iter()
@@ -1993,6 +2135,59 @@ mod tests {
         (s, now)
     }
 
+    /// A group-log delivery of a message from carol under a Megolm session we have no key of.
+    fn keyless_group_message(seq: u64, n: u8) -> Frame {
+        let body = crate::group::body::GroupBody {
+            version: crate::group::body::BODY_VERSION,
+            session_id: "unknown-session".into(),
+            ciphertext: vec![n; 16],
+        };
+        missive_proto::GroupDeliver {
+            group: GroupId(5),
+            deliver: Deliver {
+                seq: ServerSeq(seq),
+                from: "carol".into(),
+                from_device: DeviceId(1),
+                client_msg_id: id(n),
+                server_ts_ms: 1,
+                payload: Payload::Group(Box::new(missive_proto::GroupMessage {
+                    group: GroupId(5),
+                    body: body.encode(),
+                })),
+            },
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_group_message_waits_for_its_key_then_is_given_up_and_acknowledged() {
+        let (mut s, now) = ready(true);
+        s.handle_frame(now, keyless_group_message(1, 1));
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::Events(_))),
+            "held while its key may still come"
+        );
+        assert!(
+            transmitted(&outs).is_empty(),
+            "not acknowledged while it waits"
+        );
+        assert!(s.poll_timeout() <= Some(now + KEY_WAIT));
+        // Nothing came: it is given up, told, and acknowledged on its group's log.
+        s.handle_timeout(now + KEY_WAIT);
+        s.flush_acks();
+        let outs = drain(&mut s);
+        assert!(outs.iter().any(|o| matches!(
+            o,
+            Output::Events(e) if matches!(e[..], [Event::GroupUndecryptable { .. }])
+        )));
+        assert!(transmitted(&outs).iter().any(|f| matches!(
+            f,
+            Frame::AckGroup(a) if a.group == GroupId(5) && a.up_to == ServerSeq(1)
+        )));
+    }
+
     #[test]
     fn sends_are_resent_with_the_same_id_after_reconnect() {
         let (mut s, now) = ready(true);
@@ -2623,14 +2818,14 @@ mod tests {
         s.flush_acks();
         let outs = drain(&mut s);
         assert!(acks_in(&outs).is_empty(), "the app acked nothing yet");
-        s.ack(ServerSeq(1));
+        s.ack(ServerSeq(1).into());
         s.flush_acks();
         assert_eq!(acks_in(&drain(&mut s)), vec![1]);
-        s.ack(ServerSeq(2));
+        s.ack(ServerSeq(2).into());
         s.flush_acks();
         // 3 was a duplicate: released once 2 is acked, but 4 is still the app's.
         assert_eq!(acks_in(&drain(&mut s)), vec![3]);
-        s.ack(ServerSeq(4));
+        s.ack(ServerSeq(4).into());
         s.flush_acks();
         assert_eq!(acks_in(&drain(&mut s)), vec![4]);
     }
@@ -2642,7 +2837,7 @@ mod tests {
         s.handle_frame(now, deliver_text(6, "alice", 6, "b"));
         drain(&mut s);
         s.disconnected();
-        s.ack(ServerSeq(6));
+        s.ack(ServerSeq(6).into());
         s.flush_acks();
         assert!(
             acks_in(&drain(&mut s)).is_empty(),
@@ -2893,7 +3088,7 @@ mod tests {
         let (mut s, now) = ready(false);
         s.handle_frame(now, deliver_text(1, "alice", 1, "a"));
         drain(&mut s);
-        s.ack(ServerSeq(1));
+        s.ack(ServerSeq(1).into());
         assert!(s.close());
         let outs = drain(&mut s);
         let frames = transmitted(&outs);

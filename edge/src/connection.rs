@@ -9,8 +9,8 @@ use crate::session_queue;
 use crate::shared::{now_ms, Shared};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use missive_proto::{
-    encode, ClientMsgId, ErrorCode, Frame, FrameDecoder, PresenceState, ServerSeq, TypingNotice,
-    Visibility, EXPORTER_LEN,
+    encode, ClientMsgId, ErrorCode, Frame, FrameDecoder, GroupId, PresenceState, ServerSeq,
+    TypingNotice, Visibility, EXPORTER_LEN,
 };
 use missive_storage::{
     AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, LinkOutcome, MailboxId,
@@ -82,6 +82,9 @@ enum Completion {
     /// Nothing for the session to hear (a group read receipt was counted).
     Done,
     Read(usize, Result<Vec<(ServerSeq, StoredItem)>, ()>),
+    GroupPositions(Result<Vec<missive_storage::LogPosition>, ()>),
+    GroupRead(GroupId, usize, Result<Vec<(ServerSeq, StoredItem)>, ()>),
+    GroupAcked(GroupId),
     VisibilityStored(Visibility, bool),
 }
 
@@ -351,6 +354,9 @@ impl Driver {
                 },
                 ev = self.events.recv() => match ev {
                     SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
+                    SessionEvent::GroupPushed(group, seq, item) => {
+                        self.session.handle_group_pushed(group, seq, *item)
+                    }
                     SessionEvent::Forward(f) => self.write(&f),
                     SessionEvent::Replaced => self.session.handle_replaced(),
                     SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
@@ -643,6 +649,61 @@ impl Driver {
                         Completion::Read(limit, read.await.unwrap_or(Err(())))
                     }));
                 }
+                Action::ReadGroupPositions => {
+                    let Some(me) = self.mailbox.clone() else {
+                        continue;
+                    };
+                    let store = self.shared.store.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        store.group_positions(&me.user, me.device).map_err(|e| {
+                            tracing::error!(error = %e, "reading group log positions failed");
+                        })
+                    });
+                    self.pending.push(Box::pin(async move {
+                        Completion::GroupPositions(read.await.unwrap_or(Err(())))
+                    }));
+                }
+                Action::ReadGroupLog {
+                    group,
+                    from,
+                    until,
+                    limit,
+                    max_bytes,
+                } => {
+                    let store = self.shared.store.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        store
+                            .read_group_log(group, from, until, limit, max_bytes)
+                            .map_err(|e| {
+                                tracing::error!(error = %e, "group log read failed");
+                            })
+                    });
+                    self.pending.push(Box::pin(async move {
+                        Completion::GroupRead(group, limit, read.await.unwrap_or(Err(())))
+                    }));
+                }
+                Action::AckGroup { group, up_to } => {
+                    let Some(me) = &self.mailbox else { continue };
+                    let fut = self
+                        .shared
+                        .store
+                        .ack_group((&me.user, me.device), group, up_to);
+                    let registry = self.shared.registry.clone();
+                    self.pending.push(Box::pin(async move {
+                        match fut.await {
+                            // Group senders hear their new counts live (they are not queued).
+                            Ok(told) => {
+                                for (sender, receipt) in told {
+                                    registry.forward_to_user(&sender, &receipt.into());
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "group ack not applied; items will be redelivered")
+                            }
+                        }
+                        Completion::GroupAcked(group)
+                    }));
+                }
                 Action::SetVisibility(v) => {
                     let Some(me) = self.mailbox.clone() else {
                         continue;
@@ -903,6 +964,11 @@ impl Driver {
             Completion::Acked => self.session.handle_ack_result(),
             Completion::Done => {}
             Completion::Read(limit, r) => self.session.handle_mailbox_read(limit, r),
+            Completion::GroupPositions(r) => self.session.handle_group_positions(r),
+            Completion::GroupRead(group, limit, r) => {
+                self.session.handle_group_log_read(group, limit, r)
+            }
+            Completion::GroupAcked(group) => self.session.handle_group_ack_result(group),
             Completion::VisibilityStored(v, stored) => {
                 if let (true, Some(me)) = (stored, &self.mailbox) {
                     let state = if v == Visibility::Nobody {

@@ -38,6 +38,7 @@ pub mod config;
 pub mod connection;
 pub mod group_requests;
 pub mod group_service;
+pub mod group_streams;
 pub mod http;
 pub mod key_requests;
 pub mod link_code;

@@ -5,7 +5,7 @@
 
 use crate::session_queue::{self, Refused};
 use dashmap::DashMap;
-use missive_proto::{Frame, ServerSeq};
+use missive_proto::{Frame, GroupId, ServerSeq};
 use missive_storage::{MailboxId, StoredItem};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,6 +19,8 @@ pub const SESSION_QUEUE: usize = 1024;
 pub enum SessionEvent {
     /// A durable item for this device's mailbox.
     Pushed(ServerSeq, Box<StoredItem>),
+    /// A durable item of a group's log this device reads.
+    GroupPushed(GroupId, ServerSeq, Box<StoredItem>),
     /// A frame to forward as is (presence, typing).
     Forward(Box<Frame>),
     /// The same device logged in on another connection: go away.
@@ -186,6 +188,31 @@ impl Registry {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Hands a durable item of `group`'s log to the live sessions of every device of
+    /// `readers`. Offline readers catch up from the log when they log in.
+    pub fn push_group(
+        &self,
+        group: GroupId,
+        seq: ServerSeq,
+        item: &StoredItem,
+        readers: &[String],
+    ) {
+        for user in readers {
+            let Some(devices) = self.online_devices.get(user.as_str()).map(|d| d.clone()) else {
+                continue;
+            };
+            for device in devices {
+                if let Some(h) = self.sessions.get(&MailboxId::new(user.clone(), device)) {
+                    h.offer(SessionEvent::GroupPushed(
+                        group,
+                        seq,
+                        Box::new(item.clone()),
+                    ));
+                }
+            }
         }
     }
 

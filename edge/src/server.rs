@@ -7,7 +7,7 @@ use crate::registry::Registry;
 use crate::session::SessionConfig;
 use crate::shared::{now_ms, Shared};
 use crate::tls;
-use missive_storage::{Store, StoreConfig};
+use missive_storage::{Appended, Store, StoreConfig};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,11 +108,19 @@ pub fn open_store(
     notifier: Notifier,
 ) -> Result<Store, StartError> {
     let store_config: StoreConfig = config.store_config();
-    let listener: missive_storage::CommitListener = Arc::new(move |mb, seq, item| {
-        let is_message = matches!(item.payload, missive_proto::Payload::Envelope(_));
-        if !registry.push(mb, seq, item) && is_message {
-            notifier.wake(mb);
+    let listener: missive_storage::CommitListener = Arc::new(move |appended| match appended {
+        Appended::Mailbox { mailbox, seq, item } => {
+            let is_message = matches!(item.payload, missive_proto::Payload::Envelope(_));
+            if !registry.push(mailbox, *seq, item) && is_message {
+                notifier.wake(mailbox);
+            }
         }
+        Appended::Group {
+            group,
+            seq,
+            item,
+            readers,
+        } => registry.push_group(*group, *seq, item, readers),
     });
     Store::open(&config.data_dir.join("db"), store_config, Some(listener)).map_err(|source| {
         let hint = match source {

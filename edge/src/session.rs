@@ -21,6 +21,7 @@
 
 use crate::budget::{Rate, TokenBucket};
 use crate::group_requests;
+use crate::group_streams::{GroupOut, GroupStreams, MailboxShare, Window};
 use crate::key_requests::{KeyPolicy, KeyRequests, KeyStep, KeyStoreRefusal};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
@@ -35,7 +36,7 @@ use missive_proto::{
     MAX_DEVICES_PER_USER, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use missive_storage::{
-    AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, KeyUpload, LinkOutcome,
+    AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, KeyUpload, LinkOutcome, LogPosition,
     RegisterOutcome, StoredItem, StoryOutcome, UploadOutcome,
 };
 use std::collections::{HashSet, VecDeque};
@@ -284,6 +285,30 @@ pub enum Action {
         /// Most records (already capped).
         limit: usize,
     },
+    /// Load where this device stands in each of its groups' logs; answer with
+    /// `handle_group_positions`.
+    ReadGroupPositions,
+    /// Read `group`'s log `from..=until`; answer with `handle_group_log_read`.
+    ReadGroupLog {
+        /// The group.
+        group: GroupId,
+        /// First seq.
+        from: ServerSeq,
+        /// Last seq this device may read.
+        until: ServerSeq,
+        /// Most items.
+        limit: usize,
+        /// Body bytes after which the read may stop.
+        max_bytes: usize,
+    },
+    /// Move this device's cursor in `group`'s log to `up_to`; answer with
+    /// `handle_group_ack_result`.
+    AckGroup {
+        /// The group.
+        group: GroupId,
+        /// The new cursor.
+        up_to: ServerSeq,
+    },
     /// Forward a typing indicator to the live sessions of `to`.
     Typing {
         /// Recipient user.
@@ -417,6 +442,8 @@ pub struct Session {
     backlog: bool,
     /// Items pushed while a read was outstanding.
     held_pushes: Vec<(ServerSeq, StoredItem)>,
+    /// The group logs this device reads (version 6 and later, once logged in).
+    groups: Option<GroupStreams>,
     bye_requested: bool,
     draining: bool,
     close_reason: Option<CloseReason>,
@@ -473,6 +500,7 @@ impl Session {
             read_max_bytes: usize::MAX,
             backlog: false,
             held_pushes: Vec::new(),
+            groups: None,
             bye_requested: false,
             draining: false,
             close_reason: None,
@@ -880,6 +908,15 @@ impl Session {
                 self.key_step(step);
             }
             (Phase::Active { .. }, Frame::AckDelivery(a)) => self.on_ack(a),
+            (Phase::Active { .. }, Frame::AckGroup(a)) => {
+                let mailbox = self.mailbox_unacked();
+                let mut out = Vec::new();
+                if let Some(g) = &mut self.groups {
+                    g.client_ack(a.group, a.up_to, mailbox, &mut out);
+                }
+                self.group_outs(out);
+                self.pump();
+            }
             (Phase::Active { .. }, Frame::SetPresenceVisibility(v)) => {
                 if !self.presence_changes.try_take(now, 1.0) {
                     self.fail(
@@ -1042,8 +1079,22 @@ impl Session {
             device,
             server_time_ms: now_ms,
         });
-        self.actions.push_back(Action::Online { user, device });
+        self.actions.push_back(Action::Online {
+            user: user.clone(),
+            device,
+        });
         self.backlog = true;
+        if self.version >= 6 {
+            let window = Window {
+                count: self.config.delivery_window,
+                bytes: self.config.delivery_window_bytes,
+            };
+            let mut streams = GroupStreams::new(user, device, window);
+            let mut out = Vec::new();
+            streams.start(&mut out);
+            self.groups = Some(streams);
+            self.group_outs(out);
+        }
         self.pump();
         self.actions.push_back(Action::CheckKeys);
     }
@@ -1514,6 +1565,11 @@ impl Session {
     /// Live pushes were lost (the session's queue was full): read from storage instead.
     pub fn handle_overflow(&mut self) {
         self.backlog = true;
+        let mut out = Vec::new();
+        if let Some(g) = &mut self.groups {
+            g.start(&mut out);
+        }
+        self.group_outs(out);
         self.pump();
     }
 
@@ -1563,8 +1619,17 @@ impl Session {
         }
     }
 
-    /// Starts a mailbox read when the window has room and storage may hold more.
+    /// Starts a mailbox read, and reads of the group logs, when the window has room and
+    /// storage may hold more.
     fn pump(&mut self) {
+        if matches!(self.phase, Phase::Active { .. }) {
+            let mailbox = self.mailbox_unacked();
+            let mut out = Vec::new();
+            if let Some(g) = &mut self.groups {
+                g.pump(mailbox, &mut out);
+            }
+            self.group_outs(out);
+        }
         if !matches!(self.phase, Phase::Active { .. }) || self.reading || !self.backlog {
             return;
         }
@@ -1591,15 +1656,115 @@ impl Session {
     /// Whether one more item may be delivered: the window has room in count and in bytes
     /// (an empty window always takes one item, however large).
     fn window_has_room(&self) -> bool {
-        self.unacked.is_empty()
-            || (self.unacked.len() < self.config.delivery_window
-                && self.unacked_bytes < self.config.delivery_window_bytes)
+        let (count, bytes) = self.groups.as_ref().map_or((0, 0), |g| g.unacked());
+        let (count, bytes) = (count + self.unacked.len(), bytes + self.unacked_bytes);
+        count == 0
+            || (count < self.config.delivery_window && bytes < self.config.delivery_window_bytes)
+    }
+
+    /// Where the mailbox stands, for the group streams: its share of the delivery window,
+    /// and whether it may hold items not delivered yet.
+    fn mailbox_unacked(&self) -> MailboxShare {
+        MailboxShare {
+            unacked: self.unacked.len(),
+            bytes: self.unacked_bytes,
+            behind: self.backlog
+                || self.reading
+                || !self.held_pushes.is_empty()
+                || !self.held_frames.is_empty(),
+        }
+    }
+
+    /// Carries out what the group streams asked for.
+    fn group_outs(&mut self, out: Vec<GroupOut>) {
+        for o in out {
+            match o {
+                GroupOut::Deliver(frame) => self.send(frame),
+                GroupOut::Ack { group, up_to } => {
+                    self.actions.push_back(Action::AckGroup { group, up_to })
+                }
+                GroupOut::Read {
+                    group,
+                    from,
+                    until,
+                    limit,
+                    max_bytes,
+                } => self.actions.push_back(Action::ReadGroupLog {
+                    group,
+                    from,
+                    until,
+                    limit,
+                    max_bytes,
+                }),
+                GroupOut::LoadPositions => self.actions.push_back(Action::ReadGroupPositions),
+            }
+        }
+    }
+
+    /// Storage's answer to `Action::ReadGroupPositions` (`Err(())` when storage failed).
+    pub fn handle_group_positions(&mut self, result: Result<Vec<LogPosition>, ()>) {
+        if self.is_closed() {
+            return;
+        }
+        let Ok(positions) = result else {
+            self.fail(ErrorCode::Internal, "storage unavailable");
+            return;
+        };
+        let mailbox = self.mailbox_unacked();
+        let mut out = Vec::new();
+        if let Some(g) = &mut self.groups {
+            g.positions(positions, mailbox, &mut out);
+        }
+        self.group_outs(out);
+    }
+
+    /// Storage's answer to `Action::ReadGroupLog` for `requested` items.
+    pub fn handle_group_log_read(
+        &mut self,
+        group: GroupId,
+        requested: usize,
+        result: Result<Vec<(ServerSeq, StoredItem)>, ()>,
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        let mailbox = self.mailbox_unacked();
+        let mut out = Vec::new();
+        if let Some(g) = &mut self.groups {
+            g.read_done(group, requested, result, mailbox, &mut out);
+        }
+        self.group_outs(out);
+    }
+
+    /// An item the store just made durable in `group`'s log, for this device's user.
+    pub fn handle_group_pushed(&mut self, group: GroupId, seq: ServerSeq, item: StoredItem) {
+        if !matches!(self.phase, Phase::Active { .. }) {
+            return;
+        }
+        let mailbox = self.mailbox_unacked();
+        let mut out = Vec::new();
+        if let Some(g) = &mut self.groups {
+            g.pushed(group, seq, item, mailbox, &mut out);
+        }
+        self.group_outs(out);
+    }
+
+    /// Storage's answer to `Action::AckGroup`. A failed ack only means the items are
+    /// delivered again on a later connection.
+    pub fn handle_group_ack_result(&mut self, group: GroupId) {
+        let mut out = Vec::new();
+        if let Some(g) = &mut self.groups {
+            g.acked(group, &mut out);
+        }
+        self.group_outs(out);
+        self.maybe_finish();
     }
 
     fn maybe_finish(&mut self) {
         if self.is_closed()
             || self.sends_in_flight > 0
             || self.ack_in_flight
+            || self.groups.as_ref().is_some_and(|g| g.acks_in_flight())
             || self.visibility_in_flight
         {
             return;
@@ -1787,14 +1952,18 @@ mod tests {
                 device: DeviceId(1)
             }
         );
+        assert_eq!(a[2], Action::ReadGroupPositions);
         assert_eq!(
-            a[2],
+            a[3],
             Action::ReadMailbox {
                 from: ServerSeq(0),
                 limit: 4,
                 max_bytes: WINDOW_BYTES,
             }
         );
+        // In no group yet: nothing to read.
+        s.handle_group_positions(Ok(Vec::new()));
+        assert!(drain(&mut s).is_empty());
         s
     }
 
@@ -2309,6 +2478,46 @@ mod tests {
         assert!(matches!(f[1], Frame::Bye(_)));
         assert_eq!(a.last(), Some(&Action::Close));
         assert_eq!(s.close_reason(), Some(CloseReason::Bye));
+    }
+
+    #[test]
+    fn group_log_items_go_out_as_group_deliver_and_bye_waits_for_the_cursor() {
+        let now = Instant::now();
+        let mut s = active(now);
+        // The mailbox is read first: a group message waits while its key may be there.
+        s.handle_mailbox_read(4, Ok(Vec::new()));
+        drain(&mut s);
+        let g = GroupId(3);
+        let message = StoredItem {
+            payload: Payload::Group(Box::new(missive_proto::GroupMessage {
+                group: g,
+                body: vec![1, 2],
+            })),
+            ..item(9)
+        };
+        s.handle_group_pushed(g, ServerSeq(9), message);
+        let a = drain(&mut s);
+        assert!(
+            matches!(&frames(&a)[..], [Frame::GroupDeliver(d)] if d.group == g && d.deliver.seq == ServerSeq(9)),
+            "{a:?}"
+        );
+        s.handle_frame(
+            now,
+            missive_proto::AckGroup {
+                group: g,
+                up_to: ServerSeq(9),
+            }
+            .into(),
+        );
+        s.handle_frame(now, Bye {}.into());
+        let a = drain(&mut s);
+        assert!(a.contains(&Action::AckGroup {
+            group: g,
+            up_to: ServerSeq(9)
+        }));
+        assert!(!a.contains(&Action::Close), "the cursor is not written yet");
+        s.handle_group_ack_result(g);
+        assert_eq!(drain(&mut s).last(), Some(&Action::Close));
     }
 
     #[test]

@@ -94,14 +94,21 @@ async fn drain(raw: &mut Raw, quiet: Duration) -> (Vec<Vec<u8>>, Vec<GroupChange
     let (mut bodies, mut changes) = (Vec::new(), Vec::new());
     loop {
         match raw.recv_within(quiet).await {
-            Received::Frame(Frame::Deliver(d)) => {
+            Received::Frame(Frame::GroupDeliver(g)) => {
+                let (group, d) = (g.group, g.deliver);
                 match d.payload {
                     Payload::Group(g) => bodies.push(g.body),
                     Payload::GroupEvent(e) => changes.push(e.change),
                     _ => {}
                 }
-                raw.send(missive_proto::AckDelivery { up_to: d.seq }.into())
-                    .await;
+                raw.send(
+                    missive_proto::AckGroup {
+                        group,
+                        up_to: d.seq,
+                    }
+                    .into(),
+                )
+                .await;
             }
             Received::Frame(_) => {}
             Received::Silence => return (bodies, changes),

@@ -149,6 +149,7 @@ impl Write for AddDevice {
         }
         tx.put(keys::device(&self.user, self.device), self.key.to_vec());
         tx.device_added(&self.user, self.device);
+        tx.start_group_cursors(&self.user, self.device)?;
         Ok(true)
     }
 }

@@ -114,6 +114,7 @@ impl Write for LinkDevice {
         );
         tx.remove(keys::link_code(code));
         tx.device_added(user, DeviceId(id));
+        tx.start_group_cursors(user, DeviceId(id))?;
         Ok(LinkOutcome::Linked(DeviceId(id)))
     }
 }
@@ -155,6 +156,7 @@ impl Write for RemoveDevice {
             tx.remove(k);
         }
         tx.remove(keys::seq_counter(&mb));
+        tx.drop_group_cursors(user, device)?;
         tx.pending.removed_devices.insert((user.to_owned(), device));
         Ok(Some(n))
     }

@@ -26,11 +26,9 @@ use crate::backup::BackupReport;
 use crate::engine::{self, Engine, EngineSlot, KvEngine, Tuning, WriteBatch};
 use crate::health::{FreeSpaceWatch, HealthCell, StorageHealth};
 use crate::mailbox::USAGE_CACHE_LIMIT;
-use crate::records::StoredItem;
-use crate::store::{CommitListener, StoreStats};
+use crate::store::{Appended, CommitListener, StoreStats};
 use crate::write::{Job, Memory, Pending, Tx};
-use crate::{keys, MailboxId, StorageError};
-use missive_proto::ServerSeq;
+use crate::{keys, StorageError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -413,7 +411,7 @@ struct Unsynced {
     /// Writes whose answers promise durability, answered after the fsync.
     answers: Vec<Box<dyn Job>>,
     /// Items for the listener, told after the fsync (never about writes that did not last).
-    events: Vec<(MailboxId, ServerSeq, StoredItem)>,
+    events: Vec<Appended>,
 }
 
 /// One fsync in progress: what it covers and when it began.
@@ -542,8 +540,8 @@ impl Committer {
         // `deliver_before_fsync` they hear at once, a fsync earlier (see `StoreConfig`).
         if self.limits.deliver_before_fsync {
             if let Some(listener) = &self.listener {
-                for (mb, seq, item) in &pending.events {
-                    listener(mb, *seq, item);
+                for appended in &pending.events {
+                    listener(appended);
                 }
             }
         } else {
@@ -594,8 +592,8 @@ impl Committer {
                     .max_batch_seen
                     .fetch_max(unsynced.ops, Ordering::Relaxed);
                 if let Some(listener) = &self.listener {
-                    for (mb, seq, item) in &unsynced.events {
-                        listener(mb, *seq, item);
+                    for appended in &unsynced.events {
+                        listener(appended);
                     }
                 }
                 for job in unsynced.answers {
@@ -722,6 +720,8 @@ mod tests {
     use crate::mailbox::{Ack, Append};
     use crate::store::{AckOutcome, AppendOutcome};
     use crate::write::Typed;
+    use crate::MailboxId;
+    use missive_proto::ServerSeq;
     use missive_proto::{ClientMsgId, DeviceEnvelope, DeviceId};
     use std::collections::BTreeMap;
     use std::ops::Bound;
@@ -854,8 +854,10 @@ mod tests {
         };
         let events: Events = Arc::default();
         let ev = events.clone();
-        let listener: CommitListener = Arc::new(move |_, seq, _| {
-            ev.lock().unwrap().push(seq);
+        let listener: CommitListener = Arc::new(move |appended| {
+            if let Appended::Mailbox { seq, .. } = appended {
+                ev.lock().unwrap().push(*seq);
+            }
         });
         let (ops, committer) = spawn(
             Arc::new(EngineSlot::new(Arc::new(engine))),

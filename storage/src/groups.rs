@@ -1,22 +1,20 @@
-//! Groups: membership (on the server: it decides who may send and who gets a copy), invite
-//! tokens, and group messages stored once.
+//! Groups: membership (on the server: it decides who may send and whose devices read the
+//! group's log), invite tokens, and group messages written once to the group's log (see
+//! `group_log.rs`).
 //!
-//! A group message is one body record (`b`) plus a small reference in each member device's
-//! mailbox: a mailbox item whose payload is `Payload::Group` with an empty body, resolved
-//! from the body record when the item is read or delivered. The body and every reference
-//! are written in one engine batch, so a crash leaves all of them or none, and the sender's
-//! `Sent` comes after that batch's fsync. The message's receipt record (`r`) counts the
-//! references not yet acknowledged (the body goes when the last one is) and which members
-//! got and read it, as two bitmaps indexed by member slot: the sender learns "delivered to n
-//! of m, read by k of m" without the server keeping m receipts per message.
+//! Every membership change raises the group's epoch and appends a `Payload::GroupEvent` to
+//! the log, in order with the messages; the members it adds start reading there, the ones
+//! it removes stop there. A `GroupSend` names the epoch it was encrypted for and is refused
+//! when it is stale.
 //!
-//! Every membership change raises the group's epoch and puts a `Payload::GroupEvent` in
-//! every member device's mailbox (and the removed ones'), in order with the messages. A
-//! `GroupSend` names the epoch it was encrypted for and is refused when it is stale.
+//! Stores written before the logs held a group message as one body record (`b`) plus a
+//! reference in each member device's mailbox, with a receipt record (`r`) counting the
+//! references left: such references are still resolved, acknowledged and swept here.
 
+use crate::group_log::{count_bits, worth_telling};
 use crate::records::{decode, encode, StoredItem};
 use crate::write::{Class, Reads, Tx, Write};
-use crate::{keys, MailboxId, StorageError};
+use crate::{keys, StorageError};
 use missive_proto::{
     ClientMsgId, DeviceId, GroupChange, GroupId, GroupInfo, GroupMember, GroupMessage, GroupNotice,
     GroupReceipt, GroupSummary, Payload,
@@ -83,20 +81,8 @@ impl ReceiptRecord {
     }
 }
 
-/// Whether a count that just grew to `n` of `of` is worth a live update to the sender: every
-/// step in a small group; in a large one the first, each tenth of the way, and the last (the
-/// sender can always ask for the exact counts), so a 1,024-member group's acks do not send
-/// its sender a thousand frames per message.
-fn worth_telling(n: u32, of: u32) -> bool {
-    of <= 32 || n <= 1 || n >= of || (n * 10 / of) != ((n - 1) * 10 / of)
-}
-
-fn count_bits(bits: &[u8]) -> u32 {
-    bits.iter().map(|b| b.count_ones()).sum()
-}
-
 /// Sets bit `slot`; false when it was set already.
-fn set_bit(bits: &mut Vec<u8>, slot: u32) -> bool {
+pub(crate) fn set_bit(bits: &mut Vec<u8>, slot: u32) -> bool {
     let (byte, bit) = ((slot / 8) as usize, 1u8 << (slot % 8));
     if bits.len() <= byte {
         bits.resize(byte + 1, 0);
@@ -131,12 +117,14 @@ pub enum GroupRefusal {
 /// What a group send did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupSendOutcome {
-    /// Stored: the body once, a reference in each of `references` device mailboxes.
+    /// Stored once, in the group's log.
     Stored {
         /// Storage time, ms since the Unix epoch.
         server_ts_ms: u64,
-        /// Device mailboxes that got a reference.
-        references: usize,
+        /// Its seq in the group's log.
+        seq: u64,
+        /// Members it went to (the sender not counted).
+        of: u32,
     },
     /// This sender had already stored this message id; nothing was written.
     Duplicate {
@@ -225,7 +213,9 @@ pub(crate) fn receipts(
 ) -> Result<Vec<GroupReceipt>, StorageError> {
     let mut out = Vec::new();
     for id in ids {
-        if let Some(v) = r.read(&keys::group_receipt(group, sender, id))? {
+        if let Some(receipt) = crate::group_log::receipt(r, group, sender, *id)? {
+            out.push(receipt);
+        } else if let Some(v) = r.read(&keys::group_receipt(group, sender, id))? {
             out.push(decode::<ReceiptRecord>(&v, "group receipt")?.receipt(group, *id));
         }
     }
@@ -261,10 +251,12 @@ struct GroupCache {
     groups: std::collections::HashMap<GroupId, std::sync::Arc<CachedGroup>>,
 }
 
-/// A decoded group record and its members' slots.
+/// A decoded group record, its members' slots, and its members as the readers of what it
+/// logs.
 struct CachedGroup {
     record: GroupRecord,
     slots: std::collections::HashMap<String, u32>,
+    readers: std::sync::Arc<[String]>,
 }
 
 /// Groups the cache holds at most; past this it starts over.
@@ -277,7 +269,12 @@ impl CachedGroup {
             .iter()
             .map(|m| (m.user.clone(), m.slot))
             .collect();
-        Self { record, slots }
+        let readers = user_names(&record).into();
+        Self {
+            record,
+            slots,
+            readers,
+        }
     }
 }
 
@@ -311,33 +308,38 @@ impl Tx<'_> {
         Ok(Some(cached))
     }
 
-    /// Puts `change` in the mailbox of every device of `users`.
+    /// Appends `change` to the group's log, read by the devices of `readers`; the devices of
+    /// `joined` start reading there and those of `left` stop there. Returns its seq.
+    #[allow(clippy::too_many_arguments)]
     fn tell(
         &mut self,
-        users: &[String],
+        readers: Vec<String>,
         actor: &str,
         group: GroupId,
         epoch: u64,
-        change: &GroupChange,
+        change: GroupChange,
+        (joined, left): (&[String], &[String]),
         now_ms: u64,
-    ) -> Result<(), StorageError> {
-        for user in users {
-            for device in self.devices(user)? {
-                let item = StoredItem {
-                    from: actor.to_owned(),
-                    from_device: DeviceId(0),
-                    client_msg_id: event_id(group, epoch),
-                    server_ts_ms: now_ms,
-                    payload: Payload::GroupEvent(Box::new(GroupNotice {
-                        group,
-                        epoch,
-                        change: change.clone(),
-                    })),
-                };
-                self.push_item(MailboxId::new(user.clone(), device), item)?;
-            }
+    ) -> Result<u64, StorageError> {
+        let item = StoredItem {
+            from: actor.to_owned(),
+            from_device: DeviceId(0),
+            client_msg_id: event_id(group, epoch),
+            server_ts_ms: now_ms,
+            payload: Payload::GroupEvent(Box::new(GroupNotice {
+                group,
+                epoch,
+                change,
+            })),
+        };
+        let seq = self.append_to_log(group, item, readers.into())?;
+        for user in joined {
+            self.open_span(user, group, seq)?;
         }
-        Ok(())
+        for user in left {
+            self.close_span(user, group, seq)?;
+        }
+        Ok(seq)
     }
 
     /// Adds `users` to `rec` (each with the lowest free slot) and marks their membership.
@@ -421,11 +423,12 @@ impl Write for CreateGroup {
         rec.members[0].admin = true;
         tx.put_group(group, &rec)?;
         tx.tell(
-            std::slice::from_ref(&self.creator),
+            vec![self.creator.clone()],
             &self.creator,
             group,
             rec.epoch,
-            &GroupChange::Created(self.name),
+            GroupChange::Created(self.name),
+            (std::slice::from_ref(&self.creator), &[]),
             self.now_ms,
         )?;
         Ok(info(group, &rec))
@@ -478,6 +481,7 @@ impl Write for ChangeMembers {
         let before = user_names(&rec);
         let mut notices = Vec::new();
         let mut told_too = Vec::new();
+        let mut joined = Vec::new();
         match self.change {
             Change::Add(users) => {
                 if !is_admin {
@@ -499,6 +503,7 @@ impl Write for ChangeMembers {
                     return Ok(Err(GroupRefusal::Full));
                 }
                 tx.admit(self.group, &mut rec, &fresh);
+                joined = fresh.clone();
                 notices.push(GroupChange::Added(fresh));
             }
             Change::Remove(users) => {
@@ -538,18 +543,24 @@ impl Write for ChangeMembers {
                 }
             }
         }
-        let mut audience = user_names(&rec);
-        audience.extend(told_too);
+        // The first event is the one that adds or removes: its readers include those it
+        // removes (their last item), and those it adds start there.
+        let mut left = told_too;
         for change in notices {
             rec.epoch += 1;
+            let mut readers = user_names(&rec);
+            readers.extend(left.iter().cloned());
             tx.tell(
-                &audience,
+                readers,
                 &self.actor,
                 self.group,
                 rec.epoch,
-                &change,
+                change,
+                (&joined, &left),
                 self.now_ms,
             )?;
+            joined.clear();
+            left.clear();
         }
         if rec.members.is_empty() {
             // The last member left: nobody can see or use the group any more.
@@ -669,13 +680,13 @@ impl Write for JoinByInvite {
         }
         tx.admit(group, &mut rec, std::slice::from_ref(&self.user));
         rec.epoch += 1;
-        let audience = user_names(&rec);
         tx.tell(
-            &audience,
+            user_names(&rec),
             &self.user,
             group,
             rec.epoch,
-            &GroupChange::Joined,
+            GroupChange::Joined,
+            (std::slice::from_ref(&self.user), &[]),
             self.now_ms,
         )?;
         tx.put_group(group, &rec)?;
@@ -683,8 +694,8 @@ impl Write for JoinByInvite {
     }
 }
 
-/// One message to every member of a group: the body once, a reference per member device
-/// (the sending device excepted, the sender's other devices included).
+/// One message to every member of a group, appended once to the group's log (the sending
+/// device skips it; the sender's other devices read it like every member's).
 #[derive(Debug)]
 pub(crate) struct GroupSend {
     pub(crate) from: String,
@@ -693,7 +704,7 @@ pub(crate) struct GroupSend {
     pub(crate) group: GroupId,
     pub(crate) epoch: u64,
     pub(crate) body: Vec<u8>,
-    /// The body and its references are dropped this long after `now_ms` (0: never).
+    /// The item is dropped this long after `now_ms` (0: never).
     pub(crate) expires_in_secs: u32,
     pub(crate) now_ms: u64,
 }
@@ -701,12 +712,8 @@ pub(crate) struct GroupSend {
 impl Write for GroupSend {
     type Output = GroupSendOutcome;
 
-    /// Up to members × devices references: never on a network thread.
     fn class(&self) -> Class {
-        Class {
-            inline: false,
-            ..Class::ADDS
-        }
+        Class::ADDS
     }
 
     fn apply(self, tx: &mut Tx<'_>) -> Result<GroupSendOutcome, StorageError> {
@@ -719,63 +726,47 @@ impl Write for GroupSend {
         let Some(cached) = tx.cached_group(self.group)? else {
             return refuse(GroupRefusal::UnknownGroup);
         };
-        let rec = &cached.record;
-        if !rec.members.iter().any(|m| m.user == self.from) {
+        if !cached.slots.contains_key(&self.from) {
             return refuse(GroupRefusal::NotMember);
         }
-        if rec.epoch != self.epoch {
-            return refuse(GroupRefusal::Changed { epoch: rec.epoch });
+        if cached.record.epoch != self.epoch {
+            return refuse(GroupRefusal::Changed {
+                epoch: cached.record.epoch,
+            });
         }
-        let mut mailboxes = Vec::new();
-        for m in &rec.members {
-            for device in tx.devices(&m.user)? {
-                if m.user != self.from || device != self.from_device {
-                    mailboxes.push(MailboxId::new(m.user.clone(), device));
-                }
-            }
-        }
-        let body_key = keys::group_body(self.group, &self.from, &self.client_msg_id);
-        let receipt = ReceiptRecord {
-            created_ms: self.now_ms,
-            refs_left: mailboxes.len() as u32,
-            of: rec.members.len().saturating_sub(1) as u32,
-            delivered: Vec::new(),
-            read: Vec::new(),
-        };
-        tx.put(
-            keys::group_receipt(self.group, &self.from, &self.client_msg_id),
-            encode(&receipt)?,
-        );
-        if self.expires_in_secs > 0 {
-            let at = self
-                .now_ms
-                .saturating_add(u64::from(self.expires_in_secs) * 1000);
-            tx.put(keys::expiry(at, &body_key), Vec::new());
-        }
-        let stored = StoredItem {
+        let of = cached.record.members.len().saturating_sub(1) as u32;
+        let item = StoredItem {
             from: self.from.clone(),
             from_device: self.from_device,
             client_msg_id: self.client_msg_id,
             server_ts_ms: self.now_ms,
             payload: Payload::Group(Box::new(GroupMessage {
                 group: self.group,
-                body: Vec::new(),
+                body: self.body,
             })),
         };
-        let shown = StoredItem {
-            payload: Payload::Group(Box::new(GroupMessage {
-                group: self.group,
-                body: self.body.clone(),
-            })),
-            ..stored.clone()
-        };
-        let references = tx.push_references(mailboxes, &stored, &shown)?;
-        // The body record is written once; the mailboxes hold references to it.
-        tx.put_unseen(body_key, self.body);
+        let seq = tx.append_to_log(self.group, item, cached.readers.clone())?;
+        tx.logged_message(
+            self.group,
+            seq,
+            (&self.from, self.from_device, self.client_msg_id),
+            of,
+            self.now_ms,
+        )?;
+        if self.expires_in_secs > 0 {
+            let at = self
+                .now_ms
+                .saturating_add(u64::from(self.expires_in_secs) * 1000);
+            tx.put(
+                keys::expiry(at, &keys::group_log(self.group, seq)),
+                Vec::new(),
+            );
+        }
         tx.put(dedup_key, self.now_ms.to_be_bytes().to_vec());
         Ok(GroupSendOutcome::Stored {
             server_ts_ms: self.now_ms,
-            references,
+            seq,
+            of,
         })
     }
 }
@@ -807,6 +798,11 @@ impl Write for MarkRead {
         let Some(&slot) = cached.slots.get(&self.reader) else {
             return Ok(None);
         };
+        if let Some(logged) =
+            crate::group_log::mark_read(tx, self.group, slot, &self.sender, self.client_msg_id)?
+        {
+            return Ok(logged);
+        }
         let key = keys::group_receipt(self.group, &self.sender, &self.client_msg_id);
         let Some(v) = tx.read(&key)? else {
             return Ok(None);

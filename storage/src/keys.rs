@@ -28,6 +28,11 @@
 //! | `M` | `M blob:[32]` | rkyv `media::BlobRecord` (size, owner, lifetime, downloads) |
 //! | `Q` | `Q user` | bytes of live blobs the user owns, u64 |
 //! | `C` | `C user\0 ended_ms:u64 call_id:[16]` | rkyv `CallRecord` (the user's call history) |
+//! | `L` | `L group:u64 seq:u64` | rkyv [`crate::StoredItem`]: an item of the group's log |
+//! | `h` | `h group:u64` | the seq the group log's next item gets, u64 |
+//! | `K` | `K group:u64 user\0 device:u32` | highest log seq the device acknowledged, u64 |
+//! | `R` | `R user\0 group:u64` | the log span `user` may read: from, until (u64 each) |
+//! | `j` | `j group:u64 sender\0 client_msg_id:[16]` | rkyv `group_log::LogReceipt` |
 
 use crate::MailboxId;
 use missive_proto::{ClientMsgId, DeviceId, GroupId, ServerSeq};
@@ -56,6 +61,11 @@ pub(crate) const STORY_BODY: u8 = b'q';
 pub(crate) const BLOB: u8 = b'M';
 pub(crate) const MEDIA_USAGE: u8 = b'Q';
 pub(crate) const CALL: u8 = b'C';
+pub(crate) const GROUP_LOG: u8 = b'L';
+pub(crate) const GROUP_HEAD: u8 = b'h';
+pub(crate) const GROUP_CURSOR: u8 = b'K';
+pub(crate) const GROUP_READER: u8 = b'R';
+pub(crate) const GROUP_LOG_RECEIPT: u8 = b'j';
 
 fn user_device(tag: u8, user: &str, device: DeviceId, extra: usize) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + user.len() + 1 + 4 + extra);
@@ -299,6 +309,85 @@ pub(crate) fn story_body(poster: &str, id: &ClientMsgId) -> Vec<u8> {
     let mut k = story(poster, id);
     k[0] = STORY_BODY;
     k
+}
+
+/// Prefix of every item of `group`'s log.
+pub(crate) fn group_log_prefix(group: GroupId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(GROUP_LOG);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k
+}
+
+/// Key of the item `seq` of `group`'s log.
+pub(crate) fn group_log(group: GroupId, seq: u64) -> Vec<u8> {
+    let mut k = group_log_prefix(group);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The group and seq of a log item's key.
+pub(crate) fn parse_group_log(key: &[u8]) -> Option<(GroupId, u64)> {
+    let rest = key.strip_prefix(&[GROUP_LOG])?;
+    if rest.len() != 16 {
+        return None;
+    }
+    Some((GroupId(be_u64(&rest[..8])?), be_u64(&rest[8..])?))
+}
+
+/// Key of `group`'s log head (the seq its next item gets).
+pub(crate) fn group_head(group: GroupId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(GROUP_HEAD);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k
+}
+
+/// Prefix of every log cursor of `group`.
+pub(crate) fn group_cursors(group: GroupId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(30);
+    k.push(GROUP_CURSOR);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k
+}
+
+/// Key of the log cursor of `user`'s `device` in `group`.
+pub(crate) fn group_cursor(group: GroupId, user: &str, device: DeviceId) -> Vec<u8> {
+    let mut k = group_cursors(group);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&device.0.to_be_bytes());
+    k
+}
+
+/// The user and device of a cursor key of `group` (as listed under [`group_cursors`]).
+pub(crate) fn parse_group_cursor(key: &[u8]) -> Option<(&str, DeviceId)> {
+    let rest = key.get(9..)?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let user = std::str::from_utf8(&rest[..nul]).ok()?;
+    let device: [u8; 4] = rest.get(nul + 1..)?.try_into().ok()?;
+    Some((user, DeviceId(u32::from_be_bytes(device))))
+}
+
+/// Prefix of the log spans `user` may read.
+pub(crate) fn group_readers_of(user: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + user.len());
+    k.push(GROUP_READER);
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Key of the log span `user` may read in `group`.
+pub(crate) fn group_reader(user: &str, group: GroupId) -> Vec<u8> {
+    let mut k = group_readers_of(user);
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k
+}
+
+/// Key of a logged group message's receipt record.
+pub(crate) fn group_log_receipt(group: GroupId, sender: &str, id: &ClientMsgId) -> Vec<u8> {
+    group_message(GROUP_LOG_RECEIPT, group, sender, id)
 }
 
 /// Reads a big-endian u64 value; `None` when the stored value has the wrong size.

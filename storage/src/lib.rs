@@ -58,6 +58,7 @@ mod device_registry;
 mod engine;
 mod error;
 mod group_commit;
+mod group_log;
 mod groups;
 mod health;
 mod key_directory;
@@ -82,6 +83,7 @@ pub use copy::EntryCounts;
 pub use device_registry::LinkOutcome;
 pub use engine::Engine;
 pub use error::StorageError;
+pub use group_log::LogPosition;
 pub use groups::{GroupRefusal, GroupSendOutcome};
 pub use health::StorageHealth;
 pub use key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
@@ -90,8 +92,8 @@ pub use media::{BlobRecord, MediaLimits, OpenOutcome};
 pub use migrate::{migrate, MigrationReport};
 pub use records::{FallbackRecord, StoredItem, UserRecord};
 pub use store::{
-    AckOutcome, AppendOutcome, CommitListener, GroupChangeRequest, RegisterOutcome, Store,
-    StoreConfig, StoreStats, SweepOutcome, FLUSH_BUCKETS_US, MAX_COMMIT_DELAY,
+    AckOutcome, AppendOutcome, Appended, CommitListener, GroupChangeRequest, RegisterOutcome,
+    Store, StoreConfig, StoreStats, SweepOutcome, FLUSH_BUCKETS_US, MAX_COMMIT_DELAY,
 };
 pub use stories::StoryOutcome;
 

@@ -301,7 +301,11 @@ impl Tx<'_> {
                 bytes,
             },
         );
-        self.pending.events.push((mb, seq, shown.unwrap_or(item)));
+        self.pending.events.push(crate::store::Appended::Mailbox {
+            mailbox: mb,
+            seq,
+            item: shown.unwrap_or(item),
+        });
         Ok(seq)
     }
 
@@ -699,7 +703,11 @@ fn expire(tx: &mut Tx<'_>, now_ms: u64, out: &mut SweepOutcome) -> Result<(), St
     let mut dropped = false;
     for k in expired {
         if let Some((_, item)) = keys::parse_expiry(&k) {
-            if item.first() == Some(&keys::GROUP_BODY) {
+            if item.first() == Some(&keys::GROUP_LOG) {
+                crate::group_log::expire_item(tx, item)?;
+                tx.pending.deleted += 1;
+                out.items += 1;
+            } else if item.first() == Some(&keys::GROUP_BODY) {
                 crate::groups::expire_body(tx, item);
                 tx.pending.deleted += 1;
                 out.items += 1;
@@ -813,6 +821,7 @@ impl Write for Sweep {
         }
         let left = SWEEP_STEP_LIMIT.saturating_sub(out.items + out.dedup_keys);
         let swept = crate::groups::sweep(tx, cutoff, left)?;
+        let swept = swept + crate::group_log::sweep(tx, cutoff, left.saturating_sub(swept))?;
         out.items += swept;
         if swept >= left {
             out.more = true;

@@ -13,7 +13,7 @@ use crate::media::{self, BlobRecord, MediaLimits, OpenOutcome};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
 use crate::stories::{self, StoryOutcome};
 use crate::write::{Typed, Write};
-use crate::{accounts, device_registry, key_directory, mailbox};
+use crate::{accounts, device_registry, group_log, key_directory, mailbox};
 use crate::{keys, layout, MailboxId, StorageError};
 use missive_proto::{
     BlobId, ClientMsgId, DeviceEnvelope, DeviceId, GroupId, GroupInfo, GroupReceipt, GroupSummary,
@@ -105,7 +105,32 @@ impl Default for StoreConfig {
 /// that applied it (see `group_commit::Handle`), with the committer's lock held: it must only
 /// hand the item off (e.g. `try_send` to a session), never block and never write to the
 /// store.
-pub type CommitListener = Arc<dyn Fn(&MailboxId, ServerSeq, &StoredItem) + Send + Sync>;
+pub type CommitListener = Arc<dyn Fn(&Appended) + Send + Sync>;
+
+/// An item a batch appended, as the [`CommitListener`] hears of it.
+#[derive(Debug, Clone)]
+pub enum Appended {
+    /// An item of one device's mailbox.
+    Mailbox {
+        /// The mailbox.
+        mailbox: MailboxId,
+        /// Its seq there.
+        seq: ServerSeq,
+        /// The item (a reference shown with the body it refers to).
+        item: StoredItem,
+    },
+    /// An item of a group's log, for every device of `readers`.
+    Group {
+        /// The group.
+        group: missive_proto::GroupId,
+        /// Its seq in the group's log.
+        seq: ServerSeq,
+        /// The item (a `Payload::Group` or `Payload::GroupEvent`).
+        item: StoredItem,
+        /// The users whose devices read it (the members, and those it removed).
+        readers: Arc<[String]>,
+    },
+}
 
 /// Result of appending a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -713,9 +738,9 @@ impl Store {
         })
     }
 
-    /// Stores a group message once and a reference to it in every member device's mailbox
-    /// (the sending device excepted), all in one batch; resolves after its fsync. Refused
-    /// (nothing written) for a non-member or a stale `epoch`.
+    /// Appends a group message once to the group's log, which every member device reads
+    /// through its own cursor; resolves after its fsync. Refused (nothing written) for a
+    /// non-member or a stale `epoch`.
     #[allow(clippy::too_many_arguments)]
     pub fn group_send(
         &self,
@@ -737,6 +762,48 @@ impl Store {
             expires_in_secs,
             now_ms,
         })
+    }
+
+    /// `user`'s `device` acknowledged `group`'s log up to `up_to`: its cursor moves there.
+    /// Resolves (before the fsync, like a mailbox ack) with the senders whose messages'
+    /// counts are worth telling live.
+    pub fn ack_group(
+        &self,
+        (user, device): (&str, DeviceId),
+        group: GroupId,
+        up_to: ServerSeq,
+    ) -> impl std::future::Future<Output = Result<Vec<(String, GroupReceipt)>, StorageError>>
+           + Send
+           + 'static {
+        self.write(group_log::AckLog {
+            user: user.to_owned(),
+            device,
+            group,
+            up_to: up_to.0,
+        })
+    }
+
+    /// Where `user`'s `device` stands in each group log it may read.
+    pub fn group_positions(
+        &self,
+        user: &str,
+        device: DeviceId,
+    ) -> Result<Vec<group_log::LogPosition>, StorageError> {
+        group_log::positions(self.db.get().as_ref(), user, device)
+    }
+
+    /// Items `from..=until` of `group`'s log: at most `limit`, and stopping once their
+    /// bodies reach `max_bytes`.
+    pub fn read_group_log(
+        &self,
+        group: GroupId,
+        from: ServerSeq,
+        until: ServerSeq,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(ServerSeq, StoredItem)>, StorageError> {
+        let db = self.db.get();
+        group_log::read(db.as_ref(), group, from.0, until.0, limit, max_bytes)
     }
 
     /// `reader` read `sender`'s group message: the new counts when they changed.

@@ -11,10 +11,9 @@
 
 use crate::engine::{KvEngine, KvIter, WriteBatch};
 use crate::group_commit::Limits;
-use crate::records::StoredItem;
 use crate::unacked::UnackedLog;
 use crate::{MailboxId, StorageError};
-use missive_proto::{DeviceId, ServerSeq};
+use missive_proto::DeviceId;
 use std::any::{Any, TypeId};
 use std::collections::{HashMap, HashSet};
 use tokio::sync::oneshot;
@@ -217,7 +216,7 @@ pub(crate) struct Pending {
     /// Items deleted in all.
     pub(crate) deleted: u64,
     /// Items appended, for the listener (after the fsync).
-    pub(crate) events: Vec<(MailboxId, ServerSeq, StoredItem)>,
+    pub(crate) events: Vec<crate::store::Appended>,
     /// The new reserved mark of every mailbox this batch raised one for.
     pub(crate) seq_marks: HashMap<MailboxId, u64>,
     /// Items were deleted outside the usage bookkeeping: usage is counted afresh after the

@@ -1,13 +1,13 @@
-//! Groups in storage: membership rules, a group message stored once with a reference per
-//! member device, the body freed by the last ack, receipts counted per member, epochs, and
-//! invite tokens.
+//! Groups in storage: membership rules, a group message stored once in the group's log and
+//! read by every member device through its cursor, the item freed once every cursor passed
+//! it, receipts counted per member, epochs, and invite tokens.
 
 mod common;
 
 use common::{config, id};
 use missive_proto::{DeviceId, GroupChange, GroupId, Payload, ServerSeq};
 use missive_storage::{
-    Engine, GroupChangeRequest, GroupRefusal, GroupSendOutcome, MailboxId, Store, StoredItem,
+    Engine, GroupChangeRequest, GroupRefusal, GroupSendOutcome, Store, StoredItem,
 };
 
 async fn store_with(dir: &std::path::Path, engine: Engine, users: &[&str]) -> Store {
@@ -21,15 +21,33 @@ async fn store_with(dir: &std::path::Path, engine: Engine, users: &[&str]) -> St
     store
 }
 
+/// What device 1 of `user` has left to read in its groups' logs, as (group, seq, item).
+fn unread(store: &Store, user: &str) -> Vec<(GroupId, ServerSeq, StoredItem)> {
+    let mut out = Vec::new();
+    for p in store.group_positions(user, DeviceId(1)).unwrap() {
+        let items = store
+            .read_group_log(p.group, p.next, p.until, usize::MAX, usize::MAX)
+            .unwrap();
+        out.extend(items.into_iter().map(|(seq, item)| (p.group, seq, item)));
+    }
+    out
+}
+
+/// Device 1 of `user` acknowledges everything its groups' logs hold so far.
+async fn read_all(store: &Store, user: &str) {
+    for (group, seq, _) in unread(store, user) {
+        store
+            .ack_group((user, DeviceId(1)), group, seq)
+            .await
+            .unwrap();
+    }
+}
+
 fn mailbox(store: &Store, user: &str) -> Vec<(ServerSeq, StoredItem)> {
-    store
-        .read_mailbox(
-            &MailboxId::new(user, DeviceId(1)),
-            ServerSeq(0),
-            usize::MAX,
-            usize::MAX,
-        )
-        .unwrap()
+    unread(store, user)
+        .into_iter()
+        .map(|(_, seq, item)| (seq, item))
+        .collect()
 }
 
 fn group_bodies(items: &[(ServerSeq, StoredItem)]) -> Vec<Vec<u8>> {
@@ -140,7 +158,7 @@ async fn only_admins_change_membership_and_members_hear_of_it_in_order() {
 }
 
 #[tokio::test]
-async fn a_group_message_is_stored_once_and_referenced_from_each_member_device() {
+async fn a_group_message_is_stored_once_and_read_by_each_member_device() {
     for engine in Engine::ALL {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..257).map(|i| format!("u{i}")).collect();
@@ -148,6 +166,7 @@ async fn a_group_message_is_stored_once_and_referenced_from_each_member_device()
         let store = store_with(dir.path(), engine, &refs).await;
         let g = store.create_group("u0", "big", 1).await.unwrap();
         let epoch = add(&store, "u0", g.group, &refs[1..]).await.unwrap();
+        read_all(&store, "u0").await;
         let before = store.logical_bytes().unwrap();
         let body = vec![0xAB; 4096];
         let sent = store
@@ -165,12 +184,13 @@ async fn a_group_message_is_stored_once_and_referenced_from_each_member_device()
             sent,
             GroupSendOutcome::Stored {
                 server_ts_ms: 3,
-                references: 256
+                seq: 3,
+                of: 256
             }
         );
         let grown = store.logical_bytes().unwrap().saturating_sub(before);
-        // 256 copies would be over 1 MiB; one body plus 256 references of well under
-        // 200 bytes each is a small fraction of that.
+        // 256 copies would be over 1 MiB; one item in the log (and its receipt record) is
+        // a small fraction of that.
         assert!(
             grown < 256 * 4096 / 4,
             "{engine:?}: one group message grew the store by {grown} bytes"
@@ -182,6 +202,7 @@ async fn a_group_message_is_stored_once_and_referenced_from_each_member_device()
         for name in ["u1", "u128", "u256"] {
             assert_eq!(group_bodies(&mailbox(&store, name)), vec![body.clone()]);
         }
+        // The sending device had read everything before it: its cursor moved past it.
         assert!(
             group_bodies(&mailbox(&store, "u0")).is_empty(),
             "the sender's device"
@@ -191,7 +212,7 @@ async fn a_group_message_is_stored_once_and_referenced_from_each_member_device()
 }
 
 #[tokio::test]
-async fn acks_count_members_and_free_the_body_with_the_last_reference() {
+async fn acks_count_members_and_the_sweep_frees_what_every_cursor_passed() {
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(dir.path(), Engine::Fjall, &["alice", "bob", "carol"]).await;
     let g = store.create_group("alice", "trio", 1).await.unwrap();
@@ -230,6 +251,7 @@ async fn acks_count_members_and_free_the_body_with_the_last_reference() {
         .await
         .unwrap();
     assert_eq!(outsider, GroupSendOutcome::Refused(GroupRefusal::NotMember));
+    read_all(&store, "alice").await;
     store
         .group_send(
             ("alice", DeviceId(1), id(1)),
@@ -261,12 +283,19 @@ async fn acks_count_members_and_free_the_body_with_the_last_reference() {
     );
     let bob = mailbox(&store, "bob");
     let last = bob.last().unwrap().0;
-    let acked = store
-        .ack(MailboxId::new("bob", DeviceId(1)), last, 5)
+    let told = store
+        .ack_group(("bob", DeviceId(1)), g.group, last)
         .await
         .unwrap();
-    assert_eq!(acked.group_receipts.len(), 1);
-    assert_eq!(acked.group_receipts[0].1.delivered, 1);
+    assert_eq!(told.len(), 1);
+    assert_eq!(told[0].0, "alice");
+    assert_eq!(told[0].1.delivered, 1);
+    // An ack again, or below the cursor, tells nobody anything.
+    assert!(store
+        .ack_group(("bob", DeviceId(1)), g.group, last)
+        .await
+        .unwrap()
+        .is_empty());
     let read = store
         .mark_group_read("bob", g.group, "alice", id(1))
         .await
@@ -281,17 +310,25 @@ async fn acks_count_members_and_free_the_body_with_the_last_reference() {
             .unwrap(),
         None
     );
-    // carol still holds a reference: the body is there until she acks.
+    // carol has not read it: the sweep keeps it for her.
+    store.sweep(7).await.unwrap();
     assert_eq!(group_bodies(&mailbox(&store, "carol")), vec![vec![9; 10]]);
     let last = mailbox(&store, "carol").last().unwrap().0;
     store
-        .ack(MailboxId::new("carol", DeviceId(1)), last, 6)
+        .ack_group(("carol", DeviceId(1)), g.group, last)
         .await
         .unwrap();
     assert_eq!(
         (receipts(&store)[0].delivered, receipts(&store)[0].read),
         (2, 1)
     );
+    // Every cursor passed it: the sweep drops it from the log (a device that would read
+    // from the start finds nothing left).
+    store.sweep(8).await.unwrap();
+    assert!(store
+        .read_group_log(g.group, ServerSeq(1), ServerSeq(u64::MAX), 100, usize::MAX)
+        .unwrap()
+        .is_empty());
     store.shutdown().await;
     drop(store);
     // After a reopen the counts are still there.
@@ -345,4 +382,72 @@ async fn a_revoked_or_expired_invite_joins_nobody() {
         store.join_group("carol", "tok-2", 2, 9).await.unwrap(),
         Err(GroupRefusal::Full)
     );
+}
+
+async fn send(store: &Store, from: &str, group: GroupId, epoch: u64, n: u8) {
+    let sent = store
+        .group_send(
+            (from, DeviceId(1), id(n.into())),
+            group,
+            epoch,
+            vec![n; 8],
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(sent, GroupSendOutcome::Stored { .. }), "{sent:?}");
+}
+
+#[tokio::test]
+async fn each_reader_gets_its_span_of_the_log_and_a_drained_removal_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(dir.path(), Engine::Fjall, &["alice", "bob", "carol"]).await;
+    let g = store.create_group("alice", "span", 1).await.unwrap();
+    let epoch = add(&store, "alice", g.group, &["bob"]).await.unwrap();
+    send(&store, "alice", g.group, epoch, 1).await;
+    // carol joins after message 1 and reads from her addition on.
+    let epoch = add(&store, "alice", g.group, &["carol"]).await.unwrap();
+    send(&store, "alice", g.group, epoch, 2).await;
+    assert_eq!(group_bodies(&mailbox(&store, "carol")), vec![vec![2; 8]]);
+    // bob is removed: he reads up to his removal and nothing after.
+    let removed = store
+        .change_group(
+            "alice",
+            g.group,
+            GroupChangeRequest::Remove(vec!["bob".into()]),
+            1024,
+            11,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    send(&store, "alice", g.group, removed.epoch, 3).await;
+    let bob = mailbox(&store, "bob");
+    assert_eq!(
+        group_bodies(&bob),
+        vec![vec![1; 8], vec![2; 8]],
+        "bob gets nothing sent after his removal"
+    );
+    assert_eq!(
+        changes(&bob).last(),
+        Some(&GroupChange::Removed(vec!["bob".into()]))
+    );
+    // A device linked to carol now starts at the log's end: nothing from before.
+    assert!(store
+        .add_device("carol", DeviceId(2), [8; 32])
+        .await
+        .unwrap());
+    assert!(store
+        .group_positions("carol", DeviceId(2))
+        .unwrap()
+        .iter()
+        .all(|p| p.next == p.head));
+    // Once bob read his removal, his span and cursors go: the group is gone for him.
+    read_all(&store, "bob").await;
+    assert!(store
+        .group_positions("bob", DeviceId(1))
+        .unwrap()
+        .is_empty());
+    assert!(store.groups_of("bob").unwrap().is_empty());
 }

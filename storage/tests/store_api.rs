@@ -10,7 +10,7 @@ use missive_proto::{
 };
 use missive_proto::{IdentityKeys, SignedKey};
 use missive_storage::{
-    AppendOutcome, Engine, KeyStatus, KeyUpload, LinkOutcome, MailboxId, RegisterOutcome,
+    AppendOutcome, Appended, Engine, KeyStatus, KeyUpload, LinkOutcome, MailboxId, RegisterOutcome,
     StorageError, Store, StoreConfig, StoredItem, UploadOutcome, SEQ_RESERVATION,
 };
 use std::sync::{Arc, Mutex};
@@ -262,8 +262,12 @@ async fn append_read_ack_and_delivery_receipts(engine: Engine) {
     let store = Store::open(
         dir.path(),
         config(engine),
-        Some(Arc::new(move |mb: &MailboxId, seq, item: &StoredItem| {
-            ev.lock().unwrap().push((mb.clone(), seq, item.clone()))
+        Some(Arc::new(move |appended: &Appended| {
+            if let Appended::Mailbox { mailbox, seq, item } = appended {
+                ev.lock()
+                    .unwrap()
+                    .push((mailbox.clone(), *seq, item.clone()))
+            }
         })),
     )
     .unwrap();

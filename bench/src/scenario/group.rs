@@ -67,7 +67,7 @@ pub async fn run(
     // The owner's membership events (its only deliveries: a sender gets no copy of its own
     // group messages) are acknowledged before the run.
     if let Some(a) = owner_acks.idle() {
-        owner_w.send(&[a.into()]).await?;
+        owner_w.send(&[a]).await?;
     }
 
     // The online members log in and catch up with the membership events, so that the data
@@ -80,8 +80,8 @@ pub async fn run(
                 let mut acks = Acker::new(ACK_EVERY);
                 loop {
                     match r.recv_within(SETTLE_QUIET).await? {
-                        Received::Frame(Frame::Deliver(d)) => {
-                            acks.delivered(d.seq.0);
+                        Received::Frame(Frame::GroupDeliver(g)) => {
+                            acks.delivered_in(g.group, g.deliver.seq.0);
                         }
                         Received::Frame(_) => {}
                         Received::Silence => break,
@@ -89,7 +89,7 @@ pub async fn run(
                     }
                 }
                 if let Some(a) = acks.idle() {
-                    w.send(&[a.into()]).await?;
+                    w.send(&[a]).await?;
                 }
                 Ok::<_, String>((r, w))
             })
@@ -343,9 +343,9 @@ async fn ask(
                     x.code, x.message
                 ))
             }
-            Some(Frame::Deliver(d)) => {
-                if let Some(a) = acks.delivered(d.seq.0) {
-                    w.send(&[a.into()]).await?;
+            Some(Frame::GroupDeliver(g)) => {
+                if let Some(a) = acks.delivered_in(g.group, g.deliver.seq.0) {
+                    w.send(&[a]).await?;
                 }
             }
             Some(_) => {}
@@ -493,7 +493,7 @@ async fn receive(
                 x = r.recv_within(wait) => x?,
                 _ = stop.changed() => {
                     record(&tracker, &mut batch, &last_delivery_us);
-                    let mut frames: Vec<Frame> = acks.idle().into_iter().map(Into::into).collect();
+                    let mut frames: Vec<Frame> = acks.idle().into_iter().collect();
                     frames.push(Bye {}.into());
                     w.send(&frames).await?;
                     closing_deadline = Some(Instant::now() + BYE_TIMEOUT);
@@ -502,7 +502,8 @@ async fn receive(
             }
         };
         match received {
-            Received::Frame(Frame::Deliver(d)) => {
+            Received::Frame(Frame::GroupDeliver(gd)) => {
+                let d = &gd.deliver;
                 if let Payload::Group(g) = &d.payload {
                     let stamp = std::str::from_utf8(&g.body)
                         .ok()
@@ -516,10 +517,10 @@ async fn receive(
                         clock.now_us(),
                     ));
                 }
-                if let Some(a) = acks.delivered(d.seq.0) {
+                if let Some(a) = acks.delivered_in(gd.group, d.seq.0) {
                     record(&tracker, &mut batch, &last_delivery_us);
                     if closing_deadline.is_none() {
-                        w.send(&[a.into()]).await?;
+                        w.send(&[a]).await?;
                     }
                 }
             }
@@ -538,7 +539,7 @@ async fn receive(
                     return Err("no Bye from the edge".into());
                 }
                 if let Some(a) = acks.idle() {
-                    w.send(&[a.into()]).await?;
+                    w.send(&[a]).await?;
                 }
             }
             Received::Closed => {

@@ -23,7 +23,7 @@ pub(crate) mod body;
 pub(crate) mod directory;
 
 use crate::content::{seal, Content};
-use crate::e2ee::megolm::OutboundStatus;
+use crate::e2ee::megolm::{GroupDecryptError, OutboundStatus};
 use crate::e2ee::{E2eeStore, RotationPolicy};
 use crate::ClientError;
 use body::{GroupBody, GroupPlaintext, BODY_VERSION};
@@ -33,6 +33,25 @@ use missive_proto::{
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
+
+/// Why a group message did not open.
+#[derive(Debug)]
+pub(crate) enum Unopened {
+    /// Its sender's session key has not arrived (yet): keys travel over Olm in the mailbox,
+    /// a different stream than the group's log, and may come after the message.
+    KeyMissing,
+    /// It never will.
+    Invalid(ClientError),
+}
+
+impl std::fmt::Display for Unopened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::KeyMissing => write!(f, "{}", GroupDecryptError::UnknownSession),
+            Self::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 /// Wall-clock time as the session sees it: the Unix time at one instant, moved on by the
 /// instants the caller passes in (Megolm session ages are kept across runs, which an
@@ -392,16 +411,19 @@ impl Groups {
         (from, device): (&str, DeviceId),
         id: ClientMsgId,
         m: &GroupMessage,
-    ) -> Result<Content, ClientError> {
-        let body = GroupBody::decode(&m.body)?;
+    ) -> Result<Content, Unopened> {
+        let body = GroupBody::decode(&m.body).map_err(Unopened::Invalid)?;
         let plain = self
             .store
             .lock_groups()
             .sessions
             .decrypt((from, device), m.group, &body.session_id, &body.ciphertext)
-            .map_err(|e| ClientError::InvalidContent(e.to_string()))?;
-        let p = GroupPlaintext::decode_for(&plain, m.group, id)?;
-        Content::decode(&p.content)
+            .map_err(|e| match e {
+                GroupDecryptError::UnknownSession => Unopened::KeyMissing,
+                e => Unopened::Invalid(ClientError::InvalidContent(e.to_string())),
+            })?;
+        let p = GroupPlaintext::decode_for(&plain, m.group, id).map_err(Unopened::Invalid)?;
+        Content::decode(&p.content).map_err(Unopened::Invalid)
     }
 
     /// A read receipt to send once connected.

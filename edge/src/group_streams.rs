@@ -1,0 +1,598 @@
+//! The group logs one session reads (protocol version 6): a stream per group, each read in
+//! order from the device's cursor, fed by live pushes when it is caught up, and acknowledged
+//! by the client with `AckGroup`. A plain state machine like the session that owns it: it
+//! says what to read, send and store as [`GroupOut`]s.
+//!
+//! Delivery rule, per stream as for the mailbox: items pushed live are delivered directly
+//! only when no read of that stream is outstanding and nothing older may wait in the log;
+//! pushes that arrive while the positions are being loaded are held and replayed after.
+//! The sending device skips its own messages; its cursor moves past them with the acks
+//! around them.
+
+use missive_proto::{Deliver, DeviceId, GroupDeliver, GroupId, Payload, ServerSeq};
+use missive_storage::{LogPosition, StoredItem};
+use std::collections::{HashMap, VecDeque};
+
+/// What the group streams ask of the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOut {
+    /// Write this frame.
+    Deliver(GroupDeliver),
+    /// Move the device's cursor in `group` to `up_to`; answer with `acked`.
+    Ack {
+        /// The group.
+        group: GroupId,
+        /// The new cursor.
+        up_to: ServerSeq,
+    },
+    /// Read `group`'s log `from..=until`; answer with `read_done`.
+    Read {
+        /// The group.
+        group: GroupId,
+        /// First seq.
+        from: ServerSeq,
+        /// Last seq the device may read.
+        until: ServerSeq,
+        /// Most items.
+        limit: usize,
+        /// Body bytes after which the read may stop.
+        max_bytes: usize,
+    },
+    /// Load where the device stands in each of its groups; answer with `positions`.
+    LoadPositions,
+}
+
+/// Where the device's mailbox stands, as the group streams must know it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MailboxShare {
+    /// Mailbox items delivered and not acknowledged.
+    pub unacked: usize,
+    /// Their body bytes.
+    pub bytes: usize,
+    /// The mailbox may hold items not delivered yet (a read is due or outstanding). The
+    /// keys of a group's messages travel in the mailbox (Olm) before them: while the mailbox
+    /// is behind, the group streams wait, so a message does not overtake its key.
+    pub behind: bool,
+}
+
+/// The delivery window shared with the mailbox: unacknowledged items and bytes, at most.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Items.
+    pub count: usize,
+    /// Body bytes.
+    pub bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    /// The next seq to deliver.
+    next: u64,
+    /// The last seq the device may read.
+    until: u64,
+    /// The log may hold items from `next` on that were not delivered.
+    backlog: bool,
+    reading: bool,
+    read_max_bytes: usize,
+    /// Pushes that came during a read, replayed after it.
+    held: Vec<(u64, StoredItem)>,
+    /// Delivered and not acknowledged: (seq, body bytes).
+    unacked: VecDeque<(u64, usize)>,
+    /// The highest of this device's own messages skipped.
+    skipped_through: u64,
+    ack_in_flight: bool,
+    pending_ack: Option<u64>,
+}
+
+/// Every group stream of one session.
+#[derive(Debug)]
+pub struct GroupStreams {
+    device: (String, DeviceId),
+    window: Window,
+    streams: HashMap<GroupId, Stream>,
+    loading: bool,
+    reload: bool,
+    held: Vec<(GroupId, u64, StoredItem)>,
+    unacked: usize,
+    unacked_bytes: usize,
+}
+
+fn body_bytes(item: &StoredItem) -> usize {
+    match &item.payload {
+        Payload::Group(g) => g.body.len(),
+        _ => 0,
+    }
+}
+
+impl GroupStreams {
+    /// Streams of `user`'s `device`, within `window` (shared with the mailbox).
+    pub fn new(user: String, device: DeviceId, window: Window) -> Self {
+        Self {
+            device: (user, device),
+            window,
+            streams: HashMap::new(),
+            loading: false,
+            reload: false,
+            held: Vec::new(),
+            unacked: 0,
+            unacked_bytes: 0,
+        }
+    }
+
+    /// Items delivered and not acknowledged, and their body bytes.
+    pub fn unacked(&self) -> (usize, usize) {
+        (self.unacked, self.unacked_bytes)
+    }
+
+    /// Whether a cursor write is being applied.
+    pub fn acks_in_flight(&self) -> bool {
+        self.streams.values().any(|s| s.ack_in_flight)
+    }
+
+    /// (Re)loads the positions: at login, and when live pushes were lost.
+    pub fn start(&mut self, out: &mut Vec<GroupOut>) {
+        if self.loading {
+            self.reload = true;
+        } else {
+            self.loading = true;
+            out.push(GroupOut::LoadPositions);
+        }
+    }
+
+    fn room(&self, mailbox: MailboxShare) -> bool {
+        let count = self.unacked + mailbox.unacked;
+        let bytes = self.unacked_bytes + mailbox.bytes;
+        count == 0 || (count < self.window.count && bytes < self.window.bytes)
+    }
+
+    /// The positions loaded by `LoadPositions`.
+    pub fn positions(
+        &mut self,
+        positions: Vec<LogPosition>,
+        mailbox: MailboxShare,
+        out: &mut Vec<GroupOut>,
+    ) {
+        self.loading = false;
+        for p in positions {
+            let s = self.streams.entry(p.group).or_insert_with(|| Stream {
+                next: p.next.0,
+                ..Stream::default()
+            });
+            s.next = s.next.max(p.next.0);
+            s.until = p.until.0;
+            s.backlog = s.backlog || s.next < p.head.0;
+        }
+        for (group, seq, item) in std::mem::take(&mut self.held) {
+            self.pushed(group, ServerSeq(seq), item, mailbox, out);
+        }
+        if std::mem::take(&mut self.reload) {
+            self.start(out);
+        }
+        self.pump(mailbox, out);
+    }
+
+    /// An item the store just made durable in `group`'s log, for this device's user.
+    pub fn pushed(
+        &mut self,
+        group: GroupId,
+        seq: ServerSeq,
+        item: StoredItem,
+        mailbox: MailboxShare,
+        out: &mut Vec<GroupOut>,
+    ) {
+        if self.loading {
+            self.held.push((group, seq.0, item));
+            return;
+        }
+        let room = self.room(mailbox);
+        // A group this device did not read when the positions were loaded: it joined since,
+        // and this is its first item.
+        let s = self.streams.entry(group).or_insert_with(|| Stream {
+            next: seq.0,
+            until: u64::MAX,
+            ..Stream::default()
+        });
+        if seq.0 < s.next {
+            return;
+        }
+        if s.reading {
+            s.held.push((seq.0, item));
+        } else if s.backlog || !room || mailbox.behind {
+            s.backlog = true;
+        } else {
+            self.deliver(group, seq.0, item, out);
+        }
+    }
+
+    fn deliver(&mut self, group: GroupId, seq: u64, item: StoredItem, out: &mut Vec<GroupOut>) {
+        let Some(s) = self.streams.get_mut(&group) else {
+            return;
+        };
+        if seq < s.next || seq > s.until {
+            return;
+        }
+        s.next = seq + 1;
+        if item.from == self.device.0 && item.from_device == self.device.1 {
+            s.skipped_through = seq;
+            if s.unacked.is_empty() {
+                Self::queue_ack(s, group, seq, out);
+            }
+            return;
+        }
+        let bytes = body_bytes(&item);
+        s.unacked.push_back((seq, bytes));
+        self.unacked += 1;
+        self.unacked_bytes += bytes;
+        out.push(GroupOut::Deliver(GroupDeliver {
+            group,
+            deliver: Deliver {
+                seq: ServerSeq(seq),
+                from: item.from,
+                from_device: item.from_device,
+                client_msg_id: item.client_msg_id,
+                server_ts_ms: item.server_ts_ms,
+                payload: item.payload,
+            },
+        }));
+    }
+
+    /// The answer to a `Read` that asked for `requested` items (`Err` when storage failed:
+    /// the stream reads again on the next pump).
+    pub fn read_done(
+        &mut self,
+        group: GroupId,
+        requested: usize,
+        result: Result<Vec<(ServerSeq, StoredItem)>, ()>,
+        mailbox: MailboxShare,
+        out: &mut Vec<GroupOut>,
+    ) {
+        let Some(s) = self.streams.get_mut(&group) else {
+            return;
+        };
+        s.reading = false;
+        let held = std::mem::take(&mut s.held);
+        match result {
+            // Read again once the mailbox caught up.
+            Ok(_) if mailbox.behind => s.backlog = true,
+            Ok(items) => {
+                let bytes: usize = items.iter().map(|(_, i)| body_bytes(i)).sum();
+                s.backlog =
+                    items.len() >= requested || (!items.is_empty() && bytes >= s.read_max_bytes);
+                for (seq, item) in items {
+                    if !self.room(mailbox) {
+                        if let Some(s) = self.streams.get_mut(&group) {
+                            s.backlog = true;
+                        }
+                        break;
+                    }
+                    self.deliver(group, seq.0, item, out);
+                }
+            }
+            Err(()) => s.backlog = true,
+        }
+        for (seq, item) in held {
+            self.pushed(group, ServerSeq(seq), item, mailbox, out);
+        }
+        self.pump(mailbox, out);
+    }
+
+    /// The client's `AckGroup`: clamped to what this connection delivered.
+    pub fn client_ack(
+        &mut self,
+        group: GroupId,
+        up_to: ServerSeq,
+        mailbox: MailboxShare,
+        out: &mut Vec<GroupOut>,
+    ) {
+        let Some(s) = self.streams.get_mut(&group) else {
+            return;
+        };
+        if s.next == 0 {
+            return;
+        }
+        let mut up_to = up_to.0.min(s.next - 1);
+        while let Some(&(seq, bytes)) = s.unacked.front() {
+            if seq > up_to {
+                break;
+            }
+            s.unacked.pop_front();
+            self.unacked -= 1;
+            self.unacked_bytes -= bytes;
+        }
+        // Only own messages lie between the ack and what was skipped.
+        if s.unacked.is_empty() && s.skipped_through > up_to {
+            up_to = s.skipped_through;
+        }
+        Self::queue_ack(s, group, up_to, out);
+        self.pump(mailbox, out);
+    }
+
+    fn queue_ack(s: &mut Stream, group: GroupId, up_to: u64, out: &mut Vec<GroupOut>) {
+        if s.ack_in_flight {
+            s.pending_ack = Some(s.pending_ack.map_or(up_to, |p| p.max(up_to)));
+        } else {
+            s.ack_in_flight = true;
+            out.push(GroupOut::Ack {
+                group,
+                up_to: ServerSeq(up_to),
+            });
+        }
+    }
+
+    /// The store applied an `Ack` of `group` (or failed to: the items then come again on a
+    /// later connection).
+    pub fn acked(&mut self, group: GroupId, out: &mut Vec<GroupOut>) {
+        let Some(s) = self.streams.get_mut(&group) else {
+            return;
+        };
+        s.ack_in_flight = false;
+        if let Some(up_to) = s.pending_ack.take() {
+            s.ack_in_flight = true;
+            out.push(GroupOut::Ack {
+                group,
+                up_to: ServerSeq(up_to),
+            });
+        }
+    }
+
+    /// Starts a read of every stream that may hold more, while the window has room.
+    pub fn pump(&mut self, mailbox: MailboxShare, out: &mut Vec<GroupOut>) {
+        if self.loading || mailbox.behind {
+            return;
+        }
+        let used = (
+            self.unacked + mailbox.unacked,
+            self.unacked_bytes + mailbox.bytes,
+        );
+        let limit = self.window.count.saturating_sub(used.0).max(1);
+        let max_bytes = self.window.bytes.saturating_sub(used.1);
+        if !self.room(mailbox) {
+            return;
+        }
+        let mut groups: Vec<GroupId> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.backlog && !s.reading && s.next <= s.until)
+            .map(|(g, _)| *g)
+            .collect();
+        groups.sort_unstable_by_key(|g| g.0);
+        for group in groups {
+            let Some(s) = self.streams.get_mut(&group) else {
+                continue;
+            };
+            s.reading = true;
+            s.read_max_bytes = max_bytes;
+            out.push(GroupOut::Read {
+                group,
+                from: ServerSeq(s.next),
+                until: ServerSeq(s.until),
+                limit,
+                max_bytes,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use missive_proto::{ClientMsgId, GroupMessage};
+
+    const G: GroupId = GroupId(7);
+    const IDLE: MailboxShare = MailboxShare {
+        unacked: 0,
+        bytes: 0,
+        behind: false,
+    };
+
+    fn item(from: &str, device: u32, n: u8) -> StoredItem {
+        StoredItem {
+            from: from.into(),
+            from_device: DeviceId(device),
+            client_msg_id: ClientMsgId([n; 16]),
+            server_ts_ms: 1,
+            payload: Payload::Group(Box::new(GroupMessage {
+                group: G,
+                body: vec![n; 10],
+            })),
+        }
+    }
+
+    fn streams() -> GroupStreams {
+        GroupStreams::new(
+            "bob".into(),
+            DeviceId(1),
+            Window {
+                count: 4,
+                bytes: 1 << 20,
+            },
+        )
+    }
+
+    fn position(next: u64, head: u64) -> LogPosition {
+        LogPosition {
+            group: G,
+            next: ServerSeq(next),
+            until: ServerSeq(u64::MAX),
+            head: ServerSeq(head),
+        }
+    }
+
+    fn delivered(out: &[GroupOut]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|o| match o {
+                GroupOut::Deliver(d) => Some(d.deliver.seq.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_backlog_is_read_then_pushes_go_straight_out() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        assert_eq!(out, vec![GroupOut::LoadPositions]);
+        out.clear();
+        s.positions(vec![position(4, 6)], IDLE, &mut out);
+        assert!(matches!(
+            out[..],
+            [GroupOut::Read {
+                from: ServerSeq(4),
+                ..
+            }]
+        ));
+        out.clear();
+        // A push during the read is held, then delivered after what the read found.
+        s.pushed(G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
+        assert!(out.is_empty());
+        let read = vec![
+            (ServerSeq(4), item("alice", 1, 4)),
+            (ServerSeq(5), item("alice", 1, 5)),
+        ];
+        s.read_done(G, 4, Ok(read), IDLE, &mut out);
+        assert_eq!(delivered(&out), vec![4, 5, 6]);
+        out.clear();
+        s.pushed(G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
+        assert!(out.is_empty(), "delivered once");
+        s.pushed(G, ServerSeq(7), item("alice", 1, 7), IDLE, &mut out);
+        // The window (4) is full now: the next push waits for a read.
+        s.pushed(G, ServerSeq(8), item("alice", 1, 8), IDLE, &mut out);
+        assert_eq!(delivered(&out), vec![7]);
+        out.clear();
+        s.client_ack(G, ServerSeq(99), IDLE, &mut out);
+        assert_eq!(
+            out[0],
+            GroupOut::Ack {
+                group: G,
+                up_to: ServerSeq(7)
+            },
+            "clamped to what was delivered"
+        );
+        assert!(matches!(
+            out[1],
+            GroupOut::Read {
+                from: ServerSeq(8),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn pushes_while_the_positions_load_are_held_and_a_new_group_starts_at_its_first_item() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        out.clear();
+        s.pushed(G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
+        assert!(out.is_empty());
+        // Caught up at 6 when the positions were read: the held push goes out.
+        s.positions(vec![position(6, 6)], IDLE, &mut out);
+        assert_eq!(delivered(&out), vec![6]);
+        out.clear();
+        // Joined another group since: its first push starts the stream.
+        let other = GroupId(8);
+        s.pushed(other, ServerSeq(40), item("alice", 1, 40), IDLE, &mut out);
+        assert!(matches!(
+            &out[..],
+            [GroupOut::Deliver(d)] if d.group == other && d.deliver.seq == ServerSeq(40)
+        ));
+        // The mailbox's share of the window counts too.
+        out.clear();
+        s.pushed(
+            G,
+            ServerSeq(7),
+            item("alice", 1, 7),
+            MailboxShare { unacked: 2, ..IDLE },
+            &mut out,
+        );
+        assert!(out.is_empty(), "window of 4 full with 2 + 2");
+    }
+
+    #[test]
+    fn a_mailbox_behind_holds_the_groups_back() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        out.clear();
+        let behind = MailboxShare {
+            behind: true,
+            ..IDLE
+        };
+        // The message's key may still be in the mailbox: the message waits.
+        s.pushed(G, ServerSeq(1), item("alice", 1, 1), behind, &mut out);
+        s.pump(behind, &mut out);
+        assert!(out.is_empty());
+        // Caught up: the log is read from where the device stands.
+        s.pump(IDLE, &mut out);
+        assert!(matches!(
+            out[..],
+            [GroupOut::Read {
+                from: ServerSeq(1),
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn own_messages_are_skipped_and_acked_past() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        out.clear();
+        s.pushed(G, ServerSeq(1), item("bob", 1, 1), IDLE, &mut out);
+        assert_eq!(
+            out,
+            vec![GroupOut::Ack {
+                group: G,
+                up_to: ServerSeq(1)
+            }]
+        );
+        out.clear();
+        s.pushed(G, ServerSeq(2), item("alice", 1, 2), IDLE, &mut out);
+        // Another device of bob's is a reader like any other.
+        s.pushed(G, ServerSeq(3), item("bob", 2, 3), IDLE, &mut out);
+        s.pushed(G, ServerSeq(4), item("bob", 1, 4), IDLE, &mut out);
+        assert_eq!(delivered(&out), vec![2, 3]);
+        out.clear();
+        s.acked(G, &mut out);
+        s.client_ack(G, ServerSeq(3), IDLE, &mut out);
+        assert_eq!(
+            out,
+            vec![GroupOut::Ack {
+                group: G,
+                up_to: ServerSeq(4)
+            }],
+            "the ack covers the own message after it"
+        );
+        assert_eq!(s.unacked(), (0, 0));
+    }
+
+    #[test]
+    fn acks_during_an_ack_merge() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        for n in 1..=3 {
+            s.pushed(G, ServerSeq(n), item("alice", 1, n as u8), IDLE, &mut out);
+        }
+        out.clear();
+        s.client_ack(G, ServerSeq(1), IDLE, &mut out);
+        s.client_ack(G, ServerSeq(2), IDLE, &mut out);
+        s.client_ack(G, ServerSeq(3), IDLE, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(s.acks_in_flight());
+        out.clear();
+        s.acked(G, &mut out);
+        assert_eq!(
+            out,
+            vec![GroupOut::Ack {
+                group: G,
+                up_to: ServerSeq(3)
+            }]
+        );
+    }
+}
