@@ -117,6 +117,27 @@ impl SpawnedEdge {
         dir_bytes(self.dir.path())
     }
 
+    /// Bytes of every key and value the edge's store holds, asked of the running edge over
+    /// its admin socket (`stats`): what writes added, whatever the engine's file layout (fjall
+    /// preallocates its journal, so file lengths do not grow with small writes).
+    pub fn stored_bytes(&self) -> Result<u64, String> {
+        use std::io::{BufRead, BufReader, Write};
+        let path = self.dir.path().join("admin.sock");
+        let mut sock = std::os::unix::net::UnixStream::connect(&path)
+            .map_err(|e| format!("admin socket {}: {e}", path.display()))?;
+        sock.write_all(b"{\"action\":\"stats\"}\n")
+            .map_err(|e| format!("admin socket: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(sock)
+            .read_line(&mut line)
+            .map_err(|e| format!("admin socket: {e}"))?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| format!("admin answer {line:?}: {e}"))?;
+        answer["stored_bytes"]
+            .as_u64()
+            .ok_or_else(|| format!("admin answer without stored_bytes: {line}"))
+    }
+
     /// Current resident set size in bytes.
     pub fn rss(&self) -> u64 {
         status_kib(self.pid(), "VmRSS:").unwrap_or(0) * 1024

@@ -7,9 +7,10 @@
 //! edge's deliveries without decrypting them (the body is a bench stamp, not a Megolm
 //! ciphertext; the edge never reads it either way). Each online member is one tracker
 //! stream: a message answered `Sent` is owed once to every online member, and a member that
-//! misses it, gets it twice or out of order shows in the report. Offline members keep their
-//! references, so the data dir's growth per message is what one message costs a group that
-//! is mostly offline.
+//! misses it, gets it twice or out of order shows in the report. Offline members' cursors
+//! hold every message in the group's log, so the store's growth per message
+//! (`stored_bytes_per_group_msg`, keys and values, from the edge's admin `stats`) is what one
+//! message costs a group that is mostly offline.
 
 use super::{cpu_between, lock, Knobs, Run, RunClock, Under};
 use crate::fleet::{register_users, run_prefix};
@@ -100,6 +101,11 @@ pub async fn run(
     }
 
     let disk_start = under.spawned.as_ref().map(|e| e.data_dir_bytes());
+    let stored_start = under
+        .spawned
+        .as_ref()
+        .map(|e| e.stored_bytes())
+        .transpose()?;
     let cpu_start = under.server_cpu_seconds();
     let bench_cpu_start = crate::edge_process::cpu_seconds(std::process::id());
     let clock = RunClock(Instant::now());
@@ -208,6 +214,11 @@ pub async fn run(
         }
     }
     let disk_end = under.spawned.as_ref().map(|e| e.data_dir_bytes());
+    let stored_end = under
+        .spawned
+        .as_ref()
+        .map(|e| e.stored_bytes())
+        .transpose()?;
     // The sender has been quiet since its last send; if the edge closed it meanwhile, its
     // reader has already ended.
     let _ = owner_w.send(&[Bye {}.into()]).await;
@@ -258,6 +269,12 @@ pub async fn run(
             (end as f64 - start as f64) / m as f64,
         );
         extra.insert("data_dir_bytes_after".into(), end as f64);
+    }
+    if let (Some(start), Some(end), true) = (stored_start, stored_end, m > 0) {
+        extra.insert(
+            "stored_bytes_per_group_msg".into(),
+            (end as f64 - start as f64) / m as f64,
+        );
     }
     if let (Some(cpu), true) = (message_phase_cpu_s, m > 0) {
         extra.insert("server_cpu_us_per_group_msg".into(), cpu * 1e6 / m as f64);
