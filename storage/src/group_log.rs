@@ -31,11 +31,13 @@ use std::sync::Arc;
 /// The end of the span of a user who is still a member.
 const OPEN: u64 = u64::MAX;
 
-/// Messages per group whose sender the committer remembers, to tell it new counts live.
-const RECENT_MESSAGES: usize = 4096;
+/// Messages per group whose sender the committer remembers, to tell it new counts live
+/// (older ones are still counted: the sender asks with `Receipts`).
+const RECENT_MESSAGES: usize = 1024;
 
-/// Groups whose counts the committer keeps; past this it starts over.
-const COUNTS_LIMIT: usize = 10_000;
+/// Groups whose counts the committer keeps; past this it starts over. With
+/// [`RECENT_MESSAGES`] this bounds the memory to about 100 MB for groups of 1,024 members.
+const COUNTS_LIMIT: usize = 1_000;
 
 /// The part of a group's log one user may read: `from..=until` (`until` is open while the
 /// user is a member).
@@ -736,4 +738,54 @@ pub(crate) fn sweep(tx: &mut Tx<'_>, cutoff_ms: u64, limit: usize) -> Result<usi
         tx.remove(k);
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts of members given as (name, first seq of their span, highest seq acked).
+    fn counts(members: &[(&str, u64, u64)]) -> Counts {
+        let mut c = Counts::default();
+        for (name, from, acked) in members {
+            c.members.insert((*name).to_owned(), (*from, *acked));
+            c.acked.push(*acked);
+            c.from.push(*from);
+        }
+        c.acked.sort_unstable();
+        c.from.sort_unstable();
+        c
+    }
+
+    #[test]
+    fn a_message_counts_the_members_past_it_but_not_its_sender_or_later_members() {
+        // alice sent 5; bob has it; carol joined at 8 (her cursor starts at 7, past 5).
+        let mut c = counts(&[
+            ("alice", 1, 5),
+            ("bob", 1, 6),
+            ("carol", 8, 7),
+            ("dave", 1, 3),
+        ]);
+        assert_eq!(c.delivered(5, "alice"), 1, "bob only");
+        assert_eq!(
+            c.delivered(8, "alice"),
+            0,
+            "carol's own join is not a message to her"
+        );
+        // dave catches up: one more, and the ack says where he was.
+        assert_eq!(c.acked("dave", 9), Some(3));
+        assert_eq!(c.delivered(5, "alice"), 2);
+        assert_eq!(c.acked("dave", 4), None, "never back");
+        assert_eq!(c.acked("nobody", 4), None);
+    }
+
+    #[test]
+    fn spans_round_trip() {
+        let s = Span {
+            from: 3,
+            until: OPEN,
+        };
+        assert_eq!(Span::decode(&s.encode()), Some(s));
+        assert_eq!(Span::decode(&[1, 2, 3]), None);
+    }
 }
