@@ -62,6 +62,9 @@ async fn write_step(writer: &mut Outbound, out: &[u8]) -> WriteProgress {
     }
 }
 
+/// Events a session handles per wake-up at most, before its frames are written.
+const EVENTS_PER_WAKE: usize = 64;
+
 /// Results of storage work started for the session.
 ///
 /// Their futures are polled by the connection's own task (no task spawned per message, no
@@ -352,17 +355,17 @@ impl Driver {
                         }
                     }
                 },
-                ev = self.events.recv() => match ev {
-                    SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
-                    SessionEvent::GroupPushed(group, seq, item) => {
-                        self.session.handle_group_pushed(group, seq, *item)
+                ev = self.events.recv() => {
+                    self.on_event(ev);
+                    // What queued up meanwhile goes in the same write: a burst of deliveries
+                    // then leaves in a few packets instead of one wake-up and write each.
+                    for _ in 1..EVENTS_PER_WAKE {
+                        match self.events.try_recv() {
+                            Some(ev) => self.on_event(ev),
+                            None => break,
+                        }
                     }
-                    SessionEvent::Forward(f) => self.write(&f),
-                    SessionEvent::Replaced => self.session.handle_replaced(),
-                    SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
-                    SessionEvent::Reread => self.session.handle_overflow(),
-                    SessionEvent::Removed => self.session.handle_removed(),
-                },
+                }
                 Some(c) = self.pending.next(), if !self.pending.is_empty() => self.complete(c),
                 step = write_step(&mut self.writer, &self.outbuf),
                     if !self.write_failed && (self.unflushed || !self.outbuf.is_empty()) =>
@@ -980,6 +983,20 @@ impl Driver {
                 }
                 self.session.handle_visibility_stored();
             }
+        }
+    }
+
+    fn on_event(&mut self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
+            SessionEvent::GroupPushed(group, seq, item) => {
+                self.session.handle_group_pushed(group, seq, *item)
+            }
+            SessionEvent::Forward(f) => self.write(&f),
+            SessionEvent::Replaced => self.session.handle_replaced(),
+            SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
+            SessionEvent::Reread => self.session.handle_overflow(),
+            SessionEvent::Removed => self.session.handle_removed(),
         }
     }
 
