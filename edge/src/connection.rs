@@ -2,6 +2,7 @@
 //! registry events in and out of the [`Session`] state machine. Transport-agnostic: QUIC
 //! streams and TLS streams both arrive here as an `AsyncRead` and an `AsyncWrite`.
 
+use crate::group_streams::LogItem;
 use crate::key_requests::KeyStoreRefusal;
 use crate::registry::{OnlineChange, SessionEvent, SessionHandle};
 use crate::session::{Action, DeviceLookup, Session, StoreRefusal};
@@ -417,6 +418,7 @@ impl Driver {
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::Send(frame) => self.write(&frame),
+                Action::SendGroupDelivery(live) => self.write_encoded(live.kind, &live.wire),
                 Action::Close => return true,
                 Action::BecomeTransfer { user, device } => {
                     self.transfer = Some(crate::media::streams::Owner {
@@ -990,13 +992,26 @@ impl Driver {
         match ev {
             SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
             SessionEvent::GroupPushed(group, seq, item) => {
-                self.session.handle_group_pushed(group, seq, *item)
+                self.session
+                    .handle_group_pushed(group, seq, LogItem::Live(item))
             }
             SessionEvent::Forward(f) => self.write(&f),
             SessionEvent::Replaced => self.session.handle_replaced(),
             SessionEvent::AccountDisabled => self.session.handle_account_disabled(),
             SessionEvent::Reread => self.session.handle_overflow(),
             SessionEvent::Removed => self.session.handle_removed(),
+        }
+    }
+
+    /// Writes a delivery frame encoded already (shared by every reader of a group item).
+    fn write_encoded(&mut self, kind: u8, wire: &[u8]) {
+        if self.slow_reader {
+            return;
+        }
+        self.shared.metrics.frame_out_kind(kind, true);
+        self.outbuf.extend_from_slice(wire);
+        if self.outbuf.len() > self.max_outbuf {
+            self.slow_reader = true;
         }
     }
 

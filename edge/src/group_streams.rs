@@ -9,15 +9,89 @@
 //! The sending device skips its own messages; its cursor moves past them with the acks
 //! around them.
 
-use missive_proto::{Deliver, DeviceId, GroupDeliver, GroupId, Payload, ServerSeq};
+use missive_proto::{Deliver, DeviceId, Frame, GroupDeliver, GroupId, Payload, ServerSeq};
 use missive_storage::{LogPosition, StoredItem};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// An item of a group's log as it was just stored, with its `GroupDeliver` frame encoded
+/// once for the sessions of all its readers (a 1,024-member group's message would otherwise
+/// be copied and encoded once per online member).
+#[derive(Debug, PartialEq, Eq)]
+pub struct LiveItem {
+    /// The sender.
+    pub from: String,
+    /// The sending device.
+    pub from_device: DeviceId,
+    /// Body bytes (what it counts against the delivery window).
+    pub body_bytes: usize,
+    /// The frame's kind, for the metrics.
+    pub kind: u8,
+    /// The encoded frame, header included.
+    pub wire: Vec<u8>,
+}
+
+impl LiveItem {
+    /// `item`, stored as `seq` of `group`'s log, encoded once.
+    pub fn new(
+        group: GroupId,
+        seq: ServerSeq,
+        item: &StoredItem,
+    ) -> Result<Self, missive_proto::ProtoError> {
+        let frame: Frame = GroupDeliver {
+            group,
+            deliver: Deliver {
+                seq,
+                from: item.from.clone(),
+                from_device: item.from_device,
+                client_msg_id: item.client_msg_id,
+                server_ts_ms: item.server_ts_ms,
+                payload: item.payload.clone(),
+            },
+        }
+        .into();
+        Ok(Self {
+            from: item.from.clone(),
+            from_device: item.from_device,
+            body_bytes: body_bytes(item),
+            kind: frame.kind(),
+            wire: missive_proto::encode_to_vec(&frame)?,
+        })
+    }
+}
+
+/// An item a stream delivers: read from the log, or pushed live (already encoded).
+#[derive(Debug, Clone)]
+pub enum LogItem {
+    /// Read from storage.
+    Stored(StoredItem),
+    /// Pushed by the commit listener.
+    Live(Arc<LiveItem>),
+}
+
+impl LogItem {
+    fn sender(&self) -> (&str, DeviceId) {
+        match self {
+            Self::Stored(i) => (&i.from, i.from_device),
+            Self::Live(l) => (&l.from, l.from_device),
+        }
+    }
+
+    fn body_bytes(&self) -> usize {
+        match self {
+            Self::Stored(i) => body_bytes(i),
+            Self::Live(l) => l.body_bytes,
+        }
+    }
+}
 
 /// What the group streams ask of the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupOut {
     /// Write this frame.
     Deliver(GroupDeliver),
+    /// Write this frame, encoded already.
+    DeliverEncoded(Arc<LiveItem>),
     /// Move the device's cursor in `group` to `up_to`; answer with `acked`.
     Ack {
         /// The group.
@@ -75,7 +149,7 @@ struct Stream {
     reading: bool,
     read_max_bytes: usize,
     /// Pushes that came during a read, replayed after it.
-    held: Vec<(u64, StoredItem)>,
+    held: Vec<(u64, LogItem)>,
     /// Delivered and not acknowledged: (seq, body bytes).
     unacked: VecDeque<(u64, usize)>,
     /// The highest of this device's own messages skipped.
@@ -92,7 +166,7 @@ pub struct GroupStreams {
     streams: HashMap<GroupId, Stream>,
     loading: bool,
     reload: bool,
-    held: Vec<(GroupId, u64, StoredItem)>,
+    held: Vec<(GroupId, u64, LogItem)>,
     unacked: usize,
     unacked_bytes: usize,
 }
@@ -176,7 +250,7 @@ impl GroupStreams {
         &mut self,
         group: GroupId,
         seq: ServerSeq,
-        item: StoredItem,
+        item: LogItem,
         mailbox: MailboxShare,
         out: &mut Vec<GroupOut>,
     ) {
@@ -204,7 +278,7 @@ impl GroupStreams {
         }
     }
 
-    fn deliver(&mut self, group: GroupId, seq: u64, item: StoredItem, out: &mut Vec<GroupOut>) {
+    fn deliver(&mut self, group: GroupId, seq: u64, item: LogItem, out: &mut Vec<GroupOut>) {
         let Some(s) = self.streams.get_mut(&group) else {
             return;
         };
@@ -212,28 +286,32 @@ impl GroupStreams {
             return;
         }
         s.next = seq + 1;
-        if item.from == self.device.0 && item.from_device == self.device.1 {
+        let (from, from_device) = item.sender();
+        if from == self.device.0 && from_device == self.device.1 {
             s.skipped_through = seq;
             if s.unacked.is_empty() {
                 Self::queue_ack(s, group, seq, out);
             }
             return;
         }
-        let bytes = body_bytes(&item);
+        let bytes = item.body_bytes();
         s.unacked.push_back((seq, bytes));
         self.unacked += 1;
         self.unacked_bytes += bytes;
-        out.push(GroupOut::Deliver(GroupDeliver {
-            group,
-            deliver: Deliver {
-                seq: ServerSeq(seq),
-                from: item.from,
-                from_device: item.from_device,
-                client_msg_id: item.client_msg_id,
-                server_ts_ms: item.server_ts_ms,
-                payload: item.payload,
-            },
-        }));
+        out.push(match item {
+            LogItem::Live(live) => GroupOut::DeliverEncoded(live),
+            LogItem::Stored(item) => GroupOut::Deliver(GroupDeliver {
+                group,
+                deliver: Deliver {
+                    seq: ServerSeq(seq),
+                    from: item.from,
+                    from_device: item.from_device,
+                    client_msg_id: item.client_msg_id,
+                    server_ts_ms: item.server_ts_ms,
+                    payload: item.payload,
+                },
+            }),
+        });
     }
 
     /// The answer to a `Read` that asked for `requested` items (`Err` when storage failed:
@@ -265,7 +343,7 @@ impl GroupStreams {
                         }
                         break;
                     }
-                    self.deliver(group, seq.0, item, out);
+                    self.deliver(group, seq.0, LogItem::Stored(item), out);
                 }
             }
             Err(()) => s.backlog = true,
@@ -385,7 +463,11 @@ mod tests {
         behind: false,
     };
 
-    fn item(from: &str, device: u32, n: u8) -> StoredItem {
+    fn item(from: &str, device: u32, n: u8) -> LogItem {
+        LogItem::Stored(stored(from, device, n))
+    }
+
+    fn stored(from: &str, device: u32, n: u8) -> StoredItem {
         StoredItem {
             from: from.into(),
             from_device: DeviceId(device),
@@ -447,8 +529,8 @@ mod tests {
         s.pushed(G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
         assert!(out.is_empty());
         let read = vec![
-            (ServerSeq(4), item("alice", 1, 4)),
-            (ServerSeq(5), item("alice", 1, 5)),
+            (ServerSeq(4), stored("alice", 1, 4)),
+            (ServerSeq(5), stored("alice", 1, 5)),
         ];
         s.read_done(G, 4, Ok(read), IDLE, &mut out);
         assert_eq!(delivered(&out), vec![4, 5, 6]);
@@ -533,6 +615,29 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn a_live_item_goes_out_as_its_shared_encoding() {
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        out.clear();
+        let live = Arc::new(LiveItem::new(G, ServerSeq(1), &stored("alice", 1, 1)).unwrap());
+        s.pushed(G, ServerSeq(1), LogItem::Live(live.clone()), IDLE, &mut out);
+        assert_eq!(out, vec![GroupOut::DeliverEncoded(live.clone())]);
+        assert_eq!(s.unacked(), (1, 10));
+        // The bytes are the frame a read would have produced.
+        let mut decoder = missive_proto::FrameDecoder::new(1 << 20);
+        decoder.feed(&live.wire);
+        let Some(Frame::GroupDeliver(d)) = decoder.next_frame().unwrap() else {
+            panic!("not a GroupDeliver");
+        };
+        assert_eq!(
+            (d.group, d.deliver.seq, d.deliver.from.as_str()),
+            (G, ServerSeq(1), "alice")
+        );
     }
 
     #[test]

@@ -79,11 +79,11 @@ impl Metrics {
 
     /// A frame was queued to a client.
     pub fn frame_out(&self, frame: &Frame) {
-        self.frames_out[frame.kind() as usize].fetch_add(1, Ordering::Relaxed);
+        self.frame_out_kind(
+            frame.kind(),
+            matches!(frame, Frame::Deliver(_) | Frame::GroupDeliver(_)),
+        );
         match frame {
-            Frame::Deliver(_) => {
-                self.deliveries.fetch_add(1, Ordering::Relaxed);
-            }
             Frame::Error(e) => self.error(e.code),
             Frame::Rejected(r) => self.error(r.code),
             Frame::RequestRefused(r) => self.error(r.code),
@@ -91,6 +91,14 @@ impl Metrics {
                 self.error(missive_proto::ErrorCode::DeviceMismatch.as_u16())
             }
             _ => {}
+        }
+    }
+
+    /// A frame of kind `kind` written (already encoded); `delivery` when it delivers an item.
+    pub fn frame_out_kind(&self, kind: u8, delivery: bool) {
+        self.frames_out[kind as usize].fetch_add(1, Ordering::Relaxed);
+        if delivery {
+            self.deliveries.fetch_add(1, Ordering::Relaxed);
         }
     }
 

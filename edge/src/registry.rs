@@ -3,11 +3,13 @@
 //! The store's commit listener calls [`Registry::push`] for every durable item; a session that
 //! cannot keep up has its queue marked overflowed and re-reads from storage instead.
 
+use crate::group_streams::LiveItem;
 use crate::session_queue::{self, Refused};
 use dashmap::DashMap;
 use missive_proto::{Frame, GroupId, ServerSeq};
 use missive_storage::{MailboxId, StoredItem};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Items a session's live queue holds before overflowing to storage reads.
@@ -19,8 +21,8 @@ pub const SESSION_QUEUE: usize = 1024;
 pub enum SessionEvent {
     /// A durable item for this device's mailbox.
     Pushed(ServerSeq, Box<StoredItem>),
-    /// A durable item of a group's log this device reads.
-    GroupPushed(GroupId, ServerSeq, Box<StoredItem>),
+    /// A durable item of a group's log this device reads (shared by all its readers).
+    GroupPushed(GroupId, ServerSeq, Arc<LiveItem>),
     /// A frame to forward as is (presence, typing).
     Forward(Box<Frame>),
     /// The same device logged in on another connection: go away.
@@ -197,7 +199,7 @@ impl Registry {
         &self,
         group: GroupId,
         seq: ServerSeq,
-        item: &StoredItem,
+        item: &Arc<LiveItem>,
         readers: &[String],
     ) {
         for user in readers {
@@ -206,11 +208,7 @@ impl Registry {
             };
             for device in devices {
                 if let Some(h) = self.sessions.get(&MailboxId::new(user.clone(), device)) {
-                    h.offer(SessionEvent::GroupPushed(
-                        group,
-                        seq,
-                        Box::new(item.clone()),
-                    ));
+                    h.offer(SessionEvent::GroupPushed(group, seq, item.clone()));
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Wiring: open storage, bind listeners, announce readiness, run until SIGTERM/SIGINT, drain.
 
 use crate::config::{Config, GatewayUrl, RegistrationMode};
+use crate::group_streams::LiveItem;
 use crate::listener::{run_quic, run_tcp, ListenerCtx};
 use crate::notifier::Notifier;
 use crate::registry::Registry;
@@ -120,7 +121,11 @@ pub fn open_store(
             seq,
             item,
             readers,
-        } => registry.push_group(*group, *seq, item, readers),
+        } => match LiveItem::new(*group, *seq, item) {
+            Ok(live) => registry.push_group(*group, *seq, &Arc::new(live), readers),
+            // Readers then read it from the log on their next login.
+            Err(e) => tracing::error!(error = %e, group = group.0, "cannot encode a group item"),
+        },
     });
     Store::open(&config.data_dir.join("db"), store_config, Some(listener)).map_err(|source| {
         let hint = match source {

@@ -21,7 +21,7 @@
 
 use crate::budget::{Rate, TokenBucket};
 use crate::group_requests;
-use crate::group_streams::{GroupOut, GroupStreams, MailboxShare, Window};
+use crate::group_streams::{GroupOut, GroupStreams, LiveItem, LogItem, MailboxShare, Window};
 use crate::key_requests::{KeyPolicy, KeyRequests, KeyStep, KeyStoreRefusal};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use missive_proto::{
@@ -40,6 +40,7 @@ use missive_storage::{
     RegisterOutcome, StoredItem, StoryOutcome, UploadOutcome,
 };
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Limits and policy a session enforces; built from the edge config.
@@ -285,6 +286,8 @@ pub enum Action {
         /// Most records (already capped).
         limit: usize,
     },
+    /// Write a group log item's frame, encoded once for all its readers.
+    SendGroupDelivery(Arc<LiveItem>),
     /// Load where this device stands in each of its groups' logs; answer with
     /// `handle_group_positions`.
     ReadGroupPositions,
@@ -1680,6 +1683,9 @@ impl Session {
         for o in out {
             match o {
                 GroupOut::Deliver(frame) => self.send(frame),
+                GroupOut::DeliverEncoded(live) => {
+                    self.actions.push_back(Action::SendGroupDelivery(live))
+                }
                 GroupOut::Ack { group, up_to } => {
                     self.actions.push_back(Action::AckGroup { group, up_to })
                 }
@@ -1737,7 +1743,7 @@ impl Session {
     }
 
     /// An item the store just made durable in `group`'s log, for this device's user.
-    pub fn handle_group_pushed(&mut self, group: GroupId, seq: ServerSeq, item: StoredItem) {
+    pub fn handle_group_pushed(&mut self, group: GroupId, seq: ServerSeq, item: LogItem) {
         if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
@@ -2495,7 +2501,7 @@ mod tests {
             })),
             ..item(9)
         };
-        s.handle_group_pushed(g, ServerSeq(9), message);
+        s.handle_group_pushed(g, ServerSeq(9), LogItem::Stored(message));
         let a = drain(&mut s);
         assert!(
             matches!(&frames(&a)[..], [Frame::GroupDeliver(d)] if d.group == g && d.deliver.seq == ServerSeq(9)),
