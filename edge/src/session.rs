@@ -7,6 +7,8 @@
 //!   [`Session::handle_send_result`], [`Session::handle_group_send_result`],
 //!   [`Session::handle_ack_result`],
 //!   [`Session::handle_mailbox_read`], [`Session::handle_pushed`],
+//!   [`Session::handle_group_positions`], [`Session::handle_group_log_read`],
+//!   [`Session::handle_group_pushed`], [`Session::handle_group_ack_result`],
 //!   [`Session::handle_overflow`], [`Session::handle_goaway`], [`Session::handle_timeout`];
 //! - outputs: after **every** input the driver drains [`Session::poll_action`] until `None`,
 //!   executing actions in order (frames are written in that order), then re-arms its timer
@@ -17,7 +19,9 @@
 //! by the store are delivered directly only when no read is outstanding and nothing older
 //! may be waiting in storage; otherwise they are dropped and picked up by the next read. The
 //! driver must register the session for live pushes *before* it executes the first
-//! `ReadMailbox`, so every item is either in that read or pushed after it.
+//! `ReadMailbox` (and `ReadGroupPositions`), so every item is either in that read or pushed
+//! after it. The group logs (protocol version 6) follow the same rule per group, in
+//! `group_streams.rs`, and share the delivery window with the mailbox.
 
 use crate::budget::{Rate, TokenBucket};
 use crate::group_requests;
