@@ -916,7 +916,7 @@ impl Session {
             }
             (Phase::Active { .. }, Frame::AckDelivery(a)) => self.on_ack(a),
             (Phase::Active { .. }, Frame::AckGroup(a)) => {
-                let mailbox = self.mailbox_unacked();
+                let mailbox = self.mailbox_share();
                 let mut out = Vec::new();
                 if let Some(g) = &mut self.groups {
                     g.client_ack(a.group, a.up_to, mailbox, &mut out);
@@ -1630,7 +1630,7 @@ impl Session {
     /// storage may hold more.
     fn pump(&mut self) {
         if matches!(self.phase, Phase::Active { .. }) {
-            let mailbox = self.mailbox_unacked();
+            let mailbox = self.mailbox_share();
             let mut out = Vec::new();
             if let Some(g) = &mut self.groups {
                 g.pump(mailbox, &mut out);
@@ -1671,7 +1671,7 @@ impl Session {
 
     /// Where the mailbox stands, for the group streams: its share of the delivery window,
     /// and whether it may hold items not delivered yet.
-    fn mailbox_unacked(&self) -> MailboxShare {
+    fn mailbox_share(&self) -> MailboxShare {
         MailboxShare {
             unacked: self.unacked.len(),
             bytes: self.unacked_bytes,
@@ -1720,7 +1720,7 @@ impl Session {
             self.fail(ErrorCode::Internal, "storage unavailable");
             return;
         };
-        let mailbox = self.mailbox_unacked();
+        let mailbox = self.mailbox_share();
         let mut out = Vec::new();
         if let Some(g) = &mut self.groups {
             g.positions(positions, mailbox, &mut out);
@@ -1738,7 +1738,7 @@ impl Session {
         if self.is_closed() {
             return;
         }
-        let mailbox = self.mailbox_unacked();
+        let mailbox = self.mailbox_share();
         let mut out = Vec::new();
         if let Some(g) = &mut self.groups {
             g.read_done(group, requested, result, mailbox, &mut out);
@@ -1751,7 +1751,7 @@ impl Session {
         if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
-        let mailbox = self.mailbox_unacked();
+        let mailbox = self.mailbox_share();
         let mut out = Vec::new();
         if let Some(g) = &mut self.groups {
             g.pushed(group, seq, item, mailbox, &mut out);
