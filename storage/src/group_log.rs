@@ -430,20 +430,15 @@ impl Tx<'_> {
     }
 
     /// Records a logged message: its receipt record, and its sender for the acks that tell
-    /// it its counts. The sending device has it already: when that device had read
-    /// everything before it, its cursor moves past it (else its next read skips it).
+    /// it its counts. (The sending device's session skips it and acknowledges past it.)
     pub(crate) fn logged_message(
         &mut self,
         group: GroupId,
         seq: u64,
-        (sender, device, client_msg_id): (&str, DeviceId, ClientMsgId),
+        (sender, client_msg_id): (&str, ClientMsgId),
         of: u32,
         now_ms: u64,
     ) -> Result<(), StorageError> {
-        let own = keys::group_cursor(group, sender, device);
-        if self.read(&own)?.and_then(|v| keys::be_u64(&v)) == Some(seq - 1) {
-            self.put(own, seq.to_be_bytes().to_vec());
-        }
         let receipt = LogReceipt {
             created_ms: now_ms,
             seq,

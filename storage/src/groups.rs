@@ -749,7 +749,7 @@ impl Write for GroupSend {
         tx.logged_message(
             self.group,
             seq,
-            (&self.from, self.from_device, self.client_msg_id),
+            (&self.from, self.client_msg_id),
             of,
             self.now_ms,
         )?;
