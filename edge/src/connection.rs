@@ -357,12 +357,13 @@ impl Driver {
                     }
                 },
                 ev = self.events.recv() => {
-                    self.on_event(ev);
+                    let now = Instant::now();
+                    self.on_event(now, ev);
                     // What queued up meanwhile goes in the same write: a burst of deliveries
                     // then leaves in a few packets instead of one wake-up and write each.
                     for _ in 1..EVENTS_PER_WAKE {
                         match self.events.try_recv() {
-                            Some(ev) => self.on_event(ev),
+                            Some(ev) => self.on_event(now, ev),
                             None => break,
                         }
                     }
@@ -689,23 +690,9 @@ impl Driver {
                 }
                 Action::AckGroup { group, up_to } => {
                     let Some(me) = &self.mailbox else { continue };
-                    let fut = self
-                        .shared
-                        .store
-                        .ack_group((&me.user, me.device), group, up_to);
-                    let registry = self.shared.registry.clone();
+                    let write = write_group_cursor(&self.shared, me, group, up_to);
                     self.pending.push(Box::pin(async move {
-                        match fut.await {
-                            // Group senders hear their new counts live (they are not queued).
-                            Ok(told) => {
-                                for (sender, receipt) in told {
-                                    registry.forward_to_user(&sender, &receipt.into());
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "group ack not applied; items will be redelivered")
-                            }
-                        }
+                        write.await;
                         Completion::GroupAcked(group)
                     }));
                 }
@@ -969,11 +956,14 @@ impl Driver {
             Completion::Acked => self.session.handle_ack_result(),
             Completion::Done => {}
             Completion::Read(limit, r) => self.session.handle_mailbox_read(limit, r),
-            Completion::GroupPositions(r) => self.session.handle_group_positions(r),
+            Completion::GroupPositions(r) => self.session.handle_group_positions(Instant::now(), r),
             Completion::GroupRead(group, limit, r) => {
-                self.session.handle_group_log_read(group, limit, r)
+                self.session
+                    .handle_group_log_read(Instant::now(), group, limit, r)
             }
-            Completion::GroupAcked(group) => self.session.handle_group_ack_result(group),
+            Completion::GroupAcked(group) => {
+                self.session.handle_group_ack_result(Instant::now(), group)
+            }
             Completion::VisibilityStored(v, stored) => {
                 if let (true, Some(me)) = (stored, &self.mailbox) {
                     let state = if v == Visibility::Nobody {
@@ -988,12 +978,12 @@ impl Driver {
         }
     }
 
-    fn on_event(&mut self, ev: SessionEvent) {
+    fn on_event(&mut self, now: Instant, ev: SessionEvent) {
         match ev {
             SessionEvent::Pushed(seq, item) => self.session.handle_pushed(seq, *item),
             SessionEvent::GroupPushed(group, seq, item) => {
                 self.session
-                    .handle_group_pushed(group, seq, LogItem::Live(item))
+                    .handle_group_pushed(now, group, seq, LogItem::Live(item))
             }
             SessionEvent::Forward(f) => self.write(&f),
             SessionEvent::Replaced => self.session.handle_replaced(),
@@ -1050,6 +1040,11 @@ impl Driver {
     /// would keep a second copy of it in the connection's future for its whole life.
     async fn finish(&mut self) {
         if let Some(mb) = &self.mailbox {
+            // Acknowledged group cursors the session paced and had not written: the client
+            // must not get those items again on its next connection.
+            for (group, up_to) in self.session.take_unwritten_cursors() {
+                tokio::spawn(write_group_cursor(&self.shared, mb, group, up_to));
+            }
             let registry = &self.shared.registry;
             let unregistered = registry.unregister(mb, self.handle.conn_id);
             // Only when this session was still the device's (a replaced one must not end the
@@ -1094,5 +1089,29 @@ impl Driver {
             }
         })
         .await;
+    }
+}
+
+/// Writes `me`'s cursor in `group` as `up_to`; the group senders whose counts it changed
+/// hear them live (receipts are not queued).
+fn write_group_cursor(
+    shared: &Shared,
+    me: &MailboxId,
+    group: GroupId,
+    up_to: ServerSeq,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let fut = shared.store.ack_group((&me.user, me.device), group, up_to);
+    let registry = shared.registry.clone();
+    async move {
+        match fut.await {
+            Ok(told) => {
+                for (sender, receipt) in told {
+                    registry.forward_to_user(&sender, &receipt.into());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "group ack not applied; items will be redelivered")
+            }
+        }
     }
 }

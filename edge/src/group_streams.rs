@@ -8,11 +8,23 @@
 //! pushes that arrive while the positions are being loaded are held and replayed after.
 //! The sending device skips its own messages; its cursor moves past them with the acks
 //! around them.
+//!
+//! Cursor writes: the window opens as soon as the client acknowledges, but the durable
+//! cursor is written at most once per [`CURSOR_WRITE_INTERVAL`] per stream (the first write
+//! after a quiet spell goes at once). A client acknowledging every few deliveries would
+//! otherwise cost the store one write per ack and member: 200 members reading a busy group
+//! are tens of thousands of writes a second. What a crash loses is at most that interval of
+//! acknowledgements, delivered again on the next connection (the SDK drops what it has seen);
+//! a `Bye`, a drain and a closing connection write what is owed at once.
 
 use missive_proto::{Deliver, DeviceId, Frame, GroupDeliver, GroupId, Payload, ServerSeq};
 use missive_storage::{LogPosition, StoredItem};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Least time between two cursor writes of one group stream.
+pub const CURSOR_WRITE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// An item of a group's log as it was just stored, with its `GroupDeliver` frame encoded
 /// once for the sessions of all its readers (a 1,024-member group's message would otherwise
@@ -92,7 +104,7 @@ pub enum GroupOut {
     Deliver(GroupDeliver),
     /// Write this frame, encoded already.
     DeliverEncoded(Arc<LiveItem>),
-    /// Move the device's cursor in `group` to `up_to`; answer with `acked`.
+    /// Write the device's cursor in `group` as `up_to`; answer with `acked`.
     Ack {
         /// The group.
         group: GroupId,
@@ -154,8 +166,25 @@ struct Stream {
     unacked: VecDeque<(u64, usize)>,
     /// The highest of this device's own messages skipped.
     skipped_through: u64,
+    /// A cursor write is being applied.
     ack_in_flight: bool,
+    /// Acknowledged and not written yet.
     pending_ack: Option<u64>,
+    /// When the last cursor write went out.
+    last_write: Option<Instant>,
+    /// The highest cursor written (or being written).
+    written: u64,
+}
+
+impl Stream {
+    /// When the pending cursor write may go out, if one is owed and none is in flight. (A
+    /// stream's first write goes out at once, so an owed write always follows an earlier one.)
+    fn write_due(&self) -> Option<Instant> {
+        match (self.pending_ack, self.ack_in_flight) {
+            (Some(_), false) => self.last_write.map(|t| t + CURSOR_WRITE_INTERVAL),
+            _ => None,
+        }
+    }
 }
 
 /// Every group stream of one session.
@@ -169,6 +198,8 @@ pub struct GroupStreams {
     held: Vec<(GroupId, u64, LogItem)>,
     unacked: usize,
     unacked_bytes: usize,
+    /// Closing: owed cursors are written at once, not paced.
+    closing: bool,
 }
 
 fn body_bytes(item: &StoredItem) -> usize {
@@ -190,6 +221,7 @@ impl GroupStreams {
             held: Vec::new(),
             unacked: 0,
             unacked_bytes: 0,
+            closing: false,
         }
     }
 
@@ -198,9 +230,45 @@ impl GroupStreams {
         (self.unacked, self.unacked_bytes)
     }
 
-    /// Whether a cursor write is being applied.
-    pub fn acks_in_flight(&self) -> bool {
-        self.streams.values().any(|s| s.ack_in_flight)
+    /// Whether a cursor write is being applied or owed.
+    pub fn cursors_owed(&self) -> bool {
+        self.streams
+            .values()
+            .any(|s| s.ack_in_flight || s.pending_ack.is_some())
+    }
+
+    /// When [`GroupStreams::write_due`] must run next: the earliest paced cursor write.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.streams.values().filter_map(Stream::write_due).min()
+    }
+
+    /// Writes the paced cursors whose time has come.
+    pub fn write_due(&mut self, now: Instant, out: &mut Vec<GroupOut>) {
+        for (group, s) in &mut self.streams {
+            if s.write_due().is_some_and(|due| due <= now) {
+                Self::write_cursor(s, *group, Some(now), out);
+            }
+        }
+    }
+
+    /// The session closes: every owed cursor is written now, and later acks unpaced.
+    pub fn write_all_owed(&mut self, out: &mut Vec<GroupOut>) {
+        self.closing = true;
+        for (group, s) in &mut self.streams {
+            if s.write_due().is_some() {
+                Self::write_cursor(s, *group, None, out);
+            }
+        }
+    }
+
+    /// The connection is gone: the acknowledged cursors not written yet, for the driver to
+    /// write on its way out (writes in flight are already with the store, which applies
+    /// these after them).
+    pub fn take_unwritten(&mut self) -> Vec<(GroupId, ServerSeq)> {
+        self.streams
+            .iter_mut()
+            .filter_map(|(g, s)| s.pending_ack.take().map(|up_to| (*g, ServerSeq(up_to))))
+            .collect()
     }
 
     /// (Re)loads the positions: at login, and when live pushes were lost.
@@ -222,6 +290,7 @@ impl GroupStreams {
     /// The positions loaded by `LoadPositions`.
     pub fn positions(
         &mut self,
+        now: Instant,
         positions: Vec<LogPosition>,
         mailbox: MailboxShare,
         out: &mut Vec<GroupOut>,
@@ -237,7 +306,7 @@ impl GroupStreams {
             s.backlog = s.backlog || s.next < p.head.0;
         }
         for (group, seq, item) in std::mem::take(&mut self.held) {
-            self.pushed(group, ServerSeq(seq), item, mailbox, out);
+            self.pushed(now, group, ServerSeq(seq), item, mailbox, out);
         }
         if std::mem::take(&mut self.reload) {
             self.start(out);
@@ -248,6 +317,7 @@ impl GroupStreams {
     /// An item the store just made durable in `group`'s log, for this device's user.
     pub fn pushed(
         &mut self,
+        now: Instant,
         group: GroupId,
         seq: ServerSeq,
         item: LogItem,
@@ -274,11 +344,19 @@ impl GroupStreams {
         } else if s.backlog || !room || mailbox.behind {
             s.backlog = true;
         } else {
-            self.deliver(group, seq.0, item, out);
+            self.deliver(now, group, seq.0, item, out);
         }
     }
 
-    fn deliver(&mut self, group: GroupId, seq: u64, item: LogItem, out: &mut Vec<GroupOut>) {
+    fn deliver(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        seq: u64,
+        item: LogItem,
+        out: &mut Vec<GroupOut>,
+    ) {
+        let paced = !self.closing;
         let Some(s) = self.streams.get_mut(&group) else {
             return;
         };
@@ -290,7 +368,7 @@ impl GroupStreams {
         if from == self.device.0 && from_device == self.device.1 {
             s.skipped_through = seq;
             if s.unacked.is_empty() {
-                Self::queue_ack(s, group, seq, out);
+                Self::queue_ack(s, group, seq, paced, now, out);
             }
             return;
         }
@@ -318,6 +396,7 @@ impl GroupStreams {
     /// the stream reads again on the next pump).
     pub fn read_done(
         &mut self,
+        now: Instant,
         group: GroupId,
         requested: usize,
         result: Result<Vec<(ServerSeq, StoredItem)>, ()>,
@@ -343,13 +422,13 @@ impl GroupStreams {
                         }
                         break;
                     }
-                    self.deliver(group, seq.0, LogItem::Stored(item), out);
+                    self.deliver(now, group, seq.0, LogItem::Stored(item), out);
                 }
             }
             Err(()) => s.backlog = true,
         }
         for (seq, item) in held {
-            self.pushed(group, ServerSeq(seq), item, mailbox, out);
+            self.pushed(now, group, ServerSeq(seq), item, mailbox, out);
         }
         self.pump(mailbox, out);
     }
@@ -357,6 +436,7 @@ impl GroupStreams {
     /// The client's `AckGroup`: clamped to what this connection delivered.
     pub fn client_ack(
         &mut self,
+        now: Instant,
         group: GroupId,
         up_to: ServerSeq,
         mailbox: MailboxShare,
@@ -381,15 +461,48 @@ impl GroupStreams {
         if s.unacked.is_empty() && s.skipped_through > up_to {
             up_to = s.skipped_through;
         }
-        Self::queue_ack(s, group, up_to, out);
+        Self::queue_ack(s, group, up_to, !self.closing, now, out);
         self.pump(mailbox, out);
     }
 
-    fn queue_ack(s: &mut Stream, group: GroupId, up_to: u64, out: &mut Vec<GroupOut>) {
-        if s.ack_in_flight {
-            s.pending_ack = Some(s.pending_ack.map_or(up_to, |p| p.max(up_to)));
-        } else {
+    /// Owes a cursor write of `up_to`, and makes it now when the pace allows.
+    fn queue_ack(
+        s: &mut Stream,
+        group: GroupId,
+        up_to: u64,
+        paced: bool,
+        now: Instant,
+        out: &mut Vec<GroupOut>,
+    ) {
+        if up_to <= s.written && s.pending_ack.is_none() {
+            return; // an ack of nothing new
+        }
+        s.pending_ack = Some(s.pending_ack.map_or(up_to, |p| p.max(up_to)));
+        Self::write_when_due(s, group, paced, now, out);
+    }
+
+    fn write_when_due(
+        s: &mut Stream,
+        group: GroupId,
+        paced: bool,
+        now: Instant,
+        out: &mut Vec<GroupOut>,
+    ) {
+        let due = match s.last_write {
+            Some(t) if paced => now >= t + CURSOR_WRITE_INTERVAL,
+            _ => true,
+        };
+        if due && !s.ack_in_flight {
+            Self::write_cursor(s, group, Some(now), out);
+        }
+    }
+
+    /// Writes the owed cursor; `at` paces the next one (`None` when closing: unpaced).
+    fn write_cursor(s: &mut Stream, group: GroupId, at: Option<Instant>, out: &mut Vec<GroupOut>) {
+        if let Some(up_to) = s.pending_ack.take() {
             s.ack_in_flight = true;
+            s.last_write = at.or(s.last_write);
+            s.written = s.written.max(up_to);
             out.push(GroupOut::Ack {
                 group,
                 up_to: ServerSeq(up_to),
@@ -399,18 +512,13 @@ impl GroupStreams {
 
     /// The store applied an `Ack` of `group` (or failed to: the items then come again on a
     /// later connection).
-    pub fn acked(&mut self, group: GroupId, out: &mut Vec<GroupOut>) {
+    pub fn acked(&mut self, now: Instant, group: GroupId, out: &mut Vec<GroupOut>) {
+        let paced = !self.closing;
         let Some(s) = self.streams.get_mut(&group) else {
             return;
         };
         s.ack_in_flight = false;
-        if let Some(up_to) = s.pending_ack.take() {
-            s.ack_in_flight = true;
-            out.push(GroupOut::Ack {
-                group,
-                up_to: ServerSeq(up_to),
-            });
-        }
+        Self::write_when_due(s, group, paced, now, out);
     }
 
     /// Starts a read of every stream that may hold more, while the window has room.
@@ -511,12 +619,13 @@ mod tests {
 
     #[test]
     fn a_backlog_is_read_then_pushes_go_straight_out() {
+        let t0 = Instant::now();
         let mut s = streams();
         let mut out = Vec::new();
         s.start(&mut out);
         assert_eq!(out, vec![GroupOut::LoadPositions]);
         out.clear();
-        s.positions(vec![position(4, 6)], IDLE, &mut out);
+        s.positions(t0, vec![position(4, 6)], IDLE, &mut out);
         assert!(matches!(
             out[..],
             [GroupOut::Read {
@@ -526,23 +635,23 @@ mod tests {
         ));
         out.clear();
         // A push during the read is held, then delivered after what the read found.
-        s.pushed(G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
         assert!(out.is_empty());
         let read = vec![
             (ServerSeq(4), stored("alice", 1, 4)),
             (ServerSeq(5), stored("alice", 1, 5)),
         ];
-        s.read_done(G, 4, Ok(read), IDLE, &mut out);
+        s.read_done(t0, G, 4, Ok(read), IDLE, &mut out);
         assert_eq!(delivered(&out), vec![4, 5, 6]);
         out.clear();
-        s.pushed(G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
         assert!(out.is_empty(), "delivered once");
-        s.pushed(G, ServerSeq(7), item("alice", 1, 7), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(7), item("alice", 1, 7), IDLE, &mut out);
         // The window (4) is full now: the next push waits for a read.
-        s.pushed(G, ServerSeq(8), item("alice", 1, 8), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(8), item("alice", 1, 8), IDLE, &mut out);
         assert_eq!(delivered(&out), vec![7]);
         out.clear();
-        s.client_ack(G, ServerSeq(99), IDLE, &mut out);
+        s.client_ack(t0, G, ServerSeq(99), IDLE, &mut out);
         assert_eq!(
             out[0],
             GroupOut::Ack {
@@ -562,19 +671,27 @@ mod tests {
 
     #[test]
     fn pushes_while_the_positions_load_are_held_and_a_new_group_starts_at_its_first_item() {
+        let t0 = Instant::now();
         let mut s = streams();
         let mut out = Vec::new();
         s.start(&mut out);
         out.clear();
-        s.pushed(G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(6), item("alice", 1, 6), IDLE, &mut out);
         assert!(out.is_empty());
         // Caught up at 6 when the positions were read: the held push goes out.
-        s.positions(vec![position(6, 6)], IDLE, &mut out);
+        s.positions(t0, vec![position(6, 6)], IDLE, &mut out);
         assert_eq!(delivered(&out), vec![6]);
         out.clear();
         // Joined another group since: its first push starts the stream.
         let other = GroupId(8);
-        s.pushed(other, ServerSeq(40), item("alice", 1, 40), IDLE, &mut out);
+        s.pushed(
+            t0,
+            other,
+            ServerSeq(40),
+            item("alice", 1, 40),
+            IDLE,
+            &mut out,
+        );
         assert!(matches!(
             &out[..],
             [GroupOut::Deliver(d)] if d.group == other && d.deliver.seq == ServerSeq(40)
@@ -582,6 +699,7 @@ mod tests {
         // The mailbox's share of the window counts too.
         out.clear();
         s.pushed(
+            t0,
             G,
             ServerSeq(7),
             item("alice", 1, 7),
@@ -593,17 +711,18 @@ mod tests {
 
     #[test]
     fn a_mailbox_behind_holds_the_groups_back() {
+        let t0 = Instant::now();
         let mut s = streams();
         let mut out = Vec::new();
         s.start(&mut out);
-        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        s.positions(t0, vec![position(1, 1)], IDLE, &mut out);
         out.clear();
         let behind = MailboxShare {
             behind: true,
             ..IDLE
         };
         // The message's key may still be in the mailbox: the message waits.
-        s.pushed(G, ServerSeq(1), item("alice", 1, 1), behind, &mut out);
+        s.pushed(t0, G, ServerSeq(1), item("alice", 1, 1), behind, &mut out);
         s.pump(behind, &mut out);
         assert!(out.is_empty());
         // Caught up: the log is read from where the device stands.
@@ -619,13 +738,21 @@ mod tests {
 
     #[test]
     fn a_live_item_goes_out_as_its_shared_encoding() {
+        let t0 = Instant::now();
         let mut s = streams();
         let mut out = Vec::new();
         s.start(&mut out);
-        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        s.positions(t0, vec![position(1, 1)], IDLE, &mut out);
         out.clear();
         let live = Arc::new(LiveItem::new(G, ServerSeq(1), &stored("alice", 1, 1)).unwrap());
-        s.pushed(G, ServerSeq(1), LogItem::Live(live.clone()), IDLE, &mut out);
+        s.pushed(
+            t0,
+            G,
+            ServerSeq(1),
+            LogItem::Live(live.clone()),
+            IDLE,
+            &mut out,
+        );
         assert_eq!(out, vec![GroupOut::DeliverEncoded(live.clone())]);
         assert_eq!(s.unacked(), (1, 10));
         // The bytes are the frame a read would have produced.
@@ -642,12 +769,13 @@ mod tests {
 
     #[test]
     fn own_messages_are_skipped_and_acked_past() {
+        let t0 = Instant::now();
         let mut s = streams();
         let mut out = Vec::new();
         s.start(&mut out);
-        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        s.positions(t0, vec![position(1, 1)], IDLE, &mut out);
         out.clear();
-        s.pushed(G, ServerSeq(1), item("bob", 1, 1), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(1), item("bob", 1, 1), IDLE, &mut out);
         assert_eq!(
             out,
             vec![GroupOut::Ack {
@@ -656,14 +784,14 @@ mod tests {
             }]
         );
         out.clear();
-        s.pushed(G, ServerSeq(2), item("alice", 1, 2), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(2), item("alice", 1, 2), IDLE, &mut out);
         // Another device of bob's is a reader like any other.
-        s.pushed(G, ServerSeq(3), item("bob", 2, 3), IDLE, &mut out);
-        s.pushed(G, ServerSeq(4), item("bob", 1, 4), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(3), item("bob", 2, 3), IDLE, &mut out);
+        s.pushed(t0, G, ServerSeq(4), item("bob", 1, 4), IDLE, &mut out);
         assert_eq!(delivered(&out), vec![2, 3]);
         out.clear();
-        s.acked(G, &mut out);
-        s.client_ack(G, ServerSeq(3), IDLE, &mut out);
+        s.acked(t0, G, &mut out);
+        s.client_ack(t0 + CURSOR_WRITE_INTERVAL, G, ServerSeq(3), IDLE, &mut out);
         assert_eq!(
             out,
             vec![GroupOut::Ack {
@@ -676,22 +804,36 @@ mod tests {
     }
 
     #[test]
-    fn acks_during_an_ack_merge() {
+    fn acks_during_a_write_merge_and_wait_for_the_pace() {
+        let t0 = Instant::now();
         let mut s = streams();
         let mut out = Vec::new();
         s.start(&mut out);
-        s.positions(vec![position(1, 1)], IDLE, &mut out);
+        s.positions(t0, vec![position(1, 1)], IDLE, &mut out);
         for n in 1..=3 {
-            s.pushed(G, ServerSeq(n), item("alice", 1, n as u8), IDLE, &mut out);
+            s.pushed(
+                t0,
+                G,
+                ServerSeq(n),
+                item("alice", 1, n as u8),
+                IDLE,
+                &mut out,
+            );
         }
         out.clear();
-        s.client_ack(G, ServerSeq(1), IDLE, &mut out);
-        s.client_ack(G, ServerSeq(2), IDLE, &mut out);
-        s.client_ack(G, ServerSeq(3), IDLE, &mut out);
+        s.client_ack(t0, G, ServerSeq(1), IDLE, &mut out);
+        s.client_ack(t0, G, ServerSeq(2), IDLE, &mut out);
+        s.client_ack(t0, G, ServerSeq(3), IDLE, &mut out);
         assert_eq!(out.len(), 1);
-        assert!(s.acks_in_flight());
+        assert!(s.cursors_owed());
         out.clear();
-        s.acked(G, &mut out);
+        s.acked(t0, G, &mut out);
+        assert!(out.is_empty(), "the next write waits for the pace");
+        let due = t0 + CURSOR_WRITE_INTERVAL;
+        assert_eq!(s.poll_timeout(), Some(due));
+        s.write_due(due - Duration::from_millis(1), &mut out);
+        assert!(out.is_empty());
+        s.write_due(due, &mut out);
         assert_eq!(
             out,
             vec![GroupOut::Ack {
@@ -699,5 +841,12 @@ mod tests {
                 up_to: ServerSeq(3)
             }]
         );
+        assert_eq!(s.poll_timeout(), None, "nothing more owed");
+        // An ack of nothing new writes nothing.
+        out.clear();
+        s.acked(due, G, &mut out);
+        s.client_ack(due + CURSOR_WRITE_INTERVAL, G, ServerSeq(3), IDLE, &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert!(!s.cursors_owed());
     }
 }

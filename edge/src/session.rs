@@ -531,9 +531,21 @@ impl Session {
         let idle = self.last_client_frame + self.config.idle_timeout;
         match self.phase {
             Phase::Closed => None,
-            Phase::Active { .. } => Some(idle),
+            Phase::Active { .. } => {
+                let cursors = self.groups.as_ref().and_then(GroupStreams::poll_timeout);
+                Some(cursors.map_or(idle, |c| c.min(idle)))
+            }
             _ => Some(idle.min(self.login_deadline)),
         }
+    }
+
+    /// Group cursors the client acknowledged and that were not written yet: the driver
+    /// writes them when the connection ends without a `Bye`.
+    pub fn take_unwritten_cursors(&mut self) -> Vec<(GroupId, ServerSeq)> {
+        self.groups
+            .as_mut()
+            .map(GroupStreams::take_unwritten)
+            .unwrap_or_default()
     }
 
     /// The users this session watches (the driver unsubscribes them when it closes).
@@ -598,6 +610,11 @@ impl Session {
             return;
         }
         let logged_in = matches!(self.phase, Phase::Active { .. });
+        let mut out = Vec::new();
+        if let Some(g) = &mut self.groups {
+            g.write_due(now, &mut out);
+        }
+        self.group_outs(out);
         if !logged_in && now >= self.login_deadline {
             self.fail(
                 ErrorCode::LoginTimeout,
@@ -919,7 +936,7 @@ impl Session {
                 let mailbox = self.mailbox_share();
                 let mut out = Vec::new();
                 if let Some(g) = &mut self.groups {
-                    g.client_ack(a.group, a.up_to, mailbox, &mut out);
+                    g.client_ack(now, a.group, a.up_to, mailbox, &mut out);
                 }
                 self.group_outs(out);
                 self.pump();
@@ -1712,7 +1729,7 @@ impl Session {
     }
 
     /// Storage's answer to `Action::ReadGroupPositions` (`Err(())` when storage failed).
-    pub fn handle_group_positions(&mut self, result: Result<Vec<LogPosition>, ()>) {
+    pub fn handle_group_positions(&mut self, now: Instant, result: Result<Vec<LogPosition>, ()>) {
         if self.is_closed() {
             return;
         }
@@ -1723,7 +1740,7 @@ impl Session {
         let mailbox = self.mailbox_share();
         let mut out = Vec::new();
         if let Some(g) = &mut self.groups {
-            g.positions(positions, mailbox, &mut out);
+            g.positions(now, positions, mailbox, &mut out);
         }
         self.group_outs(out);
     }
@@ -1731,6 +1748,7 @@ impl Session {
     /// Storage's answer to `Action::ReadGroupLog` for `requested` items.
     pub fn handle_group_log_read(
         &mut self,
+        now: Instant,
         group: GroupId,
         requested: usize,
         result: Result<Vec<(ServerSeq, StoredItem)>, ()>,
@@ -1741,40 +1759,56 @@ impl Session {
         let mailbox = self.mailbox_share();
         let mut out = Vec::new();
         if let Some(g) = &mut self.groups {
-            g.read_done(group, requested, result, mailbox, &mut out);
+            g.read_done(now, group, requested, result, mailbox, &mut out);
         }
         self.group_outs(out);
     }
 
     /// An item the store just made durable in `group`'s log, for this device's user.
-    pub fn handle_group_pushed(&mut self, group: GroupId, seq: ServerSeq, item: LogItem) {
+    pub fn handle_group_pushed(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        seq: ServerSeq,
+        item: LogItem,
+    ) {
         if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
         let mailbox = self.mailbox_share();
         let mut out = Vec::new();
         if let Some(g) = &mut self.groups {
-            g.pushed(group, seq, item, mailbox, &mut out);
+            g.pushed(now, group, seq, item, mailbox, &mut out);
         }
         self.group_outs(out);
     }
 
     /// Storage's answer to `Action::AckGroup`. A failed ack only means the items are
     /// delivered again on a later connection.
-    pub fn handle_group_ack_result(&mut self, group: GroupId) {
+    pub fn handle_group_ack_result(&mut self, now: Instant, group: GroupId) {
         let mut out = Vec::new();
         if let Some(g) = &mut self.groups {
-            g.acked(group, &mut out);
+            g.acked(now, group, &mut out);
         }
         self.group_outs(out);
         self.maybe_finish();
     }
 
     fn maybe_finish(&mut self) {
-        if self.is_closed()
-            || self.sends_in_flight > 0
+        if self.is_closed() {
+            return;
+        }
+        if self.bye_requested || self.draining {
+            // Paced cursor writes go now: the client expects its acks stored by the `Bye`.
+            let mut out = Vec::new();
+            if let Some(g) = &mut self.groups {
+                g.write_all_owed(&mut out);
+            }
+            self.group_outs(out);
+        }
+        if self.sends_in_flight > 0
             || self.ack_in_flight
-            || self.groups.as_ref().is_some_and(|g| g.acks_in_flight())
+            || self.groups.as_ref().is_some_and(|g| g.cursors_owed())
             || self.visibility_in_flight
         {
             return;
@@ -1972,7 +2006,7 @@ mod tests {
             }
         );
         // In no group yet: nothing to read.
-        s.handle_group_positions(Ok(Vec::new()));
+        s.handle_group_positions(now, Ok(Vec::new()));
         assert!(drain(&mut s).is_empty());
         s
     }
@@ -2505,7 +2539,7 @@ mod tests {
             })),
             ..item(9)
         };
-        s.handle_group_pushed(g, ServerSeq(9), LogItem::Stored(message));
+        s.handle_group_pushed(now, g, ServerSeq(9), LogItem::Stored(message));
         let a = drain(&mut s);
         assert!(
             matches!(&frames(&a)[..], [Frame::GroupDeliver(d)] if d.group == g && d.deliver.seq == ServerSeq(9)),
@@ -2526,8 +2560,97 @@ mod tests {
             up_to: ServerSeq(9)
         }));
         assert!(!a.contains(&Action::Close), "the cursor is not written yet");
-        s.handle_group_ack_result(g);
+        s.handle_group_ack_result(now, g);
         assert_eq!(drain(&mut s).last(), Some(&Action::Close));
+    }
+
+    fn group_message(g: GroupId, seq: u64) -> LogItem {
+        LogItem::Stored(StoredItem {
+            payload: Payload::Group(Box::new(missive_proto::GroupMessage {
+                group: g,
+                body: vec![1, 2],
+            })),
+            ..item(seq)
+        })
+    }
+
+    fn ack_group(g: GroupId, up_to: u64) -> Frame {
+        missive_proto::AckGroup {
+            group: g,
+            up_to: ServerSeq(up_to),
+        }
+        .into()
+    }
+
+    #[test]
+    fn group_cursor_writes_are_paced_and_a_bye_writes_what_is_owed() {
+        let now = Instant::now();
+        let mut s = active(now);
+        s.handle_mailbox_read(4, Ok(Vec::new()));
+        drain(&mut s);
+        let g = GroupId(3);
+        let write = |up_to| Action::AckGroup {
+            group: g,
+            up_to: ServerSeq(up_to),
+        };
+        // The first ack after a quiet spell is written at once.
+        s.handle_group_pushed(now, g, ServerSeq(1), group_message(g, 1));
+        s.handle_frame(now, ack_group(g, 1));
+        assert!(drain(&mut s).contains(&write(1)));
+        s.handle_group_ack_result(now, g);
+        // The next within the interval waits for the session's timer, though the window
+        // opened at once (the next item goes out).
+        let t1 = now + Duration::from_millis(10);
+        s.handle_group_pushed(t1, g, ServerSeq(2), group_message(g, 2));
+        s.handle_frame(t1, ack_group(g, 2));
+        s.handle_group_pushed(t1, g, ServerSeq(3), group_message(g, 3));
+        s.handle_frame(t1, ack_group(g, 3));
+        let a = drain(&mut s);
+        let seqs: Vec<u64> = frames(&a)
+            .iter()
+            .filter_map(|f| match f {
+                Frame::GroupDeliver(d) => Some(d.deliver.seq.0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert!(
+            !a.iter().any(|a| matches!(a, Action::AckGroup { .. })),
+            "{a:?}"
+        );
+        let due = now + crate::group_streams::CURSOR_WRITE_INTERVAL;
+        assert_eq!(s.poll_timeout(), Some(due));
+        s.handle_timeout(due);
+        assert_eq!(drain(&mut s), vec![write(3)], "one write for both acks");
+        s.handle_group_ack_result(due, g);
+        // An ack owed at the Bye is written before the Bye is answered.
+        let t2 = due + Duration::from_millis(1);
+        s.handle_group_pushed(t2, g, ServerSeq(4), group_message(g, 4));
+        s.handle_frame(t2, ack_group(g, 4));
+        assert!(!drain(&mut s).contains(&write(4)));
+        s.handle_frame(t2, Bye {}.into());
+        let a = drain(&mut s);
+        assert!(a.contains(&write(4)), "{a:?}");
+        assert!(!a.contains(&Action::Close));
+        s.handle_group_ack_result(t2, g);
+        assert_eq!(drain(&mut s).last(), Some(&Action::Close));
+    }
+
+    #[test]
+    fn a_connection_lost_hands_over_the_unwritten_cursors() {
+        let now = Instant::now();
+        let mut s = active(now);
+        s.handle_mailbox_read(4, Ok(Vec::new()));
+        drain(&mut s);
+        let g = GroupId(3);
+        s.handle_group_pushed(now, g, ServerSeq(1), group_message(g, 1));
+        s.handle_frame(now, ack_group(g, 1));
+        s.handle_group_pushed(now, g, ServerSeq(2), group_message(g, 2));
+        s.handle_frame(now, ack_group(g, 2));
+        drain(&mut s);
+        // 1 is being written; 2 waits for the pace when the transport goes away.
+        assert_eq!(s.take_unwritten_cursors(), vec![(g, ServerSeq(2))]);
+        assert!(s.take_unwritten_cursors().is_empty(), "handed over once");
     }
 
     #[test]

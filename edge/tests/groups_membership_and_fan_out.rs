@@ -1,8 +1,8 @@
 //! Groups on the real edge, frame by frame: only admins change membership, a revoked invite
 //! is refused, non-members and stale epochs are refused with typed errors, a group message
 //! reaches every member in the same order, receipts are aggregated for the sender, a removed
-//! member gets nothing sent after its removal, and a 50-member group with most members
-//! offline loses nothing across a SIGKILL.
+//! member gets nothing sent after its removal, a 50-member group with most members
+//! offline loses nothing across a SIGKILL, and acknowledged items do not come again.
 
 mod common;
 
@@ -368,5 +368,84 @@ async fn a_50_member_group_loses_nothing_across_a_sigkill() {
         let (bodies, changes) = drain(&mut r, Duration::from_millis(400)).await;
         assert_eq!(bodies, expected, "{name} got each message once, in order");
         assert_eq!(changes.len(), 1, "{name}: the Added event");
+    }
+}
+
+/// The edge writes a device's group cursor at most every 100 ms; what a device acknowledged
+/// must still not come again, whether it said `Bye` or its connection just went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_group_items_do_not_come_again_after_a_bye_or_a_lost_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Edge::start_fresh(dir.path(), &[]);
+    let mut alice = user(&edge, "alice").await;
+    drop(user(&edge, "bob").await);
+    let g = info(ask(&mut alice, 1, GroupOp::Create { name: "g".into() }).await);
+    let g = info(
+        ask(
+            &mut alice,
+            2,
+            GroupOp::Add {
+                group: g.group,
+                users: vec!["bob".into()],
+            },
+        )
+        .await,
+    );
+    let quiet = Duration::from_millis(400);
+    let body = |n: u32| format!("ciphertext {n}").into_bytes();
+    let mut next = 0;
+    for round in ["lost connection", "bye"] {
+        let mut bob = online(&edge, "bob").await;
+        drain(&mut bob, quiet).await;
+        // A burst of messages, each acknowledged as it comes: most of those acks fall within
+        // the pacing interval of the one before.
+        let sent: Vec<u32> = (next..next + 8).collect();
+        next += 8;
+        for &n in &sent {
+            group_send(&mut alice, g.group, g.epoch, n).await.unwrap();
+        }
+        // Taken and acknowledged one by one, and the connection ends right after the last:
+        // no quiet spell in which the edge's pacing timer would write the cursor.
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            match bob.recv().await {
+                Some(Frame::GroupDeliver(d)) => {
+                    if let Payload::Group(m) = d.deliver.payload {
+                        got.push(m.body);
+                    }
+                    let ack = missive_proto::AckGroup {
+                        group: d.group,
+                        up_to: d.deliver.seq,
+                    };
+                    bob.send(ack.into()).await;
+                }
+                Some(_) => {}
+                None => panic!("closed while receiving"),
+            }
+        }
+        assert_eq!(got, sent.iter().map(|&n| body(n)).collect::<Vec<_>>());
+        // A request answered after the acks: the edge has taken them (a connection dropped
+        // at once would lose them in the transport).
+        info(ask(&mut bob, 3, GroupOp::Info { group: g.group }).await);
+        if round == "bye" {
+            bob.send(missive_proto::Bye {}.into()).await;
+            loop {
+                match bob.recv().await {
+                    Some(Frame::Bye(_)) | None => break,
+                    Some(_) => {}
+                }
+            }
+        } else {
+            drop(bob);
+        }
+        // The connection's last writes land in a moment; nothing may come again after.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut again = online(&edge, "bob").await;
+        let (repeated, _) = drain(&mut again, quiet).await;
+        let repeated: Vec<_> = repeated
+            .iter()
+            .map(|b| String::from_utf8_lossy(b))
+            .collect();
+        assert!(repeated.is_empty(), "{round}: came again: {repeated:?}");
     }
 }
