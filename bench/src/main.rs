@@ -82,6 +82,10 @@ struct Cli {
     /// and keep their references.
     #[arg(long, default_value_t = 0.2, value_parser = share)]
     online_share: f64,
+    /// `group`: members sending at once, each keeping `--window` sends unanswered (the
+    /// messages are split between them). They are online, and not counted as receivers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    senders: u32,
     /// `call`: calls made on each path (direct, then through the relay).
     #[arg(long, default_value_t = 20)]
     calls: usize,
@@ -260,6 +264,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         one_way: cli.one_way,
         aligned: cli.aligned,
         online_share: cli.online_share,
+        senders: cli.senders as usize,
         file_bytes: (cli.file_mb * 1e6) as u64,
         calls: cli.calls,
     };

@@ -137,3 +137,28 @@ fn group_small() {
         assert!(extra[key].as_f64().unwrap() > 0.0, "{key}: {r}");
     }
 }
+
+#[test]
+fn group_small_with_three_senders() {
+    // 12 members: 3 send (301 messages split 101/100/100), 6 of the others receive. Each
+    // answered message is owed to the 6 receivers, in its sender's order.
+    let r = run(&[
+        "group",
+        "--clients",
+        "12",
+        "--online-share",
+        "0.5",
+        "--senders",
+        "3",
+        "--messages",
+        "301",
+        "--window",
+        "8",
+    ]);
+    assert_exact(&r, 301 * 6);
+    let extra = &r["extra"];
+    assert_eq!(extra["senders"], 3.0, "{r}");
+    assert_eq!(extra["online"], 6.0, "{r}");
+    assert_eq!(extra["group_msgs_answered_sent"], 301.0, "{r}");
+    assert_eq!(extra["member_connections_failed"], 0.0, "{r}");
+}

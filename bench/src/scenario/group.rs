@@ -1,13 +1,16 @@
 //! `group`: the edge's group fan-out. `clients` members are registered; member 0 creates a
 //! group and adds the others (in chunks of [`MAX_USERS_PER_CHANGE`]); a share of the others
-//! (`online_share`) log in and receive, acknowledging cumulatively; member 0 sends
-//! `messages` group messages keeping `window` unanswered.
+//! (`online_share`) log in and receive, acknowledging cumulatively; the first `senders`
+//! members (1 by default) send `messages` group messages between them, each keeping `window`
+//! unanswered.
 //!
 //! Frame-level connections ([`crate::raw`]) carry the group part: the bench counts the
 //! edge's deliveries without decrypting them (the body is a bench stamp, not a Megolm
-//! ciphertext; the edge never reads it either way). Each online member is one tracker
-//! stream: a message answered `Sent` is owed once to every online member, and a member that
-//! misses it, gets it twice or out of order shows in the report. Offline members' cursors
+//! ciphertext; the edge never reads it either way). Each (receiving member, sender) pair is
+//! one tracker stream: a message answered `Sent` is owed once to every receiving member, and
+//! a member that misses it, gets it twice or out of its sender's order shows in the report.
+//! Senders are online members too; they acknowledge what the other senders send, and those
+//! deliveries are not counted. Offline members' cursors
 //! hold every message in the group's log, so the store's growth per message
 //! (`stored_bytes_per_group_msg`, keys and values, from the edge's admin `stats`) is what one
 //! message costs a group that is mostly offline.
@@ -56,7 +59,9 @@ pub async fn run(
     tracker: Arc<Mutex<Tracker>>,
 ) -> Result<Run, String> {
     let n = knobs.clients.max(2);
-    let online = online_count(n, knobs.online_share);
+    // Every sender is a member, and at least one member receives.
+    let senders = knobs.senders.clamp(1, n - 1);
+    let online = online_count(n, knobs.online_share).min(n - senders);
     let m = knobs.messages;
     if m == 0 || knobs.seconds.is_some() {
         return Err("group sends a fixed count: give --messages above 0 (not --seconds)".into());
@@ -73,7 +78,8 @@ pub async fn run(
 
     // The online members log in and catch up with the membership events, so that the data
     // dir's baseline below holds their acks.
-    let mut conns = raw::login_all(&users[1..=online]).await?;
+    // The other senders log in with them.
+    let mut conns = raw::login_all(&users[1..senders + online]).await?;
     let settling: Vec<_> = conns
         .drain(..)
         .map(|(mut r, mut w)| {
@@ -99,6 +105,9 @@ pub async fn run(
     for s in settling {
         conns.push(s.await.map_err(|e| e.to_string())??);
     }
+    let receiving = conns.split_off(senders - 1);
+    let mut sender_conns = vec![(owner_r, owner_w)];
+    sender_conns.extend(conns);
 
     let disk_start = under.spawned.as_ref().map(|e| e.data_dir_bytes());
     let stored_start = under
@@ -112,12 +121,12 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let last_delivery_us = Arc::new(std::sync::atomic::AtomicU64::new(0));
 
-    let receivers: Vec<_> = conns
+    let receivers: Vec<_> = receiving
         .into_iter()
         .enumerate()
         .map(|(i, (r, w))| {
             tokio::spawn(receive(
-                i as u32,
+                (i as u32, senders as u32),
                 r,
                 w,
                 tracker.clone(),
@@ -128,69 +137,44 @@ pub async fn run(
         })
         .collect();
 
-    // The sender: the writer keeps `window` unanswered; the reader takes the answers.
-    let window = Arc::new(Semaphore::new(knobs.window.max(1)));
-    let inflight: Arc<Mutex<HashMap<ClientMsgId, (u64, Instant)>>> = Arc::default();
-    let (all_answered_tx, all_answered) = oneshot::channel();
-    let owner_reader = tokio::spawn(read_answers(
-        owner_r,
-        SenderShared {
-            window: window.clone(),
-            inflight: inflight.clone(),
-            tracker: tracker.clone(),
-            online: online as u32,
-            expected: m,
-            clock,
-        },
-        all_answered_tx,
-        stop_rx.clone(),
-    ));
-    let tag: u64 = rand::random();
-    let writer = {
-        let (tracker, size, inflight) = (tracker.clone(), knobs.size, inflight.clone());
-        tokio::spawn(async move {
-            for seq in 0..m {
-                window.acquire().await.map_err(|e| e.to_string())?.forget();
-                let stamp = Stamp {
-                    stream: 0,
-                    seq,
-                    sent_us: clock.now_us(),
-                };
-                let id = msg_id(tag, seq);
-                lock_map(&inflight).insert(id, (seq, Instant::now()));
-                lock(&tracker).on_sent();
-                let send = GroupSend {
-                    client_msg_id: id,
-                    group,
-                    epoch,
-                    body: payload::encode(stamp, size).into_bytes(),
-                    expires_in_secs: 0,
-                };
-                owner_w.send(&[send.into()]).await.map_err(|e| {
-                    format!("the sender's connection failed after {seq} sends: {e}")
-                })?;
-            }
-            Ok::<_, String>(owner_w)
+    // Each sender's writer keeps `window` unanswered; its reader takes the answers.
+    let sending: Vec<Sender> = sender_conns
+        .into_iter()
+        .enumerate()
+        .map(|(k, (r, w))| {
+            let share = m / senders as u64 + u64::from((k as u64) < m % senders as u64);
+            Sender::start(
+                SenderShared {
+                    window: Arc::new(Semaphore::new(knobs.window.max(1))),
+                    inflight: Arc::default(),
+                    tracker: tracker.clone(),
+                    online: online as u32,
+                    stream: k as u32,
+                    streams: senders as u32,
+                    expected: share,
+                    clock,
+                },
+                (r, w),
+                (group, epoch, knobs.size),
+                stop_rx.clone(),
+            )
         })
-    };
-    let mut owner_w = writer.await.map_err(|e| e.to_string())??;
-    let send_done_us = clock.now_us();
-    let last_sent_us = match tokio::time::timeout(ANSWER_TIMEOUT, all_answered).await {
-        Ok(Ok(us)) => us,
-        Ok(Err(_)) => {
-            let _ = stop_tx.send(true);
-            return match owner_reader.await.map_err(|e| e.to_string())? {
-                Err(e) => Err(e),
-                Ok(_) => Err("the sender's reader ended before every send was answered".into()),
-            };
-        }
-        Err(_) => {
-            return Err(format!(
-                "{} of {m} group sends still unanswered {ANSWER_TIMEOUT:?} after the last one",
-                lock_map(&inflight).len()
-            ))
-        }
-    };
+        .collect();
+    let mut send_done_us = 0;
+    let mut last_sent_us = 0;
+    let mut finishing = Vec::with_capacity(senders);
+    for mut s in sending {
+        let (writer, done_us, answered_us) = match s.wait_answered(clock).await {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = stop_tx.send(true);
+                return Err(e);
+            }
+        };
+        send_done_us = send_done_us.max(done_us);
+        last_sent_us = last_sent_us.max(answered_us);
+        finishing.push((writer, s.reader));
+    }
 
     // Every answered message must reach every online member.
     let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -219,10 +203,13 @@ pub async fn run(
         .as_ref()
         .map(|e| e.stored_bytes())
         .transpose()?;
-    // The sender has been quiet since its last send; if the edge closed it meanwhile, its
-    // reader has already ended.
-    let _ = owner_w.send(&[Bye {}.into()]).await;
-    let sender = owner_reader.await.map_err(|e| e.to_string())??;
+    // The senders have been quiet since their last send; if the edge closed one meanwhile,
+    // its reader has already ended.
+    let mut sender = SenderOutcome::default();
+    for (writer, reader) in finishing {
+        let _ = writer.lock().await.send(&[Bye {}.into()]).await;
+        sender.add(reader.await.map_err(|e| e.to_string())??);
+    }
     if let Some(first) = closed_early.first() {
         eprintln!(
             "missive-bench: {} member connection(s) failed; first: {first}",
@@ -243,6 +230,7 @@ pub async fn run(
     let mut extra = BTreeMap::new();
     extra.insert("members".into(), n as f64);
     extra.insert("online".into(), online as f64);
+    extra.insert("senders".into(), senders as f64);
     extra.insert("group_msgs_sent".into(), m as f64);
     extra.insert("group_msgs_answered_sent".into(), sender.answered as f64);
     extra.insert("group_msgs_rejected".into(), sender.rejected as f64);
@@ -371,17 +359,108 @@ async fn ask(
     }
 }
 
-/// What the sender's reader shares with the rest of the run.
+/// What a sender's writer and reader share with the rest of the run.
 struct SenderShared {
     window: Arc<Semaphore>,
     inflight: Arc<Mutex<HashMap<ClientMsgId, (u64, Instant)>>>,
     tracker: Arc<Mutex<Tracker>>,
+    /// Receiving members.
     online: u32,
+    /// This sender's index, the stamp's stream.
+    stream: u32,
+    /// Senders in all.
+    streams: u32,
+    /// Messages this sender sends.
     expected: u64,
     clock: RunClock,
 }
 
-/// What the sender's connection saw.
+/// One sending member: a writer task keeping `window` sends unanswered, and a reader task
+/// taking the answers.
+struct Sender {
+    writer: tokio::task::JoinHandle<Result<(), String>>,
+    conn: Arc<tokio::sync::Mutex<RawWriter>>,
+    reader: tokio::task::JoinHandle<Result<SenderOutcome, String>>,
+    all_answered: oneshot::Receiver<u64>,
+    inflight: Arc<Mutex<HashMap<ClientMsgId, (u64, Instant)>>>,
+    expected: u64,
+}
+
+impl Sender {
+    fn start(
+        s: SenderShared,
+        (r, w): (RawReader, RawWriter),
+        (group, epoch, size): (GroupId, u64, usize),
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        let conn = Arc::new(tokio::sync::Mutex::new(w));
+        let (all_answered_tx, all_answered) = oneshot::channel();
+        let tag: u64 = rand::random();
+        let (window, inflight, tracker) = (s.window.clone(), s.inflight.clone(), s.tracker.clone());
+        let (stream, expected, clock) = (s.stream, s.expected, s.clock);
+        let reader = tokio::spawn(read_answers(r, conn.clone(), s, all_answered_tx, stop));
+        let writer = {
+            let (conn, inflight) = (conn.clone(), inflight.clone());
+            tokio::spawn(async move {
+                for seq in 0..expected {
+                    window.acquire().await.map_err(|e| e.to_string())?.forget();
+                    let stamp = Stamp {
+                        stream,
+                        seq,
+                        sent_us: clock.now_us(),
+                    };
+                    let id = msg_id(tag, seq);
+                    lock_map(&inflight).insert(id, (seq, Instant::now()));
+                    lock(&tracker).on_sent();
+                    let send = GroupSend {
+                        client_msg_id: id,
+                        group,
+                        epoch,
+                        body: payload::encode(stamp, size).into_bytes(),
+                        expires_in_secs: 0,
+                    };
+                    conn.lock().await.send(&[send.into()]).await.map_err(|e| {
+                        format!("sender {stream}'s connection failed after {seq} sends: {e}")
+                    })?;
+                }
+                Ok(())
+            })
+        };
+        Self {
+            writer,
+            conn,
+            reader,
+            all_answered,
+            inflight,
+            expected,
+        }
+    }
+
+    /// Waits until every send was written and answered: (the connection's writer, µs since
+    /// the run's start of the last write, of the last answer).
+    async fn wait_answered(
+        &mut self,
+        clock: RunClock,
+    ) -> Result<(Arc<tokio::sync::Mutex<RawWriter>>, u64, u64), String> {
+        (&mut self.writer).await.map_err(|e| e.to_string())??;
+        let written_us = clock.now_us();
+        match tokio::time::timeout(ANSWER_TIMEOUT, &mut self.all_answered).await {
+            Ok(Ok(us)) => Ok((self.conn.clone(), written_us, us)),
+            Ok(Err(_)) => match (&mut self.reader).await.map_err(|e| e.to_string())? {
+                Err(e) => Err(e),
+                Ok(_) => Err("a sender's reader ended before every send was answered".into()),
+            },
+            Err(_) => Err(format!(
+                "{} of a sender's {} group sends still unanswered {ANSWER_TIMEOUT:?} after the \
+                 last one",
+                lock_map(&self.inflight).len(),
+                self.expected
+            )),
+        }
+    }
+}
+
+/// What the senders' connections saw.
 struct SenderOutcome {
     answered: u64,
     rejected: u64,
@@ -390,25 +469,51 @@ struct SenderOutcome {
     sent_latency_us: Histogram<u64>,
 }
 
-/// Takes the sender's answers: each `Sent` makes the message owed to every online member
+impl Default for SenderOutcome {
+    fn default() -> Self {
+        Self {
+            answered: 0,
+            rejected: 0,
+            first_rejection: None,
+            receipts: 0,
+            sent_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .expect("static histogram bounds are valid"),
+        }
+    }
+}
+
+impl SenderOutcome {
+    /// Adds another sender's outcome to this one.
+    fn add(&mut self, other: Self) {
+        self.answered += other.answered;
+        self.rejected += other.rejected;
+        if self.first_rejection.is_none() {
+            self.first_rejection = other.first_rejection;
+        }
+        self.receipts += other.receipts;
+        let _ = self.sent_latency_us.add(&other.sent_latency_us);
+    }
+}
+
+/// Takes a sender's answers: each `Sent` makes the message owed to every receiving member
 /// and frees a window slot. Reports on `all_answered` (µs since the run's start) when every
 /// send is answered, then keeps reading (the live group receipts) until the edge's `Bye`
-/// after `stop`.
+/// after `stop`. The other senders' messages are acknowledged, not counted.
 async fn read_answers(
     mut r: RawReader,
+    w: Arc<tokio::sync::Mutex<RawWriter>>,
     s: SenderShared,
     all_answered: oneshot::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SenderOutcome, String> {
-    let mut out = SenderOutcome {
-        answered: 0,
-        rejected: 0,
-        first_rejection: None,
-        receipts: 0,
-        sent_latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-            .expect("static histogram bounds are valid"),
-    };
+    let mut out = SenderOutcome::default();
+    let mut acks = Acker::new(ACK_EVERY);
     let mut all_answered = Some(all_answered);
+    if s.expected == 0 {
+        if let Some(tx) = all_answered.take() {
+            let _ = tx.send(0);
+        }
+    }
     let mut stopping = false;
     let mut bye_deadline = None;
     loop {
@@ -434,10 +539,16 @@ async fn read_answers(
                 out.receipts += 1;
                 None
             }
+            Some(Frame::GroupDeliver(g)) => {
+                if let (Some(a), false) = (acks.delivered_in(g.group, g.deliver.seq.0), stopping) {
+                    w.lock().await.send(&[a]).await?;
+                }
+                None
+            }
             Some(Frame::Bye(_)) if stopping => return Ok(out),
             Some(Frame::Error(e)) => {
                 return Err(format!(
-                    "the edge sent the sender Error {{ code: {}, {:?} }} after {} answers",
+                    "the edge sent a sender Error {{ code: {}, {:?} }} after {} answers",
                     e.code, e.message, out.answered
                 ))
             }
@@ -445,7 +556,7 @@ async fn read_answers(
             None if stopping => return Ok(out),
             None => {
                 return Err(format!(
-                    "the edge closed the sender's connection after {} answers",
+                    "the edge closed a sender's connection after {} answers",
                     out.answered
                 ))
             }
@@ -464,7 +575,7 @@ async fn read_answers(
                     .record((at.elapsed().as_micros() as u64).max(1));
                 let mut t = lock(&s.tracker);
                 for member in 0..s.online {
-                    t.on_acked(member, seq);
+                    t.on_acked(member * s.streams + s.stream, seq);
                 }
             }
             Some(why) => {
@@ -481,11 +592,12 @@ async fn read_answers(
     }
 }
 
-/// One online member: counts each group delivery in the tracker as stream `member`,
+/// One receiving member: counts each group delivery in the tracker as stream
+/// `member * senders + sender`,
 /// acknowledges cumulatively, and on `stop` acknowledges the rest and closes with `Bye`
 /// (the edge answers once the acks are applied). Fails when the edge closes it first.
 async fn receive(
-    member: u32,
+    (member, senders): (u32, u32),
     mut r: RawReader,
     mut w: RawWriter,
     tracker: Arc<Mutex<Tracker>>,
@@ -528,7 +640,7 @@ async fn receive(
                         .ok_or("a group delivery without a bench stamp")?;
                     batch.push((
                         Stamp {
-                            stream: member,
+                            stream: member * senders + stamp.stream,
                             ..stamp
                         },
                         clock.now_us(),

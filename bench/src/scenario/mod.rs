@@ -42,6 +42,8 @@ pub struct Knobs {
     pub aligned: bool,
     /// `group`: the share of the members that are online and receive (0 < share <= 1).
     pub online_share: f64,
+    /// `group`: members sending at once.
+    pub senders: usize,
     /// `media`: bytes of the file uploaded and downloaded.
     pub file_bytes: u64,
     /// `call`: calls made on each path (direct, relayed).
