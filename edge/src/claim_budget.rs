@@ -1,6 +1,6 @@
 //! Key claims per requesting user, across all of its connections: each claim hands out
 //! one of someone's one-time keys, so a client must not be able to drain them by claiming
-//! fast or by reconnecting for a fresh budget.
+//! fast or by reconnecting for a fresh budget. Claims past it get fallback keys only.
 
 use crate::budget::{Rate, TokenBucket};
 use std::collections::HashMap;

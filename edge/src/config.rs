@@ -167,9 +167,10 @@ pub struct LimitsConfig {
     /// QUIC handshakes in progress above which new QUIC clients must first prove their
     /// address (a Retry round trip) before the edge spends a handshake on them. Default 64.
     pub quic_retry_above_handshakes: usize,
-    /// Key bundles one user may claim per minute, over all of its connections (bursts up to
-    /// `key_claim_burst`). Each claim takes one of someone's one-time keys; the budget keeps
-    /// anyone from draining them. Default 60.
+    /// Key bundles with one-time keys one user may claim per minute, over all of its
+    /// connections (bursts up to `key_claim_burst`). Each such claim takes one of someone's
+    /// one-time keys; past the budget a claim gets the devices' fallback keys instead, so
+    /// nobody can drain them. Default 60.
     pub key_claims_per_min: u32,
     /// Claims one user may make at once. Default 100 (a new contact list, a new group).
     pub key_claim_burst: u32,

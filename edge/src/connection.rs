@@ -14,7 +14,7 @@ use missive_proto::{
     TypingNotice, Visibility, EXPORTER_LEN,
 };
 use missive_storage::{
-    AppendOutcome, ClaimedBundle, GroupSendOutcome, KeyStatus, LinkOutcome, MailboxId,
+    AppendOutcome, ClaimFrom, ClaimedBundle, GroupSendOutcome, KeyStatus, LinkOutcome, MailboxId,
     RegisterOutcome, StorageError, StoredItem, StoryOutcome, UploadOutcome,
 };
 use rand::RngCore;
@@ -733,15 +733,16 @@ impl Driver {
                 }
                 Action::ClaimKeys { request_id, user } => {
                     let Some(me) = &self.mailbox else { continue };
-                    if !self.shared.key_claims.try_claim(&me.user, Instant::now()) {
-                        self.session.handle_keys_claimed(
-                            request_id,
-                            user,
-                            Err(KeyStoreRefusal::RateLimited),
-                        );
-                        continue;
-                    }
-                    let fut = self.shared.store.claim_keys(&user);
+                    // Past its budget a claimer gets the fallback keys: it cannot drain anyone's
+                    // one-time keys, and its sessions still start (a sender's first message
+                    // to a 1,024-member group needs a session with every member device).
+                    let from = if self.shared.key_claims.try_claim(&me.user, Instant::now()) {
+                        ClaimFrom::OneTimeKeys
+                    } else {
+                        self.shared.metrics.key_claim_over_budget();
+                        ClaimFrom::FallbackOnly
+                    };
+                    let fut = self.shared.store.claim_keys(&user, from);
                     self.pending.push(Box::pin(async move {
                         let r = fut.await.map_err(key_store_refusal);
                         Completion::KeysClaimed(request_id, user, r)

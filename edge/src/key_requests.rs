@@ -2,9 +2,10 @@
 //! request is checked (budget, size, signature) before any work, turned into a storage
 //! request, and answered once storage replies.
 //!
-//! Claims are also limited per user across connections by
+//! Claims of one-time keys are also limited per user across connections by
 //! [`crate::claim_budget::ClaimBudgets`], which the connection consults before it submits
-//! one: a client cannot drain someone's one-time keys by reconnecting.
+//! one: past it a claim gets the devices' fallback keys, so a client cannot drain someone's
+//! one-time keys by claiming fast or reconnecting, and its sessions still start.
 
 use crate::budget::{Rate, TokenBucket};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
@@ -57,8 +58,6 @@ pub enum KeyStoreRefusal {
     Unavailable,
     /// Storage failed.
     Failed,
-    /// The requester's claim budget (per user, across connections) is spent.
-    RateLimited,
 }
 
 /// The key-directory side of one session.
@@ -228,7 +227,6 @@ fn refusal(request_id: u32, e: KeyStoreRefusal) -> Frame {
             "storage is refusing writes for now; retry later",
         ),
         KeyStoreRefusal::Failed => (ErrorCode::Internal, "storage failed; retry"),
-        KeyStoreRefusal::RateLimited => (ErrorCode::RateLimited, "key claim rate exceeded"),
     };
     RequestRefused::new(request_id, code, message).into()
 }
@@ -334,9 +332,9 @@ mod tests {
             refused_code(&over),
             Some(ErrorCode::TooManyInFlight.as_u16())
         );
-        let answer = k.claimed(0, "alice".into(), Err(KeyStoreRefusal::RateLimited));
+        let answer = k.claimed(0, "alice".into(), Err(KeyStoreRefusal::Unavailable));
         assert!(
-            matches!(answer, Frame::RequestRefused(ref r) if r.request_id == 0 && r.code == ErrorCode::RateLimited.as_u16())
+            matches!(answer, Frame::RequestRefused(ref r) if r.request_id == 0 && r.code == ErrorCode::StorageUnavailable.as_u16())
         );
         // One slot free again; a name nobody can have gets an empty answer, no storage work.
         assert!(matches!(

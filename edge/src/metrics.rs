@@ -23,6 +23,7 @@ pub struct Metrics {
     /// Deliver frames carrying messages or receipts, sent to clients.
     pub deliveries: AtomicU64,
     refused: [AtomicU64; REFUSAL_REASONS.len()],
+    key_claims_over_budget: AtomicU64,
 }
 
 /// Why connections are refused or closed by the edge's own protection, as metric labels.
@@ -44,6 +45,7 @@ impl Default for Metrics {
             errors: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
             deliveries: AtomicU64::new(0),
             refused: Default::default(),
+            key_claims_over_budget: AtomicU64::new(0),
         }
     }
 }
@@ -56,6 +58,11 @@ fn t(transport: Transport) -> usize {
 }
 
 impl Metrics {
+    /// A key claim past its user's budget, answered with fallback keys only.
+    pub fn key_claim_over_budget(&self) {
+        self.key_claims_over_budget.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A connection was accepted (after its handshake).
     pub fn connection_opened(&self, transport: Transport) {
         self.open[t(transport)].fetch_add(1, Ordering::Relaxed);
@@ -267,6 +274,17 @@ impl Metrics {
             format!(
                 "missive_messages_delivered_total {}\n",
                 self.deliveries.load(Ordering::Relaxed)
+            ),
+        );
+        add(
+            &mut out,
+            "missive_key_claims_fallback_only_total",
+            "counter",
+            "Key claims past the claimer's budget (limits.key_claims_per_min), answered with the \
+             devices' fallback keys so that no one-time key is drained.",
+            format!(
+                "missive_key_claims_fallback_only_total {}\n",
+                self.key_claims_over_budget.load(Ordering::Relaxed)
             ),
         );
         add(

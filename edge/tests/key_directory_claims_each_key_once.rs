@@ -1,6 +1,7 @@
 //! The key directory on a real edge: a device publishes identity keys signed by its login
 //! key, one-time keys and a fallback key; claimers each get a different one-time key, then
-//! the fallback; the device hears that it runs low; claims are budgeted per user.
+//! the fallback; the device hears that it runs low; a claimer past its per-user budget gets
+//! the fallback key and takes no one-time key.
 
 mod common;
 
@@ -187,12 +188,29 @@ async fn one_time_keys_go_to_one_claimer_each_then_the_fallback_serves() {
         "{notices:?}"
     );
 
-    // An unknown user has no bundles; a user's claim budget is shared by its connections.
+    // An unknown user has no bundles.
     let Frame::KeyBundles(none) = claim(&mut alice, 50, "nobody").await else {
         panic!("expected bundles")
     };
     assert!(none.bundles.is_empty());
-    let mut refused = 0;
+    // bob uploads twelve new one-time keys. alice's budget (a burst of 12, 5 spent) is shared
+    // by her connections: seven more claims take one-time keys, the eighth gets the fallback
+    // key although one-time keys are left, and those stay for others.
+    let answer = upload(
+        &mut bob,
+        UploadKeys {
+            request_id: 4,
+            identity: Some(Box::new(identity("bob", 1))),
+            one_time_keys: keys(10..22),
+            fallback_key: None,
+        },
+    )
+    .await;
+    assert!(
+        matches!(answer, Frame::KeysStored(ref k) if k.one_time_keys == 12),
+        "{answer:?}"
+    );
+    let (mut taken, mut fallback_only) = (0, 0);
     for i in 0..8 {
         let mut again = Raw::connect(&edge, false).await;
         again
@@ -203,15 +221,28 @@ async fn one_time_keys_go_to_one_claimer_each_then_the_fallback_serves() {
                 e2ee: Default::default(),
             })
             .await;
-        if let Frame::RequestRefused(r) = claim(&mut again, 100 + i, "bob").await {
-            assert_eq!(r.code, ErrorCode::RateLimited.as_u16());
-            refused += 1;
+        let Frame::KeyBundles(b) = claim(&mut again, 100 + i, "bob").await else {
+            panic!("expected bundles")
+        };
+        match &b.bundles[0] {
+            b if b.fallback => fallback_only += 1,
+            b => {
+                assert!(b.one_time_key.is_some());
+                taken += 1;
+            }
         }
     }
-    assert!(
-        refused >= 1,
-        "reconnecting does not refill the claim budget"
+    assert_eq!(
+        (taken, fallback_only),
+        (7, 1),
+        "reconnecting does not refill the budget"
     );
-    let status = edge.metric("missive_errors_total{code=\"rate_limited\"}");
-    assert!(status >= 1.0);
+    let Frame::KeyBundles(b) = claim(&mut carol, 200, "bob").await else {
+        panic!("expected bundles")
+    };
+    assert!(
+        !b.bundles[0].fallback && b.bundles[0].one_time_key.is_some(),
+        "carol, within her budget, still gets one of bob's one-time keys: {b:?}"
+    );
+    assert_eq!(edge.metric("missive_key_claims_fallback_only_total"), 1.0);
 }

@@ -160,12 +160,23 @@ impl Write for KeyUpload {
     }
 }
 
+/// Which key a claim may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimFrom {
+    /// An unclaimed one-time key, else the fallback key.
+    OneTimeKeys,
+    /// Only the fallback key (the claimer spent its budget of one-time keys: it must not
+    /// drain them, and its sessions still start).
+    FallbackOnly,
+}
+
 /// Claims one key for each current device of `user` (ascending): an unclaimed one-time key,
 /// deleted in the same batch (so no two claimers get it), or else the fallback key, marked
 /// used.
 #[derive(Debug)]
 pub(crate) struct ClaimKeys {
     pub(crate) user: String,
+    pub(crate) from: ClaimFrom,
 }
 
 impl Write for ClaimKeys {
@@ -192,7 +203,7 @@ impl Write for ClaimKeys {
             let mut remaining = 0u32;
             for kv in one_time_keys(tx, user, device) {
                 let (k, v) = kv?;
-                if taken.is_none() {
+                if taken.is_none() && self.from == ClaimFrom::OneTimeKeys {
                     taken = Some((k, v));
                 } else {
                     remaining = remaining.saturating_add(1);

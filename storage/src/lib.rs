@@ -86,7 +86,7 @@ pub use error::StorageError;
 pub use group_log::LogPosition;
 pub use groups::{GroupRefusal, GroupSendOutcome};
 pub use health::StorageHealth;
-pub use key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
+pub use key_directory::{ClaimFrom, ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 pub use mailbox::SEQ_RESERVATION;
 pub use media::{BlobRecord, MediaLimits, OpenOutcome};
 pub use migrate::{migrate, MigrationReport};

@@ -8,7 +8,7 @@ use crate::engine::{self, Engine, EngineSlot, Tuning};
 use crate::group_commit::{self, Request};
 use crate::groups::{self, GroupRefusal, GroupSendOutcome};
 use crate::health::{HealthCell, StorageHealth};
-use crate::key_directory::{ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
+use crate::key_directory::{ClaimFrom, ClaimedBundle, KeyStatus, KeyUpload, UploadOutcome};
 use crate::media::{self, BlobRecord, MediaLimits, OpenOutcome};
 use crate::records::{decode_item, decode_user, StoredItem, UserRecord};
 use crate::stories::{self, StoryOutcome};
@@ -990,14 +990,17 @@ impl Store {
 
     /// One bundle per current device of `user` (ascending; empty for an unknown user), each
     /// with a one-time key that nobody else will get (deleted durably before this resolves),
-    /// or the device's fallback key when its one-time keys ran out.
+    /// or the device's fallback key when its one-time keys ran out (or, with
+    /// [`ClaimFrom::FallbackOnly`], in any case).
     pub fn claim_keys(
         &self,
         user: &str,
+        from: ClaimFrom,
     ) -> impl std::future::Future<Output = Result<Vec<ClaimedBundle>, StorageError>> + Send + 'static
     {
         self.write(key_directory::ClaimKeys {
             user: user.to_owned(),
+            from,
         })
     }
 

@@ -10,8 +10,8 @@ use missive_proto::{
 };
 use missive_proto::{IdentityKeys, SignedKey};
 use missive_storage::{
-    AppendOutcome, Appended, Engine, KeyStatus, KeyUpload, LinkOutcome, MailboxId, RegisterOutcome,
-    StorageError, Store, StoreConfig, StoredItem, UploadOutcome, SEQ_RESERVATION,
+    AppendOutcome, Appended, ClaimFrom, Engine, KeyStatus, KeyUpload, LinkOutcome, MailboxId,
+    RegisterOutcome, StorageError, Store, StoreConfig, StoredItem, UploadOutcome, SEQ_RESERVATION,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1108,7 +1108,9 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_serves(engine: Engine)
         }
     );
     // Ten claimers at once for six keys: six distinct one-time keys, then the fallback.
-    let claims: Vec<_> = (0..10).map(|_| store.claim_keys("bob")).collect();
+    let claims: Vec<_> = (0..10)
+        .map(|_| store.claim_keys("bob", ClaimFrom::OneTimeKeys))
+        .collect();
     let mut handed = Vec::new();
     let mut fallbacks = 0;
     for claim in claims {
@@ -1135,7 +1137,11 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_serves(engine: Engine)
     let store = Store::open(dir.path(), config(engine), None).unwrap();
     let status = store.key_status("bob", DeviceId(1)).unwrap();
     assert_eq!((status.one_time_keys, status.fallback_used), (0, true));
-    assert!(store.claim_keys("nobody").await.unwrap().is_empty());
+    assert!(store
+        .claim_keys("nobody", ClaimFrom::OneTimeKeys)
+        .await
+        .unwrap()
+        .is_empty());
     // A new fallback key resets the flag.
     store
         .upload_keys(upload("bob", 1, 7, 20..21))
@@ -1143,6 +1149,17 @@ async fn one_time_keys_are_claimed_once_then_the_fallback_serves(engine: Engine)
         .unwrap();
     let status = store.key_status("bob", DeviceId(1)).unwrap();
     assert_eq!((status.one_time_keys, status.fallback_used), (1, false));
+    // A claimer past its budget gets the fallback key, and the one-time key stays.
+    let bundles = store
+        .claim_keys("bob", ClaimFrom::FallbackOnly)
+        .await
+        .unwrap();
+    let phone = &bundles[0].bundle;
+    assert!(phone.fallback, "{phone:?}");
+    assert_eq!(phone.one_time_key, Some(signed(200)));
+    assert_eq!(bundles[0].remaining, 1);
+    let status = store.key_status("bob", DeviceId(1)).unwrap();
+    assert_eq!((status.one_time_keys, status.fallback_used), (1, true));
     store.shutdown().await;
 }
 
