@@ -86,6 +86,10 @@ struct Cli {
     /// messages are split between them). They are online, and not counted as receivers.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     senders: u32,
+    /// `group`: SDK clients at both ends, so every message is Megolm-encrypted once and
+    /// decrypted by every receiver (what the clients pay); one sender.
+    #[arg(long)]
+    decrypt: bool,
     /// `call`: calls made on each path (direct, then through the relay).
     #[arg(long, default_value_t = 20)]
     calls: usize,
@@ -265,6 +269,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         aligned: cli.aligned,
         online_share: cli.online_share,
         senders: cli.senders as usize,
+        decrypt: cli.decrypt,
         file_bytes: (cli.file_mb * 1e6) as u64,
         calls: cli.calls,
     };
@@ -292,6 +297,9 @@ async fn run(cli: Cli) -> Result<bool, String> {
         Scenario::Crash => scenario::chat::run(&mut under, &knobs, tracker, true).await,
         Scenario::Offline => scenario::offline::run(&mut under, &knobs, tracker).await,
         Scenario::Connections => scenario::connections::run(&mut under, &knobs, tracker).await,
+        Scenario::Group if knobs.decrypt => {
+            scenario::group_sdk::run(&mut under, &knobs, tracker).await
+        }
         Scenario::Group => scenario::group::run(&mut under, &knobs, tracker).await,
         Scenario::Media => scenario::media::run(&mut under, &knobs, tracker).await,
         Scenario::Call => scenario::call::run(&mut under, &knobs, tracker).await,

@@ -1,6 +1,6 @@
-//! Small `chat`, `crash`, `offline` and `group` runs against a spawned edge: correctness only
-//! (nothing acknowledged lost or duplicated, order kept). The figures are benchmarks, never
-//! asserted.
+//! Small `chat`, `crash`, `offline` and `group` runs (frame-level and through the SDK)
+//! against a spawned edge: correctness only (nothing acknowledged lost or duplicated, order
+//! kept). The figures are benchmarks, never asserted.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -161,4 +161,27 @@ fn group_small_with_three_senders() {
     assert_eq!(extra["online"], 6.0, "{r}");
     assert_eq!(extra["group_msgs_answered_sent"], 301.0, "{r}");
     assert_eq!(extra["member_connections_failed"], 0.0, "{r}");
+}
+
+#[test]
+fn group_small_through_the_sdk() {
+    // 12 members, 6 online, SDK clients at both ends: each answered message is decrypted
+    // once by each of the 6.
+    let r = run(&[
+        "group",
+        "--clients",
+        "12",
+        "--online-share",
+        "0.5",
+        "--decrypt",
+        "--messages",
+        "100",
+    ]);
+    assert_exact(&r, 100 * 6);
+    let extra = &r["extra"];
+    assert_eq!(extra["group_msgs_failed"], 0.0, "{r}");
+    assert!(
+        extra["client_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
 }

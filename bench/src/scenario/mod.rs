@@ -4,6 +4,7 @@ pub mod call;
 pub mod chat;
 pub mod connections;
 pub mod group;
+pub mod group_sdk;
 pub mod media;
 pub mod offline;
 pub mod relay;
@@ -44,6 +45,9 @@ pub struct Knobs {
     pub online_share: f64,
     /// `group`: members sending at once.
     pub senders: usize,
+    /// `group`: SDK clients at both ends (Megolm encryption and decryption) instead of
+    /// frame-level ones.
+    pub decrypt: bool,
     /// `media`: bytes of the file uploaded and downloaded.
     pub file_bytes: u64,
     /// `call`: calls made on each path (direct, relayed).
