@@ -200,6 +200,11 @@ pub struct GroupStreams {
     unacked_bytes: usize,
     /// Closing: owed cursors are written at once, not paced.
     closing: bool,
+    /// A log read is outstanding (one at a time, so what reads bring in stays within one
+    /// delivery window however many groups have a backlog).
+    read_in_flight: bool,
+    /// The group read last: the next read goes to the next group with a backlog after it.
+    last_read: Option<GroupId>,
 }
 
 fn body_bytes(item: &StoredItem) -> usize {
@@ -222,6 +227,8 @@ impl GroupStreams {
             unacked: 0,
             unacked_bytes: 0,
             closing: false,
+            read_in_flight: false,
+            last_read: None,
         }
     }
 
@@ -403,6 +410,7 @@ impl GroupStreams {
         mailbox: MailboxShare,
         out: &mut Vec<GroupOut>,
     ) {
+        self.read_in_flight = false;
         let Some(s) = self.streams.get_mut(&group) else {
             return;
         };
@@ -521,9 +529,11 @@ impl GroupStreams {
         Self::write_when_due(s, group, paced, now, out);
     }
 
-    /// Starts a read of every stream that may hold more, while the window has room.
+    /// Starts a read of the next stream that may hold more, while the window has room and
+    /// no other read is outstanding. The streams with a backlog take turns (in group order,
+    /// after the one read last), so one busy group does not hold the others back.
     pub fn pump(&mut self, mailbox: MailboxShare, out: &mut Vec<GroupOut>) {
-        if self.loading || mailbox.behind {
+        if self.loading || mailbox.behind || self.read_in_flight || !self.room(mailbox) {
             return;
         }
         let used = (
@@ -532,30 +542,35 @@ impl GroupStreams {
         );
         let limit = self.window.count.saturating_sub(used.0).max(1);
         let max_bytes = self.window.bytes.saturating_sub(used.1);
-        if !self.room(mailbox) {
-            return;
-        }
-        let mut groups: Vec<GroupId> = self
+        let after = self.last_read.map_or(0, |g| g.0);
+        let waiting = self
             .streams
             .iter()
             .filter(|(_, s)| s.backlog && !s.reading && s.next <= s.until)
-            .map(|(g, _)| *g)
-            .collect();
-        groups.sort_unstable_by_key(|g| g.0);
-        for group in groups {
-            let Some(s) = self.streams.get_mut(&group) else {
-                continue;
-            };
-            s.reading = true;
-            s.read_max_bytes = max_bytes;
-            out.push(GroupOut::Read {
-                group,
-                from: ServerSeq(s.next),
-                until: ServerSeq(s.until),
-                limit,
-                max_bytes,
-            });
-        }
+            .map(|(g, _)| *g);
+        // The lowest group after the last one read, else the lowest of all.
+        let next = waiting
+            .clone()
+            .filter(|g| g.0 > after)
+            .min_by_key(|g| g.0)
+            .or_else(|| waiting.min_by_key(|g| g.0));
+        let Some(group) = next else {
+            return;
+        };
+        let Some(s) = self.streams.get_mut(&group) else {
+            return;
+        };
+        s.reading = true;
+        s.read_max_bytes = max_bytes;
+        self.read_in_flight = true;
+        self.last_read = Some(group);
+        out.push(GroupOut::Read {
+            group,
+            from: ServerSeq(s.next),
+            until: ServerSeq(s.until),
+            limit,
+            max_bytes,
+        });
     }
 }
 
@@ -801,6 +816,46 @@ mod tests {
             "the ack covers the own message after it"
         );
         assert_eq!(s.unacked(), (0, 0));
+    }
+
+    #[test]
+    fn backlogged_groups_are_read_one_at_a_time_in_turn() {
+        let t0 = Instant::now();
+        let mut s = streams();
+        let mut out = Vec::new();
+        s.start(&mut out);
+        let at = |group: u64, next: u64| LogPosition {
+            group: GroupId(group),
+            next: ServerSeq(next),
+            until: ServerSeq(u64::MAX),
+            head: ServerSeq(next + 100),
+        };
+        out.clear();
+        s.positions(t0, vec![at(3, 1), at(1, 1), at(2, 1)], IDLE, &mut out);
+        let reads = |out: &[GroupOut]| -> Vec<u64> {
+            out.iter()
+                .filter_map(|o| match o {
+                    GroupOut::Read { group, .. } => Some(group.0),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(reads(&out), vec![1], "one read, however many groups wait");
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let group = GroupId(*reads(&out).last().unwrap());
+            order.push(group.0);
+            out.clear();
+            // A full read (the window's worth), acknowledged at once: the group still has
+            // more, and the next read goes to the next group.
+            let items: Vec<_> = (1..=4u8)
+                .map(|n| (ServerSeq(u64::from(n)), stored("alice", 1, n)))
+                .collect();
+            s.read_done(t0, group, 4, Ok(items), IDLE, &mut out);
+            s.client_ack(t0, group, ServerSeq(4), IDLE, &mut out);
+            assert_eq!(reads(&out).len(), 1, "{out:?}");
+        }
+        assert_eq!(order, vec![1, 2, 3, 1], "the groups take turns");
     }
 
     #[test]

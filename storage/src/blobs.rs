@@ -391,14 +391,16 @@ pub fn hash_file(path: &Path) -> std::io::Result<BlobId> {
         });
         let mut hasher = blake3::Hasher::new();
         hasher.set_input_offset(left_len);
-        let right = hash_range(&file, left_len, size, &mut hasher)
-            .map(|()| hasher.finalize_non_root());
+        let right =
+            hash_range(&file, left_len, size, &mut hasher).map(|()| hasher.finalize_non_root());
         let left = left
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")));
         (left, right)
     });
-    Ok(BlobId(*merge_subtrees_root(&left?, &right?, Mode::Hash).as_bytes()))
+    Ok(BlobId(
+        *merge_subtrees_root(&left?, &right?, Mode::Hash).as_bytes(),
+    ))
 }
 
 /// Feeds bytes `start..end` of `file` to `hasher`, a bounded buffer at a time.
