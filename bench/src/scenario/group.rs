@@ -52,6 +52,14 @@ pub fn online_count(members: usize, share: f64) -> usize {
     wanted.clamp(1, members.saturating_sub(1).max(1))
 }
 
+/// The messages a group run sends: a fixed count, above 0.
+pub fn message_count(knobs: &Knobs) -> Result<u64, String> {
+    if knobs.messages == 0 || knobs.seconds.is_some() {
+        return Err("group sends a fixed count: give --messages above 0 (not --seconds)".into());
+    }
+    Ok(knobs.messages)
+}
+
 /// Runs the scenario.
 pub async fn run(
     under: &mut Under<'_>,
@@ -62,10 +70,7 @@ pub async fn run(
     // Every sender is a member, and at least one member receives.
     let senders = knobs.senders.clamp(1, n - 1);
     let online = online_count(n, knobs.online_share).min(n - senders);
-    let m = knobs.messages;
-    if m == 0 || knobs.seconds.is_some() {
-        return Err("group sends a fixed count: give --messages above 0 (not --seconds)".into());
-    }
+    let m = message_count(knobs)?;
     let users = register_users(&under.target, &run_prefix("group"), n).await?;
     let (mut owner_r, mut owner_w) = raw::login(&users[0]).await?;
     let mut owner_acks = Acker::new(ACK_EVERY);

@@ -34,10 +34,7 @@ pub async fn run(
 ) -> Result<Run, String> {
     let n = knobs.clients.max(2);
     let online = super::group::online_count(n, knobs.online_share);
-    let m = knobs.messages;
-    if m == 0 || knobs.seconds.is_some() {
-        return Err("group sends a fixed count: give --messages above 0 (not --seconds)".into());
-    }
+    let m = super::group::message_count(knobs)?;
     if knobs.senders > 1 {
         return Err("--decrypt has one sender (member 0): leave --senders out".into());
     }
