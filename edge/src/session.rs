@@ -525,8 +525,8 @@ impl Session {
         action
     }
 
-    /// When `handle_timeout` must be called next: the idle deadline, and before login the
-    /// login deadline when it comes first.
+    /// When `handle_timeout` must be called next: the idle deadline, before login the login
+    /// deadline, and after it a paced group cursor write, whichever comes first.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let idle = self.last_client_frame + self.config.idle_timeout;
         match self.phase {
@@ -604,7 +604,7 @@ impl Session {
         self.fail(err.code(), err.to_string());
     }
 
-    /// Login and idle deadline check.
+    /// Paced group cursor writes that are due, and the login and idle deadline check.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.is_closed() {
             return;
