@@ -50,6 +50,25 @@ impl std::fmt::Display for TransportKind {
     }
 }
 
+/// Receive buffer asked for the QUIC socket. A download arrives in bursts faster than a busy
+/// client task may read them; with the system default (208 KiB on Linux) the kernel dropped
+/// datagrams and QUIC's congestion control slowed the download. The kernel caps it at its
+/// `net.core.rmem_max`.
+const UDP_RECV_BUFFER: usize = 4 << 20;
+
+/// A UDP socket bound on `local` for QUIC, dual-stack when IPv6, with a large receive buffer
+/// (best effort).
+fn udp_socket(local: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if local.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER);
+    socket.bind(&local.into())?;
+    Ok(socket.into())
+}
+
 /// A QUIC client endpoint (one UDP socket) that many connections can share: load
 /// generators and apps with many accounts need one socket, not one per connection. Cheap to
 /// clone; the socket closes when the last clone and the last connection on it are gone.
@@ -65,15 +84,15 @@ impl QuicEndpoint {
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        quinn::Endpoint::client(bind)
-            .map(Self)
-            .map_err(ClientError::from)
+        Self::bind(bind)
     }
 
     /// Binds a new endpoint on `local` (an address of this host, port 0 for any): to leave
     /// from a chosen interface or address.
     pub fn bind(local: SocketAddr) -> Result<Self, ClientError> {
-        quinn::Endpoint::client(local)
+        let socket = udp_socket(local)?;
+        let runtime = Arc::new(quinn::TokioRuntime);
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             .map(Self)
             .map_err(ClientError::from)
     }
@@ -82,7 +101,7 @@ impl QuicEndpoint {
     /// connections migrate to the new address without reconnecting (what a phone does when
     /// it moves from Wi-Fi to LTE).
     pub fn rebind(&self, local: SocketAddr) -> Result<(), ClientError> {
-        let socket = std::net::UdpSocket::bind(local)?;
+        let socket = udp_socket(local)?;
         self.0.rebind(socket).map_err(ClientError::from)
     }
 
