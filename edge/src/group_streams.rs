@@ -179,7 +179,7 @@ struct Stream {
 impl Stream {
     /// When the pending cursor write may go out, if one is owed and none is in flight. (A
     /// stream's first write goes out at once, so an owed write always follows an earlier one.)
-    fn write_due(&self) -> Option<Instant> {
+    fn write_due_at(&self) -> Option<Instant> {
         match (self.pending_ack, self.ack_in_flight) {
             (Some(_), false) => self.last_write.map(|t| t + CURSOR_WRITE_INTERVAL),
             _ => None,
@@ -246,13 +246,13 @@ impl GroupStreams {
 
     /// When [`GroupStreams::write_due`] must run next: the earliest paced cursor write.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.streams.values().filter_map(Stream::write_due).min()
+        self.streams.values().filter_map(Stream::write_due_at).min()
     }
 
     /// Writes the paced cursors whose time has come.
     pub fn write_due(&mut self, now: Instant, out: &mut Vec<GroupOut>) {
         for (group, s) in &mut self.streams {
-            if s.write_due().is_some_and(|due| due <= now) {
+            if s.write_due_at().is_some_and(|due| due <= now) {
                 Self::write_cursor(s, *group, Some(now), out);
             }
         }
@@ -262,7 +262,7 @@ impl GroupStreams {
     pub fn write_all_owed(&mut self, out: &mut Vec<GroupOut>) {
         self.closing = true;
         for (group, s) in &mut self.streams {
-            if s.write_due().is_some() {
+            if s.write_due_at().is_some() {
                 Self::write_cursor(s, *group, None, out);
             }
         }

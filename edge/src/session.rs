@@ -610,11 +610,7 @@ impl Session {
             return;
         }
         let logged_in = matches!(self.phase, Phase::Active { .. });
-        let mut out = Vec::new();
-        if let Some(g) = &mut self.groups {
-            g.write_due(now, &mut out);
-        }
-        self.group_outs(out);
+        self.with_groups(|g, _, out| g.write_due(now, out));
         if !logged_in && now >= self.login_deadline {
             self.fail(
                 ErrorCode::LoginTimeout,
@@ -933,12 +929,9 @@ impl Session {
             }
             (Phase::Active { .. }, Frame::AckDelivery(a)) => self.on_ack(a),
             (Phase::Active { .. }, Frame::AckGroup(a)) => {
-                let mailbox = self.mailbox_share();
-                let mut out = Vec::new();
-                if let Some(g) = &mut self.groups {
-                    g.client_ack(now, a.group, a.up_to, mailbox, &mut out);
-                }
-                self.group_outs(out);
+                self.with_groups(|g, mailbox, out| {
+                    g.client_ack(now, a.group, a.up_to, mailbox, out)
+                });
                 self.pump();
             }
             (Phase::Active { .. }, Frame::SetPresenceVisibility(v)) => {
@@ -1589,11 +1582,7 @@ impl Session {
     /// Live pushes were lost (the session's queue was full): read from storage instead.
     pub fn handle_overflow(&mut self) {
         self.backlog = true;
-        let mut out = Vec::new();
-        if let Some(g) = &mut self.groups {
-            g.start(&mut out);
-        }
-        self.group_outs(out);
+        self.with_groups(|g, _, out| g.start(out));
         self.pump();
     }
 
@@ -1647,12 +1636,7 @@ impl Session {
     /// storage may hold more.
     fn pump(&mut self) {
         if matches!(self.phase, Phase::Active { .. }) {
-            let mailbox = self.mailbox_share();
-            let mut out = Vec::new();
-            if let Some(g) = &mut self.groups {
-                g.pump(mailbox, &mut out);
-            }
-            self.group_outs(out);
+            self.with_groups(|g, mailbox, out| g.pump(mailbox, out));
         }
         if !matches!(self.phase, Phase::Active { .. }) || self.reading || !self.backlog {
             return;
@@ -1699,6 +1683,17 @@ impl Session {
         }
     }
 
+    /// Runs `f` on the group streams (when logged in with version 6) with the mailbox's share
+    /// of the window, then carries out what they asked for.
+    fn with_groups(&mut self, f: impl FnOnce(&mut GroupStreams, MailboxShare, &mut Vec<GroupOut>)) {
+        let mailbox = self.mailbox_share();
+        let mut out = Vec::new();
+        if let Some(g) = &mut self.groups {
+            f(g, mailbox, &mut out);
+        }
+        self.group_outs(out);
+    }
+
     /// Carries out what the group streams asked for.
     fn group_outs(&mut self, out: Vec<GroupOut>) {
         for o in out {
@@ -1737,12 +1732,7 @@ impl Session {
             self.fail(ErrorCode::Internal, "storage unavailable");
             return;
         };
-        let mailbox = self.mailbox_share();
-        let mut out = Vec::new();
-        if let Some(g) = &mut self.groups {
-            g.positions(now, positions, mailbox, &mut out);
-        }
-        self.group_outs(out);
+        self.with_groups(|g, mailbox, out| g.positions(now, positions, mailbox, out));
     }
 
     /// Storage's answer to `Action::ReadGroupLog` for `requested` items.
@@ -1756,12 +1746,9 @@ impl Session {
         if self.is_closed() {
             return;
         }
-        let mailbox = self.mailbox_share();
-        let mut out = Vec::new();
-        if let Some(g) = &mut self.groups {
-            g.read_done(now, group, requested, result, mailbox, &mut out);
-        }
-        self.group_outs(out);
+        self.with_groups(|g, mailbox, out| {
+            g.read_done(now, group, requested, result, mailbox, out)
+        });
     }
 
     /// An item the store just made durable in `group`'s log, for this device's user.
@@ -1775,22 +1762,13 @@ impl Session {
         if !matches!(self.phase, Phase::Active { .. }) {
             return;
         }
-        let mailbox = self.mailbox_share();
-        let mut out = Vec::new();
-        if let Some(g) = &mut self.groups {
-            g.pushed(now, group, seq, item, mailbox, &mut out);
-        }
-        self.group_outs(out);
+        self.with_groups(|g, mailbox, out| g.pushed(now, group, seq, item, mailbox, out));
     }
 
     /// Storage's answer to `Action::AckGroup`. A failed ack only means the items are
     /// delivered again on a later connection.
     pub fn handle_group_ack_result(&mut self, now: Instant, group: GroupId) {
-        let mut out = Vec::new();
-        if let Some(g) = &mut self.groups {
-            g.acked(now, group, &mut out);
-        }
-        self.group_outs(out);
+        self.with_groups(|g, _, out| g.acked(now, group, out));
         self.maybe_finish();
     }
 
@@ -1800,11 +1778,7 @@ impl Session {
         }
         if self.bye_requested || self.draining {
             // Paced cursor writes go now: the client expects its acks stored by the `Bye`.
-            let mut out = Vec::new();
-            if let Some(g) = &mut self.groups {
-                g.write_all_owed(&mut out);
-            }
-            self.group_outs(out);
+            self.with_groups(|g, _, out| g.write_all_owed(out));
         }
         if self.sends_in_flight > 0
             || self.ack_in_flight
