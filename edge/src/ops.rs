@@ -259,6 +259,11 @@ fn relay_metrics(stats: &missive_relay::Stats) -> String {
             stats.packets_to_peers,
         ),
         (
+            "missive_relay_packets_within_total",
+            "Of the datagrams relayed to peers, those whose peer was another allocation of this relay (handed over in the process).",
+            stats.packets_within,
+        ),
+        (
             "missive_relay_bytes_to_peers_total",
             "Payload bytes relayed from clients to peers.",
             stats.bytes_to_peers,

@@ -136,9 +136,11 @@ async fn uclient_client_to_client_with_the_rest_secret_loses_nothing() {
     let (sent, recv, lost) = uclient_totals(&out);
     assert_eq!(sent, sessions * msgs, "{out}");
     assert_eq!((recv, lost), (sent, 0), "{out}");
-    // Every message crossed our relay twice: into one allocation and out of the other.
+    // Every message crossed our relay twice: into one allocation and out of the other. Both
+    // are allocations of this relay, so each was handed over in the process.
     let stats = relay.stats();
     assert!(stats.packets_to_peers >= sent, "{stats:?}");
+    assert!(stats.packets_within >= sent, "{stats:?}");
     assert!(stats.packets_to_clients >= sent, "{stats:?}");
     assert!(stats.allocations_created >= sessions, "{stats:?}");
     relay.shutdown().await;
@@ -194,6 +196,8 @@ async fn uclient_to_turnutils_peer_with_minted_credentials_loses_nothing() {
         stats.packets_to_peers >= sent && stats.packets_to_clients >= sent,
         "{stats:?}"
     );
+    // turnutils_peer is no allocation: every datagram went through the relay sockets.
+    assert_eq!(stats.packets_within, 0, "{stats:?}");
     let _ = peer.kill().await;
     relay.shutdown().await;
 }

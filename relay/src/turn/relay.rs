@@ -138,6 +138,9 @@ pub struct Relay {
     next_id: u64,
     slots: HashMap<(Transport, SocketAddr), Slot>,
     allocations: HashMap<AllocationId, Allocation>,
+    /// The allocations by relayed address: what a client sends to another allocation of
+    /// this relay is handed over here, not through two sockets (see `relay_to_peer`).
+    by_relayed: HashMap<SocketAddr, AllocationId>,
     pending: HashMap<AllocationId, Pending>,
     per_user: HashMap<String, usize>,
     out: VecDeque<Output>,
@@ -173,6 +176,7 @@ impl Relay {
             epoch_unix: now_unix,
             next_id: 1,
             slots: HashMap::new(),
+            by_relayed: HashMap::new(),
             allocations: HashMap::new(),
             pending: HashMap::new(),
             per_user: HashMap::new(),
@@ -373,6 +377,7 @@ impl Relay {
         );
         allocation.transport = p.transport;
         self.allocations.insert(alloc, allocation);
+        self.by_relayed.insert(relayed, alloc);
         self.slots.insert(key, Slot::Ready(alloc));
         self.stats.allocations_created += 1;
         self.send_client(key, response);
@@ -876,6 +881,17 @@ impl Relay {
         }
         self.stats.packets_to_peers += 1;
         self.stats.bytes_to_peers += payload.len() as u64;
+        // The peer is another allocation of this relay (both parties of a call relaying
+        // through the same edge): what its relay socket would receive from ours is handed to
+        // it directly, with its own permission check, budget and framing, as if it had
+        // crossed the two sockets. Half the system calls and no loopback delivery; the
+        // datagram its client gets is the same.
+        if let Some(&target) = self.by_relayed.get(&peer) {
+            let from = a.relayed;
+            self.stats.packets_within += 1;
+            self.handle_peer(now, target, from, payload);
+            return;
+        }
         self.out.push_back(Output::ToPeer {
             alloc: id,
             to: peer,
@@ -895,6 +911,9 @@ impl Relay {
 
     fn remove_allocation(&mut self, id: AllocationId) {
         if let Some(a) = self.allocations.remove(&id) {
+            if self.by_relayed.get(&a.relayed) == Some(&id) {
+                self.by_relayed.remove(&a.relayed);
+            }
             let user = a.owner.user.clone();
             self.release_slot((a.transport, a.client), &user);
             self.out.push_back(Output::CloseRelay { alloc: id });

@@ -17,6 +17,9 @@ pub struct Stats {
     pub packets_to_clients: u64,
     /// Payload bytes relayed from peers to clients.
     pub bytes_to_clients: u64,
+    /// Of `packets_to_peers`, those whose peer was another allocation of this relay, handed
+    /// over in the process instead of through the two relay sockets.
+    pub packets_within: u64,
     /// Minimized 401/438 challenges sent although larger than their request (allowed up to
     /// `challenge_amplification_percent`); 0 with the strict setting of 100.
     pub amplified_challenges: u64,

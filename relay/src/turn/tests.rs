@@ -452,6 +452,80 @@ fn allocate_send_data_and_channels_end_to_end() {
 }
 
 #[test]
+fn a_peer_that_is_another_allocation_of_this_relay_is_handed_over_in_the_process() {
+    let mut h = Harness::new(config());
+    let mut a = Client::new("203.0.113.5:41000", creds("alice"));
+    let mut b = Client::new("203.0.113.6:42000", creds("bob"));
+    let (_, a_relayed) = h.allocate(&mut a);
+    let (_, b_relayed) = h.allocate(&mut b);
+    let reply = h.request(&mut a, method::CREATE_PERMISSION, &[Attr::Peer(b_relayed)]);
+    assert_eq!(class(&reply), MessageClass::Success);
+
+    // Bob has no permission for alice's relayed address yet: his side drops it, as his
+    // relay socket would, and nothing goes out through a socket either.
+    let outs = h.client_sends(a.addr, &send_indication(b_relayed, b"early"));
+    assert!(
+        to_peer(&outs).is_empty() && to_client(&outs).is_empty(),
+        "{outs:?}"
+    );
+    assert_eq!(h.relay.stats().refusals.no_permission, 1);
+
+    // With it, bob's client gets a Data indication from alice's relayed address, and no
+    // datagram goes to a peer socket.
+    let reply = h.request(&mut b, method::CREATE_PERMISSION, &[Attr::Peer(a_relayed)]);
+    assert_eq!(class(&reply), MessageClass::Success);
+    let outs = h.client_sends(a.addr, &send_indication(b_relayed, b"hi bob"));
+    assert!(to_peer(&outs).is_empty(), "{outs:?}");
+    let delivered: Vec<_> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToClient { to, data, .. } => Some((*to, data.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0].0, b.addr);
+    let msg = Message::from_bytes(&delivered[0].1).expect("data indication parses");
+    assert_eq!(
+        (msg.class(), msg.method()),
+        (MessageClass::Indication, method::DATA)
+    );
+    assert_eq!(
+        &*msg.raw_attribute(attr::DATA).expect("data").value,
+        b"hi bob"
+    );
+    let from = XorSocketAddr::from_raw(&msg.raw_attribute(attr::XOR_PEER_ADDRESS).expect("peer"))
+        .expect("addr")
+        .addr(msg.transaction_id());
+    assert_eq!(from, a_relayed);
+
+    // Bob's channel to alice's relayed address frames it as ChannelData.
+    let reply = h.request(
+        &mut b,
+        method::CHANNEL_BIND,
+        &[Attr::Channel(0x4001), Attr::Peer(a_relayed)],
+    );
+    assert_eq!(class(&reply), MessageClass::Success);
+    let back = to_client(&h.client_sends(a.addr, &send_indication(b_relayed, b"again")));
+    assert_eq!(
+        back,
+        vec![crate::wire::channel_data(0x4001, b"again", false)]
+    );
+    let s = h.relay.stats();
+    assert_eq!(
+        (s.packets_to_peers, s.packets_within, s.packets_to_clients),
+        (3, 3, 2)
+    );
+
+    // Once bob's allocation is gone, his old address is an ordinary peer again.
+    let reply = h.request(&mut b, method::REFRESH, &[Attr::Lifetime(0)]);
+    assert_eq!(class(&reply), MessageClass::Success);
+    assert!(h.relay.allocation_id_of(Transport::Udp, b.addr).is_none());
+    let outs = h.client_sends(a.addr, &send_indication(b_relayed, b"gone"));
+    assert_eq!(to_peer(&outs), vec![(b_relayed, b"gone".to_vec())]);
+}
+
+#[test]
 fn refresh_extends_and_lifetime_zero_deletes() {
     let mut h = Harness::new(config());
     let mut c = Client::new("203.0.113.5:41000", creds("alice"));
