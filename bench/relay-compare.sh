@@ -11,6 +11,10 @@
 #   paced100   — 100 allocations, PPS msgs/s each (default 50, an audio call's rate)
 #   paced1000  — 1,000 allocations, PPS msgs/s each
 #   stress200  — 200 allocations, as fast as uclient goes (-z 0): loss-dominated on 2 cores
+# PEER=1: every session sends to a UDP echo (turnutils_peer on PEER_PORT, default 34790) through
+# its relay socket instead (uclient -e): the path of a call whose other side is not on this
+# relay. Client to client, both ends are allocations of the same relay, which ours hands over
+# in the process (missive_relay_packets_within_total) and coturn sends through its sockets.
 # Knobs: PROFILES RUNS PPS SECS (data phase per paced run) SIZE PROCS TCP=1 (client leg over TCP)
 #        STRESS_MSGS (per allocation) COTURN_PORT OUT TABLE_ONLY=1 (re-print OUT's table)
 # Needs: coturn (installed from apt by ../shared/peers/install.sh when missing), a release build.
@@ -27,6 +31,8 @@ SECS=${SECS:-10}
 SIZE=${SIZE:-100}
 PROCS=${PROCS:-4}
 TCP=${TCP:-0}
+PEER=${PEER:-0}
+PEER_PORT=${PEER_PORT:-34790}
 STRESS_MSGS=${STRESS_MSGS:-2000}
 COTURN_PORT=${COTURN_PORT:-34780}
 SECRET=relay-compare-secret
@@ -43,6 +49,7 @@ command -v turnserver >/dev/null || { echo "coturn missing (run $PEERS/install.s
 BENCH="$TARGET/release/missive-bench"
 EDGE="$TARGET/release/missive-edge"
 TCP_FLAG=""; [ "$TCP" = 1 ] && TCP_FLAG="--tcp"
+PEER_FLAG=""; [ "$PEER" = 1 ] && PEER_FLAG="--turn-peer-port $PEER_PORT"
 echo "# coturn $(dpkg-query -W -f='${Version}' coturn 2>/dev/null || echo '?'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 COTURN_PID=""
@@ -77,7 +84,7 @@ for run in $(seq "$RUNS"); do
       stress200) n=200;  args=(--clients 200  --messages $((200 * STRESS_MSGS))) ;;
       *) echo "unknown profile $profile" >&2; exit 2 ;;
     esac
-    common=(relay "${args[@]}" --size "$SIZE" --uclient-procs "$PROCS" --turn-secret "$SECRET" $TCP_FLAG)
+    common=(relay "${args[@]}" --size "$SIZE" --uclient-procs "$PROCS" --turn-secret "$SECRET" $TCP_FLAG $PEER_FLAG)
     echo "== $profile run $run: coturn"
     start_coturn
     "$BENCH" "${common[@]}" --turn-server "127.0.0.1:$COTURN_PORT" --server-pid "$COTURN_PID" \

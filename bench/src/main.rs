@@ -123,6 +123,10 @@ struct Cli {
     /// `relay`: clients reach the relay over TCP (`turnutils_uclient -t`).
     #[arg(long)]
     tcp: bool,
+    /// `relay`: every session sends to a UDP echo (`turnutils_peer`, started on this free
+    /// loopback port) through its relay socket, instead of client to client (`-y`).
+    #[arg(long)]
+    turn_peer_port: Option<u16>,
     /// Hostile connections beside the scenario: what they send.
     #[arg(long, value_enum)]
     flood: Option<missive_bench::flood::FloodKind>,
@@ -398,9 +402,21 @@ fn run_relay(cli: &Cli) -> Result<(), String> {
         size: cli.size,
         interval_ms,
         tcp: cli.tcp,
+        peer: cli
+            .turn_peer_port
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
         timeout: Duration::from_secs(300),
     };
-    let report = missive_bench::scenario::relay::run(&load)?;
+    let echo = match load.peer {
+        Some(peer) => Some(missive_bench::scenario::relay::start_echo(peer)?),
+        None => None,
+    };
+    let report = missive_bench::scenario::relay::run(&load);
+    if let Some(mut p) = echo {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let report = report?;
     drop(spawned);
     print!("{}", report.table(&label));
     if let Some(path) = &cli.json {

@@ -11,6 +11,11 @@
 //! (uclient prints progress about once a second and lingers for seconds after its last
 //! message, so the window is exact to about a second).
 //!
+//! With `peer` set, each session sends to that UDP echo (`turnutils_peer`) instead (`-e`): a
+//! message goes client → its relay socket → the echo → back in, so it still crosses the
+//! relay twice, but through real relay sockets both ways; with `-y` both ends are
+//! allocations of the same relay, which may hand the datagram over in the process.
+//!
 //! - relayed packets/s = 2 × delivered messages / data window (packets lost on the way are
 //!   not counted), Mbit/s = relayed packets × payload bytes × 8 / window;
 //! - server CPU per relayed packet = utime + stime of the server process over the data
@@ -45,6 +50,8 @@ pub struct RelayLoad {
     pub interval_ms: u64,
     /// Client to relay over TCP (`-t`).
     pub tcp: bool,
+    /// Send to this UDP echo (a `turnutils_peer`, `-e`/`-r`) instead of client to client.
+    pub peer: Option<SocketAddr>,
     /// Hard bound on each uclient process.
     pub timeout: Duration,
 }
@@ -97,11 +104,23 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
     let uclient = tool("turnutils_uclient")?;
     let procs = load.procs.max(1);
     // -y pairs sessions, so each process gets an even count.
-    let per_proc = (load.allocations / procs).max(2) & !1;
+    let per_proc = match load.peer {
+        None => (load.allocations / procs).max(2) & !1,
+        Some(_) => (load.allocations / procs).max(1),
+    };
     let args = |sessions: usize| -> Vec<String> {
         let mut a = Vec::new();
         if load.tcp {
             a.push("-t".to_owned());
+        }
+        match load.peer {
+            None => a.push("-y".to_owned()),
+            Some(peer) => a.extend([
+                "-e".to_owned(),
+                peer.ip().to_string(),
+                "-r".to_owned(),
+                peer.port().to_string(),
+            ]),
         }
         a.extend(
             [
@@ -109,7 +128,6 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
                 &load.server.port().to_string(),
                 "-W",
                 &load.secret,
-                "-y",
                 "-c",
                 "-m",
                 &sessions.to_string(),
@@ -150,6 +168,7 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
             .map_err(|e| format!("cannot start turnutils_uclient: {e}"))?;
         let out = child.stdout.take().ok_or("no stdout")?;
         let tx = tx.clone();
+        let peer_mode = load.peer.is_some();
         readers.push(std::thread::spawn(move || {
             let mut text = String::new();
             let (mut connects, mut flowing) = (0, false);
@@ -157,15 +176,17 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
             // once a second): after that it only lingers, waiting for stragglers.
             let (mut last_recv, mut last_growth) = (0u64, None::<Instant>);
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                // With -y uclient prints its connect time twice (both sides of the pairs);
-                // the second, or the first progress line with messages sent, starts the data.
+                // With -y uclient prints its connect time twice (both sides of the pairs),
+                // towards a peer once; the last, or the first progress line with messages
+                // sent, starts the data.
                 if !flowing {
                     if line.contains("Total connect time") {
                         connects += 1;
                     }
                     let sending =
                         line.contains("tot_send_msgs=") && !line.contains("tot_send_msgs=0,");
-                    if connects >= 2 || sending {
+                    let all_connected = connects >= if peer_mode { 1 } else { 2 };
+                    if all_connected || sending {
                         flowing = true;
                         let _ = tx.send(Event::Connected);
                     }
@@ -280,6 +301,30 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
         }
     }
     Ok(report)
+}
+
+/// Starts `turnutils_peer` (coturn's UDP echo) on `at` and waits until it listens.
+pub fn start_echo(at: SocketAddr) -> Result<Child, String> {
+    if !at.ip().is_loopback() {
+        return Err(format!("refusing: {at} is not a loopback address"));
+    }
+    let mut child = Command::new(tool("turnutils_peer")?)
+        .args(["-L", &at.ip().to_string(), "-p", &at.port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start turnutils_peer: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Bound: the port is taken once the echo listens.
+    while std::net::UdpSocket::bind(at).is_ok() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("turnutils_peer did not listen on {at} within 5 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
 }
 
 enum Event {
