@@ -16,8 +16,9 @@
 //! relay twice, but through real relay sockets both ways; with `-y` both ends are
 //! allocations of the same relay, which may hand the datagram over in the process.
 //!
-//! - relayed packets/s = 2 × delivered messages / data window (packets lost on the way are
-//!   not counted), Mbit/s = relayed packets × payload bytes × 8 / window;
+//! - relayed packets/s = 2 × messages delivered in the data window / the window (packets
+//!   lost on the way are not counted; what a process received before the window began, while
+//!   another still allocated, is left out), Mbit/s = relayed packets × payload bytes × 8 / window;
 //! - server CPU per relayed packet = utime + stime of the server process over the data
 //!   window (from `/proc/<pid>/stat`) / relayed packets.
 
@@ -89,6 +90,9 @@ pub struct RelayReport {
     pub server_rss_mb: Option<f64>,
     /// Average round trip reported by uclient (whole ms resolution), weighted by delivered.
     pub rtt_avg_ms: f64,
+    /// Messages received before the data phase began (by processes that finished their
+    /// allocations before the others), left out of the packets per second and per CPU.
+    pub delivered_before_window: u64,
     /// The command each process ran (with its share of sessions).
     pub command: String,
 }
@@ -159,7 +163,7 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
     let (tx, rx) = mpsc::channel::<Event>();
     let mut children: Vec<Child> = Vec::new();
     let mut readers = Vec::new();
-    for _ in 0..procs {
+    for index in 0..procs {
         let mut child = Command::new(&uclient)
             .args(args(per_proc))
             .stdout(Stdio::piped())
@@ -196,6 +200,7 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
                         if r > last_recv {
                             last_recv = r;
                             last_growth = Some(Instant::now());
+                            let _ = tx.send(Event::Received { index, total: r });
                         }
                     }
                 }
@@ -210,6 +215,11 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
     drop(tx);
     let deadline = started + load.timeout;
     let (mut connected, mut exited) = (0, 0);
+    // Each process's received count as of its last progress line: a process that made its
+    // allocations early sends while the others still allocate, and what it received before
+    // the data phase is left out of the phase's packets as its CPU is.
+    let mut received = vec![0u64; procs];
+    let mut received_before = 0u64;
     let mut data_start: Option<(Instant, Option<f64>)> = None;
     // The server's CPU every 100 ms, to read it where the data phase turns out to end.
     let mut samples: Vec<(Instant, f64)> = Vec::new();
@@ -217,6 +227,7 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Event::Connected) => connected += 1,
             Ok(Event::Exited) => exited += 1,
+            Ok(Event::Received { index, total }) => received[index] = total,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -227,6 +238,7 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
         }
         if data_start.is_none() && connected + exited >= procs {
             data_start = Some((now, cpu));
+            received_before = received.iter().sum();
         }
     }
     for c in &mut children {
@@ -270,6 +282,7 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
         server_cpu_pct: None,
         server_rss_mb: rss,
         rtt_avg_ms: 0.0,
+        delivered_before_window: 0,
         command,
     };
     let mut rtt_weighted = 0.0;
@@ -287,9 +300,10 @@ pub fn run(load: &RelayLoad) -> Result<RelayReport, String> {
     if report.delivered > 0 {
         report.rtt_avg_ms = rtt_weighted / report.delivered as f64;
     }
-    let packets = 2.0 * report.delivered as f64;
+    report.delivered_before_window = received_before.min(report.delivered);
+    let packets = 2.0 * (report.delivered - report.delivered_before_window) as f64;
     let w = report.data_window_s.max(1e-9);
-    report.delivered_msgs_per_s = report.delivered as f64 / w;
+    report.delivered_msgs_per_s = packets / 2.0 / w;
     report.relayed_packets_per_s = packets / w;
     report.relayed_mbit_per_s = packets * load.size as f64 * 8.0 / w / 1e6;
     if let (Some(a), Some(b)) = (cpu_start, cpu_end) {
@@ -332,6 +346,8 @@ enum Event {
     Connected,
     /// A process's output ended.
     Exited,
+    /// A process's received count grew to `total` (its progress line).
+    Received { index: usize, total: u64 },
 }
 
 /// The received count of a progress line (`..., tot_recv_msgs=N, ...`).
@@ -404,7 +420,7 @@ impl RelayReport {
         format!(
             "relay ({label}): {} allocations, {} of the uclient processes finished\n\
              {}\n\
-             sent {}  delivered {}  loss {:.2} %  connect {:.1} s  data window {:.2} s\n\
+             sent {}  delivered {} ({} before the window)  loss {:.2} %  connect {:.1} s  data window {:.2} s\n\
              delivered {:.0} msgs/s  relayed {:.0} packets/s  {:.1} Mbit/s  rtt {:.1} ms\n\
              server CPU {} s ({} % of a core), {} µs per relayed packet, RSS {} MB\n",
             self.allocations,
@@ -412,6 +428,7 @@ impl RelayReport {
             self.command,
             self.sent,
             self.delivered,
+            self.delivered_before_window,
             self.loss_pct,
             self.connect_s,
             self.data_window_s,
