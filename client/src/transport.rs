@@ -20,7 +20,11 @@ const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(10);
 const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 /// Ack-eliciting packets the server may receive before it must send an ACK (QUIC ACK
 /// frequency extension; its ACK delay still bounds how long it waits).
-const ACK_ELICITING_THRESHOLD: u32 = 10;
+/// Below the 8 full-size packets of a new connection's congestion window (12,000 bytes), so
+/// that window gets an ACK at once; at 10 it waited out the 25 ms ACK delay, and the first
+/// byte of a download with it (bench/RESULTS.md). Chat sends fewer packets than this within
+/// an ACK delay, so its ACKs still ride on its next frame.
+const ACK_ELICITING_THRESHOLD: u32 = 4;
 
 /// How long closing a QUIC connection waits for the close to reach the peer.
 const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
@@ -310,7 +314,7 @@ async fn connect_quic(
     // The server never opens streams towards the client (yet); do not pre-size tables for it.
     transport.max_concurrent_bidi_streams(0u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
-    // Let the server acknowledge every 11th ack-eliciting packet (or after its 25 ms ACK
+    // Let the server acknowledge every 5th ack-eliciting packet (or after its 25 ms ACK
     // delay) instead of every 2nd, so its ACKs ride on its next frame (QUIC ACK frequency).
     let mut ack_frequency = quinn::AckFrequencyConfig::default();
     ack_frequency.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
