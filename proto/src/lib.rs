@@ -22,6 +22,7 @@ pub mod frame;
 pub mod group;
 pub mod ids;
 pub mod media;
+pub mod owned_chunks;
 pub mod story;
 pub mod turn;
 
@@ -42,6 +43,7 @@ pub use ids::{
     MAX_USER_NAME,
 };
 pub use media::{BlobId, ByteRange};
+pub use owned_chunks::encode_owned_to_chunks;
 pub use story::*;
 
 /// The protocol version this build speaks best. Peers negotiate in [`Hello`]/[`ServerHello`].

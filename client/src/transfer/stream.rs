@@ -1,7 +1,7 @@
 //! Frames on one transfer stream.
 
 use crate::ClientError;
-use missive_proto::{encode_to_chunks, Frame, FrameDecoder};
+use missive_proto::{encode_owned_to_chunks, encode_to_chunks, Frame, FrameDecoder};
 
 /// Largest frame read from a transfer stream (a 1 MiB chunk and its header).
 const MAX_FRAME: usize = 1024 * 1024 + 1024;
@@ -75,6 +75,20 @@ impl TransferStream {
                 .ok_or_else(|| ClientError::ConnectionClosed("transfer finished".into()))?
                 .send(frame)
                 .map_err(|e| ClientError::ConnectionClosed(e.to_string())),
+        }
+    }
+
+    /// Sends `frame`, whose media bytes (a `MediaChunk`'s) go to quinn as they are: the
+    /// archive is written around them, not with a copy of them.
+    pub(crate) async fn send_owned(&mut self, frame: Frame) -> Result<(), ClientError> {
+        match self {
+            Self::Quic { send, .. } => {
+                let mut chunks = encode_owned_to_chunks(frame)?;
+                send.write_all_chunks(&mut chunks)
+                    .await
+                    .map_err(|e| ClientError::ConnectionClosed(e.to_string()))
+            }
+            Self::Tcp { .. } => self.send(&frame).await,
         }
     }
 

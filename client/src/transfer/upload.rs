@@ -258,8 +258,8 @@ async fn worker(
             .map_err(|e| ClientError::InvalidInput(format!("reading the file: {e}")))??;
             in_flight.push_back(Instant::now());
             stream
-                .send(
-                    &MediaChunk {
+                .send_owned(
+                    MediaChunk {
                         offset: range.start,
                         bytes,
                     }

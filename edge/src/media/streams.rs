@@ -6,7 +6,8 @@ use super::service::MediaService;
 use super::transfer::{Effect, Transfer, MAX_TRANSFER_FRAME};
 use crate::budget::{Rate, TokenBucket};
 use missive_proto::{
-    encode_to_chunks, encode_to_vec, ErrorCode, Frame, FrameDecoder, MediaData, RequestRefused,
+    encode_owned_to_chunks, encode_to_chunks, encode_to_vec, ErrorCode, Frame, FrameDecoder,
+    MediaData, RequestRefused,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,6 +143,18 @@ impl TransferWriter {
                 let bytes = encode_to_vec(frame).map_err(|_| ())?;
                 send.write_all(&bytes).await.map_err(|_| ())
             }
+        }
+    }
+
+    /// Writes `frame`, whose media bytes (a `MediaData`'s) go to quinn as they are: the
+    /// archive is written around them, not with a copy of them.
+    async fn send_owned(&mut self, frame: Frame) -> Result<(), ()> {
+        match self {
+            Self::Quic(send) => {
+                let mut chunks = encode_owned_to_chunks(frame).map_err(|_| ())?;
+                send.write_all_chunks(&mut chunks).await.map_err(|_| ())
+            }
+            Self::Stream(_) => self.send(&frame).await,
         }
     }
 
@@ -323,7 +336,7 @@ async fn send_range(
             bytes,
         }
         .into();
-        if write(send, &frame).await.is_err() {
+        if send.send_owned(frame).await.is_err() {
             return;
         }
         media
