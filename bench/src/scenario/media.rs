@@ -1,8 +1,8 @@
 //! `media`: the media path end to end through the SDK and the real edge.
 //!
 //! 1. One file of `--file-mb` MB uploaded on 4 QUIC streams, then downloaded by another
-//!    user: MB/s each way, the edge's CPU per MB each way, time to the first downloaded
-//!    byte, the edge's RSS above idle while the upload runs.
+//!    user: MB/s each way, the edge's and the SDK clients' CPU per MB each way, time to the
+//!    first downloaded byte, the edge's RSS above idle while the upload runs.
 //! 2. The same bytes copied over one plain TLS 1.3 connection (rustls, loopback, this
 //!    process) into a synced file, into a file, and over the wire alone: the baselines the
 //!    transfers are compared with (`*_share_of_tls_{synced,file,wire}`).
@@ -102,6 +102,9 @@ pub async fn run(
         })
     });
     let cpu = || under.spawned.as_deref().map(|e| e.cpu_seconds());
+    // This process's CPU: in these two phases only the two SDK clients run in it.
+    let own_cpu = || crate::edge_process::cpu_seconds(std::process::id());
+    let own_before_up = own_cpu();
     let cpu_before_up = cpu();
     let up = Instant::now();
     sender
@@ -110,6 +113,7 @@ pub async fn run(
         .map_err(|e| format!("upload: {e}"))?;
     let up_s = up.elapsed().as_secs_f64();
     let cpu_after_up = cpu();
+    let own_after_up = own_cpu();
     sampling.store(false, Ordering::Relaxed);
     if let Some(s) = sampler {
         let _ = s.await;
@@ -137,10 +141,15 @@ pub async fn run(
         .map_err(|e| format!("download: {e}"))?;
     let down_s = down.elapsed().as_secs_f64();
     let cpu_after_down = cpu();
+    let own_after_down = own_cpu();
     // The edge's CPU per MB each way: steadier than MB/s on a shared machine.
     if let (Some(a), Some(b), Some(c)) = (cpu_before_up, cpu_after_up, cpu_after_down) {
         extra.insert("upload_edge_cpu_ms_per_mb".into(), (b - a) * 1e3 / mb);
         extra.insert("download_edge_cpu_ms_per_mb".into(), (c - b) * 1e3 / mb);
+    }
+    if let (Some(a), Some(b), Some(c)) = (own_before_up, own_after_up, own_after_down) {
+        extra.insert("upload_client_cpu_ms_per_mb".into(), (b - a) * 1e3 / mb);
+        extra.insert("download_client_cpu_ms_per_mb".into(), (c - b) * 1e3 / mb);
     }
     extra.insert("download_mb_per_s".into(), mb / down_s);
     if let Some(t) = *first_byte.lock().unwrap_or_else(|p| p.into_inner()) {
