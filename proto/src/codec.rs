@@ -54,6 +54,21 @@ impl Header {
         Ok(Self { len, kind, flags })
     }
 
+    /// The header of an outgoing payload of `len` bytes; refused above [`HARD_MAX_FRAME`].
+    pub(crate) fn for_payload(kind: u8, flags: u8, len: usize) -> Result<Self, ProtoError> {
+        if len > HARD_MAX_FRAME {
+            return Err(ProtoError::TooLarge {
+                len,
+                max: HARD_MAX_FRAME,
+            });
+        }
+        Ok(Self {
+            len: len as u32,
+            kind,
+            flags,
+        })
+    }
+
     /// Serialises the header.
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
         let l = self.len.to_be_bytes();
@@ -125,18 +140,7 @@ fn encode_parts(frame: &Frame) -> Result<(Header, EncodedPayload), ProtoError> {
     } else {
         EncodedPayload::Archived(archived)
     };
-    let len = payload.as_ref().len();
-    if len > HARD_MAX_FRAME {
-        return Err(ProtoError::TooLarge {
-            len,
-            max: HARD_MAX_FRAME,
-        });
-    }
-    let header = Header {
-        len: len as u32,
-        kind: frame.kind(),
-        flags,
-    };
+    let header = Header::for_payload(frame.kind(), flags, payload.as_ref().len())?;
     Ok((header, payload))
 }
 

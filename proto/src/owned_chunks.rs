@@ -5,7 +5,7 @@
 //! everything else; the frame's own buffer then fills the hole as an owned [`Bytes`]. The
 //! chunks, one after the other, are exactly the bytes [`crate::encode_to_vec`] makes.
 
-use crate::codec::{encode_to_chunks, Header, HARD_MAX_FRAME, HEADER_LEN};
+use crate::codec::{encode_to_chunks, Header};
 use crate::{Frame, ProtoError};
 use bytes::Bytes;
 use rkyv::rancor::Fallible;
@@ -17,35 +17,22 @@ use rkyv::ser::{Positional, Writer};
 /// with no copy of ours); any other frame is [`encode_to_chunks`].
 pub fn encode_owned_to_chunks(frame: Frame) -> Result<Vec<Bytes>, ProtoError> {
     let kind = frame.kind();
-    let split = match &frame {
-        Frame::MediaChunk(c) => archive_around(c, &c.bytes)?,
-        Frame::MediaData(d) => archive_around(d, &d.bytes)?,
-        _ => None,
+    let (split, bytes) = match frame {
+        Frame::MediaChunk(c) => match archive_around(&c, &c.bytes)? {
+            Some(split) => (split, c.bytes),
+            None => return Ok(encode_to_chunks(&c.into())?.to_vec()),
+        },
+        Frame::MediaData(d) => match archive_around(&d, &d.bytes)? {
+            Some(split) => (split, d.bytes),
+            None => return Ok(encode_to_chunks(&d.into())?.to_vec()),
+        },
+        other => return Ok(encode_to_chunks(&other)?.to_vec()),
     };
-    let Some(split) = split else {
-        return Ok(encode_to_chunks(&frame)?.to_vec());
-    };
-    let bytes = match frame {
-        Frame::MediaChunk(c) => c.bytes,
-        Frame::MediaData(d) => d.bytes,
-        _ => return Ok(encode_to_chunks(&frame)?.to_vec()),
-    };
-    let len = split.archived.len() + bytes.len();
-    if len > HARD_MAX_FRAME {
-        return Err(ProtoError::TooLarge {
-            len,
-            max: HARD_MAX_FRAME,
-        });
-    }
-    let header = Header {
-        len: len as u32,
-        kind,
-        flags: 0,
-    };
+    let header = Header::for_payload(kind, 0, split.archived.len() + bytes.len())?;
     let mut archived = Bytes::from(split.archived);
     let after = archived.split_off(split.hole_at);
     let mut chunks = Vec::with_capacity(4);
-    chunks.push(Bytes::copy_from_slice(&header.to_bytes()[..HEADER_LEN]));
+    chunks.push(Bytes::copy_from_slice(&header.to_bytes()));
     chunks.extend(
         [archived, Bytes::from(bytes), after]
             .into_iter()
