@@ -6,7 +6,7 @@ use super::stats::Stats;
 use crate::config::{RelayConfig, Secret};
 use crate::credentials::{check_username, password_for};
 use crate::nonce::{NonceCheck, Nonces};
-use crate::peer_policy::PeerPolicy;
+use crate::peer_policy::{canonical, PeerPolicy};
 use crate::wire::{self, attr, method, Datagram, Reply};
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -768,12 +768,20 @@ impl Relay {
                 self.stats.refusals.address_family += 1;
                 return Err(443);
             }
-            if self.policy.check(peer.ip()).is_err() {
+            if self.policy.check(peer.ip()).is_err() && !self.is_relay_ip(peer.ip()) {
                 self.stats.refusals.forbidden_peer += 1;
                 return Err(403);
             }
         }
         Ok(peers)
+    }
+
+    /// Whether `ip` is the address this relay's sockets have. A permission for it is granted
+    /// whatever the policy says of it (operators list their own ranges in `deny_peers`), as
+    /// the relay only hands datagrams for it to its own allocations: sends to any other port
+    /// of it are dropped in `relay_to_peer`.
+    fn is_relay_ip(&self, ip: IpAddr) -> bool {
+        canonical(ip) == canonical(self.config.relay_ip())
     }
 
     fn create_permission(
@@ -837,7 +845,7 @@ impl Relay {
             self.stats.refusals.bad_request += 1;
             return;
         };
-        if self.policy.check(peer.ip()).is_err() {
+        if self.policy.check(peer.ip()).is_err() && !self.is_relay_ip(peer.ip()) {
             self.stats.refusals.forbidden_peer += 1;
             return;
         }
@@ -875,6 +883,14 @@ impl Relay {
             self.stats.refusals.no_permission += 1;
             return;
         }
+        let within = self.by_relayed.get(&peer).copied();
+        // Checked per datagram, not only at CreatePermission: a permission for this relay's
+        // own address (see `is_relay_ip`) reaches its allocations, never the host's other
+        // ports.
+        if within.is_none() && self.policy.check(peer.ip()).is_err() {
+            self.stats.refusals.forbidden_peer += 1;
+            return;
+        }
         if a.admit(payload.len(), now).is_err() {
             self.stats.refusals.rate_limited += 1;
             return;
@@ -886,7 +902,7 @@ impl Relay {
         // it directly, with its own permission check, budget and framing, as if it had
         // crossed the two sockets. Half the system calls and no loopback delivery; the
         // datagram its client gets is the same.
-        if let Some(&target) = self.by_relayed.get(&peer) {
+        if let Some(target) = within {
             let from = a.relayed;
             self.stats.packets_within += 1;
             self.handle_peer(now, target, from, payload);

@@ -526,6 +526,63 @@ fn a_peer_that_is_another_allocation_of_this_relay_is_handed_over_in_the_process
 }
 
 #[test]
+fn the_relays_own_address_in_deny_peers_still_reaches_its_allocations_and_nothing_else() {
+    // What the README tells operators to do: their own addresses in `deny_peers`.
+    let mut cfg = config();
+    cfg.deny_peers = vec!["192.0.2.0/24".parse().expect("range")];
+    let mut h = Harness::new(cfg);
+    let mut a = Client::new("203.0.113.5:41000", creds("alice"));
+    let mut b = Client::new("203.0.113.6:42000", creds("bob"));
+    let (_, a_relayed) = h.allocate(&mut a);
+    let (_, b_relayed) = h.allocate(&mut b);
+    for (c, peer) in [(&mut a, b_relayed), (&mut b, a_relayed)] {
+        let r = h.request(c, method::CREATE_PERMISSION, &[Attr::Peer(peer)]);
+        assert_eq!(class(&r), MessageClass::Success, "{:?}", code(&r));
+    }
+    let r = h.request(
+        &mut a,
+        method::CHANNEL_BIND,
+        &[Attr::Channel(0x4000), Attr::Peer(b_relayed)],
+    );
+    assert_eq!(class(&r), MessageClass::Success, "{:?}", code(&r));
+    // Both ways of sending reach bob's client.
+    let outs = h.client_sends(a.addr, &send_indication(b_relayed, b"send"));
+    assert_eq!(to_client(&outs).len(), 1, "{outs:?}");
+    let outs = h.client_sends(
+        a.addr,
+        &crate::wire::channel_data(0x4000, b"channel", false),
+    );
+    assert_eq!(to_client(&outs).len(), 1, "{outs:?}");
+    // Another port of the same address is not an allocation: dropped, however sent.
+    let service = SocketAddr::new(b_relayed.ip(), 22);
+    let outs = h.client_sends(a.addr, &send_indication(service, b"ssh?"));
+    assert!(
+        to_peer(&outs).is_empty() && to_client(&outs).is_empty(),
+        "{outs:?}"
+    );
+    let r = h.request(
+        &mut a,
+        method::CHANNEL_BIND,
+        &[Attr::Channel(0x4001), Attr::Peer(service)],
+    );
+    assert_eq!(class(&r), MessageClass::Success, "{:?}", code(&r));
+    let outs = h.client_sends(a.addr, &crate::wire::channel_data(0x4001, b"ssh?", false));
+    assert!(
+        to_peer(&outs).is_empty() && to_client(&outs).is_empty(),
+        "{outs:?}"
+    );
+    let s = h.relay.stats();
+    assert_eq!((s.packets_within, s.refusals.forbidden_peer), (2, 2));
+    // The rest of the denied range stays refused.
+    let r = h.request(
+        &mut a,
+        method::CREATE_PERMISSION,
+        &[Attr::Peer(addr("192.0.2.77:9"))],
+    );
+    assert_eq!(code(&r), Some(403));
+}
+
+#[test]
 fn refresh_extends_and_lifetime_zero_deletes() {
     let mut h = Harness::new(config());
     let mut c = Client::new("203.0.113.5:41000", creds("alice"));
