@@ -845,10 +845,6 @@ impl Relay {
             self.stats.refusals.bad_request += 1;
             return;
         };
-        if self.policy.check(peer.ip()).is_err() && !self.is_relay_ip(peer.ip()) {
-            self.stats.refusals.forbidden_peer += 1;
-            return;
-        }
         self.relay_to_peer(now, id, peer, &data.value);
     }
 
@@ -874,21 +870,22 @@ impl Relay {
         self.relay_to_peer(now, id, peer, payload);
     }
 
+    /// Sends (Send indication) and ChannelData both come here, so the peer policy is
+    /// checked once per datagram, not only at CreatePermission: a permission for this
+    /// relay's own address (see `is_relay_ip`) reaches its allocations, never the host's
+    /// other ports.
     fn relay_to_peer(&mut self, now: Instant, id: AllocationId, peer: SocketAddr, payload: &[u8]) {
+        let within = self.by_relayed.get(&peer).copied();
+        if within.is_none() && self.policy.check(peer.ip()).is_err() {
+            self.stats.refusals.forbidden_peer += 1;
+            return;
+        }
         let Some(a) = self.allocations.get_mut(&id) else {
             self.stats.refusals.no_permission += 1;
             return;
         };
         if a.expires <= now || !a.permitted(peer.ip(), now) {
             self.stats.refusals.no_permission += 1;
-            return;
-        }
-        let within = self.by_relayed.get(&peer).copied();
-        // Checked per datagram, not only at CreatePermission: a permission for this relay's
-        // own address (see `is_relay_ip`) reaches its allocations, never the host's other
-        // ports.
-        if within.is_none() && self.policy.check(peer.ip()).is_err() {
-            self.stats.refusals.forbidden_peer += 1;
             return;
         }
         if a.admit(payload.len(), now).is_err() {
