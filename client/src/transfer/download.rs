@@ -51,7 +51,7 @@ async fn attempt(
     let mut stream = conn.open().await?;
     stream
         .send(
-            &MediaDownload {
+            MediaDownload {
                 blob,
                 range: ByteRange {
                     start: from,

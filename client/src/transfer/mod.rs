@@ -126,7 +126,7 @@ pub(crate) async fn sign_url(
 ) -> Result<missive_proto::MediaUrl, ClientError> {
     let mut stream = via.open().await?;
     stream
-        .send(&missive_proto::MediaSignUrl { blob }.into())
+        .send(missive_proto::MediaSignUrl { blob }.into())
         .await?;
     stream.finish();
     match stream.next().await? {

@@ -1,7 +1,7 @@
 //! Frames on one transfer stream.
 
 use crate::ClientError;
-use missive_proto::{encode_owned_to_chunks, encode_to_chunks, Frame, FrameDecoder};
+use missive_proto::{encode_owned_to_chunks, Frame, FrameDecoder};
 
 /// Largest frame read from a transfer stream (a 1 MiB chunk and its header).
 const MAX_FRAME: usize = 1024 * 1024 + 1024;
@@ -59,28 +59,9 @@ impl TransferStream {
         })
     }
 
-    /// Sends `frame`.
-    pub(crate) async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
-        match self {
-            Self::Quic { send, .. } => {
-                // Header and payload go to quinn as owned chunks: a 1 MiB chunk is not
-                // copied into the stream's buffer.
-                let mut chunks = encode_to_chunks(frame)?;
-                send.write_all_chunks(&mut chunks)
-                    .await
-                    .map_err(|e| ClientError::ConnectionClosed(e.to_string()))
-            }
-            Self::Tcp { writer, .. } => writer
-                .as_ref()
-                .ok_or_else(|| ClientError::ConnectionClosed("transfer finished".into()))?
-                .send(frame)
-                .map_err(|e| ClientError::ConnectionClosed(e.to_string())),
-        }
-    }
-
-    /// Sends `frame`, whose media bytes (a `MediaChunk`'s) go to quinn as they are: the
-    /// archive is written around them, not with a copy of them.
-    pub(crate) async fn send_owned(&mut self, frame: Frame) -> Result<(), ClientError> {
+    /// Sends `frame`. Over QUIC it goes to quinn as owned chunks, a `MediaChunk`'s bytes as
+    /// they are (the archive is written around them): a 1 MiB chunk is not copied.
+    pub(crate) async fn send(&mut self, frame: Frame) -> Result<(), ClientError> {
         match self {
             Self::Quic { send, .. } => {
                 let mut chunks = encode_owned_to_chunks(frame)?;
@@ -88,7 +69,11 @@ impl TransferStream {
                     .await
                     .map_err(|e| ClientError::ConnectionClosed(e.to_string()))
             }
-            Self::Tcp { .. } => self.send(&frame).await,
+            Self::Tcp { writer, .. } => writer
+                .as_ref()
+                .ok_or_else(|| ClientError::ConnectionClosed("transfer finished".into()))?
+                .send(&frame)
+                .map_err(|e| ClientError::ConnectionClosed(e.to_string())),
         }
     }
 

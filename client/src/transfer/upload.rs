@@ -139,7 +139,7 @@ async fn attempt(
     }
     .into();
     let mut first = conn.open().await?;
-    first.send(&open).await?;
+    first.send(open.clone()).await?;
     let state = match first.next().await? {
         Some(Frame::MediaUploadState(s)) => s,
         Some(other) => return Err(unexpected(&other)),
@@ -185,7 +185,7 @@ async fn attempt(
                         return Ok(());
                     }
                     let mut s = conn.open().await?;
-                    s.send(&open).await?;
+                    s.send(open.clone()).await?;
                     match s.next().await? {
                         Some(Frame::MediaUploadState(st)) if st.complete => {
                             shared.complete.store(true, Ordering::Release);
@@ -258,7 +258,7 @@ async fn worker(
             .map_err(|e| ClientError::InvalidInput(format!("reading the file: {e}")))??;
             in_flight.push_back(Instant::now());
             stream
-                .send_owned(
+                .send(
                     MediaChunk {
                         offset: range.start,
                         bytes,

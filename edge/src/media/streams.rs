@@ -6,8 +6,8 @@ use super::service::MediaService;
 use super::transfer::{Effect, Transfer, MAX_TRANSFER_FRAME};
 use crate::budget::{Rate, TokenBucket};
 use missive_proto::{
-    encode_owned_to_chunks, encode_to_chunks, encode_to_vec, ErrorCode, Frame, FrameDecoder,
-    MediaData, RequestRefused,
+    encode_owned_to_chunks, encode_to_vec, ErrorCode, Frame, FrameDecoder, MediaData,
+    RequestRefused,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,29 +132,18 @@ pub enum TransferWriter {
 }
 
 impl TransferWriter {
-    /// Writes one frame.
-    async fn send(&mut self, frame: &Frame) -> Result<(), ()> {
-        match self {
-            Self::Quic(send) => {
-                let mut chunks = encode_to_chunks(frame).map_err(|_| ())?;
-                send.write_all_chunks(&mut chunks).await.map_err(|_| ())
-            }
-            Self::Stream(send) => {
-                let bytes = encode_to_vec(frame).map_err(|_| ())?;
-                send.write_all(&bytes).await.map_err(|_| ())
-            }
-        }
-    }
-
-    /// Writes `frame`, whose media bytes (a `MediaData`'s) go to quinn as they are: the
-    /// archive is written around them, not with a copy of them.
-    async fn send_owned(&mut self, frame: Frame) -> Result<(), ()> {
+    /// Writes one frame. Over QUIC it goes to quinn as owned chunks, a `MediaData`'s bytes
+    /// as they are (the archive is written around them, not with a copy of them).
+    async fn send(&mut self, frame: Frame) -> Result<(), ()> {
         match self {
             Self::Quic(send) => {
                 let mut chunks = encode_owned_to_chunks(frame).map_err(|_| ())?;
                 send.write_all_chunks(&mut chunks).await.map_err(|_| ())
             }
-            Self::Stream(_) => self.send(&frame).await,
+            Self::Stream(send) => {
+                let bytes = encode_to_vec(&frame).map_err(|_| ())?;
+                send.write_all(&bytes).await.map_err(|_| ())
+            }
         }
     }
 
@@ -209,7 +198,7 @@ async fn run_transfer(
         for effect in std::mem::take(&mut effects) {
             let more = match effect {
                 Effect::Reply(frame) => {
-                    if write(&mut send, &frame).await.is_err() {
+                    if write(&mut send, frame).await.is_err() {
                         return;
                     }
                     Vec::new()
@@ -237,7 +226,7 @@ async fn run_transfer(
                         Ok(url) => url.into(),
                         Err(code) => RequestRefused::new(0, code, "no signed URL for that").into(),
                     };
-                    let _ = write(&mut send, &frame).await;
+                    let _ = write(&mut send, frame).await;
                     send.shutdown().await;
                     return;
                 }
@@ -263,7 +252,7 @@ async fn run_transfer(
             Ok(None) => {}
             Err(e) => {
                 let refusal: Frame = RequestRefused::new(0, e.code(), e.to_string()).into();
-                let _ = write(&mut send, &refusal).await;
+                let _ = write(&mut send, refusal).await;
                 send.shutdown().await;
                 return;
             }
@@ -281,7 +270,7 @@ async fn run_transfer(
     }
 }
 
-async fn write(send: &mut TransferWriter, frame: &Frame) -> Result<(), ()> {
+async fn write(send: &mut TransferWriter, frame: Frame) -> Result<(), ()> {
     send.send(frame).await
 }
 
@@ -314,7 +303,7 @@ async fn send_range(
         Ok(s) => s,
         Err(code) => {
             let refusal: Frame = RequestRefused::new(0, code, "no such media").into();
-            let _ = write(send, &refusal).await;
+            let _ = write(send, refusal).await;
             return;
         }
     };
@@ -336,7 +325,7 @@ async fn send_range(
             bytes,
         }
         .into();
-        if send.send_owned(frame).await.is_err() {
+        if send.send(frame).await.is_err() {
             return;
         }
         media
