@@ -736,6 +736,15 @@ impl Client {
         self.command(Command::Ack(point.into()))
     }
 
+    /// The QUIC path of the logged-in connection (packet size, round trip, losses), for an
+    /// app's connection-quality view; `None` while not connected or on the TCP+TLS fallback.
+    pub fn quic_path(&self) -> Option<crate::transport::QuicPath> {
+        match &*self.links.borrow() {
+            crate::transfer::Link::Quic(conn) => Some(crate::transport::QuicPath::of(conn)),
+            _ => None,
+        }
+    }
+
     /// Uploads a ciphertext file (see [`crate::media`] to make one) on `parallel` QUIC
     /// streams beside the control stream, with `progress` called as the edge acknowledges
     /// bytes. After a lost connection it waits for the client to reconnect and sends only

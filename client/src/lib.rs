@@ -156,6 +156,7 @@ mod group;
 pub mod identity;
 mod login;
 pub mod media;
+mod path_mtu;
 mod post_keys;
 #[cfg(feature = "cli")]
 pub mod profile;
@@ -177,7 +178,7 @@ pub use event::{AckPoint, Event, EventStream, ReceiptStatus};
 pub use identity::Identity;
 #[cfg(feature = "cli")]
 pub use profile::Profile;
-pub use transport::{QuicEndpoint, Transport, TransportConfig, TransportKind};
+pub use transport::{QuicEndpoint, QuicPath, Transport, TransportConfig, TransportKind};
 pub use turn::TurnCredentials;
 
 pub use missive_proto::{

@@ -26,6 +26,9 @@ const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 /// an ACK delay, so its ACKs still ride on its next frame.
 const ACK_ELICITING_THRESHOLD: u32 = 4;
 
+/// quinn's first congestion window: 10 packets of QUIC's minimum 1,200 bytes (RFC 9002).
+const DEFAULT_INITIAL_WINDOW: u64 = 12_000;
+
 /// How long closing a QUIC connection waits for the close to reach the peer.
 const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
@@ -77,28 +80,46 @@ fn udp_socket(local: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// generators and apps with many accounts need one socket, not one per connection. Cheap to
 /// clone; the socket closes when the last clone and the last connection on it are gone.
 #[derive(Debug, Clone)]
-pub struct QuicEndpoint(quinn::Endpoint);
+pub struct QuicEndpoint {
+    endpoint: quinn::Endpoint,
+    /// The largest UDP payload its connections probe for and it takes in (`path_mtu`).
+    payload_ceiling: u16,
+}
 
 impl QuicEndpoint {
-    /// Binds a new endpoint on an ephemeral port of the unspecified address of `family`'s
-    /// IP version (IPv4 or IPv6, as the server the connections will go to).
-    pub fn bind_for(family: SocketAddr) -> Result<Self, ClientError> {
-        let bind: SocketAddr = if family.is_ipv6() {
+    /// Binds a new endpoint on an ephemeral port of the unspecified address of `server`'s
+    /// IP version, for connections to `server`: their packets grow to what the route to it
+    /// carries (larger than the internet's over loopback or a jumbo-frame LAN).
+    pub fn bind_for(server: SocketAddr) -> Result<Self, ClientError> {
+        let bind: SocketAddr = if server.is_ipv6() {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        Self::bind(bind)
+        Self::bind_with_ceiling(bind, crate::path_mtu::payload_ceiling(server))
     }
 
     /// Binds a new endpoint on `local` (an address of this host, port 0 for any): to leave
-    /// from a chosen interface or address.
+    /// from a chosen interface or address. Its packets stay within what an internet path
+    /// carries.
     pub fn bind(local: SocketAddr) -> Result<Self, ClientError> {
+        Self::bind_with_ceiling(local, crate::path_mtu::INTERNET_PAYLOAD)
+    }
+
+    fn bind_with_ceiling(local: SocketAddr, payload_ceiling: u16) -> Result<Self, ClientError> {
         let socket = udp_socket(local)?;
         let runtime = Arc::new(quinn::TokioRuntime);
-        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map(Self)
-            .map_err(ClientError::from)
+        let mut config = quinn::EndpointConfig::default();
+        // What the server may send us (the `max_udp_payload_size` transport parameter): no
+        // more than our route takes, so its probes towards a phone stay internet-sized.
+        config
+            .max_udp_payload_size(payload_ceiling)
+            .map_err(|e| ClientError::InvalidInput(format!("QUIC payload ceiling: {e}")))?;
+        let endpoint = quinn::Endpoint::new(config, None, socket, runtime)?;
+        Ok(Self {
+            endpoint,
+            payload_ceiling,
+        })
     }
 
     /// Moves the endpoint to a new UDP socket bound on `local` (port 0 for any): its
@@ -106,12 +127,41 @@ impl QuicEndpoint {
     /// it moves from Wi-Fi to LTE).
     pub fn rebind(&self, local: SocketAddr) -> Result<(), ClientError> {
         let socket = udp_socket(local)?;
-        self.0.rebind(socket).map_err(ClientError::from)
+        self.endpoint.rebind(socket).map_err(ClientError::from)
     }
 
     /// The local UDP address.
     pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
-        self.0.local_addr().map_err(ClientError::from)
+        self.endpoint.local_addr().map_err(ClientError::from)
+    }
+}
+
+/// A QUIC connection's path as it is now ([`crate::Client::quic_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicPath {
+    /// UDP payload of a full-size packet: 1,200 bytes at first, grown by path MTU discovery
+    /// up to what the route carries (1,452 on the internet).
+    pub mtu: u16,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Packets sent on it.
+    pub sent_packets: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Times larger packets stopped getting through and the size fell back to 1,200 bytes.
+    pub black_holes: u64,
+}
+
+impl QuicPath {
+    pub(crate) fn of(conn: &quinn::Connection) -> Self {
+        let path = conn.stats().path;
+        Self {
+            mtu: path.current_mtu,
+            rtt: path.rtt,
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+            black_holes: path.black_holes_detected,
+        }
     }
 }
 
@@ -319,15 +369,17 @@ async fn connect_quic(
     let mut ack_frequency = quinn::AckFrequencyConfig::default();
     ack_frequency.ack_eliciting_threshold(ACK_ELICITING_THRESHOLD.into());
     transport.ack_frequency_config(Some(ack_frequency));
-    client_config.transport_config(Arc::new(transport));
 
     let (endpoint, socket) = match &cfg.quic_endpoint {
-        Some(shared) => (shared.0.clone(), QuicSocket::Shared),
+        Some(shared) => (shared.clone(), QuicSocket::Shared),
         None => {
             let own = QuicEndpoint::bind_for(cfg.server).map_err(|e| e.to_string())?;
-            (own.0.clone(), QuicSocket::Own(own.0))
+            (own.clone(), QuicSocket::Own(own.endpoint))
         }
     };
+    size_packets_for_route(&mut transport, endpoint.payload_ceiling);
+    client_config.transport_config(Arc::new(transport));
+    let endpoint = endpoint.endpoint;
     let conn = endpoint
         .connect_with(client_config, cfg.server, &cfg.server_name)
         .map_err(|e| e.to_string())?
@@ -346,6 +398,23 @@ async fn connect_quic(
             quic: Some((socket, conn)),
         },
     })
+}
+
+/// Lets path MTU discovery probe up to `ceiling` (the route's, see `path_mtu`). Above an
+/// internet-sized ceiling the first congestion window also grows, to hold the packets the
+/// server may wait for before it acknowledges ([`ACK_ELICITING_THRESHOLD`] + 1): with 8
+/// packets of 1,452 bytes it held them, with 2 of 6,400 the server waited out its ACK delay
+/// and a transfer stalled 25 ms at a time while the window grew.
+fn size_packets_for_route(transport: &mut quinn::TransportConfig, ceiling: u16) {
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(ceiling);
+    transport.mtu_discovery_config(Some(mtu));
+    if ceiling > crate::path_mtu::INTERNET_PAYLOAD {
+        let held = u64::from(ACK_ELICITING_THRESHOLD + 1) * u64::from(ceiling);
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(held.max(DEFAULT_INITIAL_WINDOW));
+        transport.congestion_controller_factory(Arc::new(cubic));
+    }
 }
 
 async fn connect_tcp(

@@ -392,6 +392,14 @@ pub async fn run(config: Config, reload: Reload) -> Result<(), StartError> {
     // growing retransmission backoff. A reset is always smaller than the packet it answers,
     // so a higher rate amplifies nothing.
     endpoint_config.min_reset_interval(RESET_INTERVAL);
+    // Take packets up to MAX_UDP_PAYLOAD: a client whose route carries them (loopback, a
+    // jumbo-frame LAN) uploads in a fraction of the packets; a phone's route stops it at
+    // 1,452. What the edge sends stays within quinn's 1,452-byte search: its first congestion
+    // window is the same for every client, and two large packets would not fill the 5 a
+    // client waits for before it acknowledges (see ACK_ELICITING_THRESHOLD).
+    endpoint_config
+        .max_udp_payload_size(missive_proto::MAX_UDP_PAYLOAD)
+        .map_err(|e| tls::TlsError::Config(format!("QUIC payload size: {e}")))?;
     let endpoint = quinn::Endpoint::new(
         endpoint_config,
         Some(quic_config),

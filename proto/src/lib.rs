@@ -95,6 +95,12 @@ pub const ALPN: &[u8] = b"missive/1";
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-missive-login";
 /// Length of the exported keying material mixed into the login signature.
 pub const EXPORTER_LEN: usize = 32;
+/// The largest UDP payload a QUIC packet of either side grows to, where the route carries
+/// it (loopback, jumbo-frame LANs; the internet stops at 1,452). quinn hands up to 10
+/// packets to one GSO send, and one send carries at most 65,507 bytes (an IPv4 datagram's
+/// limit): above 6,550 such a batch fails with `EMSGSIZE` and its packets are lost. With
+/// 9,000-byte packets on loopback quinn lost them and fell back to 1,200 bytes.
+pub const MAX_UDP_PAYLOAD: u16 = 6400;
 
 /// The bytes a device signs to register or log in: a domain-separation tag, the server's
 /// challenge, the TLS exporter of this connection, the user name and the device id.
