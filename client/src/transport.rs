@@ -150,17 +150,23 @@ pub struct QuicPath {
     pub lost_packets: u64,
     /// Times larger packets stopped getting through and the size fell back to 1,200 bytes.
     pub black_holes: u64,
+    /// UDP datagrams received on the connection.
+    pub received_datagrams: u64,
+    /// UDP payload bytes received on the connection.
+    pub received_bytes: u64,
 }
 
 impl QuicPath {
     pub(crate) fn of(conn: &quinn::Connection) -> Self {
-        let path = conn.stats().path;
+        let stats = conn.stats();
         Self {
-            mtu: path.current_mtu,
-            rtt: path.rtt,
-            sent_packets: path.sent_packets,
-            lost_packets: path.lost_packets,
-            black_holes: path.black_holes_detected,
+            mtu: stats.path.current_mtu,
+            rtt: stats.path.rtt,
+            sent_packets: stats.path.sent_packets,
+            lost_packets: stats.path.lost_packets,
+            black_holes: stats.path.black_holes_detected,
+            received_datagrams: stats.udp_rx.datagrams,
+            received_bytes: stats.udp_rx.bytes,
         }
     }
 }
