@@ -113,6 +113,13 @@ pub async fn run(
         .map_err(|e| format!("upload: {e}"))?;
     let up_s = up.elapsed().as_secs_f64();
     let cpu_after_up = cpu();
+    // The packet size the upload grew to (the route's, see the SDK's path_mtu) and what it
+    // lost: a larger size with losses would be a false gain.
+    if let Some(path) = sender.quic_path() {
+        extra.insert("upload_path_mtu".into(), f64::from(path.mtu));
+        extra.insert("upload_lost_packets".into(), path.lost_packets as f64);
+    }
+    let received_before = receiver.quic_path();
     let own_after_up = own_cpu();
     sampling.store(false, Ordering::Relaxed);
     if let Some(s) = sampler {
@@ -140,6 +147,16 @@ pub async fn run(
         .await
         .map_err(|e| format!("download: {e}"))?;
     let down_s = down.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (received_before, receiver.quic_path()) {
+        let datagrams = b
+            .received_datagrams
+            .saturating_sub(a.received_datagrams)
+            .max(1);
+        extra.insert(
+            "download_datagram_bytes".into(),
+            b.received_bytes.saturating_sub(a.received_bytes) as f64 / datagrams as f64,
+        );
+    }
     let cpu_after_down = cpu();
     let own_after_down = own_cpu();
     // The edge's CPU per MB each way: steadier than MB/s on a shared machine.
