@@ -96,6 +96,10 @@ struct Cli {
     /// `media`: size of the file uploaded and downloaded, in MB (10^6 bytes).
     #[arg(long, default_value_t = 50.0, value_parser = positive_number)]
     file_mb: f64,
+    /// `media`: upload, download and TLS-copy the file this many times, alternating, and
+    /// report each figure's median (with the lowest and highest rate and share).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    rounds: u32,
     /// QUIC clients sharing one UDP socket (0 = one each while the process's open-file limit
     /// allows, else as few per socket as fit in half of it).
     #[arg(long, default_value_t = 0)]
@@ -275,6 +279,7 @@ async fn run(cli: Cli) -> Result<bool, String> {
         senders: cli.senders as usize,
         decrypt: cli.decrypt,
         file_bytes: (cli.file_mb * 1e6) as u64,
+        rounds: cli.rounds as usize,
         calls: cli.calls,
     };
     let remote_start = cli.metrics.and_then(missive_bench::remote::sample);

@@ -50,6 +50,8 @@ pub struct Knobs {
     pub decrypt: bool,
     /// `media`: bytes of the file uploaded and downloaded.
     pub file_bytes: u64,
+    /// `media`: rounds of the file's upload, download and TLS copies (figures are medians).
+    pub rounds: usize,
     /// `call`: calls made on each path (direct, relayed).
     pub calls: usize,
 }
