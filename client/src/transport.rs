@@ -82,7 +82,7 @@ fn udp_socket(local: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 #[derive(Debug, Clone)]
 pub struct QuicEndpoint {
     endpoint: quinn::Endpoint,
-    /// The largest UDP payload its connections probe for and it takes in (`path_mtu`).
+    /// The largest UDP payload its connections probe for (`path_mtu`).
     payload_ceiling: u16,
 }
 
@@ -111,9 +111,10 @@ impl QuicEndpoint {
         let runtime = Arc::new(quinn::TokioRuntime);
         let mut config = quinn::EndpointConfig::default();
         // What the server may send us (the `max_udp_payload_size` transport parameter): no
-        // more than our route takes, so its probes towards a phone stay internet-sized.
+        // more than our route takes, so its probes towards a phone stay internet-sized, and
+        // no more than the edge sends, since quinn's receive buffer grows with it.
         config
-            .max_udp_payload_size(payload_ceiling)
+            .max_udp_payload_size(payload_ceiling.min(missive_proto::EDGE_UDP_PAYLOAD))
             .map_err(|e| ClientError::InvalidInput(format!("QUIC payload ceiling: {e}")))?;
         let endpoint = quinn::Endpoint::new(config, None, socket, runtime)?;
         Ok(Self {

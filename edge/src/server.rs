@@ -40,13 +40,13 @@ const RESET_INTERVAL: Duration = Duration::from_micros(100);
 const ACK_ELICITING_THRESHOLD: u32 = 4;
 
 /// quinn's first congestion window: 10 packets of QUIC's minimum 1,200 bytes (RFC 9002).
-const INITIAL_WINDOW: u16 = 12_000;
+const INITIAL_WINDOW: u32 = 12_000;
 
-/// The largest UDP payload the edge sends (where the client's route carries it): as many
-/// packets as a client waits for before it acknowledges still fit in a new connection's
-/// first congestion window. With 6,400-byte packets two filled it, the client waited out its
-/// 25 ms ACK delay, and a download's first byte took 29-54 ms instead of 2-4.
-const SEND_PAYLOAD: u16 = INITIAL_WINDOW / (ACK_ELICITING_THRESHOLD as u16 + 1);
+/// The largest UDP payload the edge sends, where the client's route carries it.
+const SEND_PAYLOAD: u16 = missive_proto::EDGE_UDP_PAYLOAD;
+// As many packets as a client waits for before it acknowledges fit a new connection's
+// first congestion window (see EDGE_UDP_PAYLOAD).
+const _: () = assert!(SEND_PAYLOAD as u32 * (ACK_ELICITING_THRESHOLD + 1) <= INITIAL_WINDOW);
 
 /// The ACK frequency the edge asks of its clients.
 fn ack_frequency() -> quinn::AckFrequencyConfig {

@@ -14,7 +14,7 @@ mod common;
 use common::Edge;
 use missive_client::transfer::upload::UploadSource;
 use missive_client::{Client, ClientConfig, Identity, QuicEndpoint};
-use missive_proto::{BlobId, DeviceId, MAX_UDP_PAYLOAD};
+use missive_proto::{BlobId, DeviceId, EDGE_UDP_PAYLOAD, MAX_UDP_PAYLOAD};
 use std::path::Path;
 
 fn random_file(path: &Path, len: usize, seed: u32) -> UploadSource {
@@ -110,7 +110,10 @@ async fn packets_over_loopback_grow_without_loss_and_explicit_binds_stay_interne
         to_bob > 1452,
         "the edge sent bob larger packets: {to_bob} bytes on average"
     );
-    assert!(to_bob <= 2400, "within the edge's first window: {to_bob}");
+    assert!(
+        to_bob <= u64::from(EDGE_UDP_PAYLOAD),
+        "within the edge's first window: {to_bob}"
+    );
     let path = bob.quic_path().expect("bob is on QUIC");
     assert_eq!(path.black_holes, 0, "{path:?}");
 

@@ -95,12 +95,20 @@ pub const ALPN: &[u8] = b"missive/1";
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-missive-login";
 /// Length of the exported keying material mixed into the login signature.
 pub const EXPORTER_LEN: usize = 32;
-/// The largest UDP payload a QUIC packet of either side grows to, where the route carries
-/// it (loopback, jumbo-frame LANs; the internet stops at 1,452). quinn hands up to 10
-/// packets to one GSO send, and one send carries at most 65,507 bytes (an IPv4 datagram's
-/// limit): above 6,550 such a batch fails with `EMSGSIZE` and its packets are lost. With
-/// 9,000-byte packets on loopback quinn lost them and fell back to 1,200 bytes.
+/// The largest UDP payload a client's QUIC packets grow to, where the route carries it
+/// (loopback, jumbo-frame LANs; the internet stops at 1,452), and so what the edge takes in.
+/// quinn hands up to 10 packets to one GSO send, and one send carries at most 65,507 bytes
+/// (an IPv4 datagram's limit): above 6,550 such a batch fails with `EMSGSIZE` and its
+/// packets are lost. With 9,000-byte packets on loopback quinn lost them and fell back to
+/// 1,200 bytes.
 pub const MAX_UDP_PAYLOAD: u16 = 6400;
+/// The largest UDP payload the edge's QUIC packets grow to, where the client's route carries
+/// it, and so what a client takes in. Five of them (the most a client waits for before it
+/// acknowledges) fit a new connection's first congestion window of 12,000 bytes: with
+/// 6,400-byte packets two filled it, the client waited out its 25 ms ACK delay, and a
+/// download's first byte took 29-54 ms instead of 2-4. A client takes in no more than this:
+/// quinn sizes an endpoint's receive buffer as this × 64 GRO segments × 32.
+pub const EDGE_UDP_PAYLOAD: u16 = 2400;
 
 /// The bytes a device signs to register or log in: a domain-separation tag, the server's
 /// challenge, the TLS exporter of this connection, the user name and the device id.
