@@ -10,8 +10,7 @@
 
 mod common;
 
-use common::{config_file, Edge};
-use missive_client::transfer::upload::UploadSource;
+use common::{config_file, random_upload as random_file, sdk_user_on as user_on, Edge};
 use missive_client::transfer::Progress;
 use missive_client::{Client, ClientConfig, ClientError, Identity, QuicEndpoint};
 use missive_proto::{BlobId, DeviceId, ErrorCode};
@@ -19,32 +18,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn random_file(path: &Path, len: usize, seed: u8) -> UploadSource {
-    let mut data = vec![0u8; len];
-    let mut x = 0x9e37_79b9_u32 ^ u32::from(seed);
-    for b in data.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    std::fs::write(path, &data).unwrap();
-    UploadSource {
-        path: path.to_owned(),
-        blob: BlobId(*blake3::hash(&data).as_bytes()),
-        size: len as u64,
-        downloads: 1,
-    }
-}
-
-async fn user_on(edge: &Edge, name: &str, endpoint: Option<QuicEndpoint>) -> Client {
-    let identity = Identity::generate(name, DeviceId(1));
-    let mut cfg = ClientConfig::new(edge.quic, edge.ca_pem(), identity);
-    cfg.quic_endpoint = endpoint;
-    missive_client::register(&cfg, None).await.unwrap();
-    Client::connect(cfg).await.unwrap().0
-}
 
 fn blob_files(edge: &Edge) -> usize {
     fn walk(dir: &Path) -> usize {

@@ -11,40 +11,9 @@
 
 mod common;
 
-use common::Edge;
-use missive_client::transfer::upload::UploadSource;
-use missive_client::{Client, ClientConfig, Identity, QuicEndpoint};
-use missive_proto::{BlobId, DeviceId, EDGE_UDP_PAYLOAD, MAX_UDP_PAYLOAD};
-use std::path::Path;
-
-fn random_file(path: &Path, len: usize, seed: u32) -> UploadSource {
-    let mut x = 0x9e37_79b9_u32 ^ seed;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
-    std::fs::write(path, &data).expect("write the file");
-    UploadSource {
-        path: path.to_owned(),
-        blob: BlobId(*blake3::hash(&data).as_bytes()),
-        size: len as u64,
-        downloads: 1,
-    }
-}
-
-async fn user_on(edge: &Edge, name: &str, endpoint: Option<QuicEndpoint>) -> Client {
-    let identity = Identity::generate(name, DeviceId(1));
-    let mut cfg = ClientConfig::new(edge.quic, edge.ca_pem(), identity);
-    cfg.quic_endpoint = endpoint;
-    missive_client::register(&cfg, None)
-        .await
-        .expect("register");
-    Client::connect(cfg).await.expect("connect").0
-}
+use common::{random_upload as random_file, sdk_user_on as user_on, Edge};
+use missive_client::{Client, QuicEndpoint};
+use missive_proto::{EDGE_UDP_PAYLOAD, MAX_UDP_PAYLOAD};
 
 /// Average UDP payload `client` received while `download` ran.
 async fn average_received_during(

@@ -567,6 +567,50 @@ pub async fn sdk_user(
     (client, events, cfg)
 }
 
+/// Registers `name` (device 1) and connects it with the SDK, on `endpoint` if given (else a
+/// socket of its own, bound for the edge's address).
+pub async fn sdk_user_on(
+    edge: &Edge,
+    name: &str,
+    endpoint: Option<missive_client::QuicEndpoint>,
+) -> missive_client::Client {
+    let identity = missive_client::Identity::generate(name, missive_proto::DeviceId(1));
+    let mut cfg = missive_client::ClientConfig::new(edge.quic, edge.ca_pem(), identity);
+    cfg.quic_endpoint = endpoint;
+    missive_client::register(&cfg, None)
+        .await
+        .expect("register");
+    missive_client::Client::connect(cfg)
+        .await
+        .expect("connect")
+        .0
+}
+
+/// `len` pseudo-random bytes (xorshift from `seed`) written to `path`, as an upload source
+/// named by their BLAKE3 hash, expected to be downloaded once.
+pub fn random_upload(
+    path: &Path,
+    len: usize,
+    seed: u32,
+) -> missive_client::transfer::upload::UploadSource {
+    let mut x = 0x9e37_79b9_u32 ^ seed;
+    let data: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, &data).expect("write the file");
+    missive_client::transfer::upload::UploadSource {
+        path: path.to_owned(),
+        blob: missive_proto::BlobId(*blake3::hash(&data).as_bytes()),
+        size: len as u64,
+        downloads: 1,
+    }
+}
+
 /// Waits (bounded) for the first event matching `pred`, skipping others.
 pub async fn next_matching<F>(
     events: &mut missive_client::EventStream,
