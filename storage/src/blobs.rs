@@ -7,17 +7,20 @@
 //! ```
 //!
 //! An upload is written where its bytes go (positional writes, so chunks may arrive in any
-//! order and from several streams), so memory stays bounded whatever the size. Every
-//! [`CHECKPOINT_BYTES`] the part file is synced and its ranges written beside it, so a
-//! restarted edge resumes from what is on disk. At the end the whole part is hashed: only a
-//! part whose BLAKE3 hash is its name becomes a blob (synced, renamed, directory synced).
+//! order and from several streams), so memory stays bounded whatever the size. Each byte of
+//! a part is written once: a write first claims the bytes nobody holds or is writing, and
+//! writes only those. Every [`CHECKPOINT_BYTES`] the part file is synced and its ranges
+//! written beside it, so a restarted edge resumes from what is on disk. The BLAKE3 hash
+//! follows the part's written prefix as it grows, so the last byte waits only for the hash
+//! of what came out of order: only a part whose hash is its name becomes a blob (synced,
+//! renamed, directory synced).
 
 use missive_proto::{BlobId, ByteRange};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Bytes written to a part between two checkpoints (sync and ranges file).
@@ -96,6 +99,15 @@ impl RangeSet {
     /// The ranges.
     pub fn ranges(&self) -> &[ByteRange] {
         &self.0
+    }
+
+    /// Where the bytes from 0 on are all covered: the end of the first range if it starts at
+    /// 0, else 0.
+    pub fn prefix_end(&self) -> u64 {
+        match self.0.first() {
+            Some(r) if r.start == 0 => r.end,
+            _ => 0,
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -192,6 +204,8 @@ impl BlobFiles {
             file: Arc::new(file),
             size,
             ranges,
+            claimed: Vec::new(),
+            prefix: Arc::new(Mutex::new(PrefixHash::default())),
             unsynced: 0,
             path,
             ranges_path,
@@ -258,36 +272,97 @@ impl BlobFiles {
     }
 }
 
+/// The bytes of one write that were nobody's yet: the write puts only these in the file, and
+/// settles them with [`PartialBlob::settle`] whatever happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    offset: u64,
+    len: u64,
+    pieces: Vec<ByteRange>,
+}
+
+impl Claim {
+    /// Whether the whole write was claimed (none of it held or being written already).
+    fn is_whole(&self) -> bool {
+        self.pieces.len() == 1
+            && self.pieces[0].start == self.offset
+            && self.pieces[0].end == self.offset + self.len
+    }
+}
+
+/// BLAKE3 of a part's bytes `0..upto`, fed as its written prefix grows.
+#[derive(Debug, Default)]
+struct PrefixHash {
+    hasher: blake3::Hasher,
+    upto: u64,
+}
+
 /// Writes into one upload's part file; positional, so writers of one part run side by side.
 #[derive(Debug, Clone)]
 pub struct PartWriter {
     file: Arc<File>,
-    size: u64,
+    prefix: Arc<Mutex<PrefixHash>>,
 }
 
 impl PartWriter {
-    /// Writes `bytes` at `offset` (refused past the blob's end).
-    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<(), BlobError> {
-        let end = offset.saturating_add(bytes.len() as u64);
-        if end > self.size {
-            return Err(BlobError::OutOfBounds {
-                start: offset,
-                end,
-                size: self.size,
-            });
+    /// Writes the claimed pieces of `bytes` (which go at `claim`'s offset).
+    pub fn write(&self, claim: &Claim, bytes: &[u8]) -> Result<(), BlobError> {
+        if bytes.len() as u64 != claim.len {
+            return Err(BlobError::Io(std::io::Error::other(
+                "the bytes are not the claimed write",
+            )));
         }
-        self.file.write_all_at(bytes, offset)?;
+        for piece in &claim.pieces {
+            let at = (piece.start - claim.offset) as usize..(piece.end - claim.offset) as usize;
+            self.file.write_all_at(&bytes[at], piece.start)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds the hash up to `prefix_end` (a [`PartialBlob::prefix_end`] read after the write
+    /// was settled). The write's own `bytes` are hashed where it claimed them all; bytes
+    /// written by others are read back from the file, never taken from this write.
+    pub fn hash_prefix(&self, prefix_end: u64, claim: &Claim, bytes: &[u8]) -> std::io::Result<()> {
+        let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
+        let own = claim
+            .is_whole()
+            .then_some(claim.offset..claim.offset + claim.len);
+        while prefix.upto < prefix_end {
+            let upto = prefix.upto;
+            match &own {
+                Some(r) if r.contains(&upto) => {
+                    let end = r.end.min(prefix_end);
+                    prefix
+                        .hasher
+                        .update(&bytes[(upto - r.start) as usize..(end - r.start) as usize]);
+                    prefix.upto = end;
+                }
+                _ => {
+                    // Up to the write's own bytes, or the prefix's end.
+                    let stop = own
+                        .as_ref()
+                        .filter(|r| r.start > upto)
+                        .map_or(prefix_end, |r| r.start.min(prefix_end));
+                    feed_from_file(&self.file, upto, stop, &mut prefix.hasher)?;
+                    prefix.upto = stop;
+                }
+            }
+        }
         Ok(())
     }
 }
 
-/// An upload in progress: the part file and which of its bytes are written.
+/// An upload in progress: the part file, which of its bytes are written and which are being
+/// written.
 #[derive(Debug)]
 pub struct PartialBlob {
     id: BlobId,
     file: Arc<File>,
     size: u64,
     ranges: RangeSet,
+    /// Pieces claimed by writes not settled yet.
+    claimed: Vec<ByteRange>,
+    prefix: Arc<Mutex<PrefixHash>>,
     unsynced: u64,
     path: PathBuf,
     ranges_path: PathBuf,
@@ -309,31 +384,70 @@ impl PartialBlob {
         self.ranges.covers(self.size)
     }
 
-    /// Writes `bytes` at `offset`; returns how many bytes of the blob are held now.
+    /// Where the written bytes from 0 on end.
+    pub fn prefix_end(&self) -> u64 {
+        self.ranges.prefix_end()
+    }
+
+    /// Claims the bytes of a `len`-byte write at `offset` that nobody holds or is writing
+    /// (refused past the blob's end). Bytes held or claimed already are left out: what a
+    /// part holds never changes, so the hash of its prefix stays true.
+    pub fn claim(&mut self, offset: u64, len: u64) -> Result<Claim, BlobError> {
+        let end = offset.saturating_add(len);
+        if end > self.size {
+            return Err(BlobError::OutOfBounds {
+                start: offset,
+                end,
+                size: self.size,
+            });
+        }
+        let taken = self.ranges.ranges().iter().chain(self.claimed.iter());
+        let pieces = uncovered(offset, end, taken);
+        self.claimed.extend(pieces.iter().cloned());
+        Ok(Claim {
+            offset,
+            len,
+            pieces,
+        })
+    }
+
+    /// Ends `claim`: its pieces count as written if `written`, else they are free again.
+    /// Every [`CHECKPOINT_BYTES`] written the part is synced and its ranges saved. Returns
+    /// how many bytes of the blob are held now.
+    pub fn settle(&mut self, claim: &Claim, written: bool) -> Result<u64, BlobError> {
+        self.claimed.retain(|c| !claim.pieces.contains(c));
+        if written {
+            for piece in &claim.pieces {
+                self.ranges.insert(piece.start, piece.end);
+                self.unsynced += piece.end - piece.start;
+            }
+            if self.unsynced >= CHECKPOINT_BYTES {
+                self.checkpoint()?;
+            }
+        }
+        Ok(self.ranges.len())
+    }
+
+    /// Writes `bytes` at `offset` (the parts nobody holds) and hashes what that adds to the
+    /// prefix; returns how many bytes of the blob are held now.
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<u64, BlobError> {
-        self.writer().write(offset, bytes)?;
-        self.record(offset, bytes.len() as u64)
+        let claim = self.claim(offset, bytes.len() as u64)?;
+        let wrote = self.writer().write(&claim, bytes);
+        let held = self.settle(&claim, wrote.is_ok())?;
+        wrote?;
+        self.writer()
+            .hash_prefix(self.prefix_end(), &claim, bytes)?;
+        Ok(held)
     }
 
     /// A handle that writes into the part without borrowing it, so several streams of one
-    /// upload write at once; each write is then [`record`](Self::record)ed.
+    /// upload write at once: each write is [`claim`](Self::claim)ed, written, then
+    /// [`settle`](Self::settle)d.
     pub fn writer(&self) -> PartWriter {
         PartWriter {
             file: self.file.clone(),
-            size: self.size,
+            prefix: self.prefix.clone(),
         }
-    }
-
-    /// Counts `len` bytes at `offset` as written (by a [`PartWriter`] that returned); every
-    /// [`CHECKPOINT_BYTES`] the part is synced and its ranges saved. Returns how many bytes of
-    /// the blob are held now.
-    pub fn record(&mut self, offset: u64, len: u64) -> Result<u64, BlobError> {
-        self.ranges.insert(offset, offset.saturating_add(len));
-        self.unsynced += len;
-        if self.unsynced >= CHECKPOINT_BYTES {
-            self.checkpoint()?;
-        }
-        Ok(self.ranges.len())
     }
 
     /// Syncs the part, then records its ranges (ranges never claim bytes a crash could lose).
@@ -355,8 +469,18 @@ impl PartialBlob {
             return Err(BlobError::Incomplete);
         }
         self.file.set_len(self.size)?;
-        self.file.sync_all()?;
-        let actual = hash_file(&self.path)?;
+        // The sync waits on the disk and the hash on the CPU: side by side, the last byte's
+        // confirmation waits for the longer of the two, not for both.
+        let (synced, actual) = std::thread::scope(|scope| {
+            let sync = scope.spawn(|| self.file.sync_all());
+            let actual = self.hash_rest();
+            let synced = sync
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the syncing thread panicked")));
+            (synced, actual)
+        });
+        synced?;
+        let actual = actual?;
         if actual != self.id {
             files.remove_partial(&self.id)?;
             return Err(BlobError::HashMismatch { actual });
@@ -365,6 +489,48 @@ impl PartialBlob {
         ignore_missing(std::fs::remove_file(&self.ranges_path))?;
         Ok(())
     }
+}
+
+impl PartialBlob {
+    /// The hash of the whole part: the prefix hashed so far, fed the rest from the file; from
+    /// scratch on two threads when nothing was hashed yet (a part reopened after a restart).
+    fn hash_rest(&self) -> std::io::Result<BlobId> {
+        let mut prefix = self.prefix.lock().unwrap_or_else(|p| p.into_inner());
+        if prefix.upto == 0 {
+            return hash_file(&self.path);
+        }
+        let upto = prefix.upto;
+        feed_from_file(&self.file, upto, self.size, &mut prefix.hasher)?;
+        prefix.upto = self.size;
+        Ok(BlobId(*prefix.hasher.finalize().as_bytes()))
+    }
+}
+
+/// The pieces of `start..end` that none of `taken` covers, in order.
+fn uncovered<'a>(
+    start: u64,
+    end: u64,
+    taken: impl Iterator<Item = &'a ByteRange>,
+) -> Vec<ByteRange> {
+    let mut pieces = vec![ByteRange { start, end }];
+    for t in taken {
+        pieces = pieces
+            .into_iter()
+            .flat_map(|p| {
+                let before = (p.start < t.start.min(p.end)).then(|| ByteRange {
+                    start: p.start,
+                    end: t.start.min(p.end),
+                });
+                let after = (t.end.max(p.start) < p.end).then(|| ByteRange {
+                    start: t.end.max(p.start),
+                    end: p.end,
+                });
+                before.into_iter().chain(after)
+            })
+            .collect();
+    }
+    pieces.retain(|p| p.start < p.end);
+    pieces
 }
 
 /// Below this size a file is hashed on the calling thread alone.
@@ -379,7 +545,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<BlobId> {
     let size = file.metadata()?.len();
     if size <= SPLIT_HASH_ABOVE {
         let mut hasher = blake3::Hasher::new();
-        hash_range(&file, 0, size, &mut hasher)?;
+        feed_from_file(&file, 0, size, &mut hasher)?;
         return Ok(BlobId(*hasher.finalize().as_bytes()));
     }
     use blake3::hazmat::{left_subtree_len, merge_subtrees_root, HasherExt, Mode};
@@ -387,12 +553,12 @@ pub fn hash_file(path: &Path) -> std::io::Result<BlobId> {
     let (left, right) = std::thread::scope(|scope| {
         let left = scope.spawn(|| {
             let mut hasher = blake3::Hasher::new();
-            hash_range(&file, 0, left_len, &mut hasher).map(|()| hasher.finalize_non_root())
+            feed_from_file(&file, 0, left_len, &mut hasher).map(|()| hasher.finalize_non_root())
         });
         let mut hasher = blake3::Hasher::new();
         hasher.set_input_offset(left_len);
         let right =
-            hash_range(&file, left_len, size, &mut hasher).map(|()| hasher.finalize_non_root());
+            feed_from_file(&file, left_len, size, &mut hasher).map(|()| hasher.finalize_non_root());
         let left = left
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked")));
@@ -404,7 +570,7 @@ pub fn hash_file(path: &Path) -> std::io::Result<BlobId> {
 }
 
 /// Feeds bytes `start..end` of `file` to `hasher`, a bounded buffer at a time.
-fn hash_range(
+fn feed_from_file(
     file: &File,
     start: u64,
     end: u64,
@@ -497,6 +663,79 @@ mod tests {
             std::fs::write(&path, &bytes).unwrap();
             assert_eq!(hash_file(&path).unwrap(), id_of(&bytes), "{size} bytes");
         }
+    }
+
+    #[test]
+    fn a_write_takes_only_the_bytes_nobody_holds_or_is_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlobFiles::open(dir.path()).unwrap();
+        let mut part = files.partial(&id_of(b"x"), 100).unwrap();
+        let r = |start, end| ByteRange { start, end };
+
+        let a = part.claim(0, 50).unwrap();
+        let b = part.claim(25, 50).unwrap();
+        assert_eq!(b.pieces, vec![r(50, 75)], "A's bytes are being written");
+        part.settle(&a, false).unwrap();
+        let c = part.claim(0, 30).unwrap();
+        assert_eq!(c.pieces, vec![r(0, 30)], "a failed write frees its bytes");
+        part.settle(&b, true).unwrap();
+        part.settle(&c, true).unwrap();
+        assert_eq!(part.ranges().ranges(), &[r(0, 30), r(50, 75)]);
+        assert_eq!(part.prefix_end(), 30);
+
+        let d = part.claim(10, 80).unwrap();
+        assert_eq!(
+            d.pieces,
+            vec![r(30, 50), r(75, 90)],
+            "held bytes are left out"
+        );
+        assert!(matches!(
+            part.claim(90, 11),
+            Err(BlobError::OutOfBounds { .. })
+        ));
+    }
+
+    #[test]
+    fn a_rewrite_of_held_bytes_leaves_them_and_the_blob_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlobFiles::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        let id = id_of(&data);
+        let mut part = files.partial(&id, data.len() as u64).unwrap();
+        part.write_at(0, &data[..2_999_999]).unwrap();
+        let forged: Vec<u8> = std::iter::repeat_n(0xee, 1_000_000).collect();
+        part.write_at(0, &forged).unwrap();
+        part.write_at(2_999_999, &data[2_999_999..]).unwrap();
+        part.finish(&files).unwrap();
+        assert_eq!(std::fs::read(files.blob_path(&id)).unwrap(), data);
+    }
+
+    #[test]
+    fn the_hash_follows_the_prefix_through_out_of_order_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlobFiles::open(dir.path()).unwrap();
+        let mib = 1 << 20;
+        let data: Vec<u8> = (0..3 * mib as u32 + 7)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let id = id_of(&data);
+        let size = data.len() as u64;
+        let mut part = files.partial(&id, size).unwrap();
+        let upto = |part: &PartialBlob| part.prefix.lock().unwrap().upto;
+
+        part.write_at(mib, &data[mib as usize..2 * mib as usize])
+            .unwrap();
+        assert_eq!(upto(&part), 0, "nothing from 0 on yet");
+        part.write_at(0, &data[..mib as usize]).unwrap();
+        assert_eq!(
+            upto(&part),
+            2 * mib,
+            "its own bytes, then the next MiB from the file"
+        );
+        part.write_at(2 * mib, &data[2 * mib as usize..]).unwrap();
+        assert_eq!(upto(&part), size);
+        part.finish(&files).unwrap();
+        assert_eq!(std::fs::read(files.blob_path(&id)).unwrap(), data);
     }
 
     #[test]

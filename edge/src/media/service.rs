@@ -163,7 +163,8 @@ impl MediaService {
 
     /// The shared upload of `blob`, opened from its files when no stream has it open.
     /// `attempt` becomes the upload's current try: writes of other tries are refused from
-    /// now on, and a write under way finishes before the ranges are read (the slot's lock).
+    /// now on. A write of an older try already under way still lands and counts; the new try
+    /// may send those bytes again, and they are left out (a part's bytes are written once).
     fn attach(&self, blob: BlobId, size: u64, fresh: bool, attempt: u64) -> Opened {
         if self.files.has(&blob) {
             return Opened::Complete;
@@ -278,27 +279,35 @@ impl MediaService {
         offset: u64,
         bytes: &[u8],
     ) -> Result<Option<u64>, BlobError> {
-        let writer = {
-            let slot = upload.lock().unwrap_or_else(|p| p.into_inner());
+        let (writer, claim) = {
+            let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
             if slot.attempt != attempt {
                 return Err(BlobError::Superseded);
             }
-            let Some(part) = slot.part.as_ref() else {
+            let Some(part) = slot.part.as_mut() else {
                 // Another stream completed it meanwhile.
                 return Ok(None);
             };
-            part.writer()
+            (part.writer(), part.claim(offset, bytes.len() as u64)?)
         };
-        writer.write(offset, bytes)?;
+        let wrote = writer.write(&claim, bytes);
         let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.attempt != attempt {
-            return Err(BlobError::Superseded);
-        }
+        let superseded = slot.attempt != attempt;
         let Some(part) = slot.part.as_mut() else {
             return Ok(None);
         };
-        let held = part.record(offset, bytes.len() as u64)?;
+        // Settled whatever happened: bytes written by a try that was superseded meanwhile
+        // are in the file all the same, and counted once.
+        let held = part.settle(&claim, wrote.is_ok())?;
+        wrote?;
+        if superseded {
+            return Err(BlobError::Superseded);
+        }
         if !part.is_full() {
+            let prefix_end = part.prefix_end();
+            drop(slot);
+            // Outside the lock: other streams write while this one hashes.
+            writer.hash_prefix(prefix_end, &claim, bytes)?;
             return Ok(Some(held));
         }
         let part = slot.part.take().ok_or(BlobError::Incomplete)?;
