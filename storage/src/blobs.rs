@@ -206,6 +206,8 @@ impl BlobFiles {
             ranges,
             claimed: Vec::new(),
             prefix: Arc::new(Mutex::new(PrefixHash::default())),
+            checkpoints: Arc::new(Mutex::new(CheckpointLog::default())),
+            taken: 0,
             unsynced: 0,
             path,
             ranges_path,
@@ -290,6 +292,45 @@ impl Claim {
     }
 }
 
+/// Which checkpoint of a part is saved last, and whether the part is finished (then none is).
+#[derive(Debug, Default)]
+struct CheckpointLog {
+    saved: u64,
+    finished: bool,
+}
+
+/// A part's ranges at one moment, saved once the part file is synced: every byte they name
+/// was written before the moment, so the sync covers them. Run without holding the part, so
+/// its other writes go on meanwhile.
+#[derive(Debug)]
+#[must_use = "a checkpoint saves nothing until it runs"]
+pub struct Checkpoint {
+    number: u64,
+    ranges: RangeSet,
+    file: Arc<File>,
+    ranges_path: PathBuf,
+    log: Arc<Mutex<CheckpointLog>>,
+}
+
+impl Checkpoint {
+    /// Syncs the part file, then replaces its ranges file with these ranges, unless a later
+    /// checkpoint was saved already or the part is finished.
+    pub fn run(self) -> std::io::Result<()> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.finished || log.saved >= self.number {
+            return Ok(());
+        }
+        self.file.sync_data()?;
+        let tmp = self.ranges_path.with_extension("ranges.tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&self.ranges.encode())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.ranges_path)?;
+        log.saved = self.number;
+        Ok(())
+    }
+}
+
 /// BLAKE3 of a part's bytes `0..upto`, fed as its written prefix grows.
 #[derive(Debug, Default)]
 struct PrefixHash {
@@ -363,6 +404,9 @@ pub struct PartialBlob {
     /// Pieces claimed by writes not settled yet.
     claimed: Vec<ByteRange>,
     prefix: Arc<Mutex<PrefixHash>>,
+    checkpoints: Arc<Mutex<CheckpointLog>>,
+    /// Checkpoints taken so far (each numbered, so an older one never overwrites a newer).
+    taken: u64,
     unsynced: u64,
     path: PathBuf,
     ranges_path: PathBuf,
@@ -412,20 +456,22 @@ impl PartialBlob {
     }
 
     /// Ends `claim`: its pieces count as written if `written`, else they are free again.
-    /// Every [`CHECKPOINT_BYTES`] written the part is synced and its ranges saved. Returns
-    /// how many bytes of the blob are held now.
-    pub fn settle(&mut self, claim: &Claim, written: bool) -> Result<u64, BlobError> {
+    /// Returns how many bytes of the blob are held now, and every [`CHECKPOINT_BYTES`]
+    /// written a [`Checkpoint`] for the caller to run once it lets go of the part (so other
+    /// writes go on while the disk syncs).
+    pub fn settle(&mut self, claim: &Claim, written: bool) -> (u64, Option<Checkpoint>) {
         self.claimed.retain(|c| !claim.pieces.contains(c));
+        let mut due = None;
         if written {
             for piece in &claim.pieces {
                 self.ranges.insert(piece.start, piece.end);
                 self.unsynced += piece.end - piece.start;
             }
             if self.unsynced >= CHECKPOINT_BYTES {
-                self.checkpoint()?;
+                due = Some(self.take_checkpoint());
             }
         }
-        Ok(self.ranges.len())
+        (self.ranges.len(), due)
     }
 
     /// Writes `bytes` at `offset` (the parts nobody holds) and hashes what that adds to the
@@ -433,11 +479,27 @@ impl PartialBlob {
     pub fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<u64, BlobError> {
         let claim = self.claim(offset, bytes.len() as u64)?;
         let wrote = self.writer().write(&claim, bytes);
-        let held = self.settle(&claim, wrote.is_ok())?;
+        let (held, due) = self.settle(&claim, wrote.is_ok());
         wrote?;
+        if let Some(checkpoint) = due {
+            checkpoint.run()?;
+        }
         self.writer()
             .hash_prefix(self.prefix_end(), &claim, bytes)?;
         Ok(held)
+    }
+
+    /// The ranges as they are now, to be saved once the part is synced.
+    fn take_checkpoint(&mut self) -> Checkpoint {
+        self.unsynced = 0;
+        self.taken += 1;
+        Checkpoint {
+            number: self.taken,
+            ranges: self.ranges.clone(),
+            file: self.file.clone(),
+            ranges_path: self.ranges_path.clone(),
+            log: self.checkpoints.clone(),
+        }
     }
 
     /// A handle that writes into the part without borrowing it, so several streams of one
@@ -452,14 +514,7 @@ impl PartialBlob {
 
     /// Syncs the part, then records its ranges (ranges never claim bytes a crash could lose).
     pub fn checkpoint(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()?;
-        let tmp = self.ranges_path.with_extension("ranges.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&self.ranges.encode())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.ranges_path)?;
-        self.unsynced = 0;
-        Ok(())
+        self.take_checkpoint().run()
     }
 
     /// Verifies the hash of the full part and installs it as the blob. On a mismatch the part
@@ -468,6 +523,11 @@ impl PartialBlob {
         if !self.is_full() {
             return Err(BlobError::Incomplete);
         }
+        // A checkpoint under way ends first; none writes a ranges file after this.
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finished = true;
         self.file.set_len(self.size)?;
         // The sync waits on the disk and the hash on the CPU: side by side, the last byte's
         // confirmation waits for the longer of the two, not for both.
@@ -675,11 +735,11 @@ mod tests {
         let a = part.claim(0, 50).unwrap();
         let b = part.claim(25, 50).unwrap();
         assert_eq!(b.pieces, vec![r(50, 75)], "A's bytes are being written");
-        part.settle(&a, false).unwrap();
+        assert_eq!(part.settle(&a, false).0, 0);
         let c = part.claim(0, 30).unwrap();
         assert_eq!(c.pieces, vec![r(0, 30)], "a failed write frees its bytes");
-        part.settle(&b, true).unwrap();
-        part.settle(&c, true).unwrap();
+        assert_eq!(part.settle(&b, true).0, 25);
+        assert_eq!(part.settle(&c, true).0, 55);
         assert_eq!(part.ranges().ranges(), &[r(0, 30), r(50, 75)]);
         assert_eq!(part.prefix_end(), 30);
 
@@ -693,6 +753,41 @@ mod tests {
             part.claim(90, 11),
             Err(BlobError::OutOfBounds { .. })
         ));
+    }
+
+    #[test]
+    fn an_older_checkpoint_never_overwrites_a_newer_one_nor_outlives_the_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BlobFiles::open(dir.path()).unwrap();
+        let step = CHECKPOINT_BYTES as usize;
+        let data: Vec<u8> = (0..2 * step + 5).map(|i| (i % 241) as u8).collect();
+        let id = id_of(&data);
+        let size = data.len() as u64;
+        let mut part = files.partial(&id, size).unwrap();
+        let write = |part: &mut PartialBlob, at: usize, end: usize| {
+            let claim = part.claim(at as u64, (end - at) as u64).unwrap();
+            part.writer().write(&claim, &data[at..end]).unwrap();
+            part.settle(&claim, true).1
+        };
+        let first = write(&mut part, 0, step).expect("a checkpoint after 8 MiB");
+        let second = write(&mut part, step, 2 * step).expect("and after 16");
+        second.run().unwrap();
+        first.run().unwrap();
+        assert_eq!(
+            files.partial(&id, size).unwrap().ranges().len(),
+            2 * step as u64,
+            "the later ranges stay"
+        );
+
+        let late = part.take_checkpoint();
+        assert!(write(&mut part, 2 * step, data.len()).is_none());
+        part.finish(&files).unwrap();
+        late.run().unwrap();
+        assert!(
+            !files.ranges_path(&id).exists(),
+            "no ranges file after the blob"
+        );
+        assert_eq!(std::fs::read(files.blob_path(&id)).unwrap(), data);
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl MediaService {
         };
         // Settled whatever happened: bytes written by a try that was superseded meanwhile
         // are in the file all the same, and counted once.
-        let held = part.settle(&claim, wrote.is_ok())?;
+        let (held, checkpoint) = part.settle(&claim, wrote.is_ok());
         wrote?;
         if superseded {
             return Err(BlobError::Superseded);
@@ -306,7 +306,10 @@ impl MediaService {
         if !part.is_full() {
             let prefix_end = part.prefix_end();
             drop(slot);
-            // Outside the lock: other streams write while this one hashes.
+            // Outside the lock: other streams write while this one syncs and hashes.
+            if let Some(checkpoint) = checkpoint {
+                checkpoint.run()?;
+            }
             writer.hash_prefix(prefix_end, &claim, bytes)?;
             return Ok(Some(held));
         }
