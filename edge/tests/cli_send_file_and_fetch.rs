@@ -160,7 +160,15 @@ fn send_file_fetch_resume_and_refuse_bad_blobs() {
     child.kill().unwrap();
     child.wait().unwrap();
     let (fine, out, err) = missive(&alice, &["send-file", "bob", second.to_str().unwrap()]);
-    assert!(fine, "{err}");
+    assert!(
+        fine,
+        "{err}\n{}",
+        edge.logs()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert!(err.contains("resuming"), "{err}");
     let written = edge.metric("missive_media_bytes_received_total") - before;
     let ciphertext = 30_000_000.0 + 16.0 * (30_000_000f64 / 65_536.0).ceil();

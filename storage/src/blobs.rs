@@ -320,12 +320,18 @@ impl Checkpoint {
         if log.finished || log.saved >= self.number {
             return Ok(());
         }
-        self.file.sync_data()?;
+        let at = |what: &str| {
+            let what = what.to_owned();
+            move |e: std::io::Error| {
+                std::io::Error::new(e.kind(), format!("checkpoint {what}: {e}"))
+            }
+        };
+        self.file.sync_data().map_err(at("sync"))?;
         let tmp = self.ranges_path.with_extension("ranges.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = File::create(&tmp).map_err(at("create"))?;
         f.write_all(&self.ranges.encode())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &self.ranges_path)?;
+        std::fs::rename(&tmp, &self.ranges_path).map_err(at("rename"))?;
         log.saved = self.number;
         Ok(())
     }
@@ -431,6 +437,11 @@ impl PartialBlob {
     /// Where the written bytes from 0 on end.
     pub fn prefix_end(&self) -> u64 {
         self.ranges.prefix_end()
+    }
+
+    /// Whether a write not settled yet claimed any of the bytes `start..end`.
+    pub fn is_being_written(&self, start: u64, end: u64) -> bool {
+        self.claimed.iter().any(|c| c.start < end && start < c.end)
     }
 
     /// Claims the bytes of a `len`-byte write at `offset` that nobody holds or is writing
@@ -540,12 +551,14 @@ impl PartialBlob {
             (synced, actual)
         });
         synced?;
-        let actual = actual?;
+        let actual = actual.map_err(|e| std::io::Error::new(e.kind(), format!("hash: {e}")))?;
         if actual != self.id {
             files.remove_partial(&self.id)?;
             return Err(BlobError::HashMismatch { actual });
         }
-        files.install(&self.path, &self.id)?;
+        files
+            .install(&self.path, &self.id)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("install: {e}")))?;
         ignore_missing(std::fs::remove_file(&self.ranges_path))?;
         Ok(())
     }
@@ -743,7 +756,9 @@ mod tests {
         assert_eq!(part.ranges().ranges(), &[r(0, 30), r(50, 75)]);
         assert_eq!(part.prefix_end(), 30);
 
+        assert!(!part.is_being_written(0, 100), "all settled");
         let d = part.claim(10, 80).unwrap();
+        assert!(part.is_being_written(40, 41) && !part.is_being_written(50, 75));
         assert_eq!(
             d.pieces,
             vec![r(30, 50), r(75, 90)],

@@ -171,12 +171,15 @@ impl MediaService {
         }
         let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(upload) = uploads.get(&blob) {
+            // Waits for a write that is finishing the part.
             let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
             slot.attempt = attempt;
-            return match slot.part.as_ref() {
-                Some(p) => Opened::Ready(p.ranges().ranges().to_vec()),
-                None => Opened::Complete,
-            };
+            match slot.part.as_ref() {
+                Some(p) => return Opened::Ready(p.ranges().ranges().to_vec()),
+                None if self.files.has(&blob) => return Opened::Complete,
+                // Finished without a blob (its bytes did not hash to its name): anew.
+                None => {}
+            }
         }
         if fresh {
             // Leftovers of an upload whose record is gone must not count as held bytes.
@@ -299,27 +302,43 @@ impl MediaService {
         // Settled whatever happened: bytes written by a try that was superseded meanwhile
         // are in the file all the same, and counted once.
         let (held, checkpoint) = part.settle(&claim, wrote.is_ok());
+        if part.is_full() {
+            // Whichever write completes the part finishes it (the hash decides), even one
+            // of a superseded try: the new try may have nothing left to send. The slot stays
+            // locked and listed until the blob is in place, so no stream opens the part
+            // file anew meanwhile (`attach` waits for the lock).
+            let part = slot.part.take().ok_or(BlobError::Incomplete)?;
+            let finished = part.finish(&self.files);
+            drop(slot);
+            let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+            if uploads.get(&blob).is_some_and(|u| Arc::ptr_eq(u, upload)) {
+                uploads.remove(&blob);
+            }
+            drop(uploads);
+            finished?;
+            return if superseded {
+                Err(BlobError::Superseded)
+            } else {
+                Ok(None)
+            };
+        }
+        let prefix_end = part.prefix_end();
+        let end = offset + bytes.len() as u64;
+        let others_writing = part.is_being_written(offset, end);
+        drop(slot);
+        // Outside the lock: other streams write while this one syncs and hashes.
+        if let Some(checkpoint) = checkpoint {
+            checkpoint.run()?;
+        }
         wrote?;
         if superseded {
             return Err(BlobError::Superseded);
         }
-        if !part.is_full() {
-            let prefix_end = part.prefix_end();
-            drop(slot);
-            // Outside the lock: other streams write while this one syncs and hashes.
-            if let Some(checkpoint) = checkpoint {
-                checkpoint.run()?;
-            }
-            writer.hash_prefix(prefix_end, &claim, bytes)?;
-            return Ok(Some(held));
+        writer.hash_prefix(prefix_end, &claim, bytes)?;
+        if others_writing {
+            return Ok(wait_for_other_writes(upload, offset, end));
         }
-        let part = slot.part.take().ok_or(BlobError::Incomplete)?;
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&blob);
-        part.finish(&self.files)?;
-        Ok(None)
+        Ok(Some(held))
     }
 
     /// The file and size of a complete blob, for a download.
@@ -407,5 +426,29 @@ impl MediaService {
             start: range.start.min(size),
             end: range.end.min(size),
         }
+    }
+}
+
+/// Longest a write waits for other writes of its bytes (see [`wait_for_other_writes`]).
+const OTHER_WRITES_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until no other write holds a claim on bytes `start..end` of `upload`: a write
+/// whose bytes a write of an older try is still putting in the file answers only once they
+/// are there, so a try whose last bytes another try wrote hears that the upload completed.
+/// Returns the bytes held then, or `None` once the part is no longer open (another write
+/// completed it), as `write_blocking` answers; after [`OTHER_WRITES_WAIT`] it answers with
+/// what is held.
+fn wait_for_other_writes(upload: &Upload, start: u64, end: u64) -> Option<u64> {
+    let deadline = std::time::Instant::now() + OTHER_WRITES_WAIT;
+    loop {
+        {
+            let slot = upload.lock().unwrap_or_else(|p| p.into_inner());
+            let part = slot.part.as_ref()?;
+            if !part.is_being_written(start, end) || std::time::Instant::now() >= deadline {
+                return Some(part.ranges().len());
+            }
+        }
+        // Rare (a resumed try racing a write of the try it replaced) and short-lived.
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
