@@ -26,9 +26,6 @@ const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 /// an ACK delay, so its ACKs still ride on its next frame.
 const ACK_ELICITING_THRESHOLD: u32 = 4;
 
-/// quinn's first congestion window: 10 packets of QUIC's minimum 1,200 bytes (RFC 9002).
-const DEFAULT_INITIAL_WINDOW: u64 = 12_000;
-
 /// How long closing a QUIC connection waits for the close to reach the peer.
 const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
@@ -419,7 +416,7 @@ fn size_packets_for_route(transport: &mut quinn::TransportConfig, ceiling: u16) 
     if ceiling > crate::path_mtu::INTERNET_PAYLOAD {
         let held = u64::from(ACK_ELICITING_THRESHOLD + 1) * u64::from(ceiling);
         let mut cubic = quinn::congestion::CubicConfig::default();
-        cubic.initial_window(held.max(DEFAULT_INITIAL_WINDOW));
+        cubic.initial_window(held.max(u64::from(missive_proto::QUIC_INITIAL_WINDOW)));
         transport.congestion_controller_factory(Arc::new(cubic));
     }
 }

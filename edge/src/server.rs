@@ -39,14 +39,13 @@ const RESET_INTERVAL: Duration = Duration::from_micros(100);
 /// an ACK delay, so its ACKs still ride on its next frame.
 const ACK_ELICITING_THRESHOLD: u32 = 4;
 
-/// quinn's first congestion window: 10 packets of QUIC's minimum 1,200 bytes (RFC 9002).
-const INITIAL_WINDOW: u32 = 12_000;
-
 /// The largest UDP payload the edge sends, where the client's route carries it.
 const SEND_PAYLOAD: u16 = missive_proto::EDGE_UDP_PAYLOAD;
 // As many packets as a client waits for before it acknowledges fit a new connection's
 // first congestion window (see EDGE_UDP_PAYLOAD).
-const _: () = assert!(SEND_PAYLOAD as u32 * (ACK_ELICITING_THRESHOLD + 1) <= INITIAL_WINDOW);
+const _: () = assert!(
+    SEND_PAYLOAD as u32 * (ACK_ELICITING_THRESHOLD + 1) <= missive_proto::QUIC_INITIAL_WINDOW
+);
 
 /// The ACK frequency the edge asks of its clients.
 fn ack_frequency() -> quinn::AckFrequencyConfig {

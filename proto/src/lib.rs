@@ -102,6 +102,9 @@ pub const EXPORTER_LEN: usize = 32;
 /// packets are lost. With 9,000-byte packets on loopback quinn lost them and fell back to
 /// 1,200 bytes.
 pub const MAX_UDP_PAYLOAD: u16 = 6400;
+/// A new QUIC connection's first congestion window in bytes, on both sides: quinn's default,
+/// 10 packets of QUIC's minimum 1,200 bytes (RFC 9002).
+pub const QUIC_INITIAL_WINDOW: u32 = 12_000;
 /// The largest UDP payload the edge's QUIC packets grow to, where the client's route carries
 /// it, and so what a client takes in. Five of them (the most a client waits for before it
 /// acknowledges) fit a new connection's first congestion window of 12,000 bytes: with
